@@ -1,0 +1,28 @@
+# Fresh-machine entry points: `make run` and `make test` install what is missing.
+# On Debian/Ubuntu we link the system librocksdb (minutes, not half an hour);
+# elsewhere `cargo build` alone compiles the bundled RocksDB (see README).
+SYSLIB ?= /usr/lib/x86_64-linux-gnu
+export ROCKSDB_LIB_DIR ?= $(SYSLIB)
+export SNAPPY_LIB_DIR ?= $(SYSLIB)
+export ROCKSDB_INCLUDE_DIR ?= /usr/include
+
+.PHONY: deps run test build bench fmt lint
+
+deps:
+	@./scripts/install-deps.sh
+
+build: deps
+	cargo build --release
+
+run: deps
+	cargo run --release -- serve
+
+test: deps
+	cargo test --all-targets -- --test-threads=2
+
+bench: deps
+	cargo bench --bench reserve
+
+lint: deps
+	cargo fmt --all -- --check
+	cargo clippy --all-targets -- -D warnings

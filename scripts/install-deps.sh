@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the native libraries stockwire links against when they are missing.
+# Debian/Ubuntu only; other platforms build the bundled RocksDB (see README).
+set -euo pipefail
+need=()
+[ -e /usr/include/rocksdb/c.h ] || need+=(librocksdb-dev)
+compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "missing ${need[*]}: install them, or build the bundled RocksDB with plain 'cargo build'" >&2
+  exit 1
+fi
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"

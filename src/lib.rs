@@ -1,0 +1,2 @@
+//! stockwire: real-time inventory availability and reservations.
+pub mod domain;
