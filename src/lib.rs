@@ -1,2 +1,3 @@
 //! stockwire: real-time inventory availability and reservations.
 pub mod domain;
+pub mod storage;

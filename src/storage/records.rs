@@ -1,0 +1,151 @@
+//! What is stored, in which space. All values go through [`super::codec`].
+
+use serde::{Deserialize, Serialize};
+
+use crate::domain::{Counters, Event, Position};
+
+/// Key of a position: `sku \0 location` (ids never contain NUL).
+pub fn position_key(sku: &str, location: &str) -> Vec<u8> {
+    let mut key = Vec::with_capacity(sku.len() + location.len() + 1);
+    key.extend_from_slice(sku.as_bytes());
+    key.push(0);
+    key.extend_from_slice(location.as_bytes());
+    key
+}
+
+pub fn split_position_key(key: &[u8]) -> Option<(&str, &str)> {
+    let nul = key.iter().position(|b| *b == 0)?;
+    let sku = std::str::from_utf8(&key[..nul]).ok()?;
+    let location = std::str::from_utf8(&key[nul + 1..]).ok()?;
+    Some((sku, location))
+}
+
+/// One entry of the event log (`Space::Journal`, keyed by `seq`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    pub sku: String,
+    pub location: String,
+    pub event: Event,
+    /// The position's version and counters after this event.
+    pub version: u64,
+    pub counters: Counters,
+    pub event_id: String,
+    pub source: String,
+    pub correlation_id: String,
+    pub occurred_at_ms: i64,
+    pub recorded_at_ms: i64,
+}
+
+/// A position as of `last_seq` (`Space::Positions`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PositionSnapshot {
+    pub position: Position,
+    pub last_seq: u64,
+}
+
+/// `Space::Meta` key holding the `seq` every position snapshot covers.
+pub const META_SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReservationStatus {
+    Held,
+    Allocated,
+    Shipped,
+    Released,
+    Expired,
+}
+
+impl ReservationStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReservationStatus::Held => "held",
+            ReservationStatus::Allocated => "allocated",
+            ReservationStatus::Shipped => "shipped",
+            ReservationStatus::Released => "released",
+            ReservationStatus::Expired => "expired",
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(self, ReservationStatus::Held | ReservationStatus::Allocated)
+    }
+}
+
+/// A multi-position change in progress. Written with the first position's
+/// journal entry and cleared with the last, so recovery can finish (or, for
+/// a creation, undo) what a crash interrupted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PendingOp {
+    Create,
+    Release,
+    Expire,
+    Allocate,
+    /// Quantities to ship per line index (`None`: everything allocated).
+    Ship(Vec<Option<u64>>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationLine {
+    pub sku: String,
+    pub location: String,
+    pub qty: u64,
+    pub backordered: u64,
+}
+
+/// A reservation (`Space::Reservations`), written atomically with the
+/// journal entries that change it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReservationRecord {
+    pub id: String,
+    pub channel: String,
+    pub order_ref: Option<String>,
+    pub status: ReservationStatus,
+    pub lines: Vec<ReservationLine>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    /// Absolute deadline while held; `None` once allocated or closed.
+    pub expires_at_ms: Option<i64>,
+    pub correlation_id: String,
+    /// Hash of the creating request, to answer a repeated id (SPEC §2).
+    pub request_hash: Vec<u8>,
+    pub pending: Option<PendingOp>,
+}
+
+/// A remembered response for an `Idempotency-Key` (`Space::Idempotency`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyRecord {
+    pub request_hash: Vec<u8>,
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub created_at_ms: i64,
+}
+
+/// An entry of the exception queue (`Space::Exceptions`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionRecord {
+    pub id: u64,
+    pub kind: String,
+    pub code: String,
+    pub detail: String,
+    pub sku: Option<String>,
+    pub location: Option<String>,
+    pub event_id: Option<String>,
+    pub source: Option<String>,
+    /// The offending input as JSON text, when there is one.
+    pub payload: Option<String>,
+    pub correlation_id: String,
+    pub created_at_ms: i64,
+    pub status: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_keys_split_back() {
+        let key = position_key("sku-1", "wh-east");
+        assert_eq!(split_position_key(&key), Some(("sku-1", "wh-east")));
+        assert_eq!(split_position_key(b"no-separator"), None);
+    }
+}
