@@ -1,3 +1,6 @@
 //! stockwire: real-time inventory availability and reservations.
+pub mod actors;
+pub mod config;
 pub mod domain;
+pub mod metrics;
 pub mod storage;

@@ -10,7 +10,7 @@
 //! append fails, because in-memory state may be ahead of the durable state;
 //! a restart recovers from what is durable.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -47,6 +47,9 @@ pub struct JournalStats {
 pub struct Journal {
     /// Bounded: a full queue is answered `Overloaded` (503), never buffered.
     sender: Sender<Message>,
+    /// Appends reserved or queued; at most `queue_max` (see [`Journal::reserve`]).
+    queued: Arc<AtomicUsize>,
+    queue_max: usize,
     head: watch::Receiver<u64>,
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
@@ -65,7 +68,9 @@ pub struct JournalOptions {
 impl Journal {
     /// Starts the writer; `head` is the last durable `seq` (0 when empty).
     pub fn start(store: Arc<dyn Store>, head: u64, options: JournalOptions) -> Journal {
-        let (sender, receiver) = bounded(options.queue_max.max(1));
+        let queue_max = options.queue_max.max(1);
+        let (sender, receiver) = bounded(queue_max + 1);
+        let queued = Arc::new(AtomicUsize::new(0));
         let (head_sender, head_receiver) = watch::channel(head);
         let poisoned = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(JournalStats::default());
@@ -76,6 +81,7 @@ impl Journal {
             next_seq: head + 1,
             poisoned: poisoned.clone(),
             stats: stats.clone(),
+            queued: queued.clone(),
             options,
         };
         let handle = std::thread::Builder::new()
@@ -84,6 +90,8 @@ impl Journal {
             .ok();
         Journal {
             sender,
+            queued,
+            queue_max,
             head: head_receiver,
             poisoned,
             stats,
@@ -92,26 +100,31 @@ impl Journal {
         }
     }
 
-    /// Enqueues an append without blocking.
+    /// Takes a place in the queue, or refuses at once when it is full or the
+    /// journal is poisoned. Callers reserve *before* changing state, so a
+    /// refusal leaves nothing to undo.
+    pub fn reserve(&self) -> Result<AppendPermit<'_>, AppendError> {
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
+        let taken = self.queued.fetch_add(1, Ordering::AcqRel);
+        if taken >= self.queue_max {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(StorageError::Overloaded);
+        }
+        Ok(AppendPermit {
+            journal: self,
+            used: false,
+        })
+    }
+
+    /// Enqueues an append without blocking (`reserve` + `send`).
     pub fn append(
         &self,
         entries: Vec<Vec<u8>>,
         extra: WriteBatch,
     ) -> Result<AppendTicket, AppendError> {
-        if self.poisoned.load(Ordering::Acquire) {
-            return Err(StorageError::Poisoned);
-        }
-        let (reply, ticket) = oneshot::channel();
-        let request = AppendRequest {
-            entries,
-            extra,
-            reply,
-        };
-        match self.sender.try_send(Message::Append(request)) {
-            Ok(()) => Ok(ticket),
-            Err(TrySendError::Full(_)) => Err(StorageError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(StorageError::Closed),
-        }
+        Ok(self.reserve()?.send(entries, extra))
     }
 
     /// The last durable `seq`.
@@ -180,6 +193,44 @@ impl Journal {
     }
 }
 
+/// A reserved place in the journal queue; dropping it unused gives it back.
+pub struct AppendPermit<'a> {
+    journal: &'a Journal,
+    used: bool,
+}
+
+impl AppendPermit<'_> {
+    /// Queues the append. Cannot be refused for space (the place is
+    /// reserved); after shutdown the ticket resolves to `Closed`.
+    pub fn send(mut self, entries: Vec<Vec<u8>>, extra: WriteBatch) -> AppendTicket {
+        self.used = true;
+        let (reply, ticket) = oneshot::channel();
+        let request = AppendRequest {
+            entries,
+            extra,
+            reply,
+        };
+        match self.journal.sender.try_send(Message::Append(request)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(Message::Append(request)))
+            | Err(TrySendError::Disconnected(Message::Append(request))) => {
+                self.journal.queued.fetch_sub(1, Ordering::AcqRel);
+                let _ = request.reply.send(Err(StorageError::Closed));
+            }
+            Err(_) => {}
+        }
+        ticket
+    }
+}
+
+impl Drop for AppendPermit<'_> {
+    fn drop(&mut self) {
+        if !self.used {
+            self.journal.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 struct Writer {
     store: Arc<dyn Store>,
     receiver: Receiver<Message>,
@@ -187,25 +238,34 @@ struct Writer {
     next_seq: u64,
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
+    queued: Arc<AtomicUsize>,
     options: JournalOptions,
 }
 
 impl Writer {
+    fn receive(&self, message: Result<Message, ()>) -> Option<Message> {
+        let message = message.ok()?;
+        if matches!(message, Message::Append(_)) {
+            self.queued.fetch_sub(1, Ordering::AcqRel);
+        }
+        Some(message)
+    }
+
     fn run(mut self) {
         let mut requests = Vec::with_capacity(self.options.batch_max);
         loop {
-            let mut stop = match self.receiver.recv() {
-                Ok(Message::Append(request)) => {
+            let mut stop = match self.receive(self.receiver.recv().map_err(drop)) {
+                Some(Message::Append(request)) => {
                     requests.push(request);
                     false
                 }
-                Ok(Message::Stop) | Err(_) => true,
+                Some(Message::Stop) | None => true,
             };
             while !stop && requests.len() < self.options.batch_max {
-                match self.receiver.try_recv() {
-                    Ok(Message::Append(request)) => requests.push(request),
-                    Ok(Message::Stop) => stop = true,
-                    Err(_) => break,
+                match self.receive(self.receiver.try_recv().map_err(drop)) {
+                    Some(Message::Append(request)) => requests.push(request),
+                    Some(Message::Stop) => stop = true,
+                    None => break,
                 }
             }
             if !requests.is_empty() {
@@ -213,7 +273,9 @@ impl Writer {
             }
             if stop {
                 // Anything that raced in after Stop is refused, not dropped silently.
-                while let Ok(Message::Append(request)) = self.receiver.try_recv() {
+                while let Some(Message::Append(request)) =
+                    self.receive(self.receiver.try_recv().map_err(drop))
+                {
                     let _ = request.reply.send(Err(StorageError::Closed));
                 }
                 return;

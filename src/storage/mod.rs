@@ -11,7 +11,7 @@ mod memory;
 pub mod records;
 mod rocks;
 
-pub use journal::{AppendError, Journal, JournalStats};
+pub use journal::{AppendError, AppendPermit, Journal, JournalOptions, JournalStats};
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 

@@ -88,8 +88,8 @@ pub enum PendingOp {
 pub struct ReservationLine {
     pub sku: String,
     pub location: String,
+    /// Units held at this position (reserved plus backordered) when created.
     pub qty: u64,
-    pub backordered: u64,
 }
 
 /// A reservation (`Space::Reservations`), written atomically with the

@@ -1,0 +1,105 @@
+//! Messages between the engine, shards and position actors.
+
+use std::sync::Arc;
+
+use actix::Message;
+
+use crate::domain::{ChannelId, Command, Counters, Event, Hold, Reject, ReservationId};
+use crate::storage::{StorageError, WriteBatch};
+
+/// Who and what caused a change; stored on every journal entry.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    /// Event id of the first journal entry; later ones get `.1`, `.2`, ...
+    pub event_id: String,
+    pub source: Arc<str>,
+    pub correlation_id: Arc<str>,
+    pub occurred_at_ms: i64,
+}
+
+/// Run one command on one position and journal its events.
+#[derive(Debug)]
+pub struct Exec {
+    pub sku: Arc<str>,
+    pub location: Arc<str>,
+    pub command: Command,
+    pub meta: Meta,
+    /// Writes that must land atomically with the events (reservation records).
+    pub extra: WriteBatch,
+    /// Refuse the command as a duplicate if `meta.event_id` was applied before.
+    pub dedupe: bool,
+    /// Create the position when it does not exist yet.
+    pub create: bool,
+}
+
+impl Message for Exec {
+    type Result = Result<ExecOutcome, ExecError>;
+}
+
+#[derive(Debug, Clone)]
+pub struct ExecOutcome {
+    /// `seq` of the first journal entry; `None` for a no-op or a duplicate.
+    pub first_seq: Option<u64>,
+    pub events: Vec<Event>,
+    pub counters: Counters,
+    pub version: u64,
+    pub duplicate: bool,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecError {
+    #[error(transparent)]
+    Reject(#[from] Reject),
+    #[error("position does not exist")]
+    NotFound,
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("shard unavailable")]
+    Mailbox,
+}
+
+/// A position's counters and channel commitments, for reads.
+#[derive(Debug, Clone)]
+pub struct PositionReadout {
+    pub location: Arc<str>,
+    pub counters: Counters,
+    pub version: u64,
+    /// `(channel, remaining commitment)`.
+    pub commitments: Vec<(ChannelId, u64)>,
+    pub hold: Option<Hold>,
+}
+
+impl PositionReadout {
+    pub fn available(&self) -> i64 {
+        self.counters.available()
+    }
+
+    /// What `channel` may sell here (SPEC §1 "Channel view"), may be negative.
+    pub fn channel_view(&self, channel: &str) -> i64 {
+        let total: u64 = self
+            .commitments
+            .iter()
+            .map(|(_, r)| *r)
+            .fold(0, u64::saturating_add);
+        let own = self
+            .commitments
+            .iter()
+            .find(|(c, _)| &**c == channel)
+            .map_or(0, |(_, r)| *r);
+        let own = i64::try_from(own).unwrap_or(i64::MAX);
+        let total = i64::try_from(total).unwrap_or(i64::MAX);
+        own.saturating_add(self.available().saturating_sub(total))
+    }
+}
+
+/// Read the existing positions of one SKU at the given locations.
+pub struct ReadSku {
+    pub sku: Arc<str>,
+    pub locations: Vec<Arc<str>>,
+    /// Also return this reservation's hold at each position.
+    pub hold_of: Option<ReservationId>,
+}
+
+impl Message for ReadSku {
+    type Result = Vec<PositionReadout>;
+}

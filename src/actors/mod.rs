@@ -1,0 +1,71 @@
+//! The actor shell around the domain: one [`PositionActor`] per active
+//! SKU-location, owned by the [`ShardActor`] of its partition.
+//!
+//! SKUs map to a fixed number of partitions (a stable hash); partition `p` is
+//! owned by shard `p % shards`, and each shard runs on its own arbiter
+//! (thread). All positions of one SKU are in one partition, so an availability
+//! read is a single message. Position actors are thin: decode the message,
+//! `decide`, `evolve`, journal, and only then reply. They never await anything
+//! but their own journal append, and never a publisher.
+
+mod messages;
+mod position;
+mod shard;
+
+pub use messages::{Exec, ExecError, ExecOutcome, Meta, PositionReadout, ReadSku};
+pub use position::PositionActor;
+pub use shard::{ColdEntry, CollectSnapshot, LoadPositions, ShardActor, ShardStats, Stats};
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::sync::Arc;
+
+use crate::metrics::Metrics;
+use crate::storage::{Journal, Store};
+
+/// What every actor shares: the journal, the store and the metrics.
+pub struct Shared {
+    pub journal: Arc<Journal>,
+    pub store: Arc<dyn Store>,
+    pub metrics: Arc<Metrics>,
+    /// Next exception-queue id.
+    pub next_exception_id: AtomicU64,
+    /// Positions with `available < 0`, kept exact by the actors.
+    pub oversold_positions: AtomicI64,
+    pub passivate_after_ms: u64,
+}
+
+/// A SKU-location, as actors and shards key it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PositionKey {
+    pub sku: Arc<str>,
+    pub location: Arc<str>,
+}
+
+/// Stable FNV-1a hash of the SKU: the partition must not change between
+/// runs or builds, so `std`'s randomized hasher is not usable here.
+pub fn partition_of(sku: &str, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in sku.as_bytes() {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_are_stable_and_in_range() {
+        assert_eq!(partition_of("sku-1", 64), partition_of("sku-1", 64));
+        assert!((0..1000).all(|i| partition_of(&format!("sku-{i}"), 7) < 7));
+        assert_eq!(partition_of("anything", 1), 0);
+    }
+}

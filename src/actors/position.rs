@@ -1,0 +1,314 @@
+//! One SKU-location: owns its [`Position`] and serializes every command on
+//! it through its mailbox. A command is decided, evolved, handed to the
+//! journal, and answered only once the journal entry is durable; the mailbox
+//! waits meanwhile (`AtomicResponse`), so the state a later message sees, or a
+//! snapshot copies, is always durable.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout};
+use super::shard::{ColdEntry, ShardState};
+use super::{now_ms, PositionKey, Shared};
+use crate::domain::{EventKind, Position, ReservationId};
+use crate::storage::records::{position_key, ExceptionRecord, JournalRecord};
+use crate::storage::{codec, seq_key, Space, StorageError};
+
+pub struct PositionActor {
+    key: PositionKey,
+    position: Position,
+    last_seq: u64,
+    dirty: bool,
+    /// In-memory state ran ahead of a failed journal write: refuse everything.
+    poisoned: bool,
+    last_used_ms: i64,
+    shared: Arc<Shared>,
+    shard: Rc<RefCell<ShardState>>,
+}
+
+impl PositionActor {
+    pub(super) fn new(
+        key: PositionKey,
+        entry: ColdEntry,
+        shared: Arc<Shared>,
+        shard: Rc<RefCell<ShardState>>,
+    ) -> PositionActor {
+        PositionActor {
+            key,
+            position: entry.position,
+            last_seq: entry.last_seq,
+            dirty: entry.dirty,
+            poisoned: false,
+            last_used_ms: now_ms(),
+            shared,
+            shard,
+        }
+    }
+
+    pub(super) fn readout(&self, hold_of: Option<&ReservationId>) -> PositionReadout {
+        readout(&self.key, &self.position, hold_of)
+    }
+
+    /// Decides and evolves `exec`, returning the encoded journal entries.
+    fn prepare(&mut self, exec: &mut Exec) -> Result<(Vec<Vec<u8>>, ExecOutcome), ExecError> {
+        let events = self.position.decide(&exec.command)?;
+        let was_oversold = self.position.is_oversold();
+        let recorded_at_ms = now_ms();
+        let mut entries = Vec::with_capacity(events.len());
+        for (index, event) in events.iter().enumerate() {
+            self.position.evolve(event).map_err(|error| {
+                tracing::error!(%error, sku = %self.key.sku, "decided event did not apply");
+                self.poisoned = true;
+                ExecError::Storage(StorageError::Codec(error.to_string()))
+            })?;
+            let event_id = match index {
+                0 => exec.meta.event_id.clone(),
+                n => format!("{}.{n}", exec.meta.event_id),
+            };
+            let record = JournalRecord {
+                sku: self.key.sku.to_string(),
+                location: self.key.location.to_string(),
+                event: event.clone(),
+                version: self.position.version,
+                counters: self.position.counters,
+                event_id,
+                source: exec.meta.source.to_string(),
+                correlation_id: exec.meta.correlation_id.to_string(),
+                occurred_at_ms: exec.meta.occurred_at_ms,
+                recorded_at_ms,
+            };
+            entries.push(codec::encode(&record)?);
+            if event.kind == EventKind::Oversold {
+                self.record_oversold(exec, recorded_at_ms)?;
+            }
+        }
+        if exec.dedupe {
+            let marker = codec::encode(&(self.key.location.to_string(), self.position.version))?;
+            exec.extra
+                .put(Space::EventIds, exec.meta.event_id.as_bytes(), marker);
+        }
+        let oversold = self.position.is_oversold();
+        if oversold != was_oversold {
+            let change = if oversold { 1 } else { -1 };
+            let total = self
+                .shared
+                .oversold_positions
+                .fetch_add(change, Ordering::Relaxed)
+                + change;
+            self.shared.metrics.oversold_positions.set(total);
+        }
+        let outcome = ExecOutcome {
+            first_seq: None,
+            events,
+            counters: self.position.counters,
+            version: self.position.version,
+            duplicate: false,
+        };
+        Ok((entries, outcome))
+    }
+
+    fn record_oversold(&self, exec: &mut Exec, at_ms: i64) -> Result<(), StorageError> {
+        let id = self
+            .shared
+            .next_exception_id
+            .fetch_add(1, Ordering::Relaxed);
+        let record = ExceptionRecord {
+            id,
+            kind: "oversold".to_string(),
+            code: "oversold".to_string(),
+            detail: format!(
+                "available is {} after {}",
+                self.position.available(),
+                exec.meta.event_id
+            ),
+            sku: Some(self.key.sku.to_string()),
+            location: Some(self.key.location.to_string()),
+            event_id: Some(exec.meta.event_id.clone()),
+            source: Some(exec.meta.source.to_string()),
+            payload: None,
+            correlation_id: exec.meta.correlation_id.to_string(),
+            created_at_ms: at_ms,
+            status: "open".to_string(),
+        };
+        exec.extra
+            .put(Space::Exceptions, seq_key(id), codec::encode(&record)?);
+        Ok(())
+    }
+
+    fn is_duplicate(&self, exec: &Exec) -> Result<bool, StorageError> {
+        Ok(exec.dedupe
+            && self
+                .shared
+                .store
+                .get(Space::EventIds, exec.meta.event_id.as_bytes())?
+                .is_some())
+    }
+
+    fn unchanged(&self) -> ExecOutcome {
+        ExecOutcome {
+            first_seq: None,
+            events: Vec::new(),
+            counters: self.position.counters,
+            version: self.position.version,
+            duplicate: false,
+        }
+    }
+
+    /// Stops the actor and parks its state in the shard when nothing is
+    /// routed to it (`in_flight == 0`, so its mailbox is empty).
+    fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
+        let idle_ms = now_ms() - self.last_used_ms;
+        if self.poisoned || idle_ms < self.shared.passivate_after_ms as i64 {
+            return;
+        }
+        let mut shard = self.shard.borrow_mut();
+        if shard.in_flight(&self.key) > 0 {
+            return;
+        }
+        shard.park(
+            self.key.clone(),
+            ColdEntry {
+                position: std::mem::take(&mut self.position),
+                last_seq: self.last_seq,
+                dirty: self.dirty,
+            },
+        );
+        ctx.stop();
+    }
+}
+
+pub(super) fn readout(
+    key: &PositionKey,
+    position: &Position,
+    hold_of: Option<&ReservationId>,
+) -> PositionReadout {
+    PositionReadout {
+        location: key.location.clone(),
+        counters: position.counters,
+        version: position.version,
+        commitments: position
+            .commitments
+            .iter()
+            .map(|c| (c.channel.clone(), c.remaining()))
+            .collect(),
+        hold: hold_of.and_then(|id| position.holds.get(id).cloned()),
+    }
+}
+
+impl Actor for PositionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Only the shard sends here, one message per routed request; the
+        // shard's own bound (its mailbox) is what callers wait on.
+        ctx.set_mailbox_capacity(1024);
+        let check_every =
+            Duration::from_millis((self.shared.passivate_after_ms / 4).clamp(50, 30_000));
+        ctx.run_interval(check_every, |actor, ctx| actor.passivate_if_idle(ctx));
+    }
+}
+
+impl Handler<Exec> for PositionActor {
+    type Result = AtomicResponse<Self, Result<ExecOutcome, ExecError>>;
+
+    fn handle(&mut self, mut exec: Exec, _ctx: &mut Context<Self>) -> Self::Result {
+        self.last_used_ms = now_ms();
+        let ready = |result| AtomicResponse::new(Box::pin(fut::ready(result)));
+        if self.poisoned {
+            return ready(Err(ExecError::Storage(StorageError::Poisoned)));
+        }
+        match self.is_duplicate(&exec) {
+            Ok(true) => {
+                let mut outcome = self.unchanged();
+                outcome.duplicate = true;
+                return ready(Ok(outcome));
+            }
+            Ok(false) => {}
+            Err(error) => return ready(Err(error.into())),
+        }
+        // Take a journal slot before touching state, so a full queue refuses
+        // the command with the state unchanged.
+        let shared = self.shared.clone();
+        let permit = match shared.journal.reserve() {
+            Ok(permit) => permit,
+            Err(error) => return ready(Err(error.into())),
+        };
+        let (entries, mut outcome) = match self.prepare(&mut exec) {
+            Ok(prepared) => prepared,
+            Err(error) => return ready(Err(error)),
+        };
+        if entries.is_empty() && exec.extra.is_empty() {
+            return ready(Ok(outcome));
+        }
+        let count = entries.len() as u64;
+        let ticket = permit.send(entries, std::mem::take(&mut exec.extra));
+        AtomicResponse::new(Box::pin(async move { ticket.await }.into_actor(self).map(
+            move |result, actor, _ctx| match result {
+                Ok(Ok(first_seq)) => {
+                    if count > 0 {
+                        actor.last_seq = first_seq + count - 1;
+                        actor.dirty = true;
+                        outcome.first_seq = Some(first_seq);
+                    }
+                    Ok(outcome)
+                }
+                Ok(Err(error)) => {
+                    actor.poisoned = true;
+                    Err(ExecError::Storage(error))
+                }
+                Err(_) => {
+                    actor.poisoned = true;
+                    Err(ExecError::Storage(StorageError::Closed))
+                }
+            },
+        )))
+    }
+}
+
+/// A read of this position (and optionally one reservation's hold on it).
+pub(super) struct Read {
+    pub hold_of: Option<ReservationId>,
+}
+
+impl Message for Read {
+    type Result = PositionReadout;
+}
+
+impl Handler<Read> for PositionActor {
+    type Result = MessageResult<Read>;
+
+    fn handle(&mut self, read: Read, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.readout(read.hold_of.as_ref()))
+    }
+}
+
+/// Copy the state for a snapshot if it changed since the last one.
+pub(super) struct TakeSnapshot {
+    pub full: bool,
+}
+
+impl Message for TakeSnapshot {
+    type Result = Option<(Position, u64)>;
+}
+
+impl Handler<TakeSnapshot> for PositionActor {
+    type Result = MessageResult<TakeSnapshot>;
+
+    fn handle(&mut self, take: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.poisoned || !(self.dirty || take.full) {
+            return MessageResult(None);
+        }
+        self.dirty = false;
+        MessageResult(Some((self.position.clone(), self.last_seq)))
+    }
+}
+
+/// The store key of this actor's position.
+pub(super) fn store_key(key: &PositionKey) -> Vec<u8> {
+    position_key(&key.sku, &key.location)
+}

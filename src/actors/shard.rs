@@ -1,0 +1,265 @@
+//! A shard: the supervisor of the position actors of its partitions, on its
+//! own arbiter. It routes each command to the position's actor, activating
+//! it on first use from the resident state, and keeps the state of
+//! passivated positions (compact, no actor) so millions of positions do not
+//! need millions of live actors.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout, ReadSku};
+use super::position::{readout, store_key, PositionActor, Read, TakeSnapshot};
+use super::{PositionKey, Shared};
+use crate::domain::Position;
+use crate::storage::records::PositionSnapshot;
+
+/// A position without a live actor.
+#[derive(Debug, Clone, Default)]
+pub struct ColdEntry {
+    pub position: Position,
+    pub last_seq: u64,
+    /// Changed since the last snapshot.
+    pub dirty: bool,
+}
+
+struct LiveEntry {
+    addr: Addr<PositionActor>,
+    /// Messages routed to the actor and not answered yet. Everything reaches
+    /// the actor through the shard, so zero means an empty mailbox.
+    in_flight: u32,
+}
+
+/// State shared by the shard and its actors, all on the shard's thread.
+#[derive(Default)]
+pub struct ShardState {
+    live: HashMap<PositionKey, LiveEntry>,
+    cold: HashMap<PositionKey, ColdEntry>,
+}
+
+impl ShardState {
+    pub(super) fn in_flight(&self, key: &PositionKey) -> u32 {
+        self.live.get(key).map_or(0, |entry| entry.in_flight)
+    }
+
+    /// Called by a passivating actor: its state becomes cold again.
+    pub(super) fn park(&mut self, key: PositionKey, entry: ColdEntry) {
+        self.live.remove(&key);
+        self.cold.insert(key, entry);
+    }
+
+    fn finished(&mut self, key: &PositionKey) {
+        if let Some(entry) = self.live.get_mut(key) {
+            entry.in_flight = entry.in_flight.saturating_sub(1);
+        }
+    }
+}
+
+pub struct ShardActor {
+    shared: Arc<Shared>,
+    state: Rc<RefCell<ShardState>>,
+}
+
+impl ShardActor {
+    pub fn new(shared: Arc<Shared>) -> ShardActor {
+        ShardActor {
+            shared,
+            state: Rc::new(RefCell::new(ShardState::default())),
+        }
+    }
+
+    /// The live actor of `key`, started from its cold state (or, with
+    /// `create`, from an empty position) when it has none.
+    fn activate(&mut self, key: &PositionKey, create: bool) -> Option<Addr<PositionActor>> {
+        let mut state = self.state.borrow_mut();
+        if let Some(entry) = state.live.get(key) {
+            if entry.addr.connected() {
+                return Some(entry.addr.clone());
+            }
+        }
+        let entry = match state.cold.remove(key) {
+            Some(entry) => entry,
+            None if create => ColdEntry::default(),
+            None => return None,
+        };
+        let actor = PositionActor::new(key.clone(), entry, self.shared.clone(), self.state.clone());
+        let addr = actor.start();
+        state.live.insert(
+            key.clone(),
+            LiveEntry {
+                addr: addr.clone(),
+                in_flight: 0,
+            },
+        );
+        Some(addr)
+    }
+}
+
+impl Actor for ShardActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Callers use `send().await`, so a full shard mailbox makes them wait
+        // (back-pressure to the HTTP workers) rather than grow a queue.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Exec> for ShardActor {
+    type Result = ResponseFuture<Result<ExecOutcome, ExecError>>;
+
+    fn handle(&mut self, exec: Exec, _ctx: &mut Context<Self>) -> Self::Result {
+        let key = PositionKey {
+            sku: exec.sku.clone(),
+            location: exec.location.clone(),
+        };
+        let Some(addr) = self.activate(&key, exec.create) else {
+            return Box::pin(async { Err(ExecError::NotFound) });
+        };
+        if let Some(entry) = self.state.borrow_mut().live.get_mut(&key) {
+            entry.in_flight += 1;
+        }
+        let state = self.state.clone();
+        Box::pin(async move {
+            let result = addr.send(exec).await;
+            state.borrow_mut().finished(&key);
+            result.unwrap_or(Err(ExecError::Mailbox))
+        })
+    }
+}
+
+impl Handler<ReadSku> for ShardActor {
+    type Result = ResponseFuture<Vec<PositionReadout>>;
+
+    fn handle(&mut self, read: ReadSku, _ctx: &mut Context<Self>) -> Self::Result {
+        let state = self.state.borrow();
+        let mut ready = Vec::new();
+        let mut pending = Vec::new();
+        for (index, location) in read.locations.iter().enumerate() {
+            let key = PositionKey {
+                sku: read.sku.clone(),
+                location: location.clone(),
+            };
+            if let Some(entry) = state.live.get(&key) {
+                let request = entry.addr.send(Read {
+                    hold_of: read.hold_of.clone(),
+                });
+                pending.push((index, request));
+            } else if let Some(entry) = state.cold.get(&key) {
+                ready.push((index, readout(&key, &entry.position, read.hold_of.as_ref())));
+            }
+        }
+        Box::pin(async move {
+            let indexes: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
+            let answers = join_all(pending.into_iter().map(|(_, request)| request)).await;
+            for (index, answer) in indexes.into_iter().zip(answers) {
+                if let Ok(readout) = answer {
+                    ready.push((index, readout));
+                }
+            }
+            ready.sort_by_key(|(index, _)| *index);
+            // A position that never had an event does not exist (SPEC §1).
+            ready
+                .into_iter()
+                .map(|(_, readout)| readout)
+                .filter(|readout| readout.version > 0)
+                .collect()
+        })
+    }
+}
+
+/// Collect positions changed since the last snapshot (all with `full`).
+pub struct CollectSnapshot {
+    pub full: bool,
+}
+
+impl Message for CollectSnapshot {
+    type Result = Vec<(Vec<u8>, PositionSnapshot)>;
+}
+
+impl Handler<CollectSnapshot> for ShardActor {
+    type Result = ResponseFuture<Vec<(Vec<u8>, PositionSnapshot)>>;
+
+    fn handle(&mut self, collect: CollectSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut state = self.state.borrow_mut();
+        let mut ready = Vec::new();
+        for (key, entry) in state.cold.iter_mut() {
+            if (entry.dirty || collect.full) && entry.position.version > 0 {
+                entry.dirty = false;
+                let snapshot = PositionSnapshot {
+                    position: entry.position.clone(),
+                    last_seq: entry.last_seq,
+                };
+                ready.push((store_key(key), snapshot));
+            }
+        }
+        let pending: Vec<_> = state
+            .live
+            .iter()
+            .map(|(key, entry)| {
+                let request = entry.addr.send(TakeSnapshot { full: collect.full });
+                (store_key(key), request)
+            })
+            .collect();
+        Box::pin(async move {
+            let (keys, requests): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
+            for (key, answer) in keys.into_iter().zip(join_all(requests).await) {
+                if let Ok(Some((position, last_seq))) = answer {
+                    if position.version > 0 {
+                        ready.push((key, PositionSnapshot { position, last_seq }));
+                    }
+                }
+            }
+            ready
+        })
+    }
+}
+
+/// Install recovered positions (cold) at start-up.
+pub struct LoadPositions(pub Vec<(PositionKey, ColdEntry)>);
+
+impl Message for LoadPositions {
+    type Result = ();
+}
+
+impl Handler<LoadPositions> for ShardActor {
+    type Result = ();
+
+    fn handle(&mut self, load: LoadPositions, _ctx: &mut Context<Self>) {
+        let mut state = self.state.borrow_mut();
+        state.cold.reserve(load.0.len());
+        for (key, entry) in load.0 {
+            state.cold.insert(key, entry);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ShardStats {
+    pub live: usize,
+    pub cold: usize,
+}
+
+pub struct Stats;
+
+impl Message for Stats {
+    type Result = ShardStats;
+}
+
+impl Handler<Stats> for ShardActor {
+    type Result = MessageResult<Stats>;
+
+    fn handle(&mut self, _: Stats, _ctx: &mut Context<Self>) -> Self::Result {
+        let state = self.state.borrow();
+        let _ = self.shared.oversold_positions.load(Ordering::Relaxed);
+        MessageResult(ShardStats {
+            live: state.live.len(),
+            cold: state.cold.len(),
+        })
+    }
+}
