@@ -2,5 +2,6 @@
 pub mod actors;
 pub mod config;
 pub mod domain;
+pub mod engine;
 pub mod metrics;
 pub mod storage;

@@ -31,6 +31,8 @@ pub struct Shared {
     pub next_exception_id: AtomicU64,
     /// Positions with `available < 0`, kept exact by the actors.
     pub oversold_positions: AtomicI64,
+    /// Positions that exist (had at least one event).
+    pub positions: AtomicI64,
     pub passivate_after_ms: u64,
 }
 

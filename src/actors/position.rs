@@ -58,6 +58,7 @@ impl PositionActor {
     fn prepare(&mut self, exec: &mut Exec) -> Result<(Vec<Vec<u8>>, ExecOutcome), ExecError> {
         let events = self.position.decide(&exec.command)?;
         let was_oversold = self.position.is_oversold();
+        let is_new = self.position.version == 0;
         let recorded_at_ms = now_ms();
         let mut entries = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
@@ -91,6 +92,10 @@ impl PositionActor {
             let marker = codec::encode(&(self.key.location.to_string(), self.position.version))?;
             exec.extra
                 .put(Space::EventIds, exec.meta.event_id.as_bytes(), marker);
+        }
+        if is_new && !events.is_empty() {
+            let total = self.shared.positions.fetch_add(1, Ordering::Relaxed) + 1;
+            self.shared.metrics.positions.set(total);
         }
         let oversold = self.position.is_oversold();
         if oversold != was_oversold {

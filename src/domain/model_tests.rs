@@ -262,7 +262,6 @@ impl Model {
                 if shipped > 0 {
                     next.on_hand -= shipped;
                     next.allocated -= shipped;
-                    next.quarantined = next.quarantined.min(next.on_hand);
                     kinds.push(EventKind::Shipped);
                 }
                 // SPEC silent: shipped units consume the commitment for good,
@@ -285,8 +284,10 @@ impl Model {
                 next.on_hand += q;
                 kinds.push(EventKind::Received);
                 // A receipt fills backorders first, oldest first, as far as the
-                // position stays not oversold. SPEC silent: the filled units do
-                // not draw on the channel's commitment.
+                // position stays not oversold. The filled units do not draw on
+                // the channel's commitment: this follows position.rs, but the
+                // SPEC says otherwise, see the ignored
+                // `filled_backorders_consume_the_channels_commitment_first`.
                 let mut budget = q.min(next.available().max(0));
                 for id in self.backorder_queue.clone() {
                     if budget == 0 {
@@ -470,17 +471,19 @@ enum Target {
     Id(usize),
     /// The n-th (modulo) reservation holding anything here.
     Live(usize),
+    /// The n-th (modulo) reservation with reserved units and no backorder.
+    Allocatable(usize),
     /// The n-th (modulo) reservation that holds only allocated units.
     Ready(usize),
 }
 
 impl Target {
     fn resolve(self, position: &Position) -> Arc<str> {
-        let pick = |n: usize, ready: bool| {
+        let pick = |n: usize, wanted: fn(&super::Hold) -> bool| {
             let mut ids: Vec<&Arc<str>> = position
                 .holds
                 .iter()
-                .filter(|(_, h)| !ready || (h.reserved == 0 && h.backordered == 0))
+                .filter(|(_, h)| wanted(h))
                 .map(|(id, _)| id)
                 .collect();
             ids.sort();
@@ -492,8 +495,9 @@ impl Target {
         };
         match self {
             Target::Id(n) => Arc::from(rid(n).as_str()),
-            Target::Live(n) => pick(n, false),
-            Target::Ready(n) => pick(n, true),
+            Target::Live(n) => pick(n, |_| true),
+            Target::Allocatable(n) => pick(n, |h| h.reserved > 0 && h.backordered == 0),
+            Target::Ready(n) => pick(n, |h| h.reserved == 0 && h.backordered == 0),
         }
     }
 }
@@ -702,8 +706,8 @@ fn live() -> impl Strategy<Value = Target> {
 
 fn ready() -> impl Strategy<Value = Target> {
     prop_oneof![
-        (0..RESERVATIONS).prop_map(Target::Id),
-        any::<usize>().prop_map(Target::Ready),
+        1 => (0..RESERVATIONS).prop_map(Target::Id),
+        3 => any::<usize>().prop_map(Target::Ready),
     ]
 }
 
@@ -722,10 +726,11 @@ fn op() -> impl Strategy<Value = Op> {
         }),
         3 => (live(), any::<bool>())
             .prop_map(|(target, expired)| Op::Release { target, expired }),
-        4 => live().prop_map(|target| Op::Allocate { target }),
+        4 => prop_oneof![live(), any::<usize>().prop_map(Target::Allocatable)]
+            .prop_map(|target| Op::Allocate { target }),
         4 => (ready(), proptest::option::weighted(0.5, quantity()))
             .prop_map(|(target, qty)| Op::Ship { target, qty }),
-        5 => quantity().prop_map(|qty| Op::Receipt { qty }),
+        6 => quantity().prop_map(|qty| Op::Receipt { qty }),
         3 => (delta(), reason()).prop_map(|(delta, reason)| Op::Adjust { delta, reason }),
         2 => (counted(), expect()).prop_map(|(counted, expect)| Op::Count { counted, expect }),
         2 => (quantity(), any::<bool>())
@@ -1162,54 +1167,118 @@ proptest! {
     }
 }
 
+// ---------------------------------------------------------------------------
+// Disagreements with the SPEC found by the model (ignored until fixed)
+// ---------------------------------------------------------------------------
+
+fn id(s: &str) -> Arc<str> {
+    Arc::from(s)
+}
+
+fn run(position: &mut Position, command: Command) -> Vec<Event> {
+    apply(position, &command).expect("command accepted")
+}
+
+/// SPEC §1: "Reservations by a channel consume its commitment first." A
+/// backordered unit of a web reservation that a receipt fills becomes a
+/// reserved unit of that reservation, so it should use web's commitment
+/// like a unit reserved straight away. `decide_receipt` emits
+/// `BackorderFilled` with `commitment_used: 0`, so the commitment stays
+/// untouched and web ends up with its backorder *plus* its full ring fence,
+/// taken out of every other channel's view.
 #[test]
-fn tmp_stats() {
-    use proptest::strategy::ValueTree;
-    use proptest::test_runner::TestRunner;
-    let mut runner = TestRunner::default();
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    let mut rejects: BTreeMap<String, usize> = BTreeMap::new();
-    let mut noops = 0;
-    let mut bo_positive_avail = 0;
-    let mut max_bo = 0;
-    for _ in 0..512 {
-        let ops = ops().new_tree(&mut runner).unwrap().current();
-        let mut p = Position::default();
-        for op in &ops {
-            let c = op.command(&p);
-            match p.decide(&c) {
-                Ok(ev) => {
-                    if ev.is_empty() {
-                        noops += 1;
-                    }
-                    for e in &ev {
-                        *kinds.entry(format!("{:?}", e.kind)).or_default() += 1;
-                        p.evolve(e).unwrap();
-                    }
-                }
-                Err(r) => {
-                    let k = format!("{:?}", refusal(&r));
-                    let k = k
-                        .split(|c| c == ' ' || c == '{')
-                        .next()
-                        .unwrap()
-                        .to_string();
-                    *rejects
-                        .entry(format!(
-                            "{}:{}",
-                            format!("{:?}", c).split(' ').next().unwrap(),
-                            k
-                        ))
-                        .or_default() += 1;
-                }
-            }
-            if p.counters.backordered > 0 && p.available() > 0 {
-                bo_positive_avail += 1;
-            }
-            max_bo = max_bo.max(p.counters.backordered);
+#[ignore = "position.rs decide_receipt: filled backorders do not consume the channel's commitment"]
+fn filled_backorders_consume_the_channels_commitment_first() {
+    let mut p = Position::default();
+    run(
+        &mut p,
+        Command::SetCommitment {
+            channel: id("web"),
+            qty: 10,
+        },
+    );
+    run(
+        &mut p,
+        Command::Settings {
+            safety_stock: None,
+            backorder_limit: Some(5),
+        },
+    );
+    let events = run(
+        &mut p,
+        Command::Hold {
+            reservation_id: id("r1"),
+            channel: id("web"),
+            qty: qty(5),
+            mode: HoldMode::Whole {
+                allow_backorder: true,
+            },
+        },
+    );
+    assert_eq!(events[0].delta.backordered, 5);
+    run(&mut p, Command::Receipt { qty: qty(20) });
+    assert_eq!(p.counters.reserved, 5);
+    // Web's 5 reserved units came out of its 10 ring-fenced ones: 5 remain,
+    // and the other 10 units on hand are uncommitted.
+    assert_eq!(
+        remaining(&p, "web"),
+        5,
+        "commitment used by the filled backorder"
+    );
+    assert_eq!(p.channel_view("marketplace"), 10);
+    assert_eq!(p.channel_view("web"), 15);
+}
+
+/// SPEC §1: a reservation has one `channel`. `decide_hold` accepts a hold
+/// for an existing reservation through another channel; `evolve_hold` keeps
+/// the hold's first channel but books `commitment_used` on the new one, so
+/// the later release gives the units back to the wrong channel and its
+/// event cannot even be evolved ("commitment used" underflow): the actor
+/// would be stuck with a decided event it cannot apply. Either reject the
+/// second hold or account it per channel.
+#[test]
+#[ignore = "position.rs decide_hold/evolve_hold: a hold through a second channel corrupts commitments"]
+fn a_reservation_cannot_switch_channels() {
+    let mut p = Position::default();
+    run(&mut p, Command::Receipt { qty: qty(20) });
+    for channel in ["web", "marketplace"] {
+        run(
+            &mut p,
+            Command::SetCommitment {
+                channel: id(channel),
+                qty: 5,
+            },
+        );
+    }
+    let hold = |channel: &str, n: u64| Command::Hold {
+        reservation_id: id("r1"),
+        channel: id(channel),
+        qty: qty(n),
+        mode: HoldMode::Whole {
+            allow_backorder: false,
+        },
+    };
+    run(&mut p, hold("web", 3));
+    // Either refused, or accounted so that a release gives everything back.
+    if let Ok(events) = p.decide(&hold("marketplace", 2)) {
+        for event in &events {
+            p.evolve(event).expect("decided event applies");
         }
     }
-    eprintln!(
-        "{kinds:#?}\n{rejects:#?}\nnoops {noops} bo_with_avail {bo_positive_avail} max_bo {max_bo}"
+    let release = p
+        .decide(&Command::Release {
+            reservation_id: id("r1"),
+            expired: false,
+        })
+        .expect("release is accepted");
+    for event in &release {
+        p.evolve(event).expect("decided release applies");
+    }
+    p.check_invariants().expect("invariants hold");
+    assert!(p.holds.is_empty());
+    assert!(
+        p.commitments.iter().all(|c| c.used == 0),
+        "{:?}",
+        p.commitments
     );
 }

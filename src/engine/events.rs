@@ -1,0 +1,291 @@
+//! Warehouse events (SPEC §2 "Systems of record"): each applied at most once
+//! per `event_id`, rejected ones kept in the exception queue. A batch is
+//! grouped by position: positions run concurrently, events of one position
+//! in their batch order.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+
+use super::{Engine, EngineError};
+use crate::actors::{now_ms, Exec, ExecError, Meta};
+use crate::domain::Command;
+use crate::storage::records::ExceptionRecord;
+use crate::storage::{codec, seq_key, Space, WriteBatch};
+
+/// A validated event, ready for its position.
+#[derive(Debug, Clone)]
+pub struct WarehouseEvent {
+    pub event_id: String,
+    /// SPEC type name (`receipt`, `adjustment`, ...), for metrics and errors.
+    pub type_name: &'static str,
+    pub source: String,
+    pub occurred_at_ms: Option<i64>,
+    pub sku: String,
+    pub location: String,
+    pub command: Command,
+    /// The event as received, kept with a rejection.
+    pub payload: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventStatus {
+    Applied,
+    Duplicate,
+    Rejected,
+}
+
+#[derive(Debug, Clone)]
+pub struct EventOutcome {
+    pub event_id: String,
+    pub status: EventStatus,
+    pub seq: Option<u64>,
+    pub code: Option<&'static str>,
+    pub detail: Option<String>,
+}
+
+impl EventOutcome {
+    pub fn rejected(event_id: String, code: &'static str, detail: String) -> EventOutcome {
+        EventOutcome {
+            event_id,
+            status: EventStatus::Rejected,
+            seq: None,
+            code: Some(code),
+            detail: Some(detail),
+        }
+    }
+}
+
+/// The stable error code of an engine error (shared with the HTTP layer).
+pub fn error_code(error: &EngineError) -> &'static str {
+    match error {
+        EngineError::Insufficient(_) => "insufficient_available",
+        EngineError::InvalidState(_) => "invalid_state",
+        EngineError::VersionConflict { .. } => "version_conflict",
+        EngineError::QuantityOutOfRange(_) => "quantity_out_of_range",
+        EngineError::NotFound(_) => "not_found",
+        EngineError::UnknownSku(_) => "unknown_sku",
+        EngineError::UnknownLocation(_) => "unknown_location",
+        EngineError::UnknownChannel(_) => "unknown_channel",
+        EngineError::BadRequest(_) => "bad_request",
+        EngineError::Unavailable(_) => "unavailable",
+    }
+}
+
+impl Engine {
+    /// Applies a batch of validated events, in order per position.
+    pub async fn apply_events(
+        &self,
+        events: Vec<WarehouseEvent>,
+        correlation_id: Arc<str>,
+    ) -> Vec<EventOutcome> {
+        let count = events.len();
+        let mut groups: HashMap<(String, String), Vec<(usize, WarehouseEvent)>> = HashMap::new();
+        for (index, event) in events.into_iter().enumerate() {
+            groups
+                .entry((event.sku.clone(), event.location.clone()))
+                .or_default()
+                .push((index, event));
+        }
+        let runs = groups.into_values().map(|group| {
+            let correlation_id = correlation_id.clone();
+            async move {
+                let mut results = Vec::with_capacity(group.len());
+                for (index, event) in group {
+                    results.push((index, self.apply_event(event, &correlation_id).await));
+                }
+                results
+            }
+        });
+        let mut outcomes: Vec<Option<EventOutcome>> = vec![None; count];
+        for results in join_all(runs).await {
+            for (index, outcome) in results {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        outcomes.into_iter().flatten().collect()
+    }
+
+    async fn apply_event(&self, event: WarehouseEvent, correlation_id: &Arc<str>) -> EventOutcome {
+        let Some(location) = self.location(&event.location).cloned() else {
+            let detail = format!("unknown location {}", event.location);
+            return self
+                .reject_event(&event, correlation_id, "unknown_location", detail)
+                .await;
+        };
+        let exec = Exec {
+            sku: Arc::from(event.sku.as_str()),
+            location,
+            command: event.command.clone(),
+            meta: Meta {
+                event_id: event.event_id.clone(),
+                source: Arc::from(event.source.as_str()),
+                correlation_id: correlation_id.clone(),
+                occurred_at_ms: event.occurred_at_ms.unwrap_or_else(now_ms),
+            },
+            extra: WriteBatch::default(),
+            dedupe: true,
+            create: true,
+        };
+        match self.exec(exec).await {
+            Ok(outcome) if outcome.duplicate => EventOutcome {
+                event_id: event.event_id,
+                status: EventStatus::Duplicate,
+                seq: None,
+                code: None,
+                detail: None,
+            },
+            Ok(outcome) => {
+                self.metrics
+                    .events_applied_total
+                    .with_label_values(&[event.type_name, self.source_label(&event.source)])
+                    .inc();
+                EventOutcome {
+                    event_id: event.event_id,
+                    status: EventStatus::Applied,
+                    seq: outcome.first_seq,
+                    code: None,
+                    detail: None,
+                }
+            }
+            Err(error @ (ExecError::Storage(_) | ExecError::Mailbox)) => {
+                // Not the event's fault: answer it, but do not queue it as an exception.
+                let error = EngineError::from(error);
+                EventOutcome::rejected(event.event_id, "unavailable", error.to_string())
+            }
+            Err(error) => {
+                let error = EngineError::from(error);
+                let code = error_code(&error);
+                let detail = match &error {
+                    EngineError::Insufficient(s) => format!(
+                        "insufficient: requested {}, available {}",
+                        s.first().map_or(0, |s| s.requested),
+                        s.first().map_or(0, |s| s.available)
+                    ),
+                    other => other.to_string(),
+                };
+                self.reject_event(&event, correlation_id, code, detail)
+                    .await
+            }
+        }
+    }
+
+    /// Records a rejected event in the exception queue and answers it.
+    pub async fn reject_event(
+        &self,
+        event: &WarehouseEvent,
+        correlation_id: &Arc<str>,
+        code: &'static str,
+        detail: String,
+    ) -> EventOutcome {
+        self.record_rejection(
+            event.event_id.clone(),
+            event.type_name,
+            &event.source,
+            Some(event.sku.clone()),
+            Some(event.location.clone()),
+            event.payload.clone(),
+            correlation_id,
+            code,
+            &detail,
+        )
+        .await;
+        EventOutcome::rejected(event.event_id.clone(), code, detail)
+    }
+
+    /// Queues a rejected (possibly unparsable) event as an exception.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn record_rejection(
+        &self,
+        event_id: String,
+        type_name: &str,
+        source: &str,
+        sku: Option<String>,
+        location: Option<String>,
+        payload: String,
+        correlation_id: &Arc<str>,
+        code: &'static str,
+        detail: &str,
+    ) {
+        self.metrics
+            .events_rejected_total
+            .with_label_values(&[type_name, self.source_label(source), code])
+            .inc();
+        let id = self
+            .shared
+            .next_exception_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let record = ExceptionRecord {
+            id,
+            kind: "rejected_event".to_string(),
+            code: code.to_string(),
+            detail: detail.to_string(),
+            sku,
+            location,
+            event_id: Some(event_id),
+            source: Some(source.to_string()),
+            payload: Some(payload),
+            correlation_id: correlation_id.to_string(),
+            created_at_ms: now_ms(),
+            status: "open".to_string(),
+        };
+        let mut batch = WriteBatch::default();
+        match codec::encode(&record) {
+            Ok(bytes) => batch.put(Space::Exceptions, seq_key(id), bytes),
+            Err(error) => tracing::error!(%error, "exception record did not encode"),
+        }
+        if let Err(error) = self.write(batch).await {
+            tracing::error!(%error, "could not queue rejected event");
+        }
+    }
+
+    /// Up to `limit` exceptions with id > `after`, optionally of one kind.
+    pub fn exceptions(
+        &self,
+        after: u64,
+        limit: usize,
+        kind: Option<&str>,
+        status: Option<&str>,
+    ) -> Result<Vec<ExceptionRecord>, EngineError> {
+        let mut found = Vec::new();
+        let mut failure = None;
+        self.shared.store.scan(
+            Space::Exceptions,
+            &seq_key(after.saturating_add(1)),
+            &mut |_, value| match codec::decode::<ExceptionRecord>(value) {
+                Ok(record) => {
+                    if kind.is_none_or(|k| k == record.kind)
+                        && status.is_none_or(|s| s == record.status)
+                    {
+                        found.push(record);
+                    }
+                    found.len() < limit
+                }
+                Err(error) => {
+                    failure = Some(error);
+                    false
+                }
+            },
+        )?;
+        match failure {
+            Some(error) => Err(error.into()),
+            None => Ok(found),
+        }
+    }
+
+    /// Source label for metrics: free-form sources are bounded to the first
+    /// `SOURCE_LABELS_MAX` seen; later ones count as `other`.
+    fn source_label<'a>(&self, source: &'a str) -> &'a str {
+        const SOURCE_LABELS_MAX: usize = 64;
+        let known = self.source_labels.contains_key(source);
+        if known {
+            return source;
+        }
+        if self.source_labels.len() < SOURCE_LABELS_MAX {
+            self.source_labels.insert(source.to_string(), ());
+            return source;
+        }
+        "other"
+    }
+}

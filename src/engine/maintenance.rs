@@ -1,0 +1,156 @@
+//! Background loops: reservation expiry, periodic snapshots, and retention
+//! of closed reservations and idempotency keys. Each loop does bounded work
+//! per tick.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::{Engine, EngineError};
+use crate::actors::{now_ms, CollectSnapshot};
+use crate::config::Durability;
+use crate::storage::records::{IdempotencyRecord, META_SNAPSHOT_SEQ};
+use crate::storage::{codec, Space, WriteBatch};
+
+/// Expiry checks per second: deadlines fire within `1000 / rate` ms.
+const EXPIRY_TICK_MS: u64 = 100;
+/// Expirations handled per tick; the rest wait for the next tick.
+const EXPIRIES_PER_TICK_MAX: usize = 10_000;
+/// Positions per snapshot write batch.
+const SNAPSHOT_BATCH_MAX: usize = 5_000;
+const RETENTION_TICK_SECONDS: u64 = 60;
+const PURGE_PER_TICK_MAX: usize = 100_000;
+
+pub(super) fn spawn_loops(engine: Arc<Engine>) {
+    let expiry = engine.clone();
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_TICK_MS));
+        loop {
+            tick.tick().await;
+            expiry.expire_due().await;
+        }
+    });
+    let snapshots = engine.clone();
+    actix::spawn(async move {
+        let every = Duration::from_secs(snapshots.config.snapshot_interval_seconds);
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(error) = snapshots.snapshot().await {
+                tracing::error!(%error, "snapshot failed");
+            }
+        }
+    });
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(RETENTION_TICK_SECONDS));
+        loop {
+            tick.tick().await;
+            engine.retention().await;
+        }
+    });
+}
+
+impl Engine {
+    /// Expires every held reservation whose deadline has passed.
+    pub async fn expire_due(&self) {
+        let due = self.take_due(now_ms(), EXPIRIES_PER_TICK_MAX);
+        for id in due {
+            if let Err(error) = self.expire_reservation(&id).await {
+                tracing::warn!(reservation = %id, %error, "expiry failed, will retry");
+                // Put it back so it is retried on a later tick.
+                let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+                expiry.insert((now_ms() + 1000, id));
+            }
+        }
+    }
+
+    /// Writes every position changed since the last snapshot, then the
+    /// journal `seq` the snapshot covers. Recovery replays from that `seq`.
+    pub async fn snapshot(&self) -> Result<usize, EngineError> {
+        let covers = self.journal().head();
+        let full = self.snapshot_full_next.swap(false, Ordering::AcqRel);
+        let collected = join_all(
+            self.shards
+                .iter()
+                .map(|shard| shard.send(CollectSnapshot { full })),
+        )
+        .await;
+        let sync = self.config.durability == Durability::Fsync;
+        let mut written = 0;
+        let result: Result<(), EngineError> = async {
+            for answer in collected {
+                let entries = answer
+                    .map_err(|_| EngineError::Unavailable("shard unavailable".to_string()))?;
+                for chunk in entries.chunks(SNAPSHOT_BATCH_MAX) {
+                    let mut batch = WriteBatch::default();
+                    for (key, snapshot) in chunk {
+                        batch.put(Space::Positions, key.clone(), codec::encode(snapshot)?);
+                    }
+                    self.shared.store.write(batch, sync)?;
+                    written += chunk.len();
+                }
+            }
+            let mut batch = WriteBatch::default();
+            batch.put(Space::Meta, META_SNAPSHOT_SEQ, codec::encode(&covers)?);
+            self.shared.store.write(batch, sync)?;
+            Ok(())
+        }
+        .await;
+        match result {
+            Ok(()) => {
+                self.last_snapshot_seq.store(covers, Ordering::Release);
+                tracing::info!(positions = written, covers, "snapshot written");
+                Ok(written)
+            }
+            Err(error) => {
+                // Positions collected but not written are no longer marked dirty.
+                self.snapshot_full_next.store(true, Ordering::Release);
+                Err(error)
+            }
+        }
+    }
+
+    pub fn last_snapshot_seq(&self) -> u64 {
+        self.last_snapshot_seq.load(Ordering::Acquire)
+    }
+
+    async fn retention(&self) {
+        let hours = |h: u64| (h.saturating_mul(3_600_000)) as i64;
+        let reservations_before = now_ms() - hours(self.config.reservation_retention_hours);
+        let purged = self
+            .purge_reservations(reservations_before, PURGE_PER_TICK_MAX)
+            .await;
+        let keys_before = now_ms() - hours(self.config.idempotency_retention_hours);
+        let mut expired_keys = Vec::new();
+        let scanned = self
+            .shared
+            .store
+            .scan(Space::Idempotency, &[], &mut |key, value| {
+                if let Ok(record) = codec::decode::<IdempotencyRecord>(value) {
+                    if record.created_at_ms < keys_before {
+                        expired_keys.push(key.to_vec());
+                    }
+                }
+                expired_keys.len() < PURGE_PER_TICK_MAX
+            });
+        if let Err(error) = scanned {
+            tracing::warn!(%error, "idempotency retention scan failed");
+        }
+        if !expired_keys.is_empty() {
+            let mut batch = WriteBatch::default();
+            let count = expired_keys.len();
+            for key in expired_keys {
+                batch.delete(Space::Idempotency, key);
+            }
+            if self.write(batch).await.is_ok() {
+                tracing::info!(count, "idempotency keys past retention removed");
+            }
+        }
+        if purged > 0 {
+            tracing::info!(purged, "closed reservations past retention removed");
+        }
+    }
+}

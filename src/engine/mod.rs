@@ -1,0 +1,401 @@
+//! The engine: what the HTTP layer calls. It owns the shards, the journal,
+//! the reservation registry and the background loops (expiry, snapshots,
+//! retention), and coordinates work that spans positions: multi-line
+//! reservations (all-or-nothing, with compensation) and event batches.
+//!
+//! It never touches a position's state itself: every change is a message to
+//! the position's actor through its shard.
+
+mod events;
+mod maintenance;
+mod recovery;
+mod reservations;
+
+pub use events::{error_code, EventOutcome, EventStatus, WarehouseEvent};
+pub use recovery::{recover, Recovered};
+pub use reservations::{LineRequest, NewReservation, ReservationView, ShipLine, Shortage};
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use actix::prelude::*;
+use dashmap::DashMap;
+
+use crate::actors::{
+    partition_of, Exec, ExecError, ExecOutcome, LoadPositions, Meta, PositionReadout, ReadSku,
+    ShardActor, Shared, Stats,
+};
+use crate::config::{Config, Durability};
+use crate::domain::{Command, Reject};
+use crate::metrics::Metrics;
+use crate::storage::records::{IdempotencyRecord, JournalRecord, ReservationRecord};
+use crate::storage::{codec, Journal, JournalOptions, Space, StorageError, Store, WriteBatch};
+
+/// Errors the engine answers with; the API maps each to a status and code.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("insufficient available")]
+    Insufficient(Vec<Shortage>),
+    #[error("{0}")]
+    InvalidState(String),
+    #[error("expected version {expected}, position is at version {actual}")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("{0}")]
+    QuantityOutOfRange(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("unknown sku {0}")]
+    UnknownSku(String),
+    #[error("{0}")]
+    UnknownLocation(String),
+    #[error("{0}")]
+    UnknownChannel(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl From<ExecError> for EngineError {
+    fn from(error: ExecError) -> Self {
+        match error {
+            ExecError::Reject(reject) => reject.into(),
+            ExecError::NotFound => EngineError::NotFound("position does not exist".to_string()),
+            ExecError::Storage(StorageError::Overloaded) => {
+                EngineError::Unavailable("journal queue is full, retry".to_string())
+            }
+            ExecError::Storage(error) => EngineError::Unavailable(error.to_string()),
+            ExecError::Mailbox => EngineError::Unavailable("shard unavailable".to_string()),
+        }
+    }
+}
+
+impl From<Reject> for EngineError {
+    fn from(reject: Reject) -> Self {
+        match reject {
+            Reject::Insufficient {
+                requested,
+                available,
+            } => EngineError::Insufficient(vec![Shortage {
+                sku: String::new(),
+                location: None,
+                requested,
+                available,
+            }]),
+            Reject::InvalidState(detail) => EngineError::InvalidState(detail),
+            Reject::VersionConflict { expected, actual } => {
+                EngineError::VersionConflict { expected, actual }
+            }
+            Reject::QuantityOutOfRange(detail) => EngineError::QuantityOutOfRange(detail),
+        }
+    }
+}
+
+impl From<StorageError> for EngineError {
+    fn from(error: StorageError) -> Self {
+        EngineError::Unavailable(error.to_string())
+    }
+}
+
+/// A configured channel, with interned ids.
+#[derive(Debug, Clone)]
+pub struct ChannelInfo {
+    pub id: Arc<str>,
+    /// Sourcing order too.
+    pub locations: Vec<Arc<str>>,
+}
+
+pub struct Engine {
+    pub config: Arc<Config>,
+    pub shared: Arc<Shared>,
+    pub metrics: Arc<Metrics>,
+    shards: Vec<Addr<ShardActor>>,
+    arbiters: Mutex<Vec<Arbiter>>,
+    channels: HashMap<String, ChannelInfo>,
+    locations: HashMap<String, Arc<str>>,
+    /// Configured locations in config order.
+    location_order: Vec<Arc<str>>,
+    /// Every reservation still readable. Each has its own async lock, held
+    /// while a transition runs, so two calls on one reservation serialize.
+    reservations: DashMap<Arc<str>, Arc<tokio::sync::Mutex<ReservationRecord>>>,
+    /// `(deadline_ms, id)` of held reservations.
+    expiry: Mutex<BTreeSet<(i64, Arc<str>)>>,
+    /// Event sources used as metric labels (bounded, see `source_label`).
+    source_labels: DashMap<String, ()>,
+    /// Idempotency keys being processed right now.
+    idempotency_in_flight: DashMap<String, ()>,
+    /// After a failed snapshot write, the next snapshot writes every position.
+    snapshot_full_next: AtomicBool,
+    last_snapshot_seq: AtomicU64,
+    ready: AtomicBool,
+}
+
+impl Engine {
+    /// Starts shards and the journal from recovered state. Must run inside an
+    /// actix system. Call [`Engine::finish_recovery`] next.
+    pub async fn start(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        recovered: Recovered,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Engine> {
+        let histogram = metrics.journal_append_duration_seconds.clone();
+        let head_gauge = metrics.journal_head_seq.clone();
+        let journal = Arc::new(Journal::start(
+            store.clone(),
+            recovered.head,
+            JournalOptions {
+                sync: config.durability == Durability::Fsync,
+                queue_max: config.journal_queue_max,
+                batch_max: config.journal_batch_max,
+                on_write: Some(Box::new(move |seconds| histogram.observe(seconds))),
+            },
+        ));
+        head_gauge.set(recovered.head as i64);
+        metrics.positions.set(recovered.positions as i64);
+        metrics.oversold_positions.set(recovered.oversold);
+        let shared = Arc::new(Shared {
+            journal,
+            store,
+            metrics: metrics.clone(),
+            next_exception_id: AtomicU64::new(recovered.next_exception_id),
+            oversold_positions: AtomicI64::new(recovered.oversold),
+            positions: AtomicI64::new(recovered.positions as i64),
+            passivate_after_ms: config.passivate_after_seconds.saturating_mul(1000),
+        });
+        let shard_count = config.shard_count();
+        let mut shards = Vec::with_capacity(shard_count);
+        let mut arbiters = Vec::with_capacity(shard_count);
+        for _ in 0..shard_count {
+            let arbiter = Arbiter::new();
+            let for_shard = shared.clone();
+            shards.push(ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
+                ShardActor::new(for_shard)
+            }));
+            arbiters.push(arbiter);
+        }
+        let partitions = config.partitions;
+        let mut per_shard: Vec<Vec<_>> = (0..shard_count).map(|_| Vec::new()).collect();
+        for (key, entry) in recovered.positions_by_key {
+            let shard = partition_of(&key.sku, partitions) as usize % shard_count;
+            per_shard[shard].push((key, entry));
+        }
+        for (shard, mut entries) in per_shard.into_iter().enumerate() {
+            while !entries.is_empty() {
+                let chunk: Vec<_> = entries.drain(..entries.len().min(50_000)).collect();
+                let _ = shards[shard].send(LoadPositions(chunk)).await;
+            }
+        }
+        let locations: HashMap<String, Arc<str>> = config
+            .locations
+            .iter()
+            .map(|l| (l.id.clone(), Arc::from(l.id.as_str())))
+            .collect();
+        let location_order = config
+            .locations
+            .iter()
+            .filter_map(|l| locations.get(&l.id).cloned())
+            .collect();
+        let channels = config
+            .channels
+            .iter()
+            .map(|c| {
+                let info = ChannelInfo {
+                    id: Arc::from(c.id.as_str()),
+                    locations: c
+                        .locations
+                        .iter()
+                        .filter_map(|l| locations.get(l).cloned())
+                        .collect(),
+                };
+                (c.id.clone(), info)
+            })
+            .collect();
+        let engine = Arc::new(Engine {
+            config,
+            shared,
+            metrics,
+            shards,
+            arbiters: Mutex::new(arbiters),
+            channels,
+            locations,
+            location_order,
+            reservations: DashMap::new(),
+            expiry: Mutex::new(BTreeSet::new()),
+            idempotency_in_flight: DashMap::new(),
+            source_labels: DashMap::new(),
+            snapshot_full_next: AtomicBool::new(false),
+            last_snapshot_seq: AtomicU64::new(recovered.snapshot_seq),
+            ready: AtomicBool::new(false),
+        });
+        engine.install_reservations(recovered.reservations);
+        engine
+    }
+
+    /// Completes what a crash interrupted, starts the background loops and
+    /// marks the engine ready.
+    pub async fn finish_recovery(self: &Arc<Self>) {
+        self.complete_pending().await;
+        maintenance::spawn_loops(self.clone());
+        self.ready.store(true, Ordering::Release);
+        tracing::info!(head = self.journal().head(), "engine ready");
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && !self.journal().is_poisoned()
+    }
+
+    pub fn journal(&self) -> &Journal {
+        &self.shared.journal
+    }
+
+    pub fn channel(&self, id: &str) -> Option<&ChannelInfo> {
+        self.channels.get(id)
+    }
+
+    pub fn channels(&self) -> impl Iterator<Item = &ChannelInfo> {
+        self.config
+            .channels
+            .iter()
+            .filter_map(|c| self.channels.get(&c.id))
+    }
+
+    pub fn location(&self, id: &str) -> Option<&Arc<str>> {
+        self.locations.get(id)
+    }
+
+    fn shard_of(&self, sku: &str) -> &Addr<ShardActor> {
+        let partition = partition_of(sku, self.config.partitions) as usize;
+        &self.shards[partition % self.shards.len()]
+    }
+
+    /// Runs one command on one position.
+    pub async fn exec(&self, exec: Exec) -> Result<ExecOutcome, ExecError> {
+        self.shard_of(&exec.sku)
+            .send(exec)
+            .await
+            .unwrap_or(Err(ExecError::Mailbox))
+    }
+
+    /// A command on one position with no extra writes.
+    pub async fn command(
+        &self,
+        sku: &Arc<str>,
+        location: &Arc<str>,
+        command: Command,
+        meta: Meta,
+        create: bool,
+    ) -> Result<ExecOutcome, ExecError> {
+        self.exec(Exec {
+            sku: sku.clone(),
+            location: location.clone(),
+            command,
+            meta,
+            extra: WriteBatch::default(),
+            dedupe: false,
+            create,
+        })
+        .await
+    }
+
+    /// The existing positions of `sku` at `locations` (all configured ones
+    /// when `None`), in that order.
+    pub async fn read_sku(
+        &self,
+        sku: &str,
+        locations: Option<&[Arc<str>]>,
+        hold_of: Option<Arc<str>>,
+    ) -> Result<Vec<PositionReadout>, EngineError> {
+        let locations = locations.unwrap_or(&self.location_order).to_vec();
+        self.shard_of(sku)
+            .send(ReadSku {
+                sku: Arc::from(sku),
+                locations,
+                hold_of,
+            })
+            .await
+            .map_err(|_| EngineError::Unavailable("shard unavailable".to_string()))
+    }
+
+    /// Up to `limit` journal entries after `after`.
+    pub fn read_log(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, JournalRecord)>, EngineError> {
+        let raw = self.journal().read(after, limit)?;
+        raw.into_iter()
+            .map(|(seq, bytes)| Ok((seq, codec::decode(&bytes)?)))
+            .collect()
+    }
+
+    /// Writes `batch` through the journal (ordered and as durable as events).
+    pub async fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
+        let ticket = self.journal().append(Vec::new(), batch)?;
+        ticket
+            .await
+            .map_err(|_| EngineError::Unavailable("journal stopped".to_string()))??;
+        Ok(())
+    }
+
+    pub fn idempotency_get(&self, key: &str) -> Result<Option<IdempotencyRecord>, EngineError> {
+        match self.shared.store.get(Space::Idempotency, key.as_bytes())? {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub async fn idempotency_put(
+        &self,
+        key: &str,
+        record: &IdempotencyRecord,
+    ) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::default();
+        batch.put(Space::Idempotency, key.as_bytes(), codec::encode(record)?);
+        self.write(batch).await
+    }
+
+    /// Marks an idempotency key as in progress; false if it already is.
+    pub fn idempotency_begin(&self, key: &str) -> bool {
+        self.idempotency_in_flight
+            .insert(key.to_string(), ())
+            .is_none()
+    }
+
+    pub fn idempotency_end(&self, key: &str) {
+        self.idempotency_in_flight.remove(key);
+    }
+
+    /// Live position actors and resident positions across shards.
+    pub async fn stats(&self) -> (usize, usize) {
+        let mut live = 0;
+        let mut cold = 0;
+        for shard in &self.shards {
+            if let Ok(stats) = shard.send(Stats).await {
+                live += stats.live;
+                cold += stats.cold;
+            }
+        }
+        (live, cold)
+    }
+
+    /// Stops the loops, writes a final snapshot, flushes the journal and
+    /// stops the shards (SIGTERM path).
+    pub async fn shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
+        if let Err(error) = self.snapshot().await {
+            tracing::error!(%error, "final snapshot failed");
+        }
+        self.journal().shutdown();
+        let arbiters = std::mem::take(
+            &mut *self
+                .arbiters
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for arbiter in arbiters {
+            arbiter.stop();
+        }
+    }
+}

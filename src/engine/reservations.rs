@@ -1,0 +1,944 @@
+//! Reservations across positions: all-or-nothing holds with compensation,
+//! sourcing by the channel's location order, and the lifecycle
+//! held -> allocated -> shipped, held -> released | expired, allocated -> released.
+//!
+//! A reservation touching one position is one journal append carrying both
+//! the position's event and the reservation record. One touching several
+//! writes the record with a `pending` marker first, then each position, then
+//! the final record; recovery finishes (or, for a creation, undoes) whatever
+//! a crash left pending.
+
+use std::sync::Arc;
+
+use futures_util::future::join_all;
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EngineError};
+use crate::actors::{now_ms, Exec, ExecError, Meta};
+use crate::domain::{Command, HoldMode, Qty, Reject};
+use crate::storage::records::{PendingOp, ReservationLine, ReservationRecord, ReservationStatus};
+use crate::storage::{codec, Space, WriteBatch};
+
+#[derive(Debug, Clone)]
+pub struct LineRequest {
+    pub sku: String,
+    pub location: Option<String>,
+    pub qty: Qty,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewReservation {
+    pub reservation_id: Option<String>,
+    pub channel: String,
+    pub order_ref: Option<String>,
+    pub ttl_seconds: Option<u64>,
+    pub lines: Vec<LineRequest>,
+    pub split: bool,
+    pub correlation_id: Arc<str>,
+    /// When the request carried an `Idempotency-Key`, the generated id is
+    /// derived from it so a retry after a crash finds the same reservation.
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ShipLine {
+    pub sku: String,
+    pub location: String,
+    pub qty: Qty,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shortage {
+    pub sku: String,
+    pub location: Option<String>,
+    pub requested: u64,
+    pub available: i64,
+}
+
+/// A reservation as answered: the record plus, per line, the units still
+/// backordered (read from the positions).
+#[derive(Debug, Clone)]
+pub struct ReservationView {
+    pub record: ReservationRecord,
+    pub backordered: Vec<u64>,
+}
+
+/// One position a line took stock from.
+#[derive(Debug, Clone)]
+struct Taken {
+    location: Arc<str>,
+    units: u64,
+    backordered: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Transition {
+    Release,
+    Expire,
+    Allocate,
+}
+
+fn request_hash(request: &NewReservation) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(request.channel.as_bytes());
+    hasher.update([0]);
+    hasher.update(request.order_ref.as_deref().unwrap_or("").as_bytes());
+    hasher.update([0]);
+    hasher.update(request.ttl_seconds.unwrap_or(0).to_be_bytes());
+    hasher.update([u8::from(request.split)]);
+    for line in &request.lines {
+        hasher.update(line.sku.as_bytes());
+        hasher.update([0]);
+        hasher.update(line.location.as_deref().unwrap_or("").as_bytes());
+        hasher.update([0]);
+        hasher.update(line.qty.get().to_be_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
+fn new_reservation_id(idempotency_key: Option<&str>) -> String {
+    match idempotency_key {
+        Some(key) => {
+            let digest = Sha256::digest(key.as_bytes());
+            format!("res_{}", hex::encode(&digest[..12]))
+        }
+        None => format!("res_{}", hex::encode(rand::random::<[u8; 12]>())),
+    }
+}
+
+fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, EngineError> {
+    let mut batch = WriteBatch::default();
+    batch.put(
+        Space::Reservations,
+        record.id.as_bytes(),
+        codec::encode(record)?,
+    );
+    Ok(batch)
+}
+
+fn meta(record: &ReservationRecord, what: &str) -> Meta {
+    Meta {
+        event_id: format!(
+            "{}:{what}:{}",
+            record.id,
+            hex::encode(rand::random::<[u8; 6]>())
+        ),
+        source: Arc::from("api"),
+        correlation_id: Arc::from(record.correlation_id.as_str()),
+        occurred_at_ms: now_ms(),
+    }
+}
+
+impl Engine {
+    pub(super) fn install_reservations(&self, records: Vec<ReservationRecord>) {
+        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        for record in records {
+            let id: Arc<str> = Arc::from(record.id.as_str());
+            if let (ReservationStatus::Held, Some(deadline)) = (record.status, record.expires_at_ms)
+            {
+                expiry.insert((deadline, id.clone()));
+            }
+            self.reservations
+                .insert(id, Arc::new(tokio::sync::Mutex::new(record)));
+        }
+    }
+
+    fn schedule_expiry(&self, record: &ReservationRecord) {
+        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        if let (ReservationStatus::Held, Some(deadline)) = (record.status, record.expires_at_ms) {
+            expiry.insert((deadline, Arc::from(record.id.as_str())));
+        }
+    }
+
+    fn unschedule_expiry(&self, record: &ReservationRecord) {
+        if let Some(deadline) = record.expires_at_ms {
+            let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+            expiry.remove(&(deadline, Arc::from(record.id.as_str())));
+        }
+    }
+
+    /// Ids whose deadline is at or before `now_ms`, removed from the schedule.
+    pub(super) fn take_due(&self, now_ms: i64, max: usize) -> Vec<Arc<str>> {
+        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        let mut due = Vec::new();
+        while due.len() < max {
+            match expiry.first() {
+                Some((deadline, _)) if *deadline <= now_ms => {
+                    if let Some((_, id)) = expiry.pop_first() {
+                        due.push(id);
+                    }
+                }
+                _ => break,
+            }
+        }
+        due
+    }
+
+    /// Creates a reservation. `Ok((view, true))` when created (201), `Ok((view,
+    /// false))` when the id exists with the same content (200).
+    pub async fn create_reservation(
+        &self,
+        request: NewReservation,
+    ) -> Result<(ReservationView, bool), EngineError> {
+        let channel = self.channel(&request.channel).cloned().ok_or_else(|| {
+            EngineError::UnknownChannel(format!("unknown channel {}", request.channel))
+        })?;
+        let mut explicit = std::collections::HashSet::new();
+        for line in &request.lines {
+            if let Some(location) = &line.location {
+                let Some(location) = self.location(location) else {
+                    return Err(EngineError::UnknownLocation(format!(
+                        "unknown location {location}"
+                    )));
+                };
+                if !channel.locations.contains(location) {
+                    return Err(EngineError::UnknownLocation(format!(
+                        "location {location} is not a location of channel {}",
+                        channel.id
+                    )));
+                }
+                if !explicit.insert((line.sku.as_str(), location.clone())) {
+                    return Err(EngineError::BadRequest(format!(
+                        "two lines for {} at {location}",
+                        line.sku
+                    )));
+                }
+            }
+        }
+        let hash = request_hash(&request);
+        let id: Arc<str> = Arc::from(
+            request
+                .reservation_id
+                .clone()
+                .unwrap_or_else(|| new_reservation_id(request.idempotency_key.as_deref()))
+                .as_str(),
+        );
+        let ttl_ms = request
+            .ttl_seconds
+            .unwrap_or(self.config.default_ttl_seconds)
+            .saturating_mul(1000) as i64;
+        let now = now_ms();
+        let mut record = ReservationRecord {
+            id: id.to_string(),
+            channel: channel.id.to_string(),
+            order_ref: request.order_ref.clone(),
+            status: ReservationStatus::Held,
+            lines: Vec::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: Some(now.saturating_add(ttl_ms)),
+            correlation_id: request.correlation_id.to_string(),
+            request_hash: hash.clone(),
+            pending: Some(PendingOp::Create),
+        };
+        // Claim the id; a concurrent or earlier request with it waits for us.
+        let cell = Arc::new(tokio::sync::Mutex::new(record.clone()));
+        let mut guard = cell.clone().lock_owned().await;
+        for _attempt in 0..3 {
+            let existing = match self.reservations.entry(id.clone()) {
+                dashmap::mapref::entry::Entry::Occupied(entry) => entry.get().clone(),
+                dashmap::mapref::entry::Entry::Vacant(entry) => {
+                    entry.insert(cell.clone());
+                    return self
+                        .create_claimed(&channel, &request, &mut record, &mut guard)
+                        .await;
+                }
+            };
+            let current = existing.lock().await;
+            if current.pending == Some(PendingOp::Create) {
+                // That creation failed and is being removed: try again.
+                drop(current);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if current.request_hash != hash {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {id} exists with different content"
+                )));
+            }
+            let record = current.clone();
+            drop(current);
+            return Ok((self.view(record).await, false));
+        }
+        Err(EngineError::Unavailable(format!(
+            "reservation {id} is busy, retry"
+        )))
+    }
+
+    async fn create_claimed(
+        &self,
+        channel: &super::ChannelInfo,
+        request: &NewReservation,
+        record: &mut ReservationRecord,
+        guard: &mut tokio::sync::OwnedMutexGuard<ReservationRecord>,
+    ) -> Result<(ReservationView, bool), EngineError> {
+        let outcome = self.hold_all(channel, request, record).await;
+        match outcome {
+            Ok(taken) => {
+                record.pending = None;
+                record.lines = taken
+                    .iter()
+                    .map(|(sku, t)| ReservationLine {
+                        sku: sku.clone(),
+                        location: t.location.to_string(),
+                        qty: t.units,
+                    })
+                    .collect();
+                let backordered = taken.iter().map(|(_, t)| t.backordered).collect();
+                **guard = record.clone();
+                self.schedule_expiry(record);
+                self.metrics
+                    .reservations_total
+                    .with_label_values(&[&channel.id, "created"])
+                    .inc();
+                Ok((
+                    ReservationView {
+                        record: record.clone(),
+                        backordered,
+                    },
+                    true,
+                ))
+            }
+            Err(error) => {
+                guard.pending = Some(PendingOp::Create);
+                self.reservations.remove(record.id.as_str());
+                let outcome = match &error {
+                    EngineError::Insufficient(_) => "insufficient",
+                    _ => "error",
+                };
+                self.metrics
+                    .reservations_total
+                    .with_label_values(&[&channel.id, outcome])
+                    .inc();
+                Err(error)
+            }
+        }
+    }
+
+    /// Holds every line; on any failure releases what was held and answers
+    /// the failure (with every short line when it is a shortage).
+    async fn hold_all(
+        &self,
+        channel: &super::ChannelInfo,
+        request: &NewReservation,
+        record: &ReservationRecord,
+    ) -> Result<Vec<(String, Taken)>, EngineError> {
+        let reservation_id: Arc<str> = Arc::from(record.id.as_str());
+        let single =
+            request.lines.len() == 1 && !(request.split && request.lines[0].location.is_none());
+        if !single {
+            let mut pending = record.clone();
+            pending.lines = request
+                .lines
+                .iter()
+                .map(|line| ReservationLine {
+                    sku: line.sku.clone(),
+                    location: line.location.clone().unwrap_or_default(),
+                    qty: line.qty.get(),
+                })
+                .collect();
+            self.write(record_batch(&pending)?).await?;
+        }
+        let results = join_all(request.lines.iter().map(|line| {
+            let finished = single.then(|| record.clone());
+            self.hold_line(
+                channel,
+                &reservation_id,
+                line,
+                request.split,
+                record,
+                finished,
+            )
+        }))
+        .await;
+        let mut taken = Vec::new();
+        let mut shortages = Vec::new();
+        let mut failure = None;
+        for (line, result) in request.lines.iter().zip(results) {
+            match result {
+                Ok(parts) => taken.extend(parts.into_iter().map(|t| (line.sku.clone(), t))),
+                Err((parts, error)) => {
+                    taken.extend(parts.into_iter().map(|t| (line.sku.clone(), t)));
+                    match error {
+                        EngineError::Insufficient(mut short) => shortages.append(&mut short),
+                        other => failure = failure.or(Some(other)),
+                    }
+                }
+            }
+        }
+        if shortages.is_empty() && failure.is_none() {
+            if !single {
+                let mut finished = record.clone();
+                finished.pending = None;
+                finished.lines = taken
+                    .iter()
+                    .map(|(sku, t)| ReservationLine {
+                        sku: sku.clone(),
+                        location: t.location.to_string(),
+                        qty: t.units,
+                    })
+                    .collect();
+                self.write(record_batch(&finished)?).await?;
+            }
+            return Ok(taken);
+        }
+        // Compensation: nothing stays held.
+        let mut released = std::collections::HashSet::new();
+        for (sku, t) in &taken {
+            if released.insert((sku.clone(), t.location.clone())) {
+                let command = Command::Release {
+                    reservation_id: reservation_id.clone(),
+                    expired: false,
+                };
+                let sku: Arc<str> = Arc::from(sku.as_str());
+                self.command(
+                    &sku,
+                    &t.location,
+                    command,
+                    meta(record, "compensate"),
+                    false,
+                )
+                .await?;
+            }
+        }
+        if !single {
+            let mut batch = WriteBatch::default();
+            batch.delete(Space::Reservations, record.id.as_bytes());
+            self.write(batch).await?;
+        }
+        Err(failure.unwrap_or(EngineError::Insufficient(shortages)))
+    }
+
+    /// Holds one line, sourcing it when it has no location. On failure,
+    /// returns what it had already taken (for compensation) and the error.
+    async fn hold_line(
+        &self,
+        channel: &super::ChannelInfo,
+        reservation_id: &Arc<str>,
+        line: &LineRequest,
+        split: bool,
+        record: &ReservationRecord,
+        finished_record: Option<ReservationRecord>,
+    ) -> Result<Vec<Taken>, (Vec<Taken>, EngineError)> {
+        let sku: Arc<str> = Arc::from(line.sku.as_str());
+        let hold = |location: Arc<str>, qty: u64, mode: HoldMode| {
+            let extra = match &finished_record {
+                Some(finished) => {
+                    let mut finished = finished.clone();
+                    finished.pending = None;
+                    finished.lines = vec![ReservationLine {
+                        sku: line.sku.clone(),
+                        location: location.to_string(),
+                        qty,
+                    }];
+                    record_batch(&finished).unwrap_or_default()
+                }
+                None => WriteBatch::default(),
+            };
+            let exec = Exec {
+                sku: sku.clone(),
+                location: location.clone(),
+                command: Command::Hold {
+                    reservation_id: reservation_id.clone(),
+                    channel: channel.id.clone(),
+                    qty: Qty::new(qty).unwrap_or(line.qty),
+                    mode,
+                },
+                meta: meta(record, "hold"),
+                extra,
+                dedupe: false,
+                create: false,
+            };
+            async move {
+                match self.exec(exec).await {
+                    Ok(outcome) => {
+                        let delta = outcome.events.first().map(|e| e.delta).unwrap_or_default();
+                        Ok(Taken {
+                            location,
+                            units: (delta.reserved + delta.backordered) as u64,
+                            backordered: delta.backordered as u64,
+                        })
+                    }
+                    Err(ExecError::NotFound) => Err(Reject::Insufficient {
+                        requested: qty,
+                        available: 0,
+                    }
+                    .into()),
+                    Err(error) => Err(EngineError::from(error)),
+                }
+            }
+        };
+        let short = |available: i64, location: Option<&str>| {
+            EngineError::Insufficient(vec![Shortage {
+                sku: line.sku.clone(),
+                location: location.map(str::to_string),
+                requested: line.qty.get(),
+                available,
+            }])
+        };
+        let available_of = |error: &EngineError| match error {
+            EngineError::Insufficient(s) => s.first().map(|s| s.available),
+            _ => None,
+        };
+        let qty = line.qty.get();
+        if let Some(location) = &line.location {
+            let Some(location) = self.location(location).cloned() else {
+                return Err((Vec::new(), EngineError::UnknownLocation(location.clone())));
+            };
+            let result = hold(
+                location.clone(),
+                qty,
+                HoldMode::Whole {
+                    allow_backorder: true,
+                },
+            )
+            .await;
+            return match result {
+                Ok(taken) => Ok(vec![taken]),
+                Err(error) => match available_of(&error) {
+                    Some(available) => Err((Vec::new(), short(available, Some(&location)))),
+                    None => Err((Vec::new(), error)),
+                },
+            };
+        }
+        if !split {
+            let mut best = 0i64;
+            for allow_backorder in [false, true] {
+                for location in &channel.locations {
+                    match hold(location.clone(), qty, HoldMode::Whole { allow_backorder }).await {
+                        Ok(taken) => return Ok(vec![taken]),
+                        Err(error) => match available_of(&error) {
+                            Some(available) => best = best.max(available),
+                            None => return Err((Vec::new(), error)),
+                        },
+                    }
+                }
+            }
+            return Err((Vec::new(), short(best, None)));
+        }
+        let mut taken: Vec<Taken> = Vec::new();
+        let mut remaining = qty;
+        let mut total_available = 0i64;
+        for location in &channel.locations {
+            if remaining == 0 {
+                break;
+            }
+            match hold(location.clone(), remaining, HoldMode::UpTo).await {
+                Ok(part) => {
+                    remaining -= part.units;
+                    total_available += part.units as i64;
+                    taken.push(part);
+                }
+                Err(error) if available_of(&error).is_some() => {}
+                Err(error) => return Err((taken, error)),
+            }
+        }
+        if remaining > 0 {
+            for location in &channel.locations {
+                match hold(
+                    location.clone(),
+                    remaining,
+                    HoldMode::Whole {
+                        allow_backorder: true,
+                    },
+                )
+                .await
+                {
+                    Ok(part) => {
+                        remaining = 0;
+                        taken.push(part);
+                        break;
+                    }
+                    Err(error) if available_of(&error).is_some() => {}
+                    Err(error) => return Err((taken, error)),
+                }
+            }
+        }
+        if remaining > 0 {
+            return Err((taken, short(total_available, None)));
+        }
+        Ok(merge_taken(taken))
+    }
+
+    /// The reservation with its current per-line backorders.
+    pub async fn get_reservation(&self, id: &str) -> Result<ReservationView, EngineError> {
+        let cell = self.cell(id)?;
+        let record = cell.lock().await.clone();
+        if record.pending == Some(PendingOp::Create) {
+            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        Ok(self.view(record).await)
+    }
+
+    fn cell(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<ReservationRecord>>, EngineError> {
+        self.reservations
+            .get(id)
+            .map(|entry| entry.value().clone())
+            .ok_or_else(|| EngineError::NotFound(format!("reservation {id} not found")))
+    }
+
+    async fn view(&self, record: ReservationRecord) -> ReservationView {
+        let mut backordered = Vec::with_capacity(record.lines.len());
+        if record.status == ReservationStatus::Held {
+            let id: Arc<str> = Arc::from(record.id.as_str());
+            for line in &record.lines {
+                let location: Arc<str> = Arc::from(line.location.as_str());
+                let readouts = self
+                    .read_sku(&line.sku, Some(&[location]), Some(id.clone()))
+                    .await
+                    .unwrap_or_default();
+                let units = readouts
+                    .first()
+                    .and_then(|r| r.hold.as_ref())
+                    .map_or(0, |hold| hold.backordered);
+                backordered.push(units);
+            }
+        } else {
+            backordered.resize(record.lines.len(), 0);
+        }
+        ReservationView {
+            record,
+            backordered,
+        }
+    }
+
+    pub async fn release_reservation(&self, id: &str) -> Result<ReservationView, EngineError> {
+        self.transition(id, Transition::Release).await
+    }
+
+    pub async fn allocate_reservation(&self, id: &str) -> Result<ReservationView, EngineError> {
+        self.transition(id, Transition::Allocate).await
+    }
+
+    /// Expires a held reservation whose deadline passed; anything else is left alone.
+    pub(super) async fn expire_reservation(&self, id: &str) -> Result<(), EngineError> {
+        match self.transition(id, Transition::Expire).await {
+            Ok(_) | Err(EngineError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn transition(
+        &self,
+        id: &str,
+        transition: Transition,
+    ) -> Result<ReservationView, EngineError> {
+        let cell = self.cell(id)?;
+        let mut record = cell.lock().await;
+        use ReservationStatus::*;
+        let (target, op, command_for) = match (transition, record.status) {
+            (Transition::Release, Released | Expired) => {
+                let current = record.clone();
+                drop(record);
+                return Ok(self.view(current).await);
+            }
+            (Transition::Release, Shipped) => {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {id} has shipped"
+                )))
+            }
+            (Transition::Release, Held | Allocated) => (Released, PendingOp::Release, false),
+            (Transition::Expire, Held) => (Expired, PendingOp::Expire, true),
+            (Transition::Expire, _) => {
+                let current = record.clone();
+                drop(record);
+                return Ok(self.view(current).await);
+            }
+            (Transition::Allocate, Allocated) => {
+                let current = record.clone();
+                drop(record);
+                return Ok(self.view(current).await);
+            }
+            (Transition::Allocate, Held) => (Allocated, PendingOp::Allocate, false),
+            (Transition::Allocate, status) => {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {id} is {}",
+                    status.as_str()
+                )))
+            }
+        };
+        let reservation_id: Arc<str> = Arc::from(id);
+        let command = |_: &ReservationLine| match transition {
+            Transition::Allocate => Command::Allocate {
+                reservation_id: reservation_id.clone(),
+            },
+            _ => Command::Release {
+                reservation_id: reservation_id.clone(),
+                expired: command_for,
+            },
+        };
+        let mut finished = record.clone();
+        finished.status = target;
+        finished.pending = None;
+        finished.expires_at_ms = None;
+        finished.updated_at_ms = now_ms();
+        self.run_on_lines(&mut record, op, finished, command)
+            .await?;
+        let current = record.clone();
+        drop(record);
+        Ok(self.view(current).await)
+    }
+
+    /// Ships an allocated reservation: `lines` (all when `None`) ship, the
+    /// rest of each position's allocation is released.
+    pub async fn ship_reservation(
+        &self,
+        id: &str,
+        lines: Option<Vec<ShipLine>>,
+    ) -> Result<ReservationView, EngineError> {
+        let cell = self.cell(id)?;
+        let mut record = cell.lock().await;
+        match record.status {
+            ReservationStatus::Allocated => {}
+            ReservationStatus::Held => {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {id} is held: allocate it before shipping"
+                )))
+            }
+            status => {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {id} is {}",
+                    status.as_str()
+                )))
+            }
+        }
+        let quantities: Vec<Option<u64>> = match &lines {
+            None => vec![None; record.lines.len()],
+            Some(ship) => {
+                for wanted in ship {
+                    let line = record
+                        .lines
+                        .iter()
+                        .find(|l| l.sku == wanted.sku && l.location == wanted.location)
+                        .ok_or_else(|| {
+                            EngineError::BadRequest(format!(
+                                "reservation {id} has no line {} at {}",
+                                wanted.sku, wanted.location
+                            ))
+                        })?;
+                    if wanted.qty.get() > line.qty {
+                        return Err(EngineError::QuantityOutOfRange(format!(
+                            "cannot ship {} of {} at {}: {} allocated",
+                            wanted.qty.get(),
+                            line.sku,
+                            line.location,
+                            line.qty
+                        )));
+                    }
+                }
+                record
+                    .lines
+                    .iter()
+                    .map(|line| {
+                        Some(
+                            ship.iter()
+                                .filter(|w| w.sku == line.sku && w.location == line.location)
+                                .map(|w| w.qty.get())
+                                .sum(),
+                        )
+                    })
+                    .collect()
+            }
+        };
+        let mut finished = record.clone();
+        finished.status = ReservationStatus::Shipped;
+        finished.pending = None;
+        finished.updated_at_ms = now_ms();
+        let reservation_id: Arc<str> = Arc::from(id);
+        let lines_in_order = record.lines.clone();
+        let command = |line: &ReservationLine| {
+            let index = lines_in_order.iter().position(|l| l == line).unwrap_or(0);
+            match quantities.get(index).copied().flatten() {
+                Some(0) => Command::Release {
+                    reservation_id: reservation_id.clone(),
+                    expired: false,
+                },
+                qty => Command::Ship {
+                    reservation_id: reservation_id.clone(),
+                    qty: qty.and_then(Qty::new),
+                },
+            }
+        };
+        let op = PendingOp::Ship(quantities.clone());
+        self.run_on_lines(&mut record, op, finished, command)
+            .await?;
+        let current = record.clone();
+        drop(record);
+        Ok(self.view(current).await)
+    }
+
+    /// Runs `command_for(line)` on every line's position, journaling the
+    /// reservation record with it: in one append for a single position,
+    /// else with a pending marker before and the final record after.
+    async fn run_on_lines(
+        &self,
+        record: &mut ReservationRecord,
+        op: PendingOp,
+        finished: ReservationRecord,
+        command_for: impl Fn(&ReservationLine) -> Command,
+    ) -> Result<(), EngineError> {
+        let single = record.lines.len() == 1;
+        if !single {
+            let mut pending = record.clone();
+            pending.pending = Some(op);
+            self.write(record_batch(&pending)?).await?;
+            *record = pending;
+        }
+        let what = match finished.status {
+            ReservationStatus::Allocated => "allocate",
+            ReservationStatus::Shipped => "ship",
+            ReservationStatus::Expired => "expire",
+            _ => "release",
+        };
+        for line in record.lines.clone() {
+            let extra = if single {
+                record_batch(&finished)?
+            } else {
+                WriteBatch::default()
+            };
+            let exec = Exec {
+                sku: Arc::from(line.sku.as_str()),
+                location: Arc::from(line.location.as_str()),
+                command: command_for(&line),
+                meta: meta(record, what),
+                extra,
+                dedupe: false,
+                create: false,
+            };
+            match self.exec(exec).await {
+                Ok(_) => {}
+                // Resuming after a crash: this line was done before it.
+                Err(ExecError::Reject(Reject::InvalidState(_)))
+                    if record.pending.is_some()
+                        && matches!(finished.status, ReservationStatus::Shipped) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        if !single {
+            self.write(record_batch(&finished)?).await?;
+        }
+        self.unschedule_expiry(record);
+        *record = finished;
+        Ok(())
+    }
+
+    /// Finishes transitions a crash interrupted (creations are undone).
+    pub(super) async fn complete_pending(&self) {
+        let pending: Vec<_> = self
+            .reservations
+            .iter()
+            .filter_map(|entry| {
+                let cell = entry.value().clone();
+                let record = cell.try_lock().ok()?.clone();
+                record.pending.clone().map(|op| (record, op))
+            })
+            .collect();
+        for (record, op) in pending {
+            tracing::warn!(reservation = %record.id, ?op, "completing interrupted reservation change");
+            let result = match op {
+                PendingOp::Create => self.undo_creation(&record).await,
+                PendingOp::Release => self.release_reservation(&record.id).await.map(drop),
+                PendingOp::Expire => self
+                    .transition(&record.id, Transition::Expire)
+                    .await
+                    .map(drop),
+                PendingOp::Allocate => self.allocate_reservation(&record.id).await.map(drop),
+                PendingOp::Ship(quantities) => {
+                    let lines = record
+                        .lines
+                        .iter()
+                        .zip(quantities)
+                        .filter_map(|(line, qty)| {
+                            Some(ShipLine {
+                                sku: line.sku.clone(),
+                                location: line.location.clone(),
+                                qty: Qty::new(qty?)?,
+                            })
+                        })
+                        .collect::<Vec<_>>();
+                    let lines = (!lines.is_empty()).then_some(lines);
+                    self.ship_reservation(&record.id, lines).await.map(drop)
+                }
+            };
+            if let Err(error) = result {
+                tracing::error!(reservation = %record.id, %error, "could not complete reservation change");
+            }
+        }
+    }
+
+    async fn undo_creation(&self, record: &ReservationRecord) -> Result<(), EngineError> {
+        let reservation_id: Arc<str> = Arc::from(record.id.as_str());
+        let channel = self.channel(&record.channel).cloned();
+        let locations = channel.map(|c| c.locations).unwrap_or_default();
+        // The lines are not recorded before the holds: look at every
+        // location of the channel for a hold of this reservation.
+        let skus: Vec<String> = record.lines.iter().map(|l| l.sku.clone()).collect();
+        for sku in skus {
+            let sku: Arc<str> = Arc::from(sku.as_str());
+            for location in &locations {
+                let command = Command::Release {
+                    reservation_id: reservation_id.clone(),
+                    expired: false,
+                };
+                match self
+                    .command(&sku, location, command, meta(record, "compensate"), false)
+                    .await
+                {
+                    Ok(_) | Err(ExecError::NotFound) => {}
+                    Err(error) => return Err(error.into()),
+                }
+            }
+        }
+        let mut batch = WriteBatch::default();
+        batch.delete(Space::Reservations, record.id.as_bytes());
+        self.write(batch).await?;
+        self.reservations.remove(record.id.as_str());
+        Ok(())
+    }
+
+    /// Drops closed reservations older than the retention, from memory and store.
+    pub(super) async fn purge_reservations(&self, older_than_ms: i64, max: usize) -> usize {
+        let old: Vec<Arc<str>> = self
+            .reservations
+            .iter()
+            .filter_map(|entry| {
+                let record = entry.value().try_lock().ok()?;
+                (!record.status.is_open()
+                    && record.pending.is_none()
+                    && record.updated_at_ms < older_than_ms)
+                    .then(|| entry.key().clone())
+            })
+            .take(max)
+            .collect();
+        let mut batch = WriteBatch::default();
+        for id in &old {
+            batch.delete(Space::Reservations, id.as_bytes());
+        }
+        if !old.is_empty() && self.write(batch).await.is_ok() {
+            for id in &old {
+                self.reservations.remove(id);
+            }
+            return old.len();
+        }
+        0
+    }
+
+    pub fn reservation_count(&self) -> usize {
+        self.reservations.len()
+    }
+}
+
+/// Merges parts taken at the same location (split sourcing may come back).
+fn merge_taken(parts: Vec<Taken>) -> Vec<Taken> {
+    let mut merged: Vec<Taken> = Vec::with_capacity(parts.len());
+    for part in parts {
+        match merged.iter_mut().find(|m| m.location == part.location) {
+            Some(existing) => {
+                existing.units += part.units;
+                existing.backordered += part.backordered;
+            }
+            None => merged.push(part),
+        }
+    }
+    merged
+}
