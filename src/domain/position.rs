@@ -465,6 +465,14 @@ impl Position {
         qty: u64,
         mode: HoldMode,
     ) -> Result<Event, Reject> {
+        if let Some(existing) = self.holds.get(reservation_id) {
+            if existing.channel != *channel {
+                return Err(Reject::InvalidState(format!(
+                    "reservation {reservation_id} belongs to channel {}",
+                    existing.channel
+                )));
+            }
+        }
         let view = self.channel_view(channel);
         let fillable = u64::try_from(view.max(0)).unwrap_or(0);
         let (reserved, backordered) = match mode {
@@ -622,6 +630,12 @@ impl Position {
         let available_after = self.available().saturating_add(qty as i64);
         let mut budget = qty.min(u64::try_from(available_after.max(0)).unwrap_or(0));
         let mut seen: Vec<&ReservationId> = Vec::new();
+        // Filled units consume the channel's commitment first, like any hold.
+        let mut commitment_left: Vec<(&str, u64)> = self
+            .commitments
+            .iter()
+            .map(|c| (&*c.channel, c.remaining()))
+            .collect();
         for reservation_id in &self.backorder_queue {
             if budget == 0 {
                 break;
@@ -638,7 +652,7 @@ impl Position {
                 continue;
             }
             budget -= filled;
-            events.push(Event::for_hold(
+            let mut event = Event::for_hold(
                 EventKind::BackorderFilled,
                 reservation_id,
                 hold,
@@ -647,13 +661,22 @@ impl Position {
                     reserved: filled as i64,
                     ..Delta::default()
                 },
-            ));
+            );
+            if let Some((_, left)) = commitment_left
+                .iter_mut()
+                .find(|(channel, _)| *channel == &*hold.channel)
+            {
+                let used = filled.min(*left);
+                *left -= used;
+                event.commitment_used = used as i64;
+            }
+            events.push(event);
         }
         events
     }
 
     /// A change of `on_hand` by the physical world: applied even below the
-    /// holds, never below zero; quarantined units go first when stock is lost.
+    /// holds, never below zero; `quarantined` is cut so it never exceeds `on_hand`.
     fn on_hand_change(&self, kind: EventKind, delta: i64) -> Result<Event, Reject> {
         let Some(on_hand_after) = add_signed(self.counters.on_hand, delta) else {
             return Err(Reject::InvalidState(format!(
