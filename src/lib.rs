@@ -1,5 +1,6 @@
 //! stockwire: real-time inventory availability and reservations.
 pub mod actors;
+pub mod api;
 pub mod config;
 pub mod domain;
 pub mod engine;

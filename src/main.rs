@@ -1,1 +1,133 @@
-fn main() {}
+//! `stockwire serve [--config PATH]`: load config, open RocksDB, start the
+//! HTTP server at once (so `/healthz` and `/readyz` answer during
+//! recovery), recover, then serve. SIGTERM: stop accepting, drain in-flight
+//! requests, write a snapshot, flush the journal, exit 0.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use stockwire::api::{edge_middleware, routes, AppState};
+use stockwire::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
+use stockwire::engine::{recover, Engine};
+use stockwire::metrics::Metrics;
+use stockwire::storage::{RocksStore, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "stockwire",
+    version,
+    about = "Real-time inventory availability and reservations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run the server.
+    Serve {
+        /// Config file (default: config/stockwire.toml; also STOCKWIRE_CONFIG).
+        #[arg(long, env = "STOCKWIRE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+/// Seconds actix-web waits for in-flight requests on SIGTERM.
+const SHUTDOWN_DRAIN_SECONDS: u64 = 10;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Commands::Serve { config } => {
+            let (path, is_default) = match config {
+                Some(path) => (path, false),
+                None => (PathBuf::from(DEFAULT_CONFIG_PATH), true),
+            };
+            let env: Vec<(String, String)> = std::env::vars().collect();
+            let config = Config::load(&path, is_default, &env)?;
+            init_logging(config.log_format);
+            actix_web::rt::System::new().block_on(serve(Arc::new(config)))
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STOCKWIRE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let store: Arc<dyn Store> = Arc::new(
+        RocksStore::open(&config.data_dir)
+            .with_context(|| format!("opening data dir {}", config.data_dir.display()))?,
+    );
+    let state = web::Data::new(AppState::new(config.clone(), metrics.clone()));
+    let app_state = state.clone();
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(app_state.clone())
+            .wrap(from_fn(edge_middleware))
+            .configure(routes)
+    })
+    .bind(&config.listen)
+    .with_context(|| format!("binding {}", config.listen))?
+    .shutdown_timeout(SHUTDOWN_DRAIN_SECONDS)
+    .run();
+    let handle = server.handle();
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), durability = ?config.durability, "listening, recovering");
+
+    let recovery_state = state.clone();
+    let recovery = actix_web::rt::spawn(async move {
+        let for_recovery = store.clone();
+        let recovered = web::block(move || recover(&*for_recovery)).await;
+        let recovered = match recovered {
+            Ok(Ok(recovered)) => recovered,
+            Ok(Err(error)) => {
+                tracing::error!(%error, "recovery failed");
+                handle.stop(false).await;
+                return Err(anyhow::anyhow!("recovery failed: {error}"));
+            }
+            Err(error) => {
+                handle.stop(false).await;
+                return Err(anyhow::anyhow!("recovery failed: {error}"));
+            }
+        };
+        let engine = Engine::start(
+            recovery_state.config.clone(),
+            store,
+            recovered,
+            recovery_state.metrics.clone(),
+        )
+        .await;
+        engine.finish_recovery().await;
+        let _ = recovery_state.engine.set(engine);
+        Ok(())
+    });
+
+    server.await.context("http server")?;
+    tracing::info!("http server stopped, shutting down engine");
+    match recovery.await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => return Err(error),
+        Err(error) => return Err(anyhow::anyhow!("recovery task: {error}")),
+    }
+    if let Some(engine) = state.engine.get() {
+        engine.shutdown().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,160 @@
+//! `GET /v1/availability/{sku}` and `POST /v1/availability/query`: the full
+//! view (every counter, per location and summed, plus every channel's view),
+//! or one channel's view when `channel` is given.
+
+use actix_web::{web, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::input::{check_id, parse_json, read_body};
+use super::AppState;
+use crate::actors::PositionReadout;
+use crate::engine::{ChannelInfo, Engine, EngineError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelQuery {
+    channel: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QueryBody {
+    skus: Vec<String>,
+    channel: Option<String>,
+}
+
+fn location_json(readout: &PositionReadout) -> Value {
+    let c = &readout.counters;
+    json!({
+        "location": readout.location,
+        "on_hand": c.on_hand,
+        "reserved": c.reserved,
+        "allocated": c.allocated,
+        "quarantined": c.quarantined,
+        "in_transit": c.in_transit,
+        "backordered": c.backordered,
+        "safety_stock": c.safety_stock,
+        "backorder_limit": c.backorder_limit,
+        "available": readout.available(),
+        "version": readout.version,
+    })
+}
+
+/// What `channel` may sell over `readouts` (each position floored at 0:
+/// an oversold position gives a channel nothing).
+fn channel_available(channel: &ChannelInfo, readouts: &[PositionReadout]) -> i64 {
+    readouts
+        .iter()
+        .filter(|r| channel.locations.contains(&r.location))
+        .map(|r| r.channel_view(&channel.id).max(0))
+        .fold(0i64, i64::saturating_add)
+}
+
+fn full_json(engine: &Engine, sku: &str, readouts: &[PositionReadout]) -> Value {
+    let sum = |f: &dyn Fn(&PositionReadout) -> i128| -> i128 { readouts.iter().map(f).sum() };
+    let total = json!({
+        "on_hand": sum(&|r| r.counters.on_hand.into()),
+        "reserved": sum(&|r| r.counters.reserved.into()),
+        "allocated": sum(&|r| r.counters.allocated.into()),
+        "quarantined": sum(&|r| r.counters.quarantined.into()),
+        "in_transit": sum(&|r| r.counters.in_transit.into()),
+        "backordered": sum(&|r| r.counters.backordered.into()),
+        "safety_stock": sum(&|r| r.counters.safety_stock.into()),
+        "available": sum(&|r| r.available().into()),
+    });
+    let channels: Vec<Value> = engine
+        .channels()
+        .map(|c| json!({"channel": c.id, "available": channel_available(c, readouts)}))
+        .collect();
+    json!({
+        "sku": sku,
+        "locations": readouts.iter().map(location_json).collect::<Vec<_>>(),
+        "total": total,
+        "channels": channels,
+    })
+}
+
+fn channel_json(channel: &ChannelInfo, sku: &str, readouts: &[PositionReadout]) -> Value {
+    let locations: Vec<Value> = readouts
+        .iter()
+        .filter(|r| channel.locations.contains(&r.location))
+        .map(|r| json!({"location": r.location, "available": r.channel_view(&channel.id).max(0)}))
+        .collect();
+    json!({
+        "sku": sku,
+        "channel": channel.id,
+        "available": channel_available(channel, readouts),
+        "locations": locations,
+    })
+}
+
+fn channel_of<'a>(
+    engine: &'a Engine,
+    channel: Option<&str>,
+) -> Result<Option<&'a ChannelInfo>, ApiError> {
+    match channel {
+        None => Ok(None),
+        Some(id) => engine
+            .channel(id)
+            .map(Some)
+            .ok_or_else(|| EngineError::UnknownChannel(format!("unknown channel {id}")).into()),
+    }
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    sku: web::Path<String>,
+    query: web::Query<ChannelQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let sku = check_id("sku", &sku)?;
+    let channel = channel_of(engine, query.channel.as_deref())?;
+    let readouts = engine.read_sku(sku, None, None).await?;
+    if readouts.is_empty() {
+        return Err(EngineError::UnknownSku(sku.to_string()).into());
+    }
+    let body = match channel {
+        Some(channel) => channel_json(channel, sku, &readouts),
+        None => full_json(engine, sku, &readouts),
+    };
+    Ok(HttpResponse::Ok().json(body))
+}
+
+pub async fn query(
+    state: web::Data<AppState>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let request: QueryBody = parse_json(&body)?;
+    if request.skus.len() > state.config.query_skus_max {
+        return Err(ApiError::BadRequest(format!(
+            "at most {} skus per query",
+            state.config.query_skus_max
+        )));
+    }
+    for sku in &request.skus {
+        check_id("sku", sku)?;
+    }
+    let channel = channel_of(engine, request.channel.as_deref())?;
+    let reads = futures_util::future::join_all(
+        request
+            .skus
+            .iter()
+            .map(|sku| engine.read_sku(sku, None, None)),
+    )
+    .await;
+    let mut items = Vec::with_capacity(reads.len());
+    for (sku, readouts) in request.skus.iter().zip(reads) {
+        let readouts: Vec<PositionReadout> = readouts?;
+        // An unknown SKU answers like a known one with nothing anywhere.
+        let item = match channel {
+            Some(channel) => channel_json(channel, sku, &readouts),
+            None => full_json(engine, sku, &readouts),
+        };
+        items.push(item);
+    }
+    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+}

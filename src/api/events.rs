@@ -1,0 +1,493 @@
+//! Systems of record post events here; subscribers read the ordered event
+//! log (`GET /v1/events`, or live over Server-Sent Events); rejected events
+//! are readable in the exception queue.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::error::{from_json_error, ApiError};
+use super::idempotency::{self, Reply};
+use super::input::{amount, check_id, delta, parse_json, parse_rfc3339, qty, read_body, rfc3339};
+use super::{correlation_id, AppState};
+use crate::domain::{AdjustReason, Command, EventKind, QuarantineAction};
+use crate::engine::{Engine, EventOutcome, EventStatus, WarehouseEvent};
+use crate::storage::records::{ExceptionRecord, JournalRecord};
+
+/// Entries per SSE read from the journal.
+const SSE_PAGE: usize = 500;
+/// A comment line keeps idle streams (and proxies) alive.
+const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    events: Vec<Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventBody {
+    event_id: String,
+    #[serde(rename = "type")]
+    kind: String,
+    source: String,
+    occurred_at: Option<String>,
+    sku: String,
+    location: String,
+    qty: Option<serde_json::Number>,
+    delta: Option<serde_json::Number>,
+    reason: Option<AdjustReason>,
+    counted: Option<serde_json::Number>,
+    expected_version: Option<u64>,
+    restockable: Option<bool>,
+    action: Option<QuarantineAction>,
+    transfer_id: Option<String>,
+    to: Option<String>,
+    from: Option<String>,
+}
+
+const EVENT_TYPES: [&str; 8] = [
+    "receipt",
+    "adjustment",
+    "count",
+    "return",
+    "quarantine",
+    "in_transit",
+    "transfer_out",
+    "transfer_in",
+];
+
+fn required<T: Clone>(field: &Option<T>, name: &str, kind: &str) -> Result<T, ApiError> {
+    field
+        .clone()
+        .ok_or_else(|| ApiError::BadRequest(format!("{kind} needs `{name}`")))
+}
+
+/// Fields that only some types take must not appear on others.
+fn only(present: &[(&str, bool)], allowed: &[&str], kind: &str) -> Result<(), ApiError> {
+    for (name, is_present) in present {
+        if *is_present && !allowed.contains(name) {
+            return Err(ApiError::UnknownField(format!(
+                "`{name}` does not apply to {kind}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn to_command(body: &EventBody) -> Result<(&'static str, Command), ApiError> {
+    let kind = EVENT_TYPES
+        .iter()
+        .find(|t| **t == body.kind)
+        .copied()
+        .ok_or_else(|| ApiError::BadRequest(format!("unknown event type {}", body.kind)))?;
+    let present = [
+        ("qty", body.qty.is_some()),
+        ("delta", body.delta.is_some()),
+        ("reason", body.reason.is_some()),
+        ("counted", body.counted.is_some()),
+        ("expected_version", body.expected_version.is_some()),
+        ("restockable", body.restockable.is_some()),
+        ("action", body.action.is_some()),
+        ("transfer_id", body.transfer_id.is_some()),
+        ("to", body.to.is_some()),
+        ("from", body.from.is_some()),
+    ];
+    let command = match kind {
+        "receipt" => {
+            only(&present, &["qty"], kind)?;
+            Command::Receipt {
+                qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
+            }
+        }
+        "adjustment" => {
+            only(&present, &["delta", "reason"], kind)?;
+            Command::Adjust {
+                delta: delta("delta", &required(&body.delta, "delta", kind)?)?,
+                reason: required(&body.reason, "reason", kind)?,
+            }
+        }
+        "count" => {
+            only(&present, &["counted", "expected_version"], kind)?;
+            Command::Count {
+                counted: amount("counted", &required(&body.counted, "counted", kind)?)?,
+                expected_version: body.expected_version,
+            }
+        }
+        "return" => {
+            only(&present, &["qty", "restockable"], kind)?;
+            Command::Return {
+                qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
+                restockable: required(&body.restockable, "restockable", kind)?,
+            }
+        }
+        "quarantine" => {
+            only(&present, &["qty", "action"], kind)?;
+            Command::Quarantine {
+                qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
+                action: required(&body.action, "action", kind)?,
+            }
+        }
+        "in_transit" => {
+            only(&present, &["qty", "delta"], kind)?;
+            let change = match (&body.qty, &body.delta) {
+                (Some(n), None) => qty("qty", n)?.get() as i64,
+                (None, Some(d)) => delta("delta", d)?,
+                _ => {
+                    return Err(ApiError::BadRequest(
+                        "in_transit needs exactly one of `qty` (inbound) or `delta`".to_string(),
+                    ))
+                }
+            };
+            Command::InTransit { delta: change }
+        }
+        other => {
+            return Err(ApiError::BadRequest(format!(
+                "{other} events belong to a transfer: POST /v1/transfers first (not available in this version)"
+            )))
+        }
+    };
+    Ok((kind, command))
+}
+
+/// Validates one raw event; on failure the outcome to answer for it.
+fn decode(raw: Value) -> Result<WarehouseEvent, (String, String, String, ApiError)> {
+    let payload = raw.to_string();
+    let event_id = raw
+        .get("event_id")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let type_name = raw
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("unknown")
+        .to_string();
+    let fail = |error| (event_id.clone(), type_name.clone(), payload.clone(), error);
+    let body: EventBody = serde_json::from_value(raw).map_err(|e| fail(from_json_error(e)))?;
+    let check = || -> Result<(&'static str, Command, Option<i64>), ApiError> {
+        check_id("event_id", &body.event_id)?;
+        check_id("source", &body.source)?;
+        check_id("sku", &body.sku)?;
+        check_id("location", &body.location)?;
+        let occurred_at_ms = body
+            .occurred_at
+            .as_deref()
+            .map(|t| parse_rfc3339("occurred_at", t))
+            .transpose()?;
+        let (kind, command) = to_command(&body)?;
+        Ok((kind, command, occurred_at_ms))
+    };
+    let (kind, command, occurred_at_ms) = check().map_err(fail)?;
+    Ok(WarehouseEvent {
+        event_id: body.event_id,
+        type_name: kind,
+        source: body.source,
+        occurred_at_ms,
+        sku: body.sku,
+        location: body.location,
+        command,
+        payload,
+    })
+}
+
+fn outcome_json(outcome: &EventOutcome) -> Value {
+    let status = match outcome.status {
+        EventStatus::Applied => "applied",
+        EventStatus::Duplicate => "duplicate",
+        EventStatus::Rejected => "rejected",
+    };
+    let mut value = json!({"event_id": outcome.event_id, "status": status});
+    if let Some(seq) = outcome.seq {
+        value["seq"] = json!(seq);
+    }
+    if let Some(code) = outcome.code {
+        value["code"] = json!(code);
+    }
+    if let Some(detail) = &outcome.detail {
+        value["detail"] = json!(detail);
+    }
+    value
+}
+
+async fn apply_batch(
+    engine: &Engine,
+    body: &[u8],
+    max: usize,
+    correlation: Arc<str>,
+) -> Result<Reply, ApiError> {
+    let batch: BatchBody = parse_json(body)?;
+    if batch.events.is_empty() || batch.events.len() > max {
+        return Err(ApiError::BadRequest(format!(
+            "a batch has 1..={max} events"
+        )));
+    }
+    let mut slots: Vec<Option<EventOutcome>> = vec![None; batch.events.len()];
+    let mut valid = Vec::new();
+    let mut valid_index = Vec::new();
+    for (index, raw) in batch.events.into_iter().enumerate() {
+        match decode(raw) {
+            Ok(event) => {
+                valid_index.push(index);
+                valid.push(event);
+            }
+            Err((event_id, type_name, payload, error)) => {
+                let (_, code) = error.status_and_code();
+                let detail = error.to_string();
+                let (sku, location) = serde_json::from_str::<Value>(&payload)
+                    .ok()
+                    .map(|v| {
+                        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+                        (text("sku"), text("location"))
+                    })
+                    .unwrap_or_default();
+                let source = serde_json::from_str::<Value>(&payload)
+                    .ok()
+                    .and_then(|v| v.get("source").and_then(Value::as_str).map(str::to_string))
+                    .filter(|s| check_id("source", s).is_ok())
+                    .unwrap_or_else(|| "unknown".to_string());
+                let type_label = if EVENT_TYPES.contains(&type_name.as_str()) {
+                    type_name.as_str()
+                } else {
+                    "unknown"
+                };
+                engine
+                    .record_rejection(
+                        event_id.clone(),
+                        type_label,
+                        &source,
+                        sku,
+                        location,
+                        payload,
+                        &correlation,
+                        code,
+                        &detail,
+                    )
+                    .await;
+                slots[index] = Some(EventOutcome::rejected(event_id, code, detail));
+            }
+        }
+    }
+    let outcomes = engine.apply_events(valid, correlation).await;
+    for (index, outcome) in valid_index.into_iter().zip(outcomes) {
+        slots[index] = Some(outcome);
+    }
+    let results: Vec<Value> = slots.iter().flatten().map(outcome_json).collect();
+    Ok((StatusCode::OK, json!({ "results": results })))
+}
+
+pub async fn post(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let max = state.config.batch_events_max;
+    let correlation = correlation_id(&request);
+    idempotency::run(engine, &request, &body, |_| {
+        apply_batch(engine, &body, max, correlation)
+    })
+    .await
+}
+
+/// One event-log entry as subscribers see it (SPEC §2 "Subscribers").
+pub fn log_entry_json(seq: u64, record: &JournalRecord) -> Value {
+    let mut delta = Map::new();
+    for (name, change) in record.event.delta.nonzero() {
+        delta.insert(name.to_string(), json!(change));
+    }
+    let c = &record.counters;
+    let mut entry = json!({
+        "seq": seq,
+        "event_id": record.event_id,
+        "type": record.event.kind.type_name(),
+        "schema_version": 1,
+        "occurred_at": rfc3339(record.occurred_at_ms),
+        "recorded_at": rfc3339(record.recorded_at_ms),
+        "source": record.source,
+        "correlation_id": record.correlation_id,
+        "sku": record.sku,
+        "location": record.location,
+        "delta": delta,
+        "position": {
+            "on_hand": c.on_hand,
+            "reserved": c.reserved,
+            "allocated": c.allocated,
+            "quarantined": c.quarantined,
+            "in_transit": c.in_transit,
+            "backordered": c.backordered,
+            "safety_stock": c.safety_stock,
+            "backorder_limit": c.backorder_limit,
+            "available": c.available(),
+            "version": record.version,
+        },
+    });
+    if let Some(id) = &record.event.reservation_id {
+        entry["reservation_id"] = json!(id);
+    }
+    if let Some(channel) = &record.event.channel {
+        entry["channel"] = json!(channel);
+    }
+    match record.event.kind {
+        EventKind::Adjusted(reason) => entry["reason"] = json!(reason),
+        EventKind::Quarantined(action) => entry["action"] = json!(action),
+        EventKind::Returned { restockable } => entry["restockable"] = json!(restockable),
+        EventKind::CommitmentSet => entry["commitment"] = json!(record.event.commitment_qty),
+        _ => {}
+    }
+    entry
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+pub async fn list(
+    state: web::Data<AppState>,
+    query: web::Query<LogQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let limit = query
+        .limit
+        .unwrap_or(100)
+        .clamp(1, state.config.events_page_max);
+    let entries = engine.read_log(query.after.unwrap_or(0), limit)?;
+    let events: Vec<Value> = entries
+        .iter()
+        .map(|(seq, r)| log_entry_json(*seq, r))
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({ "events": events, "head": engine.journal().head() })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamQuery {
+    after: Option<u64>,
+}
+
+/// Releases an SSE slot when the stream is dropped (client gone).
+struct SseSlot(web::Data<AppState>);
+
+impl Drop for SseSlot {
+    fn drop(&mut self) {
+        self.0.sse_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Server-Sent Events: the log after `after` (or `Last-Event-ID`), then live.
+pub async fn stream(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    query: web::Query<StreamQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?.clone();
+    let resume = request
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let after = query.after.or(resume).unwrap_or(0);
+    let open = state.sse_connections.fetch_add(1, Ordering::AcqRel);
+    let slot = SseSlot(state.clone());
+    if open >= state.config.sse_connections_max {
+        drop(slot);
+        return Err(ApiError::Unavailable(
+            "too many event streams open".to_string(),
+        ));
+    }
+    let head = engine.journal().subscribe();
+    let stream = futures_util::stream::unfold(
+        (engine, head, after, slot),
+        |(engine, mut head, cursor, slot)| async move {
+            loop {
+                let page = match engine.read_log(cursor, SSE_PAGE) {
+                    Ok(page) => page,
+                    Err(error) => {
+                        tracing::warn!(%error, "event stream read failed");
+                        return None;
+                    }
+                };
+                if let Some((last, _)) = page.last() {
+                    let last = *last;
+                    let mut text = String::new();
+                    for (seq, record) in &page {
+                        text.push_str(&format!(
+                            "id: {seq}\nevent: {}\ndata: {}\n\n",
+                            record.event.kind.type_name(),
+                            log_entry_json(*seq, record)
+                        ));
+                    }
+                    let chunk = web::Bytes::from(text);
+                    return Some((Ok::<_, actix_web::Error>(chunk), (engine, head, last, slot)));
+                }
+                match tokio::time::timeout(SSE_KEEPALIVE, head.changed()).await {
+                    Ok(Ok(())) => continue,
+                    Ok(Err(_)) => return None,
+                    Err(_) => {
+                        let ping = web::Bytes::from_static(b": keep-alive\n\n");
+                        return Some((Ok(ping), (engine, head, cursor, slot)));
+                    }
+                }
+            }
+        },
+    );
+    Ok(HttpResponse::Ok()
+        .content_type("text/event-stream")
+        .insert_header(("Cache-Control", "no-cache"))
+        .streaming(stream))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExceptionQuery {
+    kind: Option<String>,
+    status: Option<String>,
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn exception_json(record: &ExceptionRecord) -> Value {
+    json!({
+        "id": record.id,
+        "kind": record.kind,
+        "status": record.status,
+        "code": record.code,
+        "detail": record.detail,
+        "sku": record.sku,
+        "location": record.location,
+        "event_id": record.event_id,
+        "source": record.source,
+        "payload": record.payload.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
+        "correlation_id": record.correlation_id,
+        "created_at": rfc3339(record.created_at_ms),
+    })
+}
+
+pub async fn exceptions(
+    state: web::Data<AppState>,
+    query: web::Query<ExceptionQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let limit = query
+        .limit
+        .unwrap_or(100)
+        .clamp(1, state.config.events_page_max);
+    let found = engine.exceptions(
+        query.after.unwrap_or(0),
+        limit,
+        query.kind.as_deref(),
+        query.status.as_deref(),
+    )?;
+    let items: Vec<Value> = found.iter().map(exception_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "exceptions": items })))
+}

@@ -1,0 +1,106 @@
+//! `Idempotency-Key` (SPEC §2): the same key with the same request answers
+//! the first response again and changes nothing; with a different request it
+//! is `422 idempotency_key_reused`. Responses are stored durably (through the
+//! journal) before they are sent, for at least the configured retention.
+
+use std::future::Future;
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use sha2::{Digest, Sha256};
+
+use super::error::ApiError;
+use crate::actors::now_ms;
+use crate::engine::{Engine, EngineError};
+use crate::storage::records::IdempotencyRecord;
+
+const KEY_LEN_MAX: usize = 255;
+
+/// A JSON answer: status and body.
+pub type Reply = (StatusCode, serde_json::Value);
+
+pub fn key_of(request: &HttpRequest) -> Result<Option<String>, ApiError> {
+    let Some(value) = request.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value
+        .to_str()
+        .ok()
+        .filter(|k| {
+            !k.is_empty() && k.len() <= KEY_LEN_MAX && k.bytes().all(|b| b.is_ascii_graphic())
+        })
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Idempotency-Key must be 1-{KEY_LEN_MAX} visible ASCII characters"
+            ))
+        })?;
+    Ok(Some(key.to_string()))
+}
+
+fn respond(status: StatusCode, body: Vec<u8>) -> HttpResponse {
+    let content_type = if status.is_success() {
+        "application/json"
+    } else {
+        "application/problem+json"
+    };
+    HttpResponse::build(status)
+        .content_type(content_type)
+        .body(body)
+}
+
+/// Runs `handler` once per key; replays its stored response afterwards.
+pub async fn run<F, Fut>(
+    engine: &Engine,
+    request: &HttpRequest,
+    body: &[u8],
+    handler: F,
+) -> Result<HttpResponse, ApiError>
+where
+    F: FnOnce(Option<String>) -> Fut,
+    Fut: Future<Output = Result<Reply, ApiError>>,
+{
+    let Some(key) = key_of(request)? else {
+        let (status, value) = handler(None).await?;
+        return Ok(respond(status, value.to_string().into_bytes()));
+    };
+    let mut hasher = Sha256::new();
+    hasher.update(request.method().as_str().as_bytes());
+    hasher.update([0]);
+    hasher.update(request.path().as_bytes());
+    hasher.update([0]);
+    hasher.update(body);
+    let hash = hasher.finalize().to_vec();
+    if let Some(stored) = engine.idempotency_get(&key)? {
+        if stored.request_hash != hash {
+            return Err(ApiError::IdempotencyKeyReused);
+        }
+        let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+        return Ok(respond(status, stored.body));
+    }
+    if !engine.idempotency_begin(&key) {
+        return Err(EngineError::InvalidState(
+            "a request with this Idempotency-Key is in progress".to_string(),
+        )
+        .into());
+    }
+    let result = handler(Some(key.clone())).await;
+    let (status, bytes) = match &result {
+        Ok((status, value)) => (*status, value.to_string().into_bytes()),
+        Err(error) => (error.status_code(), error.body().to_string().into_bytes()),
+    };
+    // Server-side failures are not remembered: a retry may succeed.
+    let outcome = if status.is_server_error() {
+        Ok(())
+    } else {
+        let record = IdempotencyRecord {
+            request_hash: hash,
+            status: status.as_u16(),
+            body: bytes.clone(),
+            created_at_ms: now_ms(),
+        };
+        engine.idempotency_put(&key, &record).await
+    };
+    engine.idempotency_end(&key);
+    outcome?;
+    Ok(respond(status, bytes))
+}

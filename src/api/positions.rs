@@ -1,0 +1,132 @@
+//! Position settings and channel commitments (`PUT /v1/positions/...`).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::idempotency::{self, Reply};
+use super::input::{amount, check_id, parse_json, read_body};
+use super::{correlation_id, AppState};
+use crate::actors::{now_ms, ExecOutcome, Meta};
+use crate::domain::Command;
+use crate::engine::{Engine, EngineError};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsBody {
+    safety_stock: Option<serde_json::Number>,
+    backorder_limit: Option<serde_json::Number>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CommitmentBody {
+    qty: serde_json::Number,
+}
+
+fn outcome_json(sku: &str, location: &str, outcome: &ExecOutcome) -> serde_json::Value {
+    let c = &outcome.counters;
+    json!({
+        "sku": sku,
+        "location": location,
+        "safety_stock": c.safety_stock,
+        "backorder_limit": c.backorder_limit,
+        "available": c.available(),
+        "version": outcome.version,
+        "seq": outcome.first_seq,
+    })
+}
+
+async fn apply(
+    engine: &Engine,
+    request: &HttpRequest,
+    sku: &str,
+    location: &str,
+    command: Command,
+) -> Result<ExecOutcome, ApiError> {
+    let location = engine
+        .location(location)
+        .cloned()
+        .ok_or_else(|| EngineError::UnknownLocation(format!("unknown location {location}")))?;
+    let meta = Meta {
+        event_id: format!("set:{}", hex::encode(rand::random::<[u8; 12]>())),
+        source: std::sync::Arc::from("api"),
+        correlation_id: correlation_id(request),
+        occurred_at_ms: now_ms(),
+    };
+    // Settings may be made before the first receipt: they create the position.
+    let outcome = engine
+        .command(&std::sync::Arc::from(sku), &location, command, meta, true)
+        .await
+        .map_err(EngineError::from)?;
+    Ok(outcome)
+}
+
+pub async fn settings(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let (sku, location) = path.into_inner();
+    check_id("sku", &sku)?;
+    check_id("location", &location)?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    idempotency::run(engine, &request, &body, |_| async {
+        let parsed: SettingsBody = parse_json(&body)?;
+        if parsed.safety_stock.is_none() && parsed.backorder_limit.is_none() {
+            return Err(ApiError::BadRequest(
+                "give safety_stock, backorder_limit or both".to_string(),
+            ));
+        }
+        let command = Command::Settings {
+            safety_stock: parsed
+                .safety_stock
+                .as_ref()
+                .map(|n| amount("safety_stock", n))
+                .transpose()?,
+            backorder_limit: parsed
+                .backorder_limit
+                .as_ref()
+                .map(|n| amount("backorder_limit", n))
+                .transpose()?,
+        };
+        let outcome = apply(engine, &request, &sku, &location, command).await?;
+        Ok::<Reply, ApiError>((StatusCode::OK, outcome_json(&sku, &location, &outcome)))
+    })
+    .await
+}
+
+pub async fn commitment(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let (sku, location, channel) = path.into_inner();
+    check_id("sku", &sku)?;
+    check_id("location", &location)?;
+    check_id("channel", &channel)?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    idempotency::run(engine, &request, &body, |_| async {
+        let parsed: CommitmentBody = parse_json(&body)?;
+        let channel_info = engine
+            .channel(&channel)
+            .ok_or_else(|| EngineError::UnknownChannel(format!("unknown channel {channel}")))?;
+        let qty = amount("qty", &parsed.qty)?;
+        let command = Command::SetCommitment {
+            channel: channel_info.id.clone(),
+            qty,
+        };
+        let outcome = apply(engine, &request, &sku, &location, command).await?;
+        let mut body = outcome_json(&sku, &location, &outcome);
+        body["channel"] = json!(channel);
+        body["commitment"] = json!(qty);
+        Ok::<Reply, ApiError>((StatusCode::OK, body))
+    })
+    .await
+}

@@ -1,0 +1,258 @@
+//! Reservation routes: create, read, release, allocate, ship.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::idempotency::{self, Reply};
+use super::input::{check_id, parse_json, qty, read_body, rfc3339};
+use super::{correlation_id, AppState};
+use crate::engine::{LineRequest, NewReservation, ReservationView, ShipLine};
+
+/// Longest `ttl_seconds` a hold may ask for (30 days).
+const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
+const ORDER_REF_LEN_MAX: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LineBody {
+    sku: String,
+    location: Option<String>,
+    qty: serde_json::Number,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    reservation_id: Option<String>,
+    channel: String,
+    order_ref: Option<String>,
+    ttl_seconds: Option<serde_json::Number>,
+    lines: Vec<LineBody>,
+    #[serde(default)]
+    split: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShipLineBody {
+    sku: String,
+    location: String,
+    qty: serde_json::Number,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ShipBody {
+    lines: Option<Vec<ShipLineBody>>,
+}
+
+pub fn view_json(view: &ReservationView) -> Value {
+    let record = &view.record;
+    let lines: Vec<Value> = record
+        .lines
+        .iter()
+        .zip(&view.backordered)
+        .map(|(line, backordered)| {
+            json!({
+                "sku": line.sku,
+                "location": line.location,
+                "qty": line.qty,
+                "backordered": backordered,
+            })
+        })
+        .collect();
+    json!({
+        "reservation_id": record.id,
+        "channel": record.channel,
+        "order_ref": record.order_ref,
+        "status": record.status.as_str(),
+        "created_at": rfc3339(record.created_at_ms),
+        "updated_at": rfc3339(record.updated_at_ms),
+        "expires_at": record.expires_at_ms.map(rfc3339),
+        "correlation_id": record.correlation_id,
+        "lines": lines,
+    })
+}
+
+fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiError> {
+    if let Some(id) = &body.reservation_id {
+        check_id("reservation_id", id)?;
+    }
+    check_id("channel", &body.channel)?;
+    if body.lines.is_empty() || body.lines.len() > max_lines {
+        return Err(ApiError::BadRequest(format!(
+            "a reservation has 1..={max_lines} lines"
+        )));
+    }
+    if let Some(order_ref) = &body.order_ref {
+        if order_ref.is_empty() || order_ref.len() > ORDER_REF_LEN_MAX {
+            return Err(ApiError::BadRequest(format!(
+                "order_ref must be 1-{ORDER_REF_LEN_MAX} bytes"
+            )));
+        }
+    }
+    let ttl_seconds = match &body.ttl_seconds {
+        None => None,
+        Some(number) => Some(
+            number
+                .as_u64()
+                .filter(|t| (1..=TTL_SECONDS_MAX).contains(t))
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "ttl_seconds must be an integer in 1..={TTL_SECONDS_MAX}"
+                    ))
+                })?,
+        ),
+    };
+    let mut lines = Vec::with_capacity(body.lines.len());
+    for line in body.lines {
+        check_id("sku", &line.sku)?;
+        if let Some(location) = &line.location {
+            check_id("location", location)?;
+        }
+        lines.push(LineRequest {
+            qty: qty("qty", &line.qty)?,
+            sku: line.sku,
+            location: line.location,
+        });
+    }
+    Ok(NewReservation {
+        reservation_id: body.reservation_id,
+        channel: body.channel,
+        order_ref: body.order_ref,
+        ttl_seconds,
+        lines,
+        split: body.split,
+        correlation_id: std::sync::Arc::from(""),
+        idempotency_key: None,
+    })
+}
+
+pub async fn create(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let (state_ref, request_ref, body_ref) = (&state, &request, &body);
+    idempotency::run(engine, &request, &body, |key| async move {
+        let (state, request, body) = (state_ref, request_ref, body_ref);
+        let parsed: CreateBody = parse_json(body)?;
+        let mut reservation = validate(parsed, state.config.reservation_lines_max)?;
+        reservation.correlation_id = correlation_id(request);
+        reservation.idempotency_key = key;
+        let (view, created) = engine.create_reservation(reservation).await?;
+        let status = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok::<Reply, ApiError>((status, view_json(&view)))
+    })
+    .await
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let id = check_id("reservation id", &id)?;
+    let view = engine.get_reservation(id).await?;
+    Ok(HttpResponse::Ok().json(view_json(&view)))
+}
+
+/// Release, allocate and ship share the shape: optional body, idempotent.
+async fn transition(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+    action: &'static str,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let id = check_id("reservation id", &id)?.to_string();
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let (id_ref, body_ref) = (&id, &body);
+    idempotency::run(engine, &request, &body, |_| async move {
+        let (id, body) = (id_ref, body_ref);
+        let view = match action {
+            "release" => {
+                reject_body(body)?;
+                engine.release_reservation(id).await?
+            }
+            "allocate" => {
+                reject_body(body)?;
+                engine.allocate_reservation(id).await?
+            }
+            _ => {
+                let lines = if body.iter().all(u8::is_ascii_whitespace) {
+                    None
+                } else {
+                    let parsed: ShipBody = parse_json(body)?;
+                    match parsed.lines {
+                        None => None,
+                        Some(lines) => {
+                            let mut ship = Vec::with_capacity(lines.len());
+                            for line in lines {
+                                check_id("sku", &line.sku)?;
+                                check_id("location", &line.location)?;
+                                ship.push(ShipLine {
+                                    qty: qty("qty", &line.qty)?,
+                                    sku: line.sku,
+                                    location: line.location,
+                                });
+                            }
+                            Some(ship)
+                        }
+                    }
+                };
+                engine.ship_reservation(id, lines).await?
+            }
+        };
+        Ok::<Reply, ApiError>((StatusCode::OK, view_json(&view)))
+    })
+    .await
+}
+
+/// Release and allocate take no body; `{}` is accepted too.
+fn reject_body(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Empty {}
+    parse_json::<Empty>(body).map(drop)
+}
+
+pub async fn release(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    transition(state, request, id, payload, "release").await
+}
+
+pub async fn allocate(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    transition(state, request, id, payload, "allocate").await
+}
+
+pub async fn ship(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    transition(state, request, id, payload, "ship").await
+}
