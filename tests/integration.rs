@@ -1,0 +1,27 @@
+//! Integration tests: the real `stockwire` binary on 127.0.0.1 with a
+//! RocksDB in a temp dir, driven over HTTP. One test binary, one module per
+//! area (see `integration/`).
+
+#[path = "integration/harness.rs"]
+mod harness;
+
+#[path = "integration/lifecycle.rs"]
+mod lifecycle;
+
+#[path = "integration/api.rs"]
+mod api;
+
+#[path = "integration/events.rs"]
+mod events;
+
+#[path = "integration/errors.rs"]
+mod errors;
+
+#[path = "integration/sse.rs"]
+mod sse;
+
+#[path = "integration/concurrency.rs"]
+mod concurrency;
+
+#[path = "integration/crash.rs"]
+mod crash;

@@ -1,0 +1,245 @@
+//! Starts and stops real servers for tests, and talks to them over HTTP.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The default test config: three locations, two channels.
+pub const BASE_CONFIG: &str = r#"
+durability = "wal"
+default_ttl_seconds = 900
+snapshot_interval_seconds = 3600
+
+[[locations]]
+id = "wh-east"
+kind = "warehouse"
+name = "East"
+
+[[locations]]
+id = "wh-west"
+kind = "warehouse"
+name = "West"
+
+[[locations]]
+id = "3pl-north"
+kind = "3pl"
+name = "North"
+
+[[channels]]
+id = "web"
+locations = ["wh-east", "wh-west", "3pl-north"]
+
+[[channels]]
+id = "marketplace"
+locations = ["wh-east", "wh-west"]
+"#;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on loopback")
+}
+
+/// A running server process with its own data dir.
+pub struct Server {
+    pub child: Option<Child>,
+    pub port: u16,
+    pub data: PathBuf,
+    pub config_path: PathBuf,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server with `BASE_CONFIG` plus `extra` config text.
+    pub fn start(extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config_path = dir.path().join("stockwire.toml");
+        let port = free_port();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{BASE_CONFIG}\n{extra}\n",
+            data.display()
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let mut server = Server {
+            child: None,
+            port,
+            data,
+            config_path,
+            _dir: Some(dir),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts the binary on this server's config and waits until ready.
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::create(
+            self.config_path
+                .with_extension(format!("log.{}", self.port)),
+        )
+        .map(Stdio::from)
+        .unwrap_or_else(|_| Stdio::null());
+        let child = Command::new(env!("CARGO_BIN_EXE_stockwire"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("STOCKWIRE_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start stockwire");
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(60));
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Ok(response) = ureq::get(&self.url("/readyz"))
+                .timeout(Duration::from_secs(1))
+                .call()
+            {
+                if response.status() == 200 {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("server on port {} not ready after {limit:?}", self.port);
+    }
+
+    /// `kill -9`.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, Value) {
+        call(ureq::get(&self.url(path)), None)
+    }
+
+    pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        call(ureq::post(&self.url(path)), Some(body))
+    }
+
+    pub fn put(&self, path: &str, body: Value) -> (u16, Value) {
+        call(ureq::put(&self.url(path)), Some(body))
+    }
+
+    /// POST with extra headers.
+    pub fn post_with(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
+        let mut request = ureq::post(&self.url(path));
+        for (name, value) in headers {
+            request = request.set(name, value);
+        }
+        call(request, Some(body))
+    }
+
+    /// POST a raw body (for malformed input tests).
+    pub fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
+        let request = ureq::post(&self.url(path))
+            .set("content-type", "application/json")
+            .timeout(Duration::from_secs(10));
+        match request.send_bytes(body) {
+            Ok(response) => decode(response),
+            Err(ureq::Error::Status(_, response)) => decode(response),
+            Err(error) => panic!("POST {path}: {error}"),
+        }
+    }
+
+    /// Receives `qty` of `sku` at `location` through an event.
+    pub fn receive(&self, sku: &str, location: &str, qty: u64) {
+        let event_id = format!("rcv-{sku}-{location}-{}", rand_suffix());
+        let (status, body) = self.post(
+            "/v1/events",
+            serde_json::json!({"events": [{
+                "event_id": event_id, "type": "receipt", "source": "wms",
+                "sku": sku, "location": location, "qty": qty
+            }]}),
+        );
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["results"][0]["status"], "applied", "{body}");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn rand_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn decode(response: ureq::Response) -> (u16, Value) {
+    let status = response.status();
+    let text = response.into_string().unwrap_or_default();
+    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, value)
+}
+
+pub fn call(request: ureq::Request, body: Option<Value>) -> (u16, Value) {
+    let request = request.timeout(Duration::from_secs(10));
+    let result = match body {
+        Some(body) => request.send_json(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) => decode(response),
+        Err(ureq::Error::Status(_, response)) => decode(response),
+        Err(error) => panic!("request failed: {error}"),
+    }
+}
+
+/// One position's counters from the full availability view.
+pub fn position(server: &Server, sku: &str, location: &str) -> Value {
+    let (status, body) = server.get(&format!("/v1/availability/{sku}"));
+    assert_eq!(status, 200, "{body}");
+    body["locations"]
+        .as_array()
+        .and_then(|l| l.iter().find(|p| p["location"] == location).cloned())
+        .unwrap_or(Value::Null)
+}
