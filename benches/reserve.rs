@@ -1,1 +1,174 @@
-fn main() {}
+//! Criterion benches: the domain core, the journal, and the in-process
+//! reserve round trip (message to the shard -> position actor -> journaled
+//! in RocksDB -> reply), on one position and across many.
+//!
+//! `cargo bench --bench reserve` (or `make bench`). Under `cargo test` each
+//! bench runs once as a smoke test.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use stockwire::actors::{Exec, Meta};
+use stockwire::config::{Config, Durability};
+use stockwire::domain::{Command, HoldMode, Position, Qty};
+use stockwire::engine::{recover, Engine};
+use stockwire::metrics::Metrics;
+use stockwire::storage::{Journal, JournalOptions, RocksStore, Store, WriteBatch};
+
+fn qty(n: u64) -> Qty {
+    Qty::new(n).expect("bench quantity in range")
+}
+
+fn domain(c: &mut Criterion) {
+    let mut group = c.benchmark_group("domain");
+    let mut position = Position::default();
+    let receipt = Command::Receipt { qty: qty(1_000_000_000) };
+    for event in position.decide(&receipt).expect("receipt") {
+        position.evolve(&event).expect("evolve");
+    }
+    let reservation: Arc<str> = Arc::from("r-1");
+    let channel: Arc<str> = Arc::from("web");
+    let hold = Command::Hold {
+        reservation_id: reservation.clone(),
+        channel,
+        qty: qty(2),
+        mode: HoldMode::Whole { allow_backorder: true },
+    };
+    let release = Command::Release { reservation_id: reservation, expired: false };
+    group.bench_function("hold_then_release (decide + evolve)", |b| {
+        b.iter(|| {
+            for command in [&hold, &release] {
+                let events = position.decide(command).expect("decides");
+                for event in &events {
+                    position.evolve(event).expect("evolves");
+                }
+            }
+        })
+    });
+    group.finish();
+}
+
+fn journal(c: &mut Criterion) {
+    let mut group = c.benchmark_group("journal_append");
+    group.measurement_time(Duration::from_secs(5));
+    for (name, sync) in [("wal", false), ("fsync", true)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).expect("rocksdb"));
+        let journal = Arc::new(Journal::start(
+            store,
+            0,
+            JournalOptions { sync, queue_max: 65_536, batch_max: 1024, on_write: None },
+        ));
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let entry = vec![0u8; 200];
+        for concurrent in [1usize, 64] {
+            group.throughput(Throughput::Elements(concurrent as u64));
+            group.bench_with_input(BenchmarkId::new(name, concurrent), &concurrent, |b, &concurrent| {
+                b.iter(|| {
+                    runtime.block_on(async {
+                        let tickets: Vec<_> = (0..concurrent)
+                            .map(|_| journal.append(vec![entry.clone()], WriteBatch::default()).expect("queued"))
+                            .collect();
+                        for ticket in tickets {
+                            ticket.await.expect("answered").expect("durable");
+                        }
+                    })
+                })
+            });
+        }
+        journal.shutdown();
+    }
+    group.finish();
+}
+
+fn hold(sku: &Arc<str>, location: &Arc<str>, n: u64) -> Exec {
+    Exec {
+        sku: sku.clone(),
+        location: location.clone(),
+        command: Command::Hold {
+            reservation_id: Arc::from(format!("r-{n}").as_str()),
+            channel: Arc::from("web"),
+            qty: qty(1),
+            mode: HoldMode::Whole { allow_backorder: false },
+        },
+        meta: Meta {
+            event_id: format!("bench-{n}"),
+            source: Arc::from("bench"),
+            correlation_id: Arc::from("bench"),
+            occurred_at_ms: 0,
+        },
+        extra: WriteBatch::default(),
+        dedupe: false,
+        create: false,
+    }
+}
+
+fn stock(sku: &Arc<str>, location: &Arc<str>) -> Exec {
+    let mut exec = hold(sku, location, 0);
+    exec.command = Command::Receipt { qty: qty(1_000_000_000) };
+    exec.create = true;
+    exec.meta.event_id = format!("stock-{sku}");
+    exec
+}
+
+/// The reserve round trip through shard, actor and journal (RocksDB, wal).
+fn reserve(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reserve_round_trip");
+    group.measurement_time(Duration::from_secs(8));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let system = actix::System::new();
+    let config = Arc::new(Config {
+        durability: Durability::Wal,
+        data_dir: dir.path().to_path_buf(),
+        ..Config::default()
+    });
+    let engine = system.block_on(async {
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).expect("rocksdb"));
+        let recovered = recover(&*store).expect("recover");
+        Engine::start(config, store, recovered, Arc::new(Metrics::new())).await
+    });
+    let location: Arc<str> = Arc::from("wh-east");
+    let skus: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("sku-{i}").as_str())).collect();
+    system.block_on(async {
+        for sku in &skus {
+            engine.exec(stock(sku, &location)).await.expect("stocked");
+        }
+    });
+    let counter = AtomicU64::new(1);
+    group.bench_function("one_position", |b| {
+        b.iter_custom(|iters| {
+            system.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    engine.exec(hold(&skus[0], &location, n)).await.expect("held");
+                }
+                started.elapsed()
+            })
+        })
+    });
+    const CONCURRENT: u64 = 256;
+    group.throughput(Throughput::Elements(CONCURRENT));
+    group.bench_function("many_positions_256_in_flight", |b| {
+        b.iter(|| {
+            system.block_on(async {
+                let holds = (0..CONCURRENT).map(|i| {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    let sku = &skus[(n as usize + i as usize) % skus.len()];
+                    engine.exec(hold(sku, &location, n))
+                });
+                for result in futures_util::future::join_all(holds).await {
+                    result.expect("held");
+                }
+            })
+        })
+    });
+    group.finish();
+    system.block_on(engine.shutdown());
+}
+
+criterion_group!(benches, domain, journal, reserve);
+criterion_main!(benches);
