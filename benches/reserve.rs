@@ -25,7 +25,9 @@ fn qty(n: u64) -> Qty {
 fn domain(c: &mut Criterion) {
     let mut group = c.benchmark_group("domain");
     let mut position = Position::default();
-    let receipt = Command::Receipt { qty: qty(1_000_000_000) };
+    let receipt = Command::Receipt {
+        qty: qty(1_000_000_000),
+    };
     for event in position.decide(&receipt).expect("receipt") {
         position.evolve(&event).expect("evolve");
     }
@@ -35,9 +37,14 @@ fn domain(c: &mut Criterion) {
         reservation_id: reservation.clone(),
         channel,
         qty: qty(2),
-        mode: HoldMode::Whole { allow_backorder: true },
+        mode: HoldMode::Whole {
+            allow_backorder: true,
+        },
     };
-    let release = Command::Release { reservation_id: reservation, expired: false };
+    let release = Command::Release {
+        reservation_id: reservation,
+        expired: false,
+    };
     group.bench_function("hold_then_release (decide + evolve)", |b| {
         b.iter(|| {
             for command in [&hold, &release] {
@@ -60,24 +67,39 @@ fn journal(c: &mut Criterion) {
         let journal = Arc::new(Journal::start(
             store,
             0,
-            JournalOptions { sync, queue_max: 65_536, batch_max: 1024, on_write: None },
+            JournalOptions {
+                sync,
+                queue_max: 65_536,
+                batch_max: 1024,
+                on_write: None,
+            },
         ));
-        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         let entry = vec![0u8; 200];
         for concurrent in [1usize, 64] {
             group.throughput(Throughput::Elements(concurrent as u64));
-            group.bench_with_input(BenchmarkId::new(name, concurrent), &concurrent, |b, &concurrent| {
-                b.iter(|| {
-                    runtime.block_on(async {
-                        let tickets: Vec<_> = (0..concurrent)
-                            .map(|_| journal.append(vec![entry.clone()], WriteBatch::default()).expect("queued"))
-                            .collect();
-                        for ticket in tickets {
-                            ticket.await.expect("answered").expect("durable");
-                        }
+            group.bench_with_input(
+                BenchmarkId::new(name, concurrent),
+                &concurrent,
+                |b, &concurrent| {
+                    b.iter(|| {
+                        runtime.block_on(async {
+                            let tickets: Vec<_> = (0..concurrent)
+                                .map(|_| {
+                                    journal
+                                        .append(vec![entry.clone()], WriteBatch::default())
+                                        .expect("queued")
+                                })
+                                .collect();
+                            for ticket in tickets {
+                                ticket.await.expect("answered").expect("durable");
+                            }
+                        })
                     })
-                })
-            });
+                },
+            );
         }
         journal.shutdown();
     }
@@ -92,7 +114,9 @@ fn hold(sku: &Arc<str>, location: &Arc<str>, n: u64) -> Exec {
             reservation_id: Arc::from(format!("r-{n}").as_str()),
             channel: Arc::from("web"),
             qty: qty(1),
-            mode: HoldMode::Whole { allow_backorder: false },
+            mode: HoldMode::Whole {
+                allow_backorder: false,
+            },
         },
         meta: Meta {
             event_id: format!("bench-{n}"),
@@ -108,7 +132,9 @@ fn hold(sku: &Arc<str>, location: &Arc<str>, n: u64) -> Exec {
 
 fn stock(sku: &Arc<str>, location: &Arc<str>) -> Exec {
     let mut exec = hold(sku, location, 0);
-    exec.command = Command::Receipt { qty: qty(1_000_000_000) };
+    exec.command = Command::Receipt {
+        qty: qty(1_000_000_000),
+    };
     exec.create = true;
     exec.meta.event_id = format!("stock-{sku}");
     exec
@@ -131,7 +157,9 @@ fn reserve(c: &mut Criterion) {
         Engine::start(config, store, recovered, Arc::new(Metrics::new())).await
     });
     let location: Arc<str> = Arc::from("wh-east");
-    let skus: Vec<Arc<str>> = (0..1000).map(|i| Arc::from(format!("sku-{i}").as_str())).collect();
+    let skus: Vec<Arc<str>> = (0..1000)
+        .map(|i| Arc::from(format!("sku-{i}").as_str()))
+        .collect();
     system.block_on(async {
         for sku in &skus {
             engine.exec(stock(sku, &location)).await.expect("stocked");
@@ -144,7 +172,10 @@ fn reserve(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    engine.exec(hold(&skus[0], &location, n)).await.expect("held");
+                    engine
+                        .exec(hold(&skus[0], &location, n))
+                        .await
+                        .expect("held");
                 }
                 started.elapsed()
             })

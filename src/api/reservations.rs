@@ -177,17 +177,18 @@ async fn transition(
     let engine = state.engine()?;
     let id = check_id("reservation id", &id)?.to_string();
     let body = read_body(payload, state.config.max_body_bytes).await?;
-    let (id_ref, body_ref) = (&id, &body);
+    let correlation = correlation_id(&request);
+    let (id_ref, body_ref, correlation) = (&id, &body, &*correlation);
     idempotency::run(engine, &request, &body, |_| async move {
         let (id, body) = (id_ref, body_ref);
         let view = match action {
             "release" => {
                 reject_body(body)?;
-                engine.release_reservation(id).await?
+                engine.release_reservation(id, correlation).await?
             }
             "allocate" => {
                 reject_body(body)?;
-                engine.allocate_reservation(id).await?
+                engine.allocate_reservation(id, correlation).await?
             }
             _ => {
                 let lines = if body.iter().all(u8::is_ascii_whitespace) {
@@ -211,7 +212,7 @@ async fn transition(
                         }
                     }
                 };
-                engine.ship_reservation(id, lines).await?
+                engine.ship_reservation(id, lines, correlation).await?
             }
         };
         Ok::<Reply, ApiError>((StatusCode::OK, view_json(&view)))

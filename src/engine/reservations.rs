@@ -116,15 +116,16 @@ fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, EngineError> {
     Ok(batch)
 }
 
-fn meta(record: &ReservationRecord, what: &str) -> Meta {
+/// Meta for the journal entries of a reservation change, carrying the
+/// correlation id of the request that caused it.
+fn meta(reservation_id: &str, correlation_id: &str, what: &str) -> Meta {
     Meta {
         event_id: format!(
-            "{}:{what}:{}",
-            record.id,
+            "{reservation_id}:{what}:{}",
             hex::encode(rand::random::<[u8; 6]>())
         ),
         source: Arc::from("api"),
-        correlation_id: Arc::from(record.correlation_id.as_str()),
+        correlation_id: Arc::from(correlation_id),
         occurred_at_ms: now_ms(),
     }
 }
@@ -395,7 +396,7 @@ impl Engine {
                     &sku,
                     &t.location,
                     command,
-                    meta(record, "compensate"),
+                    meta(&record.id, &record.correlation_id, "compensate"),
                     false,
                 )
                 .await?;
@@ -444,7 +445,7 @@ impl Engine {
                     qty: Qty::new(qty).unwrap_or(line.qty),
                     mode,
                 },
-                meta: meta(record, "hold"),
+                meta: meta(&record.id, &record.correlation_id, "hold"),
                 extra,
                 dedupe: false,
                 create: false,
@@ -602,17 +603,27 @@ impl Engine {
         }
     }
 
-    pub async fn release_reservation(&self, id: &str) -> Result<ReservationView, EngineError> {
-        self.transition(id, Transition::Release).await
+    pub async fn release_reservation(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<ReservationView, EngineError> {
+        self.transition(id, Transition::Release, correlation_id)
+            .await
     }
 
-    pub async fn allocate_reservation(&self, id: &str) -> Result<ReservationView, EngineError> {
-        self.transition(id, Transition::Allocate).await
+    pub async fn allocate_reservation(
+        &self,
+        id: &str,
+        correlation_id: &str,
+    ) -> Result<ReservationView, EngineError> {
+        self.transition(id, Transition::Allocate, correlation_id)
+            .await
     }
 
     /// Expires a held reservation whose deadline passed; anything else is left alone.
     pub(super) async fn expire_reservation(&self, id: &str) -> Result<(), EngineError> {
-        match self.transition(id, Transition::Expire).await {
+        match self.transition(id, Transition::Expire, "expiry").await {
             Ok(_) | Err(EngineError::NotFound(_)) => Ok(()),
             Err(error) => Err(error),
         }
@@ -622,6 +633,7 @@ impl Engine {
         &self,
         id: &str,
         transition: Transition,
+        correlation_id: &str,
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let mut record = cell.lock().await;
@@ -672,7 +684,7 @@ impl Engine {
         finished.pending = None;
         finished.expires_at_ms = None;
         finished.updated_at_ms = now_ms();
-        self.run_on_lines(&mut record, op, finished, command)
+        self.run_on_lines(&mut record, op, finished, correlation_id, command)
             .await?;
         let current = record.clone();
         drop(record);
@@ -685,6 +697,7 @@ impl Engine {
         &self,
         id: &str,
         lines: Option<Vec<ShipLine>>,
+        correlation_id: &str,
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let mut record = cell.lock().await;
@@ -760,7 +773,7 @@ impl Engine {
             }
         };
         let op = PendingOp::Ship(quantities.clone());
-        self.run_on_lines(&mut record, op, finished, command)
+        self.run_on_lines(&mut record, op, finished, correlation_id, command)
             .await?;
         let current = record.clone();
         drop(record);
@@ -775,6 +788,7 @@ impl Engine {
         record: &mut ReservationRecord,
         op: PendingOp,
         finished: ReservationRecord,
+        correlation_id: &str,
         command_for: impl Fn(&ReservationLine) -> Command,
     ) -> Result<(), EngineError> {
         let single = record.lines.len() == 1;
@@ -800,7 +814,7 @@ impl Engine {
                 sku: Arc::from(line.sku.as_str()),
                 location: Arc::from(line.location.as_str()),
                 command: command_for(&line),
-                meta: meta(record, what),
+                meta: meta(&record.id, correlation_id, what),
                 extra,
                 dedupe: false,
                 create: false,
@@ -837,12 +851,18 @@ impl Engine {
             tracing::warn!(reservation = %record.id, ?op, "completing interrupted reservation change");
             let result = match op {
                 PendingOp::Create => self.undo_creation(&record).await,
-                PendingOp::Release => self.release_reservation(&record.id).await.map(drop),
-                PendingOp::Expire => self
-                    .transition(&record.id, Transition::Expire)
+                PendingOp::Release => self
+                    .release_reservation(&record.id, "recovery")
                     .await
                     .map(drop),
-                PendingOp::Allocate => self.allocate_reservation(&record.id).await.map(drop),
+                PendingOp::Expire => self
+                    .transition(&record.id, Transition::Expire, "recovery")
+                    .await
+                    .map(drop),
+                PendingOp::Allocate => self
+                    .allocate_reservation(&record.id, "recovery")
+                    .await
+                    .map(drop),
                 PendingOp::Ship(quantities) => {
                     let lines = record
                         .lines
@@ -857,7 +877,9 @@ impl Engine {
                         })
                         .collect::<Vec<_>>();
                     let lines = (!lines.is_empty()).then_some(lines);
-                    self.ship_reservation(&record.id, lines).await.map(drop)
+                    self.ship_reservation(&record.id, lines, "recovery")
+                        .await
+                        .map(drop)
                 }
             };
             if let Err(error) = result {
@@ -881,7 +903,13 @@ impl Engine {
                     expired: false,
                 };
                 match self
-                    .command(&sku, location, command, meta(record, "compensate"), false)
+                    .command(
+                        &sku,
+                        location,
+                        command,
+                        meta(&record.id, &record.correlation_id, "compensate"),
+                        false,
+                    )
                     .await
                 {
                     Ok(_) | Err(ExecError::NotFound) => {}

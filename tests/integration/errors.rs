@@ -1,1 +1,664 @@
-//! (being written)
+//! Every error code the API can answer, each as `application/problem+json`
+//! with `type`, `title`, `status`, `detail` and `code`; malformed and
+//! hostile bodies answer 4xx and leave the server up.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::harness::{position, Server};
+
+struct Reply {
+    status: u16,
+    content_type: String,
+    body: Value,
+}
+
+/// Sends `body` as is (no JSON encoding) and reads the answer's headers too.
+fn send(server: &Server, method: &str, path: &str, body: Option<&[u8]>) -> Reply {
+    let request = ureq::request(method, &server.url(path))
+        .set("content-type", "application/json")
+        .timeout(Duration::from_secs(20));
+    let result = match body {
+        Some(bytes) => request.send_bytes(bytes),
+        None => request.call(),
+    };
+    let response = match result {
+        Ok(response) => response,
+        Err(ureq::Error::Status(_, response)) => response,
+        Err(error) => panic!("{method} {path}: {error}"),
+    };
+    let status = response.status();
+    let content_type = response.header("content-type").unwrap_or("").to_string();
+    let text = response.into_string().unwrap_or_default();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply {
+        status,
+        content_type,
+        body,
+    }
+}
+
+fn send_json(server: &Server, method: &str, path: &str, body: Value) -> Reply {
+    send(server, method, path, Some(body.to_string().as_bytes()))
+}
+
+/// Asserts a problem answer with `status` and `code`; returns its body.
+fn problem(reply: Reply, status: u16, code: &str) -> Value {
+    let body = reply.body;
+    assert_eq!(reply.status, status, "{body}");
+    assert!(
+        reply.content_type.starts_with("application/problem+json"),
+        "content type {:?} for {body}",
+        reply.content_type
+    );
+    assert_eq!(body["code"], code, "{body}");
+    assert_eq!(body["status"], status, "{body}");
+    assert!(
+        body["type"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(
+        body["title"].as_str().is_some_and(|t| !t.is_empty()),
+        "{body}"
+    );
+    assert!(body["detail"].is_string(), "{body}");
+    body
+}
+
+fn reserve(server: &Server, body: Value) -> Reply {
+    send_json(server, "POST", "/v1/reservations", body)
+}
+
+fn line(sku: Value, location: Value, qty: Value) -> Value {
+    json!({"channel": "web", "lines": [{"sku": sku, "location": location, "qty": qty}]})
+}
+
+/// Posts one event; returns its result.
+fn event_result(server: &Server, event: Value) -> Value {
+    let (status, body) = server.post("/v1/events", json!({ "events": [event] }));
+    assert_eq!(status, 200, "{body}");
+    body["results"][0].clone()
+}
+
+fn assert_still_up(server: &Server) {
+    let (status, body) = server.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = server.get("/healthz");
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn malformed_json_and_wrong_types_are_bad_request() {
+    let server = Server::start("");
+    for body in [
+        &b"{\"channel\": "[..],
+        b"not json at all",
+        b"",
+        b"[1, 2",
+        b"{\"channel\": \"web\", \"lines\": [{\"sku\": \"a\", \"qty\": 1}],}",
+    ] {
+        let reply = send(&server, "POST", "/v1/reservations", Some(body));
+        problem(reply, 400, "bad_request");
+    }
+    for body in [
+        json!({"channel": 5, "lines": [{"sku": "a", "qty": 1}]}),
+        json!({"channel": "web", "lines": "sku-a"}),
+        json!({"channel": "web", "lines": [{"sku": "a", "qty": "3"}]}),
+        json!({"channel": "web", "lines": [{"sku": 7, "qty": 3}]}),
+        json!({"channel": "web", "split": "yes", "lines": [{"sku": "a", "qty": 3}]}),
+        json!({"lines": [{"sku": "a", "qty": 3}]}),
+        json!({"channel": "web", "lines": []}),
+        json!([1, 2, 3]),
+        json!("a string"),
+    ] {
+        problem(reserve(&server, body), 400, "bad_request");
+    }
+    for body in [
+        json!({"events": {"event_id": "x"}}),
+        json!({"events": "none"}),
+        json!({}),
+    ] {
+        problem(
+            send_json(&server, "POST", "/v1/events", body),
+            400,
+            "bad_request",
+        );
+    }
+    problem(
+        send_json(
+            &server,
+            "POST",
+            "/v1/availability/query",
+            json!({"skus": "a"}),
+        ),
+        400,
+        "bad_request",
+    );
+    problem(
+        send_json(
+            &server,
+            "PUT",
+            "/v1/positions/sku-a/wh-east/settings",
+            json!({"safety_stock": "3"}),
+        ),
+        400,
+        "bad_request",
+    );
+    // Within an event, a wrong type rejects that event with the code.
+    let result = event_result(
+        &server,
+        json!({"event_id": "e-1", "type": "receipt", "source": "wms",
+               "sku": "a", "location": "wh-east", "qty": "3"}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "bad_request", "{result}");
+    assert_still_up(&server);
+}
+
+#[test]
+fn unknown_fields_are_rejected_everywhere() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    // Top level.
+    let body = problem(
+        reserve(
+            &server,
+            json!({"channel": "web", "lines": [{"sku": "sku-a", "qty": 1}], "priority": 1}),
+        ),
+        400,
+        "unknown_field",
+    );
+    assert!(
+        body["detail"].as_str().unwrap_or("").contains("priority"),
+        "{body}"
+    );
+    // Inside a line.
+    problem(
+        reserve(
+            &server,
+            json!({"channel": "web", "lines": [{"sku": "sku-a", "qty": 1, "colour": "red"}]}),
+        ),
+        400,
+        "unknown_field",
+    );
+    // Top level of an event batch.
+    problem(
+        send_json(
+            &server,
+            "POST",
+            "/v1/events",
+            json!({"events": [], "batch_id": "b-1"}),
+        ),
+        400,
+        "unknown_field",
+    );
+    // Inside an event: that event is rejected with the code.
+    let result = event_result(
+        &server,
+        json!({"event_id": "e-uf", "type": "receipt", "source": "wms",
+               "sku": "sku-a", "location": "wh-east", "qty": 1, "lot": "L7"}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "unknown_field", "{result}");
+    // A field of another event type.
+    let result = event_result(
+        &server,
+        json!({"event_id": "e-uf2", "type": "receipt", "source": "wms",
+               "sku": "sku-a", "location": "wh-east", "qty": 1, "reason": "found"}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "unknown_field", "{result}");
+    // Other bodies.
+    problem(
+        send_json(
+            &server,
+            "PUT",
+            "/v1/positions/sku-a/wh-east/settings",
+            json!({"safety_stock": 1, "reorder_point": 4}),
+        ),
+        400,
+        "unknown_field",
+    );
+    problem(
+        send_json(
+            &server,
+            "PUT",
+            "/v1/positions/sku-a/wh-east/commitments/web",
+            json!({"qty": 1, "until": "tomorrow"}),
+        ),
+        400,
+        "unknown_field",
+    );
+    problem(
+        send_json(
+            &server,
+            "POST",
+            "/v1/availability/query",
+            json!({"skus": ["sku-a"], "fields": ["on_hand"]}),
+        ),
+        400,
+        "unknown_field",
+    );
+    let (status, body) = server.post(
+        "/v1/reservations",
+        json!({"channel": "web", "lines": [{"sku": "sku-a", "location": "wh-east", "qty": 1}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["reservation_id"].as_str().expect("id").to_string();
+    problem(
+        send_json(
+            &server,
+            "POST",
+            &format!("/v1/reservations/{id}/release"),
+            json!({"reason": "changed mind"}),
+        ),
+        400,
+        "unknown_field",
+    );
+    assert_eq!(position(&server, "sku-a", "wh-east")["reserved"], 1);
+    assert_eq!(position(&server, "sku-a", "wh-east")["on_hand"], 5);
+}
+
+#[test]
+fn bad_ids_are_invalid_id() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    let long = "a".repeat(65);
+    let max = "b".repeat(64);
+    for sku in [
+        json!("sku a"),
+        json!(long),
+        json!(""),
+        json!("sku/a"),
+        json!("skü"),
+    ] {
+        problem(
+            reserve(&server, line(sku, json!("wh-east"), json!(1))),
+            400,
+            "invalid_id",
+        );
+    }
+    problem(
+        reserve(
+            &server,
+            json!({"reservation_id": "my order", "channel": "web",
+                   "lines": [{"sku": "sku-a", "qty": 1}]}),
+        ),
+        400,
+        "invalid_id",
+    );
+    problem(
+        send(&server, "GET", "/v1/availability/sku%20a", None),
+        400,
+        "invalid_id",
+    );
+    problem(
+        send(&server, "GET", &format!("/v1/availability/{long}"), None),
+        400,
+        "invalid_id",
+    );
+    problem(
+        send(&server, "GET", &format!("/v1/reservations/{long}"), None),
+        400,
+        "invalid_id",
+    );
+    problem(
+        send_json(
+            &server,
+            "POST",
+            "/v1/availability/query",
+            json!({"skus": ["sku-a", "bad sku"]}),
+        ),
+        400,
+        "invalid_id",
+    );
+    // 64 characters are fine: an unknown but valid sku.
+    problem(
+        send(&server, "GET", &format!("/v1/availability/{max}"), None),
+        404,
+        "unknown_sku",
+    );
+    // Inside an event.
+    let result = event_result(
+        &server,
+        json!({"event_id": "e-id", "type": "receipt", "source": "wms",
+               "sku": "has space", "location": "wh-east", "qty": 1}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "invalid_id", "{result}");
+    let (status, _) = server.get("/v1/availability/has%20space");
+    assert_eq!(status, 400);
+    assert_eq!(position(&server, "sku-a", "wh-east")["reserved"], 0);
+}
+
+#[test]
+fn quantities_outside_1_to_a_billion_are_quantity_out_of_range() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    for qty in ["0", "-1", "1.5", "1e12", "1000000001", "1.0", "-1000000000"] {
+        let body = format!(
+            r#"{{"channel": "web", "lines": [{{"sku": "sku-a", "location": "wh-east", "qty": {qty}}}]}}"#
+        );
+        let reply = send(&server, "POST", "/v1/reservations", Some(body.as_bytes()));
+        problem(reply, 400, "quantity_out_of_range");
+    }
+    // The upper bound itself is a quantity (here simply not available).
+    let reply = reserve(
+        &server,
+        line(json!("sku-a"), json!("wh-east"), json!(1_000_000_000)),
+    );
+    problem(reply, 409, "insufficient_available");
+
+    // Events: per event, with the code.
+    for (event_id, fields) in [
+        ("q-0", json!({"type": "receipt", "qty": 0})),
+        ("q-big", json!({"type": "receipt", "qty": 1_000_000_001u64})),
+        ("q-frac", json!({"type": "receipt", "qty": 2.5})),
+        ("q-neg", json!({"type": "receipt", "qty": -4})),
+        (
+            "q-d0",
+            json!({"type": "adjustment", "delta": 0, "reason": "found"}),
+        ),
+        (
+            "q-dbig",
+            json!({"type": "adjustment", "delta": -1_000_000_001i64, "reason": "damage"}),
+        ),
+        ("q-cnt", json!({"type": "count", "counted": -1})),
+        (
+            "q-ret",
+            json!({"type": "return", "qty": 0, "restockable": true}),
+        ),
+    ] {
+        let mut event = json!({"event_id": event_id, "source": "wms",
+                               "sku": "sku-a", "location": "wh-east"});
+        for (key, value) in fields.as_object().expect("fields") {
+            event[key] = value.clone();
+        }
+        let result = event_result(&server, event);
+        assert_eq!(result["status"], "rejected", "{result}");
+        assert_eq!(result["code"], "quantity_out_of_range", "{result}");
+    }
+    // Settings and commitments take 0..=1e9.
+    for body in [
+        json!({"safety_stock": -1}),
+        json!({"backorder_limit": 1_000_000_001u64}),
+        json!({"safety_stock": 0.5}),
+    ] {
+        problem(
+            send_json(&server, "PUT", "/v1/positions/sku-a/wh-east/settings", body),
+            400,
+            "quantity_out_of_range",
+        );
+    }
+    problem(
+        send_json(
+            &server,
+            "PUT",
+            "/v1/positions/sku-a/wh-east/commitments/web",
+            json!({"qty": 1_000_000_001u64}),
+        ),
+        400,
+        "quantity_out_of_range",
+    );
+    let p = position(&server, "sku-a", "wh-east");
+    assert_eq!(
+        (
+            p["on_hand"].clone(),
+            p["reserved"].clone(),
+            p["safety_stock"].clone()
+        ),
+        (json!(5), json!(0), json!(0))
+    );
+}
+
+#[test]
+fn unknown_things_are_not_found_or_unknown() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    problem(
+        send(&server, "GET", "/v1/reservations/res_nope", None),
+        404,
+        "not_found",
+    );
+    for action in ["release", "allocate", "ship"] {
+        problem(
+            send(
+                &server,
+                "POST",
+                &format!("/v1/reservations/res_nope/{action}"),
+                Some(b"{}"),
+            ),
+            404,
+            "not_found",
+        );
+    }
+    problem(
+        send(&server, "GET", "/v1/nothing-here", None),
+        404,
+        "not_found",
+    );
+    problem(send(&server, "GET", "/nothing", None), 404, "not_found");
+    problem(
+        send(&server, "POST", "/v2/reservations", Some(b"{}")),
+        404,
+        "not_found",
+    );
+
+    problem(
+        send(&server, "GET", "/v1/availability/never-received", None),
+        404,
+        "unknown_sku",
+    );
+
+    // A location that does not exist, or is not one of the channel's.
+    problem(
+        reserve(&server, line(json!("sku-a"), json!("wh-mars"), json!(1))),
+        422,
+        "unknown_location",
+    );
+    problem(
+        reserve(
+            &server,
+            json!({"channel": "marketplace",
+                   "lines": [{"sku": "sku-a", "location": "3pl-north", "qty": 1}]}),
+        ),
+        422,
+        "unknown_location",
+    );
+    problem(
+        send_json(
+            &server,
+            "PUT",
+            "/v1/positions/sku-a/wh-mars/settings",
+            json!({"safety_stock": 1}),
+        ),
+        422,
+        "unknown_location",
+    );
+    let result = event_result(
+        &server,
+        json!({"event_id": "e-mars", "type": "receipt", "source": "wms",
+               "sku": "sku-a", "location": "wh-mars", "qty": 1}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "unknown_location", "{result}");
+
+    // An unknown channel is refused too (422, a problem answer).
+    let reply = reserve(
+        &server,
+        json!({"channel": "fax", "lines": [{"sku": "sku-a", "qty": 1}]}),
+    );
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert!(reply.content_type.starts_with("application/problem+json"));
+    let reply = send(&server, "GET", "/v1/availability/sku-a?channel=fax", None);
+    assert_eq!(reply.status, 422, "{}", reply.body);
+    assert_eq!(position(&server, "sku-a", "wh-east")["reserved"], 0);
+}
+
+#[test]
+fn conflicts_are_409_with_their_code() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    let body = problem(
+        reserve(&server, line(json!("sku-a"), json!("wh-east"), json!(6))),
+        409,
+        "insufficient_available",
+    );
+    assert_eq!(
+        body["shortages"],
+        json!([{"sku": "sku-a", "location": "wh-east", "requested": 6, "available": 5}])
+    );
+
+    let (status, body) = server.post(
+        "/v1/reservations",
+        json!({"channel": "web", "lines": [{"sku": "sku-a", "location": "wh-east", "qty": 2}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["reservation_id"].as_str().expect("id").to_string();
+    problem(
+        send(
+            &server,
+            "POST",
+            &format!("/v1/reservations/{id}/ship"),
+            Some(b"{}"),
+        ),
+        409,
+        "invalid_state",
+    );
+
+    // version_conflict: reported per event in the results.
+    let version = position(&server, "sku-a", "wh-east")["version"]
+        .as_u64()
+        .expect("version");
+    let result = event_result(
+        &server,
+        json!({"event_id": "cnt-stale", "type": "count", "source": "wms",
+               "sku": "sku-a", "location": "wh-east", "counted": 9,
+               "expected_version": version - 1}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "version_conflict", "{result}");
+    assert_eq!(position(&server, "sku-a", "wh-east")["on_hand"], 5);
+}
+
+#[test]
+fn a_reused_idempotency_key_is_422() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    let send_keyed = |qty: u64| {
+        let request = ureq::post(&server.url("/v1/reservations"))
+            .set("Idempotency-Key", "reused-key")
+            .timeout(Duration::from_secs(10));
+        let body = line(json!("sku-a"), json!("wh-east"), json!(qty));
+        let response = match request.send_json(body) {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("{error}"),
+        };
+        Reply {
+            status: response.status(),
+            content_type: response.header("content-type").unwrap_or("").to_string(),
+            body: response.into_json().unwrap_or(Value::Null),
+        }
+    };
+    assert_eq!(send_keyed(1).status, 201);
+    problem(send_keyed(2), 422, "idempotency_key_reused");
+    assert_eq!(position(&server, "sku-a", "wh-east")["reserved"], 1);
+}
+
+#[test]
+fn a_body_over_the_limit_is_413() {
+    let server = Server::start("");
+    // Valid JSON, padded past 1 MiB.
+    let mut body = b"{\"events\": [".to_vec();
+    body.resize(body.len() + (1 << 20), b' ');
+    body.extend_from_slice(b"]}");
+    problem(
+        send(&server, "POST", "/v1/events", Some(&body)),
+        413,
+        "payload_too_large",
+    );
+    let mut body = b"{\"channel\": \"web\", \"order_ref\": \"".to_vec();
+    body.resize(body.len() + (1 << 20) + 1, b'x');
+    body.extend_from_slice(b"\", \"lines\": [{\"sku\": \"a\", \"qty\": 1}]}");
+    problem(
+        send(&server, "POST", "/v1/reservations", Some(&body)),
+        413,
+        "payload_too_large",
+    );
+    assert_still_up(&server);
+    // Just under the limit is read (and judged on its content).
+    let mut body = b"{\"events\": [".to_vec();
+    body.resize((1 << 20) - 2, b' ');
+    body.extend_from_slice(b"]}");
+    problem(
+        send(&server, "POST", "/v1/events", Some(&body)),
+        400,
+        "bad_request",
+    );
+}
+
+#[test]
+fn invalid_utf8_and_deep_nesting_are_4xx_and_the_server_stays_up() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 5);
+    let invalid_utf8 =
+        b"{\"channel\": \"we\xff\xfe\", \"lines\": [{\"sku\": \"sku-a\", \"qty\": 1}]}";
+    let reply = send(&server, "POST", "/v1/reservations", Some(invalid_utf8));
+    problem(reply, 400, "bad_request");
+    let invalid_utf8 = b"{\"events\": [{\"event_id\": \"\xc3\x28\", \"type\": \"receipt\"}]}";
+    let reply = send(&server, "POST", "/v1/events", Some(invalid_utf8));
+    assert!((400..500).contains(&reply.status), "{}", reply.body);
+    assert_still_up(&server);
+
+    let depth = 10_000;
+    let arrays = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let objects = format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+    for nested in [&arrays, &objects] {
+        for (path, body) in [
+            ("/v1/reservations", nested.clone()),
+            ("/v1/events", nested.clone()),
+            ("/v1/events", format!("{{\"events\": [{nested}]}}")),
+            ("/v1/availability/query", nested.clone()),
+            (
+                "/v1/reservations",
+                format!("{{\"channel\": \"web\", \"lines\": {nested}}}"),
+            ),
+        ] {
+            let reply = send(&server, "POST", path, Some(body.as_bytes()));
+            assert!(
+                (400..500).contains(&reply.status),
+                "{path}: {} {}",
+                reply.status,
+                reply.body
+            );
+            assert_still_up(&server);
+        }
+    }
+    // Unmatched deep nesting, unterminated.
+    let reply = send(
+        &server,
+        "POST",
+        "/v1/events",
+        Some("[".repeat(100_000).as_bytes()),
+    );
+    assert!((400..500).contains(&reply.status), "{}", reply.body);
+    assert_still_up(&server);
+    assert_eq!(position(&server, "sku-a", "wh-east")["on_hand"], 5);
+}
+
+#[test]
+fn a_wrong_method_is_a_problem_answer() {
+    let server = Server::start("");
+    let reply = send(&server, "DELETE", "/v1/reservations/res_1", None);
+    assert!((400..500).contains(&reply.status), "{}", reply.body);
+    assert!(
+        reply.content_type.starts_with("application/problem+json"),
+        "{} {:?} {}",
+        reply.status,
+        reply.content_type,
+        reply.body
+    );
+    assert!(reply.body["code"].is_string(), "{}", reply.body);
+}

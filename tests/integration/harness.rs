@@ -243,3 +243,66 @@ pub fn position(server: &Server, sku: &str, location: &str) -> Value {
         .and_then(|l| l.iter().find(|p| p["location"] == location).cloned())
         .unwrap_or(Value::Null)
 }
+
+// ---- Added for the concurrency and crash tests ----
+
+impl Server {
+    /// Like [`Server::start`], but with `base` in place of `BASE_CONFIG`
+    /// (e.g. `BASE_CONFIG` with one setting changed).
+    pub fn start_with_base(base: &str, extra: &str) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config_path = dir.path().join("stockwire.toml");
+        let port = free_port();
+        let config = format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{base}\n{extra}\n",
+            data.display()
+        );
+        std::fs::write(&config_path, config).expect("write config");
+        let mut server = Server {
+            child: None,
+            port,
+            data,
+            config_path,
+            _dir: Some(dir),
+        };
+        server.spawn();
+        server
+    }
+
+    /// Every entry of the event log, read page by page (`limit` per page),
+    /// plus the `head` the last page reported (the last seq when absent).
+    pub fn event_log(&self, limit: usize) -> (Vec<Value>, u64) {
+        let mut events = Vec::new();
+        let mut after = 0u64;
+        let mut head = None;
+        for _ in 0..100_000 {
+            let (status, body) = self.get(&format!("/v1/events?after={after}&limit={limit}"));
+            assert_eq!(status, 200, "GET /v1/events?after={after}: {body}");
+            head = body["head"].as_u64().or(head);
+            let page = body["events"].as_array().cloned().unwrap_or_default();
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().and_then(|e| e["seq"].as_u64()).expect("a seq");
+            events.extend(page);
+        }
+        let last = events.last().and_then(|e| e["seq"].as_u64()).unwrap_or(0);
+        (events, head.unwrap_or(last))
+    }
+}
+
+/// Like [`call`], but a transport failure (refused, reset, timeout) is an
+/// `Err` instead of a panic: for requests racing a crash.
+pub fn try_call(request: ureq::Request, body: Option<Value>) -> Result<(u16, Value), String> {
+    let request = request.timeout(Duration::from_secs(10));
+    let result = match body {
+        Some(body) => request.send_json(body),
+        None => request.call(),
+    };
+    match result {
+        Ok(response) => Ok(decode(response)),
+        Err(ureq::Error::Status(_, response)) => Ok(decode(response)),
+        Err(error) => Err(error.to_string()),
+    }
+}

@@ -1,1 +1,195 @@
-//! (being written)
+//! `GET /v1/events/stream`: Server-Sent Events, replay then live.
+
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::harness::Server;
+
+/// The longest a test waits for one event.
+const WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug)]
+struct SseEvent {
+    id: Option<u64>,
+    event: Option<String>,
+    data: Value,
+}
+
+/// An open event stream, read by a thread (it ends when the server goes).
+struct Stream {
+    content_type: String,
+    events: Receiver<SseEvent>,
+}
+
+fn open(server: &Server, path: &str, headers: &[(&str, &str)]) -> Stream {
+    let agent = ureq::AgentBuilder::new()
+        .timeout_connect(Duration::from_secs(5))
+        .build();
+    let mut request = agent.get(&server.url(path));
+    for (name, value) in headers {
+        request = request.set(name, value);
+    }
+    let response = request.call().expect("open the event stream");
+    assert_eq!(response.status(), 200);
+    let content_type = response.header("content-type").unwrap_or("").to_string();
+    let (sender, events) = mpsc::channel();
+    let reader = BufReader::new(response.into_reader());
+    std::thread::spawn(move || {
+        let (mut id, mut event, mut data) = (None, None, String::new());
+        for line in reader.lines() {
+            let Ok(line) = line else { return };
+            if line.is_empty() {
+                if !data.is_empty() {
+                    let parsed = serde_json::from_str(&data).unwrap_or(Value::String(data.clone()));
+                    let message = SseEvent {
+                        id: id.take(),
+                        event: event.take(),
+                        data: parsed,
+                    };
+                    if sender.send(message).is_err() {
+                        return;
+                    }
+                }
+                data.clear();
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line.as_str(), ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "id" => id = value.parse().ok(),
+                "event" => event = Some(value.to_string()),
+                "data" => {
+                    if !data.is_empty() {
+                        data.push('\n');
+                    }
+                    data.push_str(value);
+                }
+                _ => {}
+            }
+        }
+    });
+    Stream {
+        content_type,
+        events,
+    }
+}
+
+impl Stream {
+    /// The next `count` events, each within `WAIT`.
+    fn take(&self, count: usize) -> Vec<SseEvent> {
+        let mut found = Vec::with_capacity(count);
+        for _ in 0..count {
+            match self.events.recv_timeout(WAIT) {
+                Ok(event) => found.push(event),
+                Err(error) => panic!("event {} of {count}: {error}; had {found:?}", found.len()),
+            }
+        }
+        found
+    }
+
+    /// Nothing more arrives within `wait`.
+    fn assert_quiet(&self, wait: Duration) {
+        if let Ok(event) = self.events.recv_timeout(wait) {
+            panic!("unexpected event {event:?}");
+        }
+    }
+}
+
+fn assert_entry(event: &SseEvent, seq: u64, kind: &str) {
+    assert_eq!(event.id, Some(seq), "{event:?}");
+    assert_eq!(event.event.as_deref(), Some(kind), "{event:?}");
+    assert_eq!(event.data["seq"], seq, "{event:?}");
+    assert_eq!(event.data["type"], kind, "{event:?}");
+    assert_eq!(event.data["schema_version"], 1, "{event:?}");
+}
+
+#[test]
+fn the_stream_replays_the_log_then_delivers_live_events() {
+    let server = Server::start("");
+    server.receive("sku-sse", "wh-east", 5);
+    server.receive("sku-sse", "wh-west", 3);
+
+    let stream = open(&server, "/v1/events/stream?after=0", &[]);
+    assert!(
+        stream.content_type.starts_with("text/event-stream"),
+        "{}",
+        stream.content_type
+    );
+    let replayed = stream.take(2);
+    assert_entry(&replayed[0], 1, "inventory.received");
+    assert_entry(&replayed[1], 2, "inventory.received");
+    assert_eq!(replayed[0].data["location"], "wh-east");
+    assert_eq!(replayed[1].data["location"], "wh-west");
+    assert_eq!(replayed[1].data["position"]["on_hand"], 3);
+
+    // Live: a receipt posted after connecting arrives promptly.
+    let posted = Instant::now();
+    server.receive("sku-sse", "3pl-north", 7);
+    let live = stream.take(1);
+    assert!(posted.elapsed() < WAIT);
+    assert_entry(&live[0], 3, "inventory.received");
+    assert_eq!(live[0].data["sku"], "sku-sse");
+    assert_eq!(live[0].data["location"], "3pl-north");
+    assert_eq!(live[0].data["delta"], json!({"on_hand": 7}));
+
+    let (status, body) = server.post(
+        "/v1/reservations",
+        json!({"channel": "web", "lines": [{"sku": "sku-sse", "location": "wh-east", "qty": 2}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let live = stream.take(1);
+    assert_entry(&live[0], 4, "inventory.reserved");
+    assert_eq!(live[0].data["reservation_id"], body["reservation_id"]);
+    stream.assert_quiet(Duration::from_millis(200));
+}
+
+#[test]
+fn the_stream_resumes_after_a_seq_or_last_event_id() {
+    let server = Server::start("");
+    for qty in 1..=4 {
+        server.receive("sku-resume", "wh-east", qty);
+    }
+    let stream = open(&server, "/v1/events/stream?after=2", &[]);
+    let events = stream.take(2);
+    assert_entry(&events[0], 3, "inventory.received");
+    assert_entry(&events[1], 4, "inventory.received");
+    stream.assert_quiet(Duration::from_millis(200));
+
+    let resumed = open(&server, "/v1/events/stream", &[("Last-Event-ID", "3")]);
+    let events = resumed.take(1);
+    assert_entry(&events[0], 4, "inventory.received");
+
+    // Both streams see the next entry.
+    server.receive("sku-resume", "wh-west", 1);
+    assert_entry(&stream.take(1)[0], 5, "inventory.received");
+    assert_entry(&resumed.take(1)[0], 5, "inventory.received");
+}
+
+#[test]
+fn a_stream_opened_on_an_empty_log_waits_for_the_first_entry() {
+    let server = Server::start("");
+    let stream = open(&server, "/v1/events/stream?after=0", &[]);
+    stream.assert_quiet(Duration::from_millis(200));
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"events": [
+            {"event_id": "s-1", "type": "receipt", "source": "wms",
+             "sku": "sku-first", "location": "wh-east", "qty": 2},
+            {"event_id": "s-2", "type": "adjustment", "source": "wms",
+             "sku": "sku-first", "location": "wh-east", "delta": -1, "reason": "damage"}
+        ]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let events = stream.take(2);
+    assert_entry(&events[0], 1, "inventory.received");
+    assert_eq!(events[0].data["event_id"], "s-1");
+    assert_entry(&events[1], 2, "inventory.adjusted");
+    assert_eq!(events[1].data["event_id"], "s-2");
+    assert_eq!(events[1].data["position"]["on_hand"], 1);
+}
