@@ -20,13 +20,13 @@ run: deps
 # Unit, property and integration tests (real binary, real RocksDB, loopback),
 # then formatting and lints.
 test: deps
-	cargo test --all-targets
+	cargo test --workspace --all-targets
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
 
 bench: deps
 	cargo bench --bench reserve
 
 lint: deps
 	cargo fmt --all -- --check
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings

@@ -69,6 +69,26 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// SIGTERM or SIGINT (Ctrl-C).
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut terminate), Ok(mut interrupt)) => {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        }
+        _ => {
+            tracing::warn!("signal handlers unavailable; stop with SIGKILL");
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     let store: Arc<dyn Store> = Arc::new(
@@ -86,8 +106,18 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     .bind(&config.listen)
     .with_context(|| format!("binding {}", config.listen))?
     .shutdown_timeout(SHUTDOWN_DRAIN_SECONDS)
+    // Signals are handled below: actix-server's own handler stops the whole
+    // actix system after draining, which would stop the shards before the
+    // final snapshot.
+    .disable_signals()
     .run();
     let handle = server.handle();
+    let signal_handle = handle.clone();
+    actix_web::rt::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("signal received: stop accepting, drain in-flight requests");
+        signal_handle.stop(true).await;
+    });
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), durability = ?config.durability, "listening, recovering");
 
     let recovery_state = state.clone();

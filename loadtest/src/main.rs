@@ -119,6 +119,9 @@ impl Connection {
     }
 }
 
+/// A worker's latency histogram, status counts and requests measured.
+type WorkerResult = (Histogram<u64>, Vec<(u16, u64)>, u64);
+
 fn sku(options: &Options, n: u64) -> String {
     format!("{}-{n}", options.prefix)
 }
@@ -158,7 +161,7 @@ fn main() -> anyhow::Result<()> {
         let created = created.clone();
         let stop = stop.clone();
         workers.push(std::thread::spawn(
-            move || -> anyhow::Result<(Histogram<u64>, Vec<(u16, u64)>, u64)> {
+            move || -> anyhow::Result<WorkerResult> {
                 let mut histogram = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
                 let mut statuses: Vec<(u16, u64)> = Vec::new();
                 let mut connection = Connection::open(&options.target)?;

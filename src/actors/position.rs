@@ -17,6 +17,7 @@ use super::shard::{ColdEntry, ShardState};
 use super::{now_ms, PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
 use crate::storage::records::{position_key, ExceptionRecord, JournalRecord};
+use crate::storage::replay::load_position;
 use crate::storage::{codec, seq_key, Space, StorageError};
 
 pub struct PositionActor {
@@ -115,6 +116,23 @@ impl PositionActor {
             duplicate: false,
         };
         Ok((entries, outcome))
+    }
+
+    /// Reloads this position from its snapshot and the journal (the
+    /// supervisor's restart); stays poisoned if even that fails.
+    fn restart_from_durable(&mut self) {
+        match load_position(&*self.shared.store, &self.key.sku, &self.key.location) {
+            Ok((position, last_seq)) => {
+                tracing::error!(sku = %self.key.sku, location = %self.key.location, last_seq, "position actor failed, restarted from durable state");
+                self.position = position;
+                self.last_seq = last_seq;
+                self.poisoned = false;
+            }
+            Err(error) => {
+                tracing::error!(%error, sku = %self.key.sku, "position actor failed and could not reload");
+                self.poisoned = true;
+            }
+        }
     }
 
     fn record_oversold(&self, exec: &mut Exec, at_ms: i64) -> Result<(), StorageError> {
@@ -243,16 +261,29 @@ impl Handler<Exec> for PositionActor {
             Ok(permit) => permit,
             Err(error) => return ready(Err(error.into())),
         };
-        let (entries, mut outcome) = match self.prepare(&mut exec) {
-            Ok(prepared) => prepared,
-            Err(error) => return ready(Err(error)),
+        // A panic here is a bug; it must not take the shard's thread (and
+        // every other position on it) down. The state may be half-changed,
+        // so the actor restarts from its durable state.
+        let prepared =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prepare(&mut exec)));
+        let (entries, mut outcome) = match prepared {
+            Ok(Ok(prepared)) => prepared,
+            Ok(Err(error)) => return ready(Err(error)),
+            Err(_) => {
+                drop(permit);
+                self.restart_from_durable();
+                return ready(Err(ExecError::Storage(StorageError::Codec(
+                    "internal error on this position; it was restarted from durable state"
+                        .to_string(),
+                ))));
+            }
         };
         if entries.is_empty() && exec.extra.is_empty() {
             return ready(Ok(outcome));
         }
         let count = entries.len() as u64;
         let ticket = permit.send(entries, std::mem::take(&mut exec.extra));
-        AtomicResponse::new(Box::pin(async move { ticket.await }.into_actor(self).map(
+        AtomicResponse::new(Box::pin(ticket.into_actor(self).map(
             move |result, actor, _ctx| match result {
                 Ok(Ok(first_seq)) => {
                     if count > 0 {

@@ -129,7 +129,21 @@ pub async fn edge_middleware(
 
 /// Every route of the API.
 pub fn routes(config: &mut web::ServiceConfig) {
+    // Query strings and paths that do not decode answer problem+json too.
+    let query = web::QueryConfig::default().error_handler(|error, _| {
+        let message = error.to_string();
+        let error = if message.contains("unknown field") {
+            ApiError::UnknownField(message)
+        } else {
+            ApiError::BadRequest(message)
+        };
+        error.into()
+    });
+    let path = web::PathConfig::default()
+        .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into());
     config
+        .app_data(query)
+        .app_data(path)
         .route("/healthz", web::get().to(ops::healthz))
         .route("/readyz", web::get().to(ops::readyz))
         .route("/metrics", web::get().to(ops::metrics))

@@ -114,6 +114,13 @@ impl Engine {
                 .reject_event(&event, correlation_id, "unknown_location", detail)
                 .await;
         };
+        // One event id in flight at a time, engine-wide: the duplicate check
+        // runs in the position actor, so the same id sent to two positions at
+        // once would otherwise pass both checks.
+        let Some(_claim) = self.claim_event_id(&event.event_id).await else {
+            let error = EngineError::Unavailable("event id busy, retry".to_string());
+            return EventOutcome::rejected(event.event_id, "unavailable", error.to_string());
+        };
         let exec = Exec {
             sku: Arc::from(event.sku.as_str()),
             location,
@@ -168,6 +175,29 @@ impl Engine {
                 self.reject_event(&event, correlation_id, code, detail)
                     .await
             }
+        }
+    }
+
+    /// Waits (bounded) until no other request is applying `event_id`, then
+    /// holds it until the returned claim is dropped.
+    async fn claim_event_id(&self, event_id: &str) -> Option<EventIdClaim<'_>> {
+        const CLAIM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(10);
+        let started = std::time::Instant::now();
+        loop {
+            if self
+                .events_in_flight
+                .insert(event_id.to_string(), ())
+                .is_none()
+            {
+                return Some(EventIdClaim {
+                    engine: self,
+                    event_id: event_id.to_string(),
+                });
+            }
+            if started.elapsed() > CLAIM_WAIT_MAX {
+                return None;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 
@@ -287,5 +317,17 @@ impl Engine {
             return source;
         }
         "other"
+    }
+}
+
+/// An event id being applied; released on drop.
+struct EventIdClaim<'a> {
+    engine: &'a Engine,
+    event_id: String,
+}
+
+impl Drop for EventIdClaim<'_> {
+    fn drop(&mut self) {
+        self.engine.events_in_flight.remove(&self.event_id);
     }
 }

@@ -29,7 +29,9 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
         let mut tick = tokio::time::interval(Duration::from_millis(EXPIRY_TICK_MS));
         loop {
             tick.tick().await;
-            expiry.expire_due().await;
+            if expiry.is_ready() {
+                expiry.expire_due().await;
+            }
         }
     });
     let snapshots = engine.clone();
@@ -39,6 +41,9 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
         tick.tick().await;
         loop {
             tick.tick().await;
+            if !snapshots.is_ready() {
+                continue;
+            }
             if let Err(error) = snapshots.snapshot().await {
                 tracing::error!(%error, "snapshot failed");
             }
@@ -48,7 +53,9 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
         let mut tick = tokio::time::interval(Duration::from_secs(RETENTION_TICK_SECONDS));
         loop {
             tick.tick().await;
-            engine.retention().await;
+            if engine.is_ready() {
+                engine.retention().await;
+            }
         }
     });
 }

@@ -123,6 +123,8 @@ pub struct Engine {
     expiry: Mutex<BTreeSet<(i64, Arc<str>)>>,
     /// Event sources used as metric labels (bounded, see `source_label`).
     source_labels: DashMap<String, ()>,
+    /// Event ids being applied right now (see `claim_event_id`).
+    events_in_flight: DashMap<String, ()>,
     /// Idempotency keys being processed right now.
     idempotency_in_flight: DashMap<String, ()>,
     /// After a failed snapshot write, the next snapshot writes every position.
@@ -224,6 +226,7 @@ impl Engine {
             reservations: DashMap::new(),
             expiry: Mutex::new(BTreeSet::new()),
             idempotency_in_flight: DashMap::new(),
+            events_in_flight: DashMap::new(),
             source_labels: DashMap::new(),
             snapshot_full_next: AtomicBool::new(false),
             last_snapshot_seq: AtomicU64::new(recovered.snapshot_seq),
@@ -394,8 +397,13 @@ impl Engine {
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
+        // Join the shard threads so their actors (and their references to
+        // the store) are gone before RocksDB is closed on this thread.
         for arbiter in arbiters {
             arbiter.stop();
+            if arbiter.join().is_err() {
+                tracing::error!("a shard thread panicked while stopping");
+            }
         }
     }
 }

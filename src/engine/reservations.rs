@@ -368,6 +368,22 @@ impl Engine {
             }
         }
         if shortages.is_empty() && failure.is_none() {
+            // Two lines of one SKU may have landed on one position: the
+            // reservation has one line per position.
+            let mut merged: Vec<(String, Taken)> = Vec::with_capacity(taken.len());
+            for (sku, part) in taken {
+                match merged
+                    .iter_mut()
+                    .find(|(s, t)| *s == sku && t.location == part.location)
+                {
+                    Some((_, existing)) => {
+                        existing.units += part.units;
+                        existing.backordered += part.backordered;
+                    }
+                    None => merged.push((sku, part)),
+                }
+            }
+            let taken = merged;
             if !single {
                 let mut finished = record.clone();
                 finished.pending = None;

@@ -7,9 +7,11 @@ use std::sync::Mutex;
 
 use super::{Space, StorageError, Store, WriteBatch};
 
+type Entries = BTreeMap<(Space, Vec<u8>), Vec<u8>>;
+
 #[derive(Default)]
 pub struct MemoryStore {
-    spaces: Mutex<BTreeMap<(Space, Vec<u8>), Vec<u8>>>,
+    spaces: Mutex<Entries>,
     failing: AtomicBool,
 }
 
@@ -23,7 +25,7 @@ impl MemoryStore {
         self.failing.store(failing, Ordering::SeqCst);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<(Space, Vec<u8>), Vec<u8>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
         self.spaces
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())

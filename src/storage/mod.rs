@@ -9,6 +9,7 @@ pub mod codec;
 pub mod journal;
 mod memory;
 pub mod records;
+pub mod replay;
 mod rocks;
 
 pub use journal::{AppendError, AppendPermit, Journal, JournalOptions, JournalStats};

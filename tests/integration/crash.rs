@@ -21,14 +21,41 @@ struct Loaded {
     refused: Vec<(String, u16, Value)>,
 }
 
+/// SIGTERM; the server must exit by itself, with code 0 (SPEC §8), well
+/// within the drain timeout.
+fn terminate_leniently(server: &mut Server) {
+    let started = Instant::now();
+    let code = server.terminate();
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "SIGTERM: no exit after {:?}",
+        started.elapsed()
+    );
+    match code {
+        Some(0) => {}
+        None => panic!("SIGTERM: the process died of a signal"),
+        Some(code) => panic!("SIGTERM exit code {code}"),
+    }
+}
+
+/// How the server goes down under load.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stop {
+    /// `kill -9`.
+    Kill,
+    /// SIGTERM (see [`terminate_leniently`]).
+    Term,
+}
+
 /// Reserves from `threads` clients (ids `t{thread}-{n}`, one unit of every
-/// SKU in `skus` at wh-east) until the server stops answering; kills it
+/// SKU in `skus` at wh-east) until the server stops answering; stops it
 /// `after` into the load. Returns what the clients saw.
-fn load_then_kill(
+fn load_then_stop(
     server: &mut Server,
     skus: &[&str],
     threads: usize,
     after: Duration,
+    stop: Stop,
 ) -> Vec<Loaded> {
     let url = server.url("/v1/reservations");
     let lines: Vec<Value> = skus
@@ -67,7 +94,10 @@ fn load_then_kill(
         })
         .collect();
     std::thread::sleep(after);
-    server.kill();
+    match stop {
+        Stop::Kill => server.kill(),
+        Stop::Term => terminate_leniently(server),
+    }
     let loaded: Vec<Loaded> = handles
         .into_iter()
         .map(|h| h.join().expect("loader thread"))
@@ -93,15 +123,15 @@ fn assert_gap_free(events: &[Value], head: u64) {
     );
 }
 
-/// Reserving under load, kill -9, restart: every acknowledged reservation is
+/// Reserving under load, `stop`, restart: every acknowledged reservation is
 /// there and the counters and the log agree with what landed.
-fn acknowledged_reservations_survive(skus: &[&str]) {
+fn acknowledged_reservations_survive(skus: &[&str], stop: Stop) {
     let mut server = Server::start("");
     for sku in skus {
         server.receive(sku, "wh-east", 1_000_000);
     }
     let started = Instant::now();
-    let loaded = load_then_kill(&mut server, skus, 4, Duration::from_millis(300));
+    let loaded = load_then_stop(&mut server, skus, 4, Duration::from_millis(300), stop);
     let load_time = started.elapsed();
     let refused: Vec<_> = loaded.iter().flat_map(|l| &l.refused).collect();
     assert!(
@@ -111,7 +141,7 @@ fn acknowledged_reservations_survive(skus: &[&str]) {
     let acked: Vec<&String> = loaded.iter().flat_map(|l| &l.acked).collect();
     let in_flight: Vec<&String> = loaded.iter().flat_map(|l| &l.in_flight).collect();
     eprintln!(
-        "kill -9 under load ({} line(s)): {} acknowledged in {:.0} ms, {} in flight at the kill",
+        "{stop:?} under load ({} line(s)): {} acknowledged in {:.0} ms, {} in flight at the stop",
         skus.len(),
         acked.len(),
         load_time.as_secs_f64() * 1000.0,
@@ -225,12 +255,17 @@ fn acknowledged_reservations_survive(skus: &[&str]) {
 
 #[test]
 fn kill_9_under_load_keeps_every_acknowledged_reservation() {
-    acknowledged_reservations_survive(&["crash-load"]);
+    acknowledged_reservations_survive(&["crash-load"], Stop::Kill);
 }
 
 #[test]
 fn kill_9_under_load_keeps_multi_line_reservations_whole() {
-    acknowledged_reservations_survive(&["crash-multi-a", "crash-multi-b"]);
+    acknowledged_reservations_survive(&["crash-multi-a", "crash-multi-b"], Stop::Kill);
+}
+
+#[test]
+fn sigterm_under_load_drains_and_keeps_every_acknowledged_reservation() {
+    acknowledged_reservations_survive(&["term-load-a", "term-load-b"], Stop::Term);
 }
 
 #[test]
@@ -426,9 +461,7 @@ fn snapshot_seq_on_disk(data: &Path) -> u64 {
 }
 
 #[test]
-fn sigterm_exits_0_and_restarts_with_everything() {
-    // BASE_CONFIG has snapshot_interval_seconds = 3600: the only snapshot is
-    // the one SIGTERM writes.
+fn sigterm_then_restart_keeps_everything() {
     let mut server = Server::start("");
     let skus = ["term-a", "term-b", "term-c"];
     let ids = churn(&server, &skus, "term");
@@ -437,13 +470,7 @@ fn sigterm_exits_0_and_restarts_with_everything() {
     let (log_before, head) = server.event_log(1000);
     assert_gap_free(&log_before, head);
 
-    let code = server.terminate();
-    assert_eq!(code, Some(0), "SIGTERM exit code");
-    assert_eq!(
-        snapshot_seq_on_disk(server.data_dir()),
-        head,
-        "SIGTERM snapshot covers the whole journal"
-    );
+    terminate_leniently(&mut server);
 
     server.spawn();
     let (status, ready) = server.get("/readyz");
@@ -453,6 +480,37 @@ fn sigterm_exits_0_and_restarts_with_everything() {
     let (log_after, head_after) = server.event_log(1000);
     assert_eq!(head_after, head, "journal head unchanged");
     assert_eq!(log_after, log_before, "the log is unchanged");
+}
+
+#[test]
+fn sigterm_exits_0_with_a_final_snapshot() {
+    // BASE_CONFIG has snapshot_interval_seconds = 3600: the only snapshot is
+    // the one SIGTERM writes. Several rounds, as the failure is a race.
+    let mut server = Server::start("");
+    let skus = ["final-a", "final-b", "final-c"];
+    for round in 0..5 {
+        let ids = churn(&server, &skus, &format!("final-{round}"));
+        let before = availability(&server, &skus);
+        let held_before = reservations(&server, &ids);
+        let (_, head) = server.event_log(1000);
+
+        assert_eq!(
+            server.terminate(),
+            Some(0),
+            "round {round}: SIGTERM exit code"
+        );
+        assert_eq!(
+            snapshot_seq_on_disk(server.data_dir()),
+            head,
+            "round {round}: the SIGTERM snapshot covers the whole journal"
+        );
+
+        server.spawn();
+        assert_eq!(availability(&server, &skus), before, "round {round}");
+        assert_eq!(reservations(&server, &ids), held_before, "round {round}");
+        let (_, head_after) = server.event_log(1000);
+        assert_eq!(head_after, head, "round {round}: journal head unchanged");
+    }
 }
 
 #[test]
