@@ -823,7 +823,6 @@ fn the_correlation_id_is_echoed_generated_and_stored_on_events() {
 }
 
 #[test]
-#[ignore = "BUG: release/allocate/ship events carry the creating request's correlation id, not their own"]
 fn a_transition_stores_its_own_correlation_id_on_the_events_it_causes() {
     let server = Server::start("");
     server.receive("sku-ct", "wh-east", 5);
@@ -848,4 +847,126 @@ fn a_transition_stores_its_own_correlation_id_on_the_events_it_causes() {
         .find(|e| e["type"] == "inventory.released")
         .expect("an inventory.released entry");
     assert_eq!(released["correlation_id"], "corr-release", "{released}");
+
+    // Allocate and ship too.
+    let (status, _, body) = post_with_headers(
+        &server,
+        "/v1/reservations",
+        json!({"channel": "web", "lines": [{"sku": "sku-ct", "location": "wh-east", "qty": 1}]}),
+        Some("corr-create-2"),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["reservation_id"].as_str().expect("id").to_string();
+    for (action, correlation) in [("allocate", "corr-allocate"), ("ship", "corr-ship")] {
+        let (status, _, body) = post_with_headers(
+            &server,
+            &format!("/v1/reservations/{id}/{action}"),
+            json!({}),
+            Some(correlation),
+        );
+        assert_eq!(status, 200, "{body}");
+    }
+    let entries = log(&server);
+    let of_type = |kind: &str| {
+        entries
+            .iter()
+            .find(|e| e["type"] == kind && e["reservation_id"] == id.as_str())
+            .unwrap_or_else(|| panic!("no {kind} entry"))
+            .clone()
+    };
+    assert_eq!(
+        of_type("inventory.reserved")["correlation_id"],
+        "corr-create-2"
+    );
+    assert_eq!(
+        of_type("inventory.allocated")["correlation_id"],
+        "corr-allocate"
+    );
+    assert_eq!(of_type("inventory.shipped")["correlation_id"], "corr-ship");
+}
+
+#[test]
+fn releasing_a_backordered_reservation_drops_its_backorder() {
+    let server = Server::start("");
+    server.receive("sku-bor", "wh-east", 2);
+    let (status, body) = server.put(
+        "/v1/positions/sku-bor/wh-east/settings",
+        json!({"backorder_limit": 5}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = reserve(
+        &server,
+        json!({"channel": "web", "lines": [{"sku": "sku-bor", "location": "wh-east", "qty": 6}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["lines"][0]["backordered"], 4, "{body}");
+    let id = body["reservation_id"].as_str().expect("id").to_string();
+    // Not allocatable while units are backordered.
+    let (status, body) = server.post(&format!("/v1/reservations/{id}/allocate"), json!({}));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "invalid_state");
+
+    let (status, body) = server.post(&format!("/v1/reservations/{id}/release"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let p = position(&server, "sku-bor", "wh-east");
+    assert_eq!(
+        (
+            num(&p, "reserved"),
+            num(&p, "backordered"),
+            num(&p, "available")
+        ),
+        (0, 0, 2),
+        "{p}"
+    );
+    // A later receipt fills nothing: it is all available.
+    server.receive("sku-bor", "wh-east", 3);
+    let p = position(&server, "sku-bor", "wh-east");
+    assert_eq!(
+        (
+            num(&p, "reserved"),
+            num(&p, "backordered"),
+            num(&p, "available")
+        ),
+        (0, 0, 5),
+        "{p}"
+    );
+}
+
+#[test]
+fn a_channel_uses_its_commitment_first_and_gets_it_back_on_release() {
+    let server = Server::start("");
+    server.receive("sku-cu", "wh-west", 10);
+    let (status, body) = server.put(
+        "/v1/positions/sku-cu/wh-west/commitments/web",
+        json!({"qty": 6}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let views = |server: &Server| {
+        (
+            num(&channel_view(server, "sku-cu", "web"), "available"),
+            num(&channel_view(server, "sku-cu", "marketplace"), "available"),
+        )
+    };
+    assert_eq!(views(&server), (10, 4));
+
+    // 4 units of the web's 6 committed: the marketplace keeps its 4.
+    let (status, body) = reserve(
+        &server,
+        json!({"channel": "web", "lines": [{"sku": "sku-cu", "location": "wh-west", "qty": 4}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let web_id = body["reservation_id"].as_str().expect("id").to_string();
+    assert_eq!(views(&server), (6, 4));
+
+    let (status, body) = reserve(
+        &server,
+        json!({"channel": "marketplace", "lines": [{"sku": "sku-cu", "location": "wh-west", "qty": 4}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(views(&server), (2, 0));
+
+    let (status, body) = server.post(&format!("/v1/reservations/{web_id}/release"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(views(&server), (6, 0));
+    assert_eq!(short_counters(&server, "sku-cu", "wh-west"), (10, 4, 6));
 }

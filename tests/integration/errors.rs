@@ -145,6 +145,24 @@ fn malformed_json_and_wrong_types_are_bad_request() {
         400,
         "bad_request",
     );
+    let skus: Vec<String> = (0..1001).map(|i| format!("sku-{i}")).collect();
+    problem(
+        send_json(
+            &server,
+            "POST",
+            "/v1/availability/query",
+            json!({ "skus": skus }),
+        ),
+        400,
+        "bad_request",
+    );
+    let result = event_result(
+        &server,
+        json!({"event_id": "e-when", "type": "receipt", "source": "wms",
+               "occurred_at": "yesterday", "sku": "a", "location": "wh-east", "qty": 3}),
+    );
+    assert_eq!(result["status"], "rejected", "{result}");
+    assert_eq!(result["code"], "bad_request", "{result}");
     // Within an event, a wrong type rejects that event with the code.
     let result = event_result(
         &server,
@@ -661,4 +679,28 @@ fn a_wrong_method_is_a_problem_answer() {
         reply.body
     );
     assert!(reply.body["code"].is_string(), "{}", reply.body);
+}
+
+#[test]
+fn a_bad_query_string_is_a_problem_answer() {
+    let server = Server::start("");
+    server.receive("sku-a", "wh-east", 1);
+    for (path, code) in [
+        ("/v1/events?after=abc", "bad_request"),
+        ("/v1/events?limit=-1", "bad_request"),
+        ("/v1/events?after=0&colour=red", "unknown_field"),
+        ("/v1/availability/sku-a?chanel=web", "unknown_field"),
+        ("/v1/exceptions?after=x", "bad_request"),
+        ("/v1/events/stream?after=x", "bad_request"),
+    ] {
+        let reply = send(&server, "GET", path, None);
+        assert_eq!(reply.status, 400, "{path}: {}", reply.body);
+        assert!(
+            reply.content_type.starts_with("application/problem+json"),
+            "{path}: {:?} {}",
+            reply.content_type,
+            reply.body
+        );
+        assert_eq!(reply.body["code"], code, "{path}: {}", reply.body);
+    }
 }

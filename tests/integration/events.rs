@@ -391,7 +391,6 @@ fn a_duplicate_event_id_changes_nothing() {
 }
 
 #[test]
-#[ignore = "BUG: one event_id at two positions in one batch is applied twice (dedupe check races across position actors)"]
 fn one_event_id_at_two_positions_in_one_batch_applies_once() {
     let server = Server::start("");
     for round in 0..20 {
@@ -486,6 +485,53 @@ fn rejected_events_are_kept_in_the_exception_queue_with_their_code() {
     let (status, body) = server.get("/v1/exceptions?kind=rejected_event");
     assert_eq!(status, 200);
     assert_eq!(body["exceptions"].as_array().map(Vec::len), Some(5));
+
+    // Counted in the metrics, by type, source and code.
+    let (status, metrics) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("metrics text").to_string();
+    let sample = |name: &str, labels: &[&str]| -> Option<f64> {
+        metrics.lines().find_map(|line| {
+            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
+            let (set, value) = rest.split_once("} ")?;
+            labels
+                .iter()
+                .all(|l| set.split(',').any(|p| p == *l))
+                .then(|| value.trim().parse().ok())?
+        })
+    };
+    assert_eq!(
+        sample(
+            "stockwire_events_applied_total",
+            &["type=\"receipt\"", "source=\"erp\""]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            "stockwire_events_rejected_total",
+            &[
+                "type=\"receipt\"",
+                "source=\"erp\"",
+                "code=\"unknown_location\""
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            "stockwire_events_rejected_total",
+            &[
+                "type=\"quarantine\"",
+                "source=\"erp\"",
+                "code=\"invalid_state\""
+            ]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
 
     // A rejected event id is not burnt: fixed, it applies.
     assert_applied(&post_event(
@@ -649,4 +695,38 @@ fn a_batch_of_more_than_1000_events_is_refused_whole() {
     assert!(results.iter().all(|r| r["status"] == "applied"), "{body}");
     assert_eq!(head(&server), 1000);
     assert_eq!(position(&server, "sku-b7", "wh-east")["on_hand"], 20);
+}
+
+#[test]
+fn a_rejected_event_creates_no_sku() {
+    let server = Server::start("");
+    for (event_id, sku, fields) in [
+        (
+            "r-scrap",
+            "sku-ghost1",
+            json!({"type": "quarantine", "qty": 1, "action": "scrap"}),
+        ),
+        (
+            "r-adj",
+            "sku-ghost2",
+            json!({"type": "adjustment", "delta": -1, "reason": "shrink"}),
+        ),
+        (
+            "r-cnt",
+            "sku-ghost3",
+            json!({"type": "count", "counted": 3, "expected_version": 4}),
+        ),
+        (
+            "r-it",
+            "sku-ghost4",
+            json!({"type": "in_transit", "delta": -2}),
+        ),
+    ] {
+        let result = apply(&server, event_id, sku, "wh-east", fields);
+        assert_eq!(result["status"], "rejected", "{result}");
+        let (status, body) = server.get(&format!("/v1/availability/{sku}"));
+        assert_eq!(status, 404, "{sku} exists after a rejected event: {body}");
+        assert_eq!(body["code"], "unknown_sku", "{body}");
+    }
+    assert_eq!(head(&server), 0);
 }

@@ -329,3 +329,35 @@ fn a_multi_line_reservation_moves_every_position() {
     assert_eq!(counters(&server, "sku-m1", "wh-east"), (3, 0, 0, 3));
     assert_eq!(counters(&server, "sku-m2", "wh-west"), (5, 0, 0, 5));
 }
+
+#[test]
+fn two_sourced_lines_of_one_sku_at_one_position_ship_like_one() {
+    let server = Server::start("");
+    server.receive("sku-2l", "wh-east", 10);
+    let (status, body) = server.post(
+        "/v1/reservations",
+        json!({"channel": "web", "lines": [
+            {"sku": "sku-2l", "qty": 2},
+            {"sku": "sku-2l", "qty": 3}
+        ]}),
+    );
+    if status == 400 {
+        // Refusing the duplicate SKU up front is consistent too.
+        assert_eq!(body["code"], "bad_request", "{body}");
+        return;
+    }
+    assert_eq!(status, 201, "{body}");
+    let id = body["reservation_id"].as_str().expect("id").to_string();
+    assert_eq!(counters(&server, "sku-2l", "wh-east"), (10, 5, 0, 5));
+    let (status, body) = act(&server, &id, "allocate");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(counters(&server, "sku-2l", "wh-east"), (10, 0, 5, 5));
+    // 5 units of sku-2l are allocated at wh-east: shipping 4 of them works.
+    let (status, body) = server.post(
+        &format!("/v1/reservations/{id}/ship"),
+        json!({"lines": [{"sku": "sku-2l", "location": "wh-east", "qty": 4}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "shipped");
+    assert_eq!(counters(&server, "sku-2l", "wh-east"), (6, 0, 0, 6));
+}

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::Server;
+use crate::harness::{Server, BASE_CONFIG};
 
 /// The longest a test waits for one event.
 const WAIT: Duration = Duration::from_secs(5);
@@ -192,4 +192,60 @@ fn a_stream_opened_on_an_empty_log_waits_for_the_first_entry() {
     assert_entry(&events[1], 2, "inventory.adjusted");
     assert_eq!(events[1].data["event_id"], "s-2");
     assert_eq!(events[1].data["position"]["on_hand"], 1);
+}
+
+#[test]
+fn a_long_log_replays_in_order_across_pages() {
+    let server = Server::start("");
+    let mut total = 0;
+    for (batch, count) in [(0, 1000), (1, 234)] {
+        let events: Vec<Value> = (0..count)
+            .map(|i| {
+                json!({"event_id": format!("long-{batch}-{i}"), "type": "receipt",
+                       "source": "wms", "sku": format!("sku-{}", i % 37),
+                       "location": "wh-east", "qty": 1})
+            })
+            .collect();
+        let (status, body) = server.post("/v1/events", json!({ "events": events }));
+        assert_eq!(status, 200, "{body}");
+        total += count;
+    }
+    let stream = open(&server, "/v1/events/stream?after=0", &[]);
+    let events = stream.take(total);
+    let ids: Vec<u64> = events.iter().filter_map(|e| e.id).collect();
+    assert_eq!(ids, (1..=total as u64).collect::<Vec<u64>>());
+    assert!(events.iter().all(|e| e.data["seq"] == json!(e.id)));
+    stream.assert_quiet(Duration::from_millis(200));
+}
+
+#[test]
+fn streams_beyond_the_limit_are_refused_with_503() {
+    let server = Server::start_with_base(&format!("sse_connections_max = 2\n{BASE_CONFIG}"), "");
+    server.receive("sku-lim", "wh-east", 1);
+    let first = open(&server, "/v1/events/stream?after=0", &[]);
+    let second = open(&server, "/v1/events/stream?after=0", &[]);
+    assert_entry(&first.take(1)[0], 1, "inventory.received");
+    assert_entry(&second.take(1)[0], 1, "inventory.received");
+
+    let response = match ureq::get(&server.url("/v1/events/stream?after=0"))
+        .timeout(Duration::from_secs(5))
+        .call()
+    {
+        Err(ureq::Error::Status(_, response)) => response,
+        Ok(response) => panic!("a third stream opened: {}", response.status()),
+        Err(error) => panic!("{error}"),
+    };
+    assert_eq!(response.status(), 503);
+    assert!(response.header("retry-after").is_some());
+    assert!(response
+        .header("content-type")
+        .unwrap_or("")
+        .starts_with("application/problem+json"));
+    let body: Value = response.into_json().expect("a problem body");
+    assert_eq!(body["code"], "unavailable", "{body}");
+    assert_eq!(body["status"], 503, "{body}");
+    // The open streams still work.
+    server.receive("sku-lim", "wh-west", 1);
+    assert_entry(&first.take(1)[0], 2, "inventory.received");
+    assert_entry(&second.take(1)[0], 2, "inventory.received");
 }
