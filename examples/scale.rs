@@ -35,30 +35,40 @@ fn rss_bytes() -> u64 {
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
-    let positions: u64 = args
-        .get(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(1_000_000);
-    let events: u64 = args
-        .get(2)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(5_000_000);
-    let dir = std::path::PathBuf::from(
-        args.get(3)
-            .cloned()
-            .unwrap_or_else(|| "/tmp/stockwire-scale".into()),
-    );
-    let _ = std::fs::remove_dir_all(&dir);
-    let locations = ["wh-east", "wh-west", "3pl-north"];
-    let config = Arc::new(Config {
-        data_dir: dir.clone(),
-        snapshot_interval_seconds: 86_400,
-        ..Config::default()
-    });
-    let system = actix::System::new();
+    let arg = |n: usize, default: &str| args.get(n).cloned().unwrap_or_else(|| default.to_string());
+    let config = |dir: &std::path::Path| {
+        Arc::new(Config {
+            data_dir: dir.to_path_buf(),
+            snapshot_interval_seconds: 86_400,
+            ..Config::default()
+        })
+    };
+    match args.get(1).map(String::as_str) {
+        Some("write") => {
+            let positions: u64 = arg(2, "1000000").parse()?;
+            let events: u64 = arg(3, "5000000").parse()?;
+            let dir = std::path::PathBuf::from(arg(4, "/tmp/stockwire-scale"));
+            let _ = std::fs::remove_dir_all(&dir);
+            write(config(&dir), &dir, positions, events)
+        }
+        Some("recover") => {
+            let dir = std::path::PathBuf::from(arg(2, "/tmp/stockwire-scale"));
+            recover_and_measure(config(&dir), &dir)
+        }
+        _ => anyhow::bail!("usage: scale write POSITIONS EVENTS DIR | scale recover DIR"),
+    }
+}
 
+fn write(
+    config: Arc<Config>,
+    dir: &std::path::Path,
+    positions: u64,
+    events: u64,
+) -> anyhow::Result<()> {
+    let locations = ["wh-east", "wh-west", "3pl-north"];
+    let system = actix::System::new();
     system.block_on(async {
-        let store: Arc<dyn Store> = Arc::new(RocksStore::open(&dir)?);
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir)?);
         let recovered = recover(&*store)?;
         let engine = Engine::start(config.clone(), store, recovered, Arc::new(Metrics::new())).await;
         let started = Instant::now();
@@ -101,7 +111,7 @@ fn main() -> anyhow::Result<()> {
             done as f64 / seconds
         );
         // Stop without a snapshot: recovery must replay the whole journal.
-        engine.journal().shutdown();
+        engine.stop(false).await;
         anyhow::Ok(())
     })
 }
@@ -130,7 +140,7 @@ fn recover_and_measure(config: Arc<Config>, dir: &std::path::Path) -> anyhow::Re
             rss_after as f64 / 1048576.0,
             rss_after.saturating_sub(rss_before) as f64 / resident.max(1) as f64
         );
-        engine.journal().shutdown();
+        engine.shutdown().await;
         anyhow::Ok(())
     })
 }

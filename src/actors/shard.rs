@@ -39,7 +39,9 @@ struct LiveEntry {
 #[derive(Default)]
 pub struct ShardState {
     live: HashMap<PositionKey, LiveEntry>,
-    cold: HashMap<PositionKey, ColdEntry>,
+    /// Boxed: the map keeps ~2x buckets for its entries, and a bucket of a
+    /// pointer is 24 bytes cheaper per spare slot than an inline entry.
+    cold: HashMap<PositionKey, Box<ColdEntry>>,
 }
 
 impl ShardState {
@@ -50,7 +52,7 @@ impl ShardState {
     /// Called by a passivating actor: its state becomes cold again.
     pub(super) fn park(&mut self, key: PositionKey, entry: ColdEntry) {
         self.live.remove(&key);
-        self.cold.insert(key, entry);
+        self.cold.insert(key, Box::new(entry));
     }
 
     fn finished(&mut self, key: &PositionKey) {
@@ -83,7 +85,7 @@ impl ShardActor {
             }
         }
         let entry = match state.cold.remove(key) {
-            Some(entry) => entry,
+            Some(entry) => *entry,
             None if create => ColdEntry::default(),
             None => return None,
         };
@@ -234,7 +236,7 @@ impl Handler<LoadPositions> for ShardActor {
         let mut state = self.state.borrow_mut();
         state.cold.reserve(load.0.len());
         for (key, entry) in load.0 {
-            state.cold.insert(key, entry);
+            state.cold.insert(key, Box::new(entry));
         }
     }
 }

@@ -6,7 +6,7 @@
 //! pass `COUNTER_MAX`; only `available` (a derived number) may be negative,
 //! which is an *oversold* position, reported rather than asserted.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -303,16 +303,18 @@ impl Hold {
     }
 }
 
+/// Kept small: millions of positions are resident. The maps and vectors
+/// below allocate nothing while empty, which they are for most positions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Position {
     pub counters: Counters,
     /// Increments by one on every event.
     pub version: u64,
     pub commitments: Vec<Commitment>,
-    pub holds: HashMap<ReservationId, Hold>,
+    pub holds: BTreeMap<ReservationId, Hold>,
     /// Reservations with backordered units here, oldest first (may hold ids
     /// whose backorder is gone; they are skipped and pruned).
-    pub backorder_queue: VecDeque<ReservationId>,
+    pub backorder_queue: Vec<ReservationId>,
 }
 
 /// An event that cannot be applied: only possible with a corrupt journal.
@@ -847,7 +849,7 @@ impl Position {
                 add_signed(commitment.used, event.commitment_used).ok_or("commitment used")?;
         }
         if delta.backordered > 0 {
-            self.backorder_queue.push_back(reservation_id.clone());
+            self.backorder_queue.push(reservation_id.clone());
         }
         if updated.is_empty() {
             self.holds.remove(reservation_id);

@@ -189,6 +189,7 @@ impl Engine {
                 let _ = shards[shard].send(LoadPositions(chunk)).await;
             }
         }
+        release_free_memory();
         let locations: HashMap<String, Arc<str>> = config
             .locations
             .iter()
@@ -386,9 +387,18 @@ impl Engine {
     /// Stops the loops, writes a final snapshot, flushes the journal and
     /// stops the shards (SIGTERM path).
     pub async fn shutdown(&self) {
+        self.stop(true).await;
+    }
+
+    /// Stops like [`Engine::shutdown`]; without `snapshot`, the next start
+    /// replays the journal from the last periodic snapshot (what a crash
+    /// would leave, minus the crash).
+    pub async fn stop(&self, snapshot: bool) {
         self.ready.store(false, Ordering::Release);
-        if let Err(error) = self.snapshot().await {
-            tracing::error!(%error, "final snapshot failed");
+        if snapshot {
+            if let Err(error) = self.snapshot().await {
+                tracing::error!(%error, "final snapshot failed");
+            }
         }
         self.journal().shutdown();
         let arbiters = std::mem::take(
@@ -405,5 +415,17 @@ impl Engine {
                 tracing::error!("a shard thread panicked while stopping");
             }
         }
+    }
+}
+
+/// Recovery builds large temporary maps; glibc keeps freed memory in its
+/// arenas, so a recovered server would carry that peak as resident memory
+/// for its whole life. Hand it back to the OS once positions are loaded.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no
+    // preconditions and touches no memory the program still uses.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
