@@ -23,6 +23,7 @@ impl RocksStore {
         options.create_missing_column_families(true);
         options.set_max_background_jobs(2);
         options.set_bytes_per_sync(1 << 20);
+        options.set_enable_write_thread_adaptive_yield(false);
         let families = Space::ALL
             .iter()
             .map(|space| ColumnFamilyDescriptor::new(space.name(), Options::default()));
