@@ -58,6 +58,20 @@ impl PositionActor {
     /// Decides and evolves `exec`, returning the encoded journal entries.
     fn prepare(&mut self, exec: &mut Exec) -> Result<(Vec<Vec<u8>>, ExecOutcome), ExecError> {
         let events = self.position.decide(&exec.command)?;
+        // From here on state changes: any failure leaves memory ahead of
+        // the journal, so the actor is poisoned until restarted.
+        let result = self.apply_decided(exec, events);
+        if result.is_err() {
+            self.poisoned = true;
+        }
+        result
+    }
+
+    fn apply_decided(
+        &mut self,
+        exec: &mut Exec,
+        events: Vec<crate::domain::Event>,
+    ) -> Result<(Vec<Vec<u8>>, ExecOutcome), ExecError> {
         let was_oversold = self.position.is_oversold();
         let is_new = self.position.version == 0;
         let recorded_at_ms = now_ms();
@@ -328,19 +342,24 @@ pub(super) struct TakeSnapshot {
     pub full: bool,
 }
 
+/// `Err` for a poisoned actor: its state is not durable, so no snapshot may
+/// claim to cover it.
 impl Message for TakeSnapshot {
-    type Result = Option<(Position, u64)>;
+    type Result = Result<Option<(Position, u64)>, ()>;
 }
 
 impl Handler<TakeSnapshot> for PositionActor {
     type Result = MessageResult<TakeSnapshot>;
 
     fn handle(&mut self, take: TakeSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
-        if self.poisoned || !(self.dirty || take.full) {
-            return MessageResult(None);
+        if self.poisoned {
+            return MessageResult(Err(()));
+        }
+        if !(self.dirty || take.full) {
+            return MessageResult(Ok(None));
         }
         self.dirty = false;
-        MessageResult(Some((self.position.clone(), self.last_seq)))
+        MessageResult(Ok(Some((self.position.clone(), self.last_seq))))
     }
 }
 

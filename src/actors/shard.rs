@@ -7,7 +7,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use actix::prelude::*;
@@ -18,6 +17,11 @@ use super::position::{readout, store_key, PositionActor, Read, TakeSnapshot};
 use super::{PositionKey, Shared};
 use crate::domain::Position;
 use crate::storage::records::PositionSnapshot;
+use crate::storage::replay::load_position;
+
+/// Commands queued for one position before it answers 503: a hot SKU gets
+/// back-pressure instead of an ever longer queue (and latency).
+const POSITION_IN_FLIGHT_MAX: u32 = 1024;
 
 /// A position without a live actor.
 #[derive(Debug, Clone, Default)]
@@ -52,7 +56,11 @@ impl ShardState {
     /// Called by a passivating actor: its state becomes cold again.
     pub(super) fn park(&mut self, key: PositionKey, entry: ColdEntry) {
         self.live.remove(&key);
-        self.cold.insert(key, Box::new(entry));
+        // A position that never had an event (only rejected commands) does
+        // not exist: drop it rather than keep it resident.
+        if entry.position.version > 0 {
+            self.cold.insert(key, Box::new(entry));
+        }
     }
 
     fn finished(&mut self, key: &PositionKey) {
@@ -79,15 +87,34 @@ impl ShardActor {
     /// `create`, from an empty position) when it has none.
     fn activate(&mut self, key: &PositionKey, create: bool) -> Option<Addr<PositionActor>> {
         let mut state = self.state.borrow_mut();
+        let mut stopped = false;
         if let Some(entry) = state.live.get(key) {
             if entry.addr.connected() {
                 return Some(entry.addr.clone());
             }
+            stopped = true;
         }
-        let entry = match state.cold.remove(key) {
-            Some(entry) => *entry,
-            None if create => ColdEntry::default(),
-            None => return None,
+        let entry = if stopped {
+            // The actor stopped without parking its state: rebuild it from
+            // what is durable rather than start from nothing.
+            state.live.remove(key);
+            match load_position(&*self.shared.store, &key.sku, &key.location) {
+                Ok((position, last_seq)) => ColdEntry {
+                    position,
+                    last_seq,
+                    dirty: true,
+                },
+                Err(error) => {
+                    tracing::error!(%error, sku = %key.sku, "could not reload a stopped position");
+                    return None;
+                }
+            }
+        } else {
+            match state.cold.remove(key) {
+                Some(entry) => *entry,
+                None if create => ColdEntry::default(),
+                None => return None,
+            }
         };
         let actor = PositionActor::new(key.clone(), entry, self.shared.clone(), self.state.clone());
         let addr = actor.start();
@@ -124,6 +151,11 @@ impl Handler<Exec> for ShardActor {
             return Box::pin(async { Err(ExecError::NotFound) });
         };
         if let Some(entry) = self.state.borrow_mut().live.get_mut(&key) {
+            if entry.in_flight >= POSITION_IN_FLIGHT_MAX {
+                return Box::pin(async {
+                    Err(ExecError::Storage(crate::storage::StorageError::Overloaded))
+                });
+            }
             entry.in_flight += 1;
         }
         let state = self.state.clone();
@@ -180,12 +212,13 @@ pub struct CollectSnapshot {
     pub full: bool,
 }
 
+/// `Err` when a live position could not hand over durable state.
 impl Message for CollectSnapshot {
-    type Result = Vec<(Vec<u8>, PositionSnapshot)>;
+    type Result = Result<Vec<(Vec<u8>, PositionSnapshot)>, ()>;
 }
 
 impl Handler<CollectSnapshot> for ShardActor {
-    type Result = ResponseFuture<Vec<(Vec<u8>, PositionSnapshot)>>;
+    type Result = ResponseFuture<Result<Vec<(Vec<u8>, PositionSnapshot)>, ()>>;
 
     fn handle(&mut self, collect: CollectSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
         let mut state = self.state.borrow_mut();
@@ -211,13 +244,15 @@ impl Handler<CollectSnapshot> for ShardActor {
         Box::pin(async move {
             let (keys, requests): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
             for (key, answer) in keys.into_iter().zip(join_all(requests).await) {
-                if let Ok(Some((position, last_seq))) = answer {
-                    if position.version > 0 {
+                match answer {
+                    Ok(Ok(Some((position, last_seq)))) if position.version > 0 => {
                         ready.push((key, PositionSnapshot { position, last_seq }));
                     }
+                    Ok(Ok(_)) => {}
+                    Ok(Err(())) | Err(_) => return Err(()),
                 }
             }
-            ready
+            Ok(ready)
         })
     }
 }
@@ -258,7 +293,6 @@ impl Handler<Stats> for ShardActor {
 
     fn handle(&mut self, _: Stats, _ctx: &mut Context<Self>) -> Self::Result {
         let state = self.state.borrow();
-        let _ = self.shared.oversold_positions.load(Ordering::Relaxed);
         MessageResult(ShardStats {
             live: state.live.len(),
             cold: state.cold.len(),

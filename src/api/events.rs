@@ -275,6 +275,17 @@ async fn apply_batch(
         }
     }
     let outcomes = engine.apply_events(valid, correlation).await;
+    // An event refused for lack of capacity is not the event's fault and is
+    // not queued as an exception: the batch answers 503 so the sender
+    // retries it (event ids make the retry safe; 5xx are not remembered
+    // under an Idempotency-Key).
+    if let Some(busy) = outcomes.iter().find(|o| o.code == Some("unavailable")) {
+        return Err(ApiError::Unavailable(format!(
+            "event {} could not be applied now ({}); retry the batch: applied events answer duplicate",
+            busy.event_id,
+            busy.detail.clone().unwrap_or_default()
+        )));
+    }
     for (index, outcome) in valid_index.into_iter().zip(outcomes) {
         slots[index] = Some(outcome);
     }

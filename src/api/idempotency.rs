@@ -70,18 +70,19 @@ where
     hasher.update([0]);
     hasher.update(body);
     let hash = hasher.finalize().to_vec();
-    if let Some(stored) = engine.idempotency_get(&key)? {
-        if stored.request_hash != hash {
-            return Err(ApiError::IdempotencyKeyReused);
-        }
-        let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-        return Ok(respond(status, stored.body));
+    if let Some(replay) = stored_response(engine, &key, &hash)? {
+        return Ok(replay);
     }
     if !engine.idempotency_begin(&key) {
         return Err(EngineError::InvalidState(
             "a request with this Idempotency-Key is in progress".to_string(),
         )
         .into());
+    }
+    let _in_progress = InProgress { engine, key: &key };
+    // The first request may have finished between the check and `begin`.
+    if let Some(replay) = stored_response(engine, &key, &hash)? {
+        return Ok(replay);
     }
     let result = handler(Some(key.clone())).await;
     let (status, bytes) = match &result {
@@ -100,7 +101,34 @@ where
         };
         engine.idempotency_put(&key, &record).await
     };
-    engine.idempotency_end(&key);
     outcome?;
     Ok(respond(status, bytes))
+}
+
+/// The stored answer for `key`, if the same request was made before.
+fn stored_response(
+    engine: &Engine,
+    key: &str,
+    hash: &[u8],
+) -> Result<Option<HttpResponse>, ApiError> {
+    let Some(stored) = engine.idempotency_get(key)? else {
+        return Ok(None);
+    };
+    if stored.request_hash != hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    Ok(Some(respond(status, stored.body)))
+}
+
+/// Marks a key in progress; cleared on drop, even if the request is cancelled.
+struct InProgress<'a> {
+    engine: &'a Engine,
+    key: &'a str,
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.engine.idempotency_end(self.key);
+    }
 }

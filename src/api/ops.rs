@@ -20,6 +20,14 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    if let Some(engine) = state.engine.get() {
+        state
+            .metrics
+            .journal_head_seq
+            .set(engine.journal().head() as i64);
+        let (live, _) = engine.stats().await;
+        state.metrics.live_position_actors.set(live as i64);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -88,9 +88,15 @@ impl Engine {
         let sync = self.config.durability == Durability::Fsync;
         let mut written = 0;
         let result: Result<(), EngineError> = async {
+            if self.journal().is_poisoned() {
+                return Err(EngineError::Unavailable(
+                    "journal failed: state in memory may be ahead of it".to_string(),
+                ));
+            }
             for answer in collected {
-                let entries = answer
-                    .map_err(|_| EngineError::Unavailable("shard unavailable".to_string()))?;
+                let entries = answer.ok().and_then(Result::ok).ok_or_else(|| {
+                    EngineError::Unavailable("a position could not be snapshotted".to_string())
+                })?;
                 for chunk in entries.chunks(SNAPSHOT_BATCH_MAX) {
                     let mut batch = WriteBatch::default();
                     for (key, snapshot) in chunk {

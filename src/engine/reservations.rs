@@ -224,7 +224,17 @@ impl Engine {
             channel: channel.id.to_string(),
             order_ref: request.order_ref.clone(),
             status: ReservationStatus::Held,
-            lines: Vec::new(),
+            // Requested lines until the holds say where stock was taken:
+            // undoing a failed creation needs the SKUs.
+            lines: request
+                .lines
+                .iter()
+                .map(|line| ReservationLine {
+                    sku: line.sku.clone(),
+                    location: line.location.clone().unwrap_or_default(),
+                    qty: line.qty.get(),
+                })
+                .collect(),
             created_at_ms: now,
             updated_at_ms: now,
             expires_at_ms: Some(now.saturating_add(ttl_ms)),
@@ -300,9 +310,17 @@ impl Engine {
                     true,
                 ))
             }
-            Err(error) => {
+            Err((error, undone)) => {
                 guard.pending = Some(PendingOp::Create);
-                self.reservations.remove(record.id.as_str());
+                if undone {
+                    self.reservations.remove(record.id.as_str());
+                } else {
+                    // Holds may remain: keep the id (readers see 404) and let
+                    // the expiry loop finish the undo shortly.
+                    let retry_at = now_ms() + 1000;
+                    let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+                    expiry.insert((retry_at, Arc::from(record.id.as_str())));
+                }
                 let outcome = match &error {
                     EngineError::Insufficient(_) => "insufficient",
                     _ => "error",
@@ -317,28 +335,20 @@ impl Engine {
     }
 
     /// Holds every line; on any failure releases what was held and answers
-    /// the failure (with every short line when it is a shortage).
+    /// the failure (with every short line when it is a shortage), and
+    /// whether the undo completed (false: holds may remain, see caller).
     async fn hold_all(
         &self,
         channel: &super::ChannelInfo,
         request: &NewReservation,
         record: &ReservationRecord,
-    ) -> Result<Vec<(String, Taken)>, EngineError> {
+    ) -> Result<Vec<(String, Taken)>, (EngineError, bool)> {
         let reservation_id: Arc<str> = Arc::from(record.id.as_str());
         let single =
             request.lines.len() == 1 && !(request.split && request.lines[0].location.is_none());
         if !single {
-            let mut pending = record.clone();
-            pending.lines = request
-                .lines
-                .iter()
-                .map(|line| ReservationLine {
-                    sku: line.sku.clone(),
-                    location: line.location.clone().unwrap_or_default(),
-                    qty: line.qty.get(),
-                })
-                .collect();
-            self.write(record_batch(&pending)?).await?;
+            let batch = record_batch(record).map_err(|e| (e, true))?;
+            self.write(batch).await.map_err(|e| (e, true))?;
         }
         let results = join_all(request.lines.iter().map(|line| {
             let finished = single.then(|| record.clone());
@@ -395,35 +405,90 @@ impl Engine {
                         qty: t.units,
                     })
                     .collect();
-                self.write(record_batch(&finished)?).await?;
+                let written = match record_batch(&finished) {
+                    Ok(batch) => self.write(batch).await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = written {
+                    let undone = self
+                        .compensate(&reservation_id, record, &taken, single)
+                        .await;
+                    return Err((error, undone));
+                }
             }
             return Ok(taken);
         }
-        // Compensation: nothing stays held.
+        let undone = self
+            .compensate(&reservation_id, record, &taken, single)
+            .await;
+        Err((
+            failure.unwrap_or(EngineError::Insufficient(shortages)),
+            undone,
+        ))
+    }
+
+    /// Releases every position a failed creation took stock from, retrying
+    /// while the journal is merely busy, then deletes the pending record.
+    /// Returns false when something could not be undone now.
+    async fn compensate(
+        &self,
+        reservation_id: &Arc<str>,
+        record: &ReservationRecord,
+        taken: &[(String, Taken)],
+        single: bool,
+    ) -> bool {
         let mut released = std::collections::HashSet::new();
-        for (sku, t) in &taken {
-            if released.insert((sku.clone(), t.location.clone())) {
-                let command = Command::Release {
+        for (sku, t) in taken {
+            if !released.insert((sku.clone(), t.location.clone())) {
+                continue;
+            }
+            let sku: Arc<str> = Arc::from(sku.as_str());
+            let make = || Exec {
+                sku: sku.clone(),
+                location: t.location.clone(),
+                command: Command::Release {
                     reservation_id: reservation_id.clone(),
                     expired: false,
-                };
-                let sku: Arc<str> = Arc::from(sku.as_str());
-                self.command(
-                    &sku,
-                    &t.location,
-                    command,
-                    meta(&record.id, &record.correlation_id, "compensate"),
-                    false,
-                )
-                .await?;
+                },
+                meta: meta(&record.id, &record.correlation_id, "compensate"),
+                extra: WriteBatch::default(),
+                dedupe: false,
+                create: false,
+            };
+            if let Err(error) = self.exec_retrying(make).await {
+                tracing::error!(reservation = %record.id, %error, "compensation failed, will retry");
+                return false;
             }
         }
         if !single {
             let mut batch = WriteBatch::default();
             batch.delete(Space::Reservations, record.id.as_bytes());
-            self.write(batch).await?;
+            if self.write(batch).await.is_err() {
+                return false;
+            }
         }
-        Err(failure.unwrap_or(EngineError::Insufficient(shortages)))
+        true
+    }
+
+    /// Runs an exec, retrying (bounded) while the journal queue is full or a
+    /// shard is briefly unreachable: for work that must not be refused.
+    async fn exec_retrying(&self, make: impl Fn() -> Exec) -> Result<(), ExecError> {
+        const ATTEMPTS_MAX: u32 = 200;
+        const PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+        let mut attempt = 0;
+        loop {
+            match self.exec(make()).await {
+                Ok(_) => return Ok(()),
+                Err(
+                    ExecError::Storage(crate::storage::StorageError::Overloaded)
+                    | ExecError::Mailbox,
+                ) if attempt < ATTEMPTS_MAX => {
+                    attempt += 1;
+                    tokio::time::sleep(PAUSE).await;
+                }
+                Err(error) => return Err(error),
+            }
+        }
     }
 
     /// Holds one line, sourcing it when it has no location. On failure,
@@ -653,6 +718,25 @@ impl Engine {
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let mut record = cell.lock().await;
+        if record.pending == Some(PendingOp::Create) {
+            // A creation that failed and could not be undone at once: the
+            // expiry loop finishes undoing it; to callers it does not exist.
+            if transition == Transition::Expire {
+                let failed = record.clone();
+                drop(record);
+                self.undo_creation(&failed).await?;
+            }
+            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        if transition == Transition::Allocate && record.status == ReservationStatus::Held {
+            // Refuse before touching any line, so a refusal changes nothing.
+            let view = self.view(record.clone()).await;
+            if let Some(units) = view.backordered.iter().find(|units| **units > 0) {
+                return Err(EngineError::InvalidState(format!(
+                    "{units} units are still backordered"
+                )));
+            }
+        }
         use ReservationStatus::*;
         let (target, op, command_for) = match (transition, record.status) {
             (Transition::Release, Released | Expired) => {
@@ -700,7 +784,7 @@ impl Engine {
         finished.pending = None;
         finished.expires_at_ms = None;
         finished.updated_at_ms = now_ms();
-        self.run_on_lines(&mut record, op, finished, correlation_id, command)
+        self.run_on_lines(&mut record, op, finished, correlation_id, false, command)
             .await?;
         let current = record.clone();
         drop(record);
@@ -716,9 +800,63 @@ impl Engine {
         correlation_id: &str,
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
+        let record = cell.lock().await;
+        let quantities: Vec<Option<u64>> = match &lines {
+            None => vec![None; record.lines.len()],
+            Some(ship) if ship.is_empty() => {
+                return Err(EngineError::BadRequest(
+                    "lines, when given, names at least one line; release ships nothing".to_string(),
+                ))
+            }
+            Some(ship) => {
+                for wanted in ship {
+                    if !record
+                        .lines
+                        .iter()
+                        .any(|l| l.sku == wanted.sku && l.location == wanted.location)
+                    {
+                        return Err(EngineError::BadRequest(format!(
+                            "reservation {id} has no line {} at {}",
+                            wanted.sku, wanted.location
+                        )));
+                    }
+                }
+                let mut quantities = Vec::with_capacity(record.lines.len());
+                for line in &record.lines {
+                    let total: u64 = ship
+                        .iter()
+                        .filter(|w| w.sku == line.sku && w.location == line.location)
+                        .map(|w| w.qty.get())
+                        .fold(0, u64::saturating_add);
+                    if total > line.qty {
+                        return Err(EngineError::QuantityOutOfRange(format!(
+                            "cannot ship {total} of {} at {}: {} allocated",
+                            line.sku, line.location, line.qty
+                        )));
+                    }
+                    quantities.push(Some(total));
+                }
+                quantities
+            }
+        };
+        drop(record);
+        self.ship_quantities(id, quantities, correlation_id, false)
+            .await
+    }
+
+    /// Ships `quantities[i]` of line `i` (`None`: all of it; `Some(0)`:
+    /// release it). `resuming` finishes a shipment a crash interrupted.
+    async fn ship_quantities(
+        &self,
+        id: &str,
+        quantities: Vec<Option<u64>>,
+        correlation_id: &str,
+        resuming: bool,
+    ) -> Result<ReservationView, EngineError> {
+        let cell = self.cell(id)?;
         let mut record = cell.lock().await;
         match record.status {
-            ReservationStatus::Allocated => {}
+            ReservationStatus::Allocated if record.pending != Some(PendingOp::Create) => {}
             ReservationStatus::Held => {
                 return Err(EngineError::InvalidState(format!(
                     "reservation {id} is held: allocate it before shipping"
@@ -731,44 +869,6 @@ impl Engine {
                 )))
             }
         }
-        let quantities: Vec<Option<u64>> = match &lines {
-            None => vec![None; record.lines.len()],
-            Some(ship) => {
-                for wanted in ship {
-                    let line = record
-                        .lines
-                        .iter()
-                        .find(|l| l.sku == wanted.sku && l.location == wanted.location)
-                        .ok_or_else(|| {
-                            EngineError::BadRequest(format!(
-                                "reservation {id} has no line {} at {}",
-                                wanted.sku, wanted.location
-                            ))
-                        })?;
-                    if wanted.qty.get() > line.qty {
-                        return Err(EngineError::QuantityOutOfRange(format!(
-                            "cannot ship {} of {} at {}: {} allocated",
-                            wanted.qty.get(),
-                            line.sku,
-                            line.location,
-                            line.qty
-                        )));
-                    }
-                }
-                record
-                    .lines
-                    .iter()
-                    .map(|line| {
-                        Some(
-                            ship.iter()
-                                .filter(|w| w.sku == line.sku && w.location == line.location)
-                                .map(|w| w.qty.get())
-                                .sum(),
-                        )
-                    })
-                    .collect()
-            }
-        };
         let mut finished = record.clone();
         finished.status = ReservationStatus::Shipped;
         finished.pending = None;
@@ -789,7 +889,7 @@ impl Engine {
             }
         };
         let op = PendingOp::Ship(quantities.clone());
-        self.run_on_lines(&mut record, op, finished, correlation_id, command)
+        self.run_on_lines(&mut record, op, finished, correlation_id, resuming, command)
             .await?;
         let current = record.clone();
         drop(record);
@@ -805,8 +905,20 @@ impl Engine {
         op: PendingOp,
         finished: ReservationRecord,
         correlation_id: &str,
+        resuming: bool,
         command_for: impl Fn(&ReservationLine) -> Command,
     ) -> Result<(), EngineError> {
+        // The same change again (a client retry after a failure part-way)
+        // continues it; a different one waits until that one is finished.
+        let resuming = resuming || record.pending.as_ref() == Some(&op);
+        if let Some(unfinished) = &record.pending {
+            if !resuming {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {} has an unfinished {unfinished:?}; repeat that request first",
+                    record.id
+                )));
+            }
+        }
         let single = record.lines.len() == 1;
         if !single {
             let mut pending = record.clone();
@@ -837,10 +949,9 @@ impl Engine {
             };
             match self.exec(exec).await {
                 Ok(_) => {}
-                // Resuming after a crash: this line was done before it.
+                // Resuming: this line's hold was shipped before the interruption.
                 Err(ExecError::Reject(Reject::InvalidState(_)))
-                    if record.pending.is_some()
-                        && matches!(finished.status, ReservationStatus::Shipped) => {}
+                    if resuming && matches!(finished.status, ReservationStatus::Shipped) => {}
                 Err(error) => return Err(error.into()),
             }
         }
@@ -879,24 +990,10 @@ impl Engine {
                     .allocate_reservation(&record.id, "recovery")
                     .await
                     .map(drop),
-                PendingOp::Ship(quantities) => {
-                    let lines = record
-                        .lines
-                        .iter()
-                        .zip(quantities)
-                        .filter_map(|(line, qty)| {
-                            Some(ShipLine {
-                                sku: line.sku.clone(),
-                                location: line.location.clone(),
-                                qty: Qty::new(qty?)?,
-                            })
-                        })
-                        .collect::<Vec<_>>();
-                    let lines = (!lines.is_empty()).then_some(lines);
-                    self.ship_reservation(&record.id, lines, "recovery")
-                        .await
-                        .map(drop)
-                }
+                PendingOp::Ship(quantities) => self
+                    .ship_quantities(&record.id, quantities, "recovery", true)
+                    .await
+                    .map(drop),
             };
             if let Err(error) = result {
                 tracing::error!(reservation = %record.id, %error, "could not complete reservation change");

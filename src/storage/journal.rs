@@ -67,6 +67,8 @@ pub struct JournalOptions {
 
 impl Journal {
     /// Starts the writer; `head` is the last durable `seq` (0 when empty).
+    /// If the writer thread cannot be spawned the journal starts poisoned:
+    /// every append is refused and readiness reports it.
     pub fn start(store: Arc<dyn Store>, head: u64, options: JournalOptions) -> Journal {
         let queue_max = options.queue_max.max(1);
         let (sender, receiver) = bounded(queue_max + 1);
@@ -87,6 +89,10 @@ impl Journal {
         let handle = std::thread::Builder::new()
             .name("journal-writer".to_string())
             .spawn(move || writer.run())
+            .map_err(|error| {
+                tracing::error!(%error, "journal writer thread could not start");
+                poisoned.store(true, Ordering::Release);
+            })
             .ok();
         Journal {
             sender,
