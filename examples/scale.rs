@@ -121,7 +121,7 @@ fn recover_and_measure(config: Arc<Config>, dir: &std::path::Path) -> anyhow::Re
     system.block_on(async {
         let rss_before = rss_bytes();
         let started = Instant::now();
-        let store: Arc<dyn Store> = Arc::new(RocksStore::open(&dir)?);
+        let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir)?);
         let recovered = recover(&*store)?;
         let replay_seconds = started.elapsed().as_secs_f64();
         let count = recovered.positions;
