@@ -15,6 +15,7 @@ use super::error::{from_json_error, ApiError};
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, delta, parse_json, parse_rfc3339, qty, read_body, rfc3339};
 use super::{correlation_id, AppState};
+use crate::config::EVENT_TYPES;
 use crate::domain::{AdjustReason, Command, EventKind, QuarantineAction};
 use crate::engine::{Engine, EventOutcome, EventStatus, WarehouseEvent};
 use crate::storage::records::{ExceptionRecord, JournalRecord};
@@ -51,17 +52,6 @@ struct EventBody {
     to: Option<String>,
     from: Option<String>,
 }
-
-const EVENT_TYPES: [&str; 8] = [
-    "receipt",
-    "adjustment",
-    "count",
-    "return",
-    "quarantine",
-    "in_transit",
-    "transfer_out",
-    "transfer_in",
-];
 
 fn required<T: Clone>(field: &Option<T>, name: &str, kind: &str) -> Result<T, ApiError> {
     field

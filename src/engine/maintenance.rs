@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::join_all;
+use futures_util::StreamExt;
 
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, CollectSnapshot};
@@ -18,6 +19,8 @@ use crate::storage::{codec, Space, WriteBatch};
 const EXPIRY_TICK_MS: u64 = 100;
 /// Expirations handled per tick; the rest wait for the next tick.
 const EXPIRIES_PER_TICK_MAX: usize = 10_000;
+/// Expirations running at once.
+const EXPIRIES_IN_FLIGHT_MAX: usize = 64;
 /// Positions per snapshot write batch.
 const SNAPSHOT_BATCH_MAX: usize = 5_000;
 const RETENTION_TICK_SECONDS: u64 = 60;
@@ -64,11 +67,26 @@ impl Engine {
     /// Expires every held reservation whose deadline has passed.
     pub async fn expire_due(&self) {
         let due = self.take_due(now_ms(), EXPIRIES_PER_TICK_MAX);
-        for id in due {
-            if let Err(error) = self.expire_reservation(&id).await {
-                tracing::warn!(reservation = %id, %error, "expiry failed, will retry");
-                // Put it back so it is retried on a later tick.
-                let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+        // Concurrently (bounded): each expiry waits a journal round trip, and
+        // group commit makes many at once cost little more than one.
+        let failed: Vec<Arc<str>> = futures_util::stream::iter(due)
+            .map(|id| async move {
+                match self.expire_reservation(&id).await {
+                    Ok(()) => None,
+                    Err(error) => {
+                        tracing::warn!(reservation = %id, %error, "expiry failed, will retry");
+                        Some(id)
+                    }
+                }
+            })
+            .buffer_unordered(EXPIRIES_IN_FLIGHT_MAX)
+            .filter_map(|failed| async move { failed })
+            .collect()
+            .await;
+        if !failed.is_empty() {
+            // Put them back so they are retried on a later tick.
+            let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+            for id in failed {
                 expiry.insert((now_ms() + 1000, id));
             }
         }

@@ -287,14 +287,7 @@ impl Engine {
         match outcome {
             Ok(taken) => {
                 record.pending = None;
-                record.lines = taken
-                    .iter()
-                    .map(|(sku, t)| ReservationLine {
-                        sku: sku.clone(),
-                        location: t.location.to_string(),
-                        qty: t.units,
-                    })
-                    .collect();
+                record.lines = record_lines(&taken);
                 let backordered = taken.iter().map(|(_, t)| t.backordered).collect();
                 **guard = record.clone();
                 self.schedule_expiry(record);
@@ -380,31 +373,11 @@ impl Engine {
         if shortages.is_empty() && failure.is_none() {
             // Two lines of one SKU may have landed on one position: the
             // reservation has one line per position.
-            let mut merged: Vec<(String, Taken)> = Vec::with_capacity(taken.len());
-            for (sku, part) in taken {
-                match merged
-                    .iter_mut()
-                    .find(|(s, t)| *s == sku && t.location == part.location)
-                {
-                    Some((_, existing)) => {
-                        existing.units += part.units;
-                        existing.backordered += part.backordered;
-                    }
-                    None => merged.push((sku, part)),
-                }
-            }
-            let taken = merged;
+            let taken = merge_taken(taken);
             if !single {
                 let mut finished = record.clone();
                 finished.pending = None;
-                finished.lines = taken
-                    .iter()
-                    .map(|(sku, t)| ReservationLine {
-                        sku: sku.clone(),
-                        location: t.location.to_string(),
-                        qty: t.units,
-                    })
-                    .collect();
+                finished.lines = record_lines(&taken);
                 let written = match record_batch(&finished) {
                     Ok(batch) => self.write(batch).await,
                     Err(error) => Err(error),
@@ -639,7 +612,7 @@ impl Engine {
         if remaining > 0 {
             return Err((taken, short(total_available, None)));
         }
-        Ok(merge_taken(taken))
+        Ok(taken)
     }
 
     /// The reservation with its current per-line backorders.
@@ -1069,17 +1042,33 @@ impl Engine {
     }
 }
 
-/// Merges parts taken at the same location (split sourcing may come back).
-fn merge_taken(parts: Vec<Taken>) -> Vec<Taken> {
-    let mut merged: Vec<Taken> = Vec::with_capacity(parts.len());
-    for part in parts {
-        match merged.iter_mut().find(|m| m.location == part.location) {
-            Some(existing) => {
+/// Merges parts taken at the same position: split sourcing may come back
+/// to a location, and two lines of one SKU may land on one position; a
+/// reservation has one line per position.
+fn merge_taken(parts: Vec<(String, Taken)>) -> Vec<(String, Taken)> {
+    let mut merged: Vec<(String, Taken)> = Vec::with_capacity(parts.len());
+    for (sku, part) in parts {
+        match merged
+            .iter_mut()
+            .find(|(s, t)| *s == sku && t.location == part.location)
+        {
+            Some((_, existing)) => {
                 existing.units += part.units;
                 existing.backordered += part.backordered;
             }
-            None => merged.push(part),
+            None => merged.push((sku, part)),
         }
     }
     merged
+}
+
+fn record_lines(taken: &[(String, Taken)]) -> Vec<ReservationLine> {
+    taken
+        .iter()
+        .map(|(sku, t)| ReservationLine {
+            sku: sku.clone(),
+            location: t.location.to_string(),
+            qty: t.units,
+        })
+        .collect()
 }
