@@ -1,0 +1,178 @@
+//! Engine tests on the fault-injecting in-memory store: what a failed
+//! journal write leaves behind, passivation, and recovery equivalence.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::domain::Qty;
+use crate::storage::MemoryStore;
+
+const CONFIG: &str = r#"
+passivate_after_seconds = 1
+[[locations]]
+id = "wh"
+kind = "warehouse"
+[[channels]]
+id = "web"
+locations = ["wh"]
+"#;
+
+async fn engine_on(store: Arc<MemoryStore>) -> Arc<Engine> {
+    let config = Arc::new(Config::from_toml_str(CONFIG, "test", &[]).expect("valid config"));
+    let recovered = recover(&*store).expect("recovers");
+    let engine = Engine::start(config, store, recovered, Arc::new(Metrics::new())).await;
+    engine.finish_recovery().await;
+    engine
+}
+
+fn receipt(sku: &str, qty: u64) -> WarehouseEvent {
+    WarehouseEvent {
+        event_id: format!("receipt-{sku}-{qty}"),
+        type_name: "receipt",
+        source: "test".to_string(),
+        occurred_at_ms: None,
+        sku: sku.to_string(),
+        location: "wh".to_string(),
+        command: Command::Receipt {
+            qty: Qty::new(qty).expect("in range"),
+        },
+        payload: String::new(),
+    }
+}
+
+fn hold(id: &str, sku: &str, qty: u64) -> NewReservation {
+    NewReservation {
+        reservation_id: Some(id.to_string()),
+        channel: "web".to_string(),
+        order_ref: None,
+        ttl_seconds: None,
+        lines: vec![LineRequest {
+            sku: sku.to_string(),
+            location: Some("wh".to_string()),
+            qty: Qty::new(qty).expect("in range"),
+        }],
+        split: false,
+        correlation_id: Arc::from("test"),
+        idempotency_key: None,
+    }
+}
+
+async fn counters(engine: &Engine, sku: &str) -> crate::domain::Counters {
+    engine.read_sku(sku, None, None).await.expect("read")[0].counters
+}
+
+#[actix::test]
+async fn a_failed_journal_write_refuses_work_and_loses_nothing_acknowledged() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone()).await;
+    let results = engine
+        .apply_events(vec![receipt("sku", 10)], Arc::from("t"))
+        .await;
+    assert_eq!(results[0].status, EventStatus::Applied);
+    engine
+        .create_reservation(hold("r1", "sku", 3))
+        .await
+        .expect("held");
+
+    store.set_failing(true);
+    let refused = engine.create_reservation(hold("r2", "sku", 2)).await;
+    assert!(
+        matches!(refused, Err(EngineError::Unavailable(_))),
+        "{refused:?}"
+    );
+    assert!(!engine.is_ready(), "a poisoned journal is not ready");
+    let later = engine.create_reservation(hold("r3", "sku", 1)).await;
+    assert!(
+        matches!(later, Err(EngineError::Unavailable(_))),
+        "fail-stop: {later:?}"
+    );
+    assert!(
+        engine.snapshot().await.is_err(),
+        "no snapshot from a poisoned journal"
+    );
+    store.set_failing(false);
+
+    // What a restart sees: exactly what was acknowledged.
+    let recovered = recover(&*store).expect("recovers");
+    let position = recovered
+        .positions_by_key
+        .values()
+        .next()
+        .expect("one position");
+    assert_eq!(position.position.counters.on_hand, 10);
+    assert_eq!(position.position.counters.reserved, 3);
+    assert_eq!(recovered.head, 2);
+    assert_eq!(recovered.reservations.len(), 1);
+    engine.stop(false).await;
+}
+
+#[actix::test]
+async fn idle_positions_passivate_and_come_back_unchanged() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone()).await;
+    for n in 0..5 {
+        engine
+            .apply_events(vec![receipt(&format!("sku-{n}"), 7)], Arc::from("t"))
+            .await;
+    }
+    engine
+        .create_reservation(hold("r1", "sku-0", 2))
+        .await
+        .expect("held");
+    let (live, _) = engine.stats().await;
+    assert_eq!(live, 5);
+    let mut passivated = false;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if engine.stats().await.0 == 0 {
+            passivated = true;
+            break;
+        }
+    }
+    assert!(passivated, "idle actors stop after passivate_after_seconds");
+    assert_eq!(engine.stats().await.1, 5, "their state stays resident");
+    let before = counters(&engine, "sku-0").await;
+    assert_eq!((before.on_hand, before.reserved), (7, 2));
+    engine
+        .release_reservation("r1", "t")
+        .await
+        .expect("released");
+    assert_eq!(counters(&engine, "sku-0").await.reserved, 0);
+    engine.stop(false).await;
+}
+
+#[actix::test]
+async fn recovery_from_snapshot_plus_journal_equals_live_state() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone()).await;
+    engine
+        .apply_events(vec![receipt("a", 10), receipt("b", 4)], Arc::from("t"))
+        .await;
+    engine
+        .create_reservation(hold("r1", "a", 3))
+        .await
+        .expect("held");
+    engine.snapshot().await.expect("snapshot");
+    engine
+        .create_reservation(hold("r2", "b", 4))
+        .await
+        .expect("held");
+    engine
+        .allocate_reservation("r1", "t")
+        .await
+        .expect("allocated");
+    let live_a = counters(&engine, "a").await;
+    let live_b = counters(&engine, "b").await;
+    engine.stop(false).await;
+
+    let again = engine_on(store).await;
+    assert_eq!(counters(&again, "a").await, live_a);
+    assert_eq!(counters(&again, "b").await, live_b);
+    let r1 = again.get_reservation("r1").await.expect("r1");
+    assert_eq!(
+        r1.record.status,
+        crate::storage::records::ReservationStatus::Allocated
+    );
+    again.stop(false).await;
+}
