@@ -17,12 +17,12 @@ build: deps
 run: deps
 	cargo run --release -- serve
 
-# Unit, property and integration tests (real binary, real RocksDB, loopback),
-# then formatting and lints.
+# Formatting and lints, then unit, property and integration tests (real
+# binary, real RocksDB, loopback) and a one-shot run of every bench.
 test: deps
-	cargo test --workspace --all-targets
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo test --workspace --all-targets
 
 bench: deps
 	cargo bench --bench reserve
