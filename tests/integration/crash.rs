@@ -640,3 +640,29 @@ fn readyz_and_the_api_wait_for_recovery() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(availability(&server, &["ready-0", "ready-999"]), expected);
 }
+
+#[test]
+fn fsync_durability_keeps_acknowledged_reservations_across_kill_9() {
+    let base = BASE_CONFIG.replace("durability = \"wal\"", "durability = \"fsync\"");
+    let mut server = Server::start_with_base(&base, "");
+    server.receive("fsync-a", "wh-east", 50);
+    let mut acknowledged = Vec::new();
+    for n in 0..20 {
+        let id = format!("fsync-{n}");
+        let (status, body) = server.post(
+            "/v1/reservations",
+            json!({"reservation_id": id, "channel": "web",
+                   "lines": [{"sku": "fsync-a", "location": "wh-east", "qty": 2}]}),
+        );
+        assert_eq!(status, 201, "{body}");
+        acknowledged.push(id);
+    }
+    server.kill();
+    server.spawn();
+    for id in &acknowledged {
+        let (status, body) = server.get(&format!("/v1/reservations/{id}"));
+        assert_eq!(status, 200, "{id}: {body}");
+        assert_eq!(body["status"], "held");
+    }
+    assert_eq!(position(&server, "fsync-a", "wh-east")["reserved"], 40);
+}
