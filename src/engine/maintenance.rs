@@ -155,11 +155,11 @@ impl Engine {
             .purge_reservations(reservations_before, PURGE_PER_TICK_MAX)
             .await;
         let keys_before = now_ms() - hours(self.config.idempotency_retention_hours);
-        let mut expired_keys = Vec::new();
-        let scanned = self
-            .shared
-            .store
-            .scan(Space::Idempotency, &[], &mut |key, value| {
+        // The scan reads the whole space: off the thread that runs expiry.
+        let store = self.shared.store.clone();
+        let scanned = tokio::task::spawn_blocking(move || {
+            let mut expired_keys = Vec::new();
+            let scanned = store.scan(Space::Idempotency, &[], &mut |key, value| {
                 if let Ok(record) = codec::decode::<IdempotencyRecord>(value) {
                     if record.created_at_ms < keys_before {
                         expired_keys.push(key.to_vec());
@@ -167,9 +167,20 @@ impl Engine {
                 }
                 expired_keys.len() < PURGE_PER_TICK_MAX
             });
-        if let Err(error) = scanned {
-            tracing::warn!(%error, "idempotency retention scan failed");
-        }
+            scanned.map(|()| expired_keys)
+        })
+        .await;
+        let expired_keys = match scanned {
+            Ok(Ok(keys)) => keys,
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "idempotency retention scan failed");
+                Vec::new()
+            }
+            Err(error) => {
+                tracing::warn!(%error, "idempotency retention scan did not finish");
+                Vec::new()
+            }
+        };
         if !expired_keys.is_empty() {
             let mut batch = WriteBatch::default();
             let count = expired_keys.len();
