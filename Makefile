@@ -22,7 +22,8 @@ run: deps
 test: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
-	cargo test --workspace --all-targets
+	cargo test --workspace --lib --bins --examples --benches
+	cargo test --workspace --test integration
 
 bench: deps
 	cargo bench --bench reserve
