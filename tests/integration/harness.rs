@@ -58,24 +58,7 @@ pub struct Server {
 impl Server {
     /// Starts a server with `BASE_CONFIG` plus `extra` config text.
     pub fn start(extra: &str) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        let config_path = dir.path().join("stockwire.toml");
-        let port = free_port();
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{BASE_CONFIG}\n{extra}\n",
-            data.display()
-        );
-        std::fs::write(&config_path, config).expect("write config");
-        let mut server = Server {
-            child: None,
-            port,
-            data,
-            config_path,
-            _dir: Some(dir),
-        };
-        server.spawn();
-        server
+        Server::start_with_base(BASE_CONFIG, extra)
     }
 
     /// Starts the binary on this server's config and waits until ready.
