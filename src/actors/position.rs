@@ -1,8 +1,11 @@
 //! One SKU-location: owns its [`Position`] and serializes every command on
-//! it through its mailbox. A command is decided, evolved, handed to the
-//! journal, and answered only once the journal entry is durable; the mailbox
-//! waits meanwhile (`AtomicResponse`), so the state a later message sees, or a
-//! snapshot copies, is always durable.
+//! it through its mailbox. A command is decided and evolved, its entries are
+//! queued to the journal, and it is answered only once they are durable.
+//! Appends are pipelined: the next command is decided while earlier appends
+//! are in flight. That is safe because the journal is FIFO and fail-stop (an
+//! entry is durable only if every entry queued before it is), and because
+//! snapshots are written through the same queue, after the entries whose
+//! effects they contain.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,6 +30,8 @@ pub struct PositionActor {
     dirty: bool,
     /// In-memory state ran ahead of a failed journal write: refuse everything.
     poisoned: bool,
+    /// Journal appends sent and not yet answered (pipelined).
+    appends_in_flight: u32,
     last_used_ms: i64,
     shared: Arc<Shared>,
     shard: Rc<RefCell<ShardState>>,
@@ -45,6 +50,7 @@ impl PositionActor {
             last_seq: entry.last_seq,
             dirty: entry.dirty,
             poisoned: false,
+            appends_in_flight: 0,
             last_used_ms: now_ms(),
             shared,
             shard,
@@ -103,6 +109,9 @@ impl PositionActor {
                 self.record_oversold(exec, recorded_at_ms)?;
             }
         }
+        if !events.is_empty() {
+            self.dirty = true;
+        }
         if exec.dedupe {
             let marker = codec::encode(&(self.key.location.to_string(), self.position.version))?;
             exec.extra
@@ -135,6 +144,12 @@ impl PositionActor {
     /// Reloads this position from its snapshot and the journal (the
     /// supervisor's restart); stays poisoned if even that fails.
     fn restart_from_durable(&mut self) {
+        if self.appends_in_flight > 0 {
+            // Durable state would miss the appends still in flight.
+            tracing::error!(sku = %self.key.sku, "position actor failed with appends in flight; poisoned");
+            self.poisoned = true;
+            return;
+        }
         match load_position(&*self.shared.store, &self.key.sku, &self.key.location) {
             Ok((position, last_seq)) => {
                 tracing::error!(sku = %self.key.sku, location = %self.key.location, last_seq, "position actor failed, restarted from durable state");
@@ -251,11 +266,11 @@ impl Actor for PositionActor {
 }
 
 impl Handler<Exec> for PositionActor {
-    type Result = AtomicResponse<Self, Result<ExecOutcome, ExecError>>;
+    type Result = ResponseActFuture<Self, Result<ExecOutcome, ExecError>>;
 
     fn handle(&mut self, mut exec: Exec, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_used_ms = now_ms();
-        let ready = |result| AtomicResponse::new(Box::pin(fut::ready(result)));
+        let ready = |result| -> Self::Result { Box::pin(fut::ready(result)) };
         if self.poisoned {
             return ready(Err(ExecError::Storage(StorageError::Poisoned)));
         }
@@ -292,17 +307,23 @@ impl Handler<Exec> for PositionActor {
                 ))));
             }
         };
-        if entries.is_empty() && exec.extra.is_empty() {
+        if entries.is_empty() && exec.extra.is_empty() && self.appends_in_flight == 0 {
             return ready(Ok(outcome));
         }
+        // Appends are pipelined: the next command is decided on this state
+        // while this append is in flight. The journal is FIFO and fail-stop,
+        // so a later entry is durable only if this one is, and the caller is
+        // answered only once it is. A no-op answered while earlier appends
+        // are in flight goes through the queue too, to be answered after them.
         let count = entries.len() as u64;
+        self.appends_in_flight += 1;
         let ticket = permit.send(entries, std::mem::take(&mut exec.extra));
-        AtomicResponse::new(Box::pin(ticket.into_actor(self).map(
-            move |result, actor, _ctx| match result {
+        Box::pin(ticket.into_actor(self).map(move |result, actor, _ctx| {
+            actor.appends_in_flight -= 1;
+            match result {
                 Ok(Ok(first_seq)) => {
                     if count > 0 {
-                        actor.last_seq = first_seq + count - 1;
-                        actor.dirty = true;
+                        actor.last_seq = actor.last_seq.max(first_seq + count - 1);
                         outcome.first_seq = Some(first_seq);
                     }
                     Ok(outcome)
@@ -315,8 +336,8 @@ impl Handler<Exec> for PositionActor {
                     actor.poisoned = true;
                     Err(ExecError::Storage(StorageError::Closed))
                 }
-            },
-        )))
+            }
+        }))
     }
 }
 

@@ -11,7 +11,6 @@ use futures_util::StreamExt;
 
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, CollectSnapshot};
-use crate::config::Durability;
 use crate::storage::records::{IdempotencyRecord, META_SNAPSHOT_SEQ};
 use crate::storage::{codec, Space, WriteBatch};
 
@@ -103,7 +102,6 @@ impl Engine {
                 .map(|shard| shard.send(CollectSnapshot { full })),
         )
         .await;
-        let sync = self.config.durability == Durability::Fsync;
         let mut written = 0;
         let result: Result<(), EngineError> = async {
             if self.journal().is_poisoned() {
@@ -120,13 +118,15 @@ impl Engine {
                     for (key, snapshot) in chunk {
                         batch.put(Space::Positions, key.clone(), codec::encode(snapshot)?);
                     }
-                    self.shared.store.write(batch, sync)?;
+                    // Through the journal queue: it lands after every entry
+                    // whose effect it contains, or not at all.
+                    self.write(batch).await?;
                     written += chunk.len();
                 }
             }
             let mut batch = WriteBatch::default();
             batch.put(Space::Meta, META_SNAPSHOT_SEQ, codec::encode(&covers)?);
-            self.shared.store.write(batch, sync)?;
+            self.write(batch).await?;
             Ok(())
         }
         .await;

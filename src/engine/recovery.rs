@@ -92,7 +92,8 @@ pub fn recover(store: &dyn Store) -> Result<Recovered, StorageError> {
                     location: intern(&record.location),
                 };
                 let entry = positions.entry(key).or_default();
-                if seq <= entry.last_seq {
+                // The position's snapshot already contains this entry.
+                if record.version <= entry.position.version {
                     return Ok(());
                 }
                 entry

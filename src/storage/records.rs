@@ -36,7 +36,9 @@ pub struct JournalRecord {
     pub recorded_at_ms: i64,
 }
 
-/// A position as of `last_seq` (`Space::Positions`).
+/// A position as snapshotted (`Space::Positions`). Replay skips journal
+/// entries whose `version` the position already has; `last_seq` is the last
+/// durable entry the actor knew of (informational).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PositionSnapshot {
     pub position: Position,

@@ -16,8 +16,9 @@ pub fn load_position(
         Some(bytes) => codec::decode::<u64>(&bytes)?,
         None => 0,
     };
-    // A snapshot record covers its position up to its own `last_seq`; a
-    // position without one had no change up to the global `snapshot_seq`.
+    // A position's snapshot holds every change it had up to `snapshot_seq`
+    // (and maybe later ones): replay after that, skipping entries whose
+    // version the snapshot already has.
     let (mut position, mut last_seq) =
         match store.get(Space::Positions, &position_key(sku, location))? {
             Some(bytes) => {
@@ -26,19 +27,22 @@ pub fn load_position(
             }
             None => (Position::default(), snapshot_seq),
         };
-    let from = last_seq + 1;
+    let from = snapshot_seq + 1;
     let mut failure = None;
     store.scan(Space::Journal, &seq_key(from), &mut |key, value| {
         let mut step = || -> Result<(), StorageError> {
             let seq = super::seq_from_key(key)?;
             let record: JournalRecord = codec::decode(value)?;
-            if seq <= last_seq || record.sku != sku || record.location != location {
+            if record.sku != sku
+                || record.location != location
+                || record.version <= position.version
+            {
                 return Ok(());
             }
             position
                 .evolve(&record.event)
                 .map_err(|e| StorageError::Codec(format!("seq {seq}: {e}")))?;
-            last_seq = seq;
+            last_seq = last_seq.max(seq);
             Ok(())
         };
         match step() {
