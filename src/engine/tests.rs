@@ -176,3 +176,42 @@ async fn recovery_from_snapshot_plus_journal_equals_live_state() {
     );
     again.stop(false).await;
 }
+
+#[actix::test]
+async fn pipelined_holds_fail_together_and_recovery_sees_only_acknowledged() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone()).await;
+    engine
+        .apply_events(vec![receipt("hot", 100)], Arc::from("t"))
+        .await;
+    // Many holds on one position at once: they are decided back to back and
+    // their appends are in flight together.
+    let first: Vec<_> = (0..20)
+        .map(|n| engine.create_reservation(hold(&format!("ok-{n}"), "hot", 1)))
+        .collect();
+    let acknowledged = futures_util::future::join_all(first)
+        .await
+        .into_iter()
+        .filter(|r| r.is_ok())
+        .count();
+    assert_eq!(acknowledged, 20);
+    store.set_failing(true);
+    let second: Vec<_> = (0..20)
+        .map(|n| engine.create_reservation(hold(&format!("lost-{n}"), "hot", 1)))
+        .collect();
+    let results = futures_util::future::join_all(second).await;
+    assert!(
+        results.iter().all(|r| r.is_err()),
+        "nothing acknowledged on top of a failed append"
+    );
+    store.set_failing(false);
+    let recovered = recover(&*store).expect("recovers");
+    let position = recovered
+        .positions_by_key
+        .values()
+        .next()
+        .expect("one position");
+    assert_eq!(position.position.counters.reserved, 20);
+    assert_eq!(recovered.reservations.len(), 20);
+    engine.stop(false).await;
+}
