@@ -171,26 +171,39 @@ impl Handler<ReadSku> for ShardActor {
     type Result = ResponseFuture<Vec<PositionReadout>>;
 
     fn handle(&mut self, read: ReadSku, _ctx: &mut Context<Self>) -> Self::Result {
-        let state = self.state.borrow();
+        let mut state = self.state.borrow_mut();
         let mut ready = Vec::new();
         let mut pending = Vec::new();
+        let mut routed = Vec::new();
         for (index, location) in read.locations.iter().enumerate() {
             let key = PositionKey {
                 sku: read.sku.clone(),
                 location: location.clone(),
             };
-            if let Some(entry) = state.live.get(&key) {
+            if let Some(entry) = state.live.get_mut(&key) {
+                // Counted like a command, so the actor cannot passivate
+                // (and drop this read) before answering it.
+                entry.in_flight += 1;
                 let request = entry.addr.send(Read {
                     hold_of: read.hold_of.clone(),
                 });
                 pending.push((index, request));
+                routed.push(key);
             } else if let Some(entry) = state.cold.get(&key) {
                 ready.push((index, readout(&key, &entry.position, read.hold_of.as_ref())));
             }
         }
+        drop(state);
+        let shard_state = self.state.clone();
         Box::pin(async move {
             let indexes: Vec<usize> = pending.iter().map(|(i, _)| *i).collect();
             let answers = join_all(pending.into_iter().map(|(_, request)| request)).await;
+            {
+                let mut state = shard_state.borrow_mut();
+                for key in &routed {
+                    state.finished(key);
+                }
+            }
             for (index, answer) in indexes.into_iter().zip(answers) {
                 if let Ok(readout) = answer {
                     ready.push((index, readout));
@@ -233,17 +246,29 @@ impl Handler<CollectSnapshot> for ShardActor {
                 ready.push((store_key(key), snapshot));
             }
         }
+        let mut routed = Vec::with_capacity(state.live.len());
         let pending: Vec<_> = state
             .live
-            .iter()
+            .iter_mut()
             .map(|(key, entry)| {
+                entry.in_flight += 1;
+                routed.push(key.clone());
                 let request = entry.addr.send(TakeSnapshot { full: collect.full });
                 (store_key(key), request)
             })
             .collect();
+        drop(state);
+        let shard_state = self.state.clone();
         Box::pin(async move {
             let (keys, requests): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-            for (key, answer) in keys.into_iter().zip(join_all(requests).await) {
+            let answers = join_all(requests).await;
+            {
+                let mut state = shard_state.borrow_mut();
+                for key in &routed {
+                    state.finished(key);
+                }
+            }
+            for (key, answer) in keys.into_iter().zip(answers) {
                 match answer {
                     Ok(Ok(Some((position, last_seq)))) if position.version > 0 => {
                         ready.push((key, PositionSnapshot { position, last_seq }));
