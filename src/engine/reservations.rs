@@ -557,6 +557,32 @@ impl Engine {
             };
         }
         if !split {
+            // One read finds the first location that can fill the line, so
+            // the common case is one hold, not one attempt per location. The
+            // read can be stale: the attempts below are the authority.
+            let readouts = self
+                .read_sku(&line.sku, Some(&channel.locations), None)
+                .await
+                .unwrap_or_default();
+            let fitting = channel.locations.iter().find(|location| {
+                readouts.iter().any(|r| {
+                    &r.location == *location
+                        && u64::try_from(r.channel_view(&channel.id)).is_ok_and(|view| view >= qty)
+                })
+            });
+            if let Some(location) = fitting {
+                if let Ok(taken) = hold(
+                    location.clone(),
+                    qty,
+                    HoldMode::Whole {
+                        allow_backorder: false,
+                    },
+                )
+                .await
+                {
+                    return Ok(vec![taken]);
+                }
+            }
             let mut best = 0i64;
             for allow_backorder in [false, true] {
                 for location in &channel.locations {
