@@ -19,6 +19,11 @@ use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{PendingOp, ReservationLine, ReservationRecord, ReservationStatus};
 use crate::storage::{codec, Space, WriteBatch};
 
+/// Reservations kept in memory (open, plus closed ones within retention).
+/// At ~1 KiB each this bounds the registry to about 10 GiB; beyond it new
+/// reservations are refused with 503 rather than growing without limit.
+const RESERVATIONS_MAX: usize = 10_000_000;
+
 #[derive(Debug, Clone)]
 pub struct LineRequest {
     pub sku: String,
@@ -205,6 +210,11 @@ impl Engine {
                     )));
                 }
             }
+        }
+        if self.reservations.len() >= RESERVATIONS_MAX {
+            return Err(EngineError::Unavailable(format!(
+                "{RESERVATIONS_MAX} reservations are open or retained; retry after some close"
+            )));
         }
         let hash = request_hash(&request);
         let id: Arc<str> = Arc::from(
