@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use actix::Message;
 
-use crate::domain::{ChannelId, Command, Counters, Event, Hold, Reject, ReservationId};
+use crate::domain::{
+    channel_view, ChannelId, Command, Counters, Event, Hold, Reject, ReservationId,
+};
 use crate::storage::{StorageError, WriteBatch};
 
 /// Who and what caused a change; stored on every journal entry.
@@ -86,9 +88,11 @@ impl PositionReadout {
             .iter()
             .find(|(c, _)| &**c == channel)
             .map_or(0, |(_, r)| *r);
-        let own = i64::try_from(own).unwrap_or(i64::MAX);
-        let total = i64::try_from(total).unwrap_or(i64::MAX);
-        own.saturating_add(self.available().saturating_sub(total))
+        channel_view(
+            self.available(),
+            own,
+            i64::try_from(total).unwrap_or(i64::MAX),
+        )
     }
 }
 

@@ -11,8 +11,8 @@ mod position;
 mod quantity;
 
 pub use position::{
-    AdjustReason, Command, Commitment, Counters, Delta, Event, EventKind, Hold, HoldMode, Position,
-    QuarantineAction,
+    channel_view, AdjustReason, Command, Commitment, Counters, Delta, Event, EventKind, Hold,
+    HoldMode, Position, QuarantineAction,
 };
 pub use quantity::{Qty, QTY_MAX};
 

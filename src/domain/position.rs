@@ -352,11 +352,7 @@ impl Position {
     /// uncommitted available (may be negative).
     pub fn channel_view(&self, channel: &str) -> i64 {
         let own = self.commitment(channel).map_or(0, Commitment::remaining);
-        let own = i64::try_from(own).unwrap_or(i64::MAX);
-        own.saturating_add(
-            self.available()
-                .saturating_sub(self.remaining_commitments()),
-        )
+        channel_view(self.available(), own, self.remaining_commitments())
     }
 
     /// Checks `command` and returns the events it causes, in order. An empty
@@ -889,6 +885,13 @@ impl Position {
         }
         Ok(())
     }
+}
+
+/// SPEC §1: a channel's remaining commitment plus the uncommitted available
+/// (`available` minus every channel's remaining commitment). May be negative.
+pub fn channel_view(available: i64, own_remaining: u64, all_remaining: i64) -> i64 {
+    let own = i64::try_from(own_remaining).unwrap_or(i64::MAX);
+    own.saturating_add(available.saturating_sub(all_remaining))
 }
 
 fn check_delta(delta: i64) -> Result<(), Reject> {
