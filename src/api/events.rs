@@ -146,20 +146,46 @@ fn to_command(body: &EventBody) -> Result<(&'static str, Command), ApiError> {
     Ok((kind, command))
 }
 
-/// Validates one raw event; on failure the outcome to answer for it.
-fn decode(raw: Value) -> Result<WarehouseEvent, (String, String, String, ApiError)> {
+/// An event that did not validate, with what could be read of it (kept
+/// with its rejection in the exception queue).
+struct Undecodable {
+    event_id: String,
+    /// A known event type, or `unknown` (bounded metric label).
+    type_label: &'static str,
+    /// A valid source id, or `unknown`.
+    source: String,
+    sku: Option<String>,
+    location: Option<String>,
+    payload: String,
+    error: ApiError,
+}
+
+/// Validates one raw event.
+fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
     let payload = raw.to_string();
-    let event_id = raw
-        .get("event_id")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let type_name = raw
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("unknown")
-        .to_string();
-    let fail = |error| (event_id.clone(), type_name.clone(), payload.clone(), error);
+    let text = |key: &str| raw.get(key).and_then(Value::as_str).map(str::to_string);
+    let (event_id, sku, location) = (
+        text("event_id").unwrap_or_default(),
+        text("sku"),
+        text("location"),
+    );
+    let type_label = text("type")
+        .and_then(|t| EVENT_TYPES.iter().find(|known| **known == t).copied())
+        .unwrap_or("unknown");
+    let source = text("source")
+        .filter(|s| check_id("source", s).is_ok())
+        .unwrap_or_else(|| "unknown".to_string());
+    let fail = |error| {
+        Box::new(Undecodable {
+            event_id: event_id.clone(),
+            type_label,
+            source: source.clone(),
+            sku: sku.clone(),
+            location: location.clone(),
+            payload: payload.clone(),
+            error,
+        })
+    };
     let body: EventBody = serde_json::from_value(raw).map_err(|e| fail(from_json_error(e)))?;
     let check = || -> Result<(&'static str, Command, Option<i64>), ApiError> {
         check_id("event_id", &body.event_id)?;
@@ -227,26 +253,18 @@ async fn apply_batch(
                 valid_index.push(index);
                 valid.push(event);
             }
-            Err((event_id, type_name, payload, error)) => {
-                let (_, code) = error.status_and_code();
-                let detail = error.to_string();
-                let (sku, location) = serde_json::from_str::<Value>(&payload)
-                    .ok()
-                    .map(|v| {
-                        let text = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
-                        (text("sku"), text("location"))
-                    })
-                    .unwrap_or_default();
-                let source = serde_json::from_str::<Value>(&payload)
-                    .ok()
-                    .and_then(|v| v.get("source").and_then(Value::as_str).map(str::to_string))
-                    .filter(|s| check_id("source", s).is_ok())
-                    .unwrap_or_else(|| "unknown".to_string());
-                let type_label = if EVENT_TYPES.contains(&type_name.as_str()) {
-                    type_name.as_str()
-                } else {
-                    "unknown"
-                };
+            Err(bad) => {
+                let (_, code) = bad.error.status_and_code();
+                let detail = bad.error.to_string();
+                let Undecodable {
+                    event_id,
+                    type_label,
+                    source,
+                    sku,
+                    location,
+                    payload,
+                    ..
+                } = *bad;
                 engine
                     .record_rejection(
                         event_id.clone(),

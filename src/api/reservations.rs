@@ -166,13 +166,20 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(view_json(&view)))
 }
 
+#[derive(Clone, Copy)]
+enum Action {
+    Release,
+    Allocate,
+    Ship,
+}
+
 /// Release, allocate and ship share the shape: optional body, idempotent.
 async fn transition(
     state: web::Data<AppState>,
     request: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
-    action: &'static str,
+    action: Action,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
     let id = check_id("reservation id", &id)?.to_string();
@@ -182,15 +189,15 @@ async fn transition(
     idempotency::run(engine, &request, &body, |_| async move {
         let (id, body) = (id_ref, body_ref);
         let view = match action {
-            "release" => {
+            Action::Release => {
                 reject_body(body)?;
                 engine.release_reservation(id, correlation).await?
             }
-            "allocate" => {
+            Action::Allocate => {
                 reject_body(body)?;
                 engine.allocate_reservation(id, correlation).await?
             }
-            _ => {
+            Action::Ship => {
                 let lines = if body.iter().all(u8::is_ascii_whitespace) {
                     None
                 } else {
@@ -237,7 +244,7 @@ pub async fn release(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    transition(state, request, id, payload, "release").await
+    transition(state, request, id, payload, Action::Release).await
 }
 
 pub async fn allocate(
@@ -246,7 +253,7 @@ pub async fn allocate(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    transition(state, request, id, payload, "allocate").await
+    transition(state, request, id, payload, Action::Allocate).await
 }
 
 pub async fn ship(
@@ -255,5 +262,5 @@ pub async fn ship(
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    transition(state, request, id, payload, "ship").await
+    transition(state, request, id, payload, Action::Ship).await
 }

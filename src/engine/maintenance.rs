@@ -132,7 +132,6 @@ impl Engine {
         .await;
         match result {
             Ok(()) => {
-                self.last_snapshot_seq.store(covers, Ordering::Release);
                 tracing::info!(positions = written, covers, "snapshot written");
                 Ok(written)
             }
@@ -142,10 +141,6 @@ impl Engine {
                 Err(error)
             }
         }
-    }
-
-    pub fn last_snapshot_seq(&self) -> u64 {
-        self.last_snapshot_seq.load(Ordering::Acquire)
     }
 
     async fn retention(&self) {

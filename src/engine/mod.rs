@@ -129,7 +129,6 @@ pub struct Engine {
     idempotency_in_flight: DashMap<String, ()>,
     /// After a failed snapshot write, the next snapshot writes every position.
     snapshot_full_next: AtomicBool,
-    last_snapshot_seq: AtomicU64,
     ready: AtomicBool,
 }
 
@@ -230,7 +229,6 @@ impl Engine {
             events_in_flight: DashMap::new(),
             source_labels: DashMap::new(),
             snapshot_full_next: AtomicBool::new(false),
-            last_snapshot_seq: AtomicU64::new(recovered.snapshot_seq),
             ready: AtomicBool::new(false),
         });
         engine.install_reservations(recovered.reservations);

@@ -1072,10 +1072,6 @@ impl Engine {
         }
         0
     }
-
-    pub fn reservation_count(&self) -> usize {
-        self.reservations.len()
-    }
 }
 
 /// Merges parts taken at the same position: split sourcing may come back

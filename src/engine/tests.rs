@@ -178,7 +178,7 @@ async fn recovery_from_snapshot_plus_journal_equals_live_state() {
 }
 
 #[actix::test]
-async fn pipelined_holds_fail_together_and_recovery_sees_only_acknowledged() {
+async fn concurrent_holds_on_one_position_then_a_journal_failure_keep_only_acknowledged() {
     let store = Arc::new(MemoryStore::new());
     let engine = engine_on(store.clone()).await;
     engine

@@ -151,10 +151,6 @@ impl Journal {
         &self.stats
     }
 
-    pub fn queue_len(&self) -> usize {
-        self.sender.len()
-    }
-
     /// Up to `limit` durable entries with `seq > after`, in order.
     pub fn read(&self, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StorageError> {
         let mut entries = Vec::new();
@@ -404,6 +400,40 @@ mod tests {
             Err(StorageError::Poisoned)
         ));
         assert_eq!(journal.head(), 1);
+        journal.shutdown();
+    }
+
+    #[tokio::test]
+    async fn appends_queued_during_a_write_commit_together() {
+        let store = Arc::new(MemoryStore::new());
+        let journal = Journal::start(
+            store,
+            0,
+            JournalOptions {
+                sync: false,
+                queue_max: 1024,
+                batch_max: 64,
+                // A slow write: everything appended meanwhile waits in the queue.
+                on_write: Some(Box::new(|_| {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                })),
+            },
+        );
+        let tickets: Vec<_> = (0..200u8)
+            .map(|i| {
+                journal
+                    .append(vec![vec![i]], WriteBatch::default())
+                    .unwrap()
+            })
+            .collect();
+        for ticket in tickets {
+            ticket.await.unwrap().unwrap();
+        }
+        let stats = journal.stats();
+        assert_eq!(stats.appends.load(Ordering::Relaxed), 200);
+        assert_eq!(stats.entries.load(Ordering::Relaxed), 200);
+        let batches = stats.batches.load(Ordering::Relaxed);
+        assert!(batches <= 10, "200 appends took {batches} writes");
         journal.shutdown();
     }
 
