@@ -134,6 +134,22 @@ pub const WEBHOOK_MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=100;
 pub const WEBHOOK_BATCH_MAX_DEFAULT: usize = 500;
 pub const WEBHOOK_BATCH_MAX_RANGE: RangeInclusive<usize> = 1..=10_000;
 
+/// Retry back-off of every sink: the first retry waits about `backoff_ms`, each next one
+/// twice as long (with jitter), never more than `backoff_max_ms`.
+pub const SINK_BACKOFF_MS_DEFAULT: u64 = 250;
+pub const SINK_BACKOFF_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
+pub const SINK_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
+pub const SINK_BACKOFF_MAX_MS_RANGE: RangeInclusive<u64> = 1..=3_600_000;
+
+/// Most SKUs one channel's publisher keeps pending (coalesced); beyond it the channel
+/// falls behind and catches up from its durable cursor and the journal.
+pub const PUBLISH_PENDING_MAX_DEFAULT: usize = 100_000;
+pub const PUBLISH_PENDING_MAX_RANGE: RangeInclusive<usize> = 16..=10_000_000;
+
+/// Seconds between two drift checks of the publication ledger.
+pub const DRIFT_CHECK_SECONDS_DEFAULT: u64 = 30;
+pub const DRIFT_CHECK_SECONDS_RANGE: RangeInclusive<u64> = 1..=86_400;
+
 /// Per-key rate limit bounds (requests per second and burst).
 pub const RATE_LIMIT_PER_SECOND_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 pub const RATE_LIMIT_BURST_RANGE: RangeInclusive<u32> = 1..=1_000_000;
@@ -350,6 +366,10 @@ pub struct Config {
     pub events_page_max: usize,
     /// Concurrent SSE streams; one more gets 503.
     pub sse_connections_max: usize,
+    /// SKUs each channel publisher holds pending before it falls behind (bounded memory).
+    pub publish_pending_max: usize,
+    /// Seconds between drift checks of the publication ledger.
+    pub drift_check_seconds: u64,
     pub log_format: LogFormat,
     pub locations: Vec<LocationConfig>,
     pub keys: Vec<KeyConfig>,
@@ -379,6 +399,8 @@ impl Default for Config {
             reservation_lines_max: RESERVATION_LINES_MAX_DEFAULT,
             events_page_max: EVENTS_PAGE_MAX_DEFAULT,
             sse_connections_max: SSE_CONNECTIONS_MAX_DEFAULT,
+            publish_pending_max: PUBLISH_PENDING_MAX_DEFAULT,
+            drift_check_seconds: DRIFT_CHECK_SECONDS_DEFAULT,
             log_format: LogFormat::Text,
             locations: Vec::new(),
             keys: Vec::new(),
@@ -507,10 +529,28 @@ pub enum SinkConfig {
         /// Most updates per POST.
         #[serde(default = "default_webhook_batch_max")]
         batch_max: usize,
+        #[serde(default = "default_sink_backoff_ms")]
+        backoff_ms: u64,
+        #[serde(default = "default_sink_backoff_max_ms")]
+        backoff_max_ms: u64,
     },
     File {
         dir: PathBuf,
         format: FileFormat,
+        /// Most updates per file.
+        #[serde(default = "default_webhook_batch_max")]
+        batch_max: usize,
+        #[serde(default = "default_webhook_max_attempts")]
+        max_attempts: u32,
+        #[serde(default = "default_sink_backoff_ms")]
+        backoff_ms: u64,
+        #[serde(default = "default_sink_backoff_max_ms")]
+        backoff_max_ms: u64,
+        /// `edi846` only: interchange sender and receiver ids (ISA06/ISA08, GS02/GS03).
+        #[serde(default = "default_edi_sender")]
+        sender_id: String,
+        #[serde(default = "default_edi_receiver")]
+        receiver_id: String,
     },
     Nats {
         url: String,
@@ -538,6 +578,8 @@ impl fmt::Debug for SinkConfig {
                 timeout_ms,
                 max_attempts,
                 batch_max,
+                backoff_ms,
+                backoff_max_ms,
             } => f
                 .debug_struct("Webhook")
                 .field("url", url)
@@ -545,11 +587,28 @@ impl fmt::Debug for SinkConfig {
                 .field("timeout_ms", timeout_ms)
                 .field("max_attempts", max_attempts)
                 .field("batch_max", batch_max)
+                .field("backoff_ms", backoff_ms)
+                .field("backoff_max_ms", backoff_max_ms)
                 .finish(),
-            SinkConfig::File { dir, format } => f
+            SinkConfig::File {
+                dir,
+                format,
+                batch_max,
+                max_attempts,
+                backoff_ms,
+                backoff_max_ms,
+                sender_id,
+                receiver_id,
+            } => f
                 .debug_struct("File")
                 .field("dir", dir)
                 .field("format", format)
+                .field("batch_max", batch_max)
+                .field("max_attempts", max_attempts)
+                .field("backoff_ms", backoff_ms)
+                .field("backoff_max_ms", backoff_max_ms)
+                .field("sender_id", sender_id)
+                .field("receiver_id", receiver_id)
                 .finish(),
             SinkConfig::Nats { url, subject } => f
                 .debug_struct("Nats")
@@ -610,6 +669,18 @@ fn default_webhook_max_attempts() -> u32 {
 }
 fn default_webhook_batch_max() -> usize {
     WEBHOOK_BATCH_MAX_DEFAULT
+}
+fn default_sink_backoff_ms() -> u64 {
+    SINK_BACKOFF_MS_DEFAULT
+}
+fn default_sink_backoff_max_ms() -> u64 {
+    SINK_BACKOFF_MAX_MS_DEFAULT
+}
+fn default_edi_sender() -> String {
+    "STOCKWIRE".to_owned()
+}
+fn default_edi_receiver() -> String {
+    "PARTNER".to_owned()
 }
 fn default_inbox_format() -> String {
     "csv".to_owned()
@@ -680,6 +751,8 @@ const ENV_KEYS: &[(&str, EnvValueKind)] = &[
     ("reservation_lines_max", EnvValueKind::Scalar),
     ("events_page_max", EnvValueKind::Scalar),
     ("sse_connections_max", EnvValueKind::Scalar),
+    ("publish_pending_max", EnvValueKind::Scalar),
+    ("drift_check_seconds", EnvValueKind::Scalar),
     ("log_format", EnvValueKind::Text),
 ];
 
@@ -1129,6 +1202,16 @@ impl Validator<'_> {
             c.sse_connections_max,
             &SSE_CONNECTIONS_MAX_RANGE,
         )?;
+        self.range(
+            "publish_pending_max",
+            c.publish_pending_max,
+            &PUBLISH_PENDING_MAX_RANGE,
+        )?;
+        self.range(
+            "drift_check_seconds",
+            c.drift_check_seconds,
+            &DRIFT_CHECK_SECONDS_RANGE,
+        )?;
         Ok(())
     }
 
@@ -1182,17 +1265,25 @@ impl Validator<'_> {
                 timeout_ms,
                 max_attempts,
                 batch_max,
+                backoff_ms,
+                backoff_max_ms,
             } => {
-                let has_host = ["http://", "https://"].iter().any(|scheme| {
-                    url.strip_prefix(scheme)
-                        .is_some_and(|rest| !rest.is_empty())
-                });
+                if url.starts_with("https://") {
+                    return self.fail(
+                        format!("{path}.url"),
+                        format!("{url:?}: this build speaks plain http; put a TLS-terminating proxy in front of https endpoints"),
+                    );
+                }
+                let has_host = url
+                    .strip_prefix("http://")
+                    .is_some_and(|rest| !rest.is_empty());
                 if !has_host {
                     return self.fail(
                         format!("{path}.url"),
-                        format!("invalid url {url:?}: must start with http:// or https://"),
+                        format!("invalid url {url:?}: must start with http://"),
                     );
                 }
+                self.backoff(path, *backoff_ms, *backoff_max_ms)?;
                 if secret.as_deref() == Some("") {
                     return self.fail(
                         format!("{path}.secret"),
@@ -1215,9 +1306,39 @@ impl Validator<'_> {
                     &WEBHOOK_BATCH_MAX_RANGE,
                 )?;
             }
-            SinkConfig::File { dir, .. } => {
+            SinkConfig::File {
+                dir,
+                batch_max,
+                max_attempts,
+                backoff_ms,
+                backoff_max_ms,
+                sender_id,
+                receiver_id,
+                ..
+            } => {
                 if dir.as_os_str().is_empty() {
                     return self.fail(format!("{path}.dir"), "must not be empty");
+                }
+                self.range(
+                    &format!("{path}.batch_max"),
+                    *batch_max,
+                    &WEBHOOK_BATCH_MAX_RANGE,
+                )?;
+                self.range(
+                    &format!("{path}.max_attempts"),
+                    *max_attempts,
+                    &WEBHOOK_MAX_ATTEMPTS_RANGE,
+                )?;
+                self.backoff(path, *backoff_ms, *backoff_max_ms)?;
+                for (field, value) in [("sender_id", sender_id), ("receiver_id", receiver_id)] {
+                    let valid = (1..=15).contains(&value.len())
+                        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ');
+                    if !valid {
+                        return self.fail(
+                            format!("{path}.{field}"),
+                            "must be 1-15 ASCII letters, digits or spaces (an X12 interchange id)",
+                        );
+                    }
                 }
             }
             SinkConfig::Nats { url, subject } => {
@@ -1237,7 +1358,31 @@ impl Validator<'_> {
                         format!("invalid subject {subject:?}: dot-separated tokens without spaces or wildcards"),
                     );
                 }
+                return self.fail(
+                    format!("{path}.kind"),
+                    "nats is not built into this version (the sink trait is ready for it); use webhook or file",
+                );
             }
+        }
+        Ok(())
+    }
+
+    fn backoff(&self, path: &str, backoff_ms: u64, backoff_max_ms: u64) -> Result<(), ConfigError> {
+        self.range(
+            &format!("{path}.backoff_ms"),
+            backoff_ms,
+            &SINK_BACKOFF_MS_RANGE,
+        )?;
+        self.range(
+            &format!("{path}.backoff_max_ms"),
+            backoff_max_ms,
+            &SINK_BACKOFF_MAX_MS_RANGE,
+        )?;
+        if backoff_max_ms < backoff_ms {
+            return self.fail(
+                format!("{path}.backoff_max_ms"),
+                format!("must be at least backoff_ms ({backoff_ms})"),
+            );
         }
         Ok(())
     }
@@ -1544,7 +1689,7 @@ sink = { kind = "file", dir = "./feeds/edi", format = "edi846" }
 [[channels]]
 id = "b2b"
 locations = ["store-1"]
-sink = { kind = "nats", url = "nats://127.0.0.1:4222", subject = "stock.b2b" }
+sink = { kind = "file", dir = "./feeds/b2b", format = "csv" }
 
 [[inbox]]
 dir = "./inbox/north"
@@ -1619,6 +1764,8 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
                 timeout_ms: 2000,
                 max_attempts: 12,
                 batch_max: WEBHOOK_BATCH_MAX_DEFAULT,
+                backoff_ms: SINK_BACKOFF_MS_DEFAULT,
+                backoff_max_ms: SINK_BACKOFF_MAX_MS_DEFAULT,
             })
         );
         let web = config.channel("web").expect("channel");
@@ -1629,15 +1776,29 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
             config.channel("edi-retailer").and_then(|c| c.sink.clone()),
             Some(SinkConfig::File {
                 dir: PathBuf::from("./feeds/edi"),
-                format: FileFormat::Edi846
+                format: FileFormat::Edi846,
+                batch_max: WEBHOOK_BATCH_MAX_DEFAULT,
+                max_attempts: WEBHOOK_MAX_ATTEMPTS_DEFAULT,
+                backoff_ms: SINK_BACKOFF_MS_DEFAULT,
+                backoff_max_ms: SINK_BACKOFF_MAX_MS_DEFAULT,
+                sender_id: "STOCKWIRE".to_owned(),
+                receiver_id: "PARTNER".to_owned(),
             })
         );
         assert_eq!(
             config
                 .channel("b2b")
                 .and_then(|c| c.sink.as_ref().map(SinkConfig::kind)),
-            Some("nats")
+            Some("file")
         );
+        // SPEC §4 names a nats sink; this build refuses it clearly at start-up.
+        let nats = FULL.replace(
+            r#"sink = { kind = "file", dir = "./feeds/b2b", format = "csv" }"#,
+            r#"sink = { kind = "nats", url = "nats://127.0.0.1:4222", subject = "stock.b2b" }"#,
+        );
+        assert!(error(&nats).contains(".sink.kind: nats is not built into this version"));
+        let https = FULL.replace("http://127.0.0.1:9101/stock", "https://hooks.example/stock");
+        assert!(error(&https).contains("plain http"));
 
         let storefront = config.key("storefront").expect("key");
         assert_eq!(storefront.role, Role::Channel);
@@ -2009,7 +2170,7 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
     fn key_debug_redacts_secrets() {
         let text = format!(
             "{LOCATIONS}\n[[channels]]\nid = \"web\"\nlocations = [\"wh-east\"]\n\
-             sink = {{ kind = \"webhook\", url = \"https://x/\", secret = \"hook-secret\" }}\n\
+             sink = {{ kind = \"webhook\", url = \"http://x/\", secret = \"hook-secret\" }}\n\
              [[keys]]\nname = \"a\"\nkey = \"plain-secret\"\nrole = \"admin\"\n"
         );
         let debug = format!("{:?}", parse(&text).expect("valid"));

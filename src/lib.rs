@@ -1,6 +1,7 @@
 //! stockwire: real-time inventory availability and reservations.
 pub mod actors;
 pub mod api;
+pub mod channels;
 pub mod config;
 pub mod domain;
 pub mod engine;

@@ -12,6 +12,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use stockwire::api::{edge_middleware, routes, AppState};
+use stockwire::channels::Channels;
 use stockwire::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use stockwire::engine::{recover, Engine};
 use stockwire::metrics::Metrics;
@@ -144,6 +145,16 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         )
         .await;
         engine.finish_recovery().await;
+        let channels = match Channels::start(engine.clone()) {
+            Ok(channels) => channels,
+            Err(error) => {
+                tracing::error!(%error, "channel publication could not start");
+                engine.shutdown().await;
+                handle.stop(false).await;
+                return Err(anyhow::anyhow!("channel publication: {error}"));
+            }
+        };
+        let _ = recovery_state.channels.set(channels);
         let _ = recovery_state.engine.set(engine);
         Ok(())
     });
@@ -154,6 +165,9 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
         Ok(Err(error)) => return Err(error),
         Err(error) => return Err(anyhow::anyhow!("recovery task: {error}")),
+    }
+    if let Some(channels) = state.channels.get() {
+        channels.stop();
     }
     if let Some(engine) = state.engine.get() {
         engine.shutdown().await;

@@ -103,6 +103,13 @@ impl PositionActor {
                 correlation_id: exec.meta.correlation_id.to_string(),
                 occurred_at_ms: exec.meta.occurred_at_ms,
                 recorded_at_ms,
+                commitments: self
+                    .position
+                    .commitments
+                    .iter()
+                    .filter(|c| c.remaining() > 0)
+                    .map(|c| (c.channel.clone(), c.remaining()))
+                    .collect(),
             };
             entries.push(codec::encode(&record)?);
             if event.kind == EventKind::Oversold {

@@ -167,6 +167,33 @@ impl Handler<Exec> for ShardActor {
     }
 }
 
+/// The distinct SKUs with a position at any of `locations` (resync, drift checks).
+pub struct ListSkus {
+    pub locations: Vec<Arc<str>>,
+}
+
+impl Message for ListSkus {
+    type Result = Vec<Arc<str>>;
+}
+
+impl Handler<ListSkus> for ShardActor {
+    type Result = MessageResult<ListSkus>;
+
+    fn handle(&mut self, list: ListSkus, _ctx: &mut Context<Self>) -> Self::Result {
+        let state = self.state.borrow();
+        let mut skus: Vec<Arc<str>> = state
+            .live
+            .keys()
+            .chain(state.cold.keys())
+            .filter(|key| list.locations.contains(&key.location))
+            .map(|key| key.sku.clone())
+            .collect();
+        skus.sort_unstable();
+        skus.dedup();
+        MessageResult(skus)
+    }
+}
+
 impl Handler<ReadSku> for ShardActor {
     type Result = ResponseFuture<Vec<PositionReadout>>;
 

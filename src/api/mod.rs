@@ -3,6 +3,7 @@
 //! validate, call the engine, and encode; they hold no state of their own.
 
 mod availability;
+mod channels;
 mod error;
 mod events;
 mod idempotency;
@@ -23,6 +24,7 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest};
 
+use crate::channels::Channels;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::metrics::Metrics;
@@ -34,6 +36,8 @@ const CORRELATION_ID_LEN_MAX: usize = 128;
 /// then the API answers 503 and `/readyz` says not ready.
 pub struct AppState {
     pub engine: OnceLock<Arc<Engine>>,
+    /// Channel publication, started right after recovery.
+    pub channels: OnceLock<Arc<Channels>>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     /// Open event streams (bounded by `sse_connections_max`).
@@ -44,6 +48,7 @@ impl AppState {
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> AppState {
         AppState {
             engine: OnceLock::new(),
+            channels: OnceLock::new(),
             config,
             metrics,
             sse_connections: AtomicUsize::new(0),
@@ -169,6 +174,16 @@ pub fn routes(config: &mut web::ServiceConfig) {
                 .route("/events", web::get().to(events::list))
                 .route("/events/stream", web::get().to(events::stream))
                 .route("/exceptions", web::get().to(events::exceptions))
+                .route("/channels", web::get().to(channels::list))
+                .route("/channels/{id}", web::get().to(channels::get))
+                .route("/channels/{id}/pause", web::post().to(channels::pause))
+                .route("/channels/{id}/resume", web::post().to(channels::resume))
+                .route("/channels/{id}/resync", web::post().to(channels::resync))
+                .route("/channels/{id}/replay", web::post().to(channels::replay))
+                .route(
+                    "/channels/{id}/published",
+                    web::get().to(channels::published),
+                )
                 .route(
                     "/positions/{sku}/{location}/settings",
                     web::put().to(positions::settings),

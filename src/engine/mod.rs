@@ -23,8 +23,8 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use crate::actors::{
-    partition_of, Exec, ExecError, ExecOutcome, LoadPositions, Meta, PositionReadout, ReadSku,
-    ShardActor, Shared, Stats,
+    partition_of, Exec, ExecError, ExecOutcome, ListSkus, LoadPositions, Meta, PositionReadout,
+    ReadSku, ShardActor, Shared, Stats,
 };
 use crate::config::{Config, Durability};
 use crate::domain::{Command, Reject};
@@ -320,6 +320,22 @@ impl Engine {
             .map_err(|_| EngineError::Unavailable("shard unavailable".to_string()))
     }
 
+    /// Every SKU with a position at any of `locations`, shard by shard (sorted within
+    /// a shard). Costs one message per shard and memory for the list.
+    pub async fn list_skus(&self, locations: &[Arc<str>]) -> Result<Vec<Arc<str>>, EngineError> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let skus = shard
+                .send(ListSkus {
+                    locations: locations.to_vec(),
+                })
+                .await
+                .map_err(|_| EngineError::Unavailable("shard unavailable".to_string()))?;
+            all.extend(skus);
+        }
+        Ok(all)
+    }
+
     /// Up to `limit` journal entries after `after`.
     pub fn read_log(
         &self,
@@ -328,7 +344,7 @@ impl Engine {
     ) -> Result<Vec<(u64, JournalRecord)>, EngineError> {
         let raw = self.journal().read(after, limit)?;
         raw.into_iter()
-            .map(|(seq, bytes)| Ok((seq, codec::decode(&bytes)?)))
+            .map(|(seq, bytes)| Ok((seq, JournalRecord::decode(&bytes)?)))
             .collect()
     }
 

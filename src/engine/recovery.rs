@@ -86,7 +86,7 @@ pub fn recover(store: &dyn Store) -> Result<Recovered, StorageError> {
                     return Err(corrupt(format!("journal gap: {head} then {seq}")));
                 }
                 head = seq;
-                let record: JournalRecord = codec::decode(value)?;
+                let record: JournalRecord = JournalRecord::decode(value)?;
                 let key = PositionKey {
                     sku: Arc::from(record.sku.as_str()),
                     location: intern(&record.location),

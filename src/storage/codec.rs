@@ -8,8 +8,11 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::StorageError;
 
-/// Version 1: bincode 2.0.1, standard config (varint integers, little endian).
-pub const FORMAT_VERSION: u8 = 1;
+/// Version 2: bincode 2.0.1, standard config (varint integers, little endian).
+/// Version 1 is the same encoding; only `JournalRecord` changed shape (it
+/// gained `commitments`), and `JournalRecord::decode` reads both.
+pub const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSIONS_READ: [u8; 2] = [1, 2];
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -24,7 +27,7 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, body)) => {
+        Some((version, body)) if FORMAT_VERSIONS_READ.contains(version) => {
             let (value, read) = bincode::serde::decode_from_slice(body, config())
                 .map_err(|e| StorageError::Codec(e.to_string()))?;
             if read != body.len() {

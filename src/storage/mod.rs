@@ -33,10 +33,14 @@ pub enum Space {
     EventIds,
     /// exception id (u64 big-endian) -> `ExceptionRecord`.
     Exceptions,
+    /// channel \0 sku -> `PublishedRecord`: the publication ledger.
+    Published,
+    /// channel \0 id (u64 big-endian) -> `DeadLetter`: parked deliveries.
+    DeadLetters,
 }
 
 impl Space {
-    pub const ALL: [Space; 7] = [
+    pub const ALL: [Space; 9] = [
         Space::Journal,
         Space::Positions,
         Space::Reservations,
@@ -44,6 +48,8 @@ impl Space {
         Space::Idempotency,
         Space::EventIds,
         Space::Exceptions,
+        Space::Published,
+        Space::DeadLetters,
     ];
 
     pub fn name(self) -> &'static str {
@@ -55,6 +61,8 @@ impl Space {
             Space::Idempotency => "idempotency",
             Space::EventIds => "event_ids",
             Space::Exceptions => "exceptions",
+            Space::Published => "published",
+            Space::DeadLetters => "dead_letters",
         }
     }
 }

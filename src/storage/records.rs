@@ -2,7 +2,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{Counters, Event, Position};
+use super::{codec, StorageError};
+
+use crate::domain::{ChannelId, Counters, Event, Position};
 
 /// Key of a position: `sku \0 location` (ids never contain NUL).
 pub fn position_key(sku: &str, location: &str) -> Vec<u8> {
@@ -34,6 +36,47 @@ pub struct JournalRecord {
     pub correlation_id: String,
     pub occurred_at_ms: i64,
     pub recorded_at_ms: i64,
+    /// Each channel's remaining commitment after this event (zeros omitted),
+    /// so channel views can be computed from the log alone. Added in format 2.
+    pub commitments: Vec<(ChannelId, u64)>,
+}
+
+/// [`JournalRecord`] as format 1 wrote it (no `commitments`).
+#[derive(Deserialize)]
+struct JournalRecordV1 {
+    sku: String,
+    location: String,
+    event: Event,
+    version: u64,
+    counters: Counters,
+    event_id: String,
+    source: String,
+    correlation_id: String,
+    occurred_at_ms: i64,
+    recorded_at_ms: i64,
+}
+
+impl JournalRecord {
+    /// Decodes a journal entry of any format version this build knows.
+    pub fn decode(bytes: &[u8]) -> Result<JournalRecord, StorageError> {
+        if bytes.first() != Some(&1) {
+            return codec::decode(bytes);
+        }
+        let v1: JournalRecordV1 = codec::decode(bytes)?;
+        Ok(JournalRecord {
+            sku: v1.sku,
+            location: v1.location,
+            event: v1.event,
+            version: v1.version,
+            counters: v1.counters,
+            event_id: v1.event_id,
+            source: v1.source,
+            correlation_id: v1.correlation_id,
+            occurred_at_ms: v1.occurred_at_ms,
+            recorded_at_ms: v1.recorded_at_ms,
+            commitments: Vec::new(),
+        })
+    }
 }
 
 /// A position as snapshotted (`Space::Positions`). Replay skips journal

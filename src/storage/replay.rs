@@ -32,7 +32,7 @@ pub fn load_position(
     store.scan(Space::Journal, &seq_key(from), &mut |key, value| {
         let mut step = || -> Result<(), StorageError> {
             let seq = super::seq_from_key(key)?;
-            let record: JournalRecord = codec::decode(value)?;
+            let record: JournalRecord = JournalRecord::decode(value)?;
             if record.sku != sku
                 || record.location != location
                 || record.version <= position.version
@@ -82,6 +82,7 @@ mod tests {
             correlation_id: "c".to_string(),
             occurred_at_ms: 0,
             recorded_at_ms: 0,
+            commitments: Vec::new(),
         })
         .unwrap()
     }

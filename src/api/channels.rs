@@ -1,0 +1,226 @@
+//! Channel publication routes (SPEC §2 "Channel publication"): status, pause, resume,
+//! resync, replay and the publication ledger.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::idempotency::{self, Reply};
+use super::input::{check_id, parse_json, read_body};
+use super::AppState;
+use crate::channels::runtime::ChannelReport;
+use crate::channels::sink::rfc3339_ms;
+use crate::channels::{ChannelError, Channels, ReplayFrom};
+use crate::engine::EngineError;
+
+fn report_json(report: &ChannelReport) -> serde_json::Value {
+    json!({
+        "id": &*report.id,
+        "sink": report.sink,
+        "state": report.state,
+        "lag_seconds": report.lag_seconds,
+        "pending": report.pending,
+        "dlq_depth": report.dlq_depth,
+        "cursor_seq": report.cursor_seq,
+        "drift": report.drift,
+        "last_error": report.last_error,
+        "last_delivery_at": (report.last_delivery_ms > 0).then(|| rfc3339_ms(report.last_delivery_ms)),
+    })
+}
+
+impl From<ChannelError> for ApiError {
+    fn from(error: ChannelError) -> ApiError {
+        match error {
+            ChannelError::UnknownChannel(_) => ApiError::NotFound(error.to_string()),
+            ChannelError::NoSink(_) => EngineError::InvalidState(error.to_string()).into(),
+            ChannelError::Storage(storage) => EngineError::from(storage).into(),
+            ChannelError::Unavailable(message) => ApiError::Unavailable(message),
+        }
+    }
+}
+
+fn channels(state: &AppState) -> Result<&Channels, ApiError> {
+    state.engine()?;
+    state
+        .channels
+        .get()
+        .map(|c| &**c)
+        .ok_or_else(|| ApiError::Unavailable("channel publication is starting".to_string()))
+}
+
+pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let reports = channels(&state)?.reports();
+    let list: Vec<_> = reports.iter().map(report_json).collect();
+    Ok(HttpResponse::Ok().json(json!({ "channels": list })))
+}
+
+pub async fn get(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = path.into_inner();
+    check_id("channel", &id)?;
+    let report = channels(&state)?.report(&id)?;
+    Ok(HttpResponse::Ok().json(report_json(&report)))
+}
+
+async fn control(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+    paused: bool,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let channels = channels(&state)?;
+    let id = path.into_inner();
+    check_id("channel", &id)?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    idempotency::run(engine, &request, &body, |_| async {
+        if !body.is_empty() {
+            let _: EmptyBody = parse_json(&body)?;
+        }
+        let report = channels.set_paused(&id, paused).await?;
+        Ok::<Reply, ApiError>((StatusCode::OK, report_json(&report)))
+    })
+    .await
+}
+
+/// Pause and resume take no fields; `{}` or no body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+pub async fn pause(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    control(state, request, path, payload, true).await
+}
+
+pub async fn resume(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    control(state, request, path, payload, false).await
+}
+
+pub async fn resync(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let channels = channels(&state)?;
+    let id = path.into_inner();
+    check_id("channel", &id)?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    idempotency::run(engine, &request, &body, |_| async {
+        if !body.is_empty() {
+            let _: EmptyBody = parse_json(&body)?;
+        }
+        let queued = channels.resync(&id).await?;
+        Ok::<Reply, ApiError>((
+            StatusCode::ACCEPTED,
+            json!({ "channel": id, "queued_skus": queued }),
+        ))
+    })
+    .await
+}
+
+/// `{"from_seq": N}` replays the log after N; `{"from": "dead_letters"}` the DLQ.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    from_seq: Option<serde_json::Number>,
+    from: Option<String>,
+}
+
+pub async fn replay(
+    state: web::Data<AppState>,
+    request: HttpRequest,
+    path: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let channels = channels(&state)?;
+    let id = path.into_inner();
+    check_id("channel", &id)?;
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    idempotency::run(engine, &request, &body, |_| async {
+        let parsed: ReplayBody = parse_json(&body)?;
+        let from = match (&parsed.from_seq, parsed.from.as_deref()) {
+            (Some(seq), None) => ReplayFrom::Seq(seq.as_u64().ok_or_else(|| {
+                ApiError::BadRequest("from_seq must be a non-negative integer".to_string())
+            })?),
+            (None, Some("dead_letters")) => ReplayFrom::DeadLetters,
+            (None, Some(other)) => {
+                return Err(ApiError::BadRequest(format!(
+                    "from must be \"dead_letters\", not {other:?}"
+                )))
+            }
+            _ => {
+                return Err(ApiError::BadRequest(
+                    "give exactly one of from_seq (replay the log) or from = \"dead_letters\""
+                        .to_string(),
+                ))
+            }
+        };
+        let queued = channels.replay(&id, from).await?;
+        let body = match from {
+            ReplayFrom::Seq(seq) => json!({ "channel": id, "from_seq": seq }),
+            ReplayFrom::DeadLetters => {
+                json!({ "channel": id, "from": "dead_letters", "queued_skus": queued })
+            }
+        };
+        Ok::<Reply, ApiError>((StatusCode::ACCEPTED, body))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedQuery {
+    sku: String,
+}
+
+pub async fn published(
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<PublishedQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let channels = channels(&state)?;
+    let id = path.into_inner();
+    check_id("channel", &id)?;
+    check_id("sku", &query.sku)?;
+    let record = channels.published(&id, &query.sku)?;
+    let current = channels.current_value(&id, &query.sku).await?;
+    let body = match record {
+        Some(record) => json!({
+            "channel": id,
+            "sku": query.sku,
+            "available": record.available,
+            "seq": record.seq,
+            "at": rfc3339_ms(record.acked_at_ms),
+            "current": current,
+            "in_sync": record.available == current,
+        }),
+        None => json!({
+            "channel": id,
+            "sku": query.sku,
+            "available": null,
+            "seq": null,
+            "at": null,
+            "current": current,
+            "in_sync": current == 0,
+        }),
+    };
+    Ok(HttpResponse::Ok().json(body))
+}

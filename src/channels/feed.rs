@@ -1,0 +1,1529 @@
+//! Feed files written by a "file" channel sink, and parsers that read them back.
+//!
+//! Two formats are produced from the same [`FeedLine`]s:
+//!
+//! * **CSV** ([`render_csv`] / [`parse_csv`]): header `sku,available,seq,at`, one row
+//!   per line, `\n` line endings, `at` as RFC 3339 UTC with milliseconds and a `Z`
+//!   (`2026-11-26T21:03:04.005Z`).
+//! * **ANSI X12 004010 846 Inventory Inquiry/Advice** ([`render_edi846`] /
+//!   [`parse_edi846`]). The 846 is the transaction set EDI retail partners ingest for
+//!   inventory advice, so a channel that speaks EDI can take our availability as-is.
+//!   One interchange holds one functional group holding one transaction set:
+//!
+//! ```text
+//! ISA*00*<10 sp>*00*<10 sp>*ZZ*<sender/15>*ZZ*<receiver/15>*YYMMDD*HHMM*U*00401*<ctl/9>*0*<T|P>*>~
+//! GS*IB*<sender>*<receiver>*CCYYMMDD*HHMM*<ctl>*X*004010~
+//! ST*846*<ctl, at least 4 digits>~
+//! BIA*00*DD*SW<ctl>*CCYYMMDD~        00 = original, DD = distributor inventory report
+//! LIN**SK*<sku>~                     per line: the SKU ...
+//! QTY*33*<available>*EA~             ... and its quantity available for sale, in eaches
+//! CTT*<number of LIN>~
+//! SE*<segments ST..SE inclusive>*<ST02>~
+//! GE*1*<ctl>~
+//! IEA*1*<ctl/9>~
+//! ```
+//!
+//! Elements are separated by `*`, composites by `>` (ISA16), and every segment ends with
+//! `~` followed by a `\n` for readability; the parser accepts `~`, `~\n` or `~\r\n`. The
+//! ISA segment is fixed-width: exactly 106 characters including its `~`. All control
+//! numbers come from [`Envelope::control_number`]. Times are UTC.
+//!
+//! The renderers validate their input and return a [`FeedError`] rather than produce an
+//! invalid document; the 846 parser checks the envelope (ISA widths, IEA/GE/SE counts and
+//! control numbers, CTT hash, LIN/QTY pairing) and names the check that failed.
+
+use chrono::{DateTime, Datelike, SecondsFormat, Timelike, Utc};
+
+/// One line of a feed: what the channel may sell of one SKU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FeedLine {
+    /// SKU id, `[A-Za-z0-9._:-]{1,64}`.
+    pub sku: String,
+    /// Units the channel may sell.
+    pub available: u64,
+    /// Sequence number of the change this line reflects.
+    pub seq: u64,
+    /// When the line was computed, in milliseconds since the Unix epoch (UTC).
+    pub at_ms: i64,
+}
+
+/// Interchange envelope data for an 846 document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// Interchange sender id (ISA06, GS02): 1–15 characters of `[A-Za-z0-9 .-]`.
+    pub sender_id: String,
+    /// Interchange receiver id (ISA08, GS03): 1–15 characters of `[A-Za-z0-9 .-]`.
+    pub receiver_id: String,
+    /// Interchange, group and transaction set control number, `1..=999_999_999`.
+    pub control_number: u32,
+    /// Document time in milliseconds since the Unix epoch (UTC).
+    pub at_ms: i64,
+    /// Test (`ISA15 = T`) rather than production (`P`) interchange.
+    pub test: bool,
+}
+
+/// An 846 interchange read back by [`parse_edi846`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Parsed846 {
+    /// ISA13 / IEA02.
+    pub interchange_control: u32,
+    /// GS06 / GE02.
+    pub group_control: u32,
+    /// ST02 / SE02, as written (e.g. `"0042"`).
+    pub transaction_control: String,
+    /// ISA06 without its padding.
+    pub sender_id: String,
+    /// ISA08 without its padding.
+    pub receiver_id: String,
+    /// `(sku, quantity available)` for each LIN loop, in document order.
+    pub lines: Vec<(String, u64)>,
+    /// Segments from ST to SE inclusive, as counted (and checked against SE01).
+    pub segment_count: usize,
+}
+
+/// Why a feed could not be rendered or parsed.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// A SKU id does not match `[A-Za-z0-9._:-]{1,64}` (or is too long for X12).
+    #[error("invalid SKU {sku:?}: {reason}")]
+    InvalidSku {
+        /// The offending SKU.
+        sku: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// An interchange sender or receiver id is unusable.
+    #[error("invalid {role} id {id:?}: {reason}")]
+    InvalidPartyId {
+        /// `"sender"` or `"receiver"`.
+        role: &'static str,
+        /// The offending id.
+        id: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The control number is not in `1..=999_999_999`.
+    #[error("control number {0} is out of range: it must be in 1..=999999999")]
+    ControlNumberOutOfRange(u32),
+    /// An 846 was asked for with no lines; X12 has no empty transaction sets.
+    #[error("an 846 needs at least one line: X12 does not allow an empty transaction set")]
+    EmptyFeed,
+    /// A quantity does not fit X12 QTY02 (at most 15 digits).
+    #[error("quantity {available} for SKU {sku:?} exceeds the 15 digits X12 QTY02 allows")]
+    QuantityTooLarge {
+        /// The SKU of the line.
+        sku: String,
+        /// The quantity that does not fit.
+        available: u64,
+    },
+    /// More lines than X12 CTT01 can count (at most 6 digits).
+    #[error("{count} lines exceed the 999999 line items X12 CTT01 can count")]
+    TooManyLines {
+        /// Number of lines given.
+        count: usize,
+    },
+    /// A timestamp is outside the years 0000–9999.
+    #[error("timestamp {at_ms} ms is outside the years 0000-9999")]
+    TimestampOutOfRange {
+        /// The offending timestamp.
+        at_ms: i64,
+    },
+    /// The CSV reader or writer failed.
+    #[error("CSV error: {0}")]
+    Csv(#[from] csv::Error),
+    /// The CSV header is not `sku,available,seq,at`.
+    #[error("CSV header must be `sku,available,seq,at`, found `{found}`")]
+    CsvHeader {
+        /// The header found.
+        found: String,
+    },
+    /// A CSV record has a bad value.
+    #[error("CSV line {line}: {reason}")]
+    CsvRecord {
+        /// 1-based line number in the input.
+        line: u64,
+        /// What is wrong with the record.
+        reason: String,
+    },
+    /// An 846 document failed a check while parsing.
+    #[error("EDI 846 check `{check}` failed: {detail}")]
+    Edi {
+        /// Short name of the check, e.g. `"SE01 segment count"`.
+        check: &'static str,
+        /// What was found.
+        detail: String,
+    },
+}
+
+const CSV_HEADER: [&str; 4] = ["sku", "available", "seq", "at"];
+const SKU_MAX: usize = 64;
+/// X12 data element 234 (Product/Service ID, LIN03) is AN 1/48.
+const X12_SKU_MAX: usize = 48;
+/// X12 data element 380 (Quantity, QTY02) is R 1/15.
+const X12_QTY_MAX: u64 = 999_999_999_999_999;
+/// X12 data element 354 (Number of Line Items, CTT01) is N0 1/6.
+const X12_LINES_MAX: usize = 999_999;
+const CONTROL_MAX: u32 = 999_999_999;
+const PARTY_MAX: usize = 15;
+const ISA_LEN: usize = 106;
+const ISA_WIDTHS: [usize; 16] = [2, 10, 2, 10, 2, 15, 2, 15, 6, 4, 1, 5, 9, 1, 1, 1];
+
+// ---------------------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------------------
+
+fn check_sku(sku: &str) -> Result<(), FeedError> {
+    let reason = if sku.is_empty() {
+        Some("empty".to_string())
+    } else if sku.len() > SKU_MAX {
+        Some(format!(
+            "{} characters, at most {SKU_MAX} allowed",
+            sku.len()
+        ))
+    } else {
+        sku.chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')))
+            .map(|c| format!("character {c:?} is not in [A-Za-z0-9._:-]"))
+    };
+    match reason {
+        Some(reason) => Err(FeedError::InvalidSku {
+            sku: sku.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn utc(at_ms: i64) -> Result<DateTime<Utc>, FeedError> {
+    DateTime::from_timestamp_millis(at_ms)
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .ok_or(FeedError::TimestampOutOfRange { at_ms })
+}
+
+/// Non-empty ASCII digits only (no sign, no spaces), fitting in a `u64`.
+fn digits_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+// ---------------------------------------------------------------------------------------
+// CSV
+// ---------------------------------------------------------------------------------------
+
+/// Renders `lines` as CSV: header `sku,available,seq,at`, one `\n`-terminated row per
+/// line, `at` as RFC 3339 UTC with milliseconds (`2026-11-26T21:03:04.005Z`).
+///
+/// An empty `lines` gives just the header. Fails on an invalid SKU or a timestamp outside
+/// the years 0000–9999.
+pub fn render_csv(lines: &[FeedLine]) -> Result<Vec<u8>, FeedError> {
+    let mut writer = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    writer.write_record(CSV_HEADER)?;
+    for line in lines {
+        check_sku(&line.sku)?;
+        let at = utc(line.at_ms)?.to_rfc3339_opts(SecondsFormat::Millis, true);
+        writer.write_record([
+            line.sku.as_str(),
+            &line.available.to_string(),
+            &line.seq.to_string(),
+            &at,
+        ])?;
+    }
+    writer
+        .into_inner()
+        .map_err(|e| FeedError::Csv(csv::Error::from(e.into_error())))
+}
+
+/// Parses CSV written by [`render_csv`]. Checks the header, that every record has four
+/// fields, a valid SKU, whole-number `available` and `seq`, and an RFC 3339 `at` with at
+/// most millisecond precision.
+pub fn parse_csv(bytes: &[u8]) -> Result<Vec<FeedLine>, FeedError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .from_reader(bytes);
+    let header = reader.headers()?;
+    if !header.iter().eq(CSV_HEADER) {
+        return Err(FeedError::CsvHeader {
+            found: header.iter().collect::<Vec<_>>().join(","),
+        });
+    }
+    let mut out = Vec::new();
+    for record in reader.records() {
+        let record = record?;
+        let line = record.position().map_or(0, |p| p.line());
+        let bad = |reason: String| FeedError::CsvRecord { line, reason };
+        // The reader already rejects records whose length differs from the header's.
+        let field = |i: usize| record.get(i).unwrap_or("");
+        let (sku, available, seq, at) = (field(0), field(1), field(2), field(3));
+        check_sku(sku).map_err(|e| bad(e.to_string()))?;
+        let available = digits_u64(available)
+            .ok_or_else(|| bad(format!("available {available:?} is not a whole number")))?;
+        let seq =
+            digits_u64(seq).ok_or_else(|| bad(format!("seq {seq:?} is not a whole number")))?;
+        let time = DateTime::parse_from_rfc3339(at)
+            .map_err(|e| bad(format!("at {at:?} is not an RFC 3339 timestamp: {e}")))?;
+        if time.nanosecond() % 1_000_000 != 0 {
+            return Err(bad(format!("at {at:?} is finer than a millisecond")));
+        }
+        out.push(FeedLine {
+            sku: sku.to_string(),
+            available,
+            seq,
+            at_ms: time.timestamp_millis(),
+        });
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// X12 846: rendering
+// ---------------------------------------------------------------------------------------
+
+fn check_party(role: &'static str, id: &str) -> Result<(), FeedError> {
+    let reason = if id.is_empty() {
+        Some("empty".to_string())
+    } else if let Some(c) = id.chars().find(|c| matches!(c, '*' | '~' | '>')) {
+        Some(format!("contains the X12 delimiter {c:?}"))
+    } else if let Some(c) = id.chars().find(|c| !c.is_ascii()) {
+        Some(format!("contains the non-ASCII character {c:?}"))
+    } else if id.len() > PARTY_MAX {
+        Some(format!(
+            "{} characters, at most {PARTY_MAX} allowed",
+            id.len()
+        ))
+    } else if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ' ' | '.' | '-')))
+    {
+        Some(format!("character {c:?} is not in [A-Za-z0-9 .-]"))
+    } else if id.starts_with(' ') || id.ends_with(' ') {
+        Some("leading or trailing spaces would be lost in the padded ISA field".to_string())
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(FeedError::InvalidPartyId {
+            role,
+            id: id.to_string(),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn check_x12_sku(sku: &str) -> Result<(), FeedError> {
+    if let Some(c) = sku.chars().find(|c| matches!(c, '*' | '~' | '>')) {
+        return Err(FeedError::InvalidSku {
+            sku: sku.to_string(),
+            reason: format!("contains the X12 delimiter {c:?}"),
+        });
+    }
+    check_sku(sku)?;
+    if sku.len() > X12_SKU_MAX {
+        return Err(FeedError::InvalidSku {
+            sku: sku.to_string(),
+            reason: format!(
+                "{} characters, X12 LIN03 (element 234) allows at most {X12_SKU_MAX}",
+                sku.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Renders `lines` as one X12 004010 846 interchange (see the module docs for the layout).
+///
+/// Every segment ends with `~\n`. Fails on an empty `lines`, a control number outside
+/// `1..=999_999_999`, an unusable sender/receiver id, a SKU that is invalid or longer than
+/// X12 allows (48), a quantity over 15 digits, or a timestamp outside the years 0000–9999.
+pub fn render_edi846(lines: &[FeedLine], envelope: &Envelope) -> Result<String, FeedError> {
+    let ctl = envelope.control_number;
+    if !(1..=CONTROL_MAX).contains(&ctl) {
+        return Err(FeedError::ControlNumberOutOfRange(ctl));
+    }
+    check_party("sender", &envelope.sender_id)?;
+    check_party("receiver", &envelope.receiver_id)?;
+    if lines.is_empty() {
+        return Err(FeedError::EmptyFeed);
+    }
+    if lines.len() > X12_LINES_MAX {
+        return Err(FeedError::TooManyLines { count: lines.len() });
+    }
+    for line in lines {
+        check_x12_sku(&line.sku)?;
+        if line.available > X12_QTY_MAX {
+            return Err(FeedError::QuantityTooLarge {
+                sku: line.sku.clone(),
+                available: line.available,
+            });
+        }
+    }
+    let t = utc(envelope.at_ms)?;
+    let yymmdd = format!("{:02}{:02}{:02}", t.year() % 100, t.month(), t.day());
+    let ccyymmdd = format!("{:04}{:02}{:02}", t.year(), t.month(), t.day());
+    let hhmm = format!("{:02}{:02}", t.hour(), t.minute());
+    let st02 = format!("{ctl:04}");
+    let (sender, receiver) = (&envelope.sender_id, &envelope.receiver_id);
+
+    let mut segments = Vec::with_capacity(lines.len() * 2 + 8);
+    let usage = if envelope.test { "T" } else { "P" };
+    let blank = "";
+    segments.push(format!(
+        "ISA*00*{blank:10}*00*{blank:10}*ZZ*{sender:<15}*ZZ*{receiver:<15}\
+         *{yymmdd}*{hhmm}*U*00401*{ctl:09}*0*{usage}*>"
+    ));
+    segments.push(format!(
+        "GS*IB*{sender}*{receiver}*{ccyymmdd}*{hhmm}*{ctl}*X*004010"
+    ));
+    let st_index = segments.len();
+    segments.push(format!("ST*846*{st02}"));
+    segments.push(format!("BIA*00*DD*SW{ctl}*{ccyymmdd}"));
+    for line in lines {
+        segments.push(format!("LIN**SK*{}", line.sku));
+        segments.push(format!("QTY*33*{}*EA", line.available));
+    }
+    segments.push(format!("CTT*{}", lines.len()));
+    // ST..CTT already pushed, plus the SE itself.
+    let se01 = segments.len() - st_index + 1;
+    segments.push(format!("SE*{se01}*{st02}"));
+    segments.push(format!("GE*1*{ctl}"));
+    segments.push(format!("IEA*1*{ctl:09}"));
+
+    let mut out = String::with_capacity(segments.iter().map(|s| s.len() + 2).sum());
+    for segment in &segments {
+        out.push_str(segment);
+        out.push_str("~\n");
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------------------------------
+// X12 846: parsing
+// ---------------------------------------------------------------------------------------
+
+fn edi(check: &'static str, detail: impl Into<String>) -> FeedError {
+    FeedError::Edi {
+        check,
+        detail: detail.into(),
+    }
+}
+
+/// One segment split into elements; `els[0]` is the segment id.
+struct Segment<'a> {
+    els: Vec<&'a str>,
+}
+
+impl<'a> Segment<'a> {
+    fn id(&self) -> &'a str {
+        self.els[0]
+    }
+
+    /// Element `n` (1-based, as in `SE01`), or `""` when absent.
+    fn el(&self, n: usize) -> &'a str {
+        self.els.get(n).copied().unwrap_or("")
+    }
+}
+
+/// Splits on `~`, allowing one `\n` or `\r\n` after each terminator and trailing
+/// whitespace at the end of the document.
+fn split_segments(text: &str) -> Result<Vec<&str>, FeedError> {
+    let mut out = Vec::new();
+    let mut rest = text;
+    while !rest.trim().is_empty() {
+        let Some(end) = rest.find('~') else {
+            return Err(edi(
+                "segment syntax",
+                format!(
+                    "data after segment {} has no `~` terminator: {:?}",
+                    out.len(),
+                    rest.chars().take(20).collect::<String>()
+                ),
+            ));
+        };
+        let segment = &rest[..end];
+        if segment.is_empty() {
+            return Err(edi(
+                "segment syntax",
+                format!("empty segment after segment {}", out.len()),
+            ));
+        }
+        if segment.contains(['\r', '\n']) {
+            return Err(edi(
+                "segment syntax",
+                format!("line break inside segment {}: {segment:?}", out.len() + 1),
+            ));
+        }
+        out.push(segment);
+        rest = &rest[end + 1..];
+        rest = rest
+            .strip_prefix("\r\n")
+            .or_else(|| rest.strip_prefix('\n'))
+            .unwrap_or(rest);
+    }
+    Ok(out)
+}
+
+struct Isa<'a> {
+    sender: &'a str,
+    receiver: &'a str,
+    control: u32,
+}
+
+fn parse_isa(raw: &str) -> Result<Isa<'_>, FeedError> {
+    if !raw.starts_with("ISA") {
+        return Err(edi("ISA", "the interchange must start with an ISA segment"));
+    }
+    if raw.len() + 1 != ISA_LEN {
+        return Err(edi(
+            "ISA length",
+            format!(
+                "ISA is {} characters including `~`, expected {ISA_LEN}",
+                raw.len() + 1
+            ),
+        ));
+    }
+    let els: Vec<&str> = raw.split('*').collect();
+    if els.len() != ISA_WIDTHS.len() + 1 {
+        return Err(edi(
+            "ISA element count",
+            format!("ISA has {} elements, expected 16", els.len() - 1),
+        ));
+    }
+    for (n, (el, width)) in els[1..].iter().zip(ISA_WIDTHS).enumerate() {
+        if el.len() != width {
+            return Err(edi(
+                "ISA field width",
+                format!(
+                    "ISA{:02} is {} characters, expected {width}",
+                    n + 1,
+                    el.len()
+                ),
+            ));
+        }
+    }
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let content = |ok: bool, what: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(edi("ISA content", what))
+        }
+    };
+    content(
+        all_digits(els[9]),
+        format!("ISA09 date {:?} is not YYMMDD", els[9]),
+    )?;
+    content(
+        all_digits(els[10]),
+        format!("ISA10 time {:?} is not HHMM", els[10]),
+    )?;
+    content(
+        els[11] == "U",
+        format!("ISA11 is {:?}, expected \"U\"", els[11]),
+    )?;
+    content(
+        els[12] == "00401",
+        format!("ISA12 version is {:?}, expected \"00401\"", els[12]),
+    )?;
+    content(
+        matches!(els[15], "T" | "P"),
+        format!("ISA15 usage is {:?}, expected \"T\" or \"P\"", els[15]),
+    )?;
+    content(
+        els[16] == ">",
+        format!("ISA16 component separator is {:?}, expected \">\"", els[16]),
+    )?;
+    let control = digits_u64(els[13])
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| {
+            edi(
+                "ISA content",
+                format!("ISA13 {:?} is not a number", els[13]),
+            )
+        })?;
+    Ok(Isa {
+        sender: els[6].trim_end(),
+        receiver: els[8].trim_end(),
+        control,
+    })
+}
+
+/// Parses an N0 control number of 1–9 digits.
+fn control(check: &'static str, what: &str, s: &str) -> Result<u32, FeedError> {
+    if s.len() > 9 {
+        return Err(edi(check, format!("{what} {s:?} has more than 9 digits")));
+    }
+    digits_u64(s)
+        .and_then(|n| u32::try_from(n).ok())
+        .ok_or_else(|| edi(check, format!("{what} {s:?} is not a number")))
+}
+
+fn count(check: &'static str, what: &str, s: &str) -> Result<u64, FeedError> {
+    digits_u64(s).ok_or_else(|| edi(check, format!("{what} {s:?} is not a number")))
+}
+
+/// The transaction set found inside a group.
+struct TransactionSet {
+    control: String,
+    lines: Vec<(String, u64)>,
+    segment_count: usize,
+}
+
+/// Parses the ST..SE starting at `segs[start]`; returns the set and the index after SE.
+fn parse_transaction_set(
+    segs: &[Segment<'_>],
+    start: usize,
+) -> Result<(TransactionSet, usize), FeedError> {
+    let st = &segs[start];
+    if st.el(1) != "846" {
+        return Err(edi(
+            "ST content",
+            format!("ST01 is {:?}, expected \"846\"", st.el(1)),
+        ));
+    }
+    let st02 = st.el(2);
+    if !(4..=9).contains(&st02.len()) || !st02.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(edi(
+            "ST content",
+            format!("ST02 {st02:?} is not a 4-9 character control number"),
+        ));
+    }
+    let se_index = segs[start + 1..]
+        .iter()
+        .position(|s| matches!(s.id(), "SE" | "ST" | "GE" | "GS" | "IEA"))
+        .map(|i| start + 1 + i)
+        .filter(|&i| segs[i].id() == "SE")
+        .ok_or_else(|| edi("SE", format!("transaction set {st02} has no SE trailer")))?;
+    let body = &segs[start + 1..se_index];
+
+    let bia = body.first().filter(|s| s.id() == "BIA").ok_or_else(|| {
+        edi(
+            "BIA",
+            format!("transaction set {st02} does not start with BIA"),
+        )
+    })?;
+    if (1..=4).any(|n| bia.el(n).is_empty()) {
+        return Err(edi("BIA", "BIA01 to BIA04 are mandatory"));
+    }
+    if bia.el(4).len() != 8 || digits_u64(bia.el(4)).is_none() {
+        return Err(edi(
+            "BIA",
+            format!("BIA04 date {:?} is not CCYYMMDD", bia.el(4)),
+        ));
+    }
+
+    // Walk the LIN loops: every LIN needs exactly one QTY*33 before the next LIN or CTT.
+    let mut lines = Vec::new();
+    let mut open: Option<(String, Option<u64>)> = None;
+    let mut ctt: Option<u64> = None;
+    let mut lin_count: u64 = 0;
+    let close = |open: &mut Option<(String, Option<u64>)>,
+                 lines: &mut Vec<(String, u64)>|
+     -> Result<(), FeedError> {
+        match open.take() {
+            Some((sku, Some(qty))) => {
+                lines.push((sku, qty));
+                Ok(())
+            }
+            Some((sku, None)) => Err(edi(
+                "LIN/QTY pairing",
+                format!("LIN for SKU {sku:?} is not followed by a QTY*33"),
+            )),
+            None => Ok(()),
+        }
+    };
+    for seg in &body[1..] {
+        match seg.id() {
+            "LIN" => {
+                if ctt.is_some() {
+                    return Err(edi("CTT", "LIN after CTT"));
+                }
+                close(&mut open, &mut lines)?;
+                let sku = seg
+                    .els
+                    .get(2..)
+                    .unwrap_or_default()
+                    .chunks(2)
+                    .find(|pair| pair[0] == "SK")
+                    .and_then(|pair| pair.get(1).copied())
+                    .ok_or_else(|| edi("LIN", format!("LIN {:?} has no SK product id", seg.els)))?;
+                check_sku(sku).map_err(|e| edi("LIN", e.to_string()))?;
+                open = Some((sku.to_string(), None));
+                lin_count += 1;
+            }
+            "QTY" => {
+                let Some((sku, qty)) = open.as_mut() else {
+                    return Err(edi("LIN/QTY pairing", "QTY outside a LIN loop"));
+                };
+                if seg.el(1) != "33" {
+                    continue;
+                }
+                if qty.is_some() {
+                    return Err(edi(
+                        "LIN/QTY pairing",
+                        format!("second QTY*33 for SKU {sku:?}"),
+                    ));
+                }
+                let unit = seg.el(3).split('>').next().unwrap_or("");
+                if unit != "EA" {
+                    return Err(edi(
+                        "QTY",
+                        format!("QTY*33 for SKU {sku:?} has unit {unit:?}, expected \"EA\""),
+                    ));
+                }
+                *qty = Some(digits_u64(seg.el(2)).ok_or_else(|| {
+                    edi(
+                        "QTY",
+                        format!(
+                            "QTY02 {:?} for SKU {sku:?} is not a whole number",
+                            seg.el(2)
+                        ),
+                    )
+                })?);
+            }
+            "CTT" => {
+                if ctt.is_some() {
+                    return Err(edi("CTT", "more than one CTT"));
+                }
+                close(&mut open, &mut lines)?;
+                ctt = Some(count("CTT", "CTT01", seg.el(1))?);
+            }
+            _ => {}
+        }
+    }
+    close(&mut open, &mut lines)?;
+    if lin_count == 0 {
+        return Err(edi("LIN", format!("transaction set {st02} has no LIN")));
+    }
+    let ctt = ctt.ok_or_else(|| edi("CTT", format!("transaction set {st02} has no CTT")))?;
+    if ctt != lin_count {
+        return Err(edi(
+            "CTT01 line count",
+            format!("CTT01 is {ctt} but there are {lin_count} LIN segments"),
+        ));
+    }
+
+    let se = &segs[se_index];
+    let segment_count = se_index - start + 1;
+    let se01 = count("SE01 segment count", "SE01", se.el(1))?;
+    if se01 != segment_count as u64 {
+        return Err(edi(
+            "SE01 segment count",
+            format!("SE01 is {se01} but ST..SE holds {segment_count} segments"),
+        ));
+    }
+    if se.el(2) != st02 {
+        return Err(edi(
+            "SE02 control",
+            format!("SE02 {:?} does not match ST02 {st02:?}", se.el(2)),
+        ));
+    }
+    Ok((
+        TransactionSet {
+            control: st02.to_string(),
+            lines,
+            segment_count,
+        },
+        se_index + 1,
+    ))
+}
+
+/// Parses an 846 interchange written by [`render_edi846`] and verifies its envelope:
+/// ISA length (106) and field widths, IEA02 = ISA13, IEA01 = number of groups, GE02 =
+/// GS06, GE01 = number of transaction sets, SE01 = segments from ST to SE, SE02 = ST02,
+/// CTT01 = number of LIN, and one QTY*33 (unit EA) in every LIN loop. Exactly one group
+/// holding one 846 transaction set is accepted. Segments may end in `~`, `~\n` or `~\r\n`.
+/// Segments other than LIN, QTY and CTT inside the set (e.g. DTM) are counted but
+/// otherwise ignored. A failure is a [`FeedError::Edi`] naming the check.
+pub fn parse_edi846(text: &str) -> Result<Parsed846, FeedError> {
+    if let Some(c) = text.chars().find(|c| !c.is_ascii()) {
+        return Err(edi("character set", format!("non-ASCII character {c:?}")));
+    }
+    let raw = split_segments(text)?;
+    let Some((isa_raw, rest)) = raw.split_first() else {
+        return Err(edi("ISA", "the document is empty"));
+    };
+    let isa = parse_isa(isa_raw)?;
+    let segs: Vec<Segment<'_>> = rest
+        .iter()
+        .map(|s| Segment {
+            els: s.split('*').collect(),
+        })
+        .collect();
+    for seg in &segs {
+        let id = seg.id();
+        if !(2..=3).contains(&id.len())
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+        {
+            return Err(edi("segment syntax", format!("bad segment id {id:?}")));
+        }
+    }
+
+    let mut groups: Vec<(u32, Vec<TransactionSet>)> = Vec::new();
+    let mut i = 0;
+    loop {
+        let Some(seg) = segs.get(i) else {
+            return Err(edi("IEA", "the interchange has no IEA trailer"));
+        };
+        match seg.id() {
+            "IEA" => break,
+            "GS" => {}
+            other => {
+                return Err(edi(
+                    "envelope structure",
+                    format!("expected GS or IEA, found {other}"),
+                ))
+            }
+        }
+        if seg.el(1) != "IB" {
+            return Err(edi(
+                "GS content",
+                format!("GS01 is {:?}, expected \"IB\"", seg.el(1)),
+            ));
+        }
+        if seg.el(8) != "004010" {
+            return Err(edi(
+                "GS content",
+                format!("GS08 version is {:?}, expected \"004010\"", seg.el(8)),
+            ));
+        }
+        let gs06 = control("GS content", "GS06", seg.el(6))?;
+        i += 1;
+        let mut sets = Vec::new();
+        loop {
+            let Some(seg) = segs.get(i) else {
+                return Err(edi("GE", format!("group {gs06} has no GE trailer")));
+            };
+            match seg.id() {
+                "GE" => break,
+                "ST" => {
+                    let (set, next) = parse_transaction_set(&segs, i)?;
+                    sets.push(set);
+                    i = next;
+                }
+                "GS" | "IEA" => {
+                    return Err(edi("GE", format!("group {gs06} has no GE trailer")));
+                }
+                other => {
+                    return Err(edi(
+                        "envelope structure",
+                        format!("expected ST or GE in group {gs06}, found {other}"),
+                    ))
+                }
+            }
+        }
+        let ge = &segs[i];
+        let ge01 = count("GE01 set count", "GE01", ge.el(1))?;
+        if ge01 != sets.len() as u64 {
+            return Err(edi(
+                "GE01 set count",
+                format!(
+                    "GE01 is {ge01} but group {gs06} holds {} transaction sets",
+                    sets.len()
+                ),
+            ));
+        }
+        let ge02 = control("GE02 control", "GE02", ge.el(2))?;
+        if ge02 != gs06 {
+            return Err(edi(
+                "GE02 control",
+                format!("GE02 {ge02} does not match GS06 {gs06}"),
+            ));
+        }
+        groups.push((gs06, sets));
+        i += 1;
+    }
+
+    let iea = &segs[i];
+    if i + 1 != segs.len() {
+        return Err(edi(
+            "trailing data",
+            format!("{} segments after IEA", segs.len() - i - 1),
+        ));
+    }
+    let iea01 = count("IEA01 group count", "IEA01", iea.el(1))?;
+    if iea01 != groups.len() as u64 {
+        return Err(edi(
+            "IEA01 group count",
+            format!(
+                "IEA01 is {iea01} but the interchange holds {} groups",
+                groups.len()
+            ),
+        ));
+    }
+    let iea02 = iea.el(2);
+    let iea_control = (iea02.len() == 9)
+        .then(|| digits_u64(iea02))
+        .flatten()
+        .and_then(|n| u32::try_from(n).ok());
+    if iea_control != Some(isa.control) {
+        return Err(edi(
+            "IEA02 control",
+            format!("IEA02 {iea02:?} does not match ISA13 {:09}", isa.control),
+        ));
+    }
+
+    if groups.len() != 1 {
+        return Err(edi(
+            "single group",
+            format!(
+                "expected exactly one functional group, found {}",
+                groups.len()
+            ),
+        ));
+    }
+    let (group_control, mut sets) = groups.remove(0);
+    if sets.len() != 1 {
+        return Err(edi(
+            "single transaction set",
+            format!("expected exactly one transaction set, found {}", sets.len()),
+        ));
+    }
+    let set = sets.remove(0);
+    Ok(Parsed846 {
+        interchange_control: isa.control,
+        group_control,
+        transaction_control: set.control,
+        sender_id: isa.sender.to_string(),
+        receiver_id: isa.receiver.to_string(),
+        lines: set.lines,
+        segment_count: set.segment_count,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 2026-11-26T21:03:04.005Z
+    const AT: i64 = 1_795_726_984_005;
+
+    fn line(sku: &str, available: u64, seq: u64, at_ms: i64) -> FeedLine {
+        FeedLine {
+            sku: sku.to_string(),
+            available,
+            seq,
+            at_ms,
+        }
+    }
+
+    fn two_lines() -> Vec<FeedLine> {
+        vec![
+            line("SKU-1", 7, 10, AT),
+            line("ABC:9.x_y", 0, 11, AT + 1_000),
+        ]
+    }
+
+    fn envelope() -> Envelope {
+        Envelope {
+            sender_id: "STOCKWIRE".to_string(),
+            receiver_id: "RETAILER 01".to_string(),
+            control_number: 42,
+            at_ms: AT,
+            test: true,
+        }
+    }
+
+    const EXPECTED_846: &str = "\
+ISA*00*          *00*          *ZZ*STOCKWIRE      *ZZ*RETAILER 01    *261126*2103*U*00401*000000042*0*T*>~
+GS*IB*STOCKWIRE*RETAILER 01*20261126*2103*42*X*004010~
+ST*846*0042~
+BIA*00*DD*SW42*20261126~
+LIN**SK*SKU-1~
+QTY*33*7*EA~
+LIN**SK*ABC:9.x_y~
+QTY*33*0*EA~
+CTT*2~
+SE*8*0042~
+GE*1*42~
+IEA*1*000000042~
+";
+
+    fn rendered() -> String {
+        render_edi846(&two_lines(), &envelope()).unwrap()
+    }
+
+    /// Replaces exactly one occurrence of `from`, so a tamper can't silently miss.
+    fn tamper(doc: &str, from: &str, to: &str) -> String {
+        assert_eq!(doc.matches(from).count(), 1, "{from:?} must occur once");
+        doc.replacen(from, to, 1)
+    }
+
+    fn edi_check(result: Result<Parsed846, FeedError>) -> &'static str {
+        match result {
+            Err(FeedError::Edi { check, .. }) => check,
+            other => panic!("expected an EDI check failure, got {other:?}"),
+        }
+    }
+
+    // ---- CSV --------------------------------------------------------------------------
+
+    #[test]
+    fn csv_exact_bytes() {
+        let bytes = render_csv(&two_lines()).unwrap();
+        assert_eq!(
+            String::from_utf8(bytes).unwrap(),
+            "sku,available,seq,at\n\
+             SKU-1,7,10,2026-11-26T21:03:04.005Z\n\
+             ABC:9.x_y,0,11,2026-11-26T21:03:05.005Z\n"
+        );
+    }
+
+    #[test]
+    fn csv_round_trip() {
+        let lines = vec![
+            line("A", u64::MAX, u64::MAX, 0),
+            line("b.c_d:e-f", 3, 0, -1),
+            line(&"Z".repeat(64), 12, 99, AT),
+        ];
+        let bytes = render_csv(&lines).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.contains("1970-01-01T00:00:00.000Z"));
+        assert!(text.contains("1969-12-31T23:59:59.999Z"));
+        assert_eq!(parse_csv(&bytes).unwrap(), lines);
+    }
+
+    #[test]
+    fn csv_empty_is_header_only() {
+        let bytes = render_csv(&[]).unwrap();
+        assert_eq!(bytes, b"sku,available,seq,at\n");
+        assert_eq!(parse_csv(&bytes).unwrap(), Vec::<FeedLine>::new());
+    }
+
+    #[test]
+    fn csv_render_rejects_bad_sku() {
+        for sku in ["", "has space", "a,b", "é", &"x".repeat(65)] {
+            let err = render_csv(&[line(sku, 1, 1, AT)]).unwrap_err();
+            assert!(
+                matches!(&err, FeedError::InvalidSku { sku: s, .. } if s == sku),
+                "{sku:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn csv_render_rejects_out_of_range_time() {
+        // 10000-01-01T00:00:00Z
+        let err = render_csv(&[line("A", 1, 1, 253_402_300_800_000)]).unwrap_err();
+        assert!(matches!(
+            err,
+            FeedError::TimestampOutOfRange {
+                at_ms: 253_402_300_800_000
+            }
+        ));
+        assert!(render_csv(&[line("A", 1, 1, 253_402_300_799_999)]).is_ok());
+    }
+
+    #[test]
+    fn csv_parse_accepts_other_offsets() {
+        let lines =
+            parse_csv(b"sku,available,seq,at\nA,1,2,2026-11-26T22:03:04.005+01:00\n").unwrap();
+        assert_eq!(lines, vec![line("A", 1, 2, AT)]);
+    }
+
+    #[test]
+    fn csv_parse_rejects_bad_header() {
+        for input in [
+            &b""[..],
+            b"sku,available,seq\nA,1,2\n",
+            b"sku,qty,seq,at\nA,1,2,2026-11-26T21:03:04.005Z\n",
+        ] {
+            let err = parse_csv(input).unwrap_err();
+            assert!(matches!(err, FeedError::CsvHeader { .. }), "{err}");
+        }
+        let err = parse_csv(b"sku,available,seq,at,extra\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "CSV header must be `sku,available,seq,at`, found `sku,available,seq,at,extra`"
+        );
+    }
+
+    #[test]
+    fn csv_parse_rejects_bad_records() {
+        let cases: [(&str, u64); 7] = [
+            ("A,-1,2,2026-11-26T21:03:04.005Z", 3),
+            ("A,1,x,2026-11-26T21:03:04.005Z", 3),
+            ("A,+1,2,2026-11-26T21:03:04.005Z", 3),
+            ("A,1,2,yesterday", 3),
+            ("A,1,2,2026-11-26T21:03:04.0051Z", 3),
+            ("bad sku,1,2,2026-11-26T21:03:04.005Z", 3),
+            ("A,18446744073709551616,2,2026-11-26T21:03:04.005Z", 3),
+        ];
+        for (row, want_line) in cases {
+            let input = format!("sku,available,seq,at\nOK,1,1,2026-11-26T21:03:04.005Z\n{row}\n");
+            match parse_csv(input.as_bytes()) {
+                Err(FeedError::CsvRecord { line, .. }) => assert_eq!(line, want_line, "{row}"),
+                other => panic!("{row}: expected CsvRecord, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn csv_parse_rejects_wrong_field_count() {
+        let err = parse_csv(b"sku,available,seq,at\nA,1,2\n").unwrap_err();
+        assert!(matches!(err, FeedError::Csv(_)), "{err}");
+    }
+
+    // ---- 846 rendering ----------------------------------------------------------------
+
+    #[test]
+    fn edi846_exact_text() {
+        assert_eq!(rendered(), EXPECTED_846);
+    }
+
+    #[test]
+    fn edi846_isa_is_106_characters() {
+        let doc = rendered();
+        let isa = doc.lines().next().unwrap();
+        assert_eq!(isa.len(), 106);
+        assert!(isa.ends_with("*>~"));
+        let max = render_edi846(
+            &two_lines(),
+            &Envelope {
+                sender_id: "ABCDEFGHIJKLMNO".to_string(),
+                receiver_id: "X".to_string(),
+                control_number: 999_999_999,
+                test: false,
+                ..envelope()
+            },
+        )
+        .unwrap();
+        let isa = max.lines().next().unwrap();
+        assert_eq!(isa.len(), 106);
+        assert!(isa.contains("*ZZ*ABCDEFGHIJKLMNO*ZZ*X              *"));
+        assert!(isa.ends_with("*999999999*0*P*>~"));
+        assert!(max.contains("\nST*846*999999999~\n"));
+        assert!(max.contains("\nSE*8*999999999~\n"));
+        assert!(max.ends_with("\nGE*1*999999999~\nIEA*1*999999999~\n"));
+    }
+
+    #[test]
+    fn edi846_round_trip() {
+        let parsed = parse_edi846(&rendered()).unwrap();
+        assert_eq!(
+            parsed,
+            Parsed846 {
+                interchange_control: 42,
+                group_control: 42,
+                transaction_control: "0042".to_string(),
+                sender_id: "STOCKWIRE".to_string(),
+                receiver_id: "RETAILER 01".to_string(),
+                lines: vec![("SKU-1".to_string(), 7), ("ABC:9.x_y".to_string(), 0)],
+                segment_count: 8,
+            }
+        );
+    }
+
+    #[test]
+    fn edi846_round_trip_many_lines() {
+        let lines: Vec<FeedLine> = (0..250)
+            .map(|i| line(&format!("SKU{i:03}"), i * 3, i, AT))
+            .chain([line(&"L".repeat(48), 999_999_999_999_999, 0, AT)])
+            .collect();
+        let doc = render_edi846(&lines, &envelope()).unwrap();
+        assert!(doc.contains("\nCTT*251~\nSE*506*0042~\n"));
+        let parsed = parse_edi846(&doc).unwrap();
+        assert_eq!(parsed.segment_count, 2 * 251 + 4);
+        let want: Vec<(String, u64)> = lines.iter().map(|l| (l.sku.clone(), l.available)).collect();
+        assert_eq!(parsed.lines, want);
+    }
+
+    #[test]
+    fn edi846_parses_without_newlines_and_with_crlf() {
+        let want = parse_edi846(EXPECTED_846).unwrap();
+        assert_eq!(
+            parse_edi846(&EXPECTED_846.replace("~\n", "~")).unwrap(),
+            want
+        );
+        assert_eq!(
+            parse_edi846(&EXPECTED_846.replace("~\n", "~\r\n")).unwrap(),
+            want
+        );
+        // Trailing whitespace after IEA is tolerated.
+        assert_eq!(
+            parse_edi846(&format!("{EXPECTED_846}\n  \n")).unwrap(),
+            want
+        );
+    }
+
+    #[test]
+    fn edi846_tolerates_extra_segments_and_counts_them() {
+        let doc = tamper(
+            EXPECTED_846,
+            "LIN**SK*SKU-1~\nQTY*33*7*EA~\n",
+            "LIN**SK*SKU-1~\nDTM*405*20261126~\nQTY*17*3*EA~\nQTY*33*7*EA~\n",
+        );
+        let doc = tamper(&doc, "SE*8*0042", "SE*10*0042");
+        let parsed = parse_edi846(&doc).unwrap();
+        assert_eq!(parsed.segment_count, 10);
+        assert_eq!(
+            parsed.lines,
+            vec![("SKU-1".to_string(), 7), ("ABC:9.x_y".to_string(), 0)]
+        );
+    }
+
+    #[test]
+    fn edi846_validates_control_number() {
+        for ctl in [0, 1_000_000_000, u32::MAX] {
+            let env = Envelope {
+                control_number: ctl,
+                ..envelope()
+            };
+            let err = render_edi846(&two_lines(), &env).unwrap_err();
+            assert!(
+                matches!(err, FeedError::ControlNumberOutOfRange(c) if c == ctl),
+                "{err}"
+            );
+        }
+        let env = Envelope {
+            control_number: 1,
+            ..envelope()
+        };
+        let doc = render_edi846(&two_lines(), &env).unwrap();
+        assert!(doc.contains("*000000001*0*T*>~\nGS*IB*STOCKWIRE*RETAILER 01*20261126*2103*1*X*004010~\nST*846*0001~\nBIA*00*DD*SW1*20261126~\n"));
+    }
+
+    #[test]
+    fn edi846_validates_party_ids() {
+        let bad = [
+            "",
+            "ABCDEFGHIJKLMNOP",
+            "A*B",
+            "A~B",
+            "A>B",
+            "SENDÉR",
+            "A_B",
+            " LEADING",
+            "TRAILING ",
+        ];
+        for id in bad {
+            let env = Envelope {
+                sender_id: id.to_string(),
+                ..envelope()
+            };
+            let err = render_edi846(&two_lines(), &env).unwrap_err();
+            assert!(
+                matches!(&err, FeedError::InvalidPartyId { role: "sender", id: i, .. } if i == id),
+                "{id:?}: {err}"
+            );
+            let env = Envelope {
+                receiver_id: id.to_string(),
+                ..envelope()
+            };
+            let err = render_edi846(&two_lines(), &env).unwrap_err();
+            assert!(
+                matches!(&err, FeedError::InvalidPartyId { role: "receiver", id: i, .. } if i == id),
+                "{id:?}: {err}"
+            );
+        }
+        let err = render_edi846(
+            &two_lines(),
+            &Envelope {
+                sender_id: "A*B".to_string(),
+                ..envelope()
+            },
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid sender id \"A*B\": contains the X12 delimiter '*'"
+        );
+    }
+
+    #[test]
+    fn edi846_validates_skus() {
+        for sku in ["A*B", "A~B", "A>B", "", "a b", "é", &"x".repeat(49)] {
+            let err = render_edi846(&[line(sku, 1, 1, AT)], &envelope()).unwrap_err();
+            assert!(
+                matches!(&err, FeedError::InvalidSku { sku: s, .. } if s == sku),
+                "{sku:?}: {err}"
+            );
+        }
+        let err = render_edi846(&[line("A~B", 1, 1, AT)], &envelope()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "invalid SKU \"A~B\": contains the X12 delimiter '~'"
+        );
+    }
+
+    #[test]
+    fn edi846_rejects_empty_feed() {
+        let err = render_edi846(&[], &envelope()).unwrap_err();
+        assert!(matches!(err, FeedError::EmptyFeed));
+    }
+
+    #[test]
+    fn edi846_rejects_quantity_over_15_digits() {
+        let err =
+            render_edi846(&[line("A", 1_000_000_000_000_000, 1, AT)], &envelope()).unwrap_err();
+        assert!(matches!(
+            err,
+            FeedError::QuantityTooLarge {
+                available: 1_000_000_000_000_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn edi846_rejects_out_of_range_time() {
+        let env = Envelope {
+            at_ms: i64::MIN,
+            ..envelope()
+        };
+        let err = render_edi846(&two_lines(), &env).unwrap_err();
+        assert!(matches!(
+            err,
+            FeedError::TimestampOutOfRange { at_ms: i64::MIN }
+        ));
+    }
+
+    // ---- 846 parser checks on tampered documents --------------------------------------
+
+    #[test]
+    fn parse_rejects_wrong_se_count() {
+        let doc = tamper(EXPECTED_846, "SE*8*", "SE*9*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "SE01 segment count");
+    }
+
+    #[test]
+    fn parse_rejects_removed_segment_via_se_count() {
+        let doc = tamper(
+            EXPECTED_846,
+            "BIA*00*DD*SW42*20261126~\n",
+            "BIA*00*DD*SW42*20261126~\nDTM*405*20261126~\n",
+        );
+        assert_eq!(edi_check(parse_edi846(&doc)), "SE01 segment count");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_se_control() {
+        let doc = tamper(EXPECTED_846, "SE*8*0042", "SE*8*0043");
+        assert_eq!(edi_check(parse_edi846(&doc)), "SE02 control");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_iea_control() {
+        let doc = tamper(EXPECTED_846, "IEA*1*000000042", "IEA*1*000000043");
+        assert_eq!(edi_check(parse_edi846(&doc)), "IEA02 control");
+        // Same number, wrong width: IEA02 is fixed at 9 digits.
+        let doc = tamper(EXPECTED_846, "IEA*1*000000042", "IEA*1*42");
+        assert_eq!(edi_check(parse_edi846(&doc)), "IEA02 control");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_iea_group_count() {
+        let doc = tamper(EXPECTED_846, "IEA*1*", "IEA*2*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "IEA01 group count");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_ge_control() {
+        let doc = tamper(EXPECTED_846, "GE*1*42", "GE*1*43");
+        assert_eq!(edi_check(parse_edi846(&doc)), "GE02 control");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_ge_set_count() {
+        let doc = tamper(EXPECTED_846, "GE*1*42", "GE*2*42");
+        assert_eq!(edi_check(parse_edi846(&doc)), "GE01 set count");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_ctt() {
+        let doc = tamper(EXPECTED_846, "CTT*2~", "CTT*3~");
+        assert_eq!(edi_check(parse_edi846(&doc)), "CTT01 line count");
+    }
+
+    #[test]
+    fn parse_rejects_missing_ctt() {
+        let doc = tamper(EXPECTED_846, "CTT*2~\nSE*8*", "SE*7*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "CTT");
+    }
+
+    #[test]
+    fn parse_rejects_missing_qty() {
+        // Drop the first QTY and fix SE01 so only the pairing check can fail.
+        let doc = tamper(EXPECTED_846, "QTY*33*7*EA~\n", "");
+        let doc = tamper(&doc, "SE*8*", "SE*7*");
+        let err = parse_edi846(&doc).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "EDI 846 check `LIN/QTY pairing` failed: LIN for SKU \"SKU-1\" is not followed by a QTY*33"
+        );
+        // The last LIN, right before CTT.
+        let doc = tamper(EXPECTED_846, "QTY*33*0*EA~\n", "");
+        let doc = tamper(&doc, "SE*8*", "SE*7*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "LIN/QTY pairing");
+    }
+
+    #[test]
+    fn parse_rejects_qty_with_other_qualifier_only() {
+        let doc = tamper(EXPECTED_846, "QTY*33*7*EA", "QTY*17*7*EA");
+        assert_eq!(edi_check(parse_edi846(&doc)), "LIN/QTY pairing");
+    }
+
+    #[test]
+    fn parse_rejects_bad_qty_values() {
+        for bad in ["QTY*33*-7*EA", "QTY*33*7.5*EA", "QTY*33**EA"] {
+            let doc = tamper(EXPECTED_846, "QTY*33*7*EA", bad);
+            assert_eq!(edi_check(parse_edi846(&doc)), "QTY", "{bad}");
+        }
+        let doc = tamper(EXPECTED_846, "QTY*33*7*EA", "QTY*33*7*CA");
+        assert_eq!(edi_check(parse_edi846(&doc)), "QTY");
+    }
+
+    #[test]
+    fn parse_rejects_qty_outside_lin() {
+        let doc = tamper(
+            EXPECTED_846,
+            "SW42*20261126~\n",
+            "SW42*20261126~\nQTY*33*1*EA~\n",
+        );
+        let doc = tamper(&doc, "SE*8*", "SE*9*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "LIN/QTY pairing");
+    }
+
+    #[test]
+    fn parse_rejects_lin_without_sku() {
+        let doc = tamper(EXPECTED_846, "LIN**SK*SKU-1", "LIN**UP*012345678905");
+        assert_eq!(edi_check(parse_edi846(&doc)), "LIN");
+    }
+
+    #[test]
+    fn parse_rejects_isa_length() {
+        let doc = tamper(EXPECTED_846, "STOCKWIRE      *", "STOCKWIRE     *");
+        let err = parse_edi846(&doc).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "EDI 846 check `ISA length` failed: ISA is 105 characters including `~`, expected 106"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_isa_field_width() {
+        // Total length kept at 106, but ISA06 is one short and ISA08 one long.
+        let doc = tamper(
+            EXPECTED_846,
+            "STOCKWIRE      *ZZ*RETAILER 01    *",
+            "STOCKWIRE     *ZZ*RETAILER 01     *",
+        );
+        assert_eq!(doc.lines().next().unwrap().len(), 106);
+        let err = parse_edi846(&doc).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "EDI 846 check `ISA field width` failed: ISA06 is 14 characters, expected 15"
+        );
+    }
+
+    #[test]
+    fn parse_rejects_isa_element_count() {
+        // Drop the ISA14/ISA15 separator and pad elsewhere: still 106 characters.
+        let doc = tamper(EXPECTED_846, "*0*T*>~", "*0T*>X~");
+        assert_eq!(doc.lines().next().unwrap().len(), 106);
+        assert_eq!(edi_check(parse_edi846(&doc)), "ISA element count");
+    }
+
+    #[test]
+    fn parse_rejects_isa_content() {
+        let doc = tamper(EXPECTED_846, "*00401*", "*00501*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "ISA content");
+        let doc = tamper(EXPECTED_846, "*0*T*>~", "*0*X*>~");
+        assert_eq!(edi_check(parse_edi846(&doc)), "ISA content");
+    }
+
+    #[test]
+    fn parse_rejects_wrong_transaction_type_and_version() {
+        let doc = tamper(EXPECTED_846, "ST*846*", "ST*850*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "ST content");
+        let doc = tamper(EXPECTED_846, "*X*004010~", "*X*005010~");
+        assert_eq!(edi_check(parse_edi846(&doc)), "GS content");
+    }
+
+    #[test]
+    fn parse_rejects_missing_bia() {
+        let doc = tamper(EXPECTED_846, "BIA*00*DD*SW42*20261126~\n", "");
+        let doc = tamper(&doc, "SE*8*", "SE*7*");
+        assert_eq!(edi_check(parse_edi846(&doc)), "BIA");
+    }
+
+    #[test]
+    fn parse_rejects_missing_trailers() {
+        let doc = tamper(EXPECTED_846, "SE*8*0042~\n", "");
+        assert_eq!(edi_check(parse_edi846(&doc)), "SE");
+        let doc = tamper(EXPECTED_846, "GE*1*42~\n", "");
+        assert_eq!(edi_check(parse_edi846(&doc)), "GE");
+        let doc = tamper(EXPECTED_846, "IEA*1*000000042~\n", "");
+        assert_eq!(edi_check(parse_edi846(&doc)), "IEA");
+    }
+
+    #[test]
+    fn parse_rejects_two_groups() {
+        let group: String = EXPECTED_846
+            .lines()
+            .skip(1)
+            .take(10)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let doc = tamper(EXPECTED_846, "IEA*1*", &format!("{group}IEA*2*"));
+        assert_eq!(edi_check(parse_edi846(&doc)), "single group");
+    }
+
+    #[test]
+    fn parse_rejects_two_transaction_sets() {
+        let set: String = EXPECTED_846
+            .lines()
+            .skip(2)
+            .take(8)
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let doc = tamper(EXPECTED_846, "GE*1*", &format!("{set}GE*2*"));
+        assert_eq!(edi_check(parse_edi846(&doc)), "single transaction set");
+    }
+
+    #[test]
+    fn parse_rejects_syntax_problems() {
+        assert_eq!(edi_check(parse_edi846("")), "ISA");
+        assert_eq!(edi_check(parse_edi846("GS*IB~")), "ISA");
+        let doc = EXPECTED_846.trim_end().trim_end_matches('~');
+        assert_eq!(edi_check(parse_edi846(doc)), "segment syntax");
+        let doc = tamper(EXPECTED_846, "CTT*2~\n", "CTT*2~~\n");
+        assert_eq!(edi_check(parse_edi846(&doc)), "segment syntax");
+        let doc = tamper(EXPECTED_846, "LIN**SK*SKU-1", "LIN**SK*SKÜ-1");
+        assert_eq!(edi_check(parse_edi846(&doc)), "character set");
+    }
+
+    #[test]
+    fn parse_never_panics_on_damaged_input() {
+        let doc = rendered();
+        // Every strict prefix that still lacks the final `~` is incomplete.
+        for n in 0..doc.len() - 1 {
+            assert!(parse_edi846(&doc[..n]).is_err(), "prefix of {n} bytes");
+        }
+        let segments: Vec<&str> = doc.split_inclusive('\n').collect();
+        for skip in 0..segments.len() {
+            let damaged: String = segments
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i != skip)
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(parse_edi846(&damaged).is_err(), "without segment {skip}");
+        }
+        for bare in ["LIN~", "QTY~", "CTT~", "SE~", "ST~", "BIA~"] {
+            let doc = tamper(EXPECTED_846, "LIN**SK*SKU-1~", bare);
+            assert!(parse_edi846(&doc).is_err(), "{bare}");
+        }
+    }
+
+    #[test]
+    fn parse_rejects_trailing_segments() {
+        let doc = format!("{EXPECTED_846}GS*IB~\n");
+        assert_eq!(edi_check(parse_edi846(&doc)), "trailing data");
+    }
+}

@@ -1,0 +1,207 @@
+//! What publication keeps durably: each channel's cursor and batch counter (`Meta`),
+//! the publication ledger (`Published`) and the dead-letter queue (`DeadLetters`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{codec, seq_from_key, seq_key, Space, StorageError, Store, WriteBatch};
+
+/// The last value a channel acknowledged for a SKU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedRecord {
+    pub available: u64,
+    /// Journal `seq` of the latest change that value reflects.
+    pub seq: u64,
+    /// When the channel acknowledged it.
+    pub acked_at_ms: i64,
+}
+
+/// A batch that failed `max_attempts` times.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// `(sku, available, seq, at_ms)` as last attempted.
+    pub updates: Vec<(String, u64, u64, i64)>,
+    pub attempts: u32,
+    pub last_error: String,
+    pub parked_at_ms: i64,
+}
+
+/// Durable per-channel progress.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// Every change with `seq <= cursor_seq` is delivered, superseded or parked.
+    pub cursor_seq: u64,
+    /// Batches handed to the sink so far (file names, X12 control numbers).
+    pub batches: u64,
+    /// Dead letters written so far (their ids).
+    pub dead_letters: u64,
+}
+
+fn prefixed(channel: &str, rest: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(channel.len() + 1 + rest.len());
+    key.extend_from_slice(channel.as_bytes());
+    key.push(0);
+    key.extend_from_slice(rest);
+    key
+}
+
+fn cursor_key(channel: &str) -> Vec<u8> {
+    format!("channel_cursor/{channel}").into_bytes()
+}
+
+pub fn load_cursor(store: &dyn Store, channel: &str) -> Result<Cursor, StorageError> {
+    match store.get(Space::Meta, &cursor_key(channel))? {
+        Some(bytes) => codec::decode(&bytes),
+        None => Ok(Cursor::default()),
+    }
+}
+
+pub fn put_cursor(
+    batch: &mut WriteBatch,
+    channel: &str,
+    cursor: &Cursor,
+) -> Result<(), StorageError> {
+    batch.put(Space::Meta, cursor_key(channel), codec::encode(cursor)?);
+    Ok(())
+}
+
+pub fn put_published(
+    batch: &mut WriteBatch,
+    channel: &str,
+    sku: &str,
+    record: &PublishedRecord,
+) -> Result<(), StorageError> {
+    batch.put(
+        Space::Published,
+        prefixed(channel, sku.as_bytes()),
+        codec::encode(record)?,
+    );
+    Ok(())
+}
+
+pub fn get_published(
+    store: &dyn Store,
+    channel: &str,
+    sku: &str,
+) -> Result<Option<PublishedRecord>, StorageError> {
+    store
+        .get(Space::Published, &prefixed(channel, sku.as_bytes()))?
+        .map(|bytes| codec::decode(&bytes))
+        .transpose()
+}
+
+pub fn put_dead_letter(
+    batch: &mut WriteBatch,
+    channel: &str,
+    id: u64,
+    letter: &DeadLetter,
+) -> Result<(), StorageError> {
+    batch.put(
+        Space::DeadLetters,
+        prefixed(channel, &seq_key(id)),
+        codec::encode(letter)?,
+    );
+    Ok(())
+}
+
+pub fn delete_dead_letter(batch: &mut WriteBatch, channel: &str, id: u64) {
+    batch.delete(Space::DeadLetters, prefixed(channel, &seq_key(id)));
+}
+
+/// Up to `limit` dead letters of `channel` with id > `after`, oldest first.
+pub fn dead_letters(
+    store: &dyn Store,
+    channel: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<(u64, DeadLetter)>, StorageError> {
+    let from = prefixed(channel, &seq_key(after.saturating_add(1)));
+    let prefix = prefixed(channel, &[]);
+    let mut found = Vec::new();
+    let mut failure = None;
+    store.scan(Space::DeadLetters, &from, &mut |key, value| {
+        if !key.starts_with(&prefix) || found.len() >= limit {
+            return false;
+        }
+        let decoded = seq_from_key(&key[prefix.len()..])
+            .and_then(|id| Ok((id, codec::decode::<DeadLetter>(value)?)));
+        match decoded {
+            Ok(entry) => {
+                found.push(entry);
+                true
+            }
+            Err(error) => {
+                failure = Some(error);
+                false
+            }
+        }
+    })?;
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(found),
+    }
+}
+
+/// Number of dead letters of `channel` (counted once at start-up).
+pub fn count_dead_letters(store: &dyn Store, channel: &str) -> Result<u64, StorageError> {
+    let prefix = prefixed(channel, &[]);
+    let mut count = 0u64;
+    store.scan(Space::DeadLetters, &prefix, &mut |key, _| {
+        if key.starts_with(&prefix) {
+            count += 1;
+            true
+        } else {
+            false
+        }
+    })?;
+    Ok(count)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemoryStore;
+
+    #[test]
+    fn ledger_cursor_and_dead_letters_round_trip_per_channel() {
+        let store = MemoryStore::new();
+        let mut batch = WriteBatch::default();
+        let record = PublishedRecord {
+            available: 7,
+            seq: 42,
+            acked_at_ms: 1000,
+        };
+        put_published(&mut batch, "web", "sku-1", &record).unwrap();
+        let cursor = Cursor {
+            cursor_seq: 42,
+            batches: 3,
+            dead_letters: 2,
+        };
+        put_cursor(&mut batch, "web", &cursor).unwrap();
+        let letter = DeadLetter {
+            updates: vec![("sku-1".into(), 7, 42, 1000)],
+            attempts: 3,
+            last_error: "500".into(),
+            parked_at_ms: 5,
+        };
+        for id in 1..=2 {
+            put_dead_letter(&mut batch, "web", id, &letter).unwrap();
+        }
+        put_dead_letter(&mut batch, "webx", 1, &letter).unwrap();
+        store.write(batch, false).unwrap();
+
+        assert_eq!(get_published(&store, "web", "sku-1").unwrap(), Some(record));
+        assert_eq!(get_published(&store, "marketplace", "sku-1").unwrap(), None);
+        assert_eq!(load_cursor(&store, "web").unwrap(), cursor);
+        assert_eq!(load_cursor(&store, "other").unwrap(), Cursor::default());
+        assert_eq!(count_dead_letters(&store, "web").unwrap(), 2);
+        let listed = dead_letters(&store, "web", 1, 10).unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].0, 2);
+
+        let mut batch = WriteBatch::default();
+        delete_dead_letter(&mut batch, "web", 1);
+        store.write(batch, false).unwrap();
+        assert_eq!(count_dead_letters(&store, "web").unwrap(), 1);
+        assert_eq!(count_dead_letters(&store, "webx").unwrap(), 1);
+    }
+}

@@ -1,0 +1,440 @@
+//! One actor per channel with a sink: coalesces pending updates per SKU, delivers one
+//! batch at a time (so per-SKU order holds), retries with backoff, parks a batch in the
+//! dead-letter queue after `max_attempts`, and records what the channel acknowledged.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+
+use super::ledger::{self, Cursor, DeadLetter, PublishedRecord};
+use super::runtime::{ChannelState, ChannelStatus};
+use super::sink::{Batch, Retry, Sink};
+use super::Update;
+use crate::actors::now_ms;
+use crate::engine::Engine;
+use crate::storage::WriteBatch;
+
+/// Offers queued in a publisher's mailbox at most; a full mailbox makes the
+/// broadcaster hold that channel back (it catches up from the journal).
+pub const MAILBOX_CAPACITY: usize = 64;
+
+/// Consecutive failed attempts after which a channel is `down` (before: `degraded`).
+const DOWN_AFTER_FAILURES: u32 = 3;
+
+/// How often the cursor is made durable when only `received_through` moved.
+const CURSOR_FLUSH: Duration = Duration::from_millis(500);
+
+/// Dead letters taken per replay request.
+pub const DLQ_REPLAY_MAX: usize = 10_000;
+
+/// New values for a channel, in journal order; `through_seq` is the last journal entry
+/// the broadcaster has looked at for this channel (0 for refreshes).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Offer {
+    pub through_seq: u64,
+    pub updates: Vec<Update>,
+}
+
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetPaused(pub bool);
+
+/// Takes up to [`DLQ_REPLAY_MAX`] dead letters out of the queue and returns their SKUs
+/// (the caller re-publishes their current values).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<Arc<str>>, String>")]
+pub struct TakeDeadLetters;
+
+struct InFlight {
+    batch: Batch,
+    attempts: u32,
+    sending: bool,
+    retry_at: Option<Instant>,
+}
+
+pub struct Publisher {
+    status: Arc<ChannelStatus>,
+    engine: Arc<Engine>,
+    sink: Box<dyn Sink>,
+    retry: Retry,
+    coalesce: Duration,
+    pending: HashMap<Arc<str>, Update>,
+    in_flight: Option<InFlight>,
+    received_through: u64,
+    cursor: Cursor,
+    cursor_written: Instant,
+    last_flush: Option<Instant>,
+    consecutive_failures: u32,
+    wake: Option<(Instant, SpawnHandle)>,
+}
+
+impl Publisher {
+    pub fn new(
+        status: Arc<ChannelStatus>,
+        engine: Arc<Engine>,
+        sink: Box<dyn Sink>,
+        retry: Retry,
+        coalesce: Duration,
+        cursor: Cursor,
+    ) -> Publisher {
+        Publisher {
+            status,
+            engine,
+            sink,
+            retry,
+            coalesce,
+            pending: HashMap::new(),
+            in_flight: None,
+            received_through: cursor.cursor_seq,
+            cursor,
+            cursor_written: Instant::now(),
+            last_flush: None,
+            consecutive_failures: 0,
+            wake: None,
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.status.id
+    }
+
+    fn merge(&mut self, update: Update) {
+        match self.pending.get_mut(&update.sku) {
+            Some(existing) => {
+                let first_seq = match (existing.first_seq, update.first_seq) {
+                    (0, b) => b,
+                    (a, 0) => a,
+                    (a, b) => a.min(b),
+                };
+                if update.seq >= existing.seq {
+                    *existing = update;
+                }
+                existing.first_seq = first_seq;
+            }
+            None => {
+                self.pending.insert(update.sku.clone(), update);
+            }
+        }
+    }
+
+    fn publish_counts(&self) {
+        let in_flight = self.in_flight.as_ref().map_or(0, |f| f.batch.updates.len());
+        self.status.set_pending(self.pending.len() + in_flight);
+    }
+
+    /// Every change up to here is delivered, superseded or parked.
+    fn low_watermark(&self) -> u64 {
+        let in_flight = self.in_flight.iter().flat_map(|f| f.batch.updates.iter());
+        self.pending
+            .values()
+            .chain(in_flight)
+            .filter(|u| u.first_seq > 0)
+            .map(|u| u.first_seq - 1)
+            .fold(self.received_through, u64::min)
+    }
+
+    /// Schedules `poll` at `at` (keeping the earliest wake-up).
+    fn wake_at(&mut self, at: Instant, ctx: &mut Context<Self>) {
+        if let Some((when, handle)) = self.wake {
+            if when <= at {
+                return;
+            }
+            ctx.cancel_future(handle);
+        }
+        let delay = at.saturating_duration_since(Instant::now());
+        let handle = ctx.run_later(delay, |act, ctx| {
+            act.wake = None;
+            act.poll(ctx);
+        });
+        self.wake = Some((at, handle));
+    }
+
+    /// Starts the next attempt if there is something to send and nothing stops it.
+    fn poll(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let paused = self.status.is_paused();
+        if let Some(in_flight) = &self.in_flight {
+            if in_flight.sending || paused {
+                return;
+            }
+            if let Some(at) = in_flight.retry_at.filter(|at| *at > now) {
+                self.wake_at(at, ctx);
+                return;
+            }
+            self.refresh_in_flight();
+            self.attempt(ctx);
+            return;
+        }
+        if paused || self.pending.is_empty() {
+            return;
+        }
+        if let Some(last) = self.last_flush {
+            let due = last + self.coalesce;
+            if due > now && self.pending.len() < self.retry.batch_max {
+                self.wake_at(due, ctx);
+                return;
+            }
+        }
+        let batch = self.take_batch();
+        self.in_flight = Some(InFlight {
+            batch,
+            attempts: 0,
+            sending: false,
+            retry_at: None,
+        });
+        self.attempt(ctx);
+    }
+
+    /// The oldest pending updates (by first unacknowledged seq), at most `batch_max`.
+    fn take_batch(&mut self) -> Batch {
+        let mut skus: Vec<(u64, Arc<str>)> = self
+            .pending
+            .values()
+            .map(|u| (u.first_seq, u.sku.clone()))
+            .collect();
+        if skus.len() > self.retry.batch_max {
+            skus.select_nth_unstable(self.retry.batch_max - 1);
+            skus.truncate(self.retry.batch_max);
+        }
+        skus.sort_unstable();
+        let updates = skus
+            .into_iter()
+            .filter_map(|(_, sku)| self.pending.remove(&sku))
+            .collect();
+        self.cursor.batches += 1;
+        Batch {
+            id: self.cursor.batches,
+            channel: self.status.id.to_string(),
+            updates,
+        }
+    }
+
+    /// Before a retry, newer values of the batch's SKUs replace the stale ones:
+    /// availability is a level, re-sending an old value helps nobody.
+    fn refresh_in_flight(&mut self) {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return;
+        };
+        for update in &mut in_flight.batch.updates {
+            if let Some(newer) = self.pending.remove(&update.sku) {
+                let first_seq = update.first_seq;
+                *update = newer;
+                if first_seq > 0 && (update.first_seq == 0 || first_seq < update.first_seq) {
+                    update.first_seq = first_seq;
+                }
+            }
+        }
+    }
+
+    fn attempt(&mut self, ctx: &mut Context<Self>) {
+        let Some(in_flight) = self.in_flight.as_mut() else {
+            return;
+        };
+        in_flight.sending = true;
+        in_flight.attempts += 1;
+        let delivery = self.sink.deliver(in_flight.batch.clone());
+        self.publish_counts();
+        ctx.spawn(
+            delivery
+                .into_actor(self)
+                .map(|result, act, ctx| act.delivered(result, ctx)),
+        );
+    }
+
+    fn delivered(&mut self, result: Result<(), String>, ctx: &mut Context<Self>) {
+        let Some(mut in_flight) = self.in_flight.take() else {
+            return;
+        };
+        in_flight.sending = false;
+        let metrics = &self.engine.metrics;
+        match result {
+            Ok(()) => {
+                metrics
+                    .channel_deliveries_total
+                    .with_label_values(&[self.id(), "delivered"])
+                    .inc();
+                self.consecutive_failures = 0;
+                self.status.set_state(ChannelState::Healthy);
+                self.status.set_last_delivery(now_ms());
+                self.last_flush = Some(Instant::now());
+                let acked_at_ms = now_ms();
+                let mut batch = WriteBatch::default();
+                for update in &in_flight.batch.updates {
+                    let record = PublishedRecord {
+                        available: update.available,
+                        seq: update.seq,
+                        acked_at_ms,
+                    };
+                    if let Err(error) =
+                        ledger::put_published(&mut batch, self.id(), &update.sku, &record)
+                    {
+                        tracing::error!(channel = self.id(), %error, "ledger record not encoded");
+                    }
+                }
+                self.persist(batch, ctx);
+            }
+            Err(error) => {
+                metrics
+                    .channel_deliveries_total
+                    .with_label_values(&[self.id(), "failed"])
+                    .inc();
+                self.consecutive_failures += 1;
+                let state = if self.consecutive_failures >= DOWN_AFTER_FAILURES {
+                    ChannelState::Down
+                } else {
+                    ChannelState::Degraded
+                };
+                self.status.set_state(state);
+                self.status.set_last_error(Some(error.clone()));
+                tracing::warn!(
+                    channel = self.id(),
+                    attempt = in_flight.attempts,
+                    batch = in_flight.batch.id,
+                    %error,
+                    "delivery failed"
+                );
+                if in_flight.attempts >= self.retry.max_attempts {
+                    self.park(in_flight, error, ctx);
+                } else {
+                    in_flight.retry_at =
+                        Some(Instant::now() + self.retry.delay(in_flight.attempts));
+                    self.in_flight = Some(in_flight);
+                }
+            }
+        }
+        self.publish_counts();
+        self.poll(ctx);
+    }
+
+    /// Parks a batch that failed `max_attempts` times in the dead-letter queue.
+    fn park(&mut self, in_flight: InFlight, error: String, ctx: &mut Context<Self>) {
+        self.engine
+            .metrics
+            .channel_deliveries_total
+            .with_label_values(&[self.id(), "dead_lettered"])
+            .inc();
+        self.cursor.dead_letters += 1;
+        let letter = DeadLetter {
+            updates: in_flight
+                .batch
+                .updates
+                .iter()
+                .map(|u| (u.sku.to_string(), u.available, u.seq, u.at_ms))
+                .collect(),
+            attempts: in_flight.attempts,
+            last_error: error,
+            parked_at_ms: now_ms(),
+        };
+        let mut batch = WriteBatch::default();
+        match ledger::put_dead_letter(&mut batch, self.id(), self.cursor.dead_letters, &letter) {
+            Ok(()) => self.status.add_dlq_depth(1),
+            Err(error) => tracing::error!(channel = self.id(), %error, "dead letter not encoded"),
+        }
+        tracing::error!(
+            channel = self.id(),
+            batch = in_flight.batch.id,
+            updates = letter.updates.len(),
+            "batch parked in the dead-letter queue"
+        );
+        self.persist(batch, ctx);
+    }
+
+    /// Writes `batch` with the current cursor, through the journal (ordered, durable).
+    fn persist(&mut self, mut batch: WriteBatch, ctx: &mut Context<Self>) {
+        self.cursor.cursor_seq = self.low_watermark().max(self.cursor.cursor_seq);
+        if let Err(error) = ledger::put_cursor(&mut batch, self.id(), &self.cursor) {
+            tracing::error!(channel = self.id(), %error, "cursor not encoded");
+            return;
+        }
+        self.status.set_cursor(self.cursor.cursor_seq);
+        self.cursor_written = Instant::now();
+        let engine = self.engine.clone();
+        let channel = self.status.id.clone();
+        ctx.spawn(
+            async move {
+                if let Err(error) = engine.write(batch).await {
+                    tracing::error!(%channel, %error, "publication ledger write failed");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+impl Actor for Publisher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+        self.status.set_cursor(self.cursor.cursor_seq);
+        ctx.run_interval(CURSOR_FLUSH, |act, ctx| {
+            let low = act.low_watermark();
+            if low > act.cursor.cursor_seq && act.cursor_written.elapsed() >= CURSOR_FLUSH {
+                act.persist(WriteBatch::default(), ctx);
+            }
+            act.poll(ctx);
+        });
+    }
+}
+
+impl Handler<Offer> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, offer: Offer, ctx: &mut Context<Self>) {
+        self.received_through = self.received_through.max(offer.through_seq);
+        for update in offer.updates {
+            self.merge(update);
+        }
+        self.publish_counts();
+        self.poll(ctx);
+    }
+}
+
+impl Handler<SetPaused> for Publisher {
+    type Result = ();
+
+    fn handle(&mut self, SetPaused(paused): SetPaused, ctx: &mut Context<Self>) {
+        self.status.set_paused(paused);
+        if !paused {
+            if let Some(in_flight) = self.in_flight.as_mut() {
+                in_flight.retry_at = None;
+            }
+            self.poll(ctx);
+        }
+    }
+}
+
+impl Handler<TakeDeadLetters> for Publisher {
+    type Result = ResponseFuture<Result<Vec<Arc<str>>, String>>;
+
+    fn handle(&mut self, _: TakeDeadLetters, _ctx: &mut Context<Self>) -> Self::Result {
+        let engine = self.engine.clone();
+        let status = self.status.clone();
+        Box::pin(async move {
+            let store = engine.shared.store.clone();
+            let letters = ledger::dead_letters(&*store, &status.id, 0, DLQ_REPLAY_MAX)
+                .map_err(|e| e.to_string())?;
+            let mut batch = WriteBatch::default();
+            let mut skus: Vec<Arc<str>> = Vec::new();
+            for (id, letter) in &letters {
+                ledger::delete_dead_letter(&mut batch, &status.id, *id);
+                skus.extend(
+                    letter
+                        .updates
+                        .iter()
+                        .map(|(sku, ..)| Arc::from(sku.as_str())),
+                );
+            }
+            if !batch.is_empty() {
+                engine.write(batch).await.map_err(|e| e.to_string())?;
+                status.sub_dlq_depth(letters.len() as u64);
+            }
+            skus.sort_unstable();
+            skus.dedup();
+            Ok(skus)
+        })
+    }
+}

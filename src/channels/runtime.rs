@@ -1,0 +1,572 @@
+//! Starting publication, and what the API asks of it: status, pause/resume, resync,
+//! replay, the publication ledger. Also the lag gauges and the periodic drift check.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::join_all;
+
+use super::broadcaster::{Broadcaster, Refresh, Rewind, Target};
+use super::ledger::{self, PublishedRecord};
+use super::policy::{summed_view, Policy, PositionView};
+use super::publisher::{Publisher, SetPaused, TakeDeadLetters};
+use super::sink::{self, Retry};
+use crate::actors::now_ms;
+use crate::config::{ChannelConfig, SinkConfig};
+use crate::engine::Engine;
+use crate::storage::records::JournalRecord;
+use crate::storage::StorageError;
+
+/// How often lag, pending and dead-letter gauges are refreshed.
+const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// SKUs read concurrently by a drift check.
+const DRIFT_READS: usize = 64;
+
+/// Drifting SKUs remembered per channel (with when they started drifting).
+const DRIFT_TRACKED_MAX: usize = 100_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChannelState {
+    Healthy,
+    Degraded,
+    Down,
+}
+
+/// What a channel's publisher shares with the API and the broadcaster.
+pub struct ChannelStatus {
+    pub id: Arc<str>,
+    pub sink: &'static str,
+    state: AtomicU8,
+    paused: AtomicBool,
+    pending: AtomicUsize,
+    dlq_depth: AtomicU64,
+    cursor_seq: AtomicU64,
+    drift: AtomicU64,
+    last_delivery_ms: AtomicI64,
+    last_error: Mutex<Option<String>>,
+}
+
+impl ChannelStatus {
+    pub fn new(id: Arc<str>, sink: &'static str) -> ChannelStatus {
+        ChannelStatus {
+            id,
+            sink,
+            state: AtomicU8::new(0),
+            paused: AtomicBool::new(false),
+            pending: AtomicUsize::new(0),
+            dlq_depth: AtomicU64::new(0),
+            cursor_seq: AtomicU64::new(0),
+            drift: AtomicU64::new(0),
+            last_delivery_ms: AtomicI64::new(0),
+            last_error: Mutex::new(None),
+        }
+    }
+
+    pub fn state(&self) -> ChannelState {
+        match self.state.load(Ordering::Relaxed) {
+            0 => ChannelState::Healthy,
+            1 => ChannelState::Degraded,
+            _ => ChannelState::Down,
+        }
+    }
+    pub fn set_state(&self, state: ChannelState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+    /// `healthy | degraded | down | paused` (SPEC §2).
+    pub fn state_name(&self) -> &'static str {
+        if self.is_paused() {
+            return "paused";
+        }
+        match self.state() {
+            ChannelState::Healthy => "healthy",
+            ChannelState::Degraded => "degraded",
+            ChannelState::Down => "down",
+        }
+    }
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Relaxed);
+    }
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+    pub fn set_pending(&self, pending: usize) {
+        self.pending.store(pending, Ordering::Relaxed);
+    }
+    pub fn dlq_depth(&self) -> u64 {
+        self.dlq_depth.load(Ordering::Relaxed)
+    }
+    pub fn add_dlq_depth(&self, n: u64) {
+        self.dlq_depth.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn sub_dlq_depth(&self, n: u64) {
+        let _ = self
+            .dlq_depth
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |d| {
+                Some(d.saturating_sub(n))
+            });
+    }
+    pub fn cursor(&self) -> u64 {
+        self.cursor_seq.load(Ordering::Relaxed)
+    }
+    pub fn set_cursor(&self, seq: u64) {
+        self.cursor_seq.store(seq, Ordering::Relaxed);
+    }
+    pub fn drift(&self) -> u64 {
+        self.drift.load(Ordering::Relaxed)
+    }
+    pub fn last_delivery_ms(&self) -> i64 {
+        self.last_delivery_ms.load(Ordering::Relaxed)
+    }
+    pub fn set_last_delivery(&self, at_ms: i64) {
+        self.last_delivery_ms.store(at_ms, Ordering::Relaxed);
+    }
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().map(|e| e.clone()).unwrap_or(None)
+    }
+    pub fn set_last_error(&self, error: Option<String>) {
+        if let Ok(mut slot) = self.last_error.lock() {
+            *slot = error;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ChannelError {
+    #[error("unknown channel {0:?}")]
+    UnknownChannel(String),
+    #[error("channel {0:?} has no sink: there is nothing to publish to")]
+    NoSink(String),
+    #[error("{0}")]
+    Storage(#[from] StorageError),
+    #[error("publication is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Where `POST /v1/channels/{id}/replay` starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayFrom {
+    /// Every SKU changed after this journal `seq`.
+    Seq(u64),
+    /// The SKUs parked in the dead-letter queue.
+    DeadLetters,
+}
+
+/// One channel as `GET /v1/channels` reports it.
+#[derive(Debug, Clone)]
+pub struct ChannelReport {
+    pub id: Arc<str>,
+    pub sink: &'static str,
+    pub state: &'static str,
+    pub lag_seconds: f64,
+    pub pending: usize,
+    pub dlq_depth: u64,
+    pub cursor_seq: u64,
+    pub drift: u64,
+    pub last_error: Option<String>,
+    pub last_delivery_ms: i64,
+}
+
+struct Channel {
+    config: ChannelConfig,
+    status: Arc<ChannelStatus>,
+    /// With a sink: its publisher and its index among the broadcaster's targets.
+    publisher: Option<(Addr<Publisher>, usize)>,
+    /// How long a difference may last before it counts as drift.
+    drift_grace_ms: i64,
+}
+
+/// Publication, started once the engine has recovered.
+pub struct Channels {
+    engine: Arc<Engine>,
+    channels: Vec<Channel>,
+    broadcaster: Option<Addr<Broadcaster>>,
+    arbiters: Vec<Arbiter>,
+}
+
+impl Channels {
+    /// Starts one publisher per channel with a sink and the broadcaster, each channel
+    /// resuming from its durable cursor. Must run inside an actix system.
+    pub fn start(engine: Arc<Engine>) -> Result<Arc<Channels>, ChannelError> {
+        let config = engine.config.clone();
+        let store = engine.shared.store.clone();
+        let publishers = Arbiter::new();
+        let broadcasting = Arbiter::new();
+        let mut channels = Vec::new();
+        let mut targets = Vec::new();
+        for channel in &config.channels {
+            let id: Arc<str> = Arc::from(channel.id.as_str());
+            let kind = channel.sink.as_ref().map_or("none", SinkConfig::kind);
+            let status = Arc::new(ChannelStatus::new(id.clone(), kind));
+            let mut drift_grace_ms = i64::try_from(channel.coalesce_ms).unwrap_or(i64::MAX);
+            let publisher = match &channel.sink {
+                None => None,
+                Some(sink_config) => {
+                    let retry = sink::prepare(sink_config).map_err(ChannelError::Unavailable)?;
+                    drift_grace_ms =
+                        drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
+                    let cursor = ledger::load_cursor(&*store, &id)?;
+                    status.add_dlq_depth(ledger::count_dead_letters(&*store, &id)?);
+                    let coalesce = Duration::from_millis(channel.coalesce_ms);
+                    let (engine_p, status_p) = (engine.clone(), status.clone());
+                    let sink_config = sink_config.clone();
+                    let addr = Publisher::start_in_arbiter(&publishers.handle(), move |_| {
+                        let sink = sink::build(&sink_config);
+                        Publisher::new(status_p, engine_p, sink, retry, coalesce, cursor)
+                    });
+                    let index = targets.len();
+                    targets.push(Target {
+                        id: id.clone(),
+                        locations: channel
+                            .locations
+                            .iter()
+                            .filter_map(|l| engine.location(l).cloned())
+                            .collect(),
+                        policy: Policy::of(channel),
+                        status: status.clone(),
+                        publisher: addr.clone(),
+                        pending_max: config.publish_pending_max,
+                        next_seq: cursor.cursor_seq,
+                        force_through: 0,
+                    });
+                    Some((addr, index))
+                }
+            };
+            channels.push(Channel {
+                config: channel.clone(),
+                status,
+                publisher,
+                drift_grace_ms,
+            });
+        }
+        let broadcaster = if targets.is_empty() {
+            None
+        } else {
+            let engine_b = engine.clone();
+            Some(Broadcaster::start_in_arbiter(
+                &broadcasting.handle(),
+                move |_| Broadcaster::new(engine_b, targets),
+            ))
+        };
+        let channels = Arc::new(Channels {
+            engine,
+            channels,
+            broadcaster,
+            arbiters: vec![publishers, broadcasting],
+        });
+        channels.clone().spawn_background();
+        Ok(channels)
+    }
+
+    fn spawn_background(self: Arc<Self>) {
+        let gauges = self.clone();
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(GAUGE_INTERVAL);
+            loop {
+                tick.tick().await;
+                gauges.update_gauges();
+            }
+        });
+        let drift = self;
+        actix::spawn(async move {
+            let period = Duration::from_secs(drift.engine.config.drift_check_seconds);
+            let mut tracked: Vec<HashMap<Arc<str>, i64>> =
+                drift.channels.iter().map(|_| HashMap::new()).collect();
+            let mut tick = tokio::time::interval(period);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                for (index, seen) in tracked.iter_mut().enumerate() {
+                    if let Err(error) = drift.check_drift(index, seen).await {
+                        tracing::warn!(%error, "drift check failed");
+                    }
+                }
+            }
+        });
+    }
+
+    pub fn stop(&self) {
+        for arbiter in &self.arbiters {
+            arbiter.stop();
+        }
+    }
+
+    fn find(&self, id: &str) -> Result<&Channel, ChannelError> {
+        self.channels
+            .iter()
+            .find(|c| c.config.id == id)
+            .ok_or_else(|| ChannelError::UnknownChannel(id.to_string()))
+    }
+
+    fn publisher(&self, id: &str) -> Result<(&Channel, &Addr<Publisher>, usize), ChannelError> {
+        let channel = self.find(id)?;
+        match &channel.publisher {
+            Some((addr, index)) => Ok((channel, addr, *index)),
+            None => Err(ChannelError::NoSink(id.to_string())),
+        }
+    }
+
+    /// Seconds since the oldest change a channel has not had delivered (0 when caught up).
+    fn lag_seconds(&self, status: &ChannelStatus) -> f64 {
+        let cursor = status.cursor();
+        if cursor >= self.engine.journal().head() {
+            return 0.0;
+        }
+        match self.engine.read_log(cursor, 1) {
+            Ok(entries) => entries
+                .first()
+                .map_or(0.0, |(_, record): &(u64, JournalRecord)| {
+                    ((now_ms() - record.recorded_at_ms).max(0) as f64) / 1000.0
+                }),
+            Err(_) => 0.0,
+        }
+    }
+
+    pub fn reports(&self) -> Vec<ChannelReport> {
+        self.channels
+            .iter()
+            .map(|c| {
+                let status = &c.status;
+                let with_sink = c.publisher.is_some();
+                ChannelReport {
+                    id: status.id.clone(),
+                    sink: status.sink,
+                    state: status.state_name(),
+                    lag_seconds: if with_sink {
+                        self.lag_seconds(status)
+                    } else {
+                        0.0
+                    },
+                    pending: status.pending(),
+                    dlq_depth: status.dlq_depth(),
+                    cursor_seq: if with_sink {
+                        status.cursor()
+                    } else {
+                        self.engine.journal().head()
+                    },
+                    drift: status.drift(),
+                    last_error: status.last_error(),
+                    last_delivery_ms: status.last_delivery_ms(),
+                }
+            })
+            .collect()
+    }
+
+    pub fn report(&self, id: &str) -> Result<ChannelReport, ChannelError> {
+        self.find(id)?;
+        Ok(self
+            .reports()
+            .into_iter()
+            .find(|r| &*r.id == id)
+            .expect("found above"))
+    }
+
+    fn update_gauges(&self) {
+        let metrics = &self.engine.metrics;
+        for channel in self.channels.iter().filter(|c| c.publisher.is_some()) {
+            let status = &channel.status;
+            let id = &*status.id;
+            metrics
+                .channel_lag_seconds
+                .with_label_values(&[id])
+                .set(self.lag_seconds(status).round() as i64);
+            metrics
+                .channel_pending
+                .with_label_values(&[id])
+                .set(i64::try_from(status.pending()).unwrap_or(i64::MAX));
+            metrics
+                .channel_dlq_depth
+                .with_label_values(&[id])
+                .set(i64::try_from(status.dlq_depth()).unwrap_or(i64::MAX));
+            metrics
+                .channel_drift
+                .with_label_values(&[id])
+                .set(i64::try_from(status.drift()).unwrap_or(i64::MAX));
+        }
+    }
+
+    pub async fn set_paused(&self, id: &str, paused: bool) -> Result<ChannelReport, ChannelError> {
+        let (_, publisher, _) = self.publisher(id)?;
+        publisher
+            .send(SetPaused(paused))
+            .await
+            .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+        self.report(id)
+    }
+
+    /// Publishes every SKU's current view to the channel (onboarding, repair).
+    /// Returns how many SKUs were queued.
+    pub async fn resync(&self, id: &str) -> Result<usize, ChannelError> {
+        let (channel, _, index) = self.publisher(id)?;
+        let locations: Vec<Arc<str>> = channel
+            .config
+            .locations
+            .iter()
+            .filter_map(|l| self.engine.location(l).cloned())
+            .collect();
+        let skus = self
+            .engine
+            .list_skus(&locations)
+            .await
+            .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+        let count = skus.len();
+        self.refresh(index, skus).await?;
+        Ok(count)
+    }
+
+    /// Re-delivers from the log (every SKU changed after `from_seq`, at its current
+    /// value) or the dead-letter queue (its SKUs, at their current values).
+    /// Returns the SKUs queued for dead letters, `None` for a log replay.
+    pub async fn replay(&self, id: &str, from: ReplayFrom) -> Result<Option<usize>, ChannelError> {
+        let (_, publisher, index) = self.publisher(id)?;
+        let broadcaster = self.broadcaster()?;
+        match from {
+            ReplayFrom::Seq(from_seq) => {
+                broadcaster
+                    .send(Rewind {
+                        target: index,
+                        from_seq,
+                    })
+                    .await
+                    .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+                Ok(None)
+            }
+            ReplayFrom::DeadLetters => {
+                let skus = publisher
+                    .send(TakeDeadLetters)
+                    .await
+                    .map_err(|e| ChannelError::Unavailable(e.to_string()))?
+                    .map_err(ChannelError::Unavailable)?;
+                let count = skus.len();
+                self.refresh(index, skus).await?;
+                Ok(Some(count))
+            }
+        }
+    }
+
+    fn broadcaster(&self) -> Result<&Addr<Broadcaster>, ChannelError> {
+        self.broadcaster
+            .as_ref()
+            .ok_or_else(|| ChannelError::Unavailable("no channel has a sink".into()))
+    }
+
+    async fn refresh(&self, target: usize, skus: Vec<Arc<str>>) -> Result<(), ChannelError> {
+        self.broadcaster()?
+            .send(Refresh { target, skus })
+            .await
+            .map_err(|e| ChannelError::Unavailable(e.to_string()))
+    }
+
+    /// The publication ledger: what the channel last acknowledged for `sku`.
+    pub fn published(&self, id: &str, sku: &str) -> Result<Option<PublishedRecord>, ChannelError> {
+        self.find(id)?;
+        Ok(ledger::get_published(&*self.engine.shared.store, id, sku)?)
+    }
+
+    /// The value the channel should have for `sku` now.
+    pub async fn current_value(&self, id: &str, sku: &str) -> Result<u64, ChannelError> {
+        let channel = self.find(id)?;
+        self.value_of(&channel.config, sku).await
+    }
+
+    async fn value_of(&self, config: &ChannelConfig, sku: &str) -> Result<u64, ChannelError> {
+        let locations: Vec<Arc<str>> = config
+            .locations
+            .iter()
+            .filter_map(|l| self.engine.location(l).cloned())
+            .collect();
+        let readouts = self
+            .engine
+            .read_sku(sku, Some(&locations), None)
+            .await
+            .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+        let views: Vec<PositionView> = readouts
+            .iter()
+            .map(|r| PositionView {
+                version: r.version,
+                available: r.available(),
+                commitments: r.commitments.clone(),
+            })
+            .collect();
+        Ok(Policy::of(config).apply(summed_view(&config.id, &views)))
+    }
+
+    /// Compares the ledger with the current view of every SKU the channel sells and
+    /// counts SKUs that have differed for longer than the channel's grace period.
+    async fn check_drift(
+        &self,
+        index: usize,
+        seen: &mut HashMap<Arc<str>, i64>,
+    ) -> Result<(), ChannelError> {
+        let channel = &self.channels[index];
+        if channel.publisher.is_none() {
+            return Ok(());
+        }
+        let locations: Vec<Arc<str>> = channel
+            .config
+            .locations
+            .iter()
+            .filter_map(|l| self.engine.location(l).cloned())
+            .collect();
+        let skus = self
+            .engine
+            .list_skus(&locations)
+            .await
+            .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+        let now = now_ms();
+        let mut drifting: HashMap<Arc<str>, i64> = HashMap::new();
+        for slice in skus.chunks(DRIFT_READS) {
+            let values =
+                join_all(slice.iter().map(|sku| self.value_of(&channel.config, sku))).await;
+            for (sku, value) in slice.iter().zip(values) {
+                let value = value?;
+                let published = self.published(&channel.config.id, sku)?;
+                let differs = match published {
+                    Some(record) => record.available != value,
+                    None => value > 0,
+                };
+                if differs && drifting.len() < DRIFT_TRACKED_MAX {
+                    let since = seen.get(sku).copied().unwrap_or(now);
+                    drifting.insert(sku.clone(), since);
+                }
+            }
+        }
+        let count = drifting
+            .values()
+            .filter(|since| now - **since >= channel.drift_grace_ms)
+            .count();
+        *seen = drifting;
+        channel.status.drift.store(count as u64, Ordering::Relaxed);
+        self.engine
+            .metrics
+            .channel_drift
+            .with_label_values(&[&channel.config.id])
+            .set(count as i64);
+        Ok(())
+    }
+}
+
+/// How long a sink may keep retrying one batch before parking it: every backoff plus
+/// every timeout.
+fn retry_budget_ms(retry: &Retry, sink: &SinkConfig) -> i64 {
+    let timeout = match sink {
+        SinkConfig::Webhook { timeout_ms, .. } => *timeout_ms,
+        _ => 0,
+    };
+    let mut total = Duration::ZERO;
+    for attempt in 1..retry.max_attempts {
+        let exponent = (attempt - 1).min(30);
+        total += retry
+            .backoff
+            .saturating_mul(1u32 << exponent)
+            .min(retry.backoff_max);
+    }
+    total += Duration::from_millis(timeout).saturating_mul(retry.max_attempts);
+    i64::try_from(total.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,333 @@
+//! Where a channel's publications go. A [`Sink`] delivers one batch and says whether
+//! the channel took it; publishers know nothing else about sinks, so another transport
+//! (NATS, say) is one more implementation of this trait and a config variant.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures_util::future::LocalBoxFuture;
+use hmac::{Hmac, Mac};
+use serde::Serialize;
+use sha2::Sha256;
+
+use super::feed::{self, Envelope, FeedLine};
+use super::Update;
+use crate::config::{FileFormat, SinkConfig};
+
+/// Signature header of webhook posts: `sha256=<hex HMAC-SHA256 of the body>`.
+pub const SIGNATURE_HEADER: &str = "X-Stockwire-Signature";
+
+/// One delivery: a channel's updates, at most `batch_max` of them.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Per-channel batch number (1, 2, ...), durable: file names, X12 control numbers.
+    pub id: u64,
+    pub channel: String,
+    pub updates: Vec<Update>,
+}
+
+/// Retry settings shared by every sink.
+#[derive(Debug, Clone, Copy)]
+pub struct Retry {
+    pub max_attempts: u32,
+    pub backoff: Duration,
+    pub backoff_max: Duration,
+    pub batch_max: usize,
+}
+
+impl Retry {
+    /// Delay before attempt `attempt + 1` after `attempt` failures: exponential, capped,
+    /// with jitter over the upper half so retries of many channels do not align.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let exponent = attempt.saturating_sub(1).min(30);
+        let base = self
+            .backoff
+            .saturating_mul(1u32 << exponent)
+            .min(self.backoff_max);
+        let half = base / 2;
+        let jitter = rand::random::<f64>();
+        half + half.mul_f64(jitter)
+    }
+}
+
+pub trait Sink {
+    /// Delivers `batch`; `Err` carries a short reason for `last_error`.
+    fn deliver(&self, batch: Batch) -> LocalBoxFuture<'static, Result<(), String>>;
+}
+
+/// Checks a sink's config can run here (creates a file sink's directory) and returns
+/// its retry settings.
+pub fn prepare(config: &SinkConfig) -> Result<Retry, String> {
+    match config {
+        SinkConfig::Webhook {
+            max_attempts,
+            batch_max,
+            backoff_ms,
+            backoff_max_ms,
+            ..
+        }
+        | SinkConfig::File {
+            max_attempts,
+            batch_max,
+            backoff_ms,
+            backoff_max_ms,
+            ..
+        } => {
+            if let SinkConfig::File { dir, .. } = config {
+                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            }
+            Ok(Retry {
+                max_attempts: *max_attempts,
+                backoff: Duration::from_millis(*backoff_ms),
+                backoff_max: Duration::from_millis(*backoff_max_ms),
+                batch_max: *batch_max,
+            })
+        }
+        SinkConfig::Nats { .. } => Err(NATS_MISSING.into()),
+    }
+}
+
+const NATS_MISSING: &str = "the nats sink is not built into this version";
+
+/// Builds the sink (on the thread that will use it: HTTP clients are thread-local).
+pub fn build(config: &SinkConfig) -> Box<dyn Sink> {
+    match config {
+        SinkConfig::Webhook {
+            url,
+            secret,
+            timeout_ms,
+            ..
+        } => Box::new(Webhook::new(
+            url.clone(),
+            secret.clone(),
+            Duration::from_millis(*timeout_ms),
+        )),
+        SinkConfig::File {
+            dir,
+            format,
+            sender_id,
+            receiver_id,
+            ..
+        } => Box::new(FileSink {
+            dir: dir.clone(),
+            format: *format,
+            sender_id: sender_id.clone(),
+            receiver_id: receiver_id.clone(),
+        }),
+        SinkConfig::Nats { .. } => Box::new(Unavailable),
+    }
+}
+
+/// A sink this build cannot deliver to (refused by config validation before this).
+struct Unavailable;
+
+impl Sink for Unavailable {
+    fn deliver(&self, _batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
+        Box::pin(async { Err(NATS_MISSING.to_string()) })
+    }
+}
+
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    channel: &'a str,
+    updates: Vec<WebhookUpdate<'a>>,
+}
+
+#[derive(Serialize)]
+struct WebhookUpdate<'a> {
+    sku: &'a str,
+    available: u64,
+    seq: u64,
+    at: String,
+}
+
+/// The JSON body of a webhook post (SPEC §4).
+pub fn webhook_body(batch: &Batch) -> Vec<u8> {
+    let body = WebhookBody {
+        channel: &batch.channel,
+        updates: batch
+            .updates
+            .iter()
+            .map(|u| WebhookUpdate {
+                sku: &u.sku,
+                available: u.available,
+                seq: u.seq,
+                at: rfc3339_ms(u.at_ms),
+            })
+            .collect(),
+    };
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
+/// `sha256=<hex>` of `body` under `secret`.
+pub fn signature(secret: &str, body: &[u8]) -> String {
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC accepts keys of any length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn rfc3339_ms(at_ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(at_ms)
+        .unwrap_or_default()
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+struct Webhook {
+    url: String,
+    secret: Option<String>,
+    client: awc::Client,
+}
+
+impl Webhook {
+    fn new(url: String, secret: Option<String>, timeout: Duration) -> Webhook {
+        let client = awc::Client::builder()
+            .timeout(timeout)
+            .disable_redirects()
+            .finish();
+        Webhook {
+            url,
+            secret,
+            client,
+        }
+    }
+}
+
+impl Sink for Webhook {
+    fn deliver(&self, batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
+        let body = webhook_body(&batch);
+        let mut request = self
+            .client
+            .post(&self.url)
+            .insert_header(("content-type", "application/json"));
+        if let Some(secret) = &self.secret {
+            request = request.insert_header((SIGNATURE_HEADER, signature(secret, &body)));
+        }
+        Box::pin(async move {
+            let response = request.send_body(body).await.map_err(|e| e.to_string())?;
+            let status = response.status();
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("http status {}", status.as_u16()))
+            }
+        })
+    }
+}
+
+struct FileSink {
+    dir: PathBuf,
+    format: FileFormat,
+    sender_id: String,
+    receiver_id: String,
+}
+
+impl Sink for FileSink {
+    fn deliver(&self, batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
+        let lines: Vec<FeedLine> = batch
+            .updates
+            .iter()
+            .map(|u| FeedLine {
+                sku: u.sku.to_string(),
+                available: u.available,
+                seq: u.seq,
+                at_ms: u.at_ms,
+            })
+            .collect();
+        let rendered = match self.format {
+            FileFormat::Csv => feed::render_csv(&lines)
+                .map(|bytes| (bytes, "csv"))
+                .map_err(|e| e.to_string()),
+            FileFormat::Edi846 => {
+                let envelope = Envelope {
+                    sender_id: self.sender_id.clone(),
+                    receiver_id: self.receiver_id.clone(),
+                    control_number: u32::try_from(batch.id.saturating_sub(1) % 999_999_999)
+                        .unwrap_or(0)
+                        + 1,
+                    at_ms: crate::actors::now_ms(),
+                    test: false,
+                };
+                feed::render_edi846(&lines, &envelope)
+                    .map(|text| (text.into_bytes(), "edi"))
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let dir = self.dir.clone();
+        Box::pin(async move {
+            let (bytes, extension) = rendered?;
+            let name = format!("{}-{:012}.{extension}", batch.channel, batch.id);
+            tokio::task::spawn_blocking(move || write_atomically(&dir, &name, &bytes))
+                .await
+                .map_err(|e| e.to_string())?
+        })
+    }
+}
+
+/// Writes `name` so a reader polling `dir` never sees a partial file: write a hidden
+/// temporary, fsync it, rename.
+fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let temporary = dir.join(format!(".{name}.tmp"));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, dir.join(name))
+    })();
+    result.map_err(|e| format!("{}: {e}", dir.join(name).display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_and_is_capped() {
+        let retry = Retry {
+            max_attempts: 10,
+            backoff: Duration::from_millis(100),
+            backoff_max: Duration::from_millis(1000),
+            batch_max: 10,
+        };
+        for _ in 0..50 {
+            let first = retry.delay(1);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let third = retry.delay(3);
+            assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
+            let late = retry.delay(40);
+            assert!(late >= Duration::from_millis(500) && late <= Duration::from_millis(1000));
+        }
+    }
+
+    #[test]
+    fn signature_is_hmac_sha256_hex() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature("Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn webhook_body_matches_spec_shape() {
+        let batch = Batch {
+            id: 1,
+            channel: "web".into(),
+            updates: vec![Update {
+                sku: "sku-1".into(),
+                available: 7,
+                seq: 42,
+                first_seq: 40,
+                at_ms: 0,
+            }],
+        };
+        let body: serde_json::Value = serde_json::from_slice(&webhook_body(&batch)).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"channel": "web", "updates": [
+                {"sku": "sku-1", "available": 7, "seq": 42, "at": "1970-01-01T00:00:00.000Z"}
+            ]})
+        );
+    }
+}
