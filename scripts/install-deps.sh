@@ -4,7 +4,10 @@
 set -euo pipefail
 need=()
 [ -e /usr/include/rocksdb/c.h ] || need+=(librocksdb-dev)
-compgen -G "/usr/lib/llvm-*/lib/libclang*.so*" >/dev/null || need+=(libclang-dev)
+# bindgen needs libclang itself (libclang.so / libclang-N.so), not libclang-cpp.
+compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
+  || compgen -G "/usr/lib/llvm-*/lib/libclang-[0-9]*.so*" >/dev/null \
+  || need+=(libclang-dev)
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "missing ${need[*]}: install them, or build the bundled RocksDB with plain 'cargo build'" >&2
