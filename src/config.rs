@@ -1330,13 +1330,16 @@ impl Validator<'_> {
                     &WEBHOOK_MAX_ATTEMPTS_RANGE,
                 )?;
                 self.backoff(path, *backoff_ms, *backoff_max_ms)?;
-                for (field, value) in [("sender_id", sender_id), ("receiver_id", receiver_id)] {
-                    let valid = (1..=15).contains(&value.len())
-                        && value.chars().all(|c| c.is_ascii_alphanumeric() || c == ' ');
-                    if !valid {
+                let parties = [
+                    ("sender_id", "sender", sender_id),
+                    ("receiver_id", "receiver", receiver_id),
+                ];
+                for (field, role, value) in parties {
+                    // The renderer's own rule, so a config that starts can always render.
+                    if let Err(error) = crate::channels::feed::check_party(role, value) {
                         return self.fail(
                             format!("{path}.{field}"),
-                            "must be 1-15 ASCII letters, digits or spaces (an X12 interchange id)",
+                            format!("not an X12 interchange id: {error}"),
                         );
                     }
                 }

@@ -282,7 +282,8 @@ pub fn parse_csv(bytes: &[u8]) -> Result<Vec<FeedLine>, FeedError> {
 // X12 846: rendering
 // ---------------------------------------------------------------------------------------
 
-fn check_party(role: &'static str, id: &str) -> Result<(), FeedError> {
+/// Whether `id` can be an X12 interchange id (ISA06/ISA08); config checks with this too.
+pub fn check_party(role: &'static str, id: &str) -> Result<(), FeedError> {
     let reason = if id.is_empty() {
         Some("empty".to_string())
     } else if let Some(c) = id.chars().find(|c| matches!(c, '*' | '~' | '>')) {
