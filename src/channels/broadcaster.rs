@@ -15,7 +15,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use super::policy::{summed_view, Policy, PositionView};
-use super::publisher::{Offer, Publisher};
+use super::publisher::{Offer, Publisher, Rewound};
 use super::runtime::ChannelStatus;
 use super::Update;
 use crate::actors::{now_ms, PositionReadout};
@@ -96,12 +96,12 @@ pub struct Refresh {
     pub skus: Vec<Arc<str>>,
 }
 
-/// Re-offer everything after `from_seq` to one target.
+/// Re-offer everything after `after_seq` to one target.
 #[derive(Message)]
-#[rtype(result = "()")]
+#[rtype(result = "Result<(), String>")]
 pub struct Rewind {
     pub target: usize,
-    pub from_seq: u64,
+    pub after_seq: u64,
 }
 
 impl Broadcaster {
@@ -276,6 +276,7 @@ impl Broadcaster {
                 seq,
                 first_seq,
                 at_ms,
+                owed: false,
             });
         }
         updates.sort_unstable_by_key(|u| u.seq);
@@ -419,6 +420,7 @@ impl Handler<Refresh> for Broadcaster {
                         seq,
                         first_seq: 0,
                         at_ms,
+                        owed: true,
                     });
                 }
                 let offered: Vec<(Arc<str>, u64)> = updates
@@ -462,14 +464,27 @@ impl Handler<Refresh> for Broadcaster {
 }
 
 impl Handler<Rewind> for Broadcaster {
-    type Result = ();
+    type Result = AtomicResponse<Self, Result<(), String>>;
 
-    fn handle(&mut self, rewind: Rewind, ctx: &mut Context<Self>) {
-        let head = self.engine.journal().head();
-        if let Some(target) = self.targets.get_mut(rewind.target) {
-            target.next_seq = target.next_seq.min(rewind.from_seq);
-            target.force_through = head;
-            ctx.notify(Pump);
-        }
+    /// Moves the channel's durable cursor back first (in mailbox order, behind every
+    /// offer already sent), then re-reads the journal from there.
+    fn handle(&mut self, rewind: Rewind, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(target) = self.targets.get(rewind.target) else {
+            return AtomicResponse::new(Box::pin(actix::fut::ready(Ok(()))));
+        };
+        let moved = target.publisher.send(Rewound {
+            after_seq: rewind.after_seq,
+        });
+        AtomicResponse::new(Box::pin(actix::fut::wrap_future(moved).map(
+            move |sent, act: &mut Self, ctx: &mut Context<Self>| {
+                sent.map_err(|e| e.to_string())??;
+                let head = act.engine.journal().head();
+                let target = &mut act.targets[rewind.target];
+                target.next_seq = target.next_seq.min(rewind.after_seq);
+                target.force_through = head;
+                ctx.notify(Pump);
+                Ok(())
+            },
+        )))
     }
 }

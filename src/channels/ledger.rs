@@ -1,5 +1,6 @@
 //! What publication keeps durably: each channel's cursor and batch counter (`Meta`),
-//! the publication ledger (`Published`) and the dead-letter queue (`DeadLetters`).
+//! the publication ledger (`Published`), the dead-letter queue (`DeadLetters`) and
+//! the SKUs a resync or replay still owes the channel (`Owed`).
 
 use serde::{Deserialize, Serialize};
 
@@ -141,6 +142,30 @@ pub fn dead_letters(
     }
 }
 
+/// Records that `sku` is owed to `channel`: a refresh was accepted for it.
+pub fn put_owed(batch: &mut WriteBatch, channel: &str, sku: &str) {
+    batch.put(Space::Owed, prefixed(channel, sku.as_bytes()), Vec::new());
+}
+
+/// The channel acknowledged (or parked) a refreshed value of `sku`.
+pub fn delete_owed(batch: &mut WriteBatch, channel: &str, sku: &str) {
+    batch.delete(Space::Owed, prefixed(channel, sku.as_bytes()));
+}
+
+/// Every SKU still owed to `channel` (read once at start-up).
+pub fn owed_skus(store: &dyn Store, channel: &str) -> Result<Vec<String>, StorageError> {
+    let prefix = prefixed(channel, &[]);
+    let mut found = Vec::new();
+    store.scan(Space::Owed, &prefix, &mut |key, _| {
+        if !key.starts_with(&prefix) {
+            return false;
+        }
+        found.push(String::from_utf8_lossy(&key[prefix.len()..]).into_owned());
+        true
+    })?;
+    Ok(found)
+}
+
 /// Number of dead letters of `channel` (counted once at start-up).
 pub fn count_dead_letters(store: &dyn Store, channel: &str) -> Result<u64, StorageError> {
     let prefix = prefixed(channel, &[]);
@@ -203,5 +228,23 @@ mod tests {
         store.write(batch, false).unwrap();
         assert_eq!(count_dead_letters(&store, "web").unwrap(), 1);
         assert_eq!(count_dead_letters(&store, "webx").unwrap(), 1);
+    }
+
+    #[test]
+    fn owed_skus_are_kept_per_channel_until_deleted() {
+        let store = MemoryStore::new();
+        let mut batch = WriteBatch::default();
+        put_owed(&mut batch, "web", "b");
+        put_owed(&mut batch, "web", "a");
+        put_owed(&mut batch, "webx", "c");
+        store.write(batch, false).unwrap();
+        assert_eq!(owed_skus(&store, "web").unwrap(), ["a", "b"]);
+        assert_eq!(owed_skus(&store, "we").unwrap(), Vec::<String>::new());
+
+        let mut batch = WriteBatch::default();
+        delete_owed(&mut batch, "web", "a");
+        store.write(batch, false).unwrap();
+        assert_eq!(owed_skus(&store, "web").unwrap(), ["b"]);
+        assert_eq!(owed_skus(&store, "webx").unwrap(), ["c"]);
     }
 }

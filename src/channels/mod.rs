@@ -44,4 +44,7 @@ pub struct Update {
     pub first_seq: u64,
     /// When that change was recorded (ms since the epoch).
     pub at_ms: i64,
+    /// A resync or dead-letter replay recorded this SKU as owed (`Space::Owed`): its
+    /// delivery (or parking) clears that record.
+    pub owed: bool,
 }

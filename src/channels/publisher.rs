@@ -42,6 +42,15 @@ pub struct Offer {
 #[rtype(result = "()")]
 pub struct SetPaused(pub bool);
 
+/// The broadcaster re-reads the journal after `after_seq` for this channel (replay):
+/// the durable cursor moves back there, so a crash before the replay is delivered
+/// resumes it rather than losing it.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Rewound {
+    pub after_seq: u64,
+}
+
 /// Takes up to [`DLQ_REPLAY_MAX`] dead letters out of the queue and returns their SKUs
 /// (the caller re-publishes their current values).
 #[derive(Message)]
@@ -109,10 +118,12 @@ impl Publisher {
                     (a, 0) => a,
                     (a, b) => a.min(b),
                 };
+                let owed = existing.owed || update.owed;
                 if update.seq >= existing.seq {
                     *existing = update;
                 }
                 existing.first_seq = first_seq;
+                existing.owed = owed;
             }
             None => {
                 self.pending.insert(update.sku.clone(), update);
@@ -221,7 +232,9 @@ impl Publisher {
         for update in &mut in_flight.batch.updates {
             if let Some(newer) = self.pending.remove(&update.sku) {
                 let first_seq = update.first_seq;
+                let owed = update.owed || newer.owed;
                 *update = newer;
+                update.owed = owed;
                 if first_seq > 0 && (update.first_seq == 0 || first_seq < update.first_seq) {
                     update.first_seq = first_seq;
                 }
@@ -272,6 +285,9 @@ impl Publisher {
                         ledger::put_published(&mut batch, self.id(), &update.sku, &record)
                     {
                         tracing::error!(channel = self.id(), %error, "ledger record not encoded");
+                    }
+                    if update.owed {
+                        ledger::delete_owed(&mut batch, self.id(), &update.sku);
                     }
                 }
                 self.persist(batch, ctx);
@@ -330,7 +346,13 @@ impl Publisher {
         };
         let mut batch = WriteBatch::default();
         match ledger::put_dead_letter(&mut batch, self.id(), self.cursor.dead_letters, &letter) {
-            Ok(()) => self.status.add_dlq_depth(1),
+            Ok(()) => {
+                self.status.add_dlq_depth(1);
+                // The letter now carries what was owed: one durable debt, not two.
+                for update in in_flight.batch.updates.iter().filter(|u| u.owed) {
+                    ledger::delete_owed(&mut batch, self.id(), &update.sku);
+                }
+            }
             Err(error) => tracing::error!(channel = self.id(), %error, "dead letter not encoded"),
         }
         tracing::error!(
@@ -343,24 +365,36 @@ impl Publisher {
     }
 
     /// Writes `batch` with the current cursor, through the journal (ordered, durable).
-    fn persist(&mut self, mut batch: WriteBatch, ctx: &mut Context<Self>) {
-        self.cursor.cursor_seq = self.low_watermark().max(self.cursor.cursor_seq);
-        if let Err(error) = ledger::put_cursor(&mut batch, self.id(), &self.cursor) {
-            tracing::error!(channel = self.id(), %error, "cursor not encoded");
-            return;
-        }
-        self.status.set_cursor(self.cursor.cursor_seq);
-        self.cursor_written = Instant::now();
-        let engine = self.engine.clone();
-        let channel = self.status.id.clone();
+    fn persist(&mut self, batch: WriteBatch, ctx: &mut Context<Self>) {
+        let write = self.cursor_write(batch);
         ctx.spawn(
             async move {
-                if let Err(error) = engine.write(batch).await {
-                    tracing::error!(%channel, %error, "publication ledger write failed");
+                if let Err(error) = write.await {
+                    tracing::error!(%error, "publication ledger write failed");
                 }
             }
             .into_actor(self),
         );
+    }
+
+    /// Adds the current cursor to `batch`; the returned future writes it.
+    fn cursor_write(
+        &mut self,
+        mut batch: WriteBatch,
+    ) -> impl std::future::Future<Output = Result<(), String>> + 'static {
+        self.cursor.cursor_seq = self.low_watermark().max(self.cursor.cursor_seq);
+        let encoded = ledger::put_cursor(&mut batch, self.id(), &self.cursor);
+        self.status.set_cursor(self.cursor.cursor_seq);
+        self.cursor_written = Instant::now();
+        let engine = self.engine.clone();
+        let channel = self.status.id.clone();
+        async move {
+            encoded.map_err(|e| format!("channel {channel}: cursor not encoded: {e}"))?;
+            engine
+                .write(batch)
+                .await
+                .map_err(|e| format!("channel {channel}: {e}"))
+        }
     }
 }
 
@@ -407,6 +441,19 @@ impl Handler<SetPaused> for Publisher {
     }
 }
 
+impl Handler<Rewound> for Publisher {
+    type Result = ResponseFuture<Result<(), String>>;
+
+    fn handle(&mut self, Rewound { after_seq }: Rewound, _ctx: &mut Context<Self>) -> Self::Result {
+        if after_seq < self.cursor.cursor_seq {
+            self.received_through = after_seq;
+            self.cursor.cursor_seq = after_seq;
+        }
+        // Written even when nothing moved, so the answer means "durable".
+        Box::pin(self.cursor_write(WriteBatch::default()))
+    }
+}
+
 impl Handler<TakeDeadLetters> for Publisher {
     type Result = ResponseFuture<Result<Vec<Arc<str>>, String>>;
 
@@ -419,14 +466,14 @@ impl Handler<TakeDeadLetters> for Publisher {
                 .map_err(|e| e.to_string())?;
             let mut batch = WriteBatch::default();
             let mut skus: Vec<Arc<str>> = Vec::new();
+            // In one atomic write, each letter becomes an owed SKU: a crash before the
+            // replayed values are delivered re-offers them after the restart.
             for (id, letter) in &letters {
                 ledger::delete_dead_letter(&mut batch, &status.id, *id);
-                skus.extend(
-                    letter
-                        .updates
-                        .iter()
-                        .map(|(sku, ..)| Arc::from(sku.as_str())),
-                );
+                for (sku, ..) in &letter.updates {
+                    ledger::put_owed(&mut batch, &status.id, sku);
+                    skus.push(Arc::from(sku.as_str()));
+                }
             }
             if !batch.is_empty() {
                 engine.write(batch).await.map_err(|e| e.to_string())?;

@@ -18,13 +18,16 @@ use crate::actors::now_ms;
 use crate::config::{ChannelConfig, SinkConfig};
 use crate::engine::Engine;
 use crate::storage::records::JournalRecord;
-use crate::storage::StorageError;
+use crate::storage::{StorageError, WriteBatch};
 
 /// How often lag, pending and dead-letter gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// SKUs read concurrently by a drift check.
 const DRIFT_READS: usize = 64;
+
+/// Owed-SKU records written per journal append by a resync.
+const OWED_WRITE_MAX: usize = 10_000;
 
 /// Drifting SKUs remembered per channel (with when they started drifting).
 const DRIFT_TRACKED_MAX: usize = 100_000;
@@ -200,6 +203,7 @@ impl Channels {
         let broadcasting = Arbiter::new();
         let mut channels = Vec::new();
         let mut targets = Vec::new();
+        let mut owed_by_target = Vec::new();
         for channel in &config.channels {
             let id: Arc<str> = Arc::from(channel.id.as_str());
             let kind = channel.sink.as_ref().map_or("none", SinkConfig::kind);
@@ -212,6 +216,11 @@ impl Channels {
                     drift_grace_ms =
                         drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
                     let cursor = ledger::load_cursor(&*store, &id)?;
+                    let owed = ledger::owed_skus(&*store, &id)?;
+                    if !owed.is_empty() {
+                        tracing::info!(channel = %id, skus = owed.len(), "re-offering owed skus");
+                        owed_by_target.push((targets.len(), owed));
+                    }
                     status.add_dlq_depth(ledger::count_dead_letters(&*store, &id)?);
                     let coalesce = Duration::from_millis(channel.coalesce_ms);
                     let (engine_p, status_p) = (engine.clone(), status.clone());
@@ -261,6 +270,16 @@ impl Channels {
             arbiters: vec![publishers, broadcasting],
         });
         channels.clone().spawn_background();
+        // Resyncs and dead-letter replays accepted before the restart and not delivered.
+        let resume = channels.clone();
+        actix::spawn(async move {
+            for (index, skus) in owed_by_target {
+                let skus = skus.iter().map(|s| Arc::from(s.as_str())).collect();
+                if let Err(error) = resume.refresh(index, skus).await {
+                    tracing::error!(%error, "owed skus not re-offered");
+                }
+            }
+        });
         Ok(channels)
     }
 
@@ -416,12 +435,24 @@ impl Channels {
             .await
             .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
         let count = skus.len();
+        // Durable before it is answered: a crash before delivery re-offers them.
+        for slice in skus.chunks(OWED_WRITE_MAX) {
+            let mut batch = WriteBatch::default();
+            for sku in slice {
+                ledger::put_owed(&mut batch, id, sku);
+            }
+            self.engine
+                .write(batch)
+                .await
+                .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+        }
         self.refresh(index, skus).await?;
         Ok(count)
     }
 
-    /// Re-delivers from the log (every SKU changed after `from_seq`, at its current
-    /// value) or the dead-letter queue (its SKUs, at their current values).
+    /// Re-delivers from the log (every SKU changed at `from_seq` or later, at its
+    /// current value) or the dead-letter queue (its SKUs, at their current values).
+    /// Either is durable before this returns: a crash before delivery resumes it.
     /// Returns the SKUs queued for dead letters, `None` for a log replay.
     pub async fn replay(&self, id: &str, from: ReplayFrom) -> Result<Option<usize>, ChannelError> {
         let (_, publisher, index) = self.publisher(id)?;
@@ -431,10 +462,11 @@ impl Channels {
                 broadcaster
                     .send(Rewind {
                         target: index,
-                        from_seq,
+                        after_seq: from_seq.saturating_sub(1),
                     })
                     .await
-                    .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
+                    .map_err(|e| ChannelError::Unavailable(e.to_string()))?
+                    .map_err(ChannelError::Unavailable)?;
                 Ok(None)
             }
             ReplayFrom::DeadLetters => {

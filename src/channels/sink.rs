@@ -319,6 +319,7 @@ mod tests {
                 available: 7,
                 seq: 42,
                 first_seq: 40,
+                owed: false,
                 at_ms: 0,
             }],
         };

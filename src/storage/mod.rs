@@ -37,10 +37,13 @@ pub enum Space {
     Published,
     /// channel \0 id (u64 big-endian) -> `DeadLetter`: parked deliveries.
     DeadLetters,
+    /// channel \0 sku -> empty: a resync or dead-letter replay accepted for that SKU
+    /// and not yet acknowledged by the channel (re-offered after a restart).
+    Owed,
 }
 
 impl Space {
-    pub const ALL: [Space; 9] = [
+    pub const ALL: [Space; 10] = [
         Space::Journal,
         Space::Positions,
         Space::Reservations,
@@ -50,6 +53,7 @@ impl Space {
         Space::Exceptions,
         Space::Published,
         Space::DeadLetters,
+        Space::Owed,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Space {
             Space::Exceptions => "exceptions",
             Space::Published => "published",
             Space::DeadLetters => "dead_letters",
+            Space::Owed => "owed",
         }
     }
 }
