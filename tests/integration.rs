@@ -25,3 +25,6 @@ mod concurrency;
 
 #[path = "integration/crash.rs"]
 mod crash;
+
+#[path = "integration/channels.rs"]
+mod channels;

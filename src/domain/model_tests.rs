@@ -1169,7 +1169,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Disagreements with the SPEC found by the model (ignored until fixed)
+// Disagreements with the SPEC the model found (fixed; kept as regressions)
 // ---------------------------------------------------------------------------
 
 fn id(s: &str) -> Arc<str> {

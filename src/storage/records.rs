@@ -193,4 +193,66 @@ mod tests {
         assert_eq!(split_position_key(&key), Some(("sku-1", "wh-east")));
         assert_eq!(split_position_key(b"no-separator"), None);
     }
+
+    #[test]
+    fn format_1_journal_entries_still_decode() {
+        use crate::domain::{Delta, EventKind};
+        use serde::Serialize;
+
+        #[derive(Serialize)]
+        struct V1<'a> {
+            sku: &'a str,
+            location: &'a str,
+            event: Event,
+            version: u64,
+            counters: Counters,
+            event_id: &'a str,
+            source: &'a str,
+            correlation_id: &'a str,
+            occurred_at_ms: i64,
+            recorded_at_ms: i64,
+        }
+        let event = Event {
+            kind: EventKind::Received,
+            reservation_id: None,
+            channel: None,
+            delta: Delta {
+                on_hand: 5,
+                ..Delta::default()
+            },
+            commitment_used: 0,
+            commitment_qty: None,
+        };
+        let counters = Counters {
+            on_hand: 5,
+            ..Counters::default()
+        };
+        let v1 = V1 {
+            sku: "sku-1",
+            location: "wh-east",
+            event: event.clone(),
+            version: 1,
+            counters,
+            event_id: "e-1",
+            source: "wms",
+            correlation_id: "c",
+            occurred_at_ms: 7,
+            recorded_at_ms: 8,
+        };
+        let mut bytes = codec::encode(&v1).unwrap();
+        bytes[0] = 1;
+        let record = JournalRecord::decode(&bytes).unwrap();
+        assert_eq!(record.sku, "sku-1");
+        assert_eq!(record.event, event);
+        assert_eq!(record.counters.on_hand, 5);
+        assert!(record.commitments.is_empty());
+
+        let current = JournalRecord {
+            commitments: vec![(std::sync::Arc::from("web"), 3)],
+            ..record
+        };
+        let bytes = codec::encode(&current).unwrap();
+        assert_eq!(bytes[0], codec::FORMAT_VERSION);
+        assert_eq!(JournalRecord::decode(&bytes).unwrap(), current);
+    }
 }
