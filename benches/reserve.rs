@@ -89,7 +89,7 @@ fn journal(c: &mut Criterion) {
                             let tickets: Vec<_> = (0..concurrent)
                                 .map(|_| {
                                     journal
-                                        .append(vec![entry.clone()], WriteBatch::default())
+                                        .append(vec![entry.clone().into()], WriteBatch::default())
                                         .expect("queued")
                                 })
                                 .collect();

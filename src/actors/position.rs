@@ -19,9 +19,9 @@ use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout};
 use super::shard::{ColdEntry, ShardState};
 use super::{now_ms, PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
-use crate::storage::records::{position_key, ExceptionRecord, JournalRecord};
+use crate::storage::records::{position_key, EntrySummary, ExceptionRecord, JournalRecord};
 use crate::storage::replay::load_position;
-use crate::storage::{codec, seq_key, Space, StorageError};
+use crate::storage::{codec, seq_key, Entry, Space, StorageError};
 
 pub struct PositionActor {
     key: PositionKey,
@@ -62,7 +62,7 @@ impl PositionActor {
     }
 
     /// Decides and evolves `exec`, returning the encoded journal entries.
-    fn prepare(&mut self, exec: &mut Exec) -> Result<(Vec<Vec<u8>>, ExecOutcome), ExecError> {
+    fn prepare(&mut self, exec: &mut Exec) -> Result<(Vec<Entry>, ExecOutcome), ExecError> {
         let events = self.position.decide(&exec.command)?;
         // From here on state changes: any failure leaves memory ahead of
         // the journal, so the actor is poisoned until restarted.
@@ -77,7 +77,7 @@ impl PositionActor {
         &mut self,
         exec: &mut Exec,
         events: Vec<crate::domain::Event>,
-    ) -> Result<(Vec<Vec<u8>>, ExecOutcome), ExecError> {
+    ) -> Result<(Vec<Entry>, ExecOutcome), ExecError> {
         let was_oversold = self.position.is_oversold();
         let is_new = self.position.version == 0;
         let recorded_at_ms = now_ms();
@@ -111,7 +111,18 @@ impl PositionActor {
                     .map(|c| (c.channel.clone(), c.remaining()))
                     .collect(),
             };
-            entries.push(codec::encode(&record)?);
+            let summary = EntrySummary {
+                sku: self.key.sku.clone(),
+                location: self.key.location.clone(),
+                version: record.version,
+                counters: record.counters,
+                commitments: record.commitments.clone(),
+                recorded_at_ms,
+            };
+            entries.push(Entry {
+                bytes: codec::encode(&record)?,
+                summary: Some(summary),
+            });
             if event.kind == EventKind::Oversold {
                 self.record_oversold(exec, recorded_at_ms)?;
             }

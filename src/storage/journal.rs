@@ -10,6 +10,7 @@
 //! append fails, because in-memory state may be ahead of the durable state;
 //! a restart recovers from what is durable.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -18,6 +19,7 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use tokio::sync::{oneshot, watch};
 
+use super::records::{EntrySummary, JournalRecord};
 use super::{seq_key, Space, StorageError, Store, WriteBatch};
 
 pub type AppendError = StorageError;
@@ -25,8 +27,58 @@ pub type AppendError = StorageError;
 /// Resolves to the first `seq` of the append's entries once durable.
 pub type AppendTicket = oneshot::Receiver<Result<u64, StorageError>>;
 
+/// One journal entry: the bytes stored under its `seq` and, when the writer of the
+/// entry has it at hand, its [`EntrySummary`] for readers that follow the head.
+pub struct Entry {
+    pub bytes: Vec<u8>,
+    pub summary: Option<EntrySummary>,
+}
+
+impl From<Vec<u8>> for Entry {
+    fn from(bytes: Vec<u8>) -> Entry {
+        Entry {
+            bytes,
+            summary: None,
+        }
+    }
+}
+
+/// Summaries of the most recent entries kept in memory, so followers of the head
+/// (channel publication) read them without a RocksDB read and a decode each.
+pub const RECENT_MAX: usize = 32_768;
+
+/// The last durable entries' summaries, contiguous in `seq` (cleared when an entry
+/// without a summary is written, so a reader never sees a gap).
+#[derive(Default)]
+struct Recent {
+    entries: VecDeque<(u64, EntrySummary)>,
+}
+
+impl Recent {
+    /// Up to `limit` summaries with `seq > after`, or `None` when `after + 1` is no
+    /// longer (or not yet) here.
+    fn read(&self, after: u64, limit: usize) -> Option<Vec<(u64, EntrySummary)>> {
+        let first = self.entries.front()?.0;
+        if after + 1 < first {
+            return None;
+        }
+        let skip = usize::try_from(after + 1 - first).ok()?;
+        if skip > self.entries.len() {
+            return None;
+        }
+        Some(
+            self.entries
+                .iter()
+                .skip(skip)
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
+
 struct AppendRequest {
-    entries: Vec<Vec<u8>>,
+    entries: Vec<Entry>,
     extra: WriteBatch,
     reply: oneshot::Sender<Result<u64, StorageError>>,
 }
@@ -54,6 +106,7 @@ pub struct Journal {
     poisoned: Arc<AtomicBool>,
     stats: Arc<JournalStats>,
     store: Arc<dyn Store>,
+    recent: Arc<Mutex<Recent>>,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -76,7 +129,9 @@ impl Journal {
         let (head_sender, head_receiver) = watch::channel(head);
         let poisoned = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(JournalStats::default());
+        let recent = Arc::new(Mutex::new(Recent::default()));
         let writer = Writer {
+            recent: recent.clone(),
             store: store.clone(),
             receiver,
             head_sender,
@@ -102,6 +157,7 @@ impl Journal {
             poisoned,
             stats,
             store,
+            recent,
             writer: Mutex::new(handle),
         }
     }
@@ -127,7 +183,7 @@ impl Journal {
     /// Enqueues an append without blocking (`reserve` + `send`).
     pub fn append(
         &self,
-        entries: Vec<Vec<u8>>,
+        entries: Vec<Entry>,
         extra: WriteBatch,
     ) -> Result<AppendTicket, AppendError> {
         Ok(self.reserve()?.send(entries, extra))
@@ -149,6 +205,24 @@ impl Journal {
 
     pub fn stats(&self) -> &JournalStats {
         &self.stats
+    }
+
+    /// Up to `limit` summaries of durable entries with `seq > after`, in order: from
+    /// memory when they are recent enough, else read back and decoded.
+    pub fn read_summaries(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, EntrySummary)>, StorageError> {
+        if let Ok(recent) = self.recent.lock() {
+            if let Some(found) = recent.read(after, limit) {
+                return Ok(found);
+            }
+        }
+        self.read(after, limit)?
+            .into_iter()
+            .map(|(seq, bytes)| Ok((seq, EntrySummary::of(&JournalRecord::decode(&bytes)?))))
+            .collect()
     }
 
     /// Up to `limit` durable entries with `seq > after`, in order.
@@ -204,7 +278,7 @@ pub struct AppendPermit<'a> {
 impl AppendPermit<'_> {
     /// Queues the append. Cannot be refused for space (the place is
     /// reserved); after shutdown the ticket resolves to `Closed`.
-    pub fn send(mut self, entries: Vec<Vec<u8>>, extra: WriteBatch) -> AppendTicket {
+    pub fn send(mut self, entries: Vec<Entry>, extra: WriteBatch) -> AppendTicket {
         self.used = true;
         let (reply, ticket) = oneshot::channel();
         let request = AppendRequest {
@@ -235,6 +309,7 @@ impl Drop for AppendPermit<'_> {
 
 struct Writer {
     store: Arc<dyn Store>,
+    recent: Arc<Mutex<Recent>>,
     receiver: Receiver<Message>,
     head_sender: watch::Sender<u64>,
     next_seq: u64,
@@ -285,6 +360,26 @@ impl Writer {
         }
     }
 
+    /// Adds durable entries' summaries to the recent ring; returns what fell out.
+    fn remember(&self, summaries: Vec<(u64, Option<EntrySummary>)>) -> Vec<(u64, EntrySummary)> {
+        let mut evicted = Vec::new();
+        let Ok(mut recent) = self.recent.lock() else {
+            return evicted;
+        };
+        for (seq, summary) in summaries {
+            match summary {
+                Some(summary) => {
+                    if recent.entries.len() >= RECENT_MAX {
+                        evicted.extend(recent.entries.pop_front());
+                    }
+                    recent.entries.push_back((seq, summary));
+                }
+                None => evicted.extend(recent.entries.drain(..)),
+            }
+        }
+        evicted
+    }
+
     fn commit(&mut self, requests: &mut Vec<AppendRequest>) {
         if self.poisoned.load(Ordering::Acquire) {
             for request in requests.drain(..) {
@@ -296,10 +391,12 @@ impl Writer {
         let mut firsts = Vec::with_capacity(requests.len());
         let mut seq = self.next_seq;
         let mut entries = 0u64;
+        let mut summaries = Vec::new();
         for request in requests.iter_mut() {
             firsts.push(seq);
             for entry in request.entries.drain(..) {
-                batch.put(Space::Journal, seq_key(seq), entry);
+                batch.put(Space::Journal, seq_key(seq), entry.bytes);
+                summaries.push((seq, entry.summary));
                 seq += 1;
                 entries += 1;
             }
@@ -318,10 +415,13 @@ impl Writer {
                     .appends
                     .fetch_add(requests.len() as u64, Ordering::Relaxed);
                 self.stats.entries.fetch_add(entries, Ordering::Relaxed);
+                let evicted = self.remember(summaries);
                 self.head_sender.send_replace(seq - 1);
                 for (request, first) in requests.drain(..).zip(firsts) {
                     let _ = request.reply.send(Ok(first));
                 }
+                // Freed after the replies, off the acknowledgement's path.
+                drop(evicted);
             }
             Err(error) => {
                 tracing::error!(%error, "journal write failed, refusing further appends");
@@ -348,13 +448,100 @@ mod tests {
         }
     }
 
+    fn summarised(sku: &str, version: u64) -> Entry {
+        let record = JournalRecord {
+            sku: sku.to_string(),
+            location: "wh-east".to_string(),
+            event: crate::domain::Event {
+                kind: crate::domain::EventKind::Received,
+                reservation_id: None,
+                channel: None,
+                delta: crate::domain::Delta::default(),
+                commitment_used: 0,
+                commitment_qty: None,
+            },
+            version,
+            counters: crate::domain::Counters::default(),
+            event_id: format!("e-{version}"),
+            source: "test".to_string(),
+            correlation_id: "c".to_string(),
+            occurred_at_ms: 1,
+            recorded_at_ms: 2,
+            commitments: Vec::new(),
+        };
+        Entry {
+            bytes: crate::storage::codec::encode(&record).unwrap(),
+            summary: Some(EntrySummary::of(&record)),
+        }
+    }
+
+    #[tokio::test]
+    async fn recent_summaries_come_from_memory_and_match_the_stored_entries() {
+        let store = Arc::new(MemoryStore::new());
+        let journal = Journal::start(store, 0, options());
+        let stored = |journal: &Journal, after| -> Vec<(u64, EntrySummary)> {
+            journal
+                .read(after, 100)
+                .unwrap()
+                .into_iter()
+                .map(|(seq, b)| (seq, EntrySummary::of(&JournalRecord::decode(&b).unwrap())))
+                .collect()
+        };
+        // Seq 1 has no summary: it is only on disk.
+        journal
+            .append(vec![vec![9].into()], WriteBatch::default())
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        for version in 1..=3 {
+            let entries = vec![summarised("a", version), summarised("b", version)];
+            journal
+                .append(entries, WriteBatch::default())
+                .unwrap()
+                .await
+                .unwrap()
+                .unwrap();
+        }
+        assert_eq!(journal.head(), 7);
+        let recent = journal.recent.lock().unwrap().read(1, 100).unwrap();
+        assert_eq!(recent, stored(&journal, 1));
+        assert_eq!(recent.len(), 6);
+        assert_eq!(
+            journal.read_summaries(3, 2).unwrap(),
+            stored(&journal, 3)[..2]
+        );
+        assert_eq!(journal.read_summaries(7, 10).unwrap(), Vec::new());
+        // Before the ring starts: not in memory, read back (and seq 1 does not decode).
+        assert!(journal.recent.lock().unwrap().read(0, 100).is_none());
+        assert!(journal.read_summaries(0, 10).is_err());
+        // An entry without a summary empties the ring, so it never has a gap.
+        journal
+            .append(vec![vec![9].into()], WriteBatch::default())
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(journal.recent.lock().unwrap().entries.is_empty());
+        journal
+            .append(vec![summarised("a", 4)], WriteBatch::default())
+            .unwrap()
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(journal.recent.lock().unwrap().read(7, 10).is_none());
+        assert_eq!(journal.read_summaries(8, 10).unwrap(), stored(&journal, 8));
+    }
+
     #[tokio::test]
     async fn sequences_are_gap_free_across_concurrent_appends() {
         let store = Arc::new(MemoryStore::new());
         let journal = Arc::new(Journal::start(store, 0, options()));
         let mut tickets = Vec::new();
         for i in 0..200u8 {
-            let entries = vec![vec![i]; usize::from(i % 3) + 1];
+            let entries: Vec<Entry> = (0..usize::from(i % 3) + 1)
+                .map(|_| vec![i].into())
+                .collect();
             tickets.push((
                 entries.len(),
                 journal.append(entries, WriteBatch::default()).unwrap(),
@@ -382,21 +569,21 @@ mod tests {
         let store = Arc::new(MemoryStore::new());
         let journal = Journal::start(store.clone(), 0, options());
         journal
-            .append(vec![vec![1]], WriteBatch::default())
+            .append(vec![vec![1].into()], WriteBatch::default())
             .unwrap()
             .await
             .unwrap()
             .unwrap();
         store.set_failing(true);
         let failed = journal
-            .append(vec![vec![2]], WriteBatch::default())
+            .append(vec![vec![2].into()], WriteBatch::default())
             .unwrap()
             .await
             .unwrap();
         assert!(failed.is_err());
         store.set_failing(false);
         assert!(matches!(
-            journal.append(vec![vec![3]], WriteBatch::default()),
+            journal.append(vec![vec![3].into()], WriteBatch::default()),
             Err(StorageError::Poisoned)
         ));
         assert_eq!(journal.head(), 1);
@@ -422,7 +609,7 @@ mod tests {
         let tickets: Vec<_> = (0..200u8)
             .map(|i| {
                 journal
-                    .append(vec![vec![i]], WriteBatch::default())
+                    .append(vec![vec![i].into()], WriteBatch::default())
                     .unwrap()
             })
             .collect();
@@ -456,7 +643,7 @@ mod tests {
         let mut refused = 0;
         for _ in 0..50 {
             if matches!(
-                journal.append(vec![vec![0]], WriteBatch::default()),
+                journal.append(vec![vec![0].into()], WriteBatch::default()),
                 Err(StorageError::Overloaded)
             ) {
                 refused += 1;

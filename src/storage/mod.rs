@@ -12,7 +12,7 @@ pub mod records;
 pub mod replay;
 mod rocks;
 
-pub use journal::{AppendError, AppendPermit, Journal, JournalOptions, JournalStats};
+pub use journal::{AppendError, AppendPermit, Entry, Journal, JournalOptions, JournalStats};
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 

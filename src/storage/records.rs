@@ -1,5 +1,7 @@
 //! What is stored, in which space. All values go through [`super::codec`].
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use super::{codec, StorageError};
@@ -39,6 +41,32 @@ pub struct JournalRecord {
     /// Each channel's remaining commitment after this event (zeros omitted),
     /// so channel views can be computed from the log alone. Added in format 2.
     pub commitments: Vec<(ChannelId, u64)>,
+}
+
+/// What followers of the journal head need of an entry (channel publication): the
+/// position it changed and that position's state after it. Kept in memory for recent
+/// entries (`journal::RECENT_MAX`); cheap to clone (shared strings).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntrySummary {
+    pub sku: Arc<str>,
+    pub location: Arc<str>,
+    pub version: u64,
+    pub counters: Counters,
+    pub commitments: Vec<(ChannelId, u64)>,
+    pub recorded_at_ms: i64,
+}
+
+impl EntrySummary {
+    pub fn of(record: &JournalRecord) -> EntrySummary {
+        EntrySummary {
+            sku: Arc::from(record.sku.as_str()),
+            location: Arc::from(record.location.as_str()),
+            version: record.version,
+            counters: record.counters,
+            commitments: record.commitments.clone(),
+            recorded_at_ms: record.recorded_at_ms,
+        }
+    }
 }
 
 /// [`JournalRecord`] as format 1 wrote it (no `commitments`).
