@@ -6,7 +6,9 @@
 //! that fell behind (its publisher was full) is caught up with reads of its own, a chunk
 //! per pump, so it never holds the others back.
 
-use std::collections::HashMap;
+// foldhash: a fast, randomly seeded hasher; these maps are keyed by SKU and touched
+// once or more per journal entry, where SipHash showed in profiles.
+use foldhash::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +22,7 @@ use super::runtime::ChannelStatus;
 use super::Update;
 use crate::actors::{now_ms, PositionReadout};
 use crate::engine::Engine;
-use crate::storage::records::JournalRecord;
+use crate::storage::records::EntrySummary;
 
 /// Journal entries read per chunk.
 const CHUNK: usize = 1024;
@@ -30,6 +32,22 @@ pub const MIRROR_SKUS_MAX: usize = 200_000;
 
 /// SKUs refreshed (resync, dead-letter replay) per message, so live changes interleave.
 const REFRESH_SLICE: usize = 256;
+
+/// Least time between two pumps woken by journal appends: a tenth of the shortest
+/// `coalesce_ms` of the channels, within these bounds. Publication coalesces over
+/// that window anyway; reading the journal once per group commit, and offering every
+/// SKU once per pump, would cost the reservation path CPU for nothing.
+const PUMP_SPACING_MIN: Duration = Duration::from_millis(2);
+const PUMP_SPACING_MAX: Duration = Duration::from_millis(50);
+
+fn pump_spacing(targets: &[Target]) -> Duration {
+    let shortest = targets
+        .iter()
+        .map(|t| t.coalesce)
+        .min()
+        .unwrap_or(PUMP_SPACING_MAX);
+    (shortest / 10).clamp(PUMP_SPACING_MIN, PUMP_SPACING_MAX)
+}
 
 /// How often channels that were full are looked at again.
 const TICK: Duration = Duration::from_millis(100);
@@ -41,6 +59,8 @@ pub struct Target {
     pub status: Arc<ChannelStatus>,
     pub publisher: Addr<Publisher>,
     pub pending_max: usize,
+    /// The channel's `coalesce_ms`.
+    pub coalesce: Duration,
     /// Every journal entry up to here has been offered to this channel.
     pub next_seq: u64,
     /// Entries up to here are offered even when the value did not change (replay).
@@ -69,11 +89,31 @@ impl SkuEntry {
     }
 }
 
+/// What one chunk changed, per SKU and location: `(first seq, last seq, time of last)`.
+type Touched = HashMap<Arc<str>, Vec<TouchedAt>>;
+
+struct TouchedAt {
+    location: Arc<str>,
+    first_seq: u64,
+    last_seq: u64,
+    last_at_ms: i64,
+}
+
+/// The value `target` publishes for a SKU, from the mirror.
+fn target_value(target: &Target, entry: &SkuEntry) -> u64 {
+    let positions = entry
+        .positions
+        .iter()
+        .filter(|(l, _)| target.locations.contains(l))
+        .map(|(_, view)| view);
+    target.policy.apply(summed_view(&target.id, positions))
+}
+
 /// Journal entries read for some targets.
 struct Chunk {
     targets: Vec<usize>,
     through: u64,
-    records: Vec<(u64, JournalRecord)>,
+    records: Vec<(u64, EntrySummary)>,
 }
 
 pub struct Broadcaster {
@@ -116,7 +156,7 @@ impl Broadcaster {
             engine,
             targets,
             locations,
-            mirror: HashMap::new(),
+            mirror: HashMap::default(),
         }
     }
 
@@ -141,7 +181,7 @@ impl Broadcaster {
                 .map(|&i| self.targets[i].next_seq)
                 .min()
                 .unwrap_or(head);
-            match self.engine.read_log(from, CHUNK) {
+            match self.engine.journal().read_summaries(from, CHUNK) {
                 Ok(records) => {
                     let through = records.last().map_or(from, |(seq, _)| *seq);
                     chunks.push(Chunk {
@@ -168,8 +208,8 @@ impl Broadcaster {
             .iter()
             .flat_map(|c| c.records.iter())
             .filter(|(_, r)| self.locations.iter().any(|l| **l == *r.location))
-            .filter(|(_, r)| !self.mirror.contains_key(r.sku.as_str()))
-            .map(|(_, r)| Arc::from(r.sku.as_str()))
+            .filter(|(_, r)| !self.mirror.contains_key(&r.sku))
+            .map(|(_, r)| r.sku.clone())
             .collect();
         misses.sort_unstable();
         misses.dedup();
@@ -207,71 +247,78 @@ impl Broadcaster {
         }
     }
 
-    fn location(&self, name: &str) -> Option<Arc<str>> {
-        self.locations.iter().find(|l| ***l == *name).cloned()
-    }
-
-    /// Applies the chunks to the mirror and offers what changed.
+    /// Applies the chunks to the mirror, then offers each target what changed.
     fn finish(&mut self, chunks: Vec<Chunk>) {
-        for chunk in &chunks {
-            for (_, record) in &chunk.records {
-                let Some(location) = self.location(&record.location) else {
-                    continue;
-                };
-                let sku: Arc<str> = Arc::from(record.sku.as_str());
-                let view = PositionView {
-                    version: record.version,
-                    available: record.counters.available(),
-                    commitments: record.commitments.clone(),
-                };
-                self.entry(&sku).apply(&location, view);
-            }
-        }
-        for chunk in chunks {
+        let touched: Vec<Touched> = chunks.iter().map(|c| self.apply_chunk(c)).collect();
+        for (chunk, touched) in chunks.iter().zip(&touched) {
             for &index in &chunk.targets {
-                self.offer_chunk(index, &chunk);
+                self.offer_touched(index, chunk.through, touched);
             }
         }
     }
 
-    fn offer_chunk(&mut self, index: usize, chunk: &Chunk) {
-        let (next_seq, force_through) = {
-            let t = &self.targets[index];
-            (t.next_seq, t.force_through)
-        };
-        // sku -> (latest seq, first seq, at of latest)
-        let mut dirty: HashMap<&str, (u64, u64, i64)> = HashMap::new();
+    /// Updates the mirror from one chunk and returns, per SKU, where and when it changed.
+    fn apply_chunk(&mut self, chunk: &Chunk) -> Touched {
+        let mut touched = Touched::default();
         for (seq, record) in &chunk.records {
-            if *seq <= next_seq
-                || !self.targets[index]
-                    .locations
-                    .iter()
-                    .any(|l| **l == *record.location)
-            {
+            if !self.locations.contains(&record.location) {
                 continue;
             }
-            dirty
-                .entry(record.sku.as_str())
-                .and_modify(|d| {
-                    d.0 = *seq;
-                    d.2 = record.recorded_at_ms;
-                })
-                .or_insert((*seq, *seq, record.recorded_at_ms));
+            let view = PositionView {
+                version: record.version,
+                available: record.counters.available(),
+                commitments: record.commitments.clone(),
+            };
+            self.entry(&record.sku).apply(&record.location, view);
+            let places = touched.entry(record.sku.clone()).or_default();
+            match places.iter_mut().find(|t| t.location == record.location) {
+                Some(place) => {
+                    place.last_seq = *seq;
+                    place.last_at_ms = record.recorded_at_ms;
+                }
+                None => places.push(TouchedAt {
+                    location: record.location.clone(),
+                    first_seq: *seq,
+                    last_seq: *seq,
+                    last_at_ms: record.recorded_at_ms,
+                }),
+            }
         }
+        touched
+    }
+
+    /// Offers one target the SKUs of a chunk it has not seen whose value changed.
+    fn offer_touched(&mut self, index: usize, through: u64, touched: &Touched) {
+        let target = &self.targets[index];
+        let (next_seq, force_through) = (target.next_seq, target.force_through);
         let mut updates = Vec::new();
-        let mut offered = Vec::new();
-        for (sku, (seq, first_seq, at_ms)) in dirty {
-            let Some(entry) = self.mirror.get(sku) else {
+        for (sku, places) in touched {
+            let (mut seq, mut first_seq, mut at_ms) = (0, u64::MAX, 0);
+            for place in places
+                .iter()
+                .filter(|p| p.last_seq > next_seq && target.locations.contains(&p.location))
+            {
+                if place.last_seq > seq {
+                    seq = place.last_seq;
+                    at_ms = place.last_at_ms;
+                }
+                // Entries at or before `next_seq` were offered already; the first one
+                // after it is at least `next_seq + 1` (a lower bound keeps the cursor safe).
+                first_seq = first_seq.min(place.first_seq.max(next_seq + 1));
+            }
+            if seq == 0 {
+                continue;
+            }
+            let Some(entry) = self.mirror.get_mut(sku) else {
                 continue;
             };
-            let value = self.value(index, entry);
+            let value = target_value(target, entry);
             if entry.last_offered[index] == Some(value) && seq > force_through {
                 continue;
             }
-            let sku: Arc<str> = Arc::from(sku);
-            offered.push((sku.clone(), value));
+            entry.last_offered[index] = Some(value);
             updates.push(Update {
-                sku,
+                sku: sku.clone(),
                 available: value,
                 seq,
                 first_seq,
@@ -280,31 +327,27 @@ impl Broadcaster {
             });
         }
         updates.sort_unstable_by_key(|u| u.seq);
-        let target = &mut self.targets[index];
+        let through = through.max(next_seq);
         let offer = Offer {
-            through_seq: chunk.through.max(next_seq),
+            through_seq: through,
             updates,
         };
-        if target.publisher.try_send(offer).is_err() {
-            // Mailbox full: this channel stays where it was and catches up later.
-            return;
-        }
-        target.next_seq = chunk.through.max(next_seq);
-        for (sku, value) in offered {
-            if let Some(entry) = self.mirror.get_mut(&sku) {
-                entry.last_offered[index] = Some(value);
+        match target.publisher.try_send(offer) {
+            Ok(()) => self.targets[index].next_seq = through,
+            Err(SendError::Full(offer) | SendError::Closed(offer)) => {
+                // Mailbox full: this channel stays where it was and catches up later,
+                // when these SKUs must be offered again whatever their value.
+                for update in offer.updates {
+                    if let Some(entry) = self.mirror.get_mut(&update.sku) {
+                        entry.last_offered[index] = None;
+                    }
+                }
             }
         }
     }
 
     fn value(&self, index: usize, entry: &SkuEntry) -> u64 {
-        let target = &self.targets[index];
-        let positions = entry
-            .positions
-            .iter()
-            .filter(|(l, _)| target.locations.contains(l))
-            .map(|(_, view)| view);
-        target.policy.apply(summed_view(&target.id, positions))
+        target_value(&self.targets[index], entry)
     }
 
     fn reads(
@@ -345,12 +388,16 @@ impl Actor for Broadcaster {
         // channels whose publishers had no room.
         let mut head = self.engine.journal().subscribe();
         let addr = ctx.address();
+        let spacing = pump_spacing(&self.targets);
         ctx.spawn(
             async move {
                 while head.changed().await.is_ok() {
                     if addr.send(Pump).await.is_err() {
                         break;
                     }
+                    // Appends that land meanwhile are read together by the next pump:
+                    // one journal read per spacing, not one per group commit.
+                    tokio::time::sleep(spacing).await;
                 }
             }
             .into_actor(self),

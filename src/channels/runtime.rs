@@ -241,6 +241,7 @@ impl Channels {
                         status: status.clone(),
                         publisher: addr.clone(),
                         pending_max: config.publish_pending_max,
+                        coalesce,
                         next_seq: cursor.cursor_seq,
                         force_through: 0,
                     });
