@@ -20,6 +20,7 @@ run: deps
 # Formatting and lints, then unit, property and integration tests (real
 # binary, real RocksDB, loopback) and a one-shot run of every bench.
 test: deps
+	@./scripts/install-deps.sh --test
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --lib --bins --examples --benches
@@ -27,6 +28,7 @@ test: deps
 
 bench: deps
 	cargo bench --bench reserve
+	cargo bench --bench publication
 
 lint: deps
 	cargo fmt --all -- --check

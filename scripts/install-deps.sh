@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Installs the native libraries stockwire links against when they are missing.
+# Installs the native libraries stockwire links against when they are missing,
+# and with --test also promtool (Debian's prometheus package), which the tests
+# use to check the metrics exposition and the alert rules.
 # Debian/Ubuntu only; other platforms build the bundled RocksDB (see README).
 set -euo pipefail
 need=()
+if [ "${1:-}" = "--test" ]; then
+  command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+fi
 [ -e /usr/include/rocksdb/c.h ] || need+=(librocksdb-dev)
 # bindgen needs libclang itself (libclang.so / libclang-N.so), not libclang-cpp.
 compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null \
@@ -16,4 +21,4 @@ fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}"
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"

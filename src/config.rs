@@ -146,6 +146,9 @@ pub const SINK_BACKOFF_MAX_MS_RANGE: RangeInclusive<u64> = 1..=3_600_000;
 pub const PUBLISH_PENDING_MAX_DEFAULT: usize = 100_000;
 pub const PUBLISH_PENDING_MAX_RANGE: RangeInclusive<usize> = 16..=10_000_000;
 
+/// Log filter when neither `log_level` nor `STOCKWIRE_LOG` says otherwise.
+pub const LOG_LEVEL_DEFAULT: &str = "info";
+
 /// Seconds between two drift checks of the publication ledger.
 pub const DRIFT_CHECK_SECONDS_DEFAULT: u64 = 30;
 pub const DRIFT_CHECK_SECONDS_RANGE: RangeInclusive<u64> = 1..=86_400;
@@ -371,6 +374,9 @@ pub struct Config {
     /// Seconds between drift checks of the publication ledger.
     pub drift_check_seconds: u64,
     pub log_format: LogFormat,
+    /// Log filter, tracing's `EnvFilter` syntax (`info`, `warn,stockwire=debug`).
+    /// `STOCKWIRE_LOG` (or `STOCKWIRE_LOG_LEVEL`) overrides it.
+    pub log_level: String,
     pub locations: Vec<LocationConfig>,
     pub keys: Vec<KeyConfig>,
     pub channels: Vec<ChannelConfig>,
@@ -402,6 +408,7 @@ impl Default for Config {
             publish_pending_max: PUBLISH_PENDING_MAX_DEFAULT,
             drift_check_seconds: DRIFT_CHECK_SECONDS_DEFAULT,
             log_format: LogFormat::Text,
+            log_level: LOG_LEVEL_DEFAULT.to_owned(),
             locations: Vec::new(),
             keys: Vec::new(),
             channels: Vec::new(),
@@ -754,6 +761,7 @@ const ENV_KEYS: &[(&str, EnvValueKind)] = &[
     ("publish_pending_max", EnvValueKind::Scalar),
     ("drift_check_seconds", EnvValueKind::Scalar),
     ("log_format", EnvValueKind::Text),
+    ("log_level", EnvValueKind::Text),
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1212,6 +1220,9 @@ impl Validator<'_> {
             c.drift_check_seconds,
             &DRIFT_CHECK_SECONDS_RANGE,
         )?;
+        if let Err(error) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
+            return self.fail("log_level", format!("not a log filter: {error}"));
+        }
         Ok(())
     }
 
@@ -1585,6 +1596,20 @@ mod tests {
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::from_toml_str(text, ORIGIN, &[])
+    }
+
+    #[test]
+    fn the_shipped_embedded_default_loads() {
+        let config = parse(include_str!("../config/stockwire.toml")).expect("shipped config");
+        assert_eq!(config.listen, "127.0.0.1:8080");
+        let edi = config.channels.iter().find(|c| c.id == "edi").expect("edi");
+        assert!(matches!(
+            edi.sink,
+            Some(SinkConfig::File {
+                format: FileFormat::Edi846,
+                ..
+            })
+        ));
     }
 
     fn parse_env(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
@@ -2071,6 +2096,7 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
                 ("listen", _) => defaults.listen.clone(),
                 ("durability", _) => "wal".to_owned(),
                 ("log_format", _) => "text".to_owned(),
+                ("log_level", _) => "debug".to_owned(),
                 (_, EnvValueKind::Text) => "./somewhere".to_owned(),
                 (_, EnvValueKind::Scalar) => "100000000".to_owned(),
             };

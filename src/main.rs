@@ -52,15 +52,16 @@ fn main() -> anyhow::Result<()> {
             };
             let env: Vec<(String, String)> = std::env::vars().collect();
             let config = Config::load(&path, is_default, &env)?;
-            init_logging(config.log_format);
+            init_logging(config.log_format, &config.log_level);
             actix_web::rt::System::new().block_on(serve(Arc::new(config)))
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// `STOCKWIRE_LOG`, if set and valid, else the config's `log_level` (validated).
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("STOCKWIRE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -92,6 +93,7 @@ async fn wait_for_signal() {
 
 async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    metrics.prepare(&config);
     let store: Arc<dyn Store> = Arc::new(
         RocksStore::open(&config.data_dir)
             .with_context(|| format!("opening data dir {}", config.data_dir.display()))?,

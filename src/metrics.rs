@@ -31,6 +31,8 @@ pub struct Metrics {
     pub oversold_positions: IntGauge,
     pub rate_limited_total: IntCounterVec,
     pub live_position_actors: IntGauge,
+    /// 1 once recovered and able to journal, else 0 (set at scrape time).
+    pub ready: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -87,6 +89,21 @@ impl Metrics {
         registry
             .register(Box::new(journal_append_duration_seconds.clone()))
             .expect("unique metric");
+        // Process RSS, open fds, CPU seconds, threads, start time (Linux /proc).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("unique metric");
+        gauge_vec(
+            r,
+            "stockwire_build_info",
+            "Always 1; the build's version as a label",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1);
         Metrics {
             http_requests_total: counter(
                 r,
@@ -168,7 +185,37 @@ impl Metrics {
                 "stockwire_live_position_actors",
                 "Position actors currently active (the rest are passivated)",
             ),
+            ready: gauge(
+                r,
+                "stockwire_ready",
+                "1 once recovered and able to journal (what /readyz answers 200 for), else 0",
+            ),
             registry,
+        }
+    }
+
+    /// Creates the series whose label values config already names, at zero, so a
+    /// scrape shows them (and `rate()`-based alerts have a baseline) before the first
+    /// event: deliveries per channel with a sink, rate limiting per key, and
+    /// reconciliation exceptions per source named by inboxes or source authority.
+    pub fn prepare(&self, config: &crate::config::Config) {
+        for channel in config.channels.iter().filter(|c| c.sink.is_some()) {
+            for outcome in ["delivered", "failed", "dead_lettered"] {
+                self.channel_deliveries_total
+                    .with_label_values(&[&channel.id, outcome]);
+            }
+        }
+        for key in &config.keys {
+            self.rate_limited_total.with_label_values(&[&key.name]);
+        }
+        let sources = config
+            .inbox
+            .iter()
+            .map(|i| &i.source)
+            .chain(config.source_authority.iter().map(|a| &a.source));
+        for source in sources {
+            self.reconciliation_exceptions_total
+                .with_label_values(&[source]);
         }
     }
 

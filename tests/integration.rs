@@ -28,3 +28,6 @@ mod crash;
 
 #[path = "integration/channels.rs"]
 mod channels;
+
+#[path = "integration/ops.rs"]
+mod ops;

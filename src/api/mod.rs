@@ -23,6 +23,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest};
+use tracing::Instrument;
 
 use crate::channels::Channels;
 use crate::config::Config;
@@ -107,7 +108,14 @@ pub async fn edge_middleware(
     let metrics = request
         .app_data::<web::Data<AppState>>()
         .map(|state| state.metrics.clone());
-    let mut response = next.call(request).await?;
+    // Every line logged while handling the request carries its correlation id.
+    let span = tracing::info_span!(
+        "request",
+        correlation_id = %id,
+        method = %request.method(),
+        path = %request.path(),
+    );
+    let mut response = next.call(request).instrument(span.clone()).await?;
     if let Ok(value) = HeaderValue::from_str(&id) {
         response
             .headers_mut()
@@ -128,6 +136,14 @@ pub async fn edge_middleware(
             .http_request_duration_seconds
             .with_label_values(&[&route, &method])
             .observe(started.elapsed().as_secs_f64());
+        span.in_scope(|| {
+            tracing::debug!(
+                %route,
+                status = response.status().as_u16(),
+                elapsed_us = started.elapsed().as_micros() as u64,
+                "request done"
+            )
+        });
     }
     Ok(response)
 }

@@ -20,6 +20,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    state.metrics.ready.set(i64::from(state.engine().is_ok()));
     if let Some(engine) = state.engine.get() {
         state
             .metrics
