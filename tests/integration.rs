@@ -31,3 +31,6 @@ mod channels;
 
 #[path = "integration/ops.rs"]
 mod ops;
+
+#[path = "integration/loadtest.rs"]
+mod loadtest;
