@@ -517,6 +517,14 @@ pub struct ChannelConfig {
     /// Where publications go; `None`: the channel only serves reads.
     #[serde(default)]
     pub sink: Option<SinkConfig>,
+    /// When the channel is healthy again after an outage, replay its dead letters
+    /// (their SKUs at current values) so it converges without an operator.
+    #[serde(default = "default_true")]
+    pub replay_dead_letters_on_recovery: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `channels[].sink`, tagged by `kind`. `Debug` redacts the webhook secret.

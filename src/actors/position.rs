@@ -121,7 +121,7 @@ impl PositionActor {
             };
             entries.push(Entry {
                 bytes: codec::encode(&record)?,
-                summary: Some(summary),
+                summary: Some(Arc::new(summary)),
             });
             if event.kind == EventKind::Oversold {
                 self.record_oversold(exec, recorded_at_ms)?;

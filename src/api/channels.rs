@@ -34,7 +34,9 @@ impl From<ChannelError> for ApiError {
     fn from(error: ChannelError) -> ApiError {
         match error {
             ChannelError::UnknownChannel(_) => ApiError::NotFound(error.to_string()),
-            ChannelError::NoSink(_) => EngineError::InvalidState(error.to_string()).into(),
+            ChannelError::NoSink(_) | ChannelError::Busy(_) => {
+                EngineError::InvalidState(error.to_string()).into()
+            }
             ChannelError::Storage(storage) => EngineError::from(storage).into(),
             ChannelError::Unavailable(message) => ApiError::Unavailable(message),
         }

@@ -113,7 +113,7 @@ fn target_value(target: &Target, entry: &SkuEntry) -> u64 {
 struct Chunk {
     targets: Vec<usize>,
     through: u64,
-    records: Vec<(u64, EntrySummary)>,
+    records: Vec<(u64, Arc<EntrySummary>)>,
 }
 
 pub struct Broadcaster {
@@ -448,10 +448,12 @@ impl Handler<Refresh> for Broadcaster {
             .split_off(refresh.skus.len().min(REFRESH_SLICE));
         let slice = std::mem::take(&mut refresh.skus);
         let index = refresh.target;
+        // Stamped with the head from before the reads: every change a read may have
+        // missed is after it, so its live update outranks this value when merged.
+        let seq = self.engine.journal().head();
         let reads = self.reads(slice);
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(reads).map(
             move |reads, act: &mut Self, ctx: &mut Context<Self>| {
-                let seq = act.engine.journal().head();
                 let at_ms = now_ms();
                 let skus: Vec<Arc<str>> = reads.iter().map(|(sku, _)| sku.clone()).collect();
                 act.apply_reads(reads);
@@ -485,14 +487,16 @@ impl Handler<Refresh> for Broadcaster {
                                 entry.last_offered[index] = Some(value);
                             }
                         }
-                        if !rest.is_empty() {
+                        if rest.is_empty() {
+                            act.targets[index].status.set_refreshing(false);
+                        } else {
                             ctx.notify(Refresh {
                                 target: index,
                                 skus: rest,
                             });
                         }
                     }
-                    Err(SendError::Closed(_)) => {}
+                    Err(SendError::Closed(_)) => act.targets[index].status.set_refreshing(false),
                     Err(SendError::Full(Offer { updates, .. })) => {
                         let mut skus: Vec<Arc<str>> = updates.into_iter().map(|u| u.sku).collect();
                         skus.extend(rest);

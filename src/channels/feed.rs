@@ -315,6 +315,21 @@ pub fn check_party(role: &'static str, id: &str) -> Result<(), FeedError> {
     }
 }
 
+/// Whether one line can be carried by an 846 (its SKU as LIN03, its quantity as QTY02).
+pub fn check_x12_line(line: &FeedLine) -> Result<(), FeedError> {
+    check_x12_sku(&line.sku)?;
+    if line.available > X12_QTY_MAX {
+        return Err(FeedError::InvalidSku {
+            sku: line.sku.clone(),
+            reason: format!(
+                "quantity {} is over the 846's {X12_QTY_MAX}",
+                line.available
+            ),
+        });
+    }
+    Ok(())
+}
+
 fn check_x12_sku(sku: &str) -> Result<(), FeedError> {
     if let Some(c) = sku.chars().find(|c| matches!(c, '*' | '~' | '>')) {
         return Err(FeedError::InvalidSku {

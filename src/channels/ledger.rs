@@ -50,10 +50,15 @@ fn cursor_key(channel: &str) -> Vec<u8> {
 }
 
 pub fn load_cursor(store: &dyn Store, channel: &str) -> Result<Cursor, StorageError> {
-    match store.get(Space::Meta, &cursor_key(channel))? {
-        Some(bytes) => codec::decode(&bytes),
-        None => Ok(Cursor::default()),
-    }
+    Ok(stored_cursor(store, channel)?.unwrap_or_default())
+}
+
+/// The channel's cursor, `None` if it never had one written.
+pub fn stored_cursor(store: &dyn Store, channel: &str) -> Result<Option<Cursor>, StorageError> {
+    store
+        .get(Space::Meta, &cursor_key(channel))?
+        .map(|bytes| codec::decode(&bytes))
+        .transpose()
 }
 
 pub fn put_cursor(

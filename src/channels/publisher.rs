@@ -16,7 +16,7 @@ use super::sink::{Batch, Retry, Sink};
 use super::Update;
 use crate::actors::now_ms;
 use crate::engine::Engine;
-use crate::storage::WriteBatch;
+use crate::storage::{StorageError, WriteBatch};
 
 /// Offers queued in a publisher's mailbox at most; a full mailbox makes the
 /// broadcaster hold that channel back (it catches up from the journal).
@@ -28,8 +28,18 @@ const DOWN_AFTER_FAILURES: u32 = 3;
 /// How often the cursor is made durable when only `received_through` moved.
 const CURSOR_FLUSH: Duration = Duration::from_millis(500);
 
-/// Dead letters taken per replay request.
-pub const DLQ_REPLAY_MAX: usize = 10_000;
+/// SKUs taken out of the dead-letter queue per replay request (whole letters, at least
+/// one), so one replay is one bounded write.
+pub const DLQ_REPLAY_SKUS_MAX: usize = 10_000;
+
+/// After a restart batch numbers (file names, X12 control numbers) skip this far ahead:
+/// a batch handed to its sink just before a crash may not have its number on disk yet,
+/// and a number must never be used twice.
+pub const RESTART_BATCH_GAP: u64 = 16;
+
+/// Back-off while the journal queue is full for a publication write.
+const WRITE_RETRY_FIRST: Duration = Duration::from_millis(5);
+const WRITE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// New values for a channel, in journal order; `through_seq` is the last journal entry
 /// the broadcaster has looked at for this channel (0 for refreshes).
@@ -53,7 +63,7 @@ pub struct Rewound {
     pub after_seq: u64,
 }
 
-/// Takes up to [`DLQ_REPLAY_MAX`] dead letters out of the queue and returns their SKUs
+/// Takes dead letters (about [`DLQ_REPLAY_SKUS_MAX`] SKUs) out of the queue and returns their SKUs
 /// (the caller re-publishes their current values).
 #[derive(Message)]
 #[rtype(result = "Result<Vec<Arc<str>>, String>")]
@@ -95,8 +105,17 @@ impl Publisher {
         sink: Box<dyn Sink>,
         retry: Retry,
         coalesce: Duration,
-        cursor: Cursor,
+        stored: Option<Cursor>,
     ) -> Publisher {
+        // Resumed: batch numbers skip ahead (see RESTART_BATCH_GAP). New: the cursor is
+        // written before the first batch (`started`), so a crash always finds one.
+        let cursor = match stored {
+            Some(cursor) => Cursor {
+                batches: cursor.batches.saturating_add(RESTART_BATCH_GAP),
+                ..cursor
+            },
+            None => Cursor::default(),
+        };
         Publisher {
             status,
             engine,
@@ -191,6 +210,8 @@ impl Publisher {
         if paused || self.pending.is_empty() {
             return;
         }
+        // A retry may have taken SKUs out of `pending` into its batch.
+        self.round_left = self.round_left.min(self.pending.len());
         if self.round_left == 0 {
             if let Some(started) = self.round_started {
                 let due = started + self.coalesce;
@@ -204,13 +225,19 @@ impl Publisher {
         }
         let batch = self.take_batch();
         self.round_left = self.round_left.saturating_sub(batch.updates.len());
+        // Circuit open (down): a new batch is the next probe, at the capped back-off.
+        let retry_at =
+            (self.status.state() == ChannelState::Down).then(|| now + self.retry.backoff_max);
         self.in_flight = Some(InFlight {
             batch,
             attempts: 0,
             sending: false,
-            retry_at: None,
+            retry_at,
         });
-        self.attempt(ctx);
+        match retry_at {
+            Some(at) => self.wake_at(at, ctx),
+            None => self.attempt(ctx),
+        }
     }
 
     /// The oldest pending updates (by first unacknowledged seq), at most `batch_max`.
@@ -378,9 +405,12 @@ impl Publisher {
     }
 
     /// Writes `batch` with the current cursor, through the journal (ordered, durable).
+    /// The publisher handles nothing else until it is written (`ctx.wait`), so no later
+    /// cursor write can make a cursor durable past a ledger or dead-letter write that
+    /// has not landed.
     fn persist(&mut self, batch: WriteBatch, ctx: &mut Context<Self>) {
         let write = self.cursor_write(batch);
-        ctx.spawn(
+        ctx.wait(
             async move {
                 if let Err(error) = write.await {
                     tracing::error!(%error, "publication ledger write failed");
@@ -403,10 +433,31 @@ impl Publisher {
         let channel = self.status.id.clone();
         async move {
             encoded.map_err(|e| format!("channel {channel}: cursor not encoded: {e}"))?;
-            engine
-                .write(batch)
+            write_durably(&engine, batch)
                 .await
                 .map_err(|e| format!("channel {channel}: {e}"))
+        }
+    }
+}
+
+/// Writes `batch` through the journal, waiting out a full queue (publication is not
+/// refused like a client request: it waits, and the channel lags meanwhile). Fails
+/// only when the journal has failed or stopped: then nothing more is durable anyway.
+async fn write_durably(engine: &Engine, batch: WriteBatch) -> Result<(), StorageError> {
+    let mut delay = WRITE_RETRY_FIRST;
+    loop {
+        match engine.journal().append(Vec::new(), batch.clone()) {
+            Ok(ticket) => {
+                return match ticket.await {
+                    Ok(result) => result.map(|_| ()),
+                    Err(_) => Err(StorageError::Closed),
+                }
+            }
+            Err(StorageError::Overloaded) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(WRITE_RETRY_MAX);
+            }
+            Err(error) => return Err(error),
         }
     }
 }
@@ -417,6 +468,8 @@ impl Actor for Publisher {
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.status.set_cursor(self.cursor.cursor_seq);
+        // Durable before any batch: the batch numbers start from here after a crash.
+        self.persist(WriteBatch::default(), ctx);
         ctx.run_interval(CURSOR_FLUSH, |act, ctx| {
             let low = act.low_watermark();
             if low > act.cursor.cursor_seq && act.cursor_written.elapsed() >= CURSOR_FLUSH {
@@ -458,10 +511,10 @@ impl Handler<Rewound> for Publisher {
     type Result = ResponseFuture<Result<(), String>>;
 
     fn handle(&mut self, Rewound { after_seq }: Rewound, _ctx: &mut Context<Self>) -> Self::Result {
-        if after_seq < self.cursor.cursor_seq {
-            self.received_through = after_seq;
-            self.cursor.cursor_seq = after_seq;
-        }
+        // Both, always: the broadcaster re-reads from `after_seq`, so nothing after it
+        // may count as received, even when the cursor is already further back.
+        self.received_through = self.received_through.min(after_seq);
+        self.cursor.cursor_seq = self.cursor.cursor_seq.min(after_seq);
         // Written even when nothing moved, so the answer means "durable".
         Box::pin(self.cursor_write(WriteBatch::default()))
     }
@@ -475,8 +528,25 @@ impl Handler<TakeDeadLetters> for Publisher {
         let status = self.status.clone();
         Box::pin(async move {
             let store = engine.shared.store.clone();
-            let letters = ledger::dead_letters(&*store, &status.id, 0, DLQ_REPLAY_MAX)
-                .map_err(|e| e.to_string())?;
+            let mut letters = Vec::new();
+            let mut sku_count = 0;
+            let mut after = 0;
+            // A few letters at a time, until about DLQ_REPLAY_SKUS_MAX SKUs.
+            'reading: while sku_count < DLQ_REPLAY_SKUS_MAX {
+                let page = ledger::dead_letters(&*store, &status.id, after, 64)
+                    .map_err(|e| e.to_string())?;
+                if page.is_empty() {
+                    break;
+                }
+                for (id, letter) in page {
+                    if sku_count > 0 && sku_count + letter.updates.len() > DLQ_REPLAY_SKUS_MAX {
+                        break 'reading;
+                    }
+                    after = id;
+                    sku_count += letter.updates.len();
+                    letters.push((id, letter));
+                }
+            }
             let mut batch = WriteBatch::default();
             let mut skus: Vec<Arc<str>> = Vec::new();
             // In one atomic write, each letter becomes an owed SKU: a crash before the
@@ -489,7 +559,9 @@ impl Handler<TakeDeadLetters> for Publisher {
                 }
             }
             if !batch.is_empty() {
-                engine.write(batch).await.map_err(|e| e.to_string())?;
+                write_durably(&engine, batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 status.sub_dlq_depth(letters.len() as u64);
             }
             skus.sort_unstable();

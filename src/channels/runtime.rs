@@ -49,6 +49,11 @@ pub struct ChannelStatus {
     dlq_depth: AtomicU64,
     cursor_seq: AtomicU64,
     drift: AtomicU64,
+    /// A resync or dead-letter replay is being offered: one at a time per channel, so
+    /// their SKU lists never pile up.
+    refreshing: AtomicBool,
+    /// Batches were parked since the dead letters were last replayed.
+    parked_since_replay: AtomicBool,
     last_delivery_ms: AtomicI64,
     last_error: Mutex<Option<String>>,
 }
@@ -64,6 +69,8 @@ impl ChannelStatus {
             dlq_depth: AtomicU64::new(0),
             cursor_seq: AtomicU64::new(0),
             drift: AtomicU64::new(0),
+            refreshing: AtomicBool::new(false),
+            parked_since_replay: AtomicBool::new(false),
             last_delivery_ms: AtomicI64::new(0),
             last_error: Mutex::new(None),
         }
@@ -105,8 +112,12 @@ impl ChannelStatus {
     pub fn dlq_depth(&self) -> u64 {
         self.dlq_depth.load(Ordering::Relaxed)
     }
+    /// Batches were parked (or found parked at start-up).
     pub fn add_dlq_depth(&self, n: u64) {
         self.dlq_depth.fetch_add(n, Ordering::Relaxed);
+        if n > 0 {
+            self.parked_since_replay.store(true, Ordering::Relaxed);
+        }
     }
     pub fn sub_dlq_depth(&self, n: u64) {
         let _ = self
@@ -120,6 +131,13 @@ impl ChannelStatus {
     }
     pub fn set_cursor(&self, seq: u64) {
         self.cursor_seq.store(seq, Ordering::Relaxed);
+    }
+    /// Claims the channel's one refresh; false when one is running already.
+    pub fn start_refreshing(&self) -> bool {
+        !self.refreshing.swap(true, Ordering::AcqRel)
+    }
+    pub fn set_refreshing(&self, refreshing: bool) {
+        self.refreshing.store(refreshing, Ordering::Release);
     }
     pub fn drift(&self) -> u64 {
         self.drift.load(Ordering::Relaxed)
@@ -150,6 +168,8 @@ pub enum ChannelError {
     Storage(#[from] StorageError),
     #[error("publication is unavailable: {0}")]
     Unavailable(String),
+    #[error("channel {0:?} is already resyncing or replaying its dead letters; try again when it is done")]
+    Busy(String),
 }
 
 /// Where `POST /v1/channels/{id}/replay` starts.
@@ -215,7 +235,8 @@ impl Channels {
                     let retry = sink::prepare(sink_config).map_err(ChannelError::Unavailable)?;
                     drift_grace_ms =
                         drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
-                    let cursor = ledger::load_cursor(&*store, &id)?;
+                    let stored_cursor = ledger::stored_cursor(&*store, &id)?;
+                    let cursor = stored_cursor.unwrap_or_default();
                     let owed = ledger::owed_skus(&*store, &id)?;
                     if !owed.is_empty() {
                         tracing::info!(channel = %id, skus = owed.len(), "re-offering owed skus");
@@ -227,7 +248,7 @@ impl Channels {
                     let sink_config = sink_config.clone();
                     let addr = Publisher::start_in_arbiter(&publishers.handle(), move |_| {
                         let sink = sink::build(&sink_config);
-                        Publisher::new(status_p, engine_p, sink, retry, coalesce, cursor)
+                        Publisher::new(status_p, engine_p, sink, retry, coalesce, stored_cursor)
                     });
                     let index = targets.len();
                     targets.push(Target {
@@ -276,6 +297,7 @@ impl Channels {
         actix::spawn(async move {
             for (index, skus) in owed_by_target {
                 let skus = skus.iter().map(|s| Arc::from(s.as_str())).collect();
+                resume.targets_status(index).set_refreshing(true);
                 if let Err(error) = resume.refresh(index, skus).await {
                     tracing::error!(%error, "owed skus not re-offered");
                 }
@@ -291,6 +313,7 @@ impl Channels {
             loop {
                 tick.tick().await;
                 gauges.update_gauges();
+                gauges.replay_after_recovery().await;
             }
         });
         let drift = self;
@@ -309,6 +332,52 @@ impl Channels {
                 }
             }
         });
+    }
+
+    /// Once a channel that parked batches is healthy again (or at start-up, with
+    /// letters from before), its dead letters are replayed, a slice per tick, so it
+    /// converges without an operator.
+    async fn replay_after_recovery(&self) {
+        for channel in &self.channels {
+            let status = &channel.status;
+            if channel.publisher.is_none()
+                || !channel.config.replay_dead_letters_on_recovery
+                || status.state() != ChannelState::Healthy
+                || status.is_paused()
+                || !status.parked_since_replay.load(Ordering::Relaxed)
+            {
+                continue;
+            }
+            if status.dlq_depth() == 0 {
+                status.parked_since_replay.store(false, Ordering::Relaxed);
+                continue;
+            }
+            match self
+                .replay(&channel.config.id, ReplayFrom::DeadLetters)
+                .await
+            {
+                Ok(count) => tracing::info!(
+                    channel = %status.id,
+                    skus = count.unwrap_or(0),
+                    "channel healthy: replaying its dead letters"
+                ),
+                Err(ChannelError::Busy(_)) => {}
+                Err(error) => {
+                    tracing::warn!(channel = %status.id, %error, "dead-letter replay failed")
+                }
+            }
+        }
+    }
+
+    fn targets_status(&self, target: usize) -> &ChannelStatus {
+        let channel = self
+            .channels
+            .iter()
+            .find(|c| c.publisher.as_ref().is_some_and(|(_, i)| *i == target));
+        match channel {
+            Some(channel) => &channel.status,
+            None => &self.channels[0].status,
+        }
     }
 
     pub fn stop(&self) {
@@ -424,6 +493,22 @@ impl Channels {
     /// Returns how many SKUs were queued.
     pub async fn resync(&self, id: &str) -> Result<usize, ChannelError> {
         let (channel, _, index) = self.publisher(id)?;
+        if !channel.status.start_refreshing() {
+            return Err(ChannelError::Busy(id.to_string()));
+        }
+        let result = self.resync_claimed(channel, id, index).await;
+        if result.is_err() {
+            channel.status.set_refreshing(false);
+        }
+        result
+    }
+
+    async fn resync_claimed(
+        &self,
+        channel: &Channel,
+        id: &str,
+        index: usize,
+    ) -> Result<usize, ChannelError> {
         let locations: Vec<Arc<str>> = channel
             .config
             .locations
@@ -471,14 +556,25 @@ impl Channels {
                 Ok(None)
             }
             ReplayFrom::DeadLetters => {
-                let skus = publisher
-                    .send(TakeDeadLetters)
-                    .await
-                    .map_err(|e| ChannelError::Unavailable(e.to_string()))?
-                    .map_err(ChannelError::Unavailable)?;
-                let count = skus.len();
-                self.refresh(index, skus).await?;
-                Ok(Some(count))
+                let status = &self.channels[index_of(&self.channels, id)].status;
+                if !status.start_refreshing() {
+                    return Err(ChannelError::Busy(id.to_string()));
+                }
+                let taken = async {
+                    let skus = publisher
+                        .send(TakeDeadLetters)
+                        .await
+                        .map_err(|e| ChannelError::Unavailable(e.to_string()))?
+                        .map_err(ChannelError::Unavailable)?;
+                    let count = skus.len();
+                    self.refresh(index, skus).await?;
+                    Ok(Some(count))
+                }
+                .await;
+                if taken.is_err() {
+                    status.set_refreshing(false);
+                }
+                taken
             }
         }
     }
@@ -583,6 +679,13 @@ impl Channels {
             .set(count as i64);
         Ok(())
     }
+}
+
+fn index_of(channels: &[Channel], id: &str) -> usize {
+    channels
+        .iter()
+        .position(|c| c.config.id == id)
+        .unwrap_or_default()
 }
 
 /// How long a sink may keep retrying one batch before parking it: every backoff plus

@@ -239,6 +239,21 @@ impl Sink for FileSink {
                 .map(|bytes| (bytes, "csv"))
                 .map_err(|e| e.to_string()),
             FileFormat::Edi846 => {
+                // A SKU the 846 cannot carry (over 48 characters) would fail every
+                // attempt of the whole batch: it is left out, loudly, and the rest go.
+                let (lines, refused): (Vec<FeedLine>, Vec<FeedLine>) = lines
+                    .into_iter()
+                    .partition(|l| feed::check_x12_line(l).is_ok());
+                for line in &refused {
+                    tracing::error!(
+                        channel = %batch.channel,
+                        sku = %line.sku,
+                        "sku left out of the edi 846 feed: it cannot be carried by X12"
+                    );
+                }
+                if lines.is_empty() {
+                    return Box::pin(async { Ok(()) });
+                }
                 let envelope = Envelope {
                     sender_id: self.sender_id.clone(),
                     receiver_id: self.receiver_id.clone(),

@@ -31,7 +31,7 @@ pub type AppendTicket = oneshot::Receiver<Result<u64, StorageError>>;
 /// entry has it at hand, its [`EntrySummary`] for readers that follow the head.
 pub struct Entry {
     pub bytes: Vec<u8>,
-    pub summary: Option<EntrySummary>,
+    pub summary: Option<Arc<EntrySummary>>,
 }
 
 impl From<Vec<u8>> for Entry {
@@ -51,13 +51,13 @@ pub const RECENT_MAX: usize = 32_768;
 /// without a summary is written, so a reader never sees a gap).
 #[derive(Default)]
 struct Recent {
-    entries: VecDeque<(u64, EntrySummary)>,
+    entries: VecDeque<(u64, Arc<EntrySummary>)>,
 }
 
 impl Recent {
     /// Up to `limit` summaries with `seq > after`, or `None` when `after + 1` is no
     /// longer (or not yet) here.
-    fn read(&self, after: u64, limit: usize) -> Option<Vec<(u64, EntrySummary)>> {
+    fn read(&self, after: u64, limit: usize) -> Option<Vec<(u64, Arc<EntrySummary>)>> {
         let first = self.entries.front()?.0;
         if after + 1 < first {
             return None;
@@ -66,14 +66,8 @@ impl Recent {
         if skip > self.entries.len() {
             return None;
         }
-        Some(
-            self.entries
-                .iter()
-                .skip(skip)
-                .take(limit)
-                .cloned()
-                .collect(),
-        )
+        let end = skip.saturating_add(limit).min(self.entries.len());
+        Some(self.entries.range(skip..end).cloned().collect())
     }
 }
 
@@ -213,7 +207,7 @@ impl Journal {
         &self,
         after: u64,
         limit: usize,
-    ) -> Result<Vec<(u64, EntrySummary)>, StorageError> {
+    ) -> Result<Vec<(u64, Arc<EntrySummary>)>, StorageError> {
         if let Ok(recent) = self.recent.lock() {
             if let Some(found) = recent.read(after, limit) {
                 return Ok(found);
@@ -221,7 +215,10 @@ impl Journal {
         }
         self.read(after, limit)?
             .into_iter()
-            .map(|(seq, bytes)| Ok((seq, EntrySummary::of(&JournalRecord::decode(&bytes)?))))
+            .map(|(seq, bytes)| {
+                let record = JournalRecord::decode(&bytes)?;
+                Ok((seq, Arc::new(EntrySummary::of(&record))))
+            })
             .collect()
     }
 
@@ -361,7 +358,10 @@ impl Writer {
     }
 
     /// Adds durable entries' summaries to the recent ring; returns what fell out.
-    fn remember(&self, summaries: Vec<(u64, Option<EntrySummary>)>) -> Vec<(u64, EntrySummary)> {
+    fn remember(
+        &self,
+        summaries: Vec<(u64, Option<Arc<EntrySummary>>)>,
+    ) -> Vec<(u64, Arc<EntrySummary>)> {
         let mut evicted = Vec::new();
         let Ok(mut recent) = self.recent.lock() else {
             return evicted;
@@ -471,7 +471,7 @@ mod tests {
         };
         Entry {
             bytes: crate::storage::codec::encode(&record).unwrap(),
-            summary: Some(EntrySummary::of(&record)),
+            summary: Some(Arc::new(EntrySummary::of(&record))),
         }
     }
 
@@ -479,12 +479,15 @@ mod tests {
     async fn recent_summaries_come_from_memory_and_match_the_stored_entries() {
         let store = Arc::new(MemoryStore::new());
         let journal = Journal::start(store, 0, options());
-        let stored = |journal: &Journal, after| -> Vec<(u64, EntrySummary)> {
+        let stored = |journal: &Journal, after| -> Vec<(u64, Arc<EntrySummary>)> {
             journal
                 .read(after, 100)
                 .unwrap()
                 .into_iter()
-                .map(|(seq, b)| (seq, EntrySummary::of(&JournalRecord::decode(&b).unwrap())))
+                .map(|(seq, b)| {
+                    let record = JournalRecord::decode(&b).unwrap();
+                    (seq, Arc::new(EntrySummary::of(&record)))
+                })
                 .collect()
         };
         // Seq 1 has no summary: it is only on disk.

@@ -1109,7 +1109,7 @@ fn dead_letters_then_replay() {
     let channels = webhook_channel(
         "dl",
         &receiver,
-        "coalesce_ms = 0",
+        "coalesce_ms = 0\nreplay_dead_letters_on_recovery = false",
         "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 50",
     );
     let server = start("", &channels);
@@ -1644,7 +1644,7 @@ fn replayed_dead_letters_survive_a_crash_before_delivery() {
     let channels = webhook_channel(
         "dc",
         &receiver,
-        "coalesce_ms = 0",
+        "coalesce_ms = 0\nreplay_dead_letters_on_recovery = false",
         "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 50",
     );
     let mut server = start("", &channels);
@@ -1747,4 +1747,95 @@ fn an_accepted_resync_or_replay_survives_a_crash_before_delivery() {
         assert!(values.values().all(|v| *v == 4), "{request}: {values:?}");
     }
     receiver.check_every_post("rc");
+}
+
+/// After an outage long enough to park batches, the channel converges by itself once
+/// its endpoint is back: the first success replays its dead letters (SPEC §4: after
+/// an outage every channel converges to the engine's current values).
+#[test]
+fn a_recovered_channel_replays_its_dead_letters_by_itself() {
+    let receiver = Receiver::start(Mode::Fail, Duration::from_secs(1));
+    let channels = webhook_channel(
+        "ar",
+        &receiver,
+        "coalesce_ms = 0",
+        "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 50",
+    );
+    let server = start("", &channels);
+    let all = skus("a", 4);
+    post_events(
+        &server,
+        all.iter().map(|s| receipt(s, "wh-east", 6)).collect(),
+    );
+    wait_for("everything parked", SHOWS, || {
+        let status = report(&server, "ar");
+        (status["dlq_depth"].as_u64().is_some_and(|d| d > 0) && status["pending"] == 0)
+            .then_some(())
+    });
+    receiver.set_mode(Mode::Ok);
+    // One live change: its delivery is the first success.
+    server.receive("a-new", "wh-east", 1);
+    let mut everything = all.clone();
+    everything.push("a-new".to_string());
+    let values = wait_converged(&server, "ar", Some(&receiver), &everything);
+    assert!(all.iter().all(|s| values[s] == 6), "{values:?}");
+    wait_for("the dead-letter queue empty", SHOWS, || {
+        (report(&server, "ar")["dlq_depth"] == 0).then_some(())
+    });
+    receiver.check_every_post("ar");
+}
+
+/// X12 can carry SKUs of at most 48 characters: a longer one (valid for stockwire)
+/// is left out of the 846 and the rest of its batch is still written. After a
+/// kill -9, batch numbers (file names and control numbers) go on without repeating.
+#[test]
+fn an_edi_feed_skips_what_x12_cannot_carry_and_never_reuses_a_control_number() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let edi_dir = dir.path().join("edi");
+    let channels = format!(
+        "[[channels]]\nid = \"edx\"\nlocations = [\"wh-east\"]\ncoalesce_ms = 0\n\
+         sink = {{ kind = \"file\", dir = \"{}\", format = \"edi846\", max_attempts = 2, \
+         backoff_ms = 10, backoff_max_ms = 20 }}\n",
+        edi_dir.display()
+    );
+    let mut server = start("", &channels);
+    let long = "L".repeat(50);
+    post_events(
+        &server,
+        vec![
+            receipt(&long, "wh-east", 3),
+            receipt("short-1", "wh-east", 4),
+        ],
+    );
+    let values = wait_converged(&server, "edx", None, &["short-1".to_string()]);
+    assert_eq!(values["short-1"], 4);
+    let status = report(&server, "edx");
+    assert_eq!(status["dlq_depth"], 0, "{status}");
+    let numbers = |dir: &Path| -> Vec<u64> {
+        let (files, _) = feed_files(dir);
+        files.iter().map(|p| batch_id(p, "edx", "edi")).collect()
+    };
+    let before = numbers(&edi_dir);
+    assert!(!before.is_empty());
+    for path in feed_files(&edi_dir).0 {
+        let text = std::fs::read_to_string(&path).expect("846");
+        assert!(!text.contains(&long), "the long SKU was written: {text}");
+        stockwire::channels::feed::parse_edi846(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    }
+    server.kill();
+    server.spawn();
+    server.receive("short-2", "wh-east", 5);
+    wait_converged(&server, "edx", None, &["short-2".to_string()]);
+    let after = numbers(&edi_dir);
+    let max_before = before.iter().max().copied().unwrap_or(0);
+    let new: Vec<u64> = after
+        .iter()
+        .filter(|n| !before.contains(n))
+        .copied()
+        .collect();
+    assert!(!new.is_empty(), "{after:?}");
+    assert!(
+        new.iter().all(|n| *n > max_before),
+        "reused: {before:?} -> {after:?}"
+    );
 }
