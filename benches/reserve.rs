@@ -201,5 +201,50 @@ fn reserve(c: &mut Criterion) {
     system.block_on(engine.shutdown());
 }
 
-criterion_group!(benches, domain, journal, reserve);
+/// JSON of the hot route: decoding (strict, validated) a reservation request and
+/// encoding the reservation answer, as the handlers do.
+fn json(c: &mut Criterion) {
+    use stockwire::engine::ReservationView;
+    use stockwire::storage::records::{ReservationLine, ReservationRecord, ReservationStatus};
+    let mut group = c.benchmark_group("json");
+    let one = br#"{"reservation_id":"order-42","channel":"web","order_ref":"42","ttl_seconds":900,
+        "lines":[{"sku":"sku-123","location":"wh-east","qty":2}]}"#;
+    let three = br#"{"channel":"web","lines":[{"sku":"sku-1","qty":1},{"sku":"sku-2","qty":3},
+        {"sku":"sku-3","location":"wh-west","qty":1}],"split":true}"#;
+    group.bench_function("decode_reservation_request/1_line", |b| {
+        b.iter(|| stockwire::api::decode_create(std::hint::black_box(one), 100).expect("valid"))
+    });
+    group.bench_function("decode_reservation_request/3_lines", |b| {
+        b.iter(|| stockwire::api::decode_create(std::hint::black_box(three), 100).expect("valid"))
+    });
+    let view = ReservationView {
+        record: ReservationRecord {
+            id: "res_0123456789abcdef".into(),
+            channel: "web".into(),
+            order_ref: Some("42".into()),
+            status: ReservationStatus::Held,
+            lines: vec![ReservationLine {
+                sku: "sku-123".into(),
+                location: "wh-east".into(),
+                qty: 2,
+            }],
+            created_at_ms: 1_764_000_000_000,
+            updated_at_ms: 1_764_000_000_000,
+            expires_at_ms: Some(1_764_000_900_000),
+            correlation_id: "c0ffee".into(),
+            request_hash: vec![0; 32],
+            pending: None,
+        },
+        backordered: vec![0],
+    };
+    group.bench_function("encode_reservation_answer/1_line", |b| {
+        b.iter(|| {
+            serde_json::to_vec(&stockwire::api::view_json(std::hint::black_box(&view)))
+                .expect("json")
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, domain, journal, reserve, json);
 criterion_main!(benches);

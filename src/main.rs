@@ -71,6 +71,26 @@ fn init_logging(format: LogFormat, level: &str) {
     }
 }
 
+/// How long start-up waits for RocksDB's LOCK while another process holds it: a
+/// supervisor restarting us right after a kill may start us before the old
+/// process's last threads have let go of its files.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn open_store(dir: &std::path::Path) -> Result<RocksStore, stockwire::storage::StorageError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    loop {
+        match RocksStore::open(dir) {
+            Err(error)
+                if error.to_string().contains("lock") && std::time::Instant::now() < deadline =>
+            {
+                tracing::warn!(%error, "data dir locked by another process; waiting");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            result => return result,
+        }
+    }
+}
+
 /// SIGTERM or SIGINT (Ctrl-C).
 async fn wait_for_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -95,7 +115,7 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
     metrics.prepare(&config);
     let store: Arc<dyn Store> = Arc::new(
-        RocksStore::open(&config.data_dir)
+        open_store(&config.data_dir)
             .with_context(|| format!("opening data dir {}", config.data_dir.display()))?,
     );
     let state = web::Data::new(AppState::new(config.clone(), metrics.clone()));

@@ -7,10 +7,14 @@ set -eu
 : "${LOADTEST_PID_FILE:?set LOADTEST_PID_FILE}" "${LOADTEST_SERVE:?set LOADTEST_SERVE}"
 pid=$(cat "$LOADTEST_PID_FILE")
 kill -9 "$pid" 2>/dev/null || true
-# Gone, or a zombie its parent has not reaped yet (it holds no port or lock): at most 10 s.
+# Gone, or a zombie its parent has not reaped yet whose threads have all exited (it
+# then holds no file: not the port, not RocksDB's LOCK): at most 10 s.
 i=0
 while kill -0 "$pid" 2>/dev/null && [ "$i" -lt 200 ]; do
-  [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" = Z ] && break
+  if [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" = Z ] \
+     && [ -z "$(ls "/proc/$pid/fd" 2>/dev/null)" ]; then
+    break
+  fi
   sleep 0.05
   i=$((i + 1))
 done

@@ -159,7 +159,7 @@ impl Report {
         };
         let _ = writeln!(
             out,
-            "scenario {}: {rate}, {} connections, {} s after {} s warm-up (seeding took {:.1} s)",
+            "scenario {}: {rate}, {} connections, {:.1} s after {} s warm-up (seeding took {:.1} s)",
             self.scenario,
             self.concurrency,
             self.duration_seconds,

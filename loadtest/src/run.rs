@@ -77,6 +77,8 @@ struct Shared {
     ok: AtomicU64,
     failed: AtomicU64,
     stop: AtomicBool,
+    /// Restarts still to come: the load goes on past its duration until they are done.
+    restarting: AtomicBool,
 }
 
 impl Shared {
@@ -231,7 +233,7 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
         let scheduled = match (load.mode, interval) {
             (Mode::Open, Some(interval)) => {
                 let at = start + offset + interval.mul_f64(k as f64);
-                if at >= end {
+                if at >= end && !shared.restarting.load(Ordering::Relaxed) {
                     break;
                 }
                 let now = Instant::now();
@@ -242,7 +244,7 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
             }
             _ => {
                 let now = Instant::now();
-                if now >= end {
+                if now >= end && !shared.restarting.load(Ordering::Relaxed) {
                     break;
                 }
                 now
@@ -506,6 +508,7 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        restarting: AtomicBool::new(scenario.restart.is_some()),
     });
     let seeding = Instant::now();
     seed(&shared)?;
@@ -522,13 +525,18 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
     let restarts = Arc::new(AtomicU64::new(0));
     let restart_thread = {
         let (shared, restarts) = (shared.clone(), restarts.clone());
-        std::thread::spawn(move || restarter(shared, restarts))
+        std::thread::spawn(move || {
+            let result = restarter(shared.clone(), restarts);
+            shared.restarting.store(false, Ordering::Relaxed);
+            result
+        })
     };
     let progress_thread = shared.options.progress.then(|| {
         let shared = shared.clone();
         std::thread::spawn(move || progress(shared, start))
     });
     let mut outcomes = Vec::new();
+    let measure_from = start + Duration::from_secs_f64(scenario.load.warmup_seconds);
     for worker in workers {
         outcomes.push(
             worker
@@ -544,9 +552,15 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
         let _ = thread.join();
     }
     restart_result?;
+    // The measured window: as long as the scenario says, or longer if restarts took it.
+    let measured_seconds = measure_from
+        .elapsed()
+        .as_secs_f64()
+        .max(scenario.load.duration_seconds);
     let mut report = Report::new(scenario, &shared.options.target, seed_seconds);
+    report.duration_seconds = measured_seconds;
     report.restarts = restarts.load(Ordering::Relaxed);
-    merge(&mut report, scenario, &outcomes)?;
+    merge(&mut report, scenario, &outcomes, measured_seconds)?;
     report.verdict = verify(&shared, &outcomes)?;
     report.passed = report.verdict.iter().all(|c| c.passed);
     Ok(report)
@@ -556,6 +570,7 @@ fn merge(
     report: &mut Report,
     scenario: &Scenario,
     outcomes: &[WorkerOutcome],
+    seconds: f64,
 ) -> anyhow::Result<()> {
     let mut total = histogram();
     let mut per_second: Vec<Histogram<u64>> = Vec::new();
@@ -583,12 +598,10 @@ fn merge(
             h.add(&outcome.per_op[index])?;
         }
         if !h.is_empty() {
-            report
-                .ops
-                .push(OpStats::of(op.name(), &h, scenario.load.duration_seconds));
+            report.ops.push(OpStats::of(op.name(), &h, seconds));
         }
     }
-    report.set_latency(&total, scenario.load.duration_seconds);
+    report.set_latency(&total, seconds);
     report.timeline = per_second
         .iter()
         .enumerate()

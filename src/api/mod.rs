@@ -12,6 +12,8 @@ mod ops;
 mod positions;
 mod reservations;
 
+pub use reservations::{decode_create, view_json};
+
 pub use error::ApiError;
 
 use std::sync::atomic::AtomicUsize;
