@@ -261,6 +261,11 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
         let sku_n = rng.gen_range(0..seed.skus);
         let location_index = rng.gen_range(0..seed.locations.len());
         let mut releasing = None;
+        let availability = format!(
+            "/v1/availability/{}?channel={}",
+            shared.sku(sku_n),
+            seed.channel
+        );
         let (method, path, body): (&str, String, Vec<u8>) = match op {
             Op::Reserve {
                 lines,
@@ -306,25 +311,9 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
                     )
                 }
                 // Nothing of ours to release yet: read availability instead.
-                None => (
-                    "GET",
-                    format!(
-                        "/v1/availability/{}?channel={}",
-                        shared.sku(sku_n),
-                        seed.channel
-                    ),
-                    Vec::new(),
-                ),
+                None => ("GET", availability, Vec::new()),
             },
-            Op::Availability { .. } => (
-                "GET",
-                format!(
-                    "/v1/availability/{}?channel={}",
-                    shared.sku(sku_n),
-                    seed.channel
-                ),
-                Vec::new(),
-            ),
+            Op::Availability { .. } => ("GET", availability, Vec::new()),
             Op::Query { skus, .. } => {
                 let list: Vec<String> = (0..u64::from(*skus))
                     .map(|i| format!("\"{}\"", shared.sku((sku_n + i) % seed.skus)))

@@ -16,6 +16,7 @@ pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -25,6 +26,7 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest};
+use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use crate::channels::Channels;
@@ -45,16 +47,45 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Open event streams (bounded by `sse_connections_max`).
     pub sse_connections: AtomicUsize,
+    /// SHA-256 of each configured key's secret -> its name, to say in logs who
+    /// called (the secret itself is never logged). Enforcement is issue 5's.
+    key_names: HashMap<[u8; 32], Arc<str>>,
 }
 
 impl AppState {
+    /// The name of the configured key a request's `Authorization: Bearer` carries:
+    /// `-` without one, `unknown` for a key not in config.
+    pub fn key_name(&self, request: &ServiceRequest) -> Arc<str> {
+        let token = request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token {
+            None => Arc::from("-"),
+            Some(token) => {
+                let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+                self.key_names
+                    .get(&digest)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::from("unknown"))
+            }
+        }
+    }
+
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> AppState {
+        let key_names = config
+            .keys
+            .iter()
+            .filter_map(|k| Some((k.secret_sha256()?, Arc::from(k.name.as_str()))))
+            .collect();
         AppState {
             engine: OnceLock::new(),
             channels: OnceLock::new(),
             config,
-            metrics,
             sse_connections: AtomicUsize::new(0),
+            key_names,
+            metrics,
         }
     }
 
@@ -107,13 +138,17 @@ pub async fn edge_middleware(
     request
         .extensions_mut()
         .insert(CorrelationId(Arc::from(id.as_str())));
-    let metrics = request
-        .app_data::<web::Data<AppState>>()
-        .map(|state| state.metrics.clone());
-    // Every line logged while handling the request carries its correlation id.
+    let state = request.app_data::<web::Data<AppState>>().cloned();
+    let metrics = state.as_ref().map(|state| state.metrics.clone());
+    let key = state
+        .as_ref()
+        .map_or_else(|| Arc::from("-"), |s| s.key_name(&request));
+    // Every line logged while handling the request carries its correlation id and
+    // the name of the key that called.
     let span = tracing::info_span!(
         "request",
         correlation_id = %id,
+        key = %key,
         method = %request.method(),
         path = %request.path(),
     );

@@ -259,3 +259,83 @@ fn the_dashboard_and_the_alerts_query_only_metrics_the_server_exposes() {
     let unknown: Vec<&String> = queried.difference(&exposed).collect();
     assert!(unknown.is_empty(), "queried but not exposed: {unknown:?}");
 }
+
+/// Logs are JSON when asked, at the configured level, and every line about a request
+/// carries its correlation id and the name of the key that called, never the secret.
+#[test]
+fn request_logs_carry_the_correlation_id_and_the_key_name_but_no_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = crate::harness::free_port();
+    let config = dir.path().join("stockwire.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\
+             log_level = \"debug\"\n{BASE_CONFIG}\n[[keys]]\nname = \"storefront\"\n\
+             key = \"s3cret-token-value\"\nrole = \"admin\"\n",
+            dir.path().join("data").display()
+        ),
+    )
+    .expect("config");
+    // Logs go to standard output.
+    let log_path = dir.path().join("stdout.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_stockwire"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("STOCKWIRE_LOG")
+        .stdout(std::fs::File::create(&log_path).expect("log file"))
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start stockwire");
+    let url = |path: &str| format!("http://127.0.0.1:{port}{path}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while ureq::get(&url("/readyz")).call().is_err() {
+        assert!(std::time::Instant::now() < deadline, "not ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let answer = ureq::post(&url("/v1/events"))
+        .set("Authorization", "Bearer s3cret-token-value")
+        .set("X-Correlation-Id", "corr-logs-1")
+        .send_json(json!({"events": [{"event_id": "log-1", "type": "receipt",
+            "source": "wms", "sku": "log-sku", "location": "wh-east", "qty": 3}]}));
+    assert!(answer.is_ok(), "{answer:?}");
+    let _ = ureq::get(&url("/v1/availability/log-sku"))
+        .set("Authorization", "Bearer not-a-configured-key")
+        .set("X-Correlation-Id", "corr-logs-2")
+        .call();
+    // The debug line is written after the answer: give it a moment.
+    let mut lines = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        lines = std::fs::read_to_string(&log_path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.iter().any(|l| l.contains("corr-logs-2")) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = lines.join("\n");
+    assert!(!text.contains("s3cret-token-value"), "a secret was logged:\n{text}");
+    let done: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .filter(|v| v["fields"]["message"] == "request done")
+        .collect();
+    let posted = done
+        .iter()
+        .find(|v| v["span"]["correlation_id"] == "corr-logs-1")
+        .unwrap_or_else(|| panic!("no request line for corr-logs-1:\n{text}"));
+    assert_eq!(posted["span"]["key"], "storefront", "{posted}");
+    assert_eq!(posted["span"]["method"], "POST", "{posted}");
+    assert_eq!(posted["fields"]["route"], "/v1/events", "{posted}");
+    let read = done
+        .iter()
+        .find(|v| v["span"]["correlation_id"] == "corr-logs-2")
+        .unwrap_or_else(|| panic!("no request line for corr-logs-2:\n{text}"));
+    assert_eq!(read["span"]["key"], "unknown", "{read}");
+}
