@@ -29,6 +29,9 @@ const DRIFT_READS: usize = 64;
 /// Owed-SKU records written per journal append by a resync.
 const OWED_WRITE_MAX: usize = 10_000;
 
+/// Longest pause between two slices of a drift check.
+const DRIFT_PAUSE_MAX: Duration = Duration::from_millis(100);
+
 /// Drifting SKUs remembered per channel (with when they started drifting).
 const DRIFT_TRACKED_MAX: usize = 100_000;
 
@@ -650,7 +653,15 @@ impl Channels {
             .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
         let now = now_ms();
         let mut drifting: HashMap<Arc<str>, i64> = HashMap::new();
-        for slice in skus.chunks(DRIFT_READS) {
+        // Spread over up to half the period, so a large catalogue's check is a trickle
+        // of reads beside reservations, not a burst.
+        let slices = skus.len().div_ceil(DRIFT_READS).max(1) as u32;
+        let half_period = Duration::from_secs(self.engine.config.drift_check_seconds) / 2;
+        let pause = (half_period / slices).min(DRIFT_PAUSE_MAX);
+        for (index, slice) in skus.chunks(DRIFT_READS).enumerate() {
+            if index > 0 {
+                tokio::time::sleep(pause).await;
+            }
             let values =
                 join_all(slice.iter().map(|sku| self.value_of(&channel.config, sku))).await;
             for (sku, value) in slice.iter().zip(values) {
