@@ -12,6 +12,11 @@ use anyhow::{bail, Context};
 /// Largest answer body read (a query of 1,000 SKUs is well under this).
 const BODY_MAX: usize = 16 * 1024 * 1024;
 
+/// A connection idle longer than this is opened anew before use: servers close idle
+/// keep-alive connections (actix-web after 5 s), and a request written into one that
+/// the server closed would be lost without the server ever seeing it.
+const IDLE_MAX: Duration = Duration::from_secs(4);
+
 /// `host:port` from `http://host:port[/]` or `host:port`.
 pub fn authority(target: &str) -> anyhow::Result<String> {
     let rest = target.strip_prefix("http://").unwrap_or(target);
@@ -26,6 +31,7 @@ pub struct Connection {
     authority: String,
     timeout: Duration,
     reader: Option<BufReader<TcpStream>>,
+    last_used: std::time::Instant,
     request: Vec<u8>,
 }
 
@@ -36,6 +42,7 @@ impl Connection {
             authority: authority.to_string(),
             timeout,
             reader: None,
+            last_used: std::time::Instant::now(),
             request: Vec::with_capacity(1024),
         }
     }
@@ -60,7 +67,11 @@ impl Connection {
         path: &str,
         body: &[u8],
     ) -> anyhow::Result<(u16, Vec<u8>)> {
+        if self.last_used.elapsed() > IDLE_MAX {
+            self.reader = None;
+        }
         let result = self.exchange(method, path, body);
+        self.last_used = std::time::Instant::now();
         if result.is_err() {
             self.reader = None;
         }
@@ -118,7 +129,11 @@ impl Connection {
                 }
             }
         }
-        let length = length.unwrap_or(0);
+        let length = match (length, status) {
+            (Some(length), _) => length,
+            (None, 204 | 304) => 0,
+            (None, _) => bail!("an answer without Content-Length"),
+        };
         if length > BODY_MAX {
             bail!("answer of {length} bytes is over {BODY_MAX}");
         }

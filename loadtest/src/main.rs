@@ -71,12 +71,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(warmup) = cli.warmup {
         scenario.load.warmup_seconds = warmup;
     }
-    let prefix = cli.prefix.unwrap_or_else(|| {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        format!("lt{}", now % 100_000_000)
-    });
+    let prefix = cli
+        .prefix
+        .unwrap_or_else(|| format!("lt{:08x}", rand::random::<u32>()));
     let options = RunOptions {
         target: http::authority(&cli.target)?,
         prefix,

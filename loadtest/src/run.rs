@@ -44,29 +44,48 @@ fn coarse_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, LATENCY_MAX_US, 2).expect("valid histogram bounds")
 }
 
-/// A reservation the runner knows was (or may have been) created.
+/// What became of the runner's release of a reservation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// Not released by the runner.
+    No,
+    /// Answered 200 with this status (`released`, or `expired` if it ran out first).
+    Answered(&'static str),
+    /// Sent, answer lost (error or 5xx): either outcome is right.
+    Unknown,
+}
+
+/// A reservation the server acknowledged (201/200), as the runner saw it.
 #[derive(Debug, Clone)]
 struct Known {
     id: String,
-    released: bool,
+    /// `(sku, location, qty, backordered)` as acknowledged.
+    lines: Vec<(String, String, u64, u64)>,
+    /// When the hold runs out (runner's clock; every reservation carries a TTL).
+    deadline: Instant,
+    release: Release,
 }
 
 /// What one worker saw.
 struct WorkerOutcome {
     total: Histogram<u64>,
     per_op: Vec<Histogram<u64>>,
-    per_second: Vec<Histogram<u64>>,
+    /// The second being recorded; earlier ones are merged into `Shared::timeline`.
+    this_second: Option<(usize, Histogram<u64>)>,
     /// (op, status, code) -> count; status 0 is a connection error.
     outcomes: HashMap<(&'static str, u16, String), u64>,
     acked: Vec<Known>,
     /// Reservation ids whose request got no answer (may or may not exist).
     uncertain: Vec<String>,
+    /// Reservation ids refused for shortage (at most REFUSED_MAX in all): nothing of
+    /// them may stay held, a GET must be 404 (SPEC §1).
+    refused: Vec<String>,
     /// Event batches that got no answer: re-posted after the run (idempotent).
     uncertain_events: Vec<Vec<u8>>,
     /// (sku index, location index) -> units received by acknowledged events.
     received: HashMap<(u64, usize), u64>,
-    /// (sku, location, requested) of every shortage line answered.
-    shortages: Vec<(String, String, u64)>,
+    /// (sku, location) -> the smallest quantity refused there for shortage.
+    shortages: HashMap<(String, String), u64>,
     overflow: bool,
 }
 
@@ -76,7 +95,16 @@ struct Shared {
     sent: AtomicU64,
     ok: AtomicU64,
     failed: AtomicU64,
+    /// Acknowledged reservations remembered, all workers (bounded by ACKED_MAX).
+    acked: AtomicU64,
+    /// Unanswered event batches kept for re-posting, all workers.
+    uncertain_events: AtomicU64,
+    /// Refused reservation ids remembered, all workers.
+    refused: AtomicU64,
     stop: AtomicBool,
+    /// Latency per second of the measured window, all workers merged (one
+    /// histogram a second, however many workers).
+    timeline: std::sync::Mutex<Vec<Histogram<u64>>>,
     /// Restarts still to come: the load goes on past its duration until they are done.
     restarting: AtomicBool,
 }
@@ -92,6 +120,19 @@ struct ReservationAnswer {
     reservation_id: String,
     status: String,
     lines: Vec<LineAnswer>,
+}
+
+/// Unanswered event batches kept at most (each is re-posted after the run).
+const UNCERTAIN_EVENTS_MAX: u64 = 100_000;
+
+/// Refused reservation ids looked up after the run, at most.
+const REFUSED_MAX: u64 = 20_000;
+
+/// The TTL the runner gives reservations whose op names none: longer than the run
+/// and its verification, so nothing expires that the runner does not expect to.
+fn default_ttl_seconds(scenario: &Scenario) -> u64 {
+    let run = scenario.load.warmup_seconds + scenario.load.duration_seconds;
+    ((run as u64) + 3600).min(2_592_000)
 }
 
 #[derive(Deserialize)]
@@ -148,8 +189,10 @@ fn seed(shared: &Shared) -> anyhow::Result<()> {
         }
         let answer: serde_json::Value = serde_json::from_slice(&answer)?;
         for result in answer["results"].as_array().into_iter().flatten() {
-            if result["status"] == "rejected" {
-                bail!("seeding: an event was rejected: {result}");
+            if result["status"] != "applied" {
+                // A duplicate means this prefix was used before: the run's arithmetic
+                // would start from someone else's stock.
+                bail!("seeding: an event was not applied (prefix used before?): {result}");
             }
         }
         events.clear();
@@ -194,6 +237,18 @@ fn record_outcome(outcome: &mut WorkerOutcome, op: &'static str, status: u16, bo
     *outcome.outcomes.entry((op, status, code)).or_default() += 1;
 }
 
+fn flush_second(shared: &Shared, outcome: &mut WorkerOutcome) {
+    let Some((second, histogram)) = outcome.this_second.take() else {
+        return;
+    };
+    if let Ok(mut timeline) = shared.timeline.lock() {
+        while timeline.len() <= second {
+            timeline.push(coarse_histogram());
+        }
+        let _ = timeline[second].add(&histogram);
+    }
+}
+
 fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
     let scenario = &shared.scenario;
     let load = &scenario.load;
@@ -215,17 +270,23 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
     let mut outcome = WorkerOutcome {
         total: histogram(),
         per_op: scenario.mix.iter().map(|_| histogram()).collect(),
-        per_second: Vec::new(),
+        this_second: None,
         outcomes: HashMap::new(),
         acked: Vec::new(),
         uncertain: Vec::new(),
+        refused: Vec::new(),
         uncertain_events: Vec::new(),
         received: HashMap::new(),
-        shortages: Vec::new(),
+        shortages: HashMap::new(),
         overflow: false,
     };
     let mut held: Vec<usize> = Vec::new();
     let mut k: u64 = 0;
+    let default_ttl = default_ttl_seconds(scenario);
+    let ttl_of = |op: &Op| match op {
+        Op::Reserve { ttl_seconds, .. } => ttl_seconds.unwrap_or(default_ttl),
+        _ => default_ttl,
+    };
     loop {
         if shared.stop.load(Ordering::Relaxed) {
             break;
@@ -295,10 +356,8 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
                     }
                 }
                 text.push(']');
-                if let Some(ttl) = ttl_seconds {
-                    text.push_str(&format!(r#","ttl_seconds":{ttl}"#));
-                }
-                text.push('}');
+                let ttl = ttl_seconds.unwrap_or(default_ttl);
+                text.push_str(&format!(r#","ttl_seconds":{ttl}}}"#));
                 ("POST", "/v1/reservations".to_string(), text.into_bytes())
             }
             Op::Release { .. } => match held.pop() {
@@ -350,6 +409,7 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
             Op::Healthz { .. } => ("GET", "/healthz".to_string(), Vec::new()),
         };
         shared.sent.fetch_add(1, Ordering::Relaxed);
+        let sent_at = Instant::now();
         let result = connection.call(method, &path, &body);
         let latency_us = (scheduled.elapsed().as_micros() as u64).clamp(1, LATENCY_MAX_US);
         let measured = scheduled >= measure_from;
@@ -365,12 +425,19 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
         // What the answer means for the verdict, measured or not.
         match (op, &result) {
             (Op::Reserve { .. }, Ok((201 | 200, answer))) => {
-                if outcome.acked.len() >= ACKED_MAX {
+                if shared.acked.fetch_add(1, Ordering::Relaxed) >= ACKED_MAX as u64 {
                     outcome.overflow = true;
                 } else if let Ok(answer) = serde_json::from_slice::<ReservationAnswer>(answer) {
                     outcome.acked.push(Known {
                         id: answer.reservation_id,
-                        released: false,
+                        lines: answer
+                            .lines
+                            .into_iter()
+                            .map(|l| (l.sku, l.location, l.qty, l.backordered))
+                            .collect(),
+                        // Counted from the send: the server's deadline is no earlier.
+                        deadline: scheduled.max(sent_at) + Duration::from_secs(ttl_of(op)),
+                        release: Release::No,
                     });
                     if answer.status == "held" {
                         held.push(outcome.acked.len() - 1);
@@ -378,10 +445,19 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
                 }
             }
             (Op::Reserve { .. }, Ok((409, answer))) => {
+                if shared.refused.fetch_add(1, Ordering::Relaxed) < REFUSED_MAX {
+                    outcome
+                        .refused
+                        .push(format!("{}-r{index}-{k}", shared.options.prefix));
+                }
                 if let Ok(problem) = serde_json::from_slice::<Problem>(answer) {
                     for s in problem.shortages {
                         if let Some(location) = s.location {
-                            outcome.shortages.push((s.sku, location, s.requested));
+                            let least = outcome
+                                .shortages
+                                .entry((s.sku, location))
+                                .or_insert(s.requested);
+                            *least = (*least).min(s.requested);
                         }
                     }
                 }
@@ -396,9 +472,21 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
                     .uncertain
                     .push(format!("{}-r{index}-{k}", shared.options.prefix));
             }
-            (Op::Release { .. }, Ok((200, _))) => {
+            (Op::Release { .. }, Ok((200, answer))) => {
                 if let Some(known) = releasing {
-                    outcome.acked[known].released = true;
+                    let status = serde_json::from_slice::<ReservationAnswer>(answer)
+                        .map(|a| a.status)
+                        .unwrap_or_default();
+                    outcome.acked[known].release = match status.as_str() {
+                        "released" => Release::Answered("released"),
+                        "expired" => Release::Answered("expired"),
+                        _ => Release::Unknown,
+                    };
+                }
+            }
+            (Op::Release { .. }, _) => {
+                if let Some(known) = releasing {
+                    outcome.acked[known].release = Release::Unknown;
                 }
             }
             (Op::Events { batch, qty, .. }, Ok((200, answer))) => {
@@ -417,25 +505,49 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
                     }
                 }
             }
-            (Op::Events { .. }, _) => outcome.uncertain_events.push(body.clone()),
+            (Op::Events { .. }, _) => {
+                if shared.uncertain_events.fetch_add(1, Ordering::Relaxed) < UNCERTAIN_EVENTS_MAX {
+                    outcome.uncertain_events.push(body.clone());
+                } else {
+                    outcome.overflow = true;
+                }
+            }
             _ => {}
         }
-        if measured {
+        // A release with nothing of ours to release was an availability read.
+        let name = if op.name() == "release" && releasing.is_none() {
+            "availability"
+        } else {
+            name
+        };
+        // Latency of answers only: a connection error has none (it is counted).
+        if measured && status != 0 {
             outcome.total.saturating_record(latency_us);
             outcome.per_op[op_index].saturating_record(latency_us);
             let second = (scheduled - measure_from).as_secs() as usize;
-            while outcome.per_second.len() <= second {
-                outcome.per_second.push(coarse_histogram());
+            if outcome
+                .this_second
+                .as_ref()
+                .is_some_and(|(s, _)| *s != second)
+            {
+                flush_second(&shared, &mut outcome);
             }
-            outcome.per_second[second].saturating_record(latency_us);
+            outcome
+                .this_second
+                .get_or_insert_with(|| (second, coarse_histogram()))
+                .1
+                .saturating_record(latency_us);
+        }
+        if measured {
             let answer: &[u8] = result.as_ref().map(|(_, b)| b.as_slice()).unwrap_or(b"");
             record_outcome(&mut outcome, name, status, answer);
         }
-        if status == 0 {
+        if status == 0 || status == 503 {
             // The server is gone (a restart): do not spin.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+    flush_second(&shared, &mut outcome);
     outcome
 }
 
@@ -496,7 +608,11 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
         sent: AtomicU64::new(0),
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
+        acked: AtomicU64::new(0),
+        uncertain_events: AtomicU64::new(0),
+        refused: AtomicU64::new(0),
         stop: AtomicBool::new(false),
+        timeline: std::sync::Mutex::new(Vec::new()),
         restarting: AtomicBool::new(scenario.restart.is_some()),
     });
     let seeding = Instant::now();
@@ -533,6 +649,10 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
                 .map_err(|_| anyhow::anyhow!("a load worker panicked"))?,
         );
     }
+    let measured_seconds = measure_from
+        .elapsed()
+        .as_secs_f64()
+        .max(scenario.load.duration_seconds);
     shared.stop.store(true, Ordering::Relaxed);
     let restart_result = restart_thread
         .join()
@@ -541,15 +661,12 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
         let _ = thread.join();
     }
     restart_result?;
-    // The measured window: as long as the scenario says, or longer if restarts took it.
-    let measured_seconds = measure_from
-        .elapsed()
-        .as_secs_f64()
-        .max(scenario.load.duration_seconds);
+    // The measured window (taken when the workers stopped): as long as the scenario
+    // says, or longer if restarts took it.
     let mut report = Report::new(scenario, &shared.options.target, seed_seconds);
     report.duration_seconds = measured_seconds;
     report.restarts = restarts.load(Ordering::Relaxed);
-    merge(&mut report, scenario, &outcomes, measured_seconds)?;
+    merge(&mut report, &shared, &outcomes, measured_seconds)?;
     report.verdict = verify(&shared, &outcomes)?;
     report.passed = report.verdict.iter().all(|c| c.passed);
     Ok(report)
@@ -557,21 +674,19 @@ pub fn run(scenario: &Scenario, options: RunOptions) -> anyhow::Result<Report> {
 
 fn merge(
     report: &mut Report,
-    scenario: &Scenario,
+    shared: &Shared,
     outcomes: &[WorkerOutcome],
     seconds: f64,
 ) -> anyhow::Result<()> {
+    let scenario = &shared.scenario;
+    let per_second = shared
+        .timeline
+        .lock()
+        .map_err(|_| anyhow::anyhow!("timeline lock poisoned"))?;
     let mut total = histogram();
-    let mut per_second: Vec<Histogram<u64>> = Vec::new();
     let mut statuses: HashMap<String, u64> = HashMap::new();
     for outcome in outcomes {
         total.add(&outcome.total)?;
-        for (second, h) in outcome.per_second.iter().enumerate() {
-            while per_second.len() <= second {
-                per_second.push(coarse_histogram());
-            }
-            per_second[second].add(h)?;
-        }
         for ((op, status, code), count) in &outcome.outcomes {
             let key = match (status, code.as_str()) {
                 (0, _) => format!("{op} connection_error"),
@@ -738,42 +853,94 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
         reposted += 1;
     }
 
-    // Every acknowledged reservation is there, with the state the runner left it in.
+    // Every acknowledged reservation is there, with the lines the runner was given and
+    // the status the runner's own record says it must have. `reserved` per position is
+    // then what the runner expects, not what the server says its reservations hold.
     let acked: Vec<&Known> = outcomes.iter().flat_map(|o| o.acked.iter()).collect();
-    let released: HashMap<&str, bool> = acked.iter().map(|k| (k.id.as_str(), k.released)).collect();
+    let by_id: HashMap<&str, &Known> = acked.iter().map(|k| (k.id.as_str(), *k)).collect();
     let mut ids: Vec<String> = acked.iter().map(|k| k.id.clone()).collect();
     let uncertain: Vec<String> = outcomes
         .iter()
         .flat_map(|o| o.uncertain.iter().cloned())
         .collect();
     ids.extend(uncertain.iter().cloned());
+    let verified_at = Instant::now();
     let found = get_reservations(target, timeout, ids)?;
     let mut missing = Vec::new();
-    let mut wrong_state = Vec::new();
+    let mut wrong = Vec::new();
     let mut expected_reserved: HashMap<(String, String), u64> = HashMap::new();
     let mut uncertain_created = 0;
+    // A deadline this close to the reads may have passed on either side.
+    let margin = Duration::from_secs(2);
     for (id, reservation) in &found {
-        let acknowledged = released.get(id.as_str());
-        match (reservation, acknowledged) {
-            (None, Some(_)) => missing.push(id.clone()),
-            (None, None) => {}
-            (Some(r), acknowledged) => {
-                if acknowledged.is_none() {
-                    uncertain_created += 1;
+        let Some(r) = reservation else {
+            if by_id.contains_key(id.as_str()) {
+                missing.push(id.clone());
+            }
+            continue;
+        };
+        let held_units = |lines: &[LineAnswer]| -> Vec<((String, String), u64)> {
+            lines
+                .iter()
+                .map(|l| {
+                    (
+                        (l.sku.clone(), l.location.clone()),
+                        l.qty - l.backordered.min(l.qty),
+                    )
+                })
+                .collect()
+        };
+        let Some(known) = by_id.get(id.as_str()) else {
+            // Unanswered, but it exists: the server's word is all there is.
+            uncertain_created += 1;
+            if r.status == "held" {
+                for (key, units) in held_units(&r.lines) {
+                    *expected_reserved.entry(key).or_default() += units;
                 }
-                if acknowledged == Some(&true) && r.status != "released" {
-                    wrong_state.push(format!(
-                        "{id}: released by the runner, {} on the server",
-                        r.status
-                    ));
-                }
-                if r.status == "held" {
-                    for line in &r.lines {
-                        *expected_reserved
-                            .entry((line.sku.clone(), line.location.clone()))
-                            .or_default() += line.qty - line.backordered.min(line.qty);
-                    }
-                }
+            }
+            continue;
+        };
+        let mut server_lines: Vec<(String, String, u64, u64)> = r
+            .lines
+            .iter()
+            .map(|l| (l.sku.clone(), l.location.clone(), l.qty, l.backordered))
+            .collect();
+        let mut acked_lines = known.lines.clone();
+        server_lines.sort();
+        acked_lines.sort();
+        if server_lines != acked_lines {
+            wrong.push(format!(
+                "{id}: lines {server_lines:?}, acknowledged {acked_lines:?}"
+            ));
+        }
+        let expired_by_now = verified_at > known.deadline + margin;
+        let maybe_expired = verified_at + margin >= known.deadline;
+        let allowed: &[&str] = match known.release {
+            Release::Answered("expired") => &["expired"],
+            Release::Answered(_) => &["released"],
+            Release::Unknown if maybe_expired => &["held", "released", "expired"],
+            Release::Unknown => &["held", "released"],
+            Release::No if expired_by_now => &["expired"],
+            Release::No if maybe_expired => &["held", "expired"],
+            Release::No => &["held"],
+        };
+        if !allowed.contains(&r.status.as_str()) {
+            wrong.push(format!(
+                "{id}: {} on the server, expected one of {allowed:?}",
+                r.status
+            ));
+        }
+        // Held by the runner's account; the server's status decides only where the
+        // runner cannot know (a lost release answer, a deadline at the edge).
+        let held = match allowed {
+            ["held"] => true,
+            _ => r.status == "held",
+        };
+        if held {
+            for (sku, location, qty, backordered) in &known.lines {
+                *expected_reserved
+                    .entry((sku.clone(), location.clone()))
+                    .or_default() += qty - (*backordered).min(*qty);
             }
         }
     }
@@ -791,7 +958,7 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
                 format!(" (first: {})", missing[0])
             },
             if overflow {
-                format!("; more than {ACKED_MAX} acknowledged, the rest not checked")
+                format!("; over {ACKED_MAX} acknowledged or {UNCERTAIN_EVENTS_MAX} unanswered event batches: the rest not checked")
             } else {
                 String::new()
             },
@@ -814,16 +981,40 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
             format!("{still_held} still held {ttl} s + 1.5 s after the last was made"),
         ));
     }
+    let refused: Vec<String> = outcomes
+        .iter()
+        .flat_map(|o| o.refused.iter().cloned())
+        .collect();
+    let refused_count = refused.len();
+    let left_behind: Vec<String> = get_reservations(target, timeout, refused)?
+        .into_iter()
+        .filter(|(_, r)| r.is_some())
+        .map(|(id, _)| id)
+        .collect();
     checks.push(Check::new(
-        "released reservations are released",
-        wrong_state.is_empty(),
-        match wrong_state.first() {
+        "a refused reservation leaves nothing behind (GET is 404)",
+        left_behind.is_empty(),
+        format!(
+            "{refused_count} refused looked up, {} exist{}",
+            left_behind.len(),
+            left_behind
+                .first()
+                .map(|id| format!(" (first: {id})"))
+                .unwrap_or_default()
+        ),
+    ));
+    checks.push(Check::new(
+        "acknowledged reservations have their lines and the status the runner expects",
+        wrong.is_empty(),
+        match wrong.first() {
             None => "ok".to_string(),
-            Some(first) => format!("{} wrong, first: {first}", wrong_state.len()),
+            Some(first) => format!("{} wrong, first: {first}", wrong.len()),
         },
     ));
 
-    // Positions: never oversold, reserved = what held reservations hold, on hand = seed + receipts.
+    // Positions: every seeded one is there, never oversold, `reserved` as the runner
+    // expects, on hand = seed + receipts.
+    let mut absent = Vec::new();
     let mut oversold = Vec::new();
     let mut reserved_mismatch = Vec::new();
     let mut on_hand_mismatch = Vec::new();
@@ -836,29 +1027,35 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
             bail!("GET availability {sku}: {status}");
         }
         let answer: serde_json::Value = serde_json::from_slice(&body)?;
-        for position in answer["locations"].as_array().into_iter().flatten() {
-            let location = position["location"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string();
-            let Some(l) = seed.locations.iter().position(|x| *x == location) else {
+        let positions = answer["locations"].as_array().cloned().unwrap_or_default();
+        for (l, location) in seed.locations.iter().enumerate() {
+            let key = (sku.clone(), location.clone());
+            let Some(position) = positions
+                .iter()
+                .find(|p| p["location"] == location.as_str())
+            else {
+                absent.push(format!("{sku}@{location}"));
                 continue;
             };
-            let key = (sku.clone(), location.clone());
-            let value = position["available"].as_i64().unwrap_or(0);
+            let field = |name: &str| position[name].as_i64();
+            let (Some(value), Some(reserved), Some(on_hand)) =
+                (field("available"), field("reserved"), field("on_hand"))
+            else {
+                absent.push(format!("{sku}@{location}: counters missing"));
+                continue;
+            };
             available.insert(key.clone(), value);
             if value < 0 {
                 oversold.push(format!("{sku}@{location}: available {value}"));
             }
-            let reserved = position["reserved"].as_u64().unwrap_or(0);
-            let expected = expected_reserved.get(&key).copied().unwrap_or(0);
+            let expected = expected_reserved.remove(&key).unwrap_or(0) as i64;
             if reserved != expected {
                 reserved_mismatch.push(format!(
-                    "{sku}@{location}: reserved {reserved}, held reservations {expected}"
+                    "{sku}@{location}: reserved {reserved}, the runner expects {expected}"
                 ));
             }
-            let on_hand = position["on_hand"].as_u64().unwrap_or(0);
-            let expected_on_hand = seed.stock + received.get(&(n, l)).copied().unwrap_or(0);
+            let expected_on_hand =
+                (seed.stock + received.get(&(n, l)).copied().unwrap_or(0)) as i64;
             if on_hand != expected_on_hand {
                 on_hand_mismatch.push(format!(
                     "{sku}@{location}: on hand {on_hand}, expected {expected_on_hand}"
@@ -866,14 +1063,25 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
             }
         }
     }
+    // Holds the runner expects at positions it did not seed.
+    for ((sku, location), units) in expected_reserved {
+        reserved_mismatch.push(format!(
+            "{sku}@{location}: {units} expected held, not seeded"
+        ));
+    }
     let first = |list: &[String]| list.first().cloned().unwrap_or_else(|| "ok".to_string());
+    checks.push(Check::new(
+        "every seeded position is there",
+        absent.is_empty(),
+        format!("{} absent; {}", absent.len(), first(&absent)),
+    ));
     checks.push(Check::new(
         "no position oversold",
         oversold.is_empty(),
         format!("{} oversold; {}", oversold.len(), first(&oversold)),
     ));
     checks.push(Check::new(
-        "reserved on the server equals what held reservations hold",
+        "reserved on the server equals what the runner's acknowledged holds add up to",
         reserved_mismatch.is_empty(),
         format!(
             "{} positions differ; {}",
@@ -892,8 +1100,13 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
     ));
     if scenario.stock_only_goes_out() {
         // A shortage is only right if what was left could not fill the line.
+        let mut shortages: HashMap<(String, String), u64> = HashMap::new();
+        for (key, requested) in outcomes.iter().flat_map(|o| o.shortages.iter()) {
+            let least = shortages.entry(key.clone()).or_insert(*requested);
+            *least = (*least).min(*requested);
+        }
         let mut unsold = Vec::new();
-        for (sku, location, requested) in outcomes.iter().flat_map(|o| o.shortages.iter()) {
+        for ((sku, location), requested) in &shortages {
             let left = available
                 .get(&(sku.clone(), location.clone()))
                 .copied()

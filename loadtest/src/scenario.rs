@@ -16,6 +16,8 @@ pub const LINES_MAX: u32 = 100;
 pub const BATCH_MAX: u32 = 1000;
 pub const QUERY_SKUS_MAX: u32 = 1000;
 pub const RESTARTS_MAX: u32 = 100;
+/// A scenario's TTLs: the runner sleeps through the longest before judging expiry.
+pub const TTL_SECONDS_MAX: u64 = 600;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -192,8 +194,12 @@ impl Scenario {
         if seed.locations.is_empty() {
             bail!("seed.locations: at least one");
         }
-        if seed.stock > 1_000_000_000 {
-            bail!("seed.stock: at most 1000000000");
+        if !(1..=1_000_000_000).contains(&seed.stock) {
+            bail!("seed.stock: must be 1..=1000000000");
+        }
+        let weights: u64 = self.mix.iter().map(|op| u64::from(op.weight())).sum();
+        if weights > u64::from(u32::MAX) {
+            bail!("mix: the weights add up to more than {}", u32::MAX);
         }
         let load = &self.load;
         if !(1..=CONCURRENCY_MAX).contains(&load.concurrency) {
@@ -220,7 +226,15 @@ impl Scenario {
         }
         for (index, op) in self.mix.iter().enumerate() {
             match op {
-                Op::Reserve { lines, qty, .. } => {
+                Op::Reserve {
+                    lines,
+                    qty,
+                    ttl_seconds,
+                    ..
+                } => {
+                    if ttl_seconds.is_some_and(|t| !(1..=TTL_SECONDS_MAX).contains(&t)) {
+                        bail!("mix[{index}].ttl_seconds: must be 1..={TTL_SECONDS_MAX}");
+                    }
                     if !(1..=LINES_MAX).contains(lines) || u64::from(*lines) > seed.skus {
                         bail!("mix[{index}].lines: must be 1..={LINES_MAX} and at most seed.skus");
                     }
@@ -249,6 +263,9 @@ impl Scenario {
             if !(0.1..=DURATION_SECONDS_MAX).contains(&restart.every_seconds) {
                 bail!("restart.every_seconds: must be 0.1..={DURATION_SECONDS_MAX}");
             }
+            if !(1.0..=DURATION_SECONDS_MAX).contains(&restart.ready_timeout_seconds) {
+                bail!("restart.ready_timeout_seconds: must be 1..={DURATION_SECONDS_MAX}");
+            }
             if restart.command.trim().is_empty() {
                 bail!("restart.command: must not be empty");
             }
@@ -256,15 +273,20 @@ impl Scenario {
         Ok(())
     }
 
-    /// Releases or TTLs can hand stock back, so "a shortage leaves nothing unsold"
-    /// only holds without them.
+    /// "A shortage leaves nothing unsold" only holds when no stock ever comes back:
+    /// no releases, no TTLs of the scenario's own (the runner's default outlasts the
+    /// run), no receipts, one line per reservation (a refused cart gives back the lines
+    /// it held), and no restart (recovery undoes carts it interrupted).
     pub fn stock_only_goes_out(&self) -> bool {
-        self.mix.iter().all(|op| match op {
-            Op::Release { weight } => *weight == 0,
-            Op::Reserve { ttl_seconds, .. } => ttl_seconds.is_none(),
-            Op::Events { weight, .. } => *weight == 0,
-            _ => true,
-        })
+        self.restart.is_none()
+            && self.mix.iter().all(|op| match op {
+                Op::Release { weight } => *weight == 0,
+                Op::Reserve {
+                    ttl_seconds, lines, ..
+                } => ttl_seconds.is_none() && *lines == 1,
+                Op::Events { weight, .. } => *weight == 0,
+                _ => true,
+            })
     }
 }
 

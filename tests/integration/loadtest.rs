@@ -169,3 +169,41 @@ fn a_restart_under_load_loses_nothing_acknowledged() {
         "no request saw a restart: {text}"
     );
 }
+
+/// The verdict holds the server to what it acknowledged, not to what it says now: a
+/// reservation released behind the runner's back is caught (status and `reserved`).
+#[test]
+fn the_verdict_catches_a_hold_that_vanished_behind_the_runners_back() {
+    let server = Server::start_with_base(BASE_CONFIG, "");
+    let mut flash = scenario("flash-sale");
+    flash.seed.stock = 1000;
+    flash.load.rate = Some(200);
+    flash.load.concurrency = 2;
+    flash.load.warmup_seconds = 0.0;
+    flash.load.duration_seconds = 2.0;
+    let port = server.port;
+    let meddler = std::thread::spawn(move || {
+        // Worker 0's first reservation exists well before the run ends.
+        std::thread::sleep(Duration::from_millis(1000));
+        let url = format!("http://127.0.0.1:{port}/v1/reservations/vanish-r0-1/release");
+        ureq::post(&url).send_string("").ok().map(|r| r.status())
+    });
+    let report = run(&flash, options(server.port, "vanish")).expect("run");
+    assert_eq!(meddler.join().expect("meddler"), Some(200));
+    let text = report.text();
+    assert!(!report.passed, "{text}");
+    let failed: Vec<&str> = report
+        .verdict
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        failed.contains(
+            &"acknowledged reservations have their lines and the status the runner expects"
+        ) && failed.contains(
+            &"reserved on the server equals what the runner's acknowledged holds add up to"
+        ),
+        "{text}"
+    );
+}

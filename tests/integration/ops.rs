@@ -320,7 +320,10 @@ fn request_logs_carry_the_correlation_id_and_the_key_name_but_no_secret() {
     let _ = child.kill();
     let _ = child.wait();
     let text = lines.join("\n");
-    assert!(!text.contains("s3cret-token-value"), "a secret was logged:\n{text}");
+    assert!(
+        !text.contains("s3cret-token-value"),
+        "a secret was logged:\n{text}"
+    );
     let done: Vec<Value> = lines
         .iter()
         .map(|l| serde_json::from_str::<Value>(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
