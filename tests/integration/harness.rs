@@ -289,3 +289,16 @@ pub fn try_call(request: ureq::Request, body: Option<Value>) -> Result<(u16, Val
         Err(error) => Err(error.to_string()),
     }
 }
+
+/// Writes `dir/stockwire.toml`: loopback on `port`, data in `dir/data`, the
+/// top-level keys `top`, then `BASE_CONFIG`, then the tables `tables` (for tests
+/// that start the binary themselves).
+pub fn config_file(dir: &Path, port: u16, top: &str, tables: &str) -> PathBuf {
+    let path = dir.join("stockwire.toml");
+    let text = format!(
+        "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{top}\n{BASE_CONFIG}\n{tables}\n",
+        dir.join("data").display()
+    );
+    std::fs::write(&path, text).expect("write config");
+    path
+}

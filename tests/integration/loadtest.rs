@@ -60,15 +60,21 @@ fn the_ci_scenario_drives_every_request_kind_and_passes_its_verdict() {
     assert_eq!(html.matches("<svg").count(), 2);
 }
 
+/// The flash-sale scenario, two seconds of it, with `stock` units, at `rate`/s.
+fn short_flash(stock: u64, rate: u64, concurrency: u64) -> Scenario {
+    let mut flash = scenario("flash-sale");
+    flash.seed.stock = stock;
+    flash.load.rate = Some(rate);
+    flash.load.concurrency = concurrency;
+    flash.load.warmup_seconds = 0.0;
+    flash.load.duration_seconds = 2.0;
+    flash
+}
+
 #[test]
 fn a_flash_sale_sells_exactly_the_stock() {
     let server = Server::start_with_base(BASE_CONFIG, "");
-    let mut flash = scenario("flash-sale");
-    flash.seed.stock = 300;
-    flash.load.rate = Some(400);
-    flash.load.concurrency = 8;
-    flash.load.warmup_seconds = 0.0;
-    flash.load.duration_seconds = 2.0;
+    let flash = short_flash(300, 400, 8);
     let report = run(&flash, options(server.port, "flash")).expect("run");
     let text = report.text();
     assert!(report.passed, "{text}");
@@ -108,15 +114,7 @@ fn the_verdict_fails_when_the_server_holds_what_the_runner_did_not_do() {
 fn a_restart_under_load_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = crate::harness::free_port();
-    let config = dir.path().join("stockwire.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{BASE_CONFIG}",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("config");
+    let config = crate::harness::config_file(dir.path(), port, "", "");
     let pid_file = dir.path().join("pid");
     let serve = format!(
         "{} serve --config {}",
@@ -175,12 +173,7 @@ fn a_restart_under_load_loses_nothing_acknowledged() {
 #[test]
 fn the_verdict_catches_a_hold_that_vanished_behind_the_runners_back() {
     let server = Server::start_with_base(BASE_CONFIG, "");
-    let mut flash = scenario("flash-sale");
-    flash.seed.stock = 1000;
-    flash.load.rate = Some(200);
-    flash.load.concurrency = 2;
-    flash.load.warmup_seconds = 0.0;
-    flash.load.duration_seconds = 2.0;
+    let flash = short_flash(1000, 200, 2);
     let port = server.port;
     let meddler = std::thread::spawn(move || {
         // Worker 0's first reservation exists well before the run ends.

@@ -266,17 +266,12 @@ fn the_dashboard_and_the_alerts_query_only_metrics_the_server_exposes() {
 fn request_logs_carry_the_correlation_id_and_the_key_name_but_no_secret() {
     let dir = tempfile::tempdir().expect("temp dir");
     let port = crate::harness::free_port();
-    let config = dir.path().join("stockwire.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\nlog_format = \"json\"\n\
-             log_level = \"debug\"\n{BASE_CONFIG}\n[[keys]]\nname = \"storefront\"\n\
-             key = \"s3cret-token-value\"\nrole = \"admin\"\n",
-            dir.path().join("data").display()
-        ),
-    )
-    .expect("config");
+    let config = crate::harness::config_file(
+        dir.path(),
+        port,
+        "log_format = \"json\"\nlog_level = \"debug\"\n",
+        "[[keys]]\nname = \"storefront\"\nkey = \"s3cret-token-value\"\nrole = \"admin\"\n",
+    );
     // Logs go to standard output.
     let log_path = dir.path().join("stdout.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_stockwire"))
