@@ -77,6 +77,8 @@ struct SkuEntry {
     positions: Vec<(Arc<str>, PositionView)>,
     /// Last value offered to each target (by index).
     last_offered: Vec<Option<u64>>,
+    /// The pump that last touched it (for eviction: the least recent go first).
+    touched: u64,
 }
 
 impl SkuEntry {
@@ -109,6 +111,20 @@ fn target_value(target: &Target, entry: &SkuEntry) -> u64 {
     target.policy.apply(summed_view(&target.id, positions))
 }
 
+/// Keeps the more recently touched half of the mirror (all of it goes only when every
+/// entry was touched by the same pump). An evicted SKU is read again on its next
+/// change and offered once more: a level sent twice, never a loss.
+fn evict_least_recent(mirror: &mut HashMap<Arc<str>, SkuEntry>) {
+    let mut touched: Vec<u64> = mirror.values().map(|e| e.touched).collect();
+    if touched.is_empty() {
+        return;
+    }
+    let middle = touched.len() / 2;
+    let (_, cutoff, _) = touched.select_nth_unstable(middle);
+    let cutoff = *cutoff;
+    mirror.retain(|_, entry| entry.touched > cutoff);
+}
+
 /// Journal entries read for some targets.
 struct Chunk {
     targets: Vec<usize>,
@@ -122,6 +138,8 @@ pub struct Broadcaster {
     /// Every location some target sells from.
     locations: Vec<Arc<str>>,
     mirror: HashMap<Arc<str>, SkuEntry>,
+    /// Pumps so far (the mirror's clock).
+    pumps: u64,
 }
 
 #[derive(Message)]
@@ -157,6 +175,7 @@ impl Broadcaster {
             targets,
             locations,
             mirror: HashMap::default(),
+            pumps: 0,
         }
     }
 
@@ -219,18 +238,26 @@ impl Broadcaster {
     /// Keeps the mirror bounded. Only called between pumps: an entry must not vanish
     /// between its read and its offer.
     fn trim_mirror(&mut self) {
-        if self.mirror.len() >= MIRROR_SKUS_MAX {
-            tracing::debug!("broadcaster mirror full; clearing it");
-            self.mirror.clear();
+        if self.mirror.len() < MIRROR_SKUS_MAX {
+            return;
         }
+        evict_least_recent(&mut self.mirror);
+        tracing::debug!(
+            kept = self.mirror.len(),
+            "broadcaster mirror full; evicted the least recent"
+        );
     }
 
     fn entry(&mut self, sku: &Arc<str>) -> &mut SkuEntry {
         let targets = self.targets.len();
-        self.mirror.entry(sku.clone()).or_insert_with(|| SkuEntry {
+        let pumps = self.pumps;
+        let entry = self.mirror.entry(sku.clone()).or_insert_with(|| SkuEntry {
             positions: Vec::new(),
             last_offered: vec![None; targets],
-        })
+            touched: pumps,
+        });
+        entry.touched = pumps;
+        entry
     }
 
     fn apply_reads(&mut self, reads: Vec<(Arc<str>, Vec<PositionReadout>)>) {
@@ -411,6 +438,7 @@ impl Handler<Pump> for Broadcaster {
     type Result = AtomicResponse<Self, ()>;
 
     fn handle(&mut self, _: Pump, _ctx: &mut Context<Self>) -> Self::Result {
+        self.pumps += 1;
         self.trim_mirror();
         let chunks = self.plan();
         let misses = self.misses(&chunks);
@@ -537,5 +565,30 @@ impl Handler<Rewind> for Broadcaster {
                 Ok(())
             },
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_mirror_keeps_its_most_recently_touched_half() {
+        let mut mirror: HashMap<Arc<str>, SkuEntry> = HashMap::default();
+        for n in 0..10u64 {
+            mirror.insert(
+                Arc::from(format!("sku-{n}").as_str()),
+                SkuEntry {
+                    positions: Vec::new(),
+                    last_offered: vec![Some(n)],
+                    touched: n,
+                },
+            );
+        }
+        evict_least_recent(&mut mirror);
+        let mut kept: Vec<u64> = mirror.values().map(|e| e.touched).collect();
+        kept.sort_unstable();
+        assert_eq!(kept, [6, 7, 8, 9]);
+        evict_least_recent(&mut HashMap::default());
     }
 }
