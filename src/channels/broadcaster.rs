@@ -77,6 +77,10 @@ struct SkuEntry {
     positions: Vec<(Arc<str>, PositionView)>,
     /// Last value offered to each target (by index).
     last_offered: Vec<Option<u64>>,
+    /// Highest `seq` offered to each target: an offer never carries a lower one, so
+    /// a channel sees a SKU's seqs only increase (a refresh stamped with the head can
+    /// run ahead of a lagging channel's live offers).
+    offered_seq: Vec<u64>,
     /// The pump that last touched it (for eviction: the least recent go first).
     touched: u64,
 }
@@ -254,6 +258,7 @@ impl Broadcaster {
         let entry = self.mirror.entry(sku.clone()).or_insert_with(|| SkuEntry {
             positions: Vec::new(),
             last_offered: vec![None; targets],
+            offered_seq: vec![0; targets],
             touched: pumps,
         });
         entry.touched = pumps;
@@ -344,6 +349,9 @@ impl Broadcaster {
                 continue;
             }
             entry.last_offered[index] = Some(value);
+            // The value is the mirror's latest, so a higher label is also the truer one.
+            let seq = seq.max(entry.offered_seq[index]);
+            entry.offered_seq[index] = seq;
             updates.push(Update {
                 sku: sku.clone(),
                 available: value,
@@ -491,6 +499,10 @@ impl Handler<Refresh> for Broadcaster {
                         continue;
                     };
                     let value = act.value(index, entry);
+                    let seq = seq.max(entry.offered_seq[index]);
+                    if let Some(entry) = act.mirror.get_mut(&sku) {
+                        entry.offered_seq[index] = seq;
+                    }
                     updates.push(Update {
                         sku: sku.clone(),
                         available: value,
@@ -581,6 +593,7 @@ mod tests {
                 SkuEntry {
                     positions: Vec::new(),
                     last_offered: vec![Some(n)],
+                    offered_seq: vec![n],
                     touched: n,
                 },
             );
