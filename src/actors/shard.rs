@@ -257,6 +257,9 @@ impl Message for CollectSnapshot {
     type Result = Result<Vec<(Vec<u8>, PositionSnapshot)>, ()>;
 }
 
+/// Live position actors asked for their state at once, per wave of a snapshot.
+const SNAPSHOT_WAVE: usize = 256;
+
 impl Handler<CollectSnapshot> for ShardActor {
     type Result = ResponseFuture<Result<Vec<(Vec<u8>, PositionSnapshot)>, ()>>;
 
@@ -278,17 +281,27 @@ impl Handler<CollectSnapshot> for ShardActor {
             .live
             .iter_mut()
             .map(|(key, entry)| {
+                // Counted in flight now, so none passivates before its turn.
                 entry.in_flight += 1;
                 routed.push(key.clone());
-                let request = entry.addr.send(TakeSnapshot { full: collect.full });
-                (store_key(key), request)
+                (store_key(key), entry.addr.clone())
             })
             .collect();
         drop(state);
         let shard_state = self.state.clone();
+        let full = collect.full;
         Box::pin(async move {
-            let (keys, requests): (Vec<_>, Vec<_>) = pending.into_iter().unzip();
-            let answers = join_all(requests).await;
+            // In waves: every live actor asked at once would put thousands of
+            // messages ahead of the reservations on this shard.
+            let mut keys = Vec::with_capacity(pending.len());
+            let mut answers = Vec::with_capacity(pending.len());
+            for wave in pending.chunks(SNAPSHOT_WAVE) {
+                let requests = wave
+                    .iter()
+                    .map(|(_, addr)| addr.send(TakeSnapshot { full }));
+                answers.extend(join_all(requests).await);
+                keys.extend(wave.iter().map(|(key, _)| key.clone()));
+            }
             {
                 let mut state = shard_state.borrow_mut();
                 for key in &routed {
