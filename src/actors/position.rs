@@ -111,16 +111,18 @@ impl PositionActor {
                     .map(|c| (c.channel.clone(), c.remaining()))
                     .collect(),
             };
+            let bytes = codec::encode(&record)?;
             let summary = EntrySummary {
                 sku: self.key.sku.clone(),
                 location: self.key.location.clone(),
                 version: record.version,
                 counters: record.counters,
-                commitments: record.commitments.clone(),
+                // The record is done with once encoded.
+                commitments: record.commitments,
                 recorded_at_ms,
             };
             entries.push(Entry {
-                bytes: codec::encode(&record)?,
+                bytes,
                 summary: Some(Arc::new(summary)),
             });
             if event.kind == EventKind::Oversold {

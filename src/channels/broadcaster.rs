@@ -381,10 +381,6 @@ impl Broadcaster {
         }
     }
 
-    fn value(&self, index: usize, entry: &SkuEntry) -> u64 {
-        target_value(&self.targets[index], entry)
-    }
-
     fn reads(
         &self,
         skus: Vec<Arc<str>>,
@@ -495,14 +491,12 @@ impl Handler<Refresh> for Broadcaster {
                 act.apply_reads(reads);
                 let mut updates = Vec::with_capacity(skus.len());
                 for sku in skus {
-                    let Some(entry) = act.mirror.get(&sku) else {
+                    let Some(entry) = act.mirror.get_mut(&sku) else {
                         continue;
                     };
-                    let value = act.value(index, entry);
+                    let value = target_value(&act.targets[index], entry);
                     let seq = seq.max(entry.offered_seq[index]);
-                    if let Some(entry) = act.mirror.get_mut(&sku) {
-                        entry.offered_seq[index] = seq;
-                    }
+                    entry.offered_seq[index] = seq;
                     updates.push(Update {
                         sku: sku.clone(),
                         available: value,

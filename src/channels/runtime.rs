@@ -226,7 +226,7 @@ impl Channels {
         let broadcasting = Arbiter::new();
         let mut channels = Vec::new();
         let mut targets = Vec::new();
-        let mut owed_by_target = Vec::new();
+        let mut owed_by_channel = Vec::new();
         for channel in &config.channels {
             let id: Arc<str> = Arc::from(channel.id.as_str());
             let kind = channel.sink.as_ref().map_or("none", SinkConfig::kind);
@@ -243,7 +243,7 @@ impl Channels {
                     let owed = ledger::owed_skus(&*store, &id)?;
                     if !owed.is_empty() {
                         tracing::info!(channel = %id, skus = owed.len(), "re-offering owed skus");
-                        owed_by_target.push((targets.len(), owed));
+                        owed_by_channel.push((channels.len(), owed));
                     }
                     status.add_dlq_depth(ledger::count_dead_letters(&*store, &id)?);
                     let coalesce = Duration::from_millis(channel.coalesce_ms);
@@ -298,10 +298,16 @@ impl Channels {
         // Resyncs and dead-letter replays accepted before the restart and not delivered.
         let resume = channels.clone();
         actix::spawn(async move {
-            for (index, skus) in owed_by_target {
-                let skus = skus.iter().map(|s| Arc::from(s.as_str())).collect();
-                resume.targets_status(index).set_refreshing(true);
-                if let Err(error) = resume.refresh(index, skus).await {
+            for (index, skus) in owed_by_channel {
+                let channel = &resume.channels[index];
+                let Some((_, target)) = channel.publisher else {
+                    continue;
+                };
+                let skus: Vec<Arc<str>> = skus.iter().map(|s| Arc::from(s.as_str())).collect();
+                let result = resume
+                    .claimed(channel, || async { resume.refresh(target, skus).await })
+                    .await;
+                if let Err(error) = result {
                     tracing::error!(%error, "owed skus not re-offered");
                 }
             }
@@ -372,15 +378,22 @@ impl Channels {
         }
     }
 
-    fn targets_status(&self, target: usize) -> &ChannelStatus {
-        let channel = self
-            .channels
-            .iter()
-            .find(|c| c.publisher.as_ref().is_some_and(|(_, i)| *i == target));
-        match channel {
-            Some(channel) => &channel.status,
-            None => &self.channels[0].status,
+    /// Runs `refresh` as the channel's one resync or dead-letter replay: refused while
+    /// another runs; the broadcaster releases the claim once the last slice is offered,
+    /// and it is released here if `refresh` fails before that.
+    async fn claimed<T, F, Fut>(&self, channel: &Channel, refresh: F) -> Result<T, ChannelError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ChannelError>>,
+    {
+        if !channel.status.start_refreshing() {
+            return Err(ChannelError::Busy(channel.config.id.clone()));
         }
+        let result = refresh().await;
+        if result.is_err() {
+            channel.status.set_refreshing(false);
+        }
+        result
     }
 
     pub fn stop(&self) {
@@ -496,14 +509,8 @@ impl Channels {
     /// Returns how many SKUs were queued.
     pub async fn resync(&self, id: &str) -> Result<usize, ChannelError> {
         let (channel, _, index) = self.publisher(id)?;
-        if !channel.status.start_refreshing() {
-            return Err(ChannelError::Busy(id.to_string()));
-        }
-        let result = self.resync_claimed(channel, id, index).await;
-        if result.is_err() {
-            channel.status.set_refreshing(false);
-        }
-        result
+        self.claimed(channel, || self.resync_claimed(channel, id, index))
+            .await
     }
 
     async fn resync_claimed(
@@ -544,7 +551,7 @@ impl Channels {
     /// Either is durable before this returns: a crash before delivery resumes it.
     /// Returns the SKUs queued for dead letters, `None` for a log replay.
     pub async fn replay(&self, id: &str, from: ReplayFrom) -> Result<Option<usize>, ChannelError> {
-        let (_, publisher, index) = self.publisher(id)?;
+        let (channel, publisher, index) = self.publisher(id)?;
         let broadcaster = self.broadcaster()?;
         match from {
             ReplayFrom::Seq(from_seq) => {
@@ -559,11 +566,7 @@ impl Channels {
                 Ok(None)
             }
             ReplayFrom::DeadLetters => {
-                let status = &self.channels[index_of(&self.channels, id)].status;
-                if !status.start_refreshing() {
-                    return Err(ChannelError::Busy(id.to_string()));
-                }
-                let taken = async {
+                self.claimed(channel, || async {
                     let skus = publisher
                         .send(TakeDeadLetters)
                         .await
@@ -572,12 +575,8 @@ impl Channels {
                     let count = skus.len();
                     self.refresh(index, skus).await?;
                     Ok(Some(count))
-                }
-                .await;
-                if taken.is_err() {
-                    status.set_refreshing(false);
-                }
-                taken
+                })
+                .await
             }
         }
     }
@@ -690,13 +689,6 @@ impl Channels {
             .set(count as i64);
         Ok(())
     }
-}
-
-fn index_of(channels: &[Channel], id: &str) -> usize {
-    channels
-        .iter()
-        .position(|c| c.config.id == id)
-        .unwrap_or_default()
 }
 
 /// How long a sink may keep retrying one batch before parking it: every backoff plus
