@@ -17,6 +17,16 @@ fn scenario(name: &str) -> Scenario {
     Scenario::load(&path).expect("scenario")
 }
 
+/// Names of the verdict's failed checks.
+fn failed_checks(report: &loadtest::Report) -> Vec<&str> {
+    report
+        .verdict
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect()
+}
+
 fn options(server_port: u16, prefix: &str) -> RunOptions {
     RunOptions {
         target: format!("127.0.0.1:{server_port}"),
@@ -97,12 +107,7 @@ fn the_verdict_fails_when_the_server_holds_what_the_runner_did_not_do() {
     let report = run(&scenario("ci-smoke"), options(server.port, "mismatch")).expect("run");
     let text = report.text();
     assert!(!report.passed, "{text}");
-    let failed: Vec<&str> = report
-        .verdict
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.name.as_str())
-        .collect();
+    let failed = failed_checks(&report);
     assert_eq!(
         failed,
         ["on hand equals the seed plus acknowledged receipts"],
@@ -185,12 +190,7 @@ fn the_verdict_catches_a_hold_that_vanished_behind_the_runners_back() {
     assert_eq!(meddler.join().expect("meddler"), Some(200));
     let text = report.text();
     assert!(!report.passed, "{text}");
-    let failed: Vec<&str> = report
-        .verdict
-        .iter()
-        .filter(|c| !c.passed)
-        .map(|c| c.name.as_str())
-        .collect();
+    let failed = failed_checks(&report);
     assert!(
         failed.contains(
             &"acknowledged reservations have their lines and the status the runner expects"
