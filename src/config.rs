@@ -120,6 +120,20 @@ pub const EVENTS_PAGE_MAX_RANGE: RangeInclusive<usize> = 1..=10_000;
 pub const SSE_CONNECTIONS_MAX_DEFAULT: usize = 256;
 pub const SSE_CONNECTIONS_MAX_RANGE: RangeInclusive<usize> = 1..=10_000;
 
+/// Concurrent `GET /v1/events/stream` connections of one API key.
+pub const SSE_CONNECTIONS_PER_KEY_MAX_DEFAULT: usize = 16;
+pub const SSE_CONNECTIONS_PER_KEY_MAX_RANGE: RangeInclusive<usize> = 1..=10_000;
+
+/// Open HTTP connections over all workers; beyond it new ones wait in the accept backlog.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
+pub const CONNECTIONS_MAX_RANGE: RangeInclusive<usize> = 1..=1_000_000;
+
+/// Rate limit of a key without its own `rate_limit`.
+pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
+    per_second: 1000,
+    burst: 2000,
+};
+
 /// Channel publication policy (SPEC §4).
 pub const MAX_SHARE_PCT_DEFAULT: u8 = 100;
 pub const MAX_SHARE_PCT_MAX: u8 = 100;
@@ -230,6 +244,14 @@ const _: () = assert!(in_range_usize(
 const _: () = assert!(in_range_usize(
     SSE_CONNECTIONS_MAX_DEFAULT,
     &SSE_CONNECTIONS_MAX_RANGE
+));
+const _: () = assert!(in_range_usize(
+    SSE_CONNECTIONS_PER_KEY_MAX_DEFAULT,
+    &SSE_CONNECTIONS_PER_KEY_MAX_RANGE
+));
+const _: () = assert!(in_range_usize(
+    CONNECTIONS_MAX_DEFAULT,
+    &CONNECTIONS_MAX_RANGE
 ));
 const _: () = assert!(MAX_SHARE_PCT_DEFAULT <= MAX_SHARE_PCT_MAX);
 const _: () = assert!(COALESCE_MS_DEFAULT <= COALESCE_MS_MAX);
@@ -369,6 +391,14 @@ pub struct Config {
     pub events_page_max: usize,
     /// Concurrent SSE streams; one more gets 503.
     pub sse_connections_max: usize,
+    /// Concurrent SSE streams of one key; one more gets 429.
+    pub sse_connections_per_key_max: usize,
+    /// Open HTTP connections, over all workers.
+    pub connections_max: usize,
+    /// `/metrics` needs an `admin` or `observer` key (default: open, SPEC §3).
+    pub protect_metrics: bool,
+    /// Rate limit of every key without its own `rate_limit`.
+    pub default_rate_limit: RateLimit,
     /// SKUs each channel publisher holds pending before it falls behind (bounded memory).
     pub publish_pending_max: usize,
     /// Seconds between drift checks of the publication ledger.
@@ -405,6 +435,10 @@ impl Default for Config {
             reservation_lines_max: RESERVATION_LINES_MAX_DEFAULT,
             events_page_max: EVENTS_PAGE_MAX_DEFAULT,
             sse_connections_max: SSE_CONNECTIONS_MAX_DEFAULT,
+            sse_connections_per_key_max: SSE_CONNECTIONS_PER_KEY_MAX_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
+            protect_metrics: false,
+            default_rate_limit: DEFAULT_RATE_LIMIT,
             publish_pending_max: PUBLISH_PENDING_MAX_DEFAULT,
             drift_check_seconds: DRIFT_CHECK_SECONDS_DEFAULT,
             log_format: LogFormat::Text,
@@ -449,7 +483,7 @@ pub struct KeyConfig {
     /// System role only: the locations this key may touch.
     #[serde(default)]
     pub locations: Vec<String>,
-    /// `None`: the key is not rate limited.
+    /// `None`: the config's `default_rate_limit`.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
 }
@@ -766,6 +800,9 @@ const ENV_KEYS: &[(&str, EnvValueKind)] = &[
     ("reservation_lines_max", EnvValueKind::Scalar),
     ("events_page_max", EnvValueKind::Scalar),
     ("sse_connections_max", EnvValueKind::Scalar),
+    ("sse_connections_per_key_max", EnvValueKind::Scalar),
+    ("connections_max", EnvValueKind::Scalar),
+    ("protect_metrics", EnvValueKind::Scalar),
     ("publish_pending_max", EnvValueKind::Scalar),
     ("drift_check_seconds", EnvValueKind::Scalar),
     ("log_format", EnvValueKind::Text),
@@ -1219,6 +1256,13 @@ impl Validator<'_> {
             &SSE_CONNECTIONS_MAX_RANGE,
         )?;
         self.range(
+            "sse_connections_per_key_max",
+            c.sse_connections_per_key_max,
+            &SSE_CONNECTIONS_PER_KEY_MAX_RANGE,
+        )?;
+        self.range("connections_max", c.connections_max, &CONNECTIONS_MAX_RANGE)?;
+        self.rate_limit("default_rate_limit", &c.default_rate_limit)?;
+        self.range(
             "publish_pending_max",
             c.publish_pending_max,
             &PUBLISH_PENDING_MAX_RANGE,
@@ -1497,18 +1541,22 @@ impl Validator<'_> {
             }
         }
         if let Some(limit) = &key.rate_limit {
-            self.range(
-                &format!("{path}.rate_limit.per_second"),
-                limit.per_second,
-                &RATE_LIMIT_PER_SECOND_RANGE,
-            )?;
-            self.range(
-                &format!("{path}.rate_limit.burst"),
-                limit.burst,
-                &RATE_LIMIT_BURST_RANGE,
-            )?;
+            self.rate_limit(&format!("{path}.rate_limit"), limit)?;
         }
         Ok(())
+    }
+
+    fn rate_limit(&self, path: &str, limit: &RateLimit) -> Result<(), ConfigError> {
+        self.range(
+            &format!("{path}.per_second"),
+            limit.per_second,
+            &RATE_LIMIT_PER_SECOND_RANGE,
+        )?;
+        self.range(
+            &format!("{path}.burst"),
+            limit.burst,
+            &RATE_LIMIT_BURST_RANGE,
+        )
     }
 
     fn inbox(
@@ -2092,7 +2140,15 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
             .split(", ")
             .map(|field| field.trim_matches('`'))
             .filter(|field| {
-                !["locations", "keys", "channels", "inbox", "source_authority"].contains(field)
+                ![
+                    "locations",
+                    "keys",
+                    "channels",
+                    "inbox",
+                    "source_authority",
+                    "default_rate_limit",
+                ]
+                .contains(field)
             })
             .collect();
         let env_keys: BTreeSet<&str> = ENV_KEYS.iter().map(|(key, _)| *key).collect();
@@ -2105,6 +2161,7 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
                 ("durability", _) => "wal".to_owned(),
                 ("log_format", _) => "text".to_owned(),
                 ("log_level", _) => "debug".to_owned(),
+                ("protect_metrics", _) => "true".to_owned(),
                 (_, EnvValueKind::Text) => "./somewhere".to_owned(),
                 (_, EnvValueKind::Scalar) => "100000000".to_owned(),
             };

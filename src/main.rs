@@ -10,6 +10,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use sha2::{Digest, Sha256};
 
 use stockwire::api::{edge_middleware, routes, AppState};
 use stockwire::channels::Channels;
@@ -37,6 +38,18 @@ enum Commands {
         #[arg(long, env = "STOCKWIRE_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Make a new API key: prints the secret (give it to the caller) and the
+    /// `[[keys]]` entry with its SHA-256 (put that in config).
+    NewKey {
+        /// The key's id in logs and metrics.
+        #[arg(long)]
+        name: String,
+        /// admin | channel | system | observer
+        #[arg(long)]
+        role: String,
+    },
+    /// Print the SHA-256 of a key read from stdin, for `key_sha256`.
+    HashKey,
 }
 
 /// Seconds actix-web waits for in-flight requests on SIGTERM.
@@ -54,6 +67,40 @@ fn main() -> anyhow::Result<()> {
             let config = Config::load(&path, is_default, &env)?;
             init_logging(config.log_format, &config.log_level);
             actix_web::rt::System::new().block_on(serve(Arc::new(config)))
+        }
+        Commands::NewKey { name, role } => {
+            if !stockwire::config::is_valid_id(&name) {
+                anyhow::bail!("--name must be 1-64 characters from [A-Za-z0-9._:-]");
+            }
+            if !["admin", "channel", "system", "observer"].contains(&role.as_str()) {
+                anyhow::bail!("--role must be admin, channel, system or observer");
+            }
+            let secret = format!("sw_{}", hex::encode(rand::random::<[u8; 24]>()));
+            let digest = hex::encode(Sha256::digest(secret.as_bytes()));
+            println!("# secret (shown once; the caller sends Authorization: Bearer <secret>):");
+            println!("# {secret}");
+            println!("[[keys]]");
+            println!("name = \"{name}\"");
+            println!("key_sha256 = \"{digest}\"");
+            println!("role = \"{role}\"");
+            match role.as_str() {
+                "channel" => println!("channel = \"<channel id>\""),
+                "system" => println!("locations = [\"<location id>\"]"),
+                _ => {}
+            }
+            Ok(())
+        }
+        Commands::HashKey => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .context("reading the key from stdin")?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                anyhow::bail!("give the key on stdin");
+            }
+            println!("{}", hex::encode(Sha256::digest(secret.as_bytes())));
+            Ok(())
         }
     }
 }
@@ -119,6 +166,15 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             .with_context(|| format!("opening data dir {}", config.data_dir.display()))?,
     );
     let state = web::Data::new(AppState::new(config.clone(), metrics.clone()));
+    if state.keys.is_open() {
+        tracing::warn!(
+            "no [[keys]] configured: the API is open, every caller acts as admin (development only)"
+        );
+    }
+    for key in config.keys.iter().filter(|key| key.key.is_some()) {
+        tracing::warn!(key = %key.name, "key stored in plain text in config; use key_sha256 outside development");
+    }
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let app_state = state.clone();
     let server = HttpServer::new(move || {
         App::new()
@@ -126,6 +182,9 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
             .wrap(from_fn(edge_middleware))
             .configure(routes)
     })
+    .workers(workers)
+    // Open connections over all workers (each worker takes its share).
+    .max_connections(config.connections_max.div_ceil(workers).max(1))
     .bind(&config.listen)
     .with_context(|| format!("binding {}", config.listen))?
     .shutdown_timeout(SHUTDOWN_DRAIN_SECONDS)

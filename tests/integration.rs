@@ -34,3 +34,7 @@ mod ops;
 
 #[path = "integration/loadtest.rs"]
 mod loadtest;
+
+// Keys, roles, scopes, rate limits (SPEC §3).
+#[path = "integration/access.rs"]
+mod access;

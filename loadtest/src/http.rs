@@ -33,6 +33,8 @@ pub struct Connection {
     reader: Option<BufReader<TcpStream>>,
     last_used: std::time::Instant,
     request: Vec<u8>,
+    /// `Authorization: Bearer ...\r\n`, or empty.
+    authorization: String,
 }
 
 impl Connection {
@@ -44,7 +46,16 @@ impl Connection {
             reader: None,
             last_used: std::time::Instant::now(),
             request: Vec::with_capacity(1024),
+            authorization: String::new(),
         }
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<&str>) -> Connection {
+        self.authorization = token.map_or_else(String::new, |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
+        self
     }
 
     fn connect(&mut self) -> anyhow::Result<&mut BufReader<TcpStream>> {
@@ -87,8 +98,9 @@ impl Connection {
         self.request.clear();
         write!(
             self.request,
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.authority,
+            self.authorization,
             body.len()
         )?;
         self.request.extend_from_slice(body);

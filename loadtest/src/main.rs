@@ -49,6 +49,10 @@ struct Cli {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    /// API key (an admin key), sent as `Authorization: Bearer`. Not needed when
+    /// the server has no `[[keys]]`.
+    #[arg(long, env = "LOADTEST_TOKEN")]
+    token: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -79,6 +83,7 @@ fn main() -> anyhow::Result<()> {
         prefix,
         progress: !cli.quiet,
         timeout: Duration::from_millis(cli.timeout_ms),
+        token: cli.token,
     };
     let report = run(&scenario, options)?;
     print!("{}", report.text());

@@ -34,6 +34,15 @@ pub struct RunOptions {
     pub progress: bool,
     /// Per-request timeout.
     pub timeout: Duration,
+    /// API key sent as `Authorization: Bearer` (an admin key: the verdict reads
+    /// reservations and full positions).
+    pub token: Option<String>,
+}
+
+impl RunOptions {
+    fn connection(&self) -> Connection {
+        Connection::new(&self.target, self.timeout).with_token(self.token.as_deref())
+    }
 }
 
 fn histogram() -> Histogram<u64> {
@@ -175,7 +184,7 @@ fn wait_ready(connection: &mut Connection, limit: Duration) -> anyhow::Result<()
 
 fn seed(shared: &Shared) -> anyhow::Result<()> {
     let seed = &shared.scenario.seed;
-    let mut connection = Connection::new(&shared.options.target, shared.options.timeout);
+    let mut connection = shared.options.connection();
     wait_ready(&mut connection, Duration::from_secs(60))?;
     let mut events = Vec::new();
     let mut flush = |events: &mut Vec<serde_json::Value>| -> anyhow::Result<()> {
@@ -254,7 +263,7 @@ fn worker(shared: Arc<Shared>, index: u64, start: Instant) -> WorkerOutcome {
     let load = &scenario.load;
     let seed = &scenario.seed;
     let mut rng = StdRng::seed_from_u64(0x5eed_0000 + index);
-    let mut connection = Connection::new(&shared.options.target, shared.options.timeout);
+    let mut connection = shared.options.connection();
     let picks = picker(&scenario.mix);
     let total_weight = picks.last().map_or(1, |(w, _)| *w);
     let warmup = Duration::from_secs_f64(load.warmup_seconds);
@@ -555,7 +564,7 @@ fn restarter(shared: Arc<Shared>, done: Arc<AtomicU64>) -> anyhow::Result<()> {
     let Some(restart) = shared.scenario.restart.clone() else {
         return Ok(());
     };
-    let mut connection = Connection::new(&shared.options.target, shared.options.timeout);
+    let mut connection = shared.options.connection();
     for round in 1..=restart.count {
         let wait = Duration::from_secs_f64(restart.every_seconds);
         let deadline = Instant::now() + wait;
@@ -730,8 +739,7 @@ struct ServerReservation {
 }
 
 fn get_reservations(
-    target: &str,
-    timeout: Duration,
+    options: &RunOptions,
     ids: Vec<String>,
 ) -> anyhow::Result<Vec<(String, Option<ServerReservation>)>> {
     let chunk = ids.len().div_ceil(VERIFY_CONNECTIONS).max(1);
@@ -739,10 +747,9 @@ fn get_reservations(
         .chunks(chunk)
         .map(|slice| {
             let slice = slice.to_vec();
-            let target = target.to_string();
+            let mut connection = options.connection();
             std::thread::spawn(
                 move || -> anyhow::Result<Vec<(String, Option<ServerReservation>)>> {
-                    let mut connection = Connection::new(&target, timeout);
                     let mut found = Vec::with_capacity(slice.len());
                     for id in slice {
                         let (status, body) = retry(|| {
@@ -797,9 +804,7 @@ fn retry(
 fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Check>> {
     let scenario = &shared.scenario;
     let seed = &scenario.seed;
-    let target = &shared.options.target;
-    let timeout = shared.options.timeout;
-    let mut connection = Connection::new(target, timeout);
+    let mut connection = shared.options.connection();
     wait_ready(&mut connection, Duration::from_secs(60))?;
     let mut checks = Vec::new();
     // With TTLs, let every hold made run out first: then the server must show them
@@ -865,7 +870,7 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
         .collect();
     ids.extend(uncertain.iter().cloned());
     let verified_at = Instant::now();
-    let found = get_reservations(target, timeout, ids)?;
+    let found = get_reservations(&shared.options, ids)?;
     let mut missing = Vec::new();
     let mut wrong = Vec::new();
     let mut expected_reserved: HashMap<(String, String), u64> = HashMap::new();
@@ -986,7 +991,7 @@ fn verify(shared: &Shared, outcomes: &[WorkerOutcome]) -> anyhow::Result<Vec<Che
         .flat_map(|o| o.refused.iter().cloned())
         .collect();
     let refused_count = refused.len();
-    let left_behind: Vec<String> = get_reservations(target, timeout, refused)?
+    let left_behind: Vec<String> = get_reservations(&shared.options, refused)?
         .into_iter()
         .filter(|(_, r)| r.is_some())
         .map(|(id, _)| id)

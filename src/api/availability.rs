@@ -6,21 +6,25 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::Caller;
 use super::error::ApiError;
 use super::input::{check_id, parse_json, read_body};
 use super::AppState;
 use crate::actors::PositionReadout;
 use crate::engine::{ChannelInfo, Engine, EngineError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelQuery {
+    /// Answer only this channel's view (a channel key always gets its own).
     channel: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct QueryBody {
+pub(super) struct QueryBody {
+    /// Up to `query_skus_max` (1000) SKUs.
     skus: Vec<String>,
     channel: Option<String>,
 }
@@ -90,11 +94,17 @@ fn channel_json(channel: &ChannelInfo, sku: &str, readouts: &[PositionReadout]) 
     })
 }
 
+/// The channel whose view to answer: the one asked for, or a channel key's own
+/// (a channel key sees nothing else).
 fn channel_of<'a>(
     engine: &'a Engine,
+    caller: &Caller,
     channel: Option<&str>,
 ) -> Result<Option<&'a ChannelInfo>, ApiError> {
-    match channel {
+    if let Some(asked) = channel {
+        caller.may_act_for(asked)?;
+    }
+    match channel.or(caller.own_channel()) {
         None => Ok(None),
         Some(id) => engine
             .channel(id)
@@ -103,14 +113,18 @@ fn channel_of<'a>(
     }
 }
 
+#[utoipa::path(get, path = "/v1/availability/{sku}", tag = "availability",
+    params(("sku" = String, Path, description = "SKU id"), ChannelQuery),
+    responses((status = 200, description = "the SKU's availability", body = super::openapi::Availability), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
+    caller: Caller,
     sku: web::Path<String>,
     query: web::Query<ChannelQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
     let sku = check_id("sku", &sku)?;
-    let channel = channel_of(engine, query.channel.as_deref())?;
+    let channel = channel_of(engine, &caller, query.channel.as_deref())?;
     let readouts = engine.read_sku(sku, None, None).await?;
     if readouts.is_empty() {
         return Err(EngineError::UnknownSku(sku.to_string()).into());
@@ -122,8 +136,12 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(body))
 }
 
+#[utoipa::path(post, path = "/v1/availability/query", tag = "availability",
+    request_body = QueryBody,
+    responses((status = 200, description = "one item per SKU, in order", body = super::openapi::AvailabilityItems), super::openapi::Errors))]
 pub async fn query(
     state: web::Data<AppState>,
+    caller: Caller,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
@@ -138,7 +156,7 @@ pub async fn query(
     for sku in &request.skus {
         check_id("sku", sku)?;
     }
-    let channel = channel_of(engine, request.channel.as_deref())?;
+    let channel = channel_of(engine, &caller, request.channel.as_deref())?;
     let reads = futures_util::future::join_all(
         request
             .skus

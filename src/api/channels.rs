@@ -6,6 +6,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, read_body};
@@ -52,18 +53,29 @@ fn channels(state: &AppState) -> Result<&Channels, ApiError> {
         .ok_or_else(|| ApiError::Unavailable("channel publication is starting".to_string()))
 }
 
-pub async fn list(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+#[utoipa::path(get, path = "/v1/channels", tag = "channels",
+    responses((status = 200, description = "every channel (a channel key: its own)", body = super::openapi::ChannelList), super::openapi::Errors))]
+/// A channel key sees only its own channel.
+pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let reports = channels(&state)?.reports();
-    let list: Vec<_> = reports.iter().map(report_json).collect();
+    let list: Vec<_> = reports
+        .iter()
+        .filter(|report| caller.may_act_for(&report.id).is_ok())
+        .map(report_json)
+        .collect();
     Ok(HttpResponse::Ok().json(json!({ "channels": list })))
 }
 
+#[utoipa::path(get, path = "/v1/channels/{id}", tag = "channels", params(("id" = String, Path, description = "channel id")),
+    responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
+    caller: Caller,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path.into_inner();
     check_id("channel", &id)?;
+    caller.may_act_for(&id)?;
     let report = channels(&state)?.report(&id)?;
     Ok(HttpResponse::Ok().json(report_json(&report)))
 }
@@ -95,6 +107,9 @@ async fn control(
 #[serde(deny_unknown_fields)]
 struct EmptyBody {}
 
+#[utoipa::path(post, path = "/v1/channels/{id}/pause", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body(content = Object, description = "no body, or `{}`"),
+    responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
 pub async fn pause(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -104,6 +119,9 @@ pub async fn pause(
     control(state, request, path, payload, true).await
 }
 
+#[utoipa::path(post, path = "/v1/channels/{id}/resume", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body(content = Object, description = "no body, or `{}`"),
+    responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
 pub async fn resume(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -113,6 +131,9 @@ pub async fn resume(
     control(state, request, path, payload, false).await
 }
 
+#[utoipa::path(post, path = "/v1/channels/{id}/resync", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body(content = Object, description = "no body, or `{}`"),
+    responses((status = 202, description = "every SKU's view queued for publication", body = super::openapi::Queued), super::openapi::Errors))]
 pub async fn resync(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -138,13 +159,18 @@ pub async fn resync(
 }
 
 /// `{"from_seq": N}` replays the log after N; `{"from": "dead_letters"}` the DLQ.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ReplayBody {
+pub(super) struct ReplayBody {
+    #[schema(value_type = Option<u64>)]
     from_seq: Option<serde_json::Number>,
+    /// `"dead_letters"`
     from: Option<String>,
 }
 
+#[utoipa::path(post, path = "/v1/channels/{id}/replay", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body = ReplayBody,
+    responses((status = 202, description = "re-delivery queued", body = super::openapi::Queued), super::openapi::Errors))]
 pub async fn replay(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -187,20 +213,25 @@ pub async fn replay(
     .await
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct PublishedQuery {
     sku: String,
 }
 
+#[utoipa::path(get, path = "/v1/channels/{id}/published", tag = "channels", params(("id" = String, Path, description = "channel id"), PublishedQuery),
+    responses((status = 200, description = "the last value the channel acknowledged", body = super::openapi::Published), super::openapi::Errors))]
 pub async fn published(
     state: web::Data<AppState>,
+    caller: Caller,
     path: web::Path<String>,
     query: web::Query<PublishedQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let channels = channels(&state)?;
     let id = path.into_inner();
     check_id("channel", &id)?;
+    caller.may_act_for(&id)?;
     check_id("sku", &query.sku)?;
     let record = channels.published(&id, &query.sku)?;
     let current = channels.current_value(&id, &query.sku).await?;

@@ -27,6 +27,16 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("{0}")]
     Unavailable(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over the key's rate limit (or its event-stream allowance).
+    #[error("key {key} is over its rate limit; retry after {retry_after:?}")]
+    RateLimited {
+        key: std::sync::Arc<str>,
+        retry_after: std::time::Duration,
+    },
 }
 
 impl ApiError {
@@ -59,6 +69,9 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
         }
     }
 
@@ -71,10 +84,29 @@ impl ApiError {
             "detail": self.to_string(),
             "code": code,
         });
-        if let ApiError::Engine(EngineError::Insufficient(shortages)) = self {
-            body["shortages"] = shortages.iter().map(shortage_json).collect();
+        match self {
+            ApiError::Engine(EngineError::Insufficient(shortages)) => {
+                body["shortages"] = shortages.iter().map(shortage_json).collect();
+            }
+            ApiError::RateLimited { .. } => {
+                body["retry_after_seconds"] = json!(self.retry_after_seconds());
+            }
+            _ => {}
         }
         body
+    }
+}
+
+impl ApiError {
+    /// Whole seconds a client should wait (`Retry-After`), at least 1.
+    pub fn retry_after_seconds(&self) -> u64 {
+        match self {
+            ApiError::RateLimited { retry_after, .. } => {
+                retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0)
+            }
+            _ => 1,
+        }
+        .max(1)
     }
 }
 
@@ -98,8 +130,14 @@ impl ResponseError for ApiError {
     fn error_response(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status_code());
         response.content_type("application/problem+json");
-        if self.status_code() == StatusCode::SERVICE_UNAVAILABLE {
-            response.insert_header(("Retry-After", "1"));
+        match self.status_code() {
+            StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+                response.insert_header(("Retry-After", self.retry_after_seconds().to_string()));
+            }
+            StatusCode::UNAUTHORIZED => {
+                response.insert_header(("WWW-Authenticate", "Bearer"));
+            }
+            _ => {}
         }
         response.body(self.body().to_string())
     }

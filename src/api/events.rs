@@ -11,6 +11,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
+use super::access::Caller;
 use super::error::{from_json_error, ApiError};
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, delta, parse_json, parse_rfc3339, qty, read_body, rfc3339};
@@ -31,22 +32,41 @@ struct BatchBody {
     events: Vec<Value>,
 }
 
-#[derive(Deserialize)]
+/// The body of `POST /v1/events` as documented (decoded event by event, so
+/// one bad event is rejected alone).
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct EventsBody {
+    /// Up to `batch_events_max` (1000) events.
+    events: Vec<EventBody>,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct EventBody {
+pub(super) struct EventBody {
+    /// Makes the event idempotent forever.
     event_id: String,
+    /// receipt | adjustment | count | return | quarantine | in_transit | transfer_out | transfer_in
     #[serde(rename = "type")]
     kind: String,
     source: String,
+    /// RFC 3339.
     occurred_at: Option<String>,
     sku: String,
     location: String,
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 1000000000)]
     qty: Option<serde_json::Number>,
+    #[schema(value_type = Option<i64>, minimum = -1000000000, maximum = 1000000000)]
     delta: Option<serde_json::Number>,
+    /// damage | shrink | found | correction | short_pick
+    #[schema(value_type = Option<String>)]
     reason: Option<AdjustReason>,
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1000000000)]
     counted: Option<serde_json::Number>,
     expected_version: Option<u64>,
     restockable: Option<bool>,
+    /// hold | release | scrap
+    #[schema(value_type = Option<String>)]
     action: Option<QuarantineAction>,
     transfer_id: Option<String>,
     to: Option<String>,
@@ -232,8 +252,23 @@ fn outcome_json(outcome: &EventOutcome) -> Value {
     value
 }
 
+/// A system key posts only at its locations: a batch with any event elsewhere
+/// is refused whole (403), before anything is applied.
+fn check_scope(caller: &Caller, events: &[Value]) -> Result<(), ApiError> {
+    for event in events {
+        if let Some(location) = event.get("location").and_then(Value::as_str) {
+            caller.may_touch(location).map_err(|error| {
+                let id = event.get("event_id").and_then(Value::as_str).unwrap_or("?");
+                ApiError::Forbidden(format!("event {id}: {error}"))
+            })?;
+        }
+    }
+    Ok(())
+}
+
 async fn apply_batch(
     engine: &Engine,
+    caller: &Caller,
     body: &[u8],
     max: usize,
     correlation: Arc<str>,
@@ -244,6 +279,7 @@ async fn apply_batch(
             "a batch has 1..={max} events"
         )));
     }
+    check_scope(caller, &batch.events)?;
     let mut slots: Vec<Option<EventOutcome>> = vec![None; batch.events.len()];
     let mut valid = Vec::new();
     let mut valid_index = Vec::new();
@@ -301,8 +337,12 @@ async fn apply_batch(
     Ok((StatusCode::OK, json!({ "results": results })))
 }
 
+#[utoipa::path(post, path = "/v1/events", tag = "events",
+    request_body = EventsBody, params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    responses((status = 200, description = "one result per event, in order", body = super::openapi::EventResults), super::openapi::Errors))]
 pub async fn post(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
@@ -311,7 +351,7 @@ pub async fn post(
     let max = state.config.batch_events_max;
     let correlation = correlation_id(&request);
     idempotency::run(engine, &request, &body, |_| {
-        apply_batch(engine, &body, max, correlation)
+        apply_batch(engine, &caller, &body, max, correlation)
     })
     .await
 }
@@ -364,13 +404,16 @@ pub fn log_entry_json(seq: u64, record: &JournalRecord) -> Value {
     entry
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct LogQuery {
     after: Option<u64>,
     limit: Option<usize>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(LogQuery),
+    responses((status = 200, description = "log entries after `after`", body = super::openapi::EventPage), super::openapi::Errors))]
 pub async fn list(
     state: web::Data<AppState>,
     query: web::Query<LogQuery>,
@@ -388,24 +431,66 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(json!({ "events": events, "head": engine.journal().head() })))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     after: Option<u64>,
 }
 
-/// Releases an SSE slot when the stream is dropped (client gone).
-struct SseSlot(web::Data<AppState>);
+/// Releases an SSE slot (overall and the key's) when the stream is dropped
+/// (client gone).
+struct SseSlot {
+    state: web::Data<AppState>,
+    key: Arc<str>,
+}
 
-impl Drop for SseSlot {
-    fn drop(&mut self) {
-        self.0.sse_connections.fetch_sub(1, Ordering::AcqRel);
+impl SseSlot {
+    /// Takes a slot, or says why there is none: 503 when the server has no
+    /// stream left, 429 when the key has used its own allowance.
+    fn take(state: &web::Data<AppState>, key: Arc<str>) -> Result<SseSlot, ApiError> {
+        let open = state.sse_connections.fetch_add(1, Ordering::AcqRel);
+        {
+            let mut mine = state.sse_per_key.entry(key.clone()).or_insert(0);
+            *mine += 1;
+        }
+        let slot = SseSlot {
+            state: state.clone(),
+            key: key.clone(),
+        };
+        if open >= state.config.sse_connections_max {
+            return Err(ApiError::Unavailable(
+                "too many event streams open".to_string(),
+            ));
+        }
+        let mine = state.sse_per_key.get(&key).map_or(0, |n| *n);
+        if mine > state.config.sse_connections_per_key_max {
+            return Err(ApiError::RateLimited {
+                key,
+                retry_after: Duration::from_secs(SSE_KEEPALIVE.as_secs()),
+            });
+        }
+        Ok(slot)
     }
 }
 
+impl Drop for SseSlot {
+    fn drop(&mut self) {
+        self.state.sse_connections.fetch_sub(1, Ordering::AcqRel);
+        self.state.sse_per_key.remove_if_mut(&self.key, |_, open| {
+            *open = open.saturating_sub(1);
+            *open == 0
+        });
+    }
+}
+
+#[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery,
+        ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq")),
+    responses((status = 200, description = "Server-Sent Events: `id: seq`, `event: type`, `data: log entry`", body = String, content_type = "text/event-stream"), super::openapi::Errors))]
 /// Server-Sent Events: the log after `after` (or `Last-Event-ID`), then live.
 pub async fn stream(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     query: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
@@ -416,14 +501,7 @@ pub async fn stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let after = query.after.or(resume).unwrap_or(0);
-    let open = state.sse_connections.fetch_add(1, Ordering::AcqRel);
-    let slot = SseSlot(state.clone());
-    if open >= state.config.sse_connections_max {
-        drop(slot);
-        return Err(ApiError::Unavailable(
-            "too many event streams open".to_string(),
-        ));
-    }
+    let slot = SseSlot::take(&state, caller.name.clone())?;
     let head = engine.journal().subscribe();
     let stream = futures_util::stream::unfold(
         (engine, head, after, slot),
@@ -466,7 +544,8 @@ pub async fn stream(
         .streaming(stream))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExceptionQuery {
     kind: Option<String>,
@@ -492,6 +571,8 @@ fn exception_json(record: &ExceptionRecord) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/v1/exceptions", tag = "events", params(ExceptionQuery),
+    responses((status = 200, description = "the exception queue", body = super::openapi::ExceptionPage), super::openapi::Errors))]
 pub async fn exceptions(
     state: web::Data<AppState>,
     query: web::Query<ExceptionQuery>,

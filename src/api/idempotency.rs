@@ -6,9 +6,10 @@
 use std::future::Future;
 
 use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, ResponseError};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use sha2::{Digest, Sha256};
 
+use super::access::Caller;
 use super::error::ApiError;
 use crate::actors::now_ms;
 use crate::engine::{Engine, EngineError};
@@ -34,7 +35,15 @@ pub fn key_of(request: &HttpRequest) -> Result<Option<String>, ApiError> {
                 "Idempotency-Key must be 1-{KEY_LEN_MAX} visible ASCII characters"
             ))
         })?;
-    Ok(Some(key.to_string()))
+    // Keys are per caller: one API key can neither replay nor block another's.
+    let caller = request
+        .extensions()
+        .get::<std::sync::Arc<Caller>>()
+        .map(|caller| caller.name.clone());
+    Ok(Some(match caller {
+        Some(name) if &*name != "-" => format!("{name}/{key}"),
+        _ => key.to_string(),
+    }))
 }
 
 fn respond(status: StatusCode, body: Vec<u8>) -> HttpResponse {

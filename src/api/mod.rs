@@ -2,12 +2,14 @@
 //! metrics middleware, and `Idempotency-Key` handling. Handlers decode and
 //! validate, call the engine, and encode; they hold no state of their own.
 
+pub mod access;
 mod availability;
 mod channels;
 mod error;
 mod events;
 mod idempotency;
 mod input;
+mod openapi;
 mod ops;
 mod positions;
 mod reservations;
@@ -16,21 +18,24 @@ pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use actix_web::body::EitherBody;
 use actix_web::body::MessageBody;
+use actix_web::dev::ResourceDef;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
+use actix_web::http::Method;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest};
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
+use access::{Identity, Keys, Policy};
+
 use crate::channels::Channels;
-use crate::config::Config;
+use crate::config::{Config, Role};
 use crate::engine::Engine;
 use crate::metrics::Metrics;
 
@@ -47,44 +52,21 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Open event streams (bounded by `sse_connections_max`).
     pub sse_connections: AtomicUsize,
-    /// SHA-256 of each configured key's secret -> its name, to say in logs who
-    /// called (the secret itself is never logged). Enforcement is issue 5's.
-    key_names: HashMap<[u8; 32], Arc<str>>,
+    /// Open event streams per key (bounded by `sse_connections_per_key_max`).
+    pub sse_per_key: dashmap::DashMap<Arc<str>, usize>,
+    /// The configured API keys and their rate limiters.
+    pub keys: Keys,
 }
 
 impl AppState {
-    /// The name of the configured key a request's `Authorization: Bearer` carries:
-    /// `-` without one, `unknown` for a key not in config.
-    pub fn key_name(&self, request: &ServiceRequest) -> Arc<str> {
-        let token = request
-            .headers()
-            .get(actix_web::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        match token {
-            None => Arc::from("-"),
-            Some(token) => {
-                let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-                self.key_names
-                    .get(&digest)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::from("unknown"))
-            }
-        }
-    }
-
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> AppState {
-        let key_names = config
-            .keys
-            .iter()
-            .filter_map(|k| Some((k.secret_sha256()?, Arc::from(k.name.as_str()))))
-            .collect();
         AppState {
             engine: OnceLock::new(),
             channels: OnceLock::new(),
+            keys: Keys::new(&config),
             config,
             sse_connections: AtomicUsize::new(0),
-            key_names,
+            sse_per_key: dashmap::DashMap::new(),
             metrics,
         }
     }
@@ -122,11 +104,83 @@ fn acceptable_correlation_id(value: &str) -> bool {
         && value.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// Echoes or assigns `X-Correlation-Id` and records HTTP metrics by route pattern.
+/// One route of the API: method, path pattern and who may call it.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    /// Lower case, as in `web::get()`.
+    pub method: &'static str,
+    pub path: &'static str,
+    pub policy: Policy,
+}
+
+/// The route table: the one place a route is declared. It registers the
+/// handlers, gives the access middleware each route's policy, and is what the
+/// OpenAPI test compares the document with.
+macro_rules! route_table {
+    ($( $method:ident $path:literal => $handler:path, $policy:expr; )*) => {
+        /// Every route, in registration (and so matching) order.
+        pub const ROUTES: &[RouteSpec] = &[
+            $( RouteSpec { method: stringify!($method), path: $path, policy: $policy }, )*
+        ];
+
+        fn register(config: &mut web::ServiceConfig) {
+            $( config.route($path, web::$method().to($handler)); )*
+        }
+    };
+}
+
+use access::{ADMIN, AVAILABILITY, CHANNEL_STATUS, FULFILMENT, READERS, SELLERS, SYSTEMS};
+
+route_table! {
+    get "/healthz" => ops::healthz, Policy::Open;
+    get "/readyz" => ops::readyz, Policy::Open;
+    get "/metrics" => ops::metrics, Policy::Metrics;
+    get "/v1/openapi.json" => ops::openapi, Policy::Open;
+    post "/v1/availability/query" => availability::query, Policy::Roles(AVAILABILITY);
+    get "/v1/availability/{sku}" => availability::get, Policy::Roles(AVAILABILITY);
+    post "/v1/reservations" => reservations::create, Policy::Roles(SELLERS);
+    get "/v1/reservations/{id}" => reservations::get, Policy::Roles(&[Role::Admin, Role::Channel, Role::System, Role::Observer]);
+    post "/v1/reservations/{id}/release" => reservations::release, Policy::Roles(SELLERS);
+    post "/v1/reservations/{id}/allocate" => reservations::allocate, Policy::Roles(FULFILMENT);
+    post "/v1/reservations/{id}/ship" => reservations::ship, Policy::Roles(FULFILMENT);
+    post "/v1/events" => events::post, Policy::Roles(SYSTEMS);
+    get "/v1/events" => events::list, Policy::Roles(READERS);
+    get "/v1/events/stream" => events::stream, Policy::Roles(READERS);
+    get "/v1/exceptions" => events::exceptions, Policy::Roles(READERS);
+    get "/v1/channels" => channels::list, Policy::Roles(CHANNEL_STATUS);
+    get "/v1/channels/{id}" => channels::get, Policy::Roles(CHANNEL_STATUS);
+    post "/v1/channels/{id}/pause" => channels::pause, Policy::Roles(ADMIN);
+    post "/v1/channels/{id}/resume" => channels::resume, Policy::Roles(ADMIN);
+    post "/v1/channels/{id}/resync" => channels::resync, Policy::Roles(ADMIN);
+    post "/v1/channels/{id}/replay" => channels::replay, Policy::Roles(ADMIN);
+    get "/v1/channels/{id}/published" => channels::published, Policy::Roles(CHANNEL_STATUS);
+    put "/v1/positions/{sku}/{location}/settings" => positions::settings, Policy::Roles(ADMIN);
+    put "/v1/positions/{sku}/{location}/commitments/{channel}" => positions::commitment, Policy::Roles(ADMIN);
+}
+
+/// The policy of the route a request will be routed to: the first route (in
+/// table order, as actix matches) with the request's method whose pattern
+/// matches the path. `None`: no route, the request ends in the 404 fallback.
+fn policy_of(method: &Method, path: &str) -> Option<Policy> {
+    static DEFS: OnceLock<Vec<ResourceDef>> = OnceLock::new();
+    let defs = DEFS.get_or_init(|| ROUTES.iter().map(|r| ResourceDef::new(r.path)).collect());
+    ROUTES
+        .iter()
+        .zip(defs)
+        .find(|(route, def)| {
+            route.method.eq_ignore_ascii_case(method.as_str()) && def.is_match(path)
+        })
+        .map(|(route, _)| route.policy)
+}
+
+/// Echoes or assigns `X-Correlation-Id`, authenticates the caller and checks
+/// the route's policy (401/429/403 before any handler runs), logs an audit
+/// line for every state-changing call, and records HTTP metrics by route
+/// pattern.
 pub async fn edge_middleware(
     request: ServiceRequest,
     next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
     let id = request
         .headers()
@@ -138,13 +192,19 @@ pub async fn edge_middleware(
     request
         .extensions_mut()
         .insert(CorrelationId(Arc::from(id.as_str())));
-    let state = request.app_data::<web::Data<AppState>>().cloned();
-    let metrics = state.as_ref().map(|state| state.metrics.clone());
-    let key = state
-        .as_ref()
-        .map_or_else(|| Arc::from("-"), |s| s.key_name(&request));
+    let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
+        return Err(actix_web::error::ErrorInternalServerError(
+            "application state missing",
+        ));
+    };
+    let identity = state.keys.authenticate(
+        request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION),
+    );
+    let key = identity.log_name();
     // Every line logged while handling the request carries its correlation id and
-    // the name of the key that called.
+    // the name of the key that called (never the secret).
     let span = tracing::info_span!(
         "request",
         correlation_id = %id,
@@ -152,36 +212,81 @@ pub async fn edge_middleware(
         method = %request.method(),
         path = %request.path(),
     );
-    let mut response = next.call(request).instrument(span.clone()).await?;
+    let admitted = match policy_of(request.method(), request.path()) {
+        Some(policy) => state.keys.admit(policy, &identity),
+        None => Ok(None),
+    };
+    let mut response = match admitted {
+        Ok(caller) => {
+            if let Some(caller) = caller {
+                request.extensions_mut().insert(caller);
+            }
+            next.call(request)
+                .instrument(span.clone())
+                .await?
+                .map_into_left_body()
+        }
+        Err(error) => {
+            if let ApiError::RateLimited { key, .. } = &error {
+                state
+                    .metrics
+                    .rate_limited_total
+                    .with_label_values(&[key])
+                    .inc();
+            }
+            if matches!(identity, Identity::Unknown) {
+                span.in_scope(|| tracing::warn!("unknown API key refused"));
+            }
+            request.error_response(error).map_into_right_body()
+        }
+    };
     if let Ok(value) = HeaderValue::from_str(&id) {
         response
             .headers_mut()
             .insert(HeaderName::from_static(CORRELATION_HEADER), value);
     }
-    if let Some(metrics) = metrics {
-        let route = response
-            .request()
-            .match_pattern()
-            .unwrap_or_else(|| "unmatched".to_string());
-        let method = response.request().method().as_str().to_string();
-        let status = response.status().as_u16().to_string();
-        metrics
-            .http_requests_total
-            .with_label_values(&[&route, &method, &status])
-            .inc();
-        metrics
-            .http_request_duration_seconds
-            .with_label_values(&[&route, &method])
-            .observe(started.elapsed().as_secs_f64());
-        span.in_scope(|| {
-            tracing::debug!(
+    let metrics = &state.metrics;
+    let route = response
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_string());
+    let method = response.request().method().clone();
+    let status = response.status();
+    metrics
+        .http_requests_total
+        .with_label_values(&[&route, method.as_str(), status.as_str()])
+        .inc();
+    metrics
+        .http_request_duration_seconds
+        .with_label_values(&[&route, method.as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    span.in_scope(|| {
+        if method != Method::GET && method != Method::HEAD {
+            // The audit trail: who changed (or tried to change) what, and how it ended.
+            let outcome = if status.is_success() {
+                "ok"
+            } else if status.is_client_error() {
+                "refused"
+            } else {
+                "failed"
+            };
+            tracing::info!(
+                target: "stockwire::audit",
+                key = %key,
+                correlation_id = %id,
                 %route,
-                status = response.status().as_u16(),
-                elapsed_us = started.elapsed().as_micros() as u64,
-                "request done"
-            )
-        });
-    }
+                status = status.as_u16(),
+                outcome,
+                "audit"
+            );
+        }
+        tracing::debug!(
+            %route,
+            status = status.as_u16(),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "request done"
+        )
+    });
     Ok(response)
 }
 
@@ -199,52 +304,7 @@ pub fn routes(config: &mut web::ServiceConfig) {
     });
     let path = web::PathConfig::default()
         .error_handler(|error, _| ApiError::BadRequest(error.to_string()).into());
-    config
-        .app_data(query)
-        .app_data(path)
-        .route("/healthz", web::get().to(ops::healthz))
-        .route("/readyz", web::get().to(ops::readyz))
-        .route("/metrics", web::get().to(ops::metrics))
-        .service(
-            web::scope("/v1")
-                .route("/availability/query", web::post().to(availability::query))
-                .route("/availability/{sku}", web::get().to(availability::get))
-                .route("/reservations", web::post().to(reservations::create))
-                .route("/reservations/{id}", web::get().to(reservations::get))
-                .route(
-                    "/reservations/{id}/release",
-                    web::post().to(reservations::release),
-                )
-                .route(
-                    "/reservations/{id}/allocate",
-                    web::post().to(reservations::allocate),
-                )
-                .route(
-                    "/reservations/{id}/ship",
-                    web::post().to(reservations::ship),
-                )
-                .route("/events", web::post().to(events::post))
-                .route("/events", web::get().to(events::list))
-                .route("/events/stream", web::get().to(events::stream))
-                .route("/exceptions", web::get().to(events::exceptions))
-                .route("/channels", web::get().to(channels::list))
-                .route("/channels/{id}", web::get().to(channels::get))
-                .route("/channels/{id}/pause", web::post().to(channels::pause))
-                .route("/channels/{id}/resume", web::post().to(channels::resume))
-                .route("/channels/{id}/resync", web::post().to(channels::resync))
-                .route("/channels/{id}/replay", web::post().to(channels::replay))
-                .route(
-                    "/channels/{id}/published",
-                    web::get().to(channels::published),
-                )
-                .route(
-                    "/positions/{sku}/{location}/settings",
-                    web::put().to(positions::settings),
-                )
-                .route(
-                    "/positions/{sku}/{location}/commitments/{channel}",
-                    web::put().to(positions::commitment),
-                ),
-        )
-        .default_service(web::to(ops::not_found));
+    config.app_data(query).app_data(path);
+    register(config);
+    config.default_service(web::to(ops::not_found));
 }

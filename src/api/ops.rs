@@ -6,10 +6,15 @@ use serde_json::json;
 use super::error::ApiError;
 use super::AppState;
 
+#[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
+    responses((status = 200, description = "alive", body = super::openapi::Health)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok().json(json!({"status": "ok"}))
 }
 
+#[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
+    responses((status = 200, description = "recovered and able to journal", body = super::openapi::Ready),
+        (status = 503, description = "recovering, or the journal failed", body = super::openapi::Problem, content_type = "application/problem+json")))]
 /// 200 once recovered and able to journal, 503 before (or after a journal failure).
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
@@ -19,6 +24,8 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
     })))
 }
 
+#[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("api_key" = [])),
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), super::openapi::Errors))]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     state.metrics.ready.set(i64::from(state.engine().is_ok()));
     if let Some(engine) = state.engine.get() {
@@ -36,4 +43,13 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".to_string()))
+}
+
+#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations", security(()),
+    responses((status = 200, description = "this document", body = Object)))]
+/// `GET /v1/openapi.json`: the API description, generated from the handlers.
+pub async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(super::openapi::document())
 }

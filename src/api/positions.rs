@@ -13,16 +13,19 @@ use crate::actors::{now_ms, ExecOutcome, Meta};
 use crate::domain::Command;
 use crate::engine::{Engine, EngineError};
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SettingsBody {
+pub(super) struct SettingsBody {
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1000000000)]
     safety_stock: Option<serde_json::Number>,
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 1000000000)]
     backorder_limit: Option<serde_json::Number>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CommitmentBody {
+pub(super) struct CommitmentBody {
+    #[schema(value_type = u64, minimum = 0, maximum = 1000000000)]
     qty: serde_json::Number,
 }
 
@@ -64,6 +67,9 @@ async fn apply(
     Ok(outcome)
 }
 
+#[utoipa::path(put, path = "/v1/positions/{sku}/{location}/settings", tag = "positions",
+    params(("sku" = String, Path, description = "SKU id"), ("location" = String, Path, description = "location id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")), request_body = SettingsBody,
+    responses((status = 200, description = "the position's settings after the change", body = super::openapi::PositionSettings), super::openapi::Errors))]
 pub async fn settings(
     state: web::Data<AppState>,
     request: HttpRequest,
@@ -100,6 +106,9 @@ pub async fn settings(
     .await
 }
 
+#[utoipa::path(put, path = "/v1/positions/{sku}/{location}/commitments/{channel}", tag = "positions",
+    params(("sku" = String, Path, description = "SKU id"), ("location" = String, Path, description = "location id"), ("channel" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")), request_body = CommitmentBody,
+    responses((status = 200, description = "the position after the change", body = super::openapi::PositionSettings), super::openapi::Errors))]
 pub async fn commitment(
     state: web::Data<AppState>,
     request: HttpRequest,

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, qty, read_body, rfc3339};
@@ -15,37 +16,42 @@ use crate::engine::{LineRequest, NewReservation, ReservationView, ShipLine};
 const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
 const ORDER_REF_LEN_MAX: usize = 128;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct LineBody {
+pub(super) struct LineBody {
     sku: String,
+    /// Without it, sourced from the channel's locations in order.
     location: Option<String>,
+    #[schema(value_type = u64, minimum = 1, maximum = 1000000000)]
     qty: serde_json::Number,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateBody {
+pub(super) struct CreateBody {
     reservation_id: Option<String>,
     channel: String,
     order_ref: Option<String>,
+    #[schema(value_type = Option<u64>, minimum = 1, maximum = 2592000)]
     ttl_seconds: Option<serde_json::Number>,
     lines: Vec<LineBody>,
     #[serde(default)]
     split: bool,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ShipLineBody {
+pub(super) struct ShipLineBody {
     sku: String,
     location: String,
+    #[schema(value_type = u64, minimum = 1, maximum = 1000000000)]
     qty: serde_json::Number,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct ShipBody {
+pub(super) struct ShipBody {
+    /// Without lines, everything allocated ships.
     lines: Option<Vec<ShipLineBody>>,
 }
 
@@ -137,17 +143,24 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
     })
 }
 
+#[utoipa::path(post, path = "/v1/reservations", tag = "reservations",
+    request_body = CreateBody, params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    responses((status = 201, description = "held", body = super::openapi::Reservation),
+        (status = 200, description = "this reservation_id exists with the same content", body = super::openapi::Reservation),
+        super::openapi::Errors))]
 pub async fn create(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
     let body = read_body(payload, state.config.max_body_bytes).await?;
-    let (state_ref, request_ref, body_ref) = (&state, &request, &body);
+    let (state_ref, request_ref, body_ref, caller) = (&state, &request, &body, &caller);
     idempotency::run(engine, &request, &body, |key| async move {
         let (state, request, body) = (state_ref, request_ref, body_ref);
         let mut reservation = decode_create(body, state.config.reservation_lines_max)?;
+        caller.may_act_for(&reservation.channel)?;
         reservation.correlation_id = correlation_id(request);
         reservation.idempotency_key = key;
         let (view, created) = engine.create_reservation(reservation).await?;
@@ -161,13 +174,18 @@ pub async fn create(
     .await
 }
 
+#[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
+    params(("id" = String, Path, description = "reservation id")),
+    responses((status = 200, description = "the reservation", body = super::openapi::Reservation), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
+    caller: Caller,
     id: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
     let id = check_id("reservation id", &id)?;
     let view = engine.get_reservation(id).await?;
+    caller.may_see(&view)?;
     Ok(HttpResponse::Ok().json(view_json(&view)))
 }
 
@@ -181,6 +199,7 @@ enum Action {
 /// Release, allocate and ship share the shape: optional body, idempotent.
 async fn transition(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
@@ -188,6 +207,15 @@ async fn transition(
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
     let id = check_id("reservation id", &id)?.to_string();
+    // A reservation's channel and lines never change, so checking them before
+    // the transition is as good as checking them in it.
+    if !caller.is_unscoped() {
+        match engine.get_reservation(&id).await {
+            Ok(view) => caller.may_see(&view)?,
+            Err(crate::engine::EngineError::NotFound(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);
     let (id_ref, body_ref, correlation) = (&id, &body, &*correlation);
@@ -243,29 +271,44 @@ fn reject_body(body: &[u8]) -> Result<(), ApiError> {
     parse_json::<Empty>(body).map(drop)
 }
 
+#[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",
+    params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body(content = Object, description = "no body, or `{}`"),
+    responses((status = 200, description = "released (a no-op when already released or expired)", body = super::openapi::Reservation), super::openapi::Errors))]
 pub async fn release(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    transition(state, request, id, payload, Action::Release).await
+    transition(state, caller, request, id, payload, Action::Release).await
 }
 
+#[utoipa::path(post, path = "/v1/reservations/{id}/allocate", tag = "reservations",
+    params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body(content = Object, description = "no body, or `{}`"),
+    responses((status = 200, description = "allocated: no more expiry", body = super::openapi::Reservation), super::openapi::Errors))]
 pub async fn allocate(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    transition(state, request, id, payload, Action::Allocate).await
+    transition(state, caller, request, id, payload, Action::Allocate).await
 }
 
+#[utoipa::path(post, path = "/v1/reservations/{id}/ship", tag = "reservations",
+    params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
+    request_body(content = Option<ShipBody>, description = "no body ships everything"),
+    responses((status = 200, description = "shipped (a short shipment releases the rest)", body = super::openapi::Reservation), super::openapi::Errors))]
 pub async fn ship(
     state: web::Data<AppState>,
+    caller: Caller,
     request: HttpRequest,
     id: web::Path<String>,
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
-    transition(state, request, id, payload, Action::Ship).await
+    transition(state, caller, request, id, payload, Action::Ship).await
 }

@@ -52,6 +52,8 @@ pub struct Server {
     pub port: u16,
     pub data: PathBuf,
     pub config_path: PathBuf,
+    /// API key the helpers below send (`None`: the server has no `[[keys]]`).
+    pub token: Option<String>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -133,21 +135,36 @@ impl Server {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
+    /// Sends this server's token from now on.
+    pub fn with_token(mut self, token: &str) -> Server {
+        self.token = Some(token.to_string());
+        self
+    }
+
+    /// A request carrying this server's token, if any.
+    pub fn request(&self, method: &str, path: &str) -> ureq::Request {
+        let request = ureq::request(method, &self.url(path));
+        match &self.token {
+            Some(token) => request.set("authorization", &format!("Bearer {token}")),
+            None => request,
+        }
+    }
+
     pub fn get(&self, path: &str) -> (u16, Value) {
-        call(ureq::get(&self.url(path)), None)
+        call(self.request("GET", path), None)
     }
 
     pub fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        call(ureq::post(&self.url(path)), Some(body))
+        call(self.request("POST", path), Some(body))
     }
 
     pub fn put(&self, path: &str, body: Value) -> (u16, Value) {
-        call(ureq::put(&self.url(path)), Some(body))
+        call(self.request("PUT", path), Some(body))
     }
 
     /// POST with extra headers.
     pub fn post_with(&self, path: &str, body: Value, headers: &[(&str, &str)]) -> (u16, Value) {
-        let mut request = ureq::post(&self.url(path));
+        let mut request = self.request("POST", path);
         for (name, value) in headers {
             request = request.set(name, value);
         }
@@ -156,7 +173,8 @@ impl Server {
 
     /// POST a raw body (for malformed input tests).
     pub fn post_raw(&self, path: &str, body: &[u8]) -> (u16, Value) {
-        let request = ureq::post(&self.url(path))
+        let request = self
+            .request("POST", path)
             .set("content-type", "application/json")
             .timeout(Duration::from_secs(10));
         match request.send_bytes(body) {
@@ -247,6 +265,7 @@ impl Server {
             port,
             data,
             config_path,
+            token: None,
             _dir: Some(dir),
         };
         server.spawn();

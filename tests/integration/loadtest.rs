@@ -33,6 +33,7 @@ fn options(server_port: u16, prefix: &str) -> RunOptions {
         prefix: prefix.to_string(),
         progress: false,
         timeout: Duration::from_secs(10),
+        token: None,
     }
 }
 

@@ -121,7 +121,7 @@ fn exercised_server(feed: &Path) -> Server {
          [[source_authority]]\nsource = \"wms\"\n",
         feed.display()
     );
-    let server = Server::start_with_base(BASE_CONFIG, &extra);
+    let server = Server::start_with_base(BASE_CONFIG, &extra).with_token("ops-test-secret");
     server.receive("ops-1", "wh-east", 10);
     let (status, body) = server.post(
         "/v1/reservations",
@@ -294,6 +294,14 @@ fn request_logs_carry_the_correlation_id_and_the_key_name_but_no_secret() {
         .send_json(json!({"events": [{"event_id": "log-1", "type": "receipt",
             "source": "wms", "sku": "log-sku", "location": "wh-east", "qty": 3}]}));
     assert!(answer.is_ok(), "{answer:?}");
+    let refused = ureq::post(&url("/v1/events"))
+        .set("Authorization", "Bearer not-a-configured-key")
+        .set("X-Correlation-Id", "corr-logs-3")
+        .send_json(json!({"events": []}));
+    assert!(
+        matches!(refused, Err(ureq::Error::Status(401, _))),
+        "{refused:?}"
+    );
     let _ = ureq::get(&url("/v1/availability/log-sku"))
         .set("Authorization", "Bearer not-a-configured-key")
         .set("X-Correlation-Id", "corr-logs-2")
@@ -336,4 +344,34 @@ fn request_logs_carry_the_correlation_id_and_the_key_name_but_no_secret() {
         .find(|v| v["span"]["correlation_id"] == "corr-logs-2")
         .unwrap_or_else(|| panic!("no request line for corr-logs-2:\n{text}"));
     assert_eq!(read["span"]["key"], "unknown", "{read}");
+
+    // The audit trail: one line per state-changing call, with who, the
+    // correlation id and the outcome (reads are not audited).
+    let audits: Vec<Value> = lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["fields"]["message"] == "audit")
+        .collect();
+    let audit = |correlation: &str| {
+        audits
+            .iter()
+            .find(|v| v["fields"]["correlation_id"] == correlation)
+            .cloned()
+            .unwrap_or_else(|| panic!("no audit line for {correlation}:\n{text}"))
+    };
+    let applied = audit("corr-logs-1");
+    assert_eq!(applied["fields"]["key"], "storefront", "{applied}");
+    assert_eq!(applied["fields"]["outcome"], "ok", "{applied}");
+    assert_eq!(applied["fields"]["status"], 200, "{applied}");
+    assert_eq!(applied["fields"]["route"], "/v1/events", "{applied}");
+    let refused = audit("corr-logs-3");
+    assert_eq!(refused["fields"]["key"], "unknown", "{refused}");
+    assert_eq!(refused["fields"]["outcome"], "refused", "{refused}");
+    assert_eq!(refused["fields"]["status"], 401, "{refused}");
+    assert!(
+        audits
+            .iter()
+            .all(|v| v["fields"]["correlation_id"] != "corr-logs-2"),
+        "a read was audited"
+    );
 }
