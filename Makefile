@@ -25,6 +25,7 @@ test: deps
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --lib --bins --examples --benches
 	cargo test --workspace --test integration
+	./scripts/schemathesis.sh
 
 bench: deps
 	cargo bench --bench reserve

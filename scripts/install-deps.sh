@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Installs the native libraries stockwire links against when they are missing,
 # and with --test also promtool (Debian's prometheus package), which the tests
-# use to check the metrics exposition and the alert rules.
+# use to check the metrics exposition and the alert rules, and schemathesis
+# (PyPI), which scripts/schemathesis.sh runs against /v1/openapi.json.
 # Debian/Ubuntu only; other platforms build the bundled RocksDB (see README).
 set -euo pipefail
+SCHEMATHESIS_VERSION=4.32.5
 need=()
 if [ "${1:-}" = "--test" ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+    python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+  fi
 fi
 [ -e /usr/include/rocksdb/c.h ] || need+=(librocksdb-dev)
 # bindgen needs libclang itself (libclang.so / libclang-N.so), not libclang-cpp.

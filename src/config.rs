@@ -128,6 +128,11 @@ pub const SSE_CONNECTIONS_PER_KEY_MAX_RANGE: RangeInclusive<usize> = 1..=10_000;
 pub const CONNECTIONS_MAX_DEFAULT: usize = 10_000;
 pub const CONNECTIONS_MAX_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 
+/// Request line plus headers, in bytes; above it: 431. (actix-web itself stops at
+/// 128 KiB and 96 headers.)
+pub const MAX_HEADER_BYTES_DEFAULT: usize = 16 * 1024;
+pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=131_072;
+
 /// Rate limit of a key without its own `rate_limit`.
 pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
     per_second: 1000,
@@ -248,6 +253,10 @@ const _: () = assert!(in_range_usize(
 const _: () = assert!(in_range_usize(
     SSE_CONNECTIONS_PER_KEY_MAX_DEFAULT,
     &SSE_CONNECTIONS_PER_KEY_MAX_RANGE
+));
+const _: () = assert!(in_range_usize(
+    MAX_HEADER_BYTES_DEFAULT,
+    &MAX_HEADER_BYTES_RANGE
 ));
 const _: () = assert!(in_range_usize(
     CONNECTIONS_MAX_DEFAULT,
@@ -395,6 +404,8 @@ pub struct Config {
     pub sse_connections_per_key_max: usize,
     /// Open HTTP connections, over all workers.
     pub connections_max: usize,
+    /// Request line plus headers; above it: 431.
+    pub max_header_bytes: usize,
     /// `/metrics` needs an `admin` or `observer` key (default: open, SPEC §3).
     pub protect_metrics: bool,
     /// Rate limit of every key without its own `rate_limit`.
@@ -437,6 +448,7 @@ impl Default for Config {
             sse_connections_max: SSE_CONNECTIONS_MAX_DEFAULT,
             sse_connections_per_key_max: SSE_CONNECTIONS_PER_KEY_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
+            max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
             protect_metrics: false,
             default_rate_limit: DEFAULT_RATE_LIMIT,
             publish_pending_max: PUBLISH_PENDING_MAX_DEFAULT,
@@ -802,6 +814,7 @@ const ENV_KEYS: &[(&str, EnvValueKind)] = &[
     ("sse_connections_max", EnvValueKind::Scalar),
     ("sse_connections_per_key_max", EnvValueKind::Scalar),
     ("connections_max", EnvValueKind::Scalar),
+    ("max_header_bytes", EnvValueKind::Scalar),
     ("protect_metrics", EnvValueKind::Scalar),
     ("publish_pending_max", EnvValueKind::Scalar),
     ("drift_check_seconds", EnvValueKind::Scalar),
@@ -1261,6 +1274,11 @@ impl Validator<'_> {
             &SSE_CONNECTIONS_PER_KEY_MAX_RANGE,
         )?;
         self.range("connections_max", c.connections_max, &CONNECTIONS_MAX_RANGE)?;
+        self.range(
+            "max_header_bytes",
+            c.max_header_bytes,
+            &MAX_HEADER_BYTES_RANGE,
+        )?;
         self.rate_limit("default_rate_limit", &c.default_rate_limit)?;
         self.range(
             "publish_pending_max",

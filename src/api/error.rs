@@ -27,6 +27,8 @@ pub enum ApiError {
     IdempotencyKeyReused,
     #[error("{0}")]
     Unavailable(String),
+    #[error("request line and headers are larger than {0} bytes")]
+    HeadersTooLarge(usize),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -69,6 +71,10 @@ impl ApiError {
                 (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
             }
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            ApiError::HeadersTooLarge(_) => (
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "headers_too_large",
+            ),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),

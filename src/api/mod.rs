@@ -7,6 +7,8 @@ mod availability;
 mod channels;
 mod error;
 mod events;
+#[cfg(test)]
+mod fuzz_tests;
 mod idempotency;
 mod input;
 mod openapi;
@@ -212,9 +214,20 @@ pub async fn edge_middleware(
         method = %request.method(),
         path = %request.path(),
     );
-    let admitted = match policy_of(request.method(), request.path()) {
-        Some(policy) => state.keys.admit(policy, &identity),
-        None => Ok(None),
+    let head_bytes = request.path().len()
+        + request.query_string().len()
+        + request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let admitted = if head_bytes > state.config.max_header_bytes {
+        Err(ApiError::HeadersTooLarge(state.config.max_header_bytes))
+    } else {
+        match policy_of(request.method(), request.path()) {
+            Some(policy) => state.keys.admit(policy, &identity),
+            None => Ok(None),
+        }
     };
     let mut response = match admitted {
         Ok(caller) => {

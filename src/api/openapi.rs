@@ -77,6 +77,7 @@ impl IntoResponses for Errors {
                 "unknown_location, unknown_channel, idempotency_key_reused",
             ),
             ("429", "rate_limited (Retry-After)"),
+            ("431", "headers_too_large"),
             (
                 "503",
                 "unavailable: recovering, or back-pressure (Retry-After)",

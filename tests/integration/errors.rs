@@ -704,3 +704,78 @@ fn a_bad_query_string_is_a_problem_answer() {
         assert_eq!(reply.body["code"], code, "{path}: {}", reply.body);
     }
 }
+
+/// Sends raw bytes and returns the status line and body of the answer.
+fn raw_exchange(server: &Server, request: &[u8]) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    stream.write_all(request).expect("write");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the head and a Content-Length body are in (or the peer closes).
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+        let text = String::from_utf8_lossy(&answer);
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_string)
+                })
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    (
+        head.lines().next().unwrap_or("").to_string(),
+        body.to_string(),
+    )
+}
+
+#[test]
+fn oversized_and_too_many_headers_are_431_and_the_server_stays_up() {
+    let server = Server::start("");
+    // Over max_header_bytes (16 KiB): a problem answer with its own code.
+    let big = format!(
+        "GET /v1/availability/s HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let (status, body) = raw_exchange(&server, big.as_bytes());
+    assert!(status.contains(" 431 "), "{status}");
+    let problem: Value = serde_json::from_str(&body).expect("problem+json");
+    assert_eq!(problem["code"], "headers_too_large", "{problem}");
+    // A very long path counts too.
+    let long_path = format!(
+        "GET /v1/availability/{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        "p".repeat(20_000)
+    );
+    let (status, _) = raw_exchange(&server, long_path.as_bytes());
+    assert!(status.contains(" 431 "), "{status}");
+    // More headers than the HTTP parser takes (96) or a head over 128 KiB: actix's own 431.
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let (status, _) = raw_exchange(
+        &server,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+    );
+    assert!(status.contains(" 431 "), "{status}");
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Filler: {}\r\n\r\n",
+        "a".repeat(300_000)
+    );
+    let (status, _) = raw_exchange(&server, huge.as_bytes());
+    assert!(status.contains(" 431 ") || status.is_empty(), "{status}");
+    assert_still_up(&server);
+}
