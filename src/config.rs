@@ -133,6 +133,12 @@ pub const CONNECTIONS_MAX_RANGE: RangeInclusive<usize> = 1..=1_000_000;
 pub const MAX_HEADER_BYTES_DEFAULT: usize = 16 * 1024;
 pub const MAX_HEADER_BYTES_RANGE: RangeInclusive<usize> = 1024..=131_072;
 
+/// A CSV reconciliation upload: most bytes and rows (it is streamed, never held whole).
+pub const RECONCILIATION_MAX_BYTES_DEFAULT: usize = 1 << 30;
+pub const RECONCILIATION_MAX_BYTES_RANGE: RangeInclusive<usize> = 1024..=(1 << 36);
+pub const RECONCILIATION_ROWS_MAX_DEFAULT: u64 = 20_000_000;
+pub const RECONCILIATION_ROWS_MAX_RANGE: RangeInclusive<u64> = 1..=1_000_000_000;
+
 /// Rate limit of a key without its own `rate_limit`.
 pub const DEFAULT_RATE_LIMIT: RateLimit = RateLimit {
     per_second: 1000,
@@ -257,6 +263,14 @@ const _: () = assert!(in_range_usize(
 const _: () = assert!(in_range_usize(
     MAX_HEADER_BYTES_DEFAULT,
     &MAX_HEADER_BYTES_RANGE
+));
+const _: () = assert!(in_range_usize(
+    RECONCILIATION_MAX_BYTES_DEFAULT,
+    &RECONCILIATION_MAX_BYTES_RANGE
+));
+const _: () = assert!(in_range_u64(
+    RECONCILIATION_ROWS_MAX_DEFAULT,
+    &RECONCILIATION_ROWS_MAX_RANGE
 ));
 const _: () = assert!(in_range_usize(
     CONNECTIONS_MAX_DEFAULT,
@@ -406,6 +420,10 @@ pub struct Config {
     pub connections_max: usize,
     /// Request line plus headers; above it: 431.
     pub max_header_bytes: usize,
+    /// Most bytes of one CSV reconciliation upload (413 beyond).
+    pub reconciliation_max_bytes: usize,
+    /// Most rows of one reconciliation (413 beyond).
+    pub reconciliation_rows_max: u64,
     /// `/metrics` needs an `admin` or `observer` key (default: open, SPEC §3).
     pub protect_metrics: bool,
     /// Rate limit of every key without its own `rate_limit`.
@@ -449,6 +467,8 @@ impl Default for Config {
             sse_connections_per_key_max: SSE_CONNECTIONS_PER_KEY_MAX_DEFAULT,
             connections_max: CONNECTIONS_MAX_DEFAULT,
             max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
+            reconciliation_max_bytes: RECONCILIATION_MAX_BYTES_DEFAULT,
+            reconciliation_rows_max: RECONCILIATION_ROWS_MAX_DEFAULT,
             protect_metrics: false,
             default_rate_limit: DEFAULT_RATE_LIMIT,
             publish_pending_max: PUBLISH_PENDING_MAX_DEFAULT,
@@ -815,6 +835,8 @@ const ENV_KEYS: &[(&str, EnvValueKind)] = &[
     ("sse_connections_per_key_max", EnvValueKind::Scalar),
     ("connections_max", EnvValueKind::Scalar),
     ("max_header_bytes", EnvValueKind::Scalar),
+    ("reconciliation_max_bytes", EnvValueKind::Scalar),
+    ("reconciliation_rows_max", EnvValueKind::Scalar),
     ("protect_metrics", EnvValueKind::Scalar),
     ("publish_pending_max", EnvValueKind::Scalar),
     ("drift_check_seconds", EnvValueKind::Scalar),
@@ -1007,6 +1029,18 @@ impl Config {
         wanted
             .clamp(1, SHARDS_MAX as usize)
             .min(self.partitions.max(1) as usize)
+    }
+
+    /// Whether `source` is authoritative for on-hand at `location`, so its
+    /// reconciliation may correct the engine: only by an explicit rule for it that
+    /// covers the location and allows `count` or `adjustment` (or every type).
+    pub fn source_authoritative_for_on_hand(&self, source: &str, location: &str) -> bool {
+        self.source_authority.iter().any(|rule| {
+            rule.source == source
+                && (rule.locations.is_empty() || rule.locations.iter().any(|l| l == location))
+                && (rule.types.is_empty()
+                    || rule.types.iter().any(|t| t == "count" || t == "adjustment"))
+        })
     }
 
     /// Source-authority check (SPEC §3): without rules every source may post every event
@@ -1278,6 +1312,16 @@ impl Validator<'_> {
             "max_header_bytes",
             c.max_header_bytes,
             &MAX_HEADER_BYTES_RANGE,
+        )?;
+        self.range(
+            "reconciliation_max_bytes",
+            c.reconciliation_max_bytes,
+            &RECONCILIATION_MAX_BYTES_RANGE,
+        )?;
+        self.range(
+            "reconciliation_rows_max",
+            c.reconciliation_rows_max,
+            &RECONCILIATION_ROWS_MAX_RANGE,
         )?;
         self.rate_limit("default_rate_limit", &c.default_rate_limit)?;
         self.range(

@@ -14,6 +14,7 @@ mod input;
 mod openapi;
 mod ops;
 mod positions;
+mod reconciliations;
 mod reservations;
 
 pub use reservations::{decode_create, view_json};
@@ -158,6 +159,7 @@ route_table! {
     get "/v1/channels/{id}/published" => channels::published, Policy::Roles(CHANNEL_STATUS);
     put "/v1/positions/{sku}/{location}/settings" => positions::settings, Policy::Roles(ADMIN);
     put "/v1/positions/{sku}/{location}/commitments/{channel}" => positions::commitment, Policy::Roles(ADMIN);
+    post "/v1/reconciliations" => reconciliations::post, Policy::Roles(SYSTEMS);
 }
 
 /// The policy of the route a request will be routed to: the first route (in

@@ -16,7 +16,7 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{availability, channels, events, ops, positions, reservations};
+use super::{availability, channels, events, ops, positions, reconciliations, reservations};
 
 /// Every error body: `application/problem+json` with a stable `code`.
 #[derive(Serialize, ToSchema)]
@@ -312,6 +312,43 @@ pub struct PositionSettings {
     pub commitment: Option<u64>,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct ReconciliationDifference {
+    pub sku: String,
+    pub location: String,
+    pub engine_on_hand: u64,
+    pub source_on_hand: u64,
+    pub diff: i64,
+    pub applied: bool,
+    /// The correction's log entry.
+    pub seq: Option<u64>,
+    /// Why it was not corrected (`source_not_authoritative`, `version_conflict`).
+    pub code: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RowProblem {
+    pub row: u64,
+    pub code: String,
+    pub detail: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ReconciliationReport {
+    pub source: String,
+    pub apply: bool,
+    pub checked: u64,
+    pub matched: u64,
+    pub differences: u64,
+    pub applied: u64,
+    /// The first 10,000 differences (all are in the exception queue).
+    pub exceptions: Vec<ReconciliationDifference>,
+    pub rejected_rows: u64,
+    pub errors: Vec<RowProblem>,
+    /// More differences or row errors than listed.
+    pub truncated: bool,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -362,6 +399,7 @@ impl Modify for BearerAuth {
         channels::published,
         positions::settings,
         positions::commitment,
+        reconciliations::post,
     )
 )]
 struct ApiDoc;

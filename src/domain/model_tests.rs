@@ -338,6 +338,27 @@ impl Model {
                 // SPEC silent: a count that matches is still an event.
                 kinds.push(EventKind::Counted);
             }
+            Command::Correct {
+                on_hand,
+                expected_version,
+            } => {
+                if let Some(expected) = expected_version {
+                    if *expected != self.version {
+                        return Err(Refusal::VersionConflict {
+                            expected: *expected,
+                            actual: self.version,
+                        });
+                    }
+                }
+                if *on_hand > QTY_MAX {
+                    return Err(Refusal::OutOfRange);
+                }
+                if i128::from(*on_hand) != next.on_hand {
+                    next.on_hand = i128::from(*on_hand);
+                    next.quarantined = next.quarantined.min(next.on_hand);
+                    kinds.push(EventKind::Adjusted(AdjustReason::Correction));
+                }
+            }
             Command::Return { qty, restockable } => {
                 let q = i128::from(qty.get());
                 next.on_hand += q;
@@ -539,6 +560,10 @@ enum Op {
         counted: u64,
         expect: Expect,
     },
+    Correct {
+        on_hand: u64,
+        expect: Expect,
+    },
     Return {
         qty: u64,
         restockable: bool,
@@ -593,6 +618,15 @@ impl Op {
             Op::Adjust { delta, reason } => Command::Adjust { delta, reason },
             Op::Count { counted, expect } => Command::Count {
                 counted,
+                expected_version: match expect {
+                    Expect::Nothing => None,
+                    Expect::Current => Some(version),
+                    Expect::Stale(k) if version >= k => Some(version - k),
+                    Expect::Stale(k) => Some(version + k),
+                },
+            },
+            Op::Correct { on_hand, expect } => Command::Correct {
+                on_hand,
                 expected_version: match expect {
                     Expect::Nothing => None,
                     Expect::Current => Some(version),
@@ -740,6 +774,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => quantity().prop_map(|qty| Op::Receipt { qty }),
         3 => (delta(), reason()).prop_map(|(delta, reason)| Op::Adjust { delta, reason }),
         2 => (counted(), expect()).prop_map(|(counted, expect)| Op::Count { counted, expect }),
+        2 => (counted(), expect()).prop_map(|(on_hand, expect)| Op::Correct { on_hand, expect }),
         2 => (quantity(), any::<bool>())
             .prop_map(|(qty, restockable)| Op::Return { qty, restockable }),
         3 => (quantity(), action()).prop_map(|(qty, action)| Op::Quarantine { qty, action }),
@@ -1014,6 +1049,7 @@ fn step(
             prop_assert!(!oversold_reported);
         }
         Command::Adjust { .. }
+        | Command::Correct { .. }
         | Command::Count { .. }
         | Command::Quarantine { .. }
         | Command::Settings { .. } => {}

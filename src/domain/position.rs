@@ -165,6 +165,14 @@ pub enum Command {
         counted: u64,
         expected_version: Option<u64>,
     },
+    /// Reconciliation: set `on_hand` to a system of record's figure, as a
+    /// `correction` adjustment of the difference (none when equal). The delta is
+    /// taken here, against the position's current state, and refused when the
+    /// position changed since `expected_version`.
+    Correct {
+        on_hand: u64,
+        expected_version: Option<u64>,
+    },
     Return {
         qty: Qty,
         restockable: bool,
@@ -378,6 +386,30 @@ impl Position {
             Command::Adjust { delta, reason } => {
                 check_delta(*delta)?;
                 vec![self.on_hand_change(EventKind::Adjusted(*reason), *delta)?]
+            }
+            Command::Correct {
+                on_hand,
+                expected_version,
+            } => {
+                if let Some(expected) = expected_version {
+                    if *expected != self.version {
+                        return Err(Reject::VersionConflict {
+                            expected: *expected,
+                            actual: self.version,
+                        });
+                    }
+                }
+                if *on_hand > QTY_MAX {
+                    return Err(Reject::QuantityOutOfRange(format!(
+                        "on_hand must be at most {QTY_MAX}"
+                    )));
+                }
+                let delta = *on_hand as i64 - self.counters.on_hand as i64;
+                if delta == 0 {
+                    Vec::new()
+                } else {
+                    vec![self.on_hand_change(EventKind::Adjusted(AdjustReason::Correction), delta)?]
+                }
             }
             Command::Count {
                 counted,

@@ -242,23 +242,40 @@ impl Engine {
             .events_rejected_total
             .with_label_values(&[type_name, self.source_label(source), code])
             .inc();
-        let id = self
-            .shared
-            .next_exception_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let record = ExceptionRecord {
-            id,
-            kind: "rejected_event".to_string(),
-            code: code.to_string(),
+        self.queue_exception(NewException {
+            kind: "rejected_event",
+            code,
             detail: detail.to_string(),
             sku,
             location,
             event_id: Some(event_id),
             source: Some(source.to_string()),
             payload: Some(payload),
-            correlation_id: correlation_id.to_string(),
+            correlation_id: correlation_id.clone(),
+            status: "open",
+        })
+        .await;
+    }
+
+    /// Adds an exception to the durable queue (through the journal writer).
+    pub async fn queue_exception(&self, new: NewException) -> u64 {
+        let id = self
+            .shared
+            .next_exception_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let record = ExceptionRecord {
+            id,
+            kind: new.kind.to_string(),
+            code: new.code.to_string(),
+            detail: new.detail,
+            sku: new.sku,
+            location: new.location,
+            event_id: new.event_id,
+            source: new.source,
+            payload: new.payload,
+            correlation_id: new.correlation_id.to_string(),
             created_at_ms: now_ms(),
-            status: "open".to_string(),
+            status: new.status.to_string(),
         };
         let mut batch = WriteBatch::default();
         match codec::encode(&record) {
@@ -266,8 +283,9 @@ impl Engine {
             Err(error) => tracing::error!(%error, "exception record did not encode"),
         }
         if let Err(error) = self.write(batch).await {
-            tracing::error!(%error, "could not queue rejected event");
+            tracing::error!(%error, kind = new.kind, "could not queue an exception");
         }
+        id
     }
 
     /// Up to `limit` exceptions with id > `after`, optionally of one kind.
@@ -306,7 +324,7 @@ impl Engine {
 
     /// Source label for metrics: free-form sources are bounded to the first
     /// `SOURCE_LABELS_MAX` seen; later ones count as `other`.
-    fn source_label<'a>(&self, source: &'a str) -> &'a str {
+    pub(super) fn source_label<'a>(&self, source: &'a str) -> &'a str {
         const SOURCE_LABELS_MAX: usize = 64;
         let known = self.source_labels.contains_key(source);
         if known {
@@ -318,6 +336,23 @@ impl Engine {
         }
         "other"
     }
+}
+
+/// An exception to queue (its id and time are the engine's).
+pub struct NewException {
+    /// `rejected_event`, `reconciliation_difference`, ...
+    pub kind: &'static str,
+    pub code: &'static str,
+    pub detail: String,
+    pub sku: Option<String>,
+    pub location: Option<String>,
+    pub event_id: Option<String>,
+    pub source: Option<String>,
+    /// JSON text.
+    pub payload: Option<String>,
+    pub correlation_id: Arc<str>,
+    /// `open` or `resolved`.
+    pub status: &'static str,
 }
 
 /// An event id being applied; released on drop.

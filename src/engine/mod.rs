@@ -8,10 +8,15 @@
 
 mod events;
 mod maintenance;
+mod reconcile;
 mod recovery;
 mod reservations;
 
-pub use events::{error_code, EventOutcome, EventStatus, WarehouseEvent};
+pub use events::{error_code, EventOutcome, EventStatus, NewException, WarehouseEvent};
+pub use reconcile::{
+    Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,
+    REPORT_LIST_MAX,
+};
 pub use recovery::{recover, Recovered};
 pub use reservations::{LineRequest, NewReservation, ReservationView, ShipLine, Shortage};
 

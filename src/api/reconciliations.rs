@@ -1,0 +1,349 @@
+//! `POST /v1/reconciliations`: an ERP or WMS on-hand snapshot against the
+//! engine's positions. JSON (`{"source","positions":[...],"apply"}`, within
+//! `max_body_bytes`) or, for large snapshots, CSV (`Content-Type: text/csv`,
+//! `?source=&apply=`, header `sku,location,on_hand`) streamed in chunks of
+//! rows: the upload is never held whole, up to `reconciliation_max_bytes` and
+//! `reconciliation_rows_max`.
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::access::Caller;
+use super::error::ApiError;
+use super::idempotency::{self, Reply};
+use super::input::{amount, check_id, parse_json, read_body};
+use super::{correlation_id, AppState};
+use crate::engine::{Engine, ReconReport, Reconciliation, SnapshotRow, RECONCILE_CHUNK};
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PositionBody {
+    sku: String,
+    location: String,
+    #[schema(value_type = u64, minimum = 0, maximum = 1000000000)]
+    on_hand: serde_json::Number,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ReconciliationBody {
+    /// The system of record the snapshot comes from (e.g. `erp`).
+    source: String,
+    positions: Vec<PositionBody>,
+    /// Correct each difference (only where `source` is authoritative for on-hand).
+    #[serde(default)]
+    apply: bool,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub struct CsvQuery {
+    /// CSV uploads only: the source.
+    source: Option<String>,
+    /// CSV uploads only: correct the differences.
+    apply: Option<bool>,
+}
+
+fn report_json(run: &Reconciliation) -> Value {
+    let report: &ReconReport = &run.report;
+    let exceptions: Vec<Value> = report
+        .exceptions
+        .iter()
+        .map(|d| {
+            let mut value = json!({
+                "sku": d.sku,
+                "location": d.location,
+                "engine_on_hand": d.engine_on_hand,
+                "source_on_hand": d.source_on_hand,
+                "diff": d.diff,
+                "applied": d.applied,
+            });
+            if let Some(seq) = d.seq {
+                value["seq"] = json!(seq);
+            }
+            if let Some(code) = d.code {
+                value["code"] = json!(code);
+            }
+            value
+        })
+        .collect();
+    let errors: Vec<Value> = report
+        .errors
+        .iter()
+        .map(|e| json!({"row": e.row, "code": e.code, "detail": e.detail}))
+        .collect();
+    let truncated = (report.exceptions.len() as u64) < report.differences
+        || (report.errors.len() as u64) < report.rejected_rows;
+    json!({
+        "source": run.source,
+        "apply": run.apply,
+        "checked": report.checked,
+        "matched": report.matched,
+        "differences": report.differences,
+        "applied": report.applied,
+        "exceptions": exceptions,
+        "rejected_rows": report.rejected_rows,
+        "errors": errors,
+        "truncated": truncated,
+    })
+}
+
+/// Checks one row (ids, the caller's scope) and adds it to `chunk`, or records
+/// why not.
+fn admit_row(
+    run: &mut Reconciliation,
+    caller: &Caller,
+    chunk: &mut Vec<SnapshotRow>,
+    row: SnapshotRow,
+) {
+    let check = check_id("sku", &row.sku)
+        .and_then(|_| check_id("location", &row.location))
+        .and_then(|_| caller.may_touch(&row.location));
+    match check {
+        Ok(_) => chunk.push(row),
+        Err(error) => {
+            let (_, code) = error.status_and_code();
+            run.report.reject_row(row.row, code, error.to_string());
+        }
+    }
+}
+
+async fn flush(
+    engine: &Engine,
+    run: &mut Reconciliation,
+    chunk: &mut Vec<SnapshotRow>,
+) -> Result<(), ApiError> {
+    if !chunk.is_empty() {
+        engine.reconcile_chunk(run, std::mem::take(chunk)).await?;
+    }
+    Ok(())
+}
+
+async fn reconcile_json(
+    engine: &Engine,
+    caller: &Caller,
+    body: &[u8],
+    correlation: std::sync::Arc<str>,
+) -> Result<Reply, ApiError> {
+    let parsed: ReconciliationBody = parse_json(body)?;
+    check_id("source", &parsed.source)?;
+    if parsed.positions.is_empty() {
+        return Err(ApiError::BadRequest(
+            "positions must not be empty".to_string(),
+        ));
+    }
+    let mut run = Reconciliation::new(parsed.source, parsed.apply, correlation);
+    let mut chunk = Vec::with_capacity(RECONCILE_CHUNK);
+    for (index, position) in parsed.positions.into_iter().enumerate() {
+        let on_hand = amount("on_hand", &position.on_hand)?;
+        let row = SnapshotRow {
+            row: index as u64 + 1,
+            sku: position.sku,
+            location: position.location,
+            on_hand,
+        };
+        admit_row(&mut run, caller, &mut chunk, row);
+        if chunk.len() >= RECONCILE_CHUNK {
+            flush(engine, &mut run, &mut chunk).await?;
+        }
+    }
+    flush(engine, &mut run, &mut chunk).await?;
+    Ok((StatusCode::OK, report_json(&run)))
+}
+
+/// Column positions of `sku`, `location` and `on_hand` in the header row.
+struct Columns {
+    sku: usize,
+    location: usize,
+    on_hand: usize,
+}
+
+fn columns(header: &csv::StringRecord) -> Result<Columns, ApiError> {
+    let find = |name: &str| {
+        header
+            .iter()
+            .position(|h| h.trim().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "the CSV header must name the columns sku, location and on_hand (missing {name})"
+                ))
+            })
+    };
+    Ok(Columns {
+        sku: find("sku")?,
+        location: find("location")?,
+        on_hand: find("on_hand")?,
+    })
+}
+
+/// Parses the complete lines of `text` (ids cannot hold quotes or line breaks,
+/// so a row is one line) into `chunk`, flushing as it fills.
+async fn take_lines(
+    engine: &Engine,
+    caller: &Caller,
+    run: &mut Reconciliation,
+    columns: &mut Option<Columns>,
+    rows_seen: &mut u64,
+    rows_max: u64,
+    text: &[u8],
+    chunk: &mut Vec<SnapshotRow>,
+) -> Result<(), ApiError> {
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .from_reader(text);
+    for record in reader.records() {
+        let record = record.map_err(|e| ApiError::BadRequest(format!("not CSV: {e}")))?;
+        if record.iter().all(|field| field.trim().is_empty()) {
+            continue;
+        }
+        let Some(cols) = columns.as_ref() else {
+            *columns = Some(self::columns(&record)?);
+            continue;
+        };
+        *rows_seen += 1;
+        if *rows_seen > rows_max {
+            return Err(ApiError::PayloadTooLarge(rows_max as usize));
+        }
+        let field = |i: usize| record.get(i).unwrap_or("").trim().to_string();
+        let on_hand = field(cols.on_hand);
+        match on_hand
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= crate::domain::QTY_MAX)
+        {
+            Some(on_hand) => {
+                let row = SnapshotRow {
+                    row: *rows_seen,
+                    sku: field(cols.sku),
+                    location: field(cols.location),
+                    on_hand,
+                };
+                admit_row(run, caller, chunk, row);
+            }
+            None => run.report.reject_row(
+                *rows_seen,
+                "quantity_out_of_range",
+                format!("on_hand {on_hand:?} is not an integer in 0..=1000000000"),
+            ),
+        }
+        if chunk.len() >= RECONCILE_CHUNK {
+            flush(engine, run, chunk).await?;
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn reconcile_csv(
+    engine: &Engine,
+    caller: &Caller,
+    state: &AppState,
+    query: &CsvQuery,
+    mut payload: web::Payload,
+    correlation: std::sync::Arc<str>,
+) -> Result<HttpResponse, ApiError> {
+    let source = query.source.clone().ok_or_else(|| {
+        ApiError::BadRequest("a CSV upload names its source: ?source=erp".to_string())
+    })?;
+    check_id("source", &source)?;
+    let bytes_max = state.config.reconciliation_max_bytes;
+    let rows_max = state.config.reconciliation_rows_max;
+    let mut run = Reconciliation::new(source, query.apply.unwrap_or(false), correlation);
+    let mut columns = None;
+    let mut rows_seen = 0u64;
+    let mut received = 0usize;
+    let mut pending: Vec<u8> = Vec::new();
+    let mut chunk = Vec::with_capacity(RECONCILE_CHUNK);
+    while let Some(part) = payload.next().await {
+        let part = part.map_err(|e| ApiError::BadRequest(format!("could not read body: {e}")))?;
+        received += part.len();
+        if received > bytes_max {
+            return Err(ApiError::PayloadTooLarge(bytes_max));
+        }
+        pending.extend_from_slice(&part);
+        // Only whole lines are parsed; the rest waits for the next part.
+        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
+            if pending.len() > LINE_MAX {
+                return Err(ApiError::BadRequest(format!(
+                    "a CSV line is over {LINE_MAX} bytes"
+                )));
+            }
+            continue;
+        };
+        let rest = pending.split_off(end + 1);
+        take_lines(
+            engine,
+            caller,
+            &mut run,
+            &mut columns,
+            &mut rows_seen,
+            rows_max,
+            &pending,
+            &mut chunk,
+        )
+        .await?;
+        pending = rest;
+    }
+    take_lines(
+        engine,
+        caller,
+        &mut run,
+        &mut columns,
+        &mut rows_seen,
+        rows_max,
+        &pending,
+        &mut chunk,
+    )
+    .await?;
+    flush(engine, &mut run, &mut chunk).await?;
+    if columns.is_none() {
+        return Err(ApiError::BadRequest(
+            "empty CSV: expected a header row sku,location,on_hand".to_string(),
+        ));
+    }
+    Ok(HttpResponse::Ok().json(report_json(&run)))
+}
+
+/// Longest CSV line accepted.
+const LINE_MAX: usize = 64 * 1024;
+
+#[utoipa::path(post, path = "/v1/reconciliations", tag = "reconciliations",
+    params(CsvQuery, ("Idempotency-Key" = Option<String>, Header, description = "JSON bodies: replay-safe retries")),
+    request_body(content(
+        (ReconciliationBody = "application/json"),
+        (String = "text/csv", example = "sku,location,on_hand\nsku-1,wh-east,10\n"),
+    )),
+    responses((status = 200, description = "what differs (with apply: what was corrected)", body = super::openapi::ReconciliationReport), super::openapi::Errors))]
+pub async fn post(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    query: web::Query<CsvQuery>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let engine = state.engine()?;
+    let correlation = correlation_id(&request);
+    let is_csv = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/csv"));
+    if is_csv {
+        return reconcile_csv(engine, &caller, &state, &query, payload, correlation).await;
+    }
+    if query.source.is_some() || query.apply.is_some() {
+        return Err(ApiError::BadRequest(
+            "?source= and ?apply= are for CSV uploads; a JSON body carries them".to_string(),
+        ));
+    }
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    idempotency::run(engine, &request, &body, |_| {
+        reconcile_json(engine, &caller, &body, correlation)
+    })
+    .await
+}
