@@ -180,65 +180,69 @@ fn columns(header: &csv::StringRecord) -> Result<Columns, ApiError> {
     })
 }
 
-/// Parses the complete lines of `text` (ids cannot hold quotes or line breaks,
-/// so a row is one line) into `chunk`, flushing as it fills.
-async fn take_lines(
-    engine: &Engine,
-    caller: &Caller,
-    run: &mut Reconciliation,
-    columns: &mut Option<Columns>,
-    rows_seen: &mut u64,
+/// A CSV upload being read: the header's columns once seen, rows so far, and
+/// the chunk being filled.
+struct CsvUpload<'a> {
+    engine: &'a Engine,
+    caller: &'a Caller,
+    run: Reconciliation,
+    columns: Option<Columns>,
+    rows_seen: u64,
     rows_max: u64,
-    text: &[u8],
-    chunk: &mut Vec<SnapshotRow>,
-) -> Result<(), ApiError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(text);
-    for record in reader.records() {
-        let record = record.map_err(|e| ApiError::BadRequest(format!("not CSV: {e}")))?;
-        if record.iter().all(|field| field.trim().is_empty()) {
-            continue;
-        }
-        let Some(cols) = columns.as_ref() else {
-            *columns = Some(self::columns(&record)?);
-            continue;
-        };
-        *rows_seen += 1;
-        if *rows_seen > rows_max {
-            return Err(ApiError::PayloadTooLarge(rows_max as usize));
-        }
-        let field = |i: usize| record.get(i).unwrap_or("").trim().to_string();
-        let on_hand = field(cols.on_hand);
-        match on_hand
-            .parse::<u64>()
-            .ok()
-            .filter(|n| *n <= crate::domain::QTY_MAX)
-        {
-            Some(on_hand) => {
-                let row = SnapshotRow {
-                    row: *rows_seen,
-                    sku: field(cols.sku),
-                    location: field(cols.location),
-                    on_hand,
-                };
-                admit_row(run, caller, chunk, row);
-            }
-            None => run.report.reject_row(
-                *rows_seen,
-                "quantity_out_of_range",
-                format!("on_hand {on_hand:?} is not an integer in 0..=1000000000"),
-            ),
-        }
-        if chunk.len() >= RECONCILE_CHUNK {
-            flush(engine, run, chunk).await?;
-        }
-    }
-    Ok(())
+    chunk: Vec<SnapshotRow>,
 }
 
-#[allow(clippy::too_many_arguments)]
+impl CsvUpload<'_> {
+    /// Parses the complete lines of `text` (ids cannot hold quotes or line
+    /// breaks, so a row is one line), comparing each full chunk.
+    async fn take_lines(&mut self, text: &[u8]) -> Result<(), ApiError> {
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(text);
+        for record in reader.records() {
+            let record = record.map_err(|e| ApiError::BadRequest(format!("not CSV: {e}")))?;
+            if record.iter().all(|field| field.trim().is_empty()) {
+                continue;
+            }
+            let Some(cols) = self.columns.as_ref() else {
+                self.columns = Some(columns(&record)?);
+                continue;
+            };
+            self.rows_seen += 1;
+            if self.rows_seen > self.rows_max {
+                return Err(ApiError::PayloadTooLarge(self.rows_max as usize));
+            }
+            let field = |i: usize| record.get(i).unwrap_or("").trim().to_string();
+            let on_hand = field(cols.on_hand);
+            match on_hand
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n <= crate::domain::QTY_MAX)
+            {
+                Some(on_hand) => {
+                    let row = SnapshotRow {
+                        row: self.rows_seen,
+                        sku: field(cols.sku),
+                        location: field(cols.location),
+                        on_hand,
+                    };
+                    admit_row(&mut self.run, self.caller, &mut self.chunk, row);
+                }
+                None => self.run.report.reject_row(
+                    self.rows_seen,
+                    "quantity_out_of_range",
+                    format!("on_hand {on_hand:?} is not an integer in 0..=1000000000"),
+                ),
+            }
+            if self.chunk.len() >= RECONCILE_CHUNK {
+                flush(self.engine, &mut self.run, &mut self.chunk).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 async fn reconcile_csv(
     engine: &Engine,
     caller: &Caller,
@@ -252,13 +256,17 @@ async fn reconcile_csv(
     })?;
     check_id("source", &source)?;
     let bytes_max = state.config.reconciliation_max_bytes;
-    let rows_max = state.config.reconciliation_rows_max;
-    let mut run = Reconciliation::new(source, query.apply.unwrap_or(false), correlation);
-    let mut columns = None;
-    let mut rows_seen = 0u64;
+    let mut upload = CsvUpload {
+        engine,
+        caller,
+        run: Reconciliation::new(source, query.apply.unwrap_or(false), correlation),
+        columns: None,
+        rows_seen: 0,
+        rows_max: state.config.reconciliation_rows_max,
+        chunk: Vec::with_capacity(RECONCILE_CHUNK),
+    };
     let mut received = 0usize;
     let mut pending: Vec<u8> = Vec::new();
-    let mut chunk = Vec::with_capacity(RECONCILE_CHUNK);
     while let Some(part) = payload.next().await {
         let part = part.map_err(|e| ApiError::BadRequest(format!("could not read body: {e}")))?;
         received += part.len();
@@ -276,37 +284,17 @@ async fn reconcile_csv(
             continue;
         };
         let rest = pending.split_off(end + 1);
-        take_lines(
-            engine,
-            caller,
-            &mut run,
-            &mut columns,
-            &mut rows_seen,
-            rows_max,
-            &pending,
-            &mut chunk,
-        )
-        .await?;
+        upload.take_lines(&pending).await?;
         pending = rest;
     }
-    take_lines(
-        engine,
-        caller,
-        &mut run,
-        &mut columns,
-        &mut rows_seen,
-        rows_max,
-        &pending,
-        &mut chunk,
-    )
-    .await?;
-    flush(engine, &mut run, &mut chunk).await?;
-    if columns.is_none() {
+    upload.take_lines(&pending).await?;
+    flush(engine, &mut upload.run, &mut upload.chunk).await?;
+    if upload.columns.is_none() {
         return Err(ApiError::BadRequest(
             "empty CSV: expected a header row sku,location,on_hand".to_string(),
         ));
     }
-    Ok(HttpResponse::Ok().json(report_json(&run)))
+    Ok(HttpResponse::Ok().json(report_json(&upload.run)))
 }
 
 /// Longest CSV line accepted.
