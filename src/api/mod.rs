@@ -11,6 +11,7 @@ mod input;
 mod ops;
 mod positions;
 mod reservations;
+mod transfers;
 
 pub use reservations::{decode_create, view_json};
 
@@ -223,6 +224,9 @@ pub fn routes(config: &mut web::ServiceConfig) {
                     "/reservations/{id}/ship",
                     web::post().to(reservations::ship),
                 )
+                .route("/transfers", web::post().to(transfers::create))
+                .route("/transfers/{id}", web::get().to(transfers::get))
+                .route("/transfers/{id}/cancel", web::post().to(transfers::cancel))
                 .route("/events", web::post().to(events::post))
                 .route("/events", web::get().to(events::list))
                 .route("/events/stream", web::get().to(events::stream))
