@@ -92,6 +92,15 @@ pub const IDEMPOTENCY_RETENTION_HOURS_RANGE: RangeInclusive<u64> = 24..=720;
 pub const RESERVATION_RETENTION_HOURS_DEFAULT: u64 = 24;
 pub const RESERVATION_RETENTION_HOURS_RANGE: RangeInclusive<u64> = 1..=720;
 
+/// A shipped transfer not received within this is overdue (one `transfer_overdue`
+/// exception). Default 7 days; at most 90.
+pub const TRANSFER_OVERDUE_SECONDS_DEFAULT: u64 = 7 * 24 * 3600;
+pub const TRANSFER_OVERDUE_SECONDS_RANGE: RangeInclusive<u64> = 1..=90 * 24 * 3600;
+
+/// How long received and cancelled transfers stay readable (and in memory).
+pub const TRANSFER_RETENTION_HOURS_DEFAULT: u64 = 7 * 24;
+pub const TRANSFER_RETENTION_HOURS_RANGE: RangeInclusive<u64> = 1..=90 * 24;
+
 /// Bounded queue in front of the journal writer; when full, writers get back-pressure.
 pub const JOURNAL_QUEUE_MAX_DEFAULT: usize = 65_536;
 pub const JOURNAL_QUEUE_MAX_RANGE: RangeInclusive<usize> = 16..=1_048_576;
@@ -399,6 +408,11 @@ pub struct Config {
     pub idempotency_retention_hours: u64,
     /// How long terminal reservations stay readable.
     pub reservation_retention_hours: u64,
+    /// A shipped transfer not received within this many seconds raises one
+    /// `transfer_overdue` exception.
+    pub transfer_overdue_seconds: u64,
+    /// How long received and cancelled transfers stay readable.
+    pub transfer_retention_hours: u64,
     /// Capacity of the bounded queue to the journal writer: a full queue is back-pressure
     /// (503), never unbounded memory.
     pub journal_queue_max: usize,
@@ -457,6 +471,8 @@ impl Default for Config {
             passivate_after_seconds: PASSIVATE_AFTER_SECONDS_DEFAULT,
             idempotency_retention_hours: IDEMPOTENCY_RETENTION_HOURS_DEFAULT,
             reservation_retention_hours: RESERVATION_RETENTION_HOURS_DEFAULT,
+            transfer_overdue_seconds: TRANSFER_OVERDUE_SECONDS_DEFAULT,
+            transfer_retention_hours: TRANSFER_RETENTION_HOURS_DEFAULT,
             journal_queue_max: JOURNAL_QUEUE_MAX_DEFAULT,
             journal_batch_max: JOURNAL_BATCH_MAX_DEFAULT,
             batch_events_max: BATCH_EVENTS_MAX_DEFAULT,
@@ -825,6 +841,8 @@ const ENV_KEYS: &[(&str, EnvValueKind)] = &[
     ("passivate_after_seconds", EnvValueKind::Scalar),
     ("idempotency_retention_hours", EnvValueKind::Scalar),
     ("reservation_retention_hours", EnvValueKind::Scalar),
+    ("transfer_overdue_seconds", EnvValueKind::Scalar),
+    ("transfer_retention_hours", EnvValueKind::Scalar),
     ("journal_queue_max", EnvValueKind::Scalar),
     ("journal_batch_max", EnvValueKind::Scalar),
     ("batch_events_max", EnvValueKind::Scalar),
@@ -1265,6 +1283,16 @@ impl Validator<'_> {
             "reservation_retention_hours",
             c.reservation_retention_hours,
             &RESERVATION_RETENTION_HOURS_RANGE,
+        )?;
+        self.range(
+            "transfer_overdue_seconds",
+            c.transfer_overdue_seconds,
+            &TRANSFER_OVERDUE_SECONDS_RANGE,
+        )?;
+        self.range(
+            "transfer_retention_hours",
+            c.transfer_retention_hours,
+            &TRANSFER_RETENTION_HOURS_RANGE,
         )?;
         self.range(
             "journal_queue_max",
@@ -1863,6 +1891,8 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
         assert_eq!(config.passivate_after_seconds, 300);
         assert_eq!(config.idempotency_retention_hours, 24);
         assert_eq!(config.reservation_retention_hours, 24);
+        assert_eq!(config.transfer_overdue_seconds, 604_800);
+        assert_eq!(config.transfer_retention_hours, 168);
         assert_eq!(config.journal_queue_max, 65_536);
         assert_eq!(config.journal_batch_max, 1024);
         assert_eq!(config.batch_events_max, 1000);
@@ -2183,6 +2213,10 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
             "STOCKWIRE_DEFAULT_TTL_SECONDS: invalid value `0`: must be at least 1"
         );
 
+        let config = parse_env("", &[("STOCKWIRE_TRANSFER_OVERDUE_SECONDS", "2")])
+            .expect("a valid override");
+        assert_eq!(config.transfer_overdue_seconds, 2);
+
         let message = match parse_env("", &[("STOCKWIRE_DURABILITY", "sometimes")]) {
             Err(error) => error.to_string(),
             Ok(_) => panic!("accepted"),
@@ -2398,6 +2432,14 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
         );
         assert!(error("reservation_lines_max = 0")
             .contains("reservation_lines_max: must be at least 1"));
+        assert!(error("transfer_overdue_seconds = 0")
+            .contains("transfer_overdue_seconds: must be at least 1"));
+        assert!(error("transfer_overdue_seconds = 7776001")
+            .contains("transfer_overdue_seconds: must be at most 7776000"));
+        assert!(error("transfer_retention_hours = 0")
+            .contains("transfer_retention_hours: must be at least 1"));
+        assert!(error("transfer_retention_hours = 2161")
+            .contains("transfer_retention_hours: must be at most 2160"));
         assert!(error("default_ttl_seconds = -1").contains("default_ttl_seconds: "));
         assert!(error("listen = \"8080\"").contains("listen: invalid address"));
         parse("listen = \"[::1]:8080\"").expect("ipv6 listen");

@@ -38,3 +38,6 @@ mod loadtest;
 // Keys, roles, scopes, rate limits (SPEC §3).
 #[path = "integration/access.rs"]
 mod access;
+
+#[path = "integration/transfers.rs"]
+mod transfers;

@@ -17,8 +17,8 @@ use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, delta, parse_json, parse_rfc3339, qty, read_body, rfc3339};
 use super::{correlation_id, AppState};
 use crate::config::EVENT_TYPES;
-use crate::domain::{AdjustReason, Command, EventKind, QuarantineAction};
-use crate::engine::{Engine, EventOutcome, EventStatus, WarehouseEvent};
+use crate::domain::{transfer_of, AdjustReason, Command, EventKind, QuarantineAction};
+use crate::engine::{Engine, EventCommand, EventOutcome, EventStatus, WarehouseEvent};
 use crate::storage::records::{ExceptionRecord, JournalRecord};
 
 /// Entries per SSE read from the journal.
@@ -91,7 +91,7 @@ fn only(present: &[(&str, bool)], allowed: &[&str], kind: &str) -> Result<(), Ap
     Ok(())
 }
 
-fn to_command(body: &EventBody) -> Result<(&'static str, Command), ApiError> {
+fn to_command(body: &EventBody) -> Result<(&'static str, EventCommand), ApiError> {
     let kind = EVENT_TYPES
         .iter()
         .find(|t| **t == body.kind)
@@ -157,13 +157,39 @@ fn to_command(body: &EventBody) -> Result<(&'static str, Command), ApiError> {
             };
             Command::InTransit { delta: change }
         }
-        other => {
-            return Err(ApiError::BadRequest(format!(
-                "{other} events belong to a transfer: POST /v1/transfers first (not available in this version)"
-            )))
+        "transfer_out" => {
+            only(&present, &["qty", "transfer_id", "to"], kind)?;
+            let transfer_id = required(&body.transfer_id, "transfer_id", kind)?;
+            let to = required(&body.to, "to", kind)?;
+            check_id("transfer_id", &transfer_id)?;
+            check_id("to", &to)?;
+            return Ok((
+                kind,
+                EventCommand::TransferOut {
+                    transfer_id,
+                    to,
+                    qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
+                },
+            ));
         }
+        "transfer_in" => {
+            only(&present, &["qty", "transfer_id", "from"], kind)?;
+            let transfer_id = required(&body.transfer_id, "transfer_id", kind)?;
+            let from = required(&body.from, "from", kind)?;
+            check_id("transfer_id", &transfer_id)?;
+            check_id("from", &from)?;
+            return Ok((
+                kind,
+                EventCommand::TransferIn {
+                    transfer_id,
+                    from,
+                    qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
+                },
+            ));
+        }
+        other => return Err(ApiError::BadRequest(format!("unknown event type {other}"))),
     };
-    Ok((kind, command))
+    Ok((kind, command.into()))
 }
 
 /// An event that did not validate, with what could be read of it (kept
@@ -207,7 +233,7 @@ fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
         })
     };
     let body: EventBody = serde_json::from_value(raw).map_err(|e| fail(from_json_error(e)))?;
-    let check = || -> Result<(&'static str, Command, Option<i64>), ApiError> {
+    let check = || -> Result<(&'static str, EventCommand, Option<i64>), ApiError> {
         check_id("event_id", &body.event_id)?;
         check_id("source", &body.source)?;
         check_id("sku", &body.sku)?;
@@ -388,11 +414,19 @@ pub fn log_entry_json(seq: u64, record: &JournalRecord) -> Value {
             "version": record.version,
         },
     });
-    if let Some(id) = &record.event.reservation_id {
-        entry["reservation_id"] = json!(id);
-    }
-    if let Some(channel) = &record.event.channel {
-        entry["channel"] = json!(channel);
+    // A transfer's entries name the transfer; its hold's internal id and
+    // channel are not shown.
+    let event = &record.event;
+    match event.reservation_id.as_deref().and_then(transfer_of) {
+        Some(transfer) => entry["transfer_id"] = json!(transfer),
+        None => {
+            if let Some(id) = &event.reservation_id {
+                entry["reservation_id"] = json!(id);
+            }
+            if let Some(channel) = &event.channel {
+                entry["channel"] = json!(channel);
+            }
+        }
     }
     match record.event.kind {
         EventKind::Adjusted(reason) => entry["reason"] = json!(reason),

@@ -43,6 +43,17 @@ pub fn check_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
     }
 }
 
+/// For routes that take no body: nothing, whitespace or `{}`.
+pub fn reject_body(body: &[u8]) -> Result<(), ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Empty {}
+    parse_json::<Empty>(body).map(drop)
+}
+
 /// A quantity in `1..=QTY_MAX`; any other number (zero, negative, fraction,
 /// huge) is `quantity_out_of_range`.
 pub fn qty(what: &str, number: &serde_json::Number) -> Result<Qty, ApiError> {

@@ -16,6 +16,7 @@ mod ops;
 mod positions;
 mod reconciliations;
 mod reservations;
+mod transfers;
 
 pub use reservations::{decode_create, view_json};
 
@@ -146,6 +147,9 @@ route_table! {
     post "/v1/reservations/{id}/release" => reservations::release, Policy::Roles(SELLERS);
     post "/v1/reservations/{id}/allocate" => reservations::allocate, Policy::Roles(FULFILMENT);
     post "/v1/reservations/{id}/ship" => reservations::ship, Policy::Roles(FULFILMENT);
+    post "/v1/transfers" => transfers::create, Policy::Roles(SYSTEMS);
+    get "/v1/transfers/{id}" => transfers::get, Policy::Roles(&[Role::Admin, Role::System, Role::Observer]);
+    post "/v1/transfers/{id}/cancel" => transfers::cancel, Policy::Roles(SYSTEMS);
     post "/v1/events" => events::post, Policy::Roles(SYSTEMS);
     get "/v1/events" => events::list, Policy::Roles(READERS);
     get "/v1/events/stream" => events::stream, Policy::Roles(READERS);

@@ -16,7 +16,9 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
-use super::{availability, channels, events, ops, positions, reconciliations, reservations};
+use super::{
+    availability, channels, events, ops, positions, reconciliations, reservations, transfers,
+};
 
 /// Every error body: `application/problem+json` with a stable `code`.
 #[derive(Serialize, ToSchema)]
@@ -349,6 +351,41 @@ pub struct ReconciliationReport {
     pub truncated: bool,
 }
 
+#[derive(Serialize, ToSchema)]
+pub struct TransferStep {
+    /// held | shipped | received | released | ...
+    pub step: String,
+    pub at: String,
+    pub qty: u64,
+    pub location: String,
+    pub event_id: String,
+    pub source: String,
+    pub correlation_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Transfer {
+    pub transfer_id: String,
+    pub sku: String,
+    pub from: String,
+    pub to: String,
+    pub qty: u64,
+    /// held | shipped | received | cancelled (see API.md)
+    pub status: String,
+    pub shipped_qty: Option<u64>,
+    pub received_qty: Option<u64>,
+    /// received - shipped, when they differ.
+    pub discrepancy: Option<i64>,
+    pub overdue: bool,
+    pub created_at: String,
+    pub updated_at: String,
+    pub shipped_at: Option<String>,
+    pub due_at: Option<String>,
+    pub received_at: Option<String>,
+    pub correlation_id: String,
+    pub history: Vec<TransferStep>,
+}
+
 struct BearerAuth;
 
 impl Modify for BearerAuth {
@@ -386,6 +423,9 @@ impl Modify for BearerAuth {
         reservations::release,
         reservations::allocate,
         reservations::ship,
+        transfers::create,
+        transfers::get,
+        transfers::cancel,
         events::post,
         events::list,
         events::stream,

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
-use super::input::{check_id, parse_json, qty, read_body, rfc3339};
+use super::input::{check_id, parse_json, qty, read_body, reject_body, rfc3339};
 use super::{correlation_id, AppState};
 use crate::engine::{LineRequest, NewReservation, ReservationView, ShipLine};
 
@@ -258,17 +258,6 @@ async fn transition(
         Ok::<Reply, ApiError>((StatusCode::OK, view_json(&view)))
     })
     .await
-}
-
-/// Release and allocate take no body; `{}` is accepted too.
-fn reject_body(body: &[u8]) -> Result<(), ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Empty {}
-    parse_json::<Empty>(body).map(drop)
 }
 
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",

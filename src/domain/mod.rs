@@ -11,8 +11,9 @@ mod position;
 mod quantity;
 
 pub use position::{
-    channel_view, AdjustReason, Command, Commitment, Counters, Delta, Event, EventKind, Hold,
-    HoldMode, Position, QuarantineAction,
+    channel_view, transfer_hold_id, transfer_of, AdjustReason, Command, Commitment, Counters,
+    Delta, Event, EventKind, Hold, HoldMode, Position, QuarantineAction, TRANSFER_CHANNEL,
+    TRANSFER_HOLD_PREFIX,
 };
 pub use quantity::{Qty, QTY_MAX};
 

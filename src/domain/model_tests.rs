@@ -17,14 +17,15 @@ use std::sync::Arc;
 use proptest::prelude::*;
 
 use super::{
-    AdjustReason, Command, Event, EventKind, HoldMode, Position, Qty, QuarantineAction, Reject,
-    QTY_MAX,
+    transfer_hold_id, transfer_of, AdjustReason, Command, Event, EventKind, HoldMode, Position,
+    Qty, QuarantineAction, Reject, QTY_MAX, TRANSFER_CHANNEL,
 };
 
 const CHANNELS: [&str; 3] = ["web", "marketplace", "b2b"];
 /// A channel that never gets a commitment nor a hold.
 const STRANGER: &str = "edi";
 const RESERVATIONS: usize = 6;
+const TRANSFERS: usize = 3;
 /// Counters are kept within `i64` (position.rs `COUNTER_MAX`).
 const COUNTER_LIMIT: i128 = i64::MAX as i128;
 
@@ -34,6 +35,10 @@ fn qty(n: u64) -> Qty {
 
 fn rid(index: usize) -> String {
     format!("r{index}")
+}
+
+fn tid(index: usize) -> Arc<str> {
+    transfer_hold_id(&format!("t{index}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -281,38 +286,9 @@ impl Model {
                 }
             }
             Command::Receipt { qty } => {
-                let q = i128::from(qty.get());
-                next.on_hand += q;
+                next.on_hand += i128::from(qty.get());
                 kinds.push(EventKind::Received);
-                // A receipt fills backorders first, oldest first, as far as the
-                // position stays not oversold; filled units draw on the
-                // channel's commitment first, like any hold.
-                let mut budget = q.min(next.available().max(0));
-                for id in self.backorder_queue.clone() {
-                    if budget == 0 {
-                        break;
-                    }
-                    let hold = next.holds.get_mut(&id).expect("queued hold exists");
-                    let filled = hold.backordered.min(budget);
-                    if filled == 0 {
-                        continue;
-                    }
-                    budget -= filled;
-                    hold.backordered -= filled;
-                    hold.reserved += filled;
-                    let channel = hold.channel.clone();
-                    if let Some(commitment) = next.commitments.get_mut(&channel) {
-                        let used = filled.min((commitment.qty - commitment.used).max(0));
-                        commitment.used += used;
-                        if let Some(hold) = next.holds.get_mut(&id) {
-                            hold.from_commitment += used;
-                        }
-                    }
-                    next.backordered -= filled;
-                    next.reserved += filled;
-                    kinds.push(EventKind::BackorderFilled);
-                }
-                next.drop_from_queue_if_filled();
+                next.fill_backorders(i128::from(qty.get()), &mut kinds);
             }
             Command::Adjust { delta, reason } => {
                 next.physical_change(*delta)?;
@@ -426,6 +402,77 @@ impl Model {
                 }
                 kinds.push(EventKind::SettingsChanged);
             }
+            Command::TransferHold { transfer, qty } => {
+                let id = transfer.to_string();
+                // SPEC silent: one hold per transfer, of what no channel has
+                // ring-fenced, whole or nothing.
+                if self.holds.contains_key(&id) {
+                    return Err(Refusal::InvalidState);
+                }
+                let q = i128::from(qty.get());
+                let uncommitted = self.available() - self.remaining_total();
+                if q > uncommitted {
+                    return Err(Refusal::Insufficient {
+                        requested: qty.get(),
+                        available: i64::try_from(uncommitted.max(0)).expect("small"),
+                    });
+                }
+                next.holds.insert(
+                    id,
+                    ModelHold {
+                        channel: TRANSFER_CHANNEL.to_string(),
+                        reserved: q,
+                        backordered: 0,
+                        allocated: 0,
+                        from_commitment: 0,
+                    },
+                );
+                next.reserved += q;
+                kinds.push(EventKind::TransferHeld);
+            }
+            Command::TransferRelease { transfer } => {
+                let Some(hold) = next.holds.remove(&**transfer) else {
+                    return Ok((next, kinds));
+                };
+                next.reserved -= hold.reserved;
+                kinds.push(EventKind::TransferReleased);
+            }
+            Command::TransferShip { transfer, qty } => {
+                let Some(hold) = next.holds.remove(&**transfer) else {
+                    return Err(Refusal::InvalidState);
+                };
+                let q = i128::from(qty.get());
+                if q > hold.reserved {
+                    return Err(Refusal::OutOfRange);
+                }
+                if q > self.on_hand {
+                    return Err(Refusal::InvalidState);
+                }
+                next.on_hand -= q;
+                next.reserved -= q;
+                next.quarantined = next.quarantined.min(next.on_hand);
+                kinds.push(EventKind::TransferShipped);
+                // A short shipment releases the rest.
+                let rest = hold.reserved - q;
+                if rest > 0 {
+                    next.reserved -= rest;
+                    kinds.push(EventKind::TransferReleased);
+                }
+            }
+            Command::TransferInbound { qty, .. } => {
+                next.in_transit += i128::from(qty.get());
+                kinds.push(EventKind::TransferInbound);
+            }
+            Command::TransferReceive {
+                received, shipped, ..
+            } => {
+                // What arrived goes on hand; the whole shipment leaves
+                // in_transit (as far as it is there), whatever arrived.
+                next.in_transit -= i128::from(*shipped).min(self.in_transit);
+                next.on_hand += i128::from(received.get());
+                kinds.push(EventKind::TransferReceived);
+                next.fill_backorders(i128::from(received.get()), &mut kinds);
+            }
             Command::SetCommitment { channel, qty } => {
                 if *qty > QTY_MAX {
                     return Err(Refusal::OutOfRange);
@@ -458,6 +505,38 @@ impl Model {
         }
         next.version += kinds.len() as u64;
         Ok((next, kinds))
+    }
+
+    /// A receipt of `q` fills backorders first, oldest first, as far as the
+    /// position stays not oversold; filled units draw on the channel's
+    /// commitment first, like any hold.
+    fn fill_backorders(&mut self, q: i128, kinds: &mut Vec<EventKind>) {
+        let mut budget = q.min(self.available().max(0));
+        for id in self.backorder_queue.clone() {
+            if budget == 0 {
+                break;
+            }
+            let hold = self.holds.get_mut(&id).expect("queued hold exists");
+            let filled = hold.backordered.min(budget);
+            if filled == 0 {
+                continue;
+            }
+            budget -= filled;
+            hold.backordered -= filled;
+            hold.reserved += filled;
+            let channel = hold.channel.clone();
+            if let Some(commitment) = self.commitments.get_mut(&channel) {
+                let used = filled.min((commitment.qty - commitment.used).max(0));
+                commitment.used += used;
+                if let Some(hold) = self.holds.get_mut(&id) {
+                    hold.from_commitment += used;
+                }
+            }
+            self.backordered -= filled;
+            self.reserved += filled;
+            kinds.push(EventKind::BackorderFilled);
+        }
+        self.drop_from_queue_if_filled();
     }
 
     fn check_delta(&self, delta: i64) -> Result<(), Refusal> {
@@ -511,7 +590,7 @@ impl Target {
             let mut ids: Vec<&Arc<str>> = position
                 .holds
                 .iter()
-                .filter(|(_, h)| wanted(h))
+                .filter(|(id, h)| transfer_of(id).is_none() && wanted(h))
                 .map(|(id, _)| id)
                 .collect();
             ids.sort();
@@ -582,6 +661,26 @@ enum Op {
     SetCommitment {
         channel: usize,
         qty: u64,
+    },
+    TransferHold {
+        transfer: usize,
+        qty: u64,
+    },
+    TransferRelease {
+        transfer: usize,
+    },
+    TransferShip {
+        transfer: usize,
+        qty: u64,
+    },
+    TransferInbound {
+        transfer: usize,
+        qty: u64,
+    },
+    TransferReceive {
+        transfer: usize,
+        received: u64,
+        shipped: u64,
     },
 }
 
@@ -656,6 +755,30 @@ impl Op {
             Op::SetCommitment { channel, qty } => Command::SetCommitment {
                 channel: Arc::from(CHANNELS[channel]),
                 qty,
+            },
+            Op::TransferHold { transfer, qty: n } => Command::TransferHold {
+                transfer: tid(transfer),
+                qty: qty(n),
+            },
+            Op::TransferRelease { transfer } => Command::TransferRelease {
+                transfer: tid(transfer),
+            },
+            Op::TransferShip { transfer, qty: n } => Command::TransferShip {
+                transfer: tid(transfer),
+                qty: qty(n),
+            },
+            Op::TransferInbound { transfer, qty: n } => Command::TransferInbound {
+                transfer: tid(transfer),
+                qty: qty(n),
+            },
+            Op::TransferReceive {
+                transfer,
+                received,
+                shipped,
+            } => Command::TransferReceive {
+                transfer: tid(transfer),
+                received: qty(received),
+                shipped,
             },
         }
     }
@@ -789,6 +912,16 @@ fn op() -> impl Strategy<Value = Op> {
             }),
         3 => (0..CHANNELS.len(), setting())
             .prop_map(|(channel, qty)| Op::SetCommitment { channel, qty }),
+        3 => (0..TRANSFERS, quantity()).prop_map(|(transfer, qty)| Op::TransferHold { transfer, qty }),
+        1 => (0..TRANSFERS).prop_map(|transfer| Op::TransferRelease { transfer }),
+        // Mostly within what a transfer holds, so that shipments happen.
+        3 => (0..TRANSFERS, prop_oneof![4 => 1..=5u64, 1 => quantity()])
+            .prop_map(|(transfer, qty)| Op::TransferShip { transfer, qty }),
+        1 => (0..TRANSFERS, quantity())
+            .prop_map(|(transfer, qty)| Op::TransferInbound { transfer, qty }),
+        1 => (0..TRANSFERS, quantity(), counted()).prop_map(|(transfer, received, shipped)| {
+            Op::TransferReceive { transfer, received, shipped }
+        }),
     ]
 }
 
@@ -1030,9 +1163,22 @@ fn step(
                 prop_assert_eq!((delta.reserved + delta.backordered) as u64, qty.get());
             }
         }
+        Command::TransferHold { qty, .. } => {
+            // A transfer takes only uncommitted available: it never oversells
+            // and leaves every channel a view of at least zero.
+            prop_assert!(available_after >= 0, "transfer hold oversold the position");
+            prop_assert_eq!(events[0].delta.reserved as u64, qty.get());
+            for channel in CHANNELS.into_iter().chain([STRANGER]) {
+                prop_assert!(position.channel_view(channel) >= 0, "view of {}", channel);
+            }
+        }
         Command::Release { .. }
         | Command::Allocate { .. }
         | Command::Ship { .. }
+        | Command::TransferRelease { .. }
+        | Command::TransferShip { .. }
+        | Command::TransferInbound { .. }
+        | Command::TransferReceive { .. }
         | Command::Receipt { .. }
         | Command::Return { .. }
         | Command::InTransit { .. }
@@ -1055,7 +1201,12 @@ fn step(
         | Command::Settings { .. } => {}
     }
     // A receipt fills backorders with its units as far as available allows.
-    if let Command::Receipt { qty } = command {
+    let received = match command {
+        Command::Receipt { qty } => Some(qty),
+        Command::TransferReceive { received, .. } => Some(received),
+        _ => None,
+    };
+    if let Some(qty) = received {
         let filled: i64 = events[1..]
             .iter()
             .filter(|e| e.kind == EventKind::BackorderFilled)

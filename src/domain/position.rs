@@ -1,5 +1,5 @@
 //! One SKU at one location: its counters, settings, channel commitments and the
-//! holds that reservations have on it.
+//! holds that reservations and transfers have on it.
 //!
 //! `decide` checks a command against the current state and returns the events
 //! it causes; `evolve` applies one event. Counters never go negative and never
@@ -192,6 +192,54 @@ pub enum Command {
         channel: ChannelId,
         qty: u64,
     },
+    /// Source of a transfer: hold `qty` of the uncommitted available under
+    /// `transfer` (a [`transfer_hold_id`]), whole or not at all.
+    TransferHold {
+        transfer: ReservationId,
+        qty: Qty,
+    },
+    /// Source: drop the transfer's hold (cancel); a missing hold is a no-op.
+    TransferRelease {
+        transfer: ReservationId,
+    },
+    /// Source: `qty` of the transfer's hold leaves on hand; the rest of the
+    /// hold is released (a short shipment).
+    TransferShip {
+        transfer: ReservationId,
+        qty: Qty,
+    },
+    /// Destination: `qty` shipped towards here is in transit.
+    TransferInbound {
+        transfer: ReservationId,
+        qty: Qty,
+    },
+    /// Destination: `received` arrives on hand and the transfer's `shipped`
+    /// units leave `in_transit` (as far as it has them), whatever arrived.
+    /// Fills backorders like a receipt.
+    TransferReceive {
+        transfer: ReservationId,
+        received: Qty,
+        shipped: u64,
+    },
+}
+
+/// Transfer holds sit among reservation holds under this prefix: reservation
+/// ids are `[A-Za-z0-9._:-]`, so none contains `/` and the two never collide.
+pub const TRANSFER_HOLD_PREFIX: &str = "transfer/";
+
+/// The channel a transfer hold is recorded under. No configured channel can
+/// have this id (`/` again), so it has no commitment: a transfer takes only
+/// uncommitted available, never units ring-fenced for a channel.
+pub const TRANSFER_CHANNEL: &str = "transfer/";
+
+/// The hold (and event) id of transfer `transfer_id`.
+pub fn transfer_hold_id(transfer_id: &str) -> ReservationId {
+    ReservationId::from(format!("{TRANSFER_HOLD_PREFIX}{transfer_id}"))
+}
+
+/// The transfer id of a hold id made by [`transfer_hold_id`].
+pub fn transfer_of(hold_id: &str) -> Option<&str> {
+    hold_id.strip_prefix(TRANSFER_HOLD_PREFIX)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +259,15 @@ pub enum EventKind {
     SettingsChanged,
     CommitmentSet,
     Oversold,
+    // Transfers (new kinds go last: the journal stores kinds by index). At
+    // the source: held (`reserved` up), released (cancelled, or the unshipped
+    // rest), shipped (off `on_hand` and the hold). At the destination:
+    // inbound (`in_transit` up), received (on hand, out of `in_transit`).
+    TransferHeld,
+    TransferReleased,
+    TransferShipped,
+    TransferInbound,
+    TransferReceived,
 }
 
 impl EventKind {
@@ -232,7 +289,27 @@ impl EventKind {
             EventKind::SettingsChanged => "position.settings_changed",
             EventKind::CommitmentSet => "position.commitment_set",
             EventKind::Oversold => "inventory.oversold",
+            EventKind::TransferHeld => "transfer.held",
+            EventKind::TransferReleased => "transfer.released",
+            // Both legs of a shipment: on_hand down at the source, in_transit
+            // up at the destination.
+            EventKind::TransferShipped | EventKind::TransferInbound => "transfer.shipped",
+            EventKind::TransferReceived => "transfer.received",
         }
+    }
+
+    /// Whether the event changes the hold named by its `reservation_id`. The
+    /// destination's transfer events name the transfer but hold nothing.
+    fn changes_hold(self) -> bool {
+        !matches!(
+            self,
+            EventKind::TransferInbound | EventKind::TransferReceived
+        )
+    }
+
+    /// Whether the event creates the hold it names when there is none yet.
+    fn creates_hold(self) -> bool {
+        matches!(self, EventKind::Reserved | EventKind::TransferHeld)
     }
 }
 
@@ -319,6 +396,7 @@ pub struct Position {
     /// Increments by one on every event.
     pub version: u64,
     pub commitments: Vec<Commitment>,
+    /// Reservations' holds, and transfers' under [`transfer_hold_id`].
     pub holds: BTreeMap<ReservationId, Hold>,
     /// Reservations with backordered units here, oldest first (may hold ids
     /// whose backorder is gone; they are skipped and pruned).
@@ -467,6 +545,37 @@ impl Position {
                 backorder_limit,
             } => self.decide_settings(*safety_stock, *backorder_limit)?,
             Command::SetCommitment { channel, qty } => self.decide_commitment(channel, *qty)?,
+            Command::TransferHold { transfer, qty } => {
+                vec![self.decide_transfer_hold(transfer, qty.get())?]
+            }
+            Command::TransferRelease { transfer } => self.decide_transfer_release(transfer),
+            Command::TransferShip { transfer, qty } => {
+                self.decide_transfer_ship(transfer, qty.get())?
+            }
+            Command::TransferInbound { transfer, qty } => vec![Event {
+                kind: EventKind::TransferInbound,
+                reservation_id: Some(transfer.clone()),
+                channel: None,
+                delta: Delta {
+                    in_transit: qty.get() as i64,
+                    ..Delta::default()
+                },
+                commitment_used: 0,
+                commitment_qty: None,
+            }],
+            Command::TransferReceive {
+                transfer,
+                received,
+                shipped,
+            } => {
+                let from_transit = (*shipped).min(self.counters.in_transit);
+                let mut events = self.decide_receipt(received.get());
+                let arrival = &mut events[0];
+                arrival.kind = EventKind::TransferReceived;
+                arrival.reservation_id = Some(transfer.clone());
+                arrival.delta.in_transit = -(from_transit as i64);
+                events
+            }
         };
         self.check_totals(&mut events)?;
         Ok(events)
@@ -563,9 +672,16 @@ impl Position {
     }
 
     fn hold(&self, reservation_id: &ReservationId) -> Result<&Hold, Reject> {
-        self.holds.get(reservation_id).ok_or_else(|| {
-            Reject::InvalidState(format!("reservation {reservation_id} holds nothing here"))
-        })
+        self.holds
+            .get(reservation_id)
+            .ok_or_else(|| match transfer_of(reservation_id) {
+                Some(transfer) => {
+                    Reject::InvalidState(format!("transfer {transfer} holds nothing here"))
+                }
+                None => {
+                    Reject::InvalidState(format!("reservation {reservation_id} holds nothing here"))
+                }
+            })
     }
 
     fn decide_allocate(&self, reservation_id: &ReservationId) -> Result<Vec<Event>, Reject> {
@@ -645,6 +761,96 @@ impl Position {
             );
             event.commitment_used = -(hold.from_commitment.saturating_sub(shipped) as i64);
             events.push(event);
+        }
+        Ok(events)
+    }
+
+    fn decide_transfer_hold(&self, transfer: &ReservationId, qty: u64) -> Result<Event, Reject> {
+        if self.holds.contains_key(transfer) {
+            return Err(Reject::InvalidState(format!(
+                "transfer {} already holds stock here",
+                transfer_of(transfer).unwrap_or(transfer)
+            )));
+        }
+        // What no channel has ring-fenced: the view of a channel without a
+        // commitment. `qty <= QTY_MAX` (a `Qty`), so it fits an i64.
+        let uncommitted = self.channel_view(TRANSFER_CHANNEL);
+        if qty as i64 > uncommitted {
+            return Err(Reject::Insufficient {
+                requested: qty,
+                available: uncommitted.max(0),
+            });
+        }
+        Ok(Event {
+            kind: EventKind::TransferHeld,
+            reservation_id: Some(transfer.clone()),
+            channel: Some(ChannelId::from(TRANSFER_CHANNEL)),
+            delta: Delta {
+                reserved: qty as i64,
+                ..Delta::default()
+            },
+            commitment_used: 0,
+            commitment_qty: None,
+        })
+    }
+
+    fn decide_transfer_release(&self, transfer: &ReservationId) -> Vec<Event> {
+        let Some(hold) = self.holds.get(transfer) else {
+            return Vec::new();
+        };
+        vec![Event::for_hold(
+            EventKind::TransferReleased,
+            transfer,
+            hold,
+            Delta {
+                reserved: -(hold.reserved as i64),
+                ..Delta::default()
+            },
+        )]
+    }
+
+    fn decide_transfer_ship(
+        &self,
+        transfer: &ReservationId,
+        shipped: u64,
+    ) -> Result<Vec<Event>, Reject> {
+        let hold = self.hold(transfer)?;
+        if shipped > hold.reserved {
+            return Err(Reject::QuantityOutOfRange(format!(
+                "cannot ship {shipped}: {} held",
+                hold.reserved
+            )));
+        }
+        if shipped > self.counters.on_hand {
+            return Err(Reject::InvalidState(format!(
+                "cannot ship {shipped}: {} on hand",
+                self.counters.on_hand
+            )));
+        }
+        let on_hand_after = self.counters.on_hand - shipped;
+        let quarantined_cut = self.counters.quarantined.saturating_sub(on_hand_after);
+        let mut events = vec![Event::for_hold(
+            EventKind::TransferShipped,
+            transfer,
+            hold,
+            Delta {
+                on_hand: -(shipped as i64),
+                reserved: -(shipped as i64),
+                quarantined: -(quarantined_cut as i64),
+                ..Delta::default()
+            },
+        )];
+        let rest = hold.reserved - shipped;
+        if rest > 0 {
+            events.push(Event::for_hold(
+                EventKind::TransferReleased,
+                transfer,
+                hold,
+                Delta {
+                    reserved: -(rest as i64),
+                    ..Delta::default()
+                },
+            ));
         }
         Ok(events)
     }
@@ -816,7 +1022,11 @@ impl Position {
             .counters
             .apply(&event.delta)
             .ok_or_else(|| fail("counter out of range"))?;
-        if let Some(reservation_id) = &event.reservation_id {
+        if let Some(reservation_id) = event
+            .reservation_id
+            .as_ref()
+            .filter(|_| event.kind.changes_hold())
+        {
             self.evolve_hold(reservation_id, event).map_err(fail)?;
         } else if event.kind == EventKind::CommitmentSet {
             let channel = event.channel.clone().ok_or_else(|| fail("no channel"))?;
@@ -844,7 +1054,7 @@ impl Position {
         let channel = event.channel.clone().ok_or("no channel")?;
         let hold = match self.holds.get(reservation_id) {
             Some(hold) => hold.clone(),
-            None if event.kind == EventKind::Reserved => Hold {
+            None if event.kind.creates_hold() => Hold {
                 channel: channel.clone(),
                 reserved: 0,
                 backordered: 0,

@@ -1,7 +1,9 @@
 //! Warehouse events (SPEC §2 "Systems of record"): each applied at most once
 //! per `event_id`, rejected ones kept in the exception queue. A batch is
 //! grouped by position: positions run concurrently, events of one position
-//! in their batch order.
+//! in their batch order. `transfer_out` / `transfer_in` are steps of a
+//! transfer (`super::transfers`) and touch two positions, so they join the
+//! groups of both.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -9,8 +11,8 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, Exec, ExecError, Meta};
-use crate::domain::Command;
+use crate::actors::{now_ms, Exec, Meta};
+use crate::domain::{Command, Qty};
 use crate::storage::records::ExceptionRecord;
 use crate::storage::{codec, seq_key, Space, WriteBatch};
 
@@ -24,9 +26,52 @@ pub struct WarehouseEvent {
     pub occurred_at_ms: Option<i64>,
     pub sku: String,
     pub location: String,
-    pub command: Command,
+    pub command: EventCommand,
     /// The event as received, kept with a rejection.
     pub payload: String,
+}
+
+/// What a warehouse event does: change its position, or take a transfer one
+/// step (at `location`: the source for `TransferOut`, the destination for
+/// `TransferIn`).
+#[derive(Debug, Clone)]
+pub enum EventCommand {
+    Position(Command),
+    TransferOut {
+        transfer_id: String,
+        to: String,
+        qty: Qty,
+    },
+    TransferIn {
+        transfer_id: String,
+        from: String,
+        qty: Qty,
+    },
+}
+
+impl From<Command> for EventCommand {
+    fn from(command: Command) -> Self {
+        EventCommand::Position(command)
+    }
+}
+
+impl EventCommand {
+    /// The location at the other end of a transfer step.
+    fn other_location(&self) -> Option<&str> {
+        match self {
+            EventCommand::Position(_) => None,
+            EventCommand::TransferOut { to, .. } => Some(to),
+            EventCommand::TransferIn { from, .. } => Some(from),
+        }
+    }
+}
+
+/// What applying one event did.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Applied {
+    pub duplicate: bool,
+    /// `seq` of the first journal entry it produced.
+    pub first_seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,12 +126,37 @@ impl Engine {
         correlation_id: Arc<str>,
     ) -> Vec<EventOutcome> {
         let count = events.len();
-        let mut groups: HashMap<(String, String), Vec<(usize, WarehouseEvent)>> = HashMap::new();
-        for (index, event) in events.into_iter().enumerate() {
-            groups
-                .entry((event.sku.clone(), event.location.clone()))
-                .or_default()
-                .push((index, event));
+        // Union-find over positions: a transfer step joins the group of its
+        // other end, so every position sees its events in batch order.
+        fn root(parent: &mut [usize], mut at: usize) -> usize {
+            while parent[at] != at {
+                parent[at] = parent[parent[at]];
+                at = parent[at];
+            }
+            at
+        }
+        let mut slot_of: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut parent: Vec<usize> = Vec::new();
+        let mut slot = |key, parent: &mut Vec<usize>| {
+            *slot_of.entry(key).or_insert_with(|| {
+                parent.push(parent.len());
+                parent.len() - 1
+            })
+        };
+        let mut slots = Vec::with_capacity(count);
+        for event in &events {
+            let own = slot((event.sku.as_str(), event.location.as_str()), &mut parent);
+            if let Some(other) = event.command.other_location() {
+                let other = slot((event.sku.as_str(), other), &mut parent);
+                let (a, b) = (root(&mut parent, own), root(&mut parent, other));
+                parent[b] = a;
+            }
+            slots.push(own);
+        }
+        let mut groups: HashMap<usize, Vec<(usize, WarehouseEvent)>> = HashMap::new();
+        let roots: Vec<usize> = slots.iter().map(|s| root(&mut parent, *s)).collect();
+        for (index, (event, group)) in events.into_iter().zip(roots).enumerate() {
+            groups.entry(group).or_default().push((index, event));
         }
         let runs = groups.into_values().map(|group| {
             let correlation_id = correlation_id.clone();
@@ -121,21 +191,35 @@ impl Engine {
             let error = EngineError::Unavailable("event id busy, retry".to_string());
             return EventOutcome::rejected(event.event_id, "unavailable", error.to_string());
         };
-        let exec = Exec {
-            sku: Arc::from(event.sku.as_str()),
-            location,
-            command: event.command.clone(),
-            meta: Meta {
-                event_id: event.event_id.clone(),
-                source: Arc::from(event.source.as_str()),
-                correlation_id: correlation_id.clone(),
-                occurred_at_ms: event.occurred_at_ms.unwrap_or_else(now_ms),
-            },
-            extra: WriteBatch::default(),
-            dedupe: true,
-            create: true,
+        let result = match &event.command {
+            EventCommand::Position(command) => {
+                let exec = Exec {
+                    sku: Arc::from(event.sku.as_str()),
+                    location,
+                    command: command.clone(),
+                    meta: Meta {
+                        event_id: event.event_id.clone(),
+                        source: Arc::from(event.source.as_str()),
+                        correlation_id: correlation_id.clone(),
+                        occurred_at_ms: event.occurred_at_ms.unwrap_or_else(now_ms),
+                    },
+                    extra: WriteBatch::default(),
+                    dedupe: true,
+                    create: true,
+                };
+                self.exec(exec)
+                    .await
+                    .map(|outcome| Applied {
+                        duplicate: outcome.duplicate,
+                        first_seq: outcome.first_seq,
+                    })
+                    .map_err(EngineError::from)
+            }
+            EventCommand::TransferOut { .. } | EventCommand::TransferIn { .. } => {
+                self.apply_transfer_event(&event, correlation_id).await
+            }
         };
-        match self.exec(exec).await {
+        match result {
             Ok(outcome) if outcome.duplicate => EventOutcome {
                 event_id: event.event_id,
                 status: EventStatus::Duplicate,
@@ -156,13 +240,12 @@ impl Engine {
                     detail: None,
                 }
             }
-            Err(error @ (ExecError::Storage(_) | ExecError::Mailbox)) => {
-                // Not the event's fault: answer it, but do not queue it as an exception.
-                let error = EngineError::from(error);
+            Err(error @ EngineError::Unavailable(_)) => {
+                // Not the event's fault (journal full or failed, shard gone):
+                // answer it, but do not queue it as an exception.
                 EventOutcome::rejected(event.event_id, "unavailable", error.to_string())
             }
             Err(error) => {
-                let error = EngineError::from(error);
                 let code = error_code(&error);
                 let detail = match &error {
                     EngineError::Insufficient(s) => format!(

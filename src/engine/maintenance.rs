@@ -1,6 +1,7 @@
-//! Background loops: reservation expiry, periodic snapshots, and retention
-//! of closed reservations and idempotency keys. Each loop does bounded work
-//! per tick.
+//! Background loops: reservation expiry, transfer timers (overdue checks
+//! and retried steps), periodic snapshots, and retention of closed
+//! reservations, closed transfers and idempotency keys. Each loop does
+//! bounded work per tick.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,6 +24,8 @@ const EXPIRIES_IN_FLIGHT_MAX: usize = 64;
 /// Positions per snapshot write batch. Snapshots go through the journal queue, so
 /// reservations queued behind one wait for its write: small batches keep that wait
 /// short (5,000 stalled everything for 100-250 ms under load).
+/// Transfer timers are checked this often: overdue fires within a second.
+const TRANSFER_TICK_MS: u64 = 250;
 const SNAPSHOT_BATCH_MAX: usize = 256;
 const RETENTION_TICK_SECONDS: u64 = 60;
 const PURGE_PER_TICK_MAX: usize = 100_000;
@@ -35,6 +38,16 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
             tick.tick().await;
             if expiry.is_ready() {
                 expiry.expire_due().await;
+            }
+        }
+    });
+    let transfers = engine.clone();
+    actix::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(TRANSFER_TICK_MS));
+        loop {
+            tick.tick().await;
+            if transfers.is_ready() {
+                transfers.transfer_timers_due().await;
             }
         }
     });
@@ -151,6 +164,16 @@ impl Engine {
         let purged = self
             .purge_reservations(reservations_before, PURGE_PER_TICK_MAX)
             .await;
+        let transfers_before = now_ms() - hours(self.config.transfer_retention_hours);
+        let transfers_purged = self
+            .purge_transfers(transfers_before, PURGE_PER_TICK_MAX)
+            .await;
+        if transfers_purged > 0 {
+            tracing::info!(
+                purged = transfers_purged,
+                "closed transfers past retention removed"
+            );
+        }
         let keys_before = now_ms() - hours(self.config.idempotency_retention_hours);
         // The scan reads the whole space: off the thread that runs expiry.
         let store = self.shared.store.clone();

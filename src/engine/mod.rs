@@ -1,7 +1,8 @@
 //! The engine: what the HTTP layer calls. It owns the shards, the journal,
-//! the reservation registry and the background loops (expiry, snapshots,
-//! retention), and coordinates work that spans positions: multi-line
-//! reservations (all-or-nothing, with compensation) and event batches.
+//! the reservation and transfer registries and the background loops (expiry,
+//! transfer timers, snapshots, retention), and coordinates work that spans
+//! positions: multi-line reservations (all-or-nothing, with compensation),
+//! transfers between locations, and event batches.
 //!
 //! It never touches a position's state itself: every change is a message to
 //! the position's actor through its shard.
@@ -11,14 +12,18 @@ mod maintenance;
 mod reconcile;
 mod recovery;
 mod reservations;
+mod transfers;
 
-pub use events::{error_code, EventOutcome, EventStatus, NewException, WarehouseEvent};
+pub use events::{
+    error_code, EventCommand, EventOutcome, EventStatus, NewException, WarehouseEvent,
+};
 pub use reconcile::{
     Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,
     REPORT_LIST_MAX,
 };
 pub use recovery::{recover, Recovered};
 pub use reservations::{LineRequest, NewReservation, ReservationView, ShipLine, Shortage};
+pub use transfers::{NewTransfer, TransferView};
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -34,7 +39,9 @@ use crate::actors::{
 use crate::config::{Config, Durability};
 use crate::domain::{Command, Reject};
 use crate::metrics::Metrics;
-use crate::storage::records::{IdempotencyRecord, JournalRecord, ReservationRecord};
+use crate::storage::records::{
+    IdempotencyRecord, JournalRecord, ReservationRecord, TransferRecord,
+};
 use crate::storage::{codec, Journal, JournalOptions, Space, StorageError, Store, WriteBatch};
 
 /// Errors the engine answers with; the API maps each to a status and code.
@@ -126,6 +133,12 @@ pub struct Engine {
     reservations: DashMap<Arc<str>, Arc<tokio::sync::Mutex<ReservationRecord>>>,
     /// `(deadline_ms, id)` of held reservations.
     expiry: Mutex<BTreeSet<(i64, Arc<str>)>>,
+    /// Every transfer still readable, each with its own async lock (held
+    /// while a step runs), like `reservations`.
+    transfers: DashMap<Arc<str>, Arc<tokio::sync::Mutex<TransferRecord>>>,
+    /// `(at_ms, id)`: when to look at a transfer again (its overdue deadline,
+    /// or a retry of a step the journal refused).
+    transfer_timers: Mutex<BTreeSet<(i64, Arc<str>)>>,
     /// Event sources used as metric labels (bounded, see `source_label`).
     source_labels: DashMap<String, ()>,
     /// Event ids being applied right now (see `claim_event_id`).
@@ -230,6 +243,8 @@ impl Engine {
             location_order,
             reservations: DashMap::new(),
             expiry: Mutex::new(BTreeSet::new()),
+            transfers: DashMap::new(),
+            transfer_timers: Mutex::new(BTreeSet::new()),
             idempotency_in_flight: DashMap::new(),
             events_in_flight: DashMap::new(),
             source_labels: DashMap::new(),
@@ -237,6 +252,7 @@ impl Engine {
             ready: AtomicBool::new(false),
         });
         engine.install_reservations(recovered.reservations);
+        engine.install_transfers(recovered.transfers);
         engine
     }
 
@@ -244,6 +260,7 @@ impl Engine {
     /// marks the engine ready.
     pub async fn finish_recovery(self: &Arc<Self>) {
         self.complete_pending().await;
+        self.complete_pending_transfers().await;
         maintenance::spawn_loops(self.clone());
         self.ready.store(true, Ordering::Release);
         tracing::info!(head = self.journal().head(), "engine ready");

@@ -7,13 +7,15 @@ use std::time::Instant;
 
 use crate::actors::{ColdEntry, PositionKey};
 use crate::storage::records::{
-    split_position_key, JournalRecord, PositionSnapshot, ReservationRecord, META_SNAPSHOT_SEQ,
+    split_position_key, JournalRecord, PositionSnapshot, ReservationRecord, TransferRecord,
+    META_SNAPSHOT_SEQ,
 };
 use crate::storage::{codec, seq_from_key, seq_key, Space, StorageError, Store};
 
 pub struct Recovered {
     pub positions_by_key: HashMap<PositionKey, ColdEntry>,
     pub reservations: Vec<ReservationRecord>,
+    pub transfers: Vec<TransferRecord>,
     pub head: u64,
     pub snapshot_seq: u64,
     pub next_exception_id: u64,
@@ -26,7 +28,7 @@ fn corrupt(what: String) -> StorageError {
     StorageError::Codec(what)
 }
 
-/// Rebuilds every position and reservation from `store`.
+/// Rebuilds every position, reservation and transfer from `store`.
 pub fn recover(store: &dyn Store) -> Result<Recovered, StorageError> {
     let started = Instant::now();
     let snapshot_seq = match store.get(Space::Meta, META_SNAPSHOT_SEQ)? {
@@ -141,6 +143,24 @@ pub fn recover(store: &dyn Store) -> Result<Recovered, StorageError> {
     if let Some(error) = failure {
         return Err(error);
     }
+    let mut transfers = Vec::new();
+    store.scan(
+        Space::Transfers,
+        &[],
+        &mut |_, value| match codec::decode::<TransferRecord>(value) {
+            Ok(record) => {
+                transfers.push(record);
+                true
+            }
+            Err(error) => {
+                failure = Some(error);
+                false
+            }
+        },
+    )?;
+    if let Some(error) = failure {
+        return Err(error);
+    }
     let next_exception_id = match store.last_key(Space::Exceptions)? {
         Some(key) => seq_from_key(&key)? + 1,
         None => 1,
@@ -161,6 +181,7 @@ pub fn recover(store: &dyn Store) -> Result<Recovered, StorageError> {
     Ok(Recovered {
         positions_by_key: positions,
         reservations,
+        transfers,
         head,
         snapshot_seq,
         next_exception_id,

@@ -36,7 +36,8 @@ fn receipt(sku: &str, qty: u64) -> WarehouseEvent {
         location: "wh".to_string(),
         command: Command::Receipt {
             qty: Qty::new(qty).expect("in range"),
-        },
+        }
+        .into(),
         payload: String::new(),
     }
 }
@@ -214,4 +215,250 @@ async fn concurrent_holds_on_one_position_then_a_journal_failure_keep_only_ackno
     assert_eq!(position.position.counters.reserved, 20);
     assert_eq!(recovered.reservations.len(), 20);
     engine.stop(false).await;
+}
+
+// ---- Transfers ----
+
+const TRANSFER_CONFIG: &str = r#"
+transfer_overdue_seconds = 1
+[[locations]]
+id = "east"
+kind = "warehouse"
+[[locations]]
+id = "west"
+kind = "warehouse"
+[[channels]]
+id = "web"
+locations = ["east", "west"]
+"#;
+
+async fn transfer_engine_on(store: Arc<MemoryStore>) -> Arc<Engine> {
+    let config =
+        Arc::new(Config::from_toml_str(TRANSFER_CONFIG, "test", &[]).expect("valid config"));
+    let recovered = recover(&*store).expect("recovers");
+    let engine = Engine::start(config, store, recovered, Arc::new(Metrics::new())).await;
+    engine.finish_recovery().await;
+    engine
+}
+
+fn event_at(event_id: &str, sku: &str, location: &str, command: EventCommand) -> WarehouseEvent {
+    WarehouseEvent {
+        event_id: event_id.to_string(),
+        type_name: "test",
+        source: "wms".to_string(),
+        occurred_at_ms: None,
+        sku: sku.to_string(),
+        location: location.to_string(),
+        command,
+        payload: "{}".to_string(),
+    }
+}
+
+fn qty_of(n: u64) -> Qty {
+    Qty::new(n).expect("in range")
+}
+
+fn new_transfer(id: &str, sku: &str, qty: u64) -> NewTransfer {
+    NewTransfer {
+        transfer_id: id.to_string(),
+        sku: sku.to_string(),
+        from: "east".to_string(),
+        to: "west".to_string(),
+        qty: qty_of(qty),
+        correlation_id: Arc::from("test"),
+    }
+}
+
+fn ship(event_id: &str, sku: &str, transfer: &str, qty: u64) -> WarehouseEvent {
+    let command = EventCommand::TransferOut {
+        transfer_id: transfer.to_string(),
+        to: "west".to_string(),
+        qty: qty_of(qty),
+    };
+    event_at(event_id, sku, "east", command)
+}
+
+fn arrive(event_id: &str, sku: &str, transfer: &str, qty: u64) -> WarehouseEvent {
+    let command = EventCommand::TransferIn {
+        transfer_id: transfer.to_string(),
+        from: "east".to_string(),
+        qty: qty_of(qty),
+    };
+    event_at(event_id, sku, "west", command)
+}
+
+async fn at(engine: &Engine, sku: &str, location: &str) -> crate::domain::Counters {
+    let location: Arc<str> = Arc::from(location);
+    engine
+        .read_sku(sku, Some(&[location]), None)
+        .await
+        .expect("read")
+        .first()
+        .map(|r| r.counters)
+        .unwrap_or_default()
+}
+
+#[actix::test]
+async fn a_crash_between_the_two_legs_of_a_shipment_is_finished_by_recovery() {
+    use crate::storage::records::{TransferPending, TransferStatus, TransferStepKind};
+
+    let store = Arc::new(MemoryStore::new());
+    let engine = transfer_engine_on(store.clone()).await;
+    let stock = event_at(
+        "stock",
+        "sku",
+        "east",
+        Command::Receipt { qty: qty_of(10) }.into(),
+    );
+    engine.apply_events(vec![stock], Arc::from("t")).await;
+    let (view, created) = engine
+        .create_transfer(new_transfer("t1", "sku", 4))
+        .await
+        .expect("created");
+    assert!(created);
+    assert_eq!(view.status_name(), "held");
+
+    // The source's append lands, the destination's does not: a crash
+    // between the two, as far as durable state can tell.
+    store.fail_after(1);
+    let results = engine
+        .apply_events(vec![ship("out-1", "sku", "t1", 4)], Arc::from("t"))
+        .await;
+    assert_eq!(results[0].status, EventStatus::Applied, "{:?}", results[0]);
+    engine.stop(false).await;
+    store.set_failing(false);
+
+    let recovered = recover(&*store).expect("recovers");
+    assert_eq!(recovered.transfers.len(), 1);
+    assert_eq!(
+        recovered.transfers[0].pending,
+        Some(TransferPending::Inbound)
+    );
+    let again = transfer_engine_on(store.clone()).await;
+    let east = at(&again, "sku", "east").await;
+    let west = at(&again, "sku", "west").await;
+    assert_eq!((east.on_hand, east.reserved), (6, 0));
+    assert_eq!(west.in_transit, 4, "recovery ran the destination's step");
+    let view = again.get_transfer("t1").await.expect("t1");
+    assert_eq!(view.record.status, TransferStatus::Shipped);
+    assert_eq!(view.record.pending, None);
+    let steps: Vec<_> = view.record.history.iter().map(|s| s.kind).collect();
+    assert_eq!(
+        steps,
+        [
+            TransferStepKind::Held,
+            TransferStepKind::Shipped,
+            TransferStepKind::InTransit
+        ]
+    );
+
+    // The event again is a duplicate; the workflow goes on to the end.
+    let results = again
+        .apply_events(vec![ship("out-1", "sku", "t1", 4)], Arc::from("t"))
+        .await;
+    assert_eq!(results[0].status, EventStatus::Duplicate);
+    let results = again
+        .apply_events(vec![arrive("in-1", "sku", "t1", 4)], Arc::from("t"))
+        .await;
+    assert_eq!(results[0].status, EventStatus::Applied, "{:?}", results[0]);
+    let west = at(&again, "sku", "west").await;
+    assert_eq!((west.on_hand, west.in_transit), (4, 0));
+    assert_eq!(
+        again.get_transfer("t1").await.expect("t1").status_name(),
+        "received"
+    );
+    again.stop(false).await;
+}
+
+#[actix::test]
+async fn a_refused_creation_leaves_nothing_and_a_repeat_answers_the_same_transfer() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = transfer_engine_on(store.clone()).await;
+    let short = engine.create_transfer(new_transfer("t1", "none", 1)).await;
+    assert!(
+        matches!(&short, Err(EngineError::Insufficient(s)) if s[0].available == 0),
+        "{short:?}"
+    );
+    assert!(matches!(
+        engine.get_transfer("t1").await,
+        Err(EngineError::NotFound(_))
+    ));
+    let stock = event_at(
+        "stock",
+        "sku",
+        "east",
+        Command::Receipt { qty: qty_of(3) }.into(),
+    );
+    engine.apply_events(vec![stock], Arc::from("t")).await;
+    let short = engine.create_transfer(new_transfer("t1", "sku", 4)).await;
+    assert!(
+        matches!(&short, Err(EngineError::Insufficient(s)) if s[0].available == 3),
+        "{short:?}"
+    );
+    let (_, created) = engine
+        .create_transfer(new_transfer("t1", "sku", 3))
+        .await
+        .expect("created");
+    assert!(created);
+    let (view, created) = engine
+        .create_transfer(new_transfer("t1", "sku", 3))
+        .await
+        .expect("same content");
+    assert!(!created);
+    assert_eq!(view.status_name(), "held");
+    let other = engine.create_transfer(new_transfer("t1", "sku", 2)).await;
+    assert!(
+        matches!(other, Err(EngineError::InvalidState(_))),
+        "{other:?}"
+    );
+    assert_eq!(at(&engine, "sku", "east").await.reserved, 3);
+    engine.stop(false).await;
+}
+
+#[actix::test]
+async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = transfer_engine_on(store.clone()).await;
+    let stock = event_at(
+        "stock",
+        "sku",
+        "east",
+        Command::Receipt { qty: qty_of(5) }.into(),
+    );
+    engine.apply_events(vec![stock], Arc::from("t")).await;
+    engine
+        .create_transfer(new_transfer("t1", "sku", 5))
+        .await
+        .expect("created");
+    engine
+        .apply_events(vec![ship("out-1", "sku", "t1", 5)], Arc::from("t"))
+        .await;
+    // Down before the deadline; it passes while down.
+    engine.stop(false).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let again = transfer_engine_on(store.clone()).await;
+    let mut overdue = Vec::new();
+    for _ in 0..40 {
+        overdue = again
+            .exceptions(0, 100, Some("transfer_overdue"), None)
+            .expect("exceptions");
+        if !overdue.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(overdue.len(), 1, "fires right after recovery");
+    assert_eq!(overdue[0].sku.as_deref(), Some("sku"));
+    assert_eq!(overdue[0].location.as_deref(), Some("west"));
+    assert_eq!(overdue[0].event_id.as_deref(), Some("out-1"));
+    assert_eq!(
+        again.get_transfer("t1").await.expect("t1").status_name(),
+        "overdue"
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let still = again
+        .exceptions(0, 100, Some("transfer_overdue"), None)
+        .expect("exceptions");
+    assert_eq!(still.len(), 1, "one exception per transfer");
+    again.stop(false).await;
 }

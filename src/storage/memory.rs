@@ -1,5 +1,7 @@
 //! In-memory [`Store`] for tests, with fault injection: it can be told to
-//! fail writes, which exercises the journal's fail-stop path.
+//! fail writes, now or after a number of them (a crash between two writes,
+//! as far as durable state can tell), which exercises the journal's
+//! fail-stop path and recovery.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +15,8 @@ type Entries = BTreeMap<(Space, Vec<u8>), Vec<u8>>;
 pub struct MemoryStore {
     spaces: Mutex<Entries>,
     failing: AtomicBool,
+    /// Writes that may still succeed before every later one fails.
+    writes_left: Mutex<Option<u64>>,
 }
 
 impl MemoryStore {
@@ -23,6 +27,21 @@ impl MemoryStore {
     /// Makes every following write fail (true) or succeed again (false).
     pub fn set_failing(&self, failing: bool) {
         self.failing.store(failing, Ordering::SeqCst);
+        if !failing {
+            *self.writes_left() = None;
+        }
+    }
+
+    /// Lets the next `writes` writes succeed and fails every one after them,
+    /// until `set_failing(false)`.
+    pub fn fail_after(&self, writes: u64) {
+        *self.writes_left() = Some(writes);
+    }
+
+    fn writes_left(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.writes_left
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
@@ -36,6 +55,12 @@ impl Store for MemoryStore {
     fn write(&self, batch: WriteBatch, _sync: bool) -> Result<(), StorageError> {
         if self.failing.load(Ordering::SeqCst) {
             return Err(StorageError::Io("injected write failure".to_string()));
+        }
+        if let Some(left) = self.writes_left().as_mut() {
+            if *left == 0 {
+                return Err(StorageError::Io("injected write failure".to_string()));
+            }
+            *left -= 1;
         }
         let mut spaces = self.lock();
         for (space, key, value) in batch.ops {

@@ -40,10 +40,12 @@ pub enum Space {
     /// channel \0 sku -> empty: a resync or dead-letter replay accepted for that SKU
     /// and not yet acknowledged by the channel (re-offered after a restart).
     Owed,
+    /// transfer id -> `TransferRecord`, written with the journal entries.
+    Transfers,
 }
 
 impl Space {
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 11] = [
         Space::Journal,
         Space::Positions,
         Space::Reservations,
@@ -54,6 +56,7 @@ impl Space {
         Space::Published,
         Space::DeadLetters,
         Space::Owed,
+        Space::Transfers,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +71,7 @@ impl Space {
             Space::Published => "published",
             Space::DeadLetters => "dead_letters",
             Space::Owed => "owed",
+            Space::Transfers => "transfers",
         }
     }
 }

@@ -184,6 +184,119 @@ pub struct ReservationRecord {
     pub pending: Option<PendingOp>,
 }
 
+/// Where a transfer is (SPEC §2): held at the source, shipped (in transit
+/// to the destination), received there, or cancelled before it shipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferStatus {
+    Held,
+    Shipped,
+    Received,
+    Cancelled,
+}
+
+impl TransferStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStatus::Held => "held",
+            TransferStatus::Shipped => "shipped",
+            TransferStatus::Received => "received",
+            TransferStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_open(self) -> bool {
+        matches!(self, TransferStatus::Held | TransferStatus::Shipped)
+    }
+}
+
+/// A step of a transfer's workflow still to run, written with the step
+/// before it so recovery can run it (see `engine::transfers`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferPending {
+    /// Being created: nothing is durable yet (in memory only, never written).
+    Create,
+    /// Shipped at the source; the destination's `in_transit` is still to rise.
+    Inbound,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStepKind {
+    /// Stock held at the source.
+    Held,
+    /// Units left the source.
+    Shipped,
+    /// The unshipped rest of the hold was released (a short shipment).
+    Released,
+    /// The shipped units are in transit at the destination.
+    InTransit,
+    /// Units arrived on hand at the destination.
+    Received,
+    /// The received quantity differs from the shipped one.
+    Discrepancy,
+    /// Shipped and not received within `transfer_overdue_seconds`.
+    Overdue,
+    /// Cancelled before it shipped: the hold was released.
+    Cancelled,
+}
+
+impl TransferStepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TransferStepKind::Held => "held",
+            TransferStepKind::Shipped => "shipped",
+            TransferStepKind::Released => "released",
+            TransferStepKind::InTransit => "in_transit",
+            TransferStepKind::Received => "received",
+            TransferStepKind::Discrepancy => "discrepancy",
+            TransferStepKind::Overdue => "overdue",
+            TransferStepKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One entry of a transfer's history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferStep {
+    pub kind: TransferStepKind,
+    pub at_ms: i64,
+    pub qty: u64,
+    /// The position it changed (for `Discrepancy` and `Overdue`: the destination).
+    pub location: String,
+    /// The warehouse event, or the journal event id of an API call.
+    pub event_id: String,
+    pub source: String,
+    pub correlation_id: String,
+}
+
+/// A transfer (`Space::Transfers`), written atomically with the journal
+/// entries of each step. Each step kind happens at most once, so `history`
+/// holds at most one entry per [`TransferStepKind`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferRecord {
+    pub id: String,
+    pub sku: String,
+    pub from: String,
+    pub to: String,
+    /// Units held at the source when created.
+    pub qty: u64,
+    pub status: TransferStatus,
+    pub shipped_qty: Option<u64>,
+    pub received_qty: Option<u64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+    pub shipped_at_ms: Option<i64>,
+    pub received_at_ms: Option<i64>,
+    /// When it was found overdue (and its one exception written).
+    pub overdue_at_ms: Option<i64>,
+    /// Of the creating request.
+    pub correlation_id: String,
+    /// Hash of the creating request, to answer a repeated id (SPEC §2).
+    pub request_hash: Vec<u8>,
+    pub pending: Option<TransferPending>,
+    pub history: Vec<TransferStep>,
+}
+
 /// A remembered response for an `Idempotency-Key` (`Space::Idempotency`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IdempotencyRecord {
