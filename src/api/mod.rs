@@ -5,6 +5,7 @@
 mod availability;
 mod channels;
 mod error;
+mod event_input;
 mod events;
 mod idempotency;
 mod input;
@@ -15,6 +16,7 @@ mod reservations;
 pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
+pub use event_input::{validate_event, EventFields};
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicUsize;
