@@ -11,7 +11,7 @@ mod maintenance;
 mod recovery;
 mod reservations;
 
-pub use events::{error_code, EventOutcome, EventStatus, WarehouseEvent};
+pub use events::{error_code, EventOutcome, EventStatus, Rejection, WarehouseEvent};
 pub use recovery::{recover, Recovered};
 pub use reservations::{LineRequest, NewReservation, ReservationView, ShipLine, Shortage};
 

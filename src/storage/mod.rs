@@ -40,10 +40,13 @@ pub enum Space {
     /// channel \0 sku -> empty: a resync or dead-letter replay accepted for that SKU
     /// and not yet acknowledged by the channel (re-offered after a restart).
     Owed,
+    /// 3PL inbox file digest (32 bytes) -> `InboxFileRecord`: how far a file is
+    /// processed, so a restart resumes it and a re-dropped file is known.
+    Inbox,
 }
 
 impl Space {
-    pub const ALL: [Space; 10] = [
+    pub const ALL: [Space; 11] = [
         Space::Journal,
         Space::Positions,
         Space::Reservations,
@@ -54,6 +57,7 @@ impl Space {
         Space::Published,
         Space::DeadLetters,
         Space::Owed,
+        Space::Inbox,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Space {
             Space::Published => "published",
             Space::DeadLetters => "dead_letters",
             Space::Owed => "owed",
+            Space::Inbox => "inbox",
         }
     }
 }
