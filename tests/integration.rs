@@ -34,3 +34,6 @@ mod ops;
 
 #[path = "integration/loadtest.rs"]
 mod loadtest;
+
+#[path = "integration/inbox.rs"]
+mod inbox;
