@@ -191,6 +191,36 @@ pub const DRIFT_CHECK_SECONDS_RANGE: RangeInclusive<u64> = 1..=86_400;
 pub const RATE_LIMIT_PER_SECOND_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 pub const RATE_LIMIT_BURST_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 
+/// Event types an inbox file may carry (SPEC §5): every type of §2 except the transfer
+/// pair, which belongs to the transfer workflow.
+pub const INBOX_EVENT_TYPES: &[&str] = &[
+    "receipt",
+    "adjustment",
+    "count",
+    "return",
+    "quarantine",
+    "in_transit",
+];
+
+/// How often an inbox directory is scanned. The scan is the fallback for the directory
+/// watcher (and catches anything it misses); with no watcher it is the only trigger.
+pub const INBOX_POLL_INTERVAL_MS_DEFAULT: u64 = 1000;
+pub const INBOX_POLL_INTERVAL_MS_RANGE: RangeInclusive<u64> = 10..=3_600_000;
+
+/// A file is read only once two looks at least this far apart saw the same size and
+/// modification time (a partner that writes in place is done writing).
+pub const INBOX_STABLE_MS_DEFAULT: u64 = 1000;
+pub const INBOX_STABLE_MS_RANGE: RangeInclusive<u64> = 0..=3_600_000;
+
+/// Larger files are rejected whole, unread.
+pub const INBOX_FILE_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
+pub const INBOX_FILE_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=64 * 1024 * 1024 * 1024;
+
+/// Highest column position `inbox[].columns` may name (1-based).
+pub const INBOX_COLUMN_POSITION_MAX: u32 = 1024;
+/// Longest header name `inbox[].columns` may name.
+pub const INBOX_COLUMN_NAME_LEN_MAX: usize = 256;
+
 /// Most entries of each list in the file, so a mistaken generator cannot blow up start-up.
 pub const LOCATIONS_MAX: usize = 4096;
 pub const CHANNELS_MAX: usize = 256;
@@ -296,6 +326,18 @@ const _: () = assert!(WEBHOOK_MAX_ATTEMPTS_DEFAULT <= *WEBHOOK_MAX_ATTEMPTS_RANG
 const _: () = assert!(in_range_usize(
     WEBHOOK_BATCH_MAX_DEFAULT,
     &WEBHOOK_BATCH_MAX_RANGE
+));
+const _: () = assert!(in_range_u64(
+    INBOX_POLL_INTERVAL_MS_DEFAULT,
+    &INBOX_POLL_INTERVAL_MS_RANGE
+));
+const _: () = assert!(in_range_u64(
+    INBOX_STABLE_MS_DEFAULT,
+    &INBOX_STABLE_MS_RANGE
+));
+const _: () = assert!(in_range_u64(
+    INBOX_FILE_BYTES_MAX_DEFAULT,
+    &INBOX_FILE_BYTES_MAX_RANGE
 ));
 
 /// True when `s` is a valid id (SPEC §1): 1..=64 characters from `[A-Za-z0-9._:-]`.
@@ -716,7 +758,8 @@ impl fmt::Debug for SinkConfig {
     }
 }
 
-/// `[[inbox]]` (SPEC §5): a directory of partner CSV files.
+/// `[[inbox]]` (SPEC §5): a directory of partner CSV files and the partner's layout.
+/// `docs/INBOX.md` describes the layout keys and what happens to a file.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct InboxConfig {
@@ -728,6 +771,35 @@ pub struct InboxConfig {
     pub format: String,
     #[serde(default)]
     pub mapping: InboxMapping,
+    /// Field separator: one ASCII character (`","`, `";"`, `"|"`, `"\t"`).
+    #[serde(default = "default_inbox_delimiter")]
+    pub delimiter: String,
+    /// The first record names the columns. Without a header, columns are found by
+    /// position (default `sku,location,type,qty,reason` = 1..=5).
+    #[serde(default = "default_true")]
+    pub has_header: bool,
+    /// Where each field is: a header name (`sku = "Item"`) or a 1-based column
+    /// position (`sku = 2`). Unnamed fields use the default layout.
+    #[serde(default)]
+    pub columns: InboxColumns,
+    /// chrono `strftime` format of the `occurred_at` column (`"%d/%m/%Y %H:%M"`);
+    /// RFC 3339 when absent. A time without an offset is UTC; a date alone is midnight UTC.
+    #[serde(default)]
+    pub date_format: Option<String>,
+    /// The type of rows whose type cell is empty, or of every row when the file has no
+    /// type column (e.g. `"count"` for a stock snapshot of `sku,location,qty`).
+    #[serde(default)]
+    pub default_type: Option<String>,
+    /// Scan interval, the fallback for the directory watcher.
+    #[serde(default = "default_inbox_poll_interval_ms")]
+    pub poll_interval_ms: u64,
+    /// Size and mtime must be unchanged across two looks this far apart before a file
+    /// is read.
+    #[serde(default = "default_inbox_stable_ms")]
+    pub stable_ms: u64,
+    /// Larger files are rejected whole.
+    #[serde(default = "default_inbox_file_bytes_max")]
+    pub file_bytes_max: u64,
 }
 
 /// `inbox[].mapping`: partner codes to our ids. Codes without an entry are used as is.
@@ -738,6 +810,63 @@ pub struct InboxMapping {
     pub locations: BTreeMap<String, String>,
     /// Partner SKU code -> our SKU id.
     pub skus: BTreeMap<String, String>,
+    /// Partner transaction code -> one of [`INBOX_EVENT_TYPES`] (`"RCV" = "receipt"`).
+    pub types: BTreeMap<String, String>,
+}
+
+/// One entry of `inbox[].columns`: a 1-based position or a header name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(untagged)]
+pub enum InboxColumn {
+    Position(u32),
+    Name(String),
+}
+
+/// `inbox[].columns`: where each field of a row is. `None`: the default layout's
+/// column (header `sku`, `location`, `type`, `qty`, `reason`, `restockable`, `action`,
+/// `occurred_at`, `expected_version`; without a header, positions 1..=5 for the first
+/// five and absent for the rest).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InboxColumns {
+    pub sku: Option<InboxColumn>,
+    pub location: Option<InboxColumn>,
+    #[serde(rename = "type")]
+    pub kind: Option<InboxColumn>,
+    /// The quantity; signed for `adjustment` and `in_transit`, the counted quantity for
+    /// `count`.
+    pub qty: Option<InboxColumn>,
+    /// The type's qualifier: adjustment reason, quarantine action, or for returns
+    /// `restockable` / `not_restockable`.
+    pub reason: Option<InboxColumn>,
+    pub restockable: Option<InboxColumn>,
+    pub action: Option<InboxColumn>,
+    pub occurred_at: Option<InboxColumn>,
+    pub expected_version: Option<InboxColumn>,
+}
+
+impl InboxColumns {
+    /// Every field with its name in config, in a fixed order.
+    pub fn fields(&self) -> [(&'static str, Option<&InboxColumn>); 9] {
+        [
+            ("sku", self.sku.as_ref()),
+            ("location", self.location.as_ref()),
+            ("type", self.kind.as_ref()),
+            ("qty", self.qty.as_ref()),
+            ("reason", self.reason.as_ref()),
+            ("restockable", self.restockable.as_ref()),
+            ("action", self.action.as_ref()),
+            ("occurred_at", self.occurred_at.as_ref()),
+            ("expected_version", self.expected_version.as_ref()),
+        ]
+    }
+}
+
+impl InboxConfig {
+    /// The delimiter byte (validated: one ASCII character).
+    pub fn delimiter_byte(&self) -> u8 {
+        self.delimiter.as_bytes().first().copied().unwrap_or(b',')
+    }
 }
 
 /// `[[source_authority]]` (SPEC §3): `source` may post `types` at `locations`.
@@ -781,6 +910,18 @@ fn default_edi_receiver() -> String {
 }
 fn default_inbox_format() -> String {
     "csv".to_owned()
+}
+fn default_inbox_delimiter() -> String {
+    ",".to_owned()
+}
+fn default_inbox_poll_interval_ms() -> u64 {
+    INBOX_POLL_INTERVAL_MS_DEFAULT
+}
+fn default_inbox_stable_ms() -> u64 {
+    INBOX_STABLE_MS_DEFAULT
+}
+fn default_inbox_file_bytes_max() -> u64 {
+    INBOX_FILE_BYTES_MAX_DEFAULT
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1691,6 +1832,130 @@ impl Validator<'_> {
             }
             self.id(&item, sku)?;
         }
+        self.count(
+            &format!("{path}.mapping.types"),
+            mapping.types.len(),
+            INBOX_MAPPING_ENTRIES_MAX,
+        )?;
+        for (code, kind) in &mapping.types {
+            let item = format!("{path}.mapping.types.{code}");
+            if code.is_empty() {
+                return self.fail(item, "partner code must not be empty");
+            }
+            self.inbox_type(&item, kind)?;
+        }
+        if let Some(kind) = &inbox.default_type {
+            self.inbox_type(&format!("{path}.default_type"), kind)?;
+        }
+        self.inbox_layout(&path, inbox)?;
+        self.range(
+            &format!("{path}.poll_interval_ms"),
+            inbox.poll_interval_ms,
+            &INBOX_POLL_INTERVAL_MS_RANGE,
+        )?;
+        self.range(
+            &format!("{path}.stable_ms"),
+            inbox.stable_ms,
+            &INBOX_STABLE_MS_RANGE,
+        )?;
+        self.range(
+            &format!("{path}.file_bytes_max"),
+            inbox.file_bytes_max,
+            &INBOX_FILE_BYTES_MAX_RANGE,
+        )?;
+        Ok(())
+    }
+
+    fn inbox_type(&self, path: &str, kind: &str) -> Result<(), ConfigError> {
+        if !INBOX_EVENT_TYPES.contains(&kind) {
+            return self.fail(
+                path,
+                format!(
+                    "event type {kind:?} cannot come from an inbox, expected one of {}",
+                    INBOX_EVENT_TYPES.join(", ")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Delimiter, columns and date format of an inbox's files.
+    fn inbox_layout(&self, path: &str, inbox: &InboxConfig) -> Result<(), ConfigError> {
+        let delimiter = inbox.delimiter.as_bytes();
+        let usable = delimiter.len() == 1
+            && delimiter[0].is_ascii()
+            && !matches!(delimiter[0], b'"' | b'\n' | b'\r');
+        if !usable {
+            return self.fail(
+                format!("{path}.delimiter"),
+                format!(
+                    "invalid delimiter {:?}: one ASCII character other than a quote or a line break",
+                    inbox.delimiter
+                ),
+            );
+        }
+        // Which field sits where, so two fields never read one column.
+        let mut taken: BTreeMap<String, &str> = BTreeMap::new();
+        for (field, column) in inbox.columns.fields() {
+            let Some(column) = column else { continue };
+            let item = format!("{path}.columns.{field}");
+            let slot = match column {
+                InboxColumn::Position(position) => {
+                    if !(1..=INBOX_COLUMN_POSITION_MAX).contains(position) {
+                        return self.fail(
+                            item,
+                            format!("column position must be in 1..={INBOX_COLUMN_POSITION_MAX}"),
+                        );
+                    }
+                    format!("#{position}")
+                }
+                InboxColumn::Name(name) => {
+                    if !inbox.has_header {
+                        return self.fail(
+                            item,
+                            "without a header row (has_header = false) columns are positions (1, 2, ...)",
+                        );
+                    }
+                    let trimmed = name.trim();
+                    if trimmed.is_empty() || name.len() > INBOX_COLUMN_NAME_LEN_MAX {
+                        return self.fail(
+                            item,
+                            format!("header name must be 1 to {INBOX_COLUMN_NAME_LEN_MAX} bytes"),
+                        );
+                    }
+                    trimmed.to_lowercase()
+                }
+            };
+            if let Some(other) = taken.insert(slot, field) {
+                return self.fail(item, format!("same column as columns.{other}"));
+            }
+        }
+        let named_any = inbox.columns.fields().iter().any(|(_, c)| c.is_some());
+        if !inbox.has_header && named_any {
+            let columns = &inbox.columns;
+            let needed = [
+                ("sku", columns.sku.is_some()),
+                ("location", columns.location.is_some()),
+                ("qty", columns.qty.is_some()),
+                (
+                    "type",
+                    columns.kind.is_some() || inbox.default_type.is_some(),
+                ),
+            ];
+            for (field, present) in needed {
+                if !present {
+                    return self.fail(
+                        format!("{path}.columns.{field}"),
+                        "must be set: without a header row, only the columns named in `columns` are read (or name none for the default positions)",
+                    );
+                }
+            }
+        }
+        if let Some(format) = &inbox.date_format {
+            if let Err(message) = check_date_format(format) {
+                return self.fail(format!("{path}.date_format"), message);
+            }
+        }
         Ok(())
     }
 
@@ -1716,6 +1981,31 @@ impl Validator<'_> {
         }
         Ok(())
     }
+}
+
+/// A chrono `strftime` format that can read back what it writes: a fixed instant
+/// formatted with it must parse again as a date (with or without time and offset).
+fn check_date_format(format: &str) -> Result<(), String> {
+    use chrono::format::{Item, StrftimeItems};
+    if format.trim().is_empty() {
+        return Err("must not be empty".to_owned());
+    }
+    if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
+        return Err(format!("{format:?} is not a strftime format"));
+    }
+    let sample = chrono::DateTime::from_timestamp(1_700_000_000, 0)
+        .unwrap_or_default()
+        .fixed_offset();
+    let text = sample.format(format).to_string();
+    let reads = chrono::DateTime::parse_from_str(&text, format).is_ok()
+        || chrono::NaiveDateTime::parse_from_str(&text, format).is_ok()
+        || chrono::NaiveDate::parse_from_str(&text, format).is_ok();
+    if !reads {
+        return Err(format!(
+            "{format:?} does not name a full date (year, month and day, e.g. \"%Y-%m-%d %H:%M:%S\")"
+        ));
+    }
+    Ok(())
 }
 
 /// `host:port` with a non-empty host and a numeric port (no name resolution here).
@@ -2393,6 +2683,191 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
             inbox("")
         );
         assert!(error(&twice).contains("inbox[1].dir"));
+    }
+
+    #[test]
+    fn inbox_layout_defaults() {
+        let text = format!("{LOCATIONS}\n[[inbox]]\ndir = \"./in\"\nsource = \"3pl-north\"\n");
+        let inbox = parse(&text).expect("valid").inbox.remove(0);
+        assert_eq!(inbox.delimiter, ",");
+        assert_eq!(inbox.delimiter_byte(), b',');
+        assert!(inbox.has_header);
+        assert_eq!(inbox.columns, InboxColumns::default());
+        assert_eq!(inbox.date_format, None);
+        assert_eq!(inbox.default_type, None);
+        assert_eq!(inbox.poll_interval_ms, INBOX_POLL_INTERVAL_MS_DEFAULT);
+        assert_eq!(inbox.stable_ms, INBOX_STABLE_MS_DEFAULT);
+        assert_eq!(inbox.file_bytes_max, INBOX_FILE_BYTES_MAX_DEFAULT);
+        assert!(inbox.mapping.types.is_empty());
+    }
+
+    #[test]
+    fn inbox_partner_layout_parses() {
+        let text = format!(
+            r#"{LOCATIONS}
+[[inbox]]
+dir = "./in"
+source = "3pl-north"
+delimiter = ";"
+has_header = true
+columns = {{ sku = "Item", location = "Whse", type = "Txn", qty = 4, occurred_at = "Date" }}
+date_format = "%d/%m/%Y %H:%M"
+default_type = "count"
+poll_interval_ms = 250
+stable_ms = 0
+file_bytes_max = 1048576
+mapping = {{ types = {{ "RCV" = "receipt", "CNT" = "count" }} }}
+"#
+        );
+        let inbox = parse(&text)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .inbox
+            .remove(0);
+        assert_eq!(inbox.delimiter_byte(), b';');
+        assert_eq!(
+            inbox.columns.sku,
+            Some(InboxColumn::Name("Item".to_owned()))
+        );
+        assert_eq!(
+            inbox.columns.kind,
+            Some(InboxColumn::Name("Txn".to_owned()))
+        );
+        assert_eq!(inbox.columns.qty, Some(InboxColumn::Position(4)));
+        assert_eq!(inbox.columns.reason, None);
+        assert_eq!(inbox.date_format.as_deref(), Some("%d/%m/%Y %H:%M"));
+        assert_eq!(inbox.default_type.as_deref(), Some("count"));
+        assert_eq!((inbox.poll_interval_ms, inbox.stable_ms), (250, 0));
+        assert_eq!(inbox.file_bytes_max, 1_048_576);
+        assert_eq!(
+            inbox.mapping.types.get("RCV").map(String::as_str),
+            Some("receipt")
+        );
+        // Tab-separated, positional.
+        let tsv = format!(
+            "{LOCATIONS}\n[[inbox]]\ndir = \"./in\"\nsource = \"s\"\ndelimiter = \"\\t\"\n\
+             has_header = false\ncolumns = {{ sku = 3, location = 1, type = 2, qty = 4 }}\n"
+        );
+        let inbox = parse(&tsv)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .inbox
+            .remove(0);
+        assert_eq!(inbox.delimiter_byte(), b'\t');
+        assert!(!inbox.has_header);
+    }
+
+    #[test]
+    fn inbox_layout_rules() {
+        let inbox = |body: &str| {
+            format!("{LOCATIONS}\n[[inbox]]\ndir = \"./in\"\nsource = \"3pl-north\"\n{body}\n")
+        };
+        for (body, expected) in [
+            ("delimiter = \"\"", "inbox[0].delimiter: invalid delimiter"),
+            (
+                "delimiter = \";;\"",
+                "inbox[0].delimiter: invalid delimiter",
+            ),
+            (
+                "delimiter = \"\\\"\"",
+                "inbox[0].delimiter: invalid delimiter",
+            ),
+            (
+                "delimiter = \"\\n\"",
+                "inbox[0].delimiter: invalid delimiter",
+            ),
+            ("delimiter = \"é\"", "inbox[0].delimiter: invalid delimiter"),
+            (
+                "columns = { sku = 0 }",
+                "inbox[0].columns.sku: column position must be in 1..=1024",
+            ),
+            (
+                "columns = { qty = 1025 }",
+                "inbox[0].columns.qty: column position must be in 1..=1024",
+            ),
+            (
+                "columns = { sku = \" \" }",
+                "inbox[0].columns.sku: header name must be 1 to 256 bytes",
+            ),
+            (
+                "columns = { sku = \"Item\", location = \"item\" }",
+                "inbox[0].columns.location: same column as columns.sku",
+            ),
+            (
+                "columns = { sku = 2, qty = 2 }",
+                "inbox[0].columns.qty: same column as columns.sku",
+            ),
+            (
+                "has_header = false\ncolumns = { sku = \"Item\" }",
+                "inbox[0].columns.sku: without a header row",
+            ),
+            (
+                "has_header = false\ncolumns = { sku = 1, location = 2, type = 3 }",
+                "inbox[0].columns.qty: must be set",
+            ),
+            (
+                "has_header = false\ncolumns = { sku = 1, location = 2, qty = 3 }",
+                "inbox[0].columns.type: must be set",
+            ),
+            (
+                "columns = { colour = \"c\" }",
+                "inbox[0].columns.colour: unknown field",
+            ),
+            (
+                "date_format = \"%Q\"",
+                "inbox[0].date_format: \"%Q\" is not a strftime format",
+            ),
+            (
+                "date_format = \"%H:%M\"",
+                "inbox[0].date_format: \"%H:%M\" does not name a full date",
+            ),
+            (
+                "date_format = \"\"",
+                "inbox[0].date_format: must not be empty",
+            ),
+            (
+                "default_type = \"transfer_out\"",
+                "inbox[0].default_type: event type \"transfer_out\" cannot come from an inbox",
+            ),
+            (
+                "mapping = { types = { \"X\" = \"teleport\" } }",
+                "inbox[0].mapping.types.X: event type \"teleport\"",
+            ),
+            (
+                "mapping = { types = { \"\" = \"receipt\" } }",
+                "inbox[0].mapping.types.: partner code must not be empty",
+            ),
+            (
+                "poll_interval_ms = 9",
+                "inbox[0].poll_interval_ms: must be at least 10",
+            ),
+            (
+                "stable_ms = 3600001",
+                "inbox[0].stable_ms: must be at most 3600000",
+            ),
+            (
+                "file_bytes_max = 0",
+                "inbox[0].file_bytes_max: must be at least 1",
+            ),
+        ] {
+            let message = error(&inbox(body));
+            assert!(message.contains(expected), "{body}: {message}");
+        }
+        parse(&inbox(
+            "has_header = false\ncolumns = { sku = 1, location = 2, qty = 3 }\ndefault_type = \"count\"",
+        ))
+        .expect("a headerless count snapshot");
+        for format in [
+            "%Y-%m-%d",
+            "%Y-%m-%dT%H:%M:%S%z",
+            "%m/%d/%Y %I:%M %p",
+            "%Y%m%d%H%M%S",
+        ] {
+            parse(&inbox(&format!("date_format = \"{format}\"")))
+                .unwrap_or_else(|e| panic!("{format}: {e}"));
+        }
+        for delimiter in [",", ";", "|", "\\t", " "] {
+            parse(&inbox(&format!("delimiter = \"{delimiter}\"")))
+                .unwrap_or_else(|e| panic!("{delimiter:?}: {e}"));
+        }
     }
 
     #[test]

@@ -5,5 +5,6 @@ pub mod channels;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod ingest;
 pub mod metrics;
 pub mod storage;

@@ -1,7 +1,9 @@
 //! `stockwire serve [--config PATH]`: load config, open RocksDB, start the
 //! HTTP server at once (so `/healthz` and `/readyz` answer during
-//! recovery), recover, then serve. SIGTERM: stop accepting, drain in-flight
-//! requests, write a snapshot, flush the journal, exit 0.
+//! recovery), recover, then serve: channel publication and the 3PL inboxes
+//! start once recovery is done. SIGTERM: stop accepting, drain in-flight
+//! requests, stop the inboxes (each finishes its chunk of rows), write a
+//! snapshot, flush the journal, exit 0.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use stockwire::api::{edge_middleware, routes, AppState};
 use stockwire::channels::Channels;
 use stockwire::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use stockwire::engine::{recover, Engine};
+use stockwire::ingest::Inboxes;
 use stockwire::metrics::Metrics;
 use stockwire::storage::{RocksStore, Store};
 
@@ -235,17 +238,32 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!("channel publication: {error}"));
             }
         };
+        let inboxes = match Inboxes::start(engine.clone()) {
+            Ok(inboxes) => inboxes,
+            Err(error) => {
+                tracing::error!(%error, "inbox could not start");
+                channels.stop();
+                engine.shutdown().await;
+                handle.stop(false).await;
+                return Err(anyhow::anyhow!("inbox: {error}"));
+            }
+        };
         let _ = recovery_state.channels.set(channels);
         let _ = recovery_state.engine.set(engine);
-        Ok(())
+        Ok(inboxes)
     });
 
     server.await.context("http server")?;
     tracing::info!("http server stopped, shutting down engine");
-    match recovery.await {
-        Ok(Ok(())) => {}
+    let mut inboxes = match recovery.await {
+        Ok(Ok(inboxes)) => inboxes,
         Ok(Err(error)) => return Err(error),
         Err(error) => return Err(anyhow::anyhow!("recovery task: {error}")),
+    };
+    // Ingest stops before the engine: each worker finishes the chunk of rows
+    // it is on (its outcomes recorded), so a restart resumes after it.
+    if web::block(move || inboxes.stop()).await.is_err() {
+        tracing::error!("inbox workers did not stop cleanly");
     }
     if let Some(channels) = state.channels.get() {
         channels.stop();

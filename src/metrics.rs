@@ -7,6 +7,10 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// Outcomes of `stockwire_inbox_files_total`: filed in `processed/`, the same file
+/// again (nothing applied), or unreadable and filed in `rejected/` whole.
+pub const INBOX_FILE_OUTCOMES: [&str; 3] = ["processed", "duplicate", "rejected"];
+
 /// Latency buckets from 25 µs up to ~1.6 s (SPEC §6).
 fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.000_025, 2.0, 17).unwrap_or_default()
@@ -31,6 +35,10 @@ pub struct Metrics {
     pub oversold_positions: IntGauge,
     pub rate_limited_total: IntCounterVec,
     pub live_position_actors: IntGauge,
+    /// 3PL inbox files filed, by source and outcome ([`INBOX_FILE_OUTCOMES`]).
+    pub inbox_files_total: IntCounterVec,
+    /// Files in an inbox directory not yet claimed (settling or ready), per source.
+    pub inbox_files_waiting: IntGaugeVec,
     /// 1 once recovered and able to journal, else 0 (set at scrape time).
     pub ready: IntGauge,
 }
@@ -185,6 +193,18 @@ impl Metrics {
                 "stockwire_live_position_actors",
                 "Position actors currently active (the rest are passivated)",
             ),
+            inbox_files_total: counter(
+                r,
+                "stockwire_inbox_files_total",
+                "3PL inbox files filed, by source and outcome",
+                &["source", "outcome"],
+            ),
+            inbox_files_waiting: gauge_vec(
+                r,
+                "stockwire_inbox_files_waiting",
+                "Files in an inbox directory not yet claimed, by source",
+                &["source"],
+            ),
             ready: gauge(
                 r,
                 "stockwire_ready",
@@ -196,8 +216,9 @@ impl Metrics {
 
     /// Creates the series whose label values config already names, at zero, so a
     /// scrape shows them (and `rate()`-based alerts have a baseline) before the first
-    /// event: deliveries per channel with a sink, rate limiting per key, and
-    /// reconciliation exceptions per source named by inboxes or source authority.
+    /// event: deliveries per channel with a sink, rate limiting per key,
+    /// reconciliation exceptions per source named by inboxes or source authority,
+    /// and inbox files per inbox source.
     pub fn prepare(&self, config: &crate::config::Config) {
         for channel in config.channels.iter().filter(|c| c.sink.is_some()) {
             for outcome in ["delivered", "failed", "dead_lettered"] {
@@ -207,6 +228,13 @@ impl Metrics {
         }
         for key in &config.keys {
             self.rate_limited_total.with_label_values(&[&key.name]);
+        }
+        for inbox in &config.inbox {
+            for outcome in INBOX_FILE_OUTCOMES {
+                self.inbox_files_total
+                    .with_label_values(&[&inbox.source, outcome]);
+            }
+            self.inbox_files_waiting.with_label_values(&[&inbox.source]);
         }
         let sources = config
             .inbox

@@ -41,3 +41,6 @@ mod access;
 
 #[path = "integration/transfers.rs"]
 mod transfers;
+
+#[path = "integration/inbox.rs"]
+mod inbox;

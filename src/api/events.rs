@@ -13,12 +13,13 @@ use serde_json::{json, Map, Value};
 
 use super::access::Caller;
 use super::error::{from_json_error, ApiError};
+use super::event_input::{validate_event, EventFields};
 use super::idempotency::{self, Reply};
-use super::input::{amount, check_id, delta, parse_json, parse_rfc3339, qty, read_body, rfc3339};
+use super::input::{check_id, parse_json, parse_rfc3339, read_body, rfc3339};
 use super::{correlation_id, AppState};
 use crate::config::EVENT_TYPES;
-use crate::domain::{transfer_of, AdjustReason, Command, EventKind, QuarantineAction};
-use crate::engine::{Engine, EventCommand, EventOutcome, EventStatus, WarehouseEvent};
+use crate::domain::{transfer_of, AdjustReason, EventKind, QuarantineAction};
+use crate::engine::{Engine, EventOutcome, EventStatus, WarehouseEvent};
 use crate::storage::records::{ExceptionRecord, JournalRecord};
 
 /// Entries per SSE read from the journal.
@@ -73,125 +74,6 @@ pub(super) struct EventBody {
     from: Option<String>,
 }
 
-fn required<T: Clone>(field: &Option<T>, name: &str, kind: &str) -> Result<T, ApiError> {
-    field
-        .clone()
-        .ok_or_else(|| ApiError::BadRequest(format!("{kind} needs `{name}`")))
-}
-
-/// Fields that only some types take must not appear on others.
-fn only(present: &[(&str, bool)], allowed: &[&str], kind: &str) -> Result<(), ApiError> {
-    for (name, is_present) in present {
-        if *is_present && !allowed.contains(name) {
-            return Err(ApiError::UnknownField(format!(
-                "`{name}` does not apply to {kind}"
-            )));
-        }
-    }
-    Ok(())
-}
-
-fn to_command(body: &EventBody) -> Result<(&'static str, EventCommand), ApiError> {
-    let kind = EVENT_TYPES
-        .iter()
-        .find(|t| **t == body.kind)
-        .copied()
-        .ok_or_else(|| ApiError::BadRequest(format!("unknown event type {}", body.kind)))?;
-    let present = [
-        ("qty", body.qty.is_some()),
-        ("delta", body.delta.is_some()),
-        ("reason", body.reason.is_some()),
-        ("counted", body.counted.is_some()),
-        ("expected_version", body.expected_version.is_some()),
-        ("restockable", body.restockable.is_some()),
-        ("action", body.action.is_some()),
-        ("transfer_id", body.transfer_id.is_some()),
-        ("to", body.to.is_some()),
-        ("from", body.from.is_some()),
-    ];
-    let command = match kind {
-        "receipt" => {
-            only(&present, &["qty"], kind)?;
-            Command::Receipt {
-                qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
-            }
-        }
-        "adjustment" => {
-            only(&present, &["delta", "reason"], kind)?;
-            Command::Adjust {
-                delta: delta("delta", &required(&body.delta, "delta", kind)?)?,
-                reason: required(&body.reason, "reason", kind)?,
-            }
-        }
-        "count" => {
-            only(&present, &["counted", "expected_version"], kind)?;
-            Command::Count {
-                counted: amount("counted", &required(&body.counted, "counted", kind)?)?,
-                expected_version: body.expected_version,
-            }
-        }
-        "return" => {
-            only(&present, &["qty", "restockable"], kind)?;
-            Command::Return {
-                qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
-                restockable: required(&body.restockable, "restockable", kind)?,
-            }
-        }
-        "quarantine" => {
-            only(&present, &["qty", "action"], kind)?;
-            Command::Quarantine {
-                qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
-                action: required(&body.action, "action", kind)?,
-            }
-        }
-        "in_transit" => {
-            only(&present, &["qty", "delta"], kind)?;
-            let change = match (&body.qty, &body.delta) {
-                (Some(n), None) => qty("qty", n)?.get() as i64,
-                (None, Some(d)) => delta("delta", d)?,
-                _ => {
-                    return Err(ApiError::BadRequest(
-                        "in_transit needs exactly one of `qty` (inbound) or `delta`".to_string(),
-                    ))
-                }
-            };
-            Command::InTransit { delta: change }
-        }
-        "transfer_out" => {
-            only(&present, &["qty", "transfer_id", "to"], kind)?;
-            let transfer_id = required(&body.transfer_id, "transfer_id", kind)?;
-            let to = required(&body.to, "to", kind)?;
-            check_id("transfer_id", &transfer_id)?;
-            check_id("to", &to)?;
-            return Ok((
-                kind,
-                EventCommand::TransferOut {
-                    transfer_id,
-                    to,
-                    qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
-                },
-            ));
-        }
-        "transfer_in" => {
-            only(&present, &["qty", "transfer_id", "from"], kind)?;
-            let transfer_id = required(&body.transfer_id, "transfer_id", kind)?;
-            let from = required(&body.from, "from", kind)?;
-            check_id("transfer_id", &transfer_id)?;
-            check_id("from", &from)?;
-            return Ok((
-                kind,
-                EventCommand::TransferIn {
-                    transfer_id,
-                    from,
-                    qty: qty("qty", &required(&body.qty, "qty", kind)?)?,
-                },
-            ));
-        }
-        other => return Err(ApiError::BadRequest(format!("unknown event type {other}"))),
-    };
-    Ok((kind, command.into()))
-}
-
 /// An event that did not validate, with what could be read of it (kept
 /// with its rejection in the exception queue).
 struct Undecodable {
@@ -233,30 +115,30 @@ fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
         })
     };
     let body: EventBody = serde_json::from_value(raw).map_err(|e| fail(from_json_error(e)))?;
-    let check = || -> Result<(&'static str, EventCommand, Option<i64>), ApiError> {
-        check_id("event_id", &body.event_id)?;
-        check_id("source", &body.source)?;
-        check_id("sku", &body.sku)?;
-        check_id("location", &body.location)?;
-        let occurred_at_ms = body
+    let fields = EventFields {
+        occurred_at_ms: body
             .occurred_at
             .as_deref()
             .map(|t| parse_rfc3339("occurred_at", t))
-            .transpose()?;
-        let (kind, command) = to_command(&body)?;
-        Ok((kind, command, occurred_at_ms))
-    };
-    let (kind, command, occurred_at_ms) = check().map_err(fail)?;
-    Ok(WarehouseEvent {
+            .transpose(),
         event_id: body.event_id,
-        type_name: kind,
+        kind: body.kind,
         source: body.source,
-        occurred_at_ms,
         sku: body.sku,
         location: body.location,
-        command,
-        payload,
-    })
+        qty: body.qty,
+        delta: body.delta,
+        reason: body.reason,
+        counted: body.counted,
+        expected_version: body.expected_version,
+        restockable: body.restockable,
+        action: body.action,
+        transfer_id: body.transfer_id,
+        to: body.to,
+        from: body.from,
+        payload: payload.clone(),
+    };
+    validate_event(fields).map_err(fail)
 }
 
 fn outcome_json(outcome: &EventOutcome) -> Value {

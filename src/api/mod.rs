@@ -6,6 +6,7 @@ pub mod access;
 mod availability;
 mod channels;
 mod error;
+mod event_input;
 mod events;
 #[cfg(test)]
 mod fuzz_tests;
@@ -21,6 +22,7 @@ mod transfers;
 pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
+pub use event_input::{validate_event, EventFields};
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};

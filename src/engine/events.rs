@@ -56,6 +56,14 @@ impl From<Command> for EventCommand {
 }
 
 impl EventCommand {
+    /// The position command, for an event that is one.
+    pub fn position(&self) -> Option<&Command> {
+        match self {
+            EventCommand::Position(command) => Some(command),
+            _ => None,
+        }
+    }
+
     /// The location at the other end of a transfer step.
     fn other_location(&self) -> Option<&str> {
         match self {
@@ -100,6 +108,28 @@ impl EventOutcome {
             detail: Some(detail),
         }
     }
+}
+
+/// A rejected event, for the exception queue.
+#[derive(Debug, Clone)]
+pub struct Rejection {
+    pub event_id: String,
+    /// A known event type or `unknown` (a bounded metric label).
+    pub type_name: &'static str,
+    pub source: String,
+    pub sku: Option<String>,
+    pub location: Option<String>,
+    /// The offending input as JSON text.
+    pub payload: String,
+    pub code: &'static str,
+    pub detail: String,
+}
+
+/// One event tried on its position: an outcome to answer, or refused for the
+/// event's own fault (to be queued as an exception).
+enum Attempt {
+    Outcome(EventOutcome),
+    Refused { code: &'static str, detail: String },
 }
 
 /// The stable error code of an engine error (shared with the HTTP layer).
@@ -177,19 +207,84 @@ impl Engine {
         outcomes.into_iter().flatten().collect()
     }
 
+    /// Applies events in order per position, stopping a position at its first event
+    /// that is not applied (or a duplicate): the events after it answer `None`, not
+    /// tried, so a caller that retries or records the stopped one first keeps every
+    /// position's events in their order (3PL files: a row must not overtake an
+    /// earlier row of its position). Unlike [`Engine::apply_events`], rejections are
+    /// answered but not queued: the caller queues them ([`Engine::record_rejections`])
+    /// together with its own progress. An outcome with code `unavailable` is not the
+    /// event's fault; retry it.
+    pub async fn apply_events_in_order(
+        &self,
+        events: &[WarehouseEvent],
+        correlation_id: Arc<str>,
+    ) -> Vec<Option<EventOutcome>> {
+        let mut groups: HashMap<(&str, &str), Vec<usize>> = HashMap::new();
+        for (index, event) in events.iter().enumerate() {
+            groups
+                .entry((event.sku.as_str(), event.location.as_str()))
+                .or_default()
+                .push(index);
+        }
+        let runs = groups.into_values().map(|group| {
+            let correlation_id = correlation_id.clone();
+            async move {
+                let mut results = Vec::with_capacity(group.len());
+                for index in group {
+                    let event = &events[index];
+                    let outcome = match self.attempt_event(event, &correlation_id).await {
+                        Attempt::Outcome(outcome) => outcome,
+                        Attempt::Refused { code, detail } => {
+                            EventOutcome::rejected(event.event_id.clone(), code, detail)
+                        }
+                    };
+                    let stop = outcome.status == EventStatus::Rejected;
+                    results.push((index, outcome));
+                    if stop {
+                        break;
+                    }
+                }
+                results
+            }
+        });
+        let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
+        for results in join_all(runs).await {
+            for (index, outcome) in results {
+                outcomes[index] = Some(outcome);
+            }
+        }
+        outcomes
+    }
+
     async fn apply_event(&self, event: WarehouseEvent, correlation_id: &Arc<str>) -> EventOutcome {
+        match self.attempt_event(&event, correlation_id).await {
+            Attempt::Outcome(outcome) => outcome,
+            Attempt::Refused { code, detail } => {
+                self.reject_event(&event, correlation_id, code, detail)
+                    .await
+            }
+        }
+    }
+
+    async fn attempt_event(&self, event: &WarehouseEvent, correlation_id: &Arc<str>) -> Attempt {
         let Some(location) = self.location(&event.location).cloned() else {
             let detail = format!("unknown location {}", event.location);
-            return self
-                .reject_event(&event, correlation_id, "unknown_location", detail)
-                .await;
+            return Attempt::Refused {
+                code: "unknown_location",
+                detail,
+            };
         };
         // One event id in flight at a time, engine-wide: the duplicate check
         // runs in the position actor, so the same id sent to two positions at
         // once would otherwise pass both checks.
         let Some(_claim) = self.claim_event_id(&event.event_id).await else {
             let error = EngineError::Unavailable("event id busy, retry".to_string());
-            return EventOutcome::rejected(event.event_id, "unavailable", error.to_string());
+            return Attempt::Outcome(EventOutcome::rejected(
+                event.event_id.clone(),
+                "unavailable",
+                error.to_string(),
+            ));
         };
         let result = match &event.command {
             EventCommand::Position(command) => {
@@ -216,34 +311,38 @@ impl Engine {
                     .map_err(EngineError::from)
             }
             EventCommand::TransferOut { .. } | EventCommand::TransferIn { .. } => {
-                self.apply_transfer_event(&event, correlation_id).await
+                self.apply_transfer_event(event, correlation_id).await
             }
         };
         match result {
-            Ok(outcome) if outcome.duplicate => EventOutcome {
-                event_id: event.event_id,
+            Ok(outcome) if outcome.duplicate => Attempt::Outcome(EventOutcome {
+                event_id: event.event_id.clone(),
                 status: EventStatus::Duplicate,
                 seq: None,
                 code: None,
                 detail: None,
-            },
+            }),
             Ok(outcome) => {
                 self.metrics
                     .events_applied_total
                     .with_label_values(&[event.type_name, self.source_label(&event.source)])
                     .inc();
-                EventOutcome {
-                    event_id: event.event_id,
+                Attempt::Outcome(EventOutcome {
+                    event_id: event.event_id.clone(),
                     status: EventStatus::Applied,
                     seq: outcome.first_seq,
                     code: None,
                     detail: None,
-                }
+                })
             }
             Err(error @ EngineError::Unavailable(_)) => {
                 // Not the event's fault (journal full or failed, shard gone):
                 // answer it, but do not queue it as an exception.
-                EventOutcome::rejected(event.event_id, "unavailable", error.to_string())
+                Attempt::Outcome(EventOutcome::rejected(
+                    event.event_id.clone(),
+                    "unavailable",
+                    error.to_string(),
+                ))
             }
             Err(error) => {
                 let code = error_code(&error);
@@ -255,8 +354,7 @@ impl Engine {
                     ),
                     other => other.to_string(),
                 };
-                self.reject_event(&event, correlation_id, code, detail)
-                    .await
+                Attempt::Refused { code, detail }
             }
         }
     }
@@ -312,7 +410,7 @@ impl Engine {
     pub async fn record_rejection(
         &self,
         event_id: String,
-        type_name: &str,
+        type_name: &'static str,
         source: &str,
         sku: Option<String>,
         location: Option<String>,
@@ -321,23 +419,95 @@ impl Engine {
         code: &'static str,
         detail: &str,
     ) {
-        self.metrics
-            .events_rejected_total
-            .with_label_values(&[type_name, self.source_label(source), code])
-            .inc();
-        self.queue_exception(NewException {
-            kind: "rejected_event",
-            code,
-            detail: detail.to_string(),
+        let rejection = Rejection {
+            event_id,
+            type_name,
+            source: source.to_string(),
             sku,
             location,
-            event_id: Some(event_id),
-            source: Some(source.to_string()),
-            payload: Some(payload),
-            correlation_id: correlation_id.clone(),
-            status: "open",
-        })
-        .await;
+            payload,
+            code,
+            detail: detail.to_string(),
+        };
+        let written = self
+            .record_rejections(vec![rejection], correlation_id, WriteBatch::default())
+            .await;
+        if let Err(error) = written {
+            tracing::error!(%error, "could not queue rejected event");
+        }
+    }
+
+    /// Queues rejected events as exceptions in one atomic write together with
+    /// `extra` (a caller's own progress, so both are durable or neither is), and
+    /// counts them in `stockwire_events_rejected_total` once written.
+    pub async fn record_rejections(
+        &self,
+        rejections: Vec<Rejection>,
+        correlation_id: &Arc<str>,
+        extra: WriteBatch,
+    ) -> Result<(), EngineError> {
+        let mut batch = WriteBatch::default();
+        let created_at_ms = now_ms();
+        let mut labels = Vec::with_capacity(rejections.len());
+        for rejection in rejections {
+            let id = self
+                .shared
+                .next_exception_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            labels.push((
+                rejection.type_name,
+                rejection.source.clone(),
+                rejection.code,
+            ));
+            let record = ExceptionRecord {
+                id,
+                kind: "rejected_event".to_string(),
+                code: rejection.code.to_string(),
+                detail: rejection.detail,
+                sku: rejection.sku,
+                location: rejection.location,
+                event_id: Some(rejection.event_id),
+                source: Some(rejection.source),
+                payload: Some(rejection.payload),
+                correlation_id: correlation_id.to_string(),
+                created_at_ms,
+                status: "open".to_string(),
+            };
+            match codec::encode(&record) {
+                Ok(bytes) => batch.put(Space::Exceptions, seq_key(id), bytes),
+                Err(error) => tracing::error!(%error, "exception record did not encode"),
+            }
+        }
+        batch.append(extra);
+        self.write(batch).await?;
+        for (type_name, source, code) in labels {
+            self.metrics
+                .events_rejected_total
+                .with_label_values(&[type_name, self.source_label(&source), code])
+                .inc();
+        }
+        Ok(())
+    }
+
+    /// Queues an exception that is not one event's (e.g. a 3PL file that could not be
+    /// read at all), written atomically with `extra`.
+    pub async fn record_exception(
+        &self,
+        mut record: ExceptionRecord,
+        extra: WriteBatch,
+    ) -> Result<(), EngineError> {
+        record.id = self
+            .shared
+            .next_exception_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut batch = WriteBatch::default();
+        batch.put(
+            Space::Exceptions,
+            seq_key(record.id),
+            codec::encode(&record)?,
+        );
+        batch.append(extra);
+        self.write(batch).await
     }
 
     /// Adds an exception to the durable queue (through the journal writer).

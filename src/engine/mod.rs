@@ -15,7 +15,7 @@ mod reservations;
 mod transfers;
 
 pub use events::{
-    error_code, EventCommand, EventOutcome, EventStatus, NewException, WarehouseEvent,
+    error_code, EventCommand, EventOutcome, EventStatus, NewException, Rejection, WarehouseEvent,
 };
 pub use reconcile::{
     Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,

@@ -42,10 +42,13 @@ pub enum Space {
     Owed,
     /// transfer id -> `TransferRecord`, written with the journal entries.
     Transfers,
+    /// 3PL inbox file digest (32 bytes) -> `InboxFileRecord`: how far a file is
+    /// processed, so a restart resumes it and a re-dropped file is known.
+    Inbox,
 }
 
 impl Space {
-    pub const ALL: [Space; 11] = [
+    pub const ALL: [Space; 12] = [
         Space::Journal,
         Space::Positions,
         Space::Reservations,
@@ -57,6 +60,7 @@ impl Space {
         Space::DeadLetters,
         Space::Owed,
         Space::Transfers,
+        Space::Inbox,
     ];
 
     pub fn name(self) -> &'static str {
@@ -72,6 +76,7 @@ impl Space {
             Space::DeadLetters => "dead_letters",
             Space::Owed => "owed",
             Space::Transfers => "transfers",
+            Space::Inbox => "inbox",
         }
     }
 }

@@ -324,6 +324,43 @@ pub struct ExceptionRecord {
     pub status: String,
 }
 
+/// Progress of one 3PL inbox file (`Space::Inbox`, keyed by the file's digest),
+/// written through the journal writer after each chunk of rows, atomically with
+/// the exceptions of the chunk's rejected rows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxFileRecord {
+    pub file_name: String,
+    /// Every row on a line up to this one has a durable outcome.
+    pub lines_done: u64,
+    /// Rows applied, and rows whose event answered duplicate because this file had
+    /// applied it before a restart.
+    pub applied: u64,
+    pub already_applied: u64,
+    pub rejected: u64,
+    /// Lowest and highest journal seq the file's events were answered with.
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    /// Length of the rejected-rows file covering the rows up to `lines_done`.
+    pub rejects_bytes: u64,
+    /// Rows past `lines_done` already rejected and queued as exceptions
+    /// (`line`, `code`, `detail`): after a restart they are not queued again.
+    pub rejected_ahead: Vec<(u64, String, String)>,
+    /// Times the file was resumed after a restart.
+    pub resumed: u32,
+    pub started_at_ms: i64,
+    pub finished: Option<InboxFinish>,
+}
+
+/// Where a finished inbox file is filed (decided once, before anything moves).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxFinish {
+    /// Name in `processed/` (the file's own, or with a counter when taken).
+    pub processed_name: String,
+    /// Name of the rejected-rows file in `rejected/`, when any row was rejected.
+    pub rejected_name: Option<String>,
+    pub finished_at_ms: i64,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

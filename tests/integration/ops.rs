@@ -111,15 +111,17 @@ fn names_in(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// A server with a file-sink channel, a key and a source-authority rule, so every
-/// labelled family has a series, exercised through reservations and events.
+/// A server with a file-sink channel, a key, an inbox and a source-authority rule,
+/// so every labelled family has a series, exercised through reservations and events.
 fn exercised_server(feed: &Path) -> Server {
     let extra = format!(
         "[[channels]]\nid = \"feed\"\nlocations = [\"wh-east\"]\ncoalesce_ms = 0\n\
          sink = {{ kind = \"file\", dir = \"{}\", format = \"csv\" }}\n\
          [[keys]]\nname = \"ops-test\"\nkey = \"ops-test-secret\"\nrole = \"admin\"\n\
+         [[inbox]]\ndir = \"{}\"\nsource = \"wms\"\n\
          [[source_authority]]\nsource = \"wms\"\n",
-        feed.display()
+        feed.display(),
+        feed.join("inbox").display()
     );
     let server = Server::start_with_base(BASE_CONFIG, &extra).with_token("ops-test-secret");
     server.receive("ops-1", "wh-east", 10);
@@ -189,6 +191,8 @@ const SPEC_METRICS: &[(&str, &str)] = &[
     ("stockwire_ready", "gauge"),
     ("stockwire_build_info", "gauge"),
     ("stockwire_live_position_actors", "gauge"),
+    ("stockwire_inbox_files_total", "counter"),
+    ("stockwire_inbox_files_waiting", "gauge"),
     ("process_resident_memory_bytes", "gauge"),
     ("process_open_fds", "gauge"),
     ("process_cpu_seconds_total", "counter"),
