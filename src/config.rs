@@ -35,7 +35,12 @@ pub const ENV_PREFIX: &str = "STOCKWIRE_";
 
 /// `STOCKWIRE_*` variables that are not config keys (read elsewhere) and are skipped here:
 /// the config file path and the log filter.
-pub const ENV_RESERVED: &[&str] = &["STOCKWIRE_CONFIG", "STOCKWIRE_LOG"];
+pub const ENV_RESERVED: &[&str] = &[
+    "STOCKWIRE_CONFIG",
+    "STOCKWIRE_LOG",
+    "STOCKWIRE_API_KEY",
+    "STOCKWIRE_URL",
+];
 
 /// Longest SKU, location, channel, key or source id (SPEC §1: 1–64 characters).
 pub const MAX_ID_LEN: usize = 64;

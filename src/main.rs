@@ -53,6 +53,25 @@ enum Commands {
     },
     /// Print the SHA-256 of a key read from stdin, for `key_sha256`.
     HashKey,
+    /// Reconcile a running server against a system of record's on-hand snapshot
+    /// (CSV with a header `sku,location,on_hand`), streamed from the file.
+    Reconcile {
+        /// The system the snapshot comes from (e.g. erp, wms).
+        #[arg(long)]
+        source: String,
+        /// The CSV snapshot.
+        #[arg(long)]
+        file: PathBuf,
+        /// Correct each difference (where the source is authoritative for on-hand).
+        #[arg(long)]
+        apply: bool,
+        /// The server.
+        #[arg(long, env = "STOCKWIRE_URL", default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// An admin or system API key.
+        #[arg(long, env = "STOCKWIRE_API_KEY")]
+        key: Option<String>,
+    },
 }
 
 /// Seconds actix-web waits for in-flight requests on SIGTERM.
@@ -93,6 +112,13 @@ fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Commands::Reconcile {
+            source,
+            file,
+            apply,
+            url,
+            key,
+        } => actix_web::rt::System::new().block_on(reconcile(source, file, apply, url, key)),
         Commands::HashKey => {
             let mut secret = String::new();
             std::io::stdin()
@@ -106,6 +132,68 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// Streams `file` to `POST /v1/reconciliations` as CSV and prints the report.
+/// Exit code 0 when nothing differs (or every difference was corrected), 2 when
+/// differences remain, 1 on errors.
+async fn reconcile(
+    source: String,
+    file: PathBuf,
+    apply: bool,
+    url: String,
+    key: Option<String>,
+) -> anyhow::Result<()> {
+    use std::io::Read;
+    const PART: usize = 256 * 1024;
+    let mut reader =
+        std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
+    let body = futures_util::stream::poll_fn(move |_| {
+        let mut buf = vec![0u8; PART];
+        std::task::Poll::Ready(match reader.read(&mut buf) {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some(Ok::<_, std::io::Error>(bytes::Bytes::from(buf)))
+            }
+            Err(error) => Some(Err(error)),
+        })
+    });
+    let endpoint = format!(
+        "{}/v1/reconciliations?source={source}&apply={apply}",
+        url.trim_end_matches('/')
+    );
+    let client = awc::Client::builder()
+        .timeout(std::time::Duration::from_secs(24 * 3600))
+        .finish();
+    let mut request = client
+        .post(&endpoint)
+        .insert_header(("content-type", "text/csv"));
+    if let Some(key) = &key {
+        request = request.bearer_auth(key);
+    }
+    let mut response = request
+        .send_stream(body)
+        .await
+        .map_err(|e| anyhow::anyhow!("POST {endpoint}: {e}"))?;
+    let answer = response
+        .body()
+        .limit(256 * 1024 * 1024)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading the answer: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    if !response.status().is_success() {
+        anyhow::bail!("{}: {text}", response.status());
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&text).context("the answer is not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    let differences = report["differences"].as_u64().unwrap_or(0);
+    let applied = report["applied"].as_u64().unwrap_or(0);
+    if differences > applied {
+        std::process::exit(2);
+    }
+    Ok(())
 }
 
 /// `STOCKWIRE_LOG`, if set and valid, else the config's `log_level` (validated).

@@ -44,3 +44,7 @@ mod transfers;
 
 #[path = "integration/inbox.rs"]
 mod inbox;
+
+// Reconciliation, source authority, the exception queue (SPEC §2 systems of record).
+#[path = "integration/records.rs"]
+mod records;

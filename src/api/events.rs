@@ -20,7 +20,7 @@ use super::{correlation_id, AppState};
 use crate::config::EVENT_TYPES;
 use crate::domain::{transfer_of, AdjustReason, EventKind, QuarantineAction};
 use crate::engine::{Engine, EventOutcome, EventStatus, WarehouseEvent};
-use crate::storage::records::{ExceptionRecord, JournalRecord};
+use crate::storage::records::{ExceptionRecord, ExceptionResolution, JournalRecord};
 
 /// Entries per SSE read from the journal.
 const SSE_PAGE: usize = 500;
@@ -76,7 +76,7 @@ pub(super) struct EventBody {
 
 /// An event that did not validate, with what could be read of it (kept
 /// with its rejection in the exception queue).
-struct Undecodable {
+pub(super) struct Undecodable {
     event_id: String,
     /// A known event type, or `unknown` (bounded metric label).
     type_label: &'static str,
@@ -85,11 +85,11 @@ struct Undecodable {
     sku: Option<String>,
     location: Option<String>,
     payload: String,
-    error: ApiError,
+    pub(super) error: ApiError,
 }
 
 /// Validates one raw event.
-fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
+pub(super) fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
     let payload = raw.to_string();
     let text = |key: &str| raw.get(key).and_then(Value::as_str).map(str::to_string);
     let (event_id, sku, location) = (
@@ -141,7 +141,7 @@ fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
     validate_event(fields).map_err(fail)
 }
 
-fn outcome_json(outcome: &EventOutcome) -> Value {
+pub(super) fn outcome_json(outcome: &EventOutcome) -> Value {
     let status = match outcome.status {
         EventStatus::Applied => "applied",
         EventStatus::Duplicate => "duplicate",
@@ -470,7 +470,10 @@ pub struct ExceptionQuery {
     limit: Option<usize>,
 }
 
-fn exception_json(record: &ExceptionRecord) -> Value {
+pub(super) fn exception_json(
+    record: &ExceptionRecord,
+    resolution: Option<&ExceptionResolution>,
+) -> Value {
     json!({
         "id": record.id,
         "kind": record.kind,
@@ -484,6 +487,14 @@ fn exception_json(record: &ExceptionRecord) -> Value {
         "payload": record.payload.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
         "correlation_id": record.correlation_id,
         "created_at": rfc3339(record.created_at_ms),
+        "resolution": resolution.map(|r| json!({
+            "note": r.note,
+            "by": r.by,
+            "at": rfc3339(r.at_ms),
+            "retried_event_id": r.retried_event_id,
+            "seq": r.seq,
+            "correlation_id": r.correlation_id,
+        })),
     })
 }
 
@@ -504,6 +515,14 @@ pub async fn exceptions(
         query.kind.as_deref(),
         query.status.as_deref(),
     )?;
-    let items: Vec<Value> = found.iter().map(exception_json).collect();
+    let mut items: Vec<Value> = Vec::with_capacity(found.len());
+    for record in &found {
+        let resolution = if record.status == "resolved" {
+            engine.exception_resolution(record.id)?
+        } else {
+            None
+        };
+        items.push(exception_json(record, resolution.as_ref()));
+    }
     Ok(HttpResponse::Ok().json(json!({ "exceptions": items })))
 }

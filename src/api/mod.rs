@@ -8,6 +8,7 @@ mod channels;
 mod error;
 mod event_input;
 mod events;
+mod exceptions;
 #[cfg(test)]
 mod fuzz_tests;
 mod idempotency;
@@ -156,6 +157,9 @@ route_table! {
     get "/v1/events" => events::list, Policy::Roles(READERS);
     get "/v1/events/stream" => events::stream, Policy::Roles(READERS);
     get "/v1/exceptions" => events::exceptions, Policy::Roles(READERS);
+    get "/v1/exceptions/{id}" => exceptions::get, Policy::Roles(&[Role::Admin, Role::System, Role::Observer]);
+    post "/v1/exceptions/{id}/retry" => exceptions::retry, Policy::Roles(SYSTEMS);
+    post "/v1/exceptions/{id}/resolve" => exceptions::resolve, Policy::Roles(SYSTEMS);
     get "/v1/channels" => channels::list, Policy::Roles(CHANNEL_STATUS);
     get "/v1/channels/{id}" => channels::get, Policy::Roles(CHANNEL_STATUS);
     post "/v1/channels/{id}/pause" => channels::pause, Policy::Roles(ADMIN);

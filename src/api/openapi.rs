@@ -17,7 +17,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::{
-    availability, channels, events, ops, positions, reconciliations, reservations, transfers,
+    availability, channels, events, exceptions, ops, positions, reconciliations, reservations,
+    transfers,
 };
 
 /// Every error body: `application/problem+json` with a stable `code`.
@@ -254,6 +255,24 @@ pub struct ExceptionItem {
     pub payload: Option<serde_json::Value>,
     pub correlation_id: String,
     pub created_at: String,
+    pub resolution: Option<Resolution>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct Resolution {
+    pub note: String,
+    /// The key that resolved it.
+    pub by: String,
+    pub at: String,
+    pub retried_event_id: Option<String>,
+    pub seq: Option<u64>,
+    pub correlation_id: String,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct RetryOutcome {
+    pub exception: ExceptionItem,
+    pub result: EventResult,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -430,6 +449,9 @@ impl Modify for BearerAuth {
         events::list,
         events::stream,
         events::exceptions,
+        exceptions::get,
+        exceptions::retry,
+        exceptions::resolve,
         channels::list,
         channels::get,
         channels::pause,

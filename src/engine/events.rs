@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, Exec, Meta};
 use crate::domain::{Command, Qty};
-use crate::storage::records::ExceptionRecord;
+use crate::storage::records::{exception_resolution_key, ExceptionRecord, ExceptionResolution};
 use crate::storage::{codec, seq_key, Space, WriteBatch};
 
 /// A validated event, ready for its position.
@@ -268,6 +268,20 @@ impl Engine {
     }
 
     async fn attempt_event(&self, event: &WarehouseEvent, correlation_id: &Arc<str>) -> Attempt {
+        // SPEC §3 source authority: with rules, a source posts only the types it
+        // is authoritative for, only where it is.
+        if !self
+            .config
+            .source_may_post(&event.source, &event.location, event.type_name)
+        {
+            return Attempt::Refused {
+                code: "source_not_authoritative",
+                detail: format!(
+                    "source {} may not post {} at {} (source_authority)",
+                    event.source, event.type_name, event.location
+                ),
+            };
+        }
         let Some(location) = self.location(&event.location).cloned() else {
             let detail = format!("unknown location {}", event.location);
             return Attempt::Refused {
@@ -539,6 +553,58 @@ impl Engine {
             tracing::error!(%error, kind = new.kind, "could not queue an exception");
         }
         id
+    }
+
+    /// One exception, with its resolution when it has one.
+    pub fn exception(
+        &self,
+        id: u64,
+    ) -> Result<Option<(ExceptionRecord, Option<ExceptionResolution>)>, EngineError> {
+        let Some(bytes) = self.shared.store.get(Space::Exceptions, &seq_key(id))? else {
+            return Ok(None);
+        };
+        let record: ExceptionRecord = codec::decode(&bytes)?;
+        Ok(Some((record, self.exception_resolution(id)?)))
+    }
+
+    pub fn exception_resolution(
+        &self,
+        id: u64,
+    ) -> Result<Option<ExceptionResolution>, EngineError> {
+        match self
+            .shared
+            .store
+            .get(Space::Meta, &exception_resolution_key(id))?
+        {
+            Some(bytes) => Ok(Some(codec::decode(&bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Marks an exception resolved, with who, why and (for a retry) what was
+    /// applied instead; durable before it returns. Resolving a resolved
+    /// exception changes nothing.
+    pub async fn resolve_exception(
+        &self,
+        id: u64,
+        resolution: ExceptionResolution,
+    ) -> Result<(ExceptionRecord, Option<ExceptionResolution>), EngineError> {
+        let Some((mut record, existing)) = self.exception(id)? else {
+            return Err(EngineError::NotFound(format!("exception {id} not found")));
+        };
+        if record.status == "resolved" {
+            return Ok((record, existing));
+        }
+        record.status = "resolved".to_string();
+        let mut batch = WriteBatch::default();
+        batch.put(Space::Exceptions, seq_key(id), codec::encode(&record)?);
+        batch.put(
+            Space::Meta,
+            exception_resolution_key(id),
+            codec::encode(&resolution)?,
+        );
+        self.write(batch).await?;
+        Ok((record, Some(resolution)))
     }
 
     /// Up to `limit` exceptions with id > `after`, optionally of one kind.

@@ -418,7 +418,7 @@ pub fn row_event(
         .source_may_post(&event.source, &event.location, kind)
     {
         return Err(fail(
-            "forbidden",
+            "source_not_authoritative",
             format!(
                 "source {} may not post {kind} at {} (source_authority)",
                 event.source, event.location
@@ -726,7 +726,7 @@ mapping = { skus = { "P-100" = "SKU-100" }, locations = { "N1" = "3pl-north" }, 
         event(&config, &layout, &["s1", "wh-east", "count", "3"]).expect("allowed");
         assert_eq!(
             code(event(&config, &layout, &["s1", "wh-east", "receipt", "3"])),
-            "forbidden"
+            "source_not_authoritative"
         );
     }
 

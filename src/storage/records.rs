@@ -361,6 +361,27 @@ pub struct InboxFinish {
     pub finished_at_ms: i64,
 }
 
+/// How an exception was closed (`Space::Meta`, key [`exception_resolution_key`]):
+/// kept beside the `ExceptionRecord` (whose status becomes `resolved`) so the
+/// record's stored layout does not change.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionResolution {
+    pub note: String,
+    /// The API key that resolved it.
+    pub by: String,
+    pub at_ms: i64,
+    /// A retry: the event that was applied in its place, and its log entry.
+    pub retried_event_id: Option<String>,
+    pub seq: Option<u64>,
+    pub correlation_id: String,
+}
+
+pub fn exception_resolution_key(id: u64) -> Vec<u8> {
+    let mut key = b"exception-resolution/".to_vec();
+    key.extend_from_slice(&id.to_be_bytes());
+    key
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
