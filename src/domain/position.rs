@@ -468,45 +468,17 @@ impl Position {
             Command::Correct {
                 on_hand,
                 expected_version,
-            } => {
-                if let Some(expected) = expected_version {
-                    if *expected != self.version {
-                        return Err(Reject::VersionConflict {
-                            expected: *expected,
-                            actual: self.version,
-                        });
-                    }
-                }
-                if *on_hand > QTY_MAX {
-                    return Err(Reject::QuantityOutOfRange(format!(
-                        "on_hand must be at most {QTY_MAX}"
-                    )));
-                }
-                let delta = *on_hand as i64 - self.counters.on_hand as i64;
-                if delta == 0 {
-                    Vec::new()
-                } else {
+            } => match self.delta_to("on_hand", *on_hand, *expected_version)? {
+                0 => Vec::new(),
+                delta => {
                     vec![self.on_hand_change(EventKind::Adjusted(AdjustReason::Correction), delta)?]
                 }
-            }
+            },
             Command::Count {
                 counted,
                 expected_version,
             } => {
-                if let Some(expected) = expected_version {
-                    if *expected != self.version {
-                        return Err(Reject::VersionConflict {
-                            expected: *expected,
-                            actual: self.version,
-                        });
-                    }
-                }
-                if *counted > QTY_MAX {
-                    return Err(Reject::QuantityOutOfRange(format!(
-                        "counted must be at most {QTY_MAX}"
-                    )));
-                }
-                let delta = *counted as i64 - self.counters.on_hand as i64;
+                let delta = self.delta_to("counted", *counted, *expected_version)?;
                 vec![self.on_hand_change(EventKind::Counted, delta)?]
             }
             Command::Return { qty, restockable } => {
@@ -913,6 +885,30 @@ impl Position {
 
     /// A change of `on_hand` by the physical world: applied even below the
     /// holds, never below zero; `quarantined` is cut so it never exceeds `on_hand`.
+    /// The change that sets `on_hand` to `target` (a count or a correction),
+    /// refused when the position moved past `expected_version`.
+    fn delta_to(
+        &self,
+        what: &str,
+        target: u64,
+        expected_version: Option<u64>,
+    ) -> Result<i64, Reject> {
+        if let Some(expected) = expected_version {
+            if expected != self.version {
+                return Err(Reject::VersionConflict {
+                    expected,
+                    actual: self.version,
+                });
+            }
+        }
+        if target > QTY_MAX {
+            return Err(Reject::QuantityOutOfRange(format!(
+                "{what} must be at most {QTY_MAX}"
+            )));
+        }
+        Ok(target as i64 - self.counters.on_hand as i64)
+    }
+
     fn on_hand_change(&self, kind: EventKind, delta: i64) -> Result<Event, Reject> {
         let Some(on_hand_after) = add_signed(self.counters.on_hand, delta) else {
             return Err(Reject::InvalidState(format!(
