@@ -578,6 +578,11 @@ pub struct KeyConfig {
     /// System role only: the locations this key may touch.
     #[serde(default)]
     pub locations: Vec<String>,
+    /// System role only: the `source` values this key may post as (events,
+    /// reconciliations). Empty: any source (then source authority trusts the
+    /// caller's word for its source).
+    #[serde(default)]
+    pub sources: Vec<String>,
     /// `None`: the config's `default_rate_limit`.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
@@ -608,6 +613,7 @@ impl fmt::Debug for KeyConfig {
             .field("role", &self.role)
             .field("channel", &self.channel)
             .field("locations", &self.locations)
+            .field("sources", &self.sources)
             .field("rate_limit", &self.rate_limit)
             .finish()
     }
@@ -1725,6 +1731,9 @@ impl Validator<'_> {
                 }
             }
         }
+        if key.role != Role::System && !key.sources.is_empty() {
+            return self.fail(format!("{path}.sources"), "only a `system` key has sources");
+        }
         match key.role {
             Role::Channel => {
                 let Some(channel) = &key.channel else {
@@ -1760,6 +1769,9 @@ impl Validator<'_> {
                     );
                 }
                 self.location_list(&format!("{path}.locations"), &key.locations, locations)?;
+                for (i, source) in key.sources.iter().enumerate() {
+                    self.id(&format!("{path}.sources[{i}]"), source)?;
+                }
             }
             Role::Admin | Role::Observer => {
                 if key.channel.is_some() {
@@ -2566,6 +2578,28 @@ types = ["receipt", "adjustment", "count", "transfer_out", "transfer_in"]
                 );
             }
         }
+    }
+
+    #[test]
+    fn only_system_keys_have_sources_and_they_are_ids() {
+        let key = |role: &str, extra: &str| {
+            format!(
+                "[[locations]]\nid = \"wh\"\nkind = \"warehouse\"\n[[keys]]\nname = \"k\"\nkey = \"s\"\nrole = \"{role}\"\n{extra}\n"
+            )
+        };
+        let config =
+            parse(&key("system", "locations = [\"wh\"]\nsources = [\"wms\"]")).expect("valid");
+        assert_eq!(config.keys[0].sources, ["wms"]);
+        let message = error(&key("admin", "sources = [\"wms\"]"));
+        assert!(
+            message.contains("keys[0].sources: only a `system` key"),
+            "{message}"
+        );
+        let message = error(&key(
+            "system",
+            "locations = [\"wh\"]\nsources = [\"not ok\"]",
+        ));
+        assert!(message.contains("keys[0].sources[0]"), "{message}");
     }
 
     #[test]

@@ -62,6 +62,8 @@ pub struct Caller {
     pub channel: Option<String>,
     /// `system` role: the locations it may touch.
     pub locations: Vec<String>,
+    /// `system` role: the sources it may post as (empty: any).
+    pub sources: Vec<String>,
     /// Index of its rate limiter (`None` when the API runs open).
     slot: Option<usize>,
 }
@@ -73,8 +75,30 @@ impl Caller {
             role: Role::Admin,
             channel: None,
             locations: Vec::new(),
+            sources: Vec::new(),
             slot: None,
         }
+    }
+
+    /// A key from config (not the open-mode stand-in): its name scopes its
+    /// `Idempotency-Key`s.
+    pub fn is_configured(&self) -> bool {
+        self.slot.is_some()
+    }
+
+    /// A system key with `sources` posts only as one of them (events,
+    /// reconciliations), so source authority cannot be claimed by another system.
+    pub fn may_claim(&self, source: &str) -> Result<(), ApiError> {
+        if self.role == Role::System
+            && !self.sources.is_empty()
+            && !self.sources.iter().any(|s| s == source)
+        {
+            return Err(ApiError::Forbidden(format!(
+                "key {} may not post as source {source}",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// `Some(channel)` for a channel key: it sees only that channel's view.
@@ -197,6 +221,7 @@ impl Keys {
                     role: key.role,
                     channel: key.channel.clone(),
                     locations: key.locations.clone(),
+                    sources: key.sources.clone(),
                     slot: Some(slot),
                 }),
                 limiter: limiter(key.rate_limit.unwrap_or(config.default_rate_limit)),
@@ -419,8 +444,14 @@ locations = ["wh-east"]
             role: Role::System,
             channel: None,
             locations: vec!["wh-east".to_string()],
+            sources: vec!["wms".to_string()],
             slot: None,
         };
+        assert!(system.may_claim("wms").is_ok());
+        assert!(matches!(
+            system.may_claim("erp"),
+            Err(ApiError::Forbidden(_))
+        ));
         assert!(system.may_touch("wh-east").is_ok());
         assert!(matches!(
             system.may_touch("wh-west"),

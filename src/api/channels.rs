@@ -112,6 +112,7 @@ struct EmptyBody {}
     responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
 pub async fn pause(
     state: web::Data<AppState>,
+    _caller: Caller,
     request: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
@@ -124,6 +125,7 @@ pub async fn pause(
     responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
 pub async fn resume(
     state: web::Data<AppState>,
+    _caller: Caller,
     request: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
@@ -136,6 +138,7 @@ pub async fn resume(
     responses((status = 202, description = "every SKU's view queued for publication", body = super::openapi::Queued), super::openapi::Errors))]
 pub async fn resync(
     state: web::Data<AppState>,
+    _caller: Caller,
     request: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,
@@ -173,6 +176,7 @@ pub(super) struct ReplayBody {
     responses((status = 202, description = "re-delivery queued", body = super::openapi::Queued), super::openapi::Errors))]
 pub async fn replay(
     state: web::Data<AppState>,
+    _caller: Caller,
     request: HttpRequest,
     path: web::Path<String>,
     payload: web::Payload,

@@ -160,15 +160,21 @@ pub(super) fn outcome_json(outcome: &EventOutcome) -> Value {
     value
 }
 
-/// A system key posts only at its locations: a batch with any event elsewhere
-/// is refused whole (403), before anything is applied.
+/// A system key posts only at its locations (and, with `sources`, only as one
+/// of them): a batch with any event outside that is refused whole (403),
+/// before anything is applied.
 fn check_scope(caller: &Caller, events: &[Value]) -> Result<(), ApiError> {
     for event in events {
+        let id = || event.get("event_id").and_then(Value::as_str).unwrap_or("?");
         if let Some(location) = event.get("location").and_then(Value::as_str) {
-            caller.may_touch(location).map_err(|error| {
-                let id = event.get("event_id").and_then(Value::as_str).unwrap_or("?");
-                ApiError::Forbidden(format!("event {id}: {error}"))
-            })?;
+            caller
+                .may_touch(location)
+                .map_err(|error| ApiError::Forbidden(format!("event {}: {error}", id())))?;
+        }
+        if let Some(source) = event.get("source").and_then(Value::as_str) {
+            caller
+                .may_claim(source)
+                .map_err(|error| ApiError::Forbidden(format!("event {}: {error}", id())))?;
         }
     }
     Ok(())
@@ -332,6 +338,7 @@ pub struct LogQuery {
     responses((status = 200, description = "log entries after `after`", body = super::openapi::EventPage), super::openapi::Errors))]
 pub async fn list(
     state: web::Data<AppState>,
+    _caller: Caller,
     query: web::Query<LogQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
@@ -502,6 +509,7 @@ pub(super) fn exception_json(
     responses((status = 200, description = "the exception queue", body = super::openapi::ExceptionPage), super::openapi::Errors))]
 pub async fn exceptions(
     state: web::Data<AppState>,
+    _caller: Caller,
     query: web::Query<ExceptionQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;

@@ -20,6 +20,28 @@ use crate::storage::records::{ExceptionRecord, ExceptionResolution};
 
 const NOTE_LEN_MAX: usize = 2000;
 
+/// An exception being retried; released on drop.
+struct RetryClaim<'a> {
+    state: &'a AppState,
+    id: u64,
+}
+
+impl<'a> RetryClaim<'a> {
+    fn take(state: &'a AppState, id: u64) -> Option<RetryClaim<'a>> {
+        state
+            .exceptions_retrying
+            .insert(id, ())
+            .is_none()
+            .then_some(RetryClaim { state, id })
+    }
+}
+
+impl Drop for RetryClaim<'_> {
+    fn drop(&mut self) {
+        self.state.exceptions_retrying.remove(&self.id);
+    }
+}
+
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResolveBody {
@@ -51,8 +73,17 @@ fn load(
     let (record, resolution) = engine
         .exception(id)?
         .ok_or_else(|| ApiError::NotFound(format!("exception {id} not found")))?;
-    if let Some(location) = &record.location {
-        caller.may_touch(location)?;
+    match &record.location {
+        Some(location) => caller.may_touch(location)?,
+        // Not tied to a location (a whole inbox file, an unparsable event):
+        // only unscoped keys may see or act on it.
+        None if caller.role == crate::config::Role::System => {
+            return Err(ApiError::Forbidden(format!(
+                "exception {id} is not at one of key {}'s locations",
+                caller.name
+            )))
+        }
+        None => {}
     }
     Ok((record, resolution))
 }
@@ -127,7 +158,7 @@ pub async fn retry(
     let id = parse_id(&id)?;
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);
-    let (caller, body_ref) = (&caller, &body);
+    let (caller, body_ref, state) = (&caller, &body, &state);
     idempotency::run(engine, &request, &body, |_| async move {
         let (record, _) = load(engine, caller, id)?;
         if record.status == "resolved" {
@@ -156,6 +187,19 @@ pub async fn retry(
         };
         let event = decode(raw).map_err(|bad| bad.error)?;
         caller.may_touch(&event.location)?;
+        caller.may_claim(&event.source)?;
+        // One retry of an exception at a time: two corrected events for one
+        // exception must not both apply.
+        let Some(_claim) = RetryClaim::take(state, id) else {
+            return Err(
+                EngineError::InvalidState(format!("exception {id} is being retried")).into(),
+            );
+        };
+        if engine.exception_resolution(id)?.is_some() {
+            return Err(
+                EngineError::InvalidState(format!("exception {id} is already resolved")).into(),
+            );
+        }
         let outcome = engine
             .apply_events_in_order(std::slice::from_ref(&event), correlation.clone())
             .await

@@ -39,10 +39,11 @@ pub fn key_of(request: &HttpRequest) -> Result<Option<String>, ApiError> {
     let caller = request
         .extensions()
         .get::<std::sync::Arc<Caller>>()
+        .filter(|caller| caller.is_configured())
         .map(|caller| caller.name.clone());
     Ok(Some(match caller {
-        Some(name) if &*name != "-" => format!("{name}/{key}"),
-        _ => key.to_string(),
+        Some(name) => format!("{name}/{key}"),
+        None => key.to_string(),
     }))
 }
 

@@ -63,6 +63,8 @@ pub struct AppState {
     pub sse_per_key: dashmap::DashMap<Arc<str>, usize>,
     /// The configured API keys and their rate limiters.
     pub keys: Keys,
+    /// Exceptions with a retry in progress (one at a time each).
+    pub exceptions_retrying: dashmap::DashMap<u64, ()>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             config,
             sse_connections: AtomicUsize::new(0),
             sse_per_key: dashmap::DashMap::new(),
+            exceptions_retrying: dashmap::DashMap::new(),
             metrics,
         }
     }
@@ -236,7 +239,9 @@ pub async fn edge_middleware(
     let admitted = if head_bytes > state.config.max_header_bytes {
         Err(ApiError::HeadersTooLarge(state.config.max_header_bytes))
     } else {
-        match policy_of(request.method(), request.path()) {
+        // The decoded path, which is what actix routes on: matching the raw
+        // one would let `/v1/%65vents` past the table to the `/v1/events` handler.
+        match policy_of(request.method(), request.match_info().as_str()) {
             Some(policy) => state.keys.admit(policy, &identity),
             None => Ok(None),
         }

@@ -26,7 +26,18 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("api_key" = [])),
     responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), super::openapi::Errors))]
-pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest) -> HttpResponse {
+    // The middleware admitted a key when `protect_metrics` is on; without one
+    // (a request it could not match) refuse rather than serve.
+    if state.config.protect_metrics
+        && actix_web::HttpMessage::extensions(&request)
+            .get::<std::sync::Arc<super::access::Caller>>()
+            .is_none()
+    {
+        return actix_web::ResponseError::error_response(&ApiError::Unauthorized(
+            "/metrics needs an admin or observer key".to_string(),
+        ));
+    }
     state.metrics.ready.set(i64::from(state.engine().is_ok()));
     if let Some(engine) = state.engine.get() {
         state

@@ -5,6 +5,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
@@ -72,6 +73,7 @@ async fn apply(
     responses((status = 200, description = "the position's settings after the change", body = super::openapi::PositionSettings), super::openapi::Errors))]
 pub async fn settings(
     state: web::Data<AppState>,
+    _caller: Caller,
     request: HttpRequest,
     path: web::Path<(String, String)>,
     payload: web::Payload,
@@ -111,6 +113,7 @@ pub async fn settings(
     responses((status = 200, description = "the position after the change", body = super::openapi::PositionSettings), super::openapi::Errors))]
 pub async fn commitment(
     state: web::Data<AppState>,
+    _caller: Caller,
     request: HttpRequest,
     path: web::Path<(String, String, String)>,
     payload: web::Payload,

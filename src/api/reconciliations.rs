@@ -131,6 +131,7 @@ async fn reconcile_json(
 ) -> Result<Reply, ApiError> {
     let parsed: ReconciliationBody = parse_json(body)?;
     check_id("source", &parsed.source)?;
+    caller.may_claim(&parsed.source)?;
     if parsed.positions.is_empty() {
         return Err(ApiError::BadRequest(
             "positions must not be empty".to_string(),
@@ -232,7 +233,10 @@ impl CsvUpload<'_> {
                 None => self.run.report.reject_row(
                     self.rows_seen,
                     "quantity_out_of_range",
-                    format!("on_hand {on_hand:?} is not an integer in 0..=1000000000"),
+                    format!(
+                        "on_hand {:?} is not an integer in 0..=1000000000",
+                        on_hand.chars().take(32).collect::<String>()
+                    ),
                 ),
             }
             if self.chunk.len() >= RECONCILE_CHUNK {
@@ -255,6 +259,7 @@ async fn reconcile_csv(
         ApiError::BadRequest("a CSV upload names its source: ?source=erp".to_string())
     })?;
     check_id("source", &source)?;
+    caller.may_claim(&source)?;
     let bytes_max = state.config.reconciliation_max_bytes;
     let mut upload = CsvUpload {
         engine,

@@ -157,11 +157,8 @@ pub async fn cancel(
     let engine = state.engine()?;
     let id = check_id("transfer id", &id)?.to_string();
     if !caller.is_unscoped() {
-        match engine.get_transfer(&id).await {
-            Ok(view) => caller.may_touch(&view.record.from)?,
-            Err(crate::engine::EngineError::NotFound(_)) => {}
-            Err(error) => return Err(error.into()),
-        }
+        let view = engine.get_transfer(&id).await?;
+        caller.may_touch(&view.record.from)?;
     }
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);

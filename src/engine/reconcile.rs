@@ -185,9 +185,11 @@ impl Engine {
                     correlation_id: run.correlation_id.clone(),
                     occurred_at_ms: now_ms(),
                 };
+                // A position that did not exist is version 0: one created
+                // since (a receipt) must refuse the correction too.
                 let command = Command::Correct {
                     on_hand: row.on_hand,
-                    expected_version: version,
+                    expected_version: Some(version.unwrap_or(0)),
                 };
                 match self
                     .command(&Arc::from(sku), &location, command, meta, true)

@@ -29,6 +29,7 @@ name = "wms-east"
 key_sha256 = "HASH_OF_SYSTEM_SECRET"
 role = "system"
 locations = ["wh-east"]
+sources = ["wms"]
 rate_limit = { per_second = 100000, burst = 100000 }
 
 [[keys]]
@@ -319,6 +320,45 @@ fn every_route_answers_each_role_as_the_contract_says() {
             }
         }
     }
+
+    // Percent-encoded paths are routed decoded: they meet the same policy.
+    for (method, path) in [
+        ("PUT", "/v1/positions/acc-1/wh-east/%73ettings"),
+        ("POST", "/v1/channels/web/pau%73e"),
+        ("GET", "/v1/%65vents?after=0"),
+        ("GET", "/v1/exc%65ptions"),
+    ] {
+        let body = (method != "GET").then(|| json!({"safety_stock": 0}));
+        let (status, answer) = send(&server, None, method, path, body.as_ref());
+        assert_eq!(status, 401, "{method} {path} without a key: {answer}");
+        let (status, answer) = send(&server, Some(CHANNEL), method, path, body.as_ref());
+        assert_eq!(status, 403, "{method} {path} as a channel: {answer}");
+    }
+    let (status, _) = send(&server, Some(OBSERVER), "GET", "/v1/%65vents?after=0", None);
+    assert_eq!(status, 200);
+
+    // A system key with `sources` posts only as them.
+    let spoofed = json!({"events": [{"event_id": format!("spoof-{s}"), "type": "receipt",
+        "source": "erp", "sku": "acc-1", "location": "wh-east", "qty": 1}]});
+    let (status, answer) = send(&server, Some(SYSTEM), "POST", "/v1/events", Some(&spoofed));
+    assert_eq!(status, 403, "{answer}");
+    let snapshot = json!({"source": "erp", "positions": [{"sku": "acc-1", "location": "wh-east", "on_hand": 1}]});
+    let (status, answer) = send(
+        &server,
+        Some(SYSTEM),
+        "POST",
+        "/v1/reconciliations",
+        Some(&snapshot),
+    );
+    assert_eq!(status, 403, "{answer}");
+    let (status, answer) = send(
+        &server,
+        Some(ADMIN),
+        "POST",
+        "/v1/reconciliations",
+        Some(&snapshot),
+    );
+    assert_eq!(status, 200, "{answer}");
 
     // The event stream: readers only.
     for (token, expected) in [

@@ -131,6 +131,14 @@ fn a_reconciliation_reports_each_difference_and_corrects_only_where_the_source_i
         ),
         4.0
     );
+    // A position the engine did not have yet is created by its correction.
+    let (_, new) = server.post(
+        "/v1/reconciliations",
+        json!({"source": "erp", "apply": true,
+               "positions": [{"sku": "rc-5", "location": "wh-east", "on_hand": 6}]}),
+    );
+    assert_eq!(new["applied"], 1, "{new}");
+    assert_eq!(on_hand(&server, "rc-5", "wh-east"), 6);
     // Run again: the corrected position now matches.
     let (_, again) = server.post("/v1/reconciliations", snapshot(true));
     assert_eq!(again["differences"], 1, "{again}");
