@@ -167,7 +167,11 @@ fn columns(header: &csv::StringRecord) -> Result<Columns, ApiError> {
     let find = |name: &str| {
         header
             .iter()
-            .position(|h| h.trim().eq_ignore_ascii_case(name))
+            .position(|h| {
+                h.trim_start_matches('\u{feff}')
+                    .trim()
+                    .eq_ignore_ascii_case(name)
+            })
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "the CSV header must name the columns sku, location and on_hand (missing {name})"

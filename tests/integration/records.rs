@@ -185,7 +185,8 @@ fn a_million_row_csv_is_streamed_within_a_memory_budget_and_reports_exactly_the_
     let rows: u64 = 1_000_000;
     {
         let mut file = BufWriter::new(std::fs::File::create(&path).expect("csv"));
-        writeln!(file, "sku,location,on_hand").unwrap();
+        // Spreadsheet exports start with a byte order mark.
+        writeln!(file, "\u{feff}sku,location,on_hand").unwrap();
         for row in 0..rows {
             // SKU m-i at wh-east and wh-west, two rows per SKU.
             let (i, location) = (row / 2, if row % 2 == 0 { "wh-east" } else { "wh-west" });
