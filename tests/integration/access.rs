@@ -575,3 +575,77 @@ fn a_key_holds_at_most_its_share_of_event_streams() {
     }
     assert!(again.is_some(), "the freed slot was never given back");
 }
+
+#[test]
+fn protect_metrics_puts_metrics_behind_a_reader_key() {
+    let keys = KEYS.replace("HASH_OF_SYSTEM_SECRET", &sha256_hex(SYSTEM));
+    let base = format!("protect_metrics = true\n{BASE_CONFIG}");
+    let server = Server::start_with_base(&base, &keys);
+    let (status, answer) = send(&server, None, "GET", "/metrics", None);
+    assert_eq!(status, 401, "{answer}");
+    let (status, _) = send(&server, Some(CHANNEL), "GET", "/metrics", None);
+    assert_eq!(status, 403);
+    let (status, _) = send(&server, Some(SYSTEM), "GET", "/metrics", None);
+    assert_eq!(status, 403);
+    for token in [ADMIN, OBSERVER] {
+        let response = ureq::get(&server.url("/metrics"))
+            .set("authorization", &format!("Bearer {token}"))
+            .call()
+            .expect("metrics");
+        assert_eq!(response.status(), 200);
+        assert!(response.into_string().unwrap().contains("stockwire_ready"));
+    }
+    // Liveness and readiness stay open.
+    assert_eq!(send(&server, None, "GET", "/healthz", None).0, 200);
+    assert_eq!(send(&server, None, "GET", "/readyz", None).0, 200);
+}
+
+/// Sends one keep-alive request on `stream` and says whether an answer came
+/// within `wait`.
+fn answered(stream: &mut TcpStream, wait: Duration) -> bool {
+    stream.set_read_timeout(Some(wait)).unwrap();
+    if stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 512];
+    matches!(stream.read(&mut buf), Ok(n) if n > 0 && buf.starts_with(b"HTTP/1.1 200"))
+}
+
+#[test]
+fn open_connections_are_capped_and_the_next_one_waits_its_turn() {
+    let base = format!("connections_max = 2\n{BASE_CONFIG}");
+    let server = Server::start_with_base(&base, "");
+    // The server splits the cap over one worker per CPU, at least one each.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let allowed = 2usize.div_ceil(workers).max(1) * workers;
+    let mut held: Vec<TcpStream> = (0..allowed)
+        .map(|_| {
+            let mut stream = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            assert!(
+                answered(&mut stream, Duration::from_secs(5)),
+                "within the cap"
+            );
+            stream
+        })
+        .collect();
+    // One more is accepted by the kernel but not served while the others stay open.
+    let mut waiting = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+    assert!(
+        !answered(&mut waiting, Duration::from_millis(1500)),
+        "a connection over connections_max was served"
+    );
+    // Closing one lets it in.
+    held.pop();
+    let mut buf = [0u8; 512];
+    waiting
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let n = waiting.read(&mut buf).unwrap_or(0);
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "the waiting request was never answered"
+    );
+}
