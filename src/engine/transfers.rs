@@ -819,23 +819,26 @@ impl Engine {
             .await;
     }
 
-    /// Finishes a pending step; raises the overdue exception when due.
+    /// Finishes a pending step; raises the overdue exception when due, even
+    /// when the pending step keeps failing (a destination that cannot take the
+    /// shipment must not hide that it never arrived). The step's error is
+    /// returned after, so it is retried.
     async fn check_transfer(&self, id: &Arc<str>) -> Result<(), EngineError> {
         let Ok(cell) = self.transfer_cell(id) else {
             return Ok(());
         };
         let mut record = cell.lock().await;
-        self.run_inbound(&mut record).await?;
+        let inbound = self.run_inbound(&mut record).await;
         let (TransferStatus::Shipped, None, Some(shipped_at)) =
             (record.status, record.overdue_at_ms, record.shipped_at_ms)
         else {
-            return Ok(());
+            return inbound;
         };
         let due = shipped_at.saturating_add(self.transfer_overdue_ms());
         let now = now_ms();
         if now < due {
             self.schedule_transfer(id, due);
-            return Ok(());
+            return inbound;
         }
         let shipping = record
             .history
@@ -882,7 +885,7 @@ impl Engine {
         self.write(batch).await?;
         *record = flagged;
         tracing::warn!(transfer = %record.id, "transfer overdue");
-        Ok(())
+        inbound
     }
 
     /// Runs the destination step of every transfer a crash left pending.

@@ -273,7 +273,7 @@ pub fn fingerprint(
     hasher.update([0]);
     hasher.update(name);
     hasher.update([0]);
-    let mut file = File::open(path)?;
+    let mut file = open_regular(path)?;
     let mut buffer = vec![0u8; 1 << 20];
     let mut size = 0u64;
     let mut binary = false;
@@ -405,5 +405,104 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![OsString::from("r.result.json")]);
+    }
+}
+
+/// Opens a file to read without following a symlink and without blocking on a
+/// FIFO, and only if it is a regular file: a partner cannot swap a link to
+/// another file (or a device) in after the scan looked.
+pub(super) fn open_regular(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    Ok(file)
+}
+
+/// Longest physical line (between line breaks) read from an inbox file.
+pub(super) const LINE_BYTES_MAX: usize = 64 * 1024;
+
+/// Wraps a reader and fails with [`LineTooLong`] as soon as a physical line
+/// runs over `LINE_BYTES_MAX`, so one hostile row cannot make the CSV reader
+/// hold a huge record.
+pub(super) struct LineLimit<R> {
+    inner: R,
+    run: usize,
+}
+
+/// The error [`LineLimit`] fails with.
+#[derive(Debug)]
+pub(super) struct LineTooLong;
+
+impl std::fmt::Display for LineTooLong {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a line is longer than {LINE_BYTES_MAX} bytes")
+    }
+}
+
+impl std::error::Error for LineTooLong {}
+
+impl<R: Read> LineLimit<R> {
+    pub(super) fn new(inner: R) -> LineLimit<R> {
+        LineLimit { inner, run: 0 }
+    }
+}
+
+impl<R: Read> Read for LineLimit<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        for byte in &buf[..n] {
+            if *byte == b'\n' || *byte == b'\r' {
+                self.run = 0;
+            } else {
+                self.run += 1;
+                if self.run > LINE_BYTES_MAX {
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, LineTooLong));
+                }
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// Whether a CSV reading error is [`LineLimit`]'s.
+pub(super) fn is_line_too_long(error: &csv::Error) -> bool {
+    match error.kind() {
+        csv::ErrorKind::Io(io) => io.get_ref().is_some_and(|inner| inner.is::<LineTooLong>()),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod line_limit_tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_fail_and_line_breaks_reset_the_count() {
+        let ok = format!(
+            "{}\n{}\r{}",
+            "a".repeat(LINE_BYTES_MAX),
+            "b".repeat(LINE_BYTES_MAX),
+            "c".repeat(10)
+        );
+        let mut out = Vec::new();
+        LineLimit::new(ok.as_bytes())
+            .read_to_end(&mut out)
+            .expect("within the limit");
+        assert_eq!(out.len(), ok.len());
+        let bad = ",".repeat(LINE_BYTES_MAX + 1);
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .from_reader(LineLimit::new(bad.as_bytes()));
+        let mut record = csv::ByteRecord::new();
+        let error = reader.read_byte_record(&mut record).expect_err("too long");
+        assert!(is_line_too_long(&error), "{error}");
     }
 }

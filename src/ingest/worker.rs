@@ -94,7 +94,7 @@ struct FileState {
     record: InboxFileRecord,
 }
 
-/// The rejected rows of the file being processed, in `processing/.<name>.rejects`
+/// The rejected rows of the file being processed, in `processing/.<file id>.rejects`
 /// until the file is filed.
 struct RejectsFile {
     path: PathBuf,
@@ -406,7 +406,16 @@ impl Worker {
                 "the file name is not UTF-8".to_string(),
             );
         };
-        let size = fs::metadata(&path)?.len();
+        // A file that cannot be opened as a regular file (permissions, a symlink
+        // or device swapped in) is filed as rejected, not retried forever.
+        let size = match files::open_regular(&path).and_then(|f| f.metadata()) {
+            Ok(metadata) => metadata.len(),
+            Err(error) if error.kind() != io::ErrorKind::NotFound => {
+                let detail = format!("the file cannot be read: {error}");
+                return self.reject_whole(name, &text_name, "unreadable", detail);
+            }
+            Err(error) => return Err(error.into()),
+        };
         if size > self.inbox.file_bytes_max {
             let detail = format!(
                 "the file is {size} bytes, more than file_bytes_max ({})",
@@ -479,7 +488,9 @@ impl Worker {
             .delimiter(delimiter)
             .has_headers(false)
             .flexible(true)
-            .from_reader(BufReader::new(File::open(path)?));
+            .from_reader(files::LineLimit::new(BufReader::new(files::open_regular(
+                path,
+            )?)));
         let mut record = csv::ByteRecord::new();
         let mut header_bytes = None;
         let header = if self.inbox.has_header {
@@ -513,14 +524,28 @@ impl Worker {
         let mut rejects = RejectsFile::open(
             self.dirs
                 .processing
-                .join(format!(".{}.rejects", state.name)),
+                .join(format!(".{}.rejects", state.file_id)),
             state.record.rejects_bytes,
             delimiter,
             header_bytes,
         )?;
         let mut chunk = Vec::with_capacity(self.chunk_rows);
         let mut first = true;
-        while reader.read_byte_record(&mut record)? {
+        loop {
+            match reader.read_byte_record(&mut record) {
+                Ok(true) => {}
+                Ok(false) => break,
+                Err(error) if files::is_line_too_long(&error) => {
+                    return Ok(Some((
+                        "row_too_large",
+                        format!(
+                            "a line is longer than {} bytes: not this partner's CSV",
+                            files::LINE_BYTES_MAX
+                        ),
+                    )));
+                }
+                Err(error) => return Err(error.into()),
+            }
             if first && header.is_none() && record.len() < layout.width() {
                 return Ok(Some((
                     "missing_column",
@@ -532,7 +557,10 @@ impl Worker {
                 )));
             }
             first = false;
-            let line = record.position().map_or(0, |p| p.line());
+            // The record's number (the header is 1), not `line()`: csv counts
+            // only `\n` there, and a file with bare `\r` line ends would give
+            // every row the same number (and event id).
+            let line = record.position().map_or(0, |p| p.record() + 1);
             if line <= state.record.lines_done {
                 continue;
             }
@@ -813,7 +841,7 @@ impl Worker {
         let partial = self
             .dirs
             .processing
-            .join(format!(".{}.rejects", state.name));
+            .join(format!(".{}.rejects", state.file_id));
         match &finish.rejected_name {
             Some(rejected_name) if partial.exists() => {
                 files::rename_durably(&partial, &self.dirs.rejected.join(rejected_name))?;

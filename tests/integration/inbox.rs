@@ -594,3 +594,58 @@ fn a_restart_in_the_middle_of_a_large_file_resumes_it() {
         "nothing left behind"
     );
 }
+
+/// Found in review: csv counts only `\n` as a line, so a file with bare `\r`
+/// line ends (old Mac exports) gave every row the same event id, and all but
+/// the first were dropped as duplicates.
+#[test]
+fn a_file_with_carriage_return_line_ends_applies_every_row() {
+    let inbox = tempfile::tempdir().expect("inbox dir");
+    let server = Server::start(&inbox_config(inbox.path(), ""));
+    let rows: String = (0..5)
+        .map(|i| format!("cr-{i},3pl-north,receipt,{},\r", i + 1))
+        .collect();
+    drop_file(
+        inbox.path(),
+        "mac.csv",
+        format!("sku,location,type,qty,reason\r{rows}").as_bytes(),
+    );
+    wait_for(
+        &inbox.path().join("processed").join("mac.csv.result.json"),
+        Duration::from_secs(30),
+    );
+    let result = processed(inbox.path(), "mac.csv");
+    assert_eq!(result["applied"], 5, "{result}");
+    for i in 0..5 {
+        assert_eq!(
+            on_hand(&server, &format!("cr-{i}"), "3pl-north"),
+            Some(i + 1)
+        );
+    }
+}
+
+/// A row of hundreds of kilobytes (here a megabyte of commas) is refused as a
+/// whole file before the CSV reader holds it, and the inbox goes on.
+#[test]
+fn a_hostile_giant_row_rejects_the_file_and_the_inbox_goes_on() {
+    let inbox = tempfile::tempdir().expect("inbox dir");
+    let server = Server::start(&inbox_config(inbox.path(), ""));
+    let mut hostile = b"sku,location,type,qty,reason\n".to_vec();
+    hostile.extend(std::iter::repeat_n(b',', 1 << 20));
+    hostile.push(b'\n');
+    drop_file(inbox.path(), "giant.csv", &hostile);
+    let rejected = inbox.path().join("rejected").join("giant.csv.result.json");
+    wait_for(&rejected, Duration::from_secs(30));
+    let result = read_json(&rejected);
+    assert_eq!(result["code"], "row_too_large", "{result}");
+    drop_file(
+        inbox.path(),
+        "after.csv",
+        b"sku,location,type,qty,reason\nafter-1,3pl-north,receipt,3,\n",
+    );
+    wait_for(
+        &inbox.path().join("processed").join("after.csv.result.json"),
+        Duration::from_secs(30),
+    );
+    assert_eq!(on_hand(&server, "after-1", "3pl-north"), Some(3));
+}
