@@ -7,12 +7,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use dashmap::DashMap;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, CollectSnapshot};
-use crate::storage::records::{IdempotencyRecord, META_SNAPSHOT_SEQ};
+use crate::storage::records::{
+    IdempotencyRecord, ReservationRecord, TransferRecord, META_SNAPSHOT_SEQ,
+};
 use crate::storage::{codec, Space, WriteBatch};
 
 /// Expiry checks per second: deadlines fire within `1000 / rate` ms.
@@ -158,15 +161,45 @@ impl Engine {
         }
     }
 
+    /// Drops up to `PURGE_PER_TICK_MAX` closed records (reservations or
+    /// transfers) last changed before `older_than_ms`, from the store and then
+    /// from memory. Records locked right now are left for the next tick.
+    async fn purge_closed<R: Closable>(
+        &self,
+        registry: &DashMap<Arc<str>, Arc<tokio::sync::Mutex<R>>>,
+        space: Space,
+        older_than_ms: i64,
+    ) -> usize {
+        let old: Vec<Arc<str>> = registry
+            .iter()
+            .filter_map(|entry| {
+                let record = entry.value().try_lock().ok()?;
+                record.purgeable(older_than_ms).then(|| entry.key().clone())
+            })
+            .take(PURGE_PER_TICK_MAX)
+            .collect();
+        let mut batch = WriteBatch::default();
+        for id in &old {
+            batch.delete(space, id.as_bytes());
+        }
+        if !old.is_empty() && self.write(batch).await.is_ok() {
+            for id in &old {
+                registry.remove(id);
+            }
+            return old.len();
+        }
+        0
+    }
+
     async fn retention(&self) {
         let hours = |h: u64| (h.saturating_mul(3_600_000)) as i64;
         let reservations_before = now_ms() - hours(self.config.reservation_retention_hours);
         let purged = self
-            .purge_reservations(reservations_before, PURGE_PER_TICK_MAX)
+            .purge_closed(&self.reservations, Space::Reservations, reservations_before)
             .await;
         let transfers_before = now_ms() - hours(self.config.transfer_retention_hours);
         let transfers_purged = self
-            .purge_transfers(transfers_before, PURGE_PER_TICK_MAX)
+            .purge_closed(&self.transfers, Space::Transfers, transfers_before)
             .await;
         if transfers_purged > 0 {
             tracing::info!(
@@ -214,5 +247,22 @@ impl Engine {
         if purged > 0 {
             tracing::info!(purged, "closed reservations past retention removed");
         }
+    }
+}
+
+/// A record the retention purge may drop once it is closed and old.
+pub(super) trait Closable {
+    fn purgeable(&self, older_than_ms: i64) -> bool;
+}
+
+impl Closable for ReservationRecord {
+    fn purgeable(&self, older_than_ms: i64) -> bool {
+        !self.status.is_open() && self.pending.is_none() && self.updated_at_ms < older_than_ms
+    }
+}
+
+impl Closable for TransferRecord {
+    fn purgeable(&self, older_than_ms: i64) -> bool {
+        !self.status.is_open() && self.pending.is_none() && self.updated_at_ms < older_than_ms
     }
 }

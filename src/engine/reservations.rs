@@ -1045,33 +1045,6 @@ impl Engine {
         self.reservations.remove(record.id.as_str());
         Ok(())
     }
-
-    /// Drops closed reservations older than the retention, from memory and store.
-    pub(super) async fn purge_reservations(&self, older_than_ms: i64, max: usize) -> usize {
-        let old: Vec<Arc<str>> = self
-            .reservations
-            .iter()
-            .filter_map(|entry| {
-                let record = entry.value().try_lock().ok()?;
-                (!record.status.is_open()
-                    && record.pending.is_none()
-                    && record.updated_at_ms < older_than_ms)
-                    .then(|| entry.key().clone())
-            })
-            .take(max)
-            .collect();
-        let mut batch = WriteBatch::default();
-        for id in &old {
-            batch.delete(Space::Reservations, id.as_bytes());
-        }
-        if !old.is_empty() && self.write(batch).await.is_ok() {
-            for id in &old {
-                self.reservations.remove(id);
-            }
-            return old.len();
-        }
-        0
-    }
 }
 
 /// Merges parts taken at the same position: split sourcing may come back

@@ -909,31 +909,4 @@ impl Engine {
             }
         }
     }
-
-    /// Drops received and cancelled transfers older than the retention.
-    pub(super) async fn purge_transfers(&self, older_than_ms: i64, max: usize) -> usize {
-        let old: Vec<Arc<str>> = self
-            .transfers
-            .iter()
-            .filter_map(|entry| {
-                let record = entry.value().try_lock().ok()?;
-                (!record.status.is_open()
-                    && record.pending.is_none()
-                    && record.updated_at_ms < older_than_ms)
-                    .then(|| entry.key().clone())
-            })
-            .take(max)
-            .collect();
-        let mut batch = WriteBatch::default();
-        for id in &old {
-            batch.delete(Space::Transfers, id.as_bytes());
-        }
-        if !old.is_empty() && self.write(batch).await.is_ok() {
-            for id in &old {
-                self.transfers.remove(id);
-            }
-            return old.len();
-        }
-        0
-    }
 }
