@@ -1,4 +1,6 @@
-//! Property-driven fuzzing of request decoding: arbitrary bytes, arbitrary
+//! Property-driven fuzzing of request decoding (reservations and warehouse
+//! events; the domain commands have their own model tests in
+//! `domain::model_tests`): arbitrary bytes, arbitrary
 //! JSON built from the API's own field names, and mutations of valid bodies
 //! must never panic, and every refusal must be a 4xx with a stable code.
 //! Longer runs: `PROPTEST_CASES=200000 cargo test --lib api::fuzz_tests`.
@@ -7,6 +9,7 @@ use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::events::decode as decode_event;
 use super::reservations::decode_create;
 use crate::config::is_valid_id;
 use crate::domain::QTY_MAX;
@@ -29,6 +32,13 @@ const FIELDS: &[&str] = &[
     "reason",
     "counted",
     "skus",
+    "restockable",
+    "action",
+    "transfer_id",
+    "to",
+    "from",
+    "occurred_at",
+    "expected_version",
     "x",
 ];
 
@@ -99,8 +109,33 @@ fn check_create(body: &[u8]) {
     }
 }
 
+/// 2,048 cases per property in `make test`; `PROPTEST_CASES` for longer runs.
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2048)
+}
+
+fn valid_event() -> Value {
+    json!({"event_id": "e-1", "type": "adjustment", "source": "wms", "sku": "s-1",
+           "location": "wh-east", "delta": -3, "reason": "damage",
+           "occurred_at": "2026-12-01T10:00:00Z"})
+}
+
+/// An event decodes to a validated `WarehouseEvent` or a 4xx with a code.
+fn check_event(value: Value) {
+    match decode_event(value) {
+        Ok(event) => {
+            assert!(is_valid_id(&event.event_id) && is_valid_id(&event.sku));
+            assert!(is_valid_id(&event.location) && is_valid_id(&event.source));
+        }
+        Err(bad) => assert_client_error(&bad.error),
+    }
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2048))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
 
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -113,6 +148,15 @@ proptest! {
         let mut wrapped = valid_create();
         wrapped["lines"][0] = value.clone();
         check_create(wrapped.to_string().as_bytes());
+    }
+
+    #[test]
+    fn arbitrary_events_never_panic(value in json_value(), field in prop::sample::select(FIELDS)) {
+        check_event(value.clone());
+        // A valid event with one field replaced by anything.
+        let mut event = valid_event();
+        event[field] = value;
+        check_event(event);
     }
 
     #[test]
