@@ -163,7 +163,7 @@ struct Columns {
     on_hand: usize,
 }
 
-fn columns(header: &csv::StringRecord) -> Result<Columns, ApiError> {
+fn columns(header: &[&str]) -> Result<Columns, ApiError> {
     let find = |name: &str| {
         header
             .iter()
@@ -185,8 +185,9 @@ fn columns(header: &csv::StringRecord) -> Result<Columns, ApiError> {
     })
 }
 
-/// A CSV upload being read: the header's columns once seen, rows so far, and
-/// the chunk being filled.
+/// A CSV upload being read: csv-core's push parser takes the body part by
+/// part (quoted fields may span parts and lines), each record lands in a
+/// bounded buffer, and full chunks of rows are compared as they fill.
 struct CsvUpload<'a> {
     engine: &'a Engine,
     caller: &'a Caller,
@@ -195,57 +196,114 @@ struct CsvUpload<'a> {
     rows_seen: u64,
     rows_max: u64,
     chunk: Vec<SnapshotRow>,
+    parser: csv_core::Reader,
+    /// The record being read: its bytes and its field ends.
+    out: Vec<u8>,
+    out_len: usize,
+    ends: Vec<usize>,
+    ends_len: usize,
 }
 
 impl CsvUpload<'_> {
-    /// Parses the complete lines of `text` (ids cannot hold quotes or line
-    /// breaks, so a row is one line), comparing each full chunk.
-    async fn take_lines(&mut self, text: &[u8]) -> Result<(), ApiError> {
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(text);
-        for record in reader.records() {
-            let record = record.map_err(|e| ApiError::BadRequest(format!("not CSV: {e}")))?;
-            if record.iter().all(|field| field.trim().is_empty()) {
-                continue;
-            }
-            let Some(cols) = self.columns.as_ref() else {
-                self.columns = Some(columns(&record)?);
-                continue;
-            };
-            self.rows_seen += 1;
-            if self.rows_seen > self.rows_max {
-                return Err(ApiError::PayloadTooLarge(self.rows_max as usize));
-            }
-            let field = |i: usize| record.get(i).unwrap_or("").trim().to_string();
-            let on_hand = field(cols.on_hand);
-            match on_hand
-                .parse::<u64>()
-                .ok()
-                .filter(|n| *n <= crate::domain::QTY_MAX)
-            {
-                Some(on_hand) => {
-                    let row = SnapshotRow {
-                        row: self.rows_seen,
-                        sku: field(cols.sku),
-                        location: field(cols.location),
-                        on_hand,
-                    };
-                    admit_row(&mut self.run, self.caller, &mut self.chunk, row);
+    /// Parses one part of the body; an empty `input` means the body ended.
+    async fn feed(&mut self, mut input: &[u8]) -> Result<(), ApiError> {
+        loop {
+            let (result, read, written, ended) = self.parser.read_record(
+                input,
+                &mut self.out[self.out_len..],
+                &mut self.ends[self.ends_len..],
+            );
+            input = &input[read..];
+            self.out_len += written;
+            self.ends_len += ended;
+            match result {
+                csv_core::ReadRecordResult::InputEmpty | csv_core::ReadRecordResult::End => {
+                    return Ok(())
                 }
-                None => self.run.report.reject_row(
-                    self.rows_seen,
-                    "quantity_out_of_range",
-                    format!(
-                        "on_hand {:?} is not an integer in 0..=1000000000",
-                        on_hand.chars().take(32).collect::<String>()
-                    ),
+                csv_core::ReadRecordResult::OutputFull => {
+                    return Err(ApiError::BadRequest(format!(
+                        "row {}: a CSV record is over {RECORD_BYTES_MAX} bytes",
+                        self.rows_seen + 1
+                    )))
+                }
+                csv_core::ReadRecordResult::OutputEndsFull => {
+                    return Err(ApiError::BadRequest(format!(
+                        "row {}: a CSV record has over {RECORD_FIELDS_MAX} fields",
+                        self.rows_seen + 1
+                    )))
+                }
+                csv_core::ReadRecordResult::Record => {
+                    let result = self.take_record().await;
+                    self.out_len = 0;
+                    self.ends_len = 0;
+                    result?;
+                }
+            }
+        }
+    }
+
+    /// The record just read: the header, or a row.
+    async fn take_record(&mut self) -> Result<(), ApiError> {
+        let mut fields = Vec::with_capacity(self.ends_len);
+        let mut start = 0;
+        for &end in &self.ends[..self.ends_len] {
+            fields.push(std::str::from_utf8(&self.out[start..end]).map(str::trim));
+            start = end;
+        }
+        if fields
+            .iter()
+            .all(|f| f.as_ref().is_ok_and(|f| f.is_empty()))
+        {
+            return Ok(());
+        }
+        let Some(cols) = self.columns.as_ref() else {
+            let header: Vec<&str> = fields
+                .into_iter()
+                .collect::<Result<_, _>>()
+                .map_err(|_| ApiError::BadRequest("the CSV header is not UTF-8".to_string()))?;
+            self.columns = Some(columns(&header)?);
+            return Ok(());
+        };
+        self.rows_seen += 1;
+        if self.rows_seen > self.rows_max {
+            return Err(ApiError::PayloadTooLarge(self.rows_max as usize));
+        }
+        let field = |i: usize| fields.get(i).cloned().unwrap_or(Ok(""));
+        let (Ok(sku), Ok(location), Ok(on_hand)) =
+            (field(cols.sku), field(cols.location), field(cols.on_hand))
+        else {
+            self.run.report.reject_row(
+                self.rows_seen,
+                "bad_request",
+                "the row is not UTF-8".to_string(),
+            );
+            return Ok(());
+        };
+        match on_hand
+            .parse::<u64>()
+            .ok()
+            .filter(|n| *n <= crate::domain::QTY_MAX)
+        {
+            Some(on_hand) => {
+                let row = SnapshotRow {
+                    row: self.rows_seen,
+                    sku: sku.to_string(),
+                    location: location.to_string(),
+                    on_hand,
+                };
+                admit_row(&mut self.run, self.caller, &mut self.chunk, row);
+            }
+            None => self.run.report.reject_row(
+                self.rows_seen,
+                "quantity_out_of_range",
+                format!(
+                    "on_hand {:?} is not an integer in 0..=1000000000",
+                    on_hand.chars().take(32).collect::<String>()
                 ),
-            }
-            if self.chunk.len() >= RECONCILE_CHUNK {
-                flush(self.engine, &mut self.run, &mut self.chunk).await?;
-            }
+            ),
+        }
+        if self.chunk.len() >= RECONCILE_CHUNK {
+            flush(self.engine, &mut self.run, &mut self.chunk).await?;
         }
         Ok(())
     }
@@ -273,30 +331,24 @@ async fn reconcile_csv(
         rows_seen: 0,
         rows_max: state.config.reconciliation_rows_max,
         chunk: Vec::with_capacity(RECONCILE_CHUNK),
+        parser: csv_core::Reader::new(),
+        out: vec![0; RECORD_BYTES_MAX],
+        out_len: 0,
+        ends: vec![0; RECORD_FIELDS_MAX],
+        ends_len: 0,
     };
     let mut received = 0usize;
-    let mut pending: Vec<u8> = Vec::new();
     while let Some(part) = payload.next().await {
         let part = part.map_err(|e| ApiError::BadRequest(format!("could not read body: {e}")))?;
         received += part.len();
         if received > bytes_max {
             return Err(ApiError::PayloadTooLarge(bytes_max));
         }
-        pending.extend_from_slice(&part);
-        // Only whole lines are parsed; the rest waits for the next part.
-        let Some(end) = pending.iter().rposition(|b| *b == b'\n') else {
-            if pending.len() > LINE_MAX {
-                return Err(ApiError::BadRequest(format!(
-                    "a CSV line is over {LINE_MAX} bytes"
-                )));
-            }
-            continue;
-        };
-        let rest = pending.split_off(end + 1);
-        upload.take_lines(&pending).await?;
-        pending = rest;
+        if !part.is_empty() {
+            upload.feed(&part).await?;
+        }
     }
-    upload.take_lines(&pending).await?;
+    upload.feed(&[]).await?;
     flush(engine, &mut upload.run, &mut upload.chunk).await?;
     if upload.columns.is_none() {
         return Err(ApiError::BadRequest(
@@ -306,8 +358,9 @@ async fn reconcile_csv(
     Ok(HttpResponse::Ok().json(report_json(&upload.run)))
 }
 
-/// Longest CSV line accepted.
-const LINE_MAX: usize = 64 * 1024;
+/// Largest CSV record (its fields' bytes) and most fields per record.
+const RECORD_BYTES_MAX: usize = 64 * 1024;
+const RECORD_FIELDS_MAX: usize = 256;
 
 #[utoipa::path(post, path = "/v1/reconciliations", tag = "reconciliations",
     params(CsvQuery, ("Idempotency-Key" = Option<String>, Header, description = "JSON bodies: replay-safe retries")),

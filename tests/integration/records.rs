@@ -385,3 +385,40 @@ fn an_exception_can_be_retried_with_the_corrected_event_or_resolved_with_a_note(
         "damage was booked twice; counted on the floor"
     );
 }
+
+#[test]
+fn a_csv_snapshot_may_quote_line_breaks_in_other_columns_and_use_crlf() {
+    let server = Server::start(AUTHORITY);
+    server.receive("q-1", "wh-east", 4);
+    server.receive("q-2", "wh-east", 9);
+    let upload = |body: &[u8]| {
+        let request = ureq::post(&server.url("/v1/reconciliations?source=erp&apply=true"))
+            .set("content-type", "text/csv");
+        match request.send_bytes(body) {
+            Ok(response) => (response.status(), response.into_json::<Value>().unwrap()),
+            Err(ureq::Error::Status(status, response)) => {
+                (status, response.into_json::<Value>().unwrap())
+            }
+            Err(error) => panic!("{error}"),
+        }
+    };
+    let csv = "description,sku,on_hand,location\r\n\
+               \"blue mug,\r\nlarge\",q-1,4,wh-east\r\n\
+               \"red mug\nsmall \"\"seconds\"\"\",q-2,7,wh-east\r\n";
+    let (status, report) = upload(csv.as_bytes());
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["checked"], 2, "{report}");
+    assert_eq!(report["matched"], 1, "{report}");
+    assert_eq!(report["applied"], 1, "{report}");
+    assert_eq!(report["exceptions"][0]["sku"], "q-2", "{report}");
+    assert_eq!(on_hand(&server, "q-2", "wh-east"), 7);
+    // A record past the buffer is refused with a clear error, and nothing hangs.
+    let mut huge = b"sku,location,on_hand\n\"".to_vec();
+    huge.extend(std::iter::repeat_n(b'x', 100_000));
+    huge.extend_from_slice(b"\",wh-east,1\n");
+    let (status, problem) = upload(&huge);
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["code"], "bad_request", "{problem}");
+    let (status, problem) = upload(b"");
+    assert_eq!(status, 400, "{problem}");
+}
