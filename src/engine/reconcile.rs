@@ -1,7 +1,8 @@
 //! Reconciliation (SPEC §2): compare a system of record's on-hand snapshot
 //! with the engine's positions, chunk by chunk, so a snapshot of millions of
 //! rows never sits in memory. Each difference is counted, queued as a
-//! `reconciliation_difference` exception, and with `apply` (only where the
+//! `reconciliation_difference` exception (one open per source and position,
+//! resolved by the run that corrects it), and with `apply` (only where the
 //! source is authoritative for on-hand) corrected by a `correction`
 //! adjustment whose delta the position computes itself, refused if the
 //! position changed since it was compared.
@@ -14,6 +15,8 @@ use futures_util::future::join_all;
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, Meta, PositionReadout};
 use crate::domain::Command;
+use crate::storage::records::ExceptionResolution;
+use crate::storage::{Space, WriteBatch};
 
 /// Rows compared per chunk (one read per distinct SKU in it).
 pub const RECONCILE_CHUNK: usize = 1000;
@@ -97,7 +100,26 @@ impl Reconciliation {
     }
 }
 
+/// `Space::Meta` key of the open difference exception for one source and position.
+fn open_difference_key(source: &str, sku: &str, location: &str) -> Vec<u8> {
+    format!("recon-open/{source}\0{sku}\0{location}").into_bytes()
+}
+
 impl Engine {
+    /// The open difference exception a marker points at, if it is still open.
+    fn open_difference(&self, marker: &[u8]) -> Result<Option<u64>, EngineError> {
+        let Some(bytes) = self.shared.store.get(Space::Meta, marker)? else {
+            return Ok(None);
+        };
+        let Ok(id) = <[u8; 8]>::try_from(bytes.as_slice()).map(u64::from_be_bytes) else {
+            return Ok(None);
+        };
+        Ok(self
+            .exception(id)?
+            .filter(|(record, _)| record.status == "open")
+            .map(|_| id))
+    }
+
     /// Compares (and with `apply` corrects) one chunk of rows. Row ids are
     /// checked by the caller; unknown locations are row errors here.
     pub async fn reconcile_chunk(
@@ -225,29 +247,60 @@ impl Engine {
         } else {
             "open"
         };
-        self.queue_exception(super::NewException {
-            kind: "reconciliation_difference",
-            code: difference.code.unwrap_or("on_hand_differs"),
-            detail,
-            sku: Some(sku.to_string()),
-            location: Some(row.location),
-            event_id: difference
-                .applied
-                .then(|| format!("recon:{}:{}", run.run_id, row.row)),
-            source: Some(run.source.clone()),
-            payload: Some(
-                serde_json::json!({
-                    "engine_on_hand": engine_on_hand,
-                    "source_on_hand": row.on_hand,
-                    "diff": diff,
-                    "seq": difference.seq,
-                })
-                .to_string(),
-            ),
-            correlation_id: run.correlation_id.clone(),
-            status,
-        })
-        .await;
+        // One open exception per (source, position): a nightly run that finds
+        // the same difference again does not queue it again, and a run that
+        // corrects it resolves the open one.
+        let marker = open_difference_key(&run.source, sku, &row.location);
+        let open = self.open_difference(&marker)?;
+        match (open, difference.applied) {
+            (Some(id), true) => {
+                self.resolve_exception(
+                    id,
+                    ExceptionResolution {
+                        note: format!("corrected by reconciliation {}", run.run_id),
+                        by: run.source.clone(),
+                        at_ms: now_ms(),
+                        retried_event_id: Some(format!("recon:{}:{}", run.run_id, row.row)),
+                        seq: difference.seq,
+                        correlation_id: run.correlation_id.to_string(),
+                    },
+                )
+                .await?;
+                let mut batch = WriteBatch::default();
+                batch.delete(Space::Meta, marker);
+                self.write(batch).await?;
+            }
+            (Some(_), false) => {}
+            (None, applied) => {
+                let id = self
+                    .queue_exception(super::NewException {
+                        kind: "reconciliation_difference",
+                        code: difference.code.unwrap_or("on_hand_differs"),
+                        detail,
+                        sku: Some(sku.to_string()),
+                        location: Some(row.location),
+                        event_id: applied.then(|| format!("recon:{}:{}", run.run_id, row.row)),
+                        source: Some(run.source.clone()),
+                        payload: Some(
+                            serde_json::json!({
+                                "engine_on_hand": engine_on_hand,
+                                "source_on_hand": row.on_hand,
+                                "diff": diff,
+                                "seq": difference.seq,
+                            })
+                            .to_string(),
+                        ),
+                        correlation_id: run.correlation_id.clone(),
+                        status,
+                    })
+                    .await;
+                if !applied {
+                    let mut batch = WriteBatch::default();
+                    batch.put(Space::Meta, marker, id.to_be_bytes().to_vec());
+                    self.write(batch).await?;
+                }
+            }
+        }
         Ok(difference)
     }
 }
