@@ -27,7 +27,7 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use crate::config::{Config, RateLimit, Role};
-use crate::engine::ReservationView;
+use crate::storage::records::ReservationRecord;
 
 /// Longest bearer token looked at; longer ones are refused without hashing.
 const TOKEN_LEN_MAX: usize = 4096;
@@ -133,9 +133,9 @@ impl Caller {
 
     /// A channel key touches only its own reservations; a system key only those
     /// whose every line is at one of its locations.
-    pub fn may_see(&self, view: &ReservationView) -> Result<(), ApiError> {
-        self.may_act_for(&view.record.channel)?;
-        for line in &view.record.lines {
+    pub fn may_see(&self, record: &ReservationRecord) -> Result<(), ApiError> {
+        self.may_act_for(&record.channel)?;
+        for line in &record.lines {
             self.may_touch(&line.location)?;
         }
         Ok(())

@@ -185,7 +185,7 @@ pub async fn get(
     let engine = state.engine()?;
     let id = check_id("reservation id", &id)?;
     let view = engine.get_reservation(id).await?;
-    caller.may_see(&view)?;
+    caller.may_see(&view.record)?;
     Ok(HttpResponse::Ok().json(view_json(&view)))
 }
 
@@ -212,7 +212,7 @@ async fn transition(
     // (A reservation not there yet is 404 now, not checked later: one created
     // meanwhile by another channel must not be touched unchecked.)
     if !caller.is_unscoped() {
-        caller.may_see(&engine.get_reservation(&id).await?)?;
+        caller.may_see(&engine.reservation_record(&id).await?)?;
     }
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);

@@ -653,12 +653,19 @@ impl Engine {
 
     /// The reservation with its current per-line backorders.
     pub async fn get_reservation(&self, id: &str) -> Result<ReservationView, EngineError> {
+        let record = self.reservation_record(id).await?;
+        Ok(self.view(record).await)
+    }
+
+    /// The stored record only (who owns it, which lines), without asking the
+    /// positions for their backorders as a view does.
+    pub async fn reservation_record(&self, id: &str) -> Result<ReservationRecord, EngineError> {
         let cell = self.cell(id)?;
         let record = cell.lock().await.clone();
         if record.pending == Some(PendingOp::Create) {
             return Err(EngineError::NotFound(format!("reservation {id} not found")));
         }
-        Ok(self.view(record).await)
+        Ok(record)
     }
 
     fn cell(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<ReservationRecord>>, EngineError> {
