@@ -9,7 +9,7 @@ use serde_json::json;
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
-use super::input::{check_id, parse_json, read_body};
+use super::input::{check_id, parse_json, read_body, reject_body};
 use super::AppState;
 use crate::channels::runtime::ChannelReport;
 use crate::channels::sink::rfc3339_ms;
@@ -93,19 +93,12 @@ async fn control(
     check_id("channel", &id)?;
     let body = read_body(payload, state.config.max_body_bytes).await?;
     idempotency::run(engine, &request, &body, |_| async {
-        if !body.is_empty() {
-            let _: EmptyBody = parse_json(&body)?;
-        }
+        reject_body(&body)?;
         let report = channels.set_paused(&id, paused).await?;
         Ok::<Reply, ApiError>((StatusCode::OK, report_json(&report)))
     })
     .await
 }
-
-/// Pause and resume take no fields; `{}` or no body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EmptyBody {}
 
 #[utoipa::path(post, path = "/v1/channels/{id}/pause", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
@@ -149,9 +142,7 @@ pub async fn resync(
     check_id("channel", &id)?;
     let body = read_body(payload, state.config.max_body_bytes).await?;
     idempotency::run(engine, &request, &body, |_| async {
-        if !body.is_empty() {
-            let _: EmptyBody = parse_json(&body)?;
-        }
+        reject_body(&body)?;
         let queued = channels.resync(&id).await?;
         Ok::<Reply, ApiError>((
             StatusCode::ACCEPTED,

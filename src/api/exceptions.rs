@@ -12,7 +12,7 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::events::{decode, exception_json, outcome_json};
 use super::idempotency::{self, Reply};
-use super::input::{parse_json, read_body};
+use super::input::{parse_json, parse_optional_json, read_body};
 use super::{correlation_id, AppState};
 use crate::actors::now_ms;
 use crate::engine::{Engine, EngineError, EventStatus};
@@ -166,11 +166,7 @@ pub async fn retry(
                 EngineError::InvalidState(format!("exception {id} is already resolved")).into(),
             );
         }
-        let given = if body_ref.iter().all(u8::is_ascii_whitespace) {
-            None
-        } else {
-            parse_json::<RetryBody>(body_ref)?.event
-        };
+        let given = parse_optional_json::<RetryBody>(body_ref)?.and_then(|b| b.event);
         let raw = match given {
             Some(event) => event,
             None => record

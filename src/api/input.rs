@@ -45,13 +45,18 @@ pub fn check_id<'a>(what: &str, id: &'a str) -> Result<&'a str, ApiError> {
 
 /// For routes that take no body: nothing, whitespace or `{}`.
 pub fn reject_body(body: &[u8]) -> Result<(), ApiError> {
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Ok(());
-    }
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Empty {}
-    parse_json::<Empty>(body).map(drop)
+    parse_optional_json::<Empty>(body).map(drop)
+}
+
+/// A body that may be absent (empty or whitespace: `None`), else strict JSON.
+pub fn parse_optional_json<T: DeserializeOwned>(body: &[u8]) -> Result<Option<T>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    parse_json(body).map(Some)
 }
 
 /// A quantity in `1..=QTY_MAX`; any other number (zero, negative, fraction,

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
-use super::input::{check_id, parse_json, qty, read_body, reject_body, rfc3339};
+use super::input::{
+    check_id, parse_json, parse_optional_json, qty, read_body, reject_body, rfc3339,
+};
 use super::{correlation_id, AppState};
 use crate::engine::{LineRequest, NewReservation, ReservationView, ShipLine};
 
@@ -229,25 +231,20 @@ async fn transition(
                 engine.allocate_reservation(id, correlation).await?
             }
             Action::Ship => {
-                let lines = if body.iter().all(u8::is_ascii_whitespace) {
-                    None
-                } else {
-                    let parsed: ShipBody = parse_json(body)?;
-                    match parsed.lines {
-                        None => None,
-                        Some(lines) => {
-                            let mut ship = Vec::with_capacity(lines.len());
-                            for line in lines {
-                                check_id("sku", &line.sku)?;
-                                check_id("location", &line.location)?;
-                                ship.push(ShipLine {
-                                    qty: qty("qty", &line.qty)?,
-                                    sku: line.sku,
-                                    location: line.location,
-                                });
-                            }
-                            Some(ship)
+                let lines = match parse_optional_json::<ShipBody>(body)?.and_then(|b| b.lines) {
+                    None => None,
+                    Some(lines) => {
+                        let mut ship = Vec::with_capacity(lines.len());
+                        for line in lines {
+                            check_id("sku", &line.sku)?;
+                            check_id("location", &line.location)?;
+                            ship.push(ShipLine {
+                                qty: qty("qty", &line.qty)?,
+                                sku: line.sku,
+                                location: line.location,
+                            });
                         }
+                        Some(ship)
                     }
                 };
                 engine.ship_reservation(id, lines, correlation).await?
