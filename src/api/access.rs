@@ -59,11 +59,11 @@ pub struct Caller {
     pub name: Arc<str>,
     pub role: Role,
     /// `channel` role: the one channel it acts for.
-    pub channel: Option<String>,
+    pub channel: Option<Arc<str>>,
     /// `system` role: the locations it may touch.
-    pub locations: Vec<String>,
+    pub locations: Arc<[String]>,
     /// `system` role: the sources it may post as (empty: any).
-    pub sources: Vec<String>,
+    pub sources: Arc<[String]>,
     /// Index of its rate limiter (`None` when the API runs open).
     slot: Option<usize>,
 }
@@ -74,8 +74,8 @@ impl Caller {
             name: Arc::from("-"),
             role: Role::Admin,
             channel: None,
-            locations: Vec::new(),
-            sources: Vec::new(),
+            locations: Arc::from([]),
+            sources: Arc::from([]),
             slot: None,
         }
     }
@@ -148,7 +148,8 @@ impl Caller {
     }
 }
 
-/// Handlers take the caller as an argument. A protected route always has one
+/// Handlers take the caller as an argument (a clone is a few reference
+/// counts: its lists are shared). A protected route always has one
 /// (the middleware put it there); without one the request is refused, so a
 /// route wired without a policy fails closed.
 impl FromRequest for Caller {
@@ -219,9 +220,9 @@ impl Keys {
                 caller: Arc::new(Caller {
                     name: Arc::from(key.name.as_str()),
                     role: key.role,
-                    channel: key.channel.clone(),
-                    locations: key.locations.clone(),
-                    sources: key.sources.clone(),
+                    channel: key.channel.as_deref().map(Arc::from),
+                    locations: Arc::from(key.locations.as_slice()),
+                    sources: Arc::from(key.sources.as_slice()),
                     slot: Some(slot),
                 }),
                 limiter: limiter(key.rate_limit.unwrap_or(config.default_rate_limit)),
@@ -383,9 +384,11 @@ locations = ["wh-east"]
     }
 
     #[test]
-    fn roles_and_rate_limits_are_enforced_in_that_order() {
+    fn the_rate_limit_is_taken_before_the_role_is_checked() {
         let keys = keys(CONFIG);
         let shop = keys.authenticate(Some(&bearer("shop-secret")));
+        // A refused call still spends a token: refusals cannot be used to probe
+        // faster than the limit.
         assert!(matches!(
             keys.admit(Policy::Roles(ADMIN), &shop),
             Err(ApiError::Forbidden(_))
@@ -443,8 +446,8 @@ locations = ["wh-east"]
             name: Arc::from("wms"),
             role: Role::System,
             channel: None,
-            locations: vec!["wh-east".to_string()],
-            sources: vec!["wms".to_string()],
+            locations: Arc::from(["wh-east".to_string()]),
+            sources: Arc::from(["wms".to_string()]),
             slot: None,
         };
         assert!(system.may_claim("wms").is_ok());

@@ -214,11 +214,24 @@ pub async fn edge_middleware(
             "application state missing",
         ));
     };
-    let identity = state.keys.authenticate(
-        request
+    let head_bytes = request.path().len()
+        + request.query_string().len()
+        + request
             .headers()
-            .get(actix_web::http::header::AUTHORIZATION),
-    );
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum::<usize>();
+    let too_large = head_bytes > state.config.max_header_bytes;
+    // An oversized head is refused before its token is hashed.
+    let identity = if too_large {
+        Identity::Anonymous
+    } else {
+        state.keys.authenticate(
+            request
+                .headers()
+                .get(actix_web::http::header::AUTHORIZATION),
+        )
+    };
     let key = identity.log_name();
     // Every line logged while handling the request carries its correlation id and
     // the name of the key that called (never the secret).
@@ -229,14 +242,7 @@ pub async fn edge_middleware(
         method = %request.method(),
         path = %request.path(),
     );
-    let head_bytes = request.path().len()
-        + request.query_string().len()
-        + request
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum::<usize>();
-    let admitted = if head_bytes > state.config.max_header_bytes {
+    let admitted = if too_large {
         Err(ApiError::HeadersTooLarge(state.config.max_header_bytes))
     } else {
         // The decoded path, which is what actix routes on: matching the raw
