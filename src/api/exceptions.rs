@@ -17,6 +17,7 @@ use super::{correlation_id, AppState};
 use crate::actors::now_ms;
 use crate::engine::{Engine, EngineError, EventStatus};
 use crate::storage::records::{ExceptionRecord, ExceptionResolution};
+use crate::storage::WriteBatch;
 
 const NOTE_LEN_MAX: usize = 2000;
 
@@ -136,6 +137,7 @@ pub async fn resolve(
                     seq: None,
                     correlation_id: correlation.to_string(),
                 },
+                WriteBatch::default(),
             )
             .await?;
         Ok::<Reply, ApiError>((StatusCode::OK, exception_json(&record, resolution.as_ref())))
@@ -223,6 +225,7 @@ pub async fn retry(
                         seq: outcome.seq,
                         correlation_id: correlation.to_string(),
                     },
+                    WriteBatch::default(),
                 )
                 .await?;
             exception_json(&record, resolution.as_ref())

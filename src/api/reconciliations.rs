@@ -140,7 +140,17 @@ async fn reconcile_json(
     let mut run = Reconciliation::new(parsed.source, parsed.apply, correlation);
     let mut chunk = Vec::with_capacity(RECONCILE_CHUNK);
     for (index, position) in parsed.positions.into_iter().enumerate() {
-        let on_hand = amount("on_hand", &position.on_hand)?;
+        // A bad row is a row error, as in a CSV upload: earlier chunks may
+        // already be corrected, so the run must not end in an error here.
+        let on_hand = match amount("on_hand", &position.on_hand) {
+            Ok(on_hand) => on_hand,
+            Err(error) => {
+                let (_, code) = error.status_and_code();
+                run.report
+                    .reject_row(index as u64 + 1, code, error.to_string());
+                continue;
+            }
+        };
         let row = SnapshotRow {
             row: index as u64 + 1,
             sku: position.sku,
@@ -297,8 +307,9 @@ impl CsvUpload<'_> {
                 self.rows_seen,
                 "quantity_out_of_range",
                 format!(
-                    "on_hand {:?} is not an integer in 0..=1000000000",
-                    on_hand.chars().take(32).collect::<String>()
+                    "on_hand {:?} is not an integer in 0..={}",
+                    on_hand.chars().take(32).collect::<String>(),
+                    crate::domain::QTY_MAX
                 ),
             ),
         }

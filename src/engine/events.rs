@@ -507,9 +507,20 @@ impl Engine {
     /// read at all), written atomically with `extra`.
     pub async fn record_exception(
         &self,
-        mut record: ExceptionRecord,
+        record: ExceptionRecord,
         extra: WriteBatch,
-    ) -> Result<(), EngineError> {
+    ) -> Result<u64, EngineError> {
+        let (id, mut batch) = self.exception_batch(record)?;
+        batch.append(extra);
+        self.write(batch).await?;
+        Ok(id)
+    }
+
+    /// The write that queues `record` under a fresh id.
+    pub(super) fn exception_batch(
+        &self,
+        mut record: ExceptionRecord,
+    ) -> Result<(u64, WriteBatch), EngineError> {
         record.id = self
             .shared
             .next_exception_id
@@ -520,39 +531,7 @@ impl Engine {
             seq_key(record.id),
             codec::encode(&record)?,
         );
-        batch.append(extra);
-        self.write(batch).await
-    }
-
-    /// Adds an exception to the durable queue (through the journal writer).
-    pub async fn queue_exception(&self, new: NewException) -> u64 {
-        let id = self
-            .shared
-            .next_exception_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let record = ExceptionRecord {
-            id,
-            kind: new.kind.to_string(),
-            code: new.code.to_string(),
-            detail: new.detail,
-            sku: new.sku,
-            location: new.location,
-            event_id: new.event_id,
-            source: new.source,
-            payload: new.payload,
-            correlation_id: new.correlation_id.to_string(),
-            created_at_ms: now_ms(),
-            status: new.status.to_string(),
-        };
-        let mut batch = WriteBatch::default();
-        match codec::encode(&record) {
-            Ok(bytes) => batch.put(Space::Exceptions, seq_key(id), bytes),
-            Err(error) => tracing::error!(%error, "exception record did not encode"),
-        }
-        if let Err(error) = self.write(batch).await {
-            tracing::error!(%error, kind = new.kind, "could not queue an exception");
-        }
-        id
+        Ok((record.id, batch))
     }
 
     /// One exception, with its resolution when it has one.
@@ -588,6 +567,7 @@ impl Engine {
         &self,
         id: u64,
         resolution: ExceptionResolution,
+        extra: WriteBatch,
     ) -> Result<(ExceptionRecord, Option<ExceptionResolution>), EngineError> {
         let Some((mut record, existing)) = self.exception(id)? else {
             return Err(EngineError::NotFound(format!("exception {id} not found")));
@@ -603,6 +583,7 @@ impl Engine {
             exception_resolution_key(id),
             codec::encode(&resolution)?,
         );
+        batch.append(extra);
         self.write(batch).await?;
         Ok((record, Some(resolution)))
     }
@@ -655,23 +636,6 @@ impl Engine {
         }
         "other"
     }
-}
-
-/// An exception to queue (its id and time are the engine's).
-pub struct NewException {
-    /// `rejected_event`, `reconciliation_difference`, ...
-    pub kind: &'static str,
-    pub code: &'static str,
-    pub detail: String,
-    pub sku: Option<String>,
-    pub location: Option<String>,
-    pub event_id: Option<String>,
-    pub source: Option<String>,
-    /// JSON text.
-    pub payload: Option<String>,
-    pub correlation_id: Arc<str>,
-    /// `open` or `resolved`.
-    pub status: &'static str,
 }
 
 /// An event id being applied; released on drop.

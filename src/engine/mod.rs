@@ -14,9 +14,7 @@ mod recovery;
 mod reservations;
 mod transfers;
 
-pub use events::{
-    error_code, EventCommand, EventOutcome, EventStatus, NewException, Rejection, WarehouseEvent,
-};
+pub use events::{error_code, EventCommand, EventOutcome, EventStatus, Rejection, WarehouseEvent};
 pub use reconcile::{
     Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,
     REPORT_LIST_MAX,

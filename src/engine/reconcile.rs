@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, Meta, PositionReadout};
 use crate::domain::Command;
-use crate::storage::records::ExceptionResolution;
+use crate::storage::records::{ExceptionRecord, ExceptionResolution};
 use crate::storage::{Space, WriteBatch};
 
 /// Rows compared per chunk (one read per distinct SKU in it).
@@ -180,6 +180,7 @@ impl Engine {
         version: Option<u64>,
     ) -> Result<Difference, EngineError> {
         let diff = row.on_hand as i64 - engine_on_hand as i64;
+        let event_id = format!("recon:{}:{}", run.run_id, row.row);
         let mut difference = Difference {
             sku: sku.to_string(),
             location: row.location.clone(),
@@ -202,7 +203,7 @@ impl Engine {
                     .cloned()
                     .ok_or_else(|| EngineError::UnknownLocation(row.location.clone()))?;
                 let meta = Meta {
-                    event_id: format!("recon:{}:{}", run.run_id, row.row),
+                    event_id: event_id.clone(),
                     source: Arc::from(run.source.as_str()),
                     correlation_id: run.correlation_id.clone(),
                     occurred_at_ms: now_ms(),
@@ -231,74 +232,61 @@ impl Engine {
                 }
             }
         }
-        let detail = format!(
-            "{} says on_hand {}, stockwire has {} (diff {diff:+}){}",
-            run.source,
-            row.on_hand,
-            engine_on_hand,
-            match (difference.applied, difference.code) {
-                (true, _) => ": corrected".to_string(),
-                (false, Some(code)) => format!(": not corrected ({code})"),
-                (false, None) => String::new(),
-            }
-        );
-        let status = if difference.applied {
-            "resolved"
-        } else {
-            "open"
-        };
         // One open exception per (source, position): a nightly run that finds
-        // the same difference again does not queue it again, and a run that
-        // corrects it resolves the open one.
+        // the same difference again does not queue it again, and the run that
+        // corrects it resolves the open one. Exception and marker are one write.
         let marker = open_difference_key(&run.source, sku, &row.location);
-        let open = self.open_difference(&marker)?;
-        match (open, difference.applied) {
-            (Some(id), true) => {
-                self.resolve_exception(
-                    id,
-                    ExceptionResolution {
-                        note: format!("corrected by reconciliation {}", run.run_id),
-                        by: run.source.clone(),
-                        at_ms: now_ms(),
-                        retried_event_id: Some(format!("recon:{}:{}", run.run_id, row.row)),
-                        seq: difference.seq,
-                        correlation_id: run.correlation_id.to_string(),
-                    },
-                )
-                .await?;
-                let mut batch = WriteBatch::default();
-                batch.delete(Space::Meta, marker);
-                self.write(batch).await?;
-            }
+        match (self.open_difference(&marker)?, difference.applied) {
             (Some(_), false) => {}
+            (Some(id), true) => {
+                let mut unmark = WriteBatch::default();
+                unmark.delete(Space::Meta, marker);
+                let resolution = ExceptionResolution {
+                    note: format!("corrected by reconciliation {}", run.run_id),
+                    by: run.source.clone(),
+                    at_ms: now_ms(),
+                    retried_event_id: Some(event_id),
+                    seq: difference.seq,
+                    correlation_id: run.correlation_id.to_string(),
+                };
+                self.resolve_exception(id, resolution, unmark).await?;
+            }
             (None, applied) => {
-                let id = self
-                    .queue_exception(super::NewException {
-                        kind: "reconciliation_difference",
-                        code: difference.code.unwrap_or("on_hand_differs"),
-                        detail,
-                        sku: Some(sku.to_string()),
-                        location: Some(row.location),
-                        event_id: applied.then(|| format!("recon:{}:{}", run.run_id, row.row)),
-                        source: Some(run.source.clone()),
-                        payload: Some(
-                            serde_json::json!({
-                                "engine_on_hand": engine_on_hand,
-                                "source_on_hand": row.on_hand,
-                                "diff": diff,
-                                "seq": difference.seq,
-                            })
-                            .to_string(),
-                        ),
-                        correlation_id: run.correlation_id.clone(),
-                        status,
-                    })
-                    .await;
+                let outcome = match (applied, difference.code) {
+                    (true, _) => ": corrected".to_string(),
+                    (false, Some(code)) => format!(": not corrected ({code})"),
+                    (false, None) => String::new(),
+                };
+                let record = ExceptionRecord {
+                    id: 0,
+                    kind: "reconciliation_difference".to_string(),
+                    code: difference.code.unwrap_or("on_hand_differs").to_string(),
+                    detail: format!(
+                        "{} says on_hand {}, stockwire has {engine_on_hand} (diff {diff:+}){outcome}",
+                        run.source, row.on_hand
+                    ),
+                    sku: Some(sku.to_string()),
+                    location: Some(row.location),
+                    event_id: applied.then_some(event_id),
+                    source: Some(run.source.clone()),
+                    payload: Some(
+                        serde_json::json!({
+                            "engine_on_hand": engine_on_hand,
+                            "source_on_hand": row.on_hand,
+                            "diff": diff,
+                            "seq": difference.seq,
+                        })
+                        .to_string(),
+                    ),
+                    correlation_id: run.correlation_id.to_string(),
+                    created_at_ms: now_ms(),
+                    status: if applied { "resolved" } else { "open" }.to_string(),
+                };
+                let (id, mut batch) = self.exception_batch(record)?;
                 if !applied {
-                    let mut batch = WriteBatch::default();
                     batch.put(Space::Meta, marker, id.to_be_bytes().to_vec());
-                    self.write(batch).await?;
                 }
+                self.write(batch).await?;
             }
         }
         Ok(difference)

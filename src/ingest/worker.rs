@@ -942,9 +942,11 @@ impl Worker {
             created_at_ms: now_ms(),
             status: "open".to_string(),
         };
-        self.durably(|| {
+        self.durably(|| async {
             self.engine
                 .record_exception(record.clone(), WriteBatch::default())
+                .await
+                .map(drop)
         })?;
         let result = json!({
             "file": shown,
