@@ -21,28 +21,6 @@ use crate::storage::WriteBatch;
 
 const NOTE_LEN_MAX: usize = 2000;
 
-/// An exception being retried; released on drop.
-struct RetryClaim<'a> {
-    state: &'a AppState,
-    id: u64,
-}
-
-impl<'a> RetryClaim<'a> {
-    fn take(state: &'a AppState, id: u64) -> Option<RetryClaim<'a>> {
-        state
-            .exceptions_retrying
-            .insert(id, ())
-            .is_none()
-            .then_some(RetryClaim { state, id })
-    }
-}
-
-impl Drop for RetryClaim<'_> {
-    fn drop(&mut self) {
-        self.state.exceptions_retrying.remove(&self.id);
-    }
-}
-
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ResolveBody {
@@ -57,6 +35,13 @@ pub(super) struct RetryBody {
     /// original event is submitted again.
     #[schema(value_type = Option<Object>)]
     event: Option<Value>,
+}
+
+/// The exception, held against a concurrent retry or resolution (409).
+fn claim(engine: &Engine, id: u64) -> Result<crate::engine::ExceptionClaim<'_>, ApiError> {
+    engine.claim_exception(id).ok_or_else(|| {
+        EngineError::InvalidState(format!("exception {id} is being retried or resolved")).into()
+    })
 }
 
 fn parse_id(id: &str) -> Result<u64, ApiError> {
@@ -126,6 +111,7 @@ pub async fn resolve(
             )));
         }
         load(engine, caller, id)?;
+        let _claim = claim(engine, id)?;
         let (record, resolution) = engine
             .resolve_exception(
                 id,
@@ -160,7 +146,7 @@ pub async fn retry(
     let id = parse_id(&id)?;
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);
-    let (caller, body_ref, state) = (&caller, &body, &state);
+    let (caller, body_ref) = (&caller, &body);
     idempotency::run(engine, &request, &body, |_| async move {
         let (record, _) = load(engine, caller, id)?;
         if record.status == "resolved" {
@@ -186,13 +172,9 @@ pub async fn retry(
         let event = decode(raw).map_err(|bad| bad.error)?;
         caller.may_touch(&event.location)?;
         caller.may_claim(&event.source)?;
-        // One retry of an exception at a time: two corrected events for one
-        // exception must not both apply.
-        let Some(_claim) = RetryClaim::take(state, id) else {
-            return Err(
-                EngineError::InvalidState(format!("exception {id} is being retried")).into(),
-            );
-        };
+        // One retry or resolution of an exception at a time: two corrected
+        // events for one exception must not both apply.
+        let _claim = claim(engine, id)?;
         if engine.exception_resolution(id)?.is_some() {
             return Err(
                 EngineError::InvalidState(format!("exception {id} is already resolved")).into(),

@@ -63,8 +63,6 @@ pub struct AppState {
     pub sse_per_key: dashmap::DashMap<Arc<str>, usize>,
     /// The configured API keys and their rate limiters.
     pub keys: Keys,
-    /// Exceptions with a retry in progress (one at a time each).
-    pub exceptions_retrying: dashmap::DashMap<u64, ()>,
 }
 
 impl AppState {
@@ -76,7 +74,6 @@ impl AppState {
             config,
             sse_connections: AtomicUsize::new(0),
             sse_per_key: dashmap::DashMap::new(),
-            exceptions_retrying: dashmap::DashMap::new(),
             metrics,
         }
     }

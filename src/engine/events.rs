@@ -534,6 +534,16 @@ impl Engine {
         Ok((record.id, batch))
     }
 
+    /// Claims exception `id` for one retry or resolution at a time: two
+    /// corrected events for one exception must not both apply. `None` while
+    /// another holds it.
+    pub fn claim_exception(&self, id: u64) -> Option<ExceptionClaim<'_>> {
+        self.exceptions_in_flight
+            .insert(id, ())
+            .is_none()
+            .then_some(ExceptionClaim { engine: self, id })
+    }
+
     /// One exception, with its resolution when it has one.
     pub fn exception(
         &self,
@@ -635,6 +645,18 @@ impl Engine {
             return source;
         }
         "other"
+    }
+}
+
+/// An exception being retried or resolved; released on drop.
+pub struct ExceptionClaim<'a> {
+    engine: &'a Engine,
+    id: u64,
+}
+
+impl Drop for ExceptionClaim<'_> {
+    fn drop(&mut self) {
+        self.engine.exceptions_in_flight.remove(&self.id);
     }
 }
 

@@ -14,7 +14,9 @@ mod recovery;
 mod reservations;
 mod transfers;
 
-pub use events::{error_code, EventCommand, EventOutcome, EventStatus, Rejection, WarehouseEvent};
+pub use events::{
+    error_code, EventCommand, EventOutcome, EventStatus, ExceptionClaim, Rejection, WarehouseEvent,
+};
 pub use reconcile::{
     Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,
     REPORT_LIST_MAX,
@@ -141,6 +143,8 @@ pub struct Engine {
     source_labels: DashMap<String, ()>,
     /// Event ids being applied right now (see `claim_event_id`).
     events_in_flight: DashMap<String, ()>,
+    /// Exceptions being retried or resolved (one change at a time each).
+    exceptions_in_flight: DashMap<u64, ()>,
     /// Idempotency keys being processed right now.
     idempotency_in_flight: DashMap<String, ()>,
     /// After a failed snapshot write, the next snapshot writes every position.
@@ -245,6 +249,7 @@ impl Engine {
             transfer_timers: Mutex::new(BTreeSet::new()),
             idempotency_in_flight: DashMap::new(),
             events_in_flight: DashMap::new(),
+            exceptions_in_flight: DashMap::new(),
             source_labels: DashMap::new(),
             snapshot_full_next: AtomicBool::new(false),
             ready: AtomicBool::new(false),
