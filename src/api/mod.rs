@@ -24,6 +24,7 @@ pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
 pub use event_input::{validate_event, EventFields};
+pub use input::rfc3339;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, OnceLock};

@@ -412,20 +412,8 @@ pub fn row_event(
         // in_transit: signed, like an adjustment (inbound +, arrived or cancelled -).
         _ => fields.delta = quantity,
     }
+    // Source authority is the engine's to check, on every path alike.
     let event = validate_event(fields).map_err(api)?;
-    if !context
-        .config
-        .source_may_post(&event.source, &event.location, kind)
-    {
-        return Err(fail(
-            "source_not_authoritative",
-            format!(
-                "source {} may not post {kind} at {} (source_authority)",
-                event.source, event.location
-            ),
-            kind,
-        ));
-    }
     Ok(event)
 }
 
@@ -713,21 +701,6 @@ mapping = { skus = { "P-100" = "SKU-100" }, locations = { "N1" = "3pl-north" }, 
 
     fn config_default_positions() -> Config {
         config("has_header = false")
-    }
-
-    #[test]
-    fn source_authority_applies_to_inbox_rows() {
-        let text = "[[locations]]\nid = \"wh-east\"\nkind = \"warehouse\"\n\
-             [[inbox]]\ndir = \"./in\"\nsource = \"north\"\n\
-             [[source_authority]]\nsource = \"north\"\ntypes = [\"count\"]\n";
-        let config = Config::from_toml_str(text, "test.toml", &[]).expect("config");
-        let head = header(&["sku", "location", "type", "qty"]);
-        let layout = Layout::resolve(&config.inbox[0], Some(&head)).expect("layout");
-        event(&config, &layout, &["s1", "wh-east", "count", "3"]).expect("allowed");
-        assert_eq!(
-            code(event(&config, &layout, &["s1", "wh-east", "receipt", "3"])),
-            "source_not_authoritative"
-        );
     }
 
     #[test]

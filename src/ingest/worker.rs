@@ -31,10 +31,14 @@ use super::files::{self, Dirs, Settling, RESULT_SUFFIX};
 use super::layout::{row_event, Layout, RowContext, RowError};
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::actors::now_ms;
+use crate::api::rfc3339;
 use crate::config::InboxConfig;
 use crate::engine::{Engine, EngineError, EventStatus, Rejection, WarehouseEvent};
 use crate::storage::records::{ExceptionRecord, InboxFileRecord, InboxFinish};
 use crate::storage::{codec, Space, WriteBatch};
+
+/// Most fields in one inbox record.
+const RECORD_FIELDS_MAX: usize = 256;
 
 /// Why a file was not finished.
 #[derive(Debug)]
@@ -196,12 +200,6 @@ impl RejectsFile {
         self.len += bytes.len() as u64;
         Ok(())
     }
-}
-
-fn rfc3339(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 /// The rejected-rows file of `name`: the same name, `.csv` added when it has
@@ -545,6 +543,17 @@ impl Worker {
                     )));
                 }
                 Err(error) => return Err(error.into()),
+            }
+            // Quoted line breaks can join many short lines into one record:
+            // bound the record itself before it is copied into a row.
+            if record.as_slice().len() > files::LINE_BYTES_MAX || record.len() > RECORD_FIELDS_MAX {
+                return Ok(Some((
+                    "row_too_large",
+                    format!(
+                        "a record is over {} bytes or {RECORD_FIELDS_MAX} fields: not this partner's CSV",
+                        files::LINE_BYTES_MAX
+                    ),
+                )));
             }
             if first && header.is_none() && record.len() < layout.width() {
                 return Ok(Some((

@@ -552,13 +552,14 @@ fn a_restart_in_the_middle_of_a_large_file_resumes_it() {
         listing(inbox.path())
     );
     server.spawn();
-    let mut restarts = 1;
+    let restarts = 2;
     // A clean stop mid-file too: the worker finishes its chunk, exit 0.
-    if wait_for_head(&server, 12_000, &filed) {
-        assert_eq!(server.terminate(), Some(0), "SIGTERM mid-file exits 0");
-        restarts += 1;
-        server.spawn();
-    }
+    assert!(
+        wait_for_head(&server, 12_000, &filed),
+        "the file was done before the SIGTERM: make it bigger"
+    );
+    assert_eq!(server.terminate(), Some(0), "SIGTERM mid-file exits 0");
+    server.spawn();
     let result = processed(inbox.path(), "big.csv");
     assert_eq!(result["status"], "processed", "{result}");
     assert_eq!(num(&result, "rows"), ROWS as i64, "{result}");
@@ -648,4 +649,47 @@ fn a_hostile_giant_row_rejects_the_file_and_the_inbox_goes_on() {
         Duration::from_secs(30),
     );
     assert_eq!(on_hand(&server, "after-1", "3pl-north"), Some(3));
+}
+
+/// Source authority is the engine's check, so inbox rows meet it like events
+/// over HTTP: refused rows are rejected with their code, the rest applied.
+#[test]
+fn rows_from_a_source_without_authority_are_rejected() {
+    let inbox = tempfile::tempdir().expect("inbox dir");
+    let rules = "[[source_authority]]\nsource = \"3pl-north\"\ntypes = [\"count\"]\n\
+                 [[source_authority]]\nsource = \"wms\"\n";
+    let server = Server::start(&format!("{}\n{rules}", inbox_config(inbox.path(), "")));
+    drop_file(
+        inbox.path(),
+        "auth.csv",
+        b"sku,location,type,qty,reason\nau-1,3pl-north,count,6,\nau-2,3pl-north,receipt,4,\n",
+    );
+    wait_for(
+        &inbox.path().join("processed").join("auth.csv.result.json"),
+        Duration::from_secs(30),
+    );
+    let result = processed(inbox.path(), "auth.csv");
+    assert_eq!(result["applied"], 1, "{result}");
+    assert_eq!(result["rejected"], 1, "{result}");
+    assert_eq!(on_hand(&server, "au-1", "3pl-north"), Some(6));
+    assert_eq!(on_hand(&server, "au-2", "3pl-north"), None);
+    let rejected = fs::read_to_string(inbox.path().join("rejected").join("auth.csv")).unwrap();
+    assert!(rejected.contains("source_not_authoritative"), "{rejected}");
+}
+
+/// Quoted line breaks keep every physical line short; the record is still
+/// bounded.
+#[test]
+fn a_giant_quoted_record_rejects_the_file() {
+    let inbox = tempfile::tempdir().expect("inbox dir");
+    let _server = Server::start(&inbox_config(inbox.path(), ""));
+    let mut hostile = b"sku,location,type,qty,reason\nq-1,3pl-north,receipt,1,\"".to_vec();
+    for _ in 0..20_000 {
+        hostile.extend_from_slice(b"short line\n");
+    }
+    hostile.extend_from_slice(b"\"\n");
+    drop_file(inbox.path(), "quoted.csv", &hostile);
+    let rejected = inbox.path().join("rejected").join("quoted.csv.result.json");
+    wait_for(&rejected, Duration::from_secs(30));
+    assert_eq!(read_json(&rejected)["code"], "row_too_large");
 }
