@@ -412,6 +412,13 @@ pub enum Role {
 }
 
 impl Role {
+    pub const ALL: [Role; 4] = [Role::Admin, Role::Channel, Role::System, Role::Observer];
+
+    /// The role named `name` (as in config).
+    pub fn parse(name: &str) -> Option<Role> {
+        Role::ALL.into_iter().find(|role| role.as_str() == name)
+    }
+
     /// The name used in config and on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -1205,12 +1212,9 @@ impl Config {
     /// reconciliation may correct the engine: only by an explicit rule for it that
     /// covers the location and allows `count` or `adjustment` (or every type).
     pub fn source_authoritative_for_on_hand(&self, source: &str, location: &str) -> bool {
-        self.source_authority.iter().any(|rule| {
-            rule.source == source
-                && (rule.locations.is_empty() || rule.locations.iter().any(|l| l == location))
-                && (rule.types.is_empty()
-                    || rule.types.iter().any(|t| t == "count" || t == "adjustment"))
-        })
+        self.source_authority
+            .iter()
+            .any(|rule| rule.allows(source, location, &["count", "adjustment"]))
     }
 
     /// Source-authority check (SPEC §3): without rules every source may post every event
@@ -1218,11 +1222,19 @@ impl Config {
     /// rule for `source` lists `location` (or no locations) and `event_type` (or no types).
     pub fn source_may_post(&self, source: &str, location: &str, event_type: &str) -> bool {
         self.source_authority.is_empty()
-            || self.source_authority.iter().any(|rule| {
-                rule.source == source
-                    && (rule.locations.is_empty() || rule.locations.iter().any(|l| l == location))
-                    && (rule.types.is_empty() || rule.types.iter().any(|t| t == event_type))
-            })
+            || self
+                .source_authority
+                .iter()
+                .any(|rule| rule.allows(source, location, &[event_type]))
+    }
+}
+
+impl SourceAuthorityConfig {
+    /// The rule is `source`'s, covers `location`, and allows one of `types`.
+    fn allows(&self, source: &str, location: &str, types: &[&str]) -> bool {
+        self.source == source
+            && (self.locations.is_empty() || self.locations.iter().any(|l| l == location))
+            && (self.types.is_empty() || self.types.iter().any(|t| types.contains(&t.as_str())))
     }
 }
 

@@ -94,9 +94,9 @@ fn main() -> anyhow::Result<()> {
             if !stockwire::config::is_valid_id(&name) {
                 anyhow::bail!("--name must be 1-64 characters from [A-Za-z0-9._:-]");
             }
-            if !["admin", "channel", "system", "observer"].contains(&role.as_str()) {
+            let Some(role) = stockwire::config::Role::parse(&role) else {
                 anyhow::bail!("--role must be admin, channel, system or observer");
-            }
+            };
             let secret = format!("sw_{}", hex::encode(rand::random::<[u8; 24]>()));
             let digest = hex::encode(Sha256::digest(secret.as_bytes()));
             println!("# secret (shown once; the caller sends Authorization: Bearer <secret>):");
@@ -104,10 +104,13 @@ fn main() -> anyhow::Result<()> {
             println!("[[keys]]");
             println!("name = \"{name}\"");
             println!("key_sha256 = \"{digest}\"");
-            println!("role = \"{role}\"");
-            match role.as_str() {
-                "channel" => println!("channel = \"<channel id>\""),
-                "system" => println!("locations = [\"<location id>\"]"),
+            println!("role = \"{}\"", role.as_str());
+            match role {
+                stockwire::config::Role::Channel => println!("channel = \"<channel id>\""),
+                stockwire::config::Role::System => {
+                    println!("locations = [\"<location id>\"]");
+                    println!("sources = [\"<source this system posts as>\"]");
+                }
                 _ => {}
             }
             Ok(())
@@ -146,6 +149,9 @@ async fn reconcile(
 ) -> anyhow::Result<()> {
     use std::io::Read;
     const PART: usize = 256 * 1024;
+    if !stockwire::config::is_valid_id(&source) {
+        anyhow::bail!("--source must be 1-64 characters from [A-Za-z0-9._:-]");
+    }
     let mut reader =
         std::fs::File::open(&file).with_context(|| format!("opening {}", file.display()))?;
     let body = futures_util::stream::poll_fn(move |_| {

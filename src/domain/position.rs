@@ -883,8 +883,6 @@ impl Position {
         events
     }
 
-    /// A change of `on_hand` by the physical world: applied even below the
-    /// holds, never below zero; `quarantined` is cut so it never exceeds `on_hand`.
     /// The change that sets `on_hand` to `target` (a count or a correction),
     /// refused when the position moved past `expected_version`.
     fn delta_to(
@@ -909,6 +907,8 @@ impl Position {
         Ok(target as i64 - self.counters.on_hand as i64)
     }
 
+    /// A change of `on_hand` by the physical world: applied even below the
+    /// holds, never below zero; `quarantined` is cut so it never exceeds `on_hand`.
     fn on_hand_change(&self, kind: EventKind, delta: i64) -> Result<Event, Reject> {
         let Some(on_hand_after) = add_signed(self.counters.on_hand, delta) else {
             return Err(Reject::InvalidState(format!(

@@ -24,11 +24,11 @@ const EXPIRY_TICK_MS: u64 = 100;
 const EXPIRIES_PER_TICK_MAX: usize = 10_000;
 /// Expirations running at once.
 const EXPIRIES_IN_FLIGHT_MAX: usize = 64;
+/// Transfer timers are checked this often: overdue fires within a second.
+const TRANSFER_TICK_MS: u64 = 250;
 /// Positions per snapshot write batch. Snapshots go through the journal queue, so
 /// reservations queued behind one wait for its write: small batches keep that wait
 /// short (5,000 stalled everything for 100-250 ms under load).
-/// Transfer timers are checked this often: overdue fires within a second.
-const TRANSFER_TICK_MS: u64 = 250;
 const SNAPSHOT_BATCH_MAX: usize = 256;
 const RETENTION_TICK_SECONDS: u64 = 60;
 const PURGE_PER_TICK_MAX: usize = 100_000;
