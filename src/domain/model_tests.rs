@@ -298,19 +298,8 @@ impl Model {
                 counted,
                 expected_version,
             } => {
-                if let Some(expected) = expected_version {
-                    if *expected != self.version {
-                        return Err(Refusal::VersionConflict {
-                            expected: *expected,
-                            actual: self.version,
-                        });
-                    }
-                }
-                if *counted > QTY_MAX {
-                    return Err(Refusal::OutOfRange);
-                }
-                next.on_hand = i128::from(*counted);
-                next.quarantined = next.quarantined.min(next.on_hand);
+                self.check_target(*counted, *expected_version)?;
+                next.set_on_hand(*counted);
                 // SPEC silent: a count that matches is still an event.
                 kinds.push(EventKind::Counted);
             }
@@ -318,20 +307,9 @@ impl Model {
                 on_hand,
                 expected_version,
             } => {
-                if let Some(expected) = expected_version {
-                    if *expected != self.version {
-                        return Err(Refusal::VersionConflict {
-                            expected: *expected,
-                            actual: self.version,
-                        });
-                    }
-                }
-                if *on_hand > QTY_MAX {
-                    return Err(Refusal::OutOfRange);
-                }
+                self.check_target(*on_hand, *expected_version)?;
                 if i128::from(*on_hand) != next.on_hand {
-                    next.on_hand = i128::from(*on_hand);
-                    next.quarantined = next.quarantined.min(next.on_hand);
+                    next.set_on_hand(*on_hand);
                     kinds.push(EventKind::Adjusted(AdjustReason::Correction));
                 }
             }
@@ -548,6 +526,27 @@ impl Model {
 
     /// The physical world wins: on_hand moves even below the holds, never
     /// below zero; quarantined units never exceed on_hand.
+    /// A count's or a correction's target: the version it expects, and in range.
+    fn check_target(&self, target: u64, expected_version: Option<u64>) -> Result<(), Refusal> {
+        if let Some(expected) = expected_version {
+            if expected != self.version {
+                return Err(Refusal::VersionConflict {
+                    expected,
+                    actual: self.version,
+                });
+            }
+        }
+        if target > QTY_MAX {
+            return Err(Refusal::OutOfRange);
+        }
+        Ok(())
+    }
+
+    fn set_on_hand(&mut self, on_hand: u64) {
+        self.on_hand = i128::from(on_hand);
+        self.quarantined = self.quarantined.min(self.on_hand);
+    }
+
     fn physical_change(&mut self, delta: i64) -> Result<(), Refusal> {
         self.check_delta(delta)?;
         let on_hand = self.on_hand + i128::from(delta);
