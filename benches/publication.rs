@@ -141,7 +141,7 @@ fn drive(system: &actix::SystemRunner, bench: &Bench, duration: Duration) -> f64
     let mut done = 0u64;
     while started.elapsed() < duration || bench.next.load(Ordering::Relaxed) % 2 == 1 {
         let batch = bench.next.fetch_add(1, Ordering::Relaxed);
-        let holding = batch % 2 == 0;
+        let holding = batch.is_multiple_of(2);
         let first_id = (batch - u64::from(!holding)) * CONCURRENT;
         system.block_on(async {
             let commands = (first_id..first_id + CONCURRENT).map(|id| {
@@ -161,7 +161,7 @@ fn drive(system: &actix::SystemRunner, bench: &Bench, duration: Duration) -> f64
 fn median(values: &mut [f64]) -> f64 {
     values.sort_by(f64::total_cmp);
     let mid = values.len() / 2;
-    if values.len() % 2 == 0 {
+    if values.len().is_multiple_of(2) {
         (values[mid - 1] + values[mid]) / 2.0
     } else {
         values[mid]

@@ -99,7 +99,7 @@ fn write(
                 if result.is_ok() {
                     done += 1;
                 }
-                if done % 1_000_000 == 0 {
+                if done.is_multiple_of(1_000_000) {
                     eprintln!("{done} events in {:.1} s", started.elapsed().as_secs_f64());
                 }
                 async {}

@@ -74,19 +74,20 @@ impl Inboxes {
             // each, so a full channel loses nothing.
             let (wake_tx, wake_rx) = bounded::<()>(1);
             let (stop_tx, stop_rx) = bounded::<()>(0);
-            let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                // The worker's own scans open the directory, which inotify
-                // reports as access events: waking on those would rescan in a
-                // loop and keep a core busy. Only changes can bring a file.
-                let is_access = matches!(&event, Ok(event) if event.kind.is_access());
-                if !is_access {
-                    let _ = wake_tx.try_send(());
-                }
-            })
-            .and_then(|mut watcher| {
-                watcher.watch(&dirs.incoming, notify::RecursiveMode::NonRecursive)?;
-                Ok(watcher)
-            });
+            let watcher =
+                notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                    // The worker's own scans open the directory, which inotify
+                    // reports as access events: waking on those would rescan in a
+                    // loop and keep a core busy. Only changes can bring a file.
+                    let is_access = matches!(&event, Ok(event) if event.kind.is_access());
+                    if !is_access {
+                        let _ = wake_tx.try_send(());
+                    }
+                })
+                .and_then(|mut watcher| {
+                    watcher.watch(&dirs.incoming, notify::RecursiveMode::NonRecursive)?;
+                    Ok(watcher)
+                });
             let watcher = match watcher {
                 Ok(watcher) => Some(watcher),
                 Err(error) => {
