@@ -107,7 +107,18 @@ fn new_reservation_id(idempotency_key: Option<&str>) -> String {
             let digest = Sha256::digest(key.as_bytes());
             format!("res_{}", hex::encode(&digest[..12]))
         }
-        None => format!("res_{}", hex::encode(rand::random::<[u8; 12]>())),
+        // Time-ordered (milliseconds, then a counter), then random: new records
+        // land next to each other in RocksDB's memtable instead of at random
+        // places, which made each insert a full skip-list search.
+        None => {
+            static COUNTER: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+            let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let millis = (now_ms() as u64) & 0xffff_ffff_ffff;
+            format!(
+                "res_{millis:012x}{counter:04x}{}",
+                hex::encode(rand::random::<[u8; 4]>())
+            )
+        }
     }
 }
 
