@@ -693,3 +693,33 @@ fn a_giant_quoted_record_rejects_the_file() {
     wait_for(&rejected, Duration::from_secs(30));
     assert_eq!(read_json(&rejected)["code"], "row_too_large");
 }
+
+/// CPU seconds (user + system) the process has used, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat has a command name")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// An idle server watching an inbox sleeps: its own directory scans must not
+/// wake the watcher (inotify reports them as access events), which once kept
+/// a core busy rescanning.
+#[test]
+fn an_idle_inbox_does_not_spin() {
+    let inbox = tempfile::tempdir().expect("inbox dir");
+    let server = Server::start(&inbox_config(inbox.path(), ""));
+    let pid = server.child.as_ref().expect("running").id();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_seconds(pid) - before;
+    // A spinning watcher used a whole core (about 3 s here); idle is ~0.
+    assert!(used < 1.0, "idle server used {used:.2} s of CPU in 3 s");
+}
