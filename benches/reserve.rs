@@ -94,7 +94,7 @@ fn journal(c: &mut Criterion) {
                                 })
                                 .collect();
                             for ticket in tickets {
-                                ticket.await.expect("answered").expect("durable");
+                                ticket.await.expect("durable");
                             }
                         })
                     })

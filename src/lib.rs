@@ -6,5 +6,6 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod ingest;
+pub mod logging;
 pub mod metrics;
 pub mod storage;

@@ -5,8 +5,10 @@
 //! requests, stop the inboxes (each finishes its chunk of rows), write a
 //! snapshot, flush the journal, exit 0.
 
+use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
@@ -87,8 +89,9 @@ fn main() -> anyhow::Result<()> {
             };
             let env: Vec<(String, String)> = std::env::vars().collect();
             let config = Config::load(&path, is_default, &env)?;
-            init_logging(config.log_format, &config.log_level);
-            actix_web::rt::System::new().block_on(serve(Arc::new(config)))
+            // Kept until exit: dropping it flushes the lines still queued.
+            let (_log_guard, log_drops) = init_logging(config.log_format, &config.log_level);
+            actix_web::rt::System::new().block_on(serve(Arc::new(config), log_drops))
         }
         Commands::NewKey { name, role } => {
             if !stockwire::config::is_valid_id(&name) {
@@ -170,7 +173,7 @@ async fn reconcile(
         url.trim_end_matches('/')
     );
     let client = awc::Client::builder()
-        .timeout(std::time::Duration::from_secs(24 * 3600))
+        .timeout(Duration::from_secs(24 * 3600))
         .finish();
     let mut request = client
         .post(&endpoint)
@@ -203,36 +206,130 @@ async fn reconcile(
 }
 
 /// `STOCKWIRE_LOG`, if set and valid, else the config's `log_level` (validated).
-fn init_logging(format: LogFormat, level: &str) {
+/// Lines go to stdout in batches (`stockwire::logging`; colour only on a
+/// terminal); keep the guard alive until exit, it writes what is left.
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+) -> (
+    stockwire::logging::FlushGuard,
+    stockwire::logging::BatchedWriter,
+) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_env("STOCKWIRE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let ansi = std::io::stdout().is_terminal();
+    // Our own handle on fd 1: std's Stdout would write line by line.
+    let out: Box<dyn std::io::Write + Send> = match std::io::stdout().as_fd().try_clone_to_owned() {
+        Ok(fd) => Box::new(std::fs::File::from(fd)),
+        Err(_) => Box::new(std::io::stdout()),
+    };
+    let (writer, guard) = stockwire::logging::batched(out);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_writer(writer.clone())
+        .with_ansi(ansi)
         .with_target(false);
     match format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    (guard, writer)
 }
 
 /// How long start-up waits for RocksDB's LOCK while another process holds it: a
 /// supervisor restarting us right after a kill may start us before the old
 /// process's last threads have let go of its files.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 fn open_store(dir: &std::path::Path) -> Result<RocksStore, stockwire::storage::StorageError> {
-    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let deadline = Instant::now() + LOCK_WAIT;
     loop {
         match RocksStore::open(dir) {
-            Err(error)
-                if error.to_string().contains("lock") && std::time::Instant::now() < deadline =>
-            {
+            Err(error) if error.to_string().contains("lock") && Instant::now() < deadline => {
                 tracing::warn!(%error, "data dir locked by another process; waiting");
-                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::thread::sleep(Duration::from_millis(100));
             }
             result => return result,
         }
     }
+}
+
+/// Where the shards run: the arbiters of the HTTP workers, each registered by
+/// the app factory on its worker's thread. A request for a SKU of this worker's
+/// shard is then served without leaving the thread.
+struct Placement {
+    workers: usize,
+    arbiters: std::sync::Mutex<Vec<actix::ArbiterHandle>>,
+    all_registered: tokio::sync::Notify,
+}
+
+thread_local! {
+    /// The factory runs once per worker and bound address: register once.
+    static REGISTERED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl Placement {
+    fn new(workers: usize) -> Placement {
+        Placement {
+            workers,
+            arbiters: std::sync::Mutex::new(Vec::with_capacity(workers)),
+            all_registered: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn register_this_thread(&self) {
+        if REGISTERED.with(|registered| registered.replace(true)) {
+            return;
+        }
+        let Some(arbiter) = actix::Arbiter::try_current() else {
+            return;
+        };
+        let mut arbiters = self.arbiters.lock().unwrap_or_else(|p| p.into_inner());
+        arbiters.push(arbiter);
+        if arbiters.len() == self.workers {
+            self.all_registered.notify_one();
+        }
+    }
+
+    /// Every worker's arbiter, once all have started.
+    async fn arbiters(&self) -> Vec<actix::ArbiterHandle> {
+        loop {
+            let notified = self.all_registered.notified();
+            {
+                let arbiters = self.arbiters.lock().unwrap_or_else(|p| p.into_inner());
+                if arbiters.len() >= self.workers {
+                    return arbiters.clone();
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The first step of a SIGTERM, with accepting already paused: every answer
+/// now closes its connection, and this waits until no connection is open,
+/// or no request has come for a moment (idle keep-alive connections send
+/// nothing), or [`SHUTDOWN_DRAIN_SECONDS`] have passed. Requests still
+/// arriving after that are refused with 503 once the engine stops.
+async fn drain(state: &AppState) {
+    const QUIET: Duration = Duration::from_millis(200);
+    state.begin_drain();
+    let until = Instant::now() + Duration::from_secs(SHUTDOWN_DRAIN_SECONDS);
+    let mut seen = (state.requests_started(), Instant::now());
+    while state.open_connections() > 0 && Instant::now() < until {
+        let started = state.requests_started();
+        if started != seen.0 || state.requests_in_flight() > 0 {
+            seen = (started, Instant::now());
+        } else if seen.1.elapsed() >= QUIET {
+            break;
+        }
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
+    tracing::info!(
+        open_connections = state.open_connections(),
+        "drained; stopping ingest, channels and the engine"
+    );
 }
 
 /// SIGTERM or SIGINT (Ctrl-C).
@@ -255,8 +352,9 @@ async fn wait_for_signal() {
     }
 }
 
-async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
+async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
+    metrics.count_log_drops_from(move || log.dropped_lines());
     metrics.prepare(&config);
     let store: Arc<dyn Store> = Arc::new(
         open_store(&config.data_dir)
@@ -271,13 +369,23 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     for key in config.keys.iter().filter(|key| key.key.is_some()) {
         tracing::warn!(key = %key.name, "key stored in plain text in config; use key_sha256 outside development");
     }
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // One shard per HTTP worker, on the worker's own thread (see `Placement`).
+    let workers = config.shard_count();
+    let placement = Arc::new(Placement::new(workers));
     let app_state = state.clone();
+    let for_workers = placement.clone();
     let server = HttpServer::new(move || {
+        for_workers.register_this_thread();
         App::new()
             .app_data(app_state.clone())
             .wrap(from_fn(edge_middleware))
             .configure(routes)
+    })
+    .on_connect({
+        let state = state.clone();
+        move |_, data| {
+            data.insert(state.connection_opened());
+        }
     })
     .workers(workers)
     // Open connections over all workers (each worker takes its share).
@@ -285,22 +393,23 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     .bind(&config.listen)
     .with_context(|| format!("binding {}", config.listen))?
     .shutdown_timeout(SHUTDOWN_DRAIN_SECONDS)
-    // Signals are handled below: actix-server's own handler stops the whole
-    // actix system after draining, which would stop the shards before the
-    // final snapshot.
+    // Signals are handled below: the shards live on the workers' threads, so
+    // the final snapshot must be taken before the workers stop.
     .disable_signals()
     .run();
     let handle = server.handle();
-    let signal_handle = handle.clone();
+    let stop_requested = Arc::new(tokio::sync::Notify::new());
+    let on_signal = stop_requested.clone();
     actix_web::rt::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("signal received: stop accepting, drain in-flight requests");
-        signal_handle.stop(true).await;
+        on_signal.notify_one();
     });
-    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), durability = ?config.durability, "listening, recovering");
+    tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), durability = ?config.durability, workers, "listening, recovering");
 
     let recovery_state = state.clone();
+    let recovery_handle = handle.clone();
     let recovery = actix_web::rt::spawn(async move {
+        let handle = recovery_handle;
         let for_recovery = store.clone();
         let recovered = web::block(move || recover(&*for_recovery)).await;
         let recovered = match recovered {
@@ -315,11 +424,12 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
                 return Err(anyhow::anyhow!("recovery failed: {error}"));
             }
         };
-        let engine = Engine::start(
+        let engine = Engine::start_on(
             recovery_state.config.clone(),
             store,
             recovered,
             recovery_state.metrics.clone(),
+            placement.arbiters().await,
         )
         .await;
         engine.finish_recovery().await;
@@ -347,13 +457,39 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
         Ok(inboxes)
     });
 
-    server.await.context("http server")?;
-    tracing::info!("http server stopped, shutting down engine");
+    // Polled on its own: the server answers `handle` commands (pause, stop)
+    // only while its future runs.
+    let mut server = actix_web::rt::spawn(server);
+    tokio::select! {
+        result = &mut server => {
+            // Stopped without a signal: recovery failed and stopped it.
+            result.context("http server task")?.context("http server")?;
+            return match recovery.await {
+                Ok(Ok(_)) => Err(anyhow::anyhow!("http server stopped")),
+                Ok(Err(error)) => Err(error),
+                Err(error) => Err(anyhow::anyhow!("recovery task: {error}")),
+            };
+        }
+        _ = stop_requested.notified() => {}
+    }
+    // SIGTERM: stop accepting, refuse new calls (503) and let the ones under
+    // way finish, stop ingest and publication, take the final snapshot while
+    // the shards (on the workers' threads) are still there, then stop HTTP.
+    tracing::info!("signal received: stop accepting, drain in-flight requests");
+    handle.pause().await;
     let mut inboxes = match recovery.await {
         Ok(Ok(inboxes)) => inboxes,
         Ok(Err(error)) => return Err(error),
         Err(error) => return Err(anyhow::anyhow!("recovery task: {error}")),
     };
+    drain(&state).await;
+    if let Some(engine) = state.engine.get() {
+        engine.begin_shutdown();
+    }
+    let drain_until = Instant::now() + Duration::from_secs(1);
+    while state.requests_in_flight() > 0 && Instant::now() < drain_until {
+        actix_web::rt::time::sleep(Duration::from_millis(5)).await;
+    }
     // Ingest stops before the engine: each worker finishes the chunk of rows
     // it is on (its outcomes recorded), so a restart resumes after it.
     if web::block(move || inboxes.stop()).await.is_err() {
@@ -365,6 +501,11 @@ async fn serve(config: Arc<Config>) -> anyhow::Result<()> {
     if let Some(engine) = state.engine.get() {
         engine.shutdown().await;
     }
+    handle.stop(true).await;
+    server
+        .await
+        .context("http server task")?
+        .context("http server")?;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! names), never SKUs or reservation ids.
 
 use prometheus::{
-    exponential_buckets, Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -11,9 +11,30 @@ use prometheus::{
 /// again (nothing applied), or unreadable and filed in `rejected/` whole.
 pub const INBOX_FILE_OUTCOMES: [&str; 3] = ["processed", "duplicate", "rejected"];
 
-/// Latency buckets from 25 µs up to ~1.6 s (SPEC §6).
+/// Latency buckets from 1 µs to 2.5 s, three per decade (1, 2.5, 5): fine
+/// enough to see a journal write of a few µs, and 25 µs (SPEC §6) is one.
 fn latency_buckets() -> Vec<f64> {
-    exponential_buckets(0.000_025, 2.0, 17).unwrap_or_default()
+    let mut buckets = Vec::with_capacity(20);
+    let mut decade = 0.000_001;
+    while decade < 10.0 {
+        for step in [1.0, 2.5, 5.0] {
+            let bucket = decade * step;
+            if bucket <= 2.5 {
+                buckets.push(bucket);
+            }
+        }
+        decade *= 10.0;
+    }
+    buckets
+}
+
+/// Raises `counter` to `value` (a count kept elsewhere, read at scrape time).
+/// Callers hold [`Metrics::scrape`]'s lock, so two scrapes do not both add.
+fn raise_to(counter: &IntCounter, value: u64) {
+    let current = counter.get();
+    if value > current {
+        counter.inc_by(value - current);
+    }
 }
 
 pub struct Metrics {
@@ -41,10 +62,31 @@ pub struct Metrics {
     pub inbox_files_waiting: IntGaugeVec,
     /// 1 once recovered and able to journal, else 0 (set at scrape time).
     pub ready: IntGauge,
+    /// Journal counters, copied from the journal at scrape time.
+    pub journal_commits_total: IntCounter,
+    pub journal_appends_total: IntCounter,
+    pub journal_stalls_total: IntCounter,
+    pub journal_slowdowns_total: IntCounter,
+    /// Age of the journal write in progress once it is a stall, else 0.
+    pub journal_write_stalled_seconds: Gauge,
+    /// Log lines dropped because the logging thread fell behind.
+    pub log_lines_dropped_total: IntCounter,
+    /// Held while scrape-time values are copied in (see `raise_to`).
+    scrape: std::sync::Mutex<()>,
+    /// Where the count of dropped log lines comes from (the logging thread).
+    log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(metric.clone()))
+        .expect("unique metric");
+    metric
+}
+
+fn plain_counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let metric = IntCounter::new(name, help).expect("valid metric");
     registry
         .register(Box::new(metric.clone()))
         .expect("unique metric");
@@ -210,6 +252,44 @@ impl Metrics {
                 "stockwire_ready",
                 "1 once recovered and able to journal (what /readyz answers 200 for), else 0",
             ),
+            journal_commits_total: plain_counter(
+                r,
+                "stockwire_journal_commits_total",
+                "Atomic journal writes (each commits one or more appends)",
+            ),
+            journal_appends_total: plain_counter(
+                r,
+                "stockwire_journal_appends_total",
+                "Journal appends committed",
+            ),
+            journal_stalls_total: plain_counter(
+                r,
+                "stockwire_journal_stalls_total",
+                "Journal writes that took 500 ms or more",
+            ),
+            journal_slowdowns_total: plain_counter(
+                r,
+                "stockwire_journal_slowdowns_total",
+                "Journal writes RocksDB would have delayed (write stall), retried waiting",
+            ),
+            journal_write_stalled_seconds: {
+                let metric = Gauge::new(
+                    "stockwire_journal_write_stalled_seconds",
+                    "Age of the journal write in progress once it is stalled (500 ms or more), else 0",
+                )
+                .expect("valid metric");
+                registry
+                    .register(Box::new(metric.clone()))
+                    .expect("unique metric");
+                metric
+            },
+            log_lines_dropped_total: plain_counter(
+                r,
+                "stockwire_log_lines_dropped_total",
+                "Log lines dropped because the logging thread's queue was full",
+            ),
+            scrape: std::sync::Mutex::new(()),
+            log_drops: std::sync::OnceLock::new(),
             registry,
         }
     }
@@ -245,6 +325,36 @@ impl Metrics {
             self.reconciliation_exceptions_total
                 .with_label_values(&[source]);
         }
+    }
+
+    /// Copies the journal's own counters into their metrics (at scrape time).
+    pub fn observe_journal(&self, journal: &crate::storage::Journal, slowdowns: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        let stats = journal.stats();
+        raise_to(&self.journal_commits_total, stats.batches.load(Relaxed));
+        raise_to(&self.journal_appends_total, stats.appends.load(Relaxed));
+        raise_to(&self.journal_stalls_total, stats.stalls.load(Relaxed));
+        raise_to(&self.journal_slowdowns_total, slowdowns);
+        let stalled = journal
+            .write_in_progress()
+            .filter(|age| *age >= crate::storage::STALL_AFTER)
+            .map_or(0.0, |age| age.as_secs_f64());
+        self.journal_write_stalled_seconds.set(stalled);
+    }
+
+    /// Names where `stockwire_log_lines_dropped_total` is read from.
+    pub fn count_log_drops_from(&self, source: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.log_drops.set(Box::new(source));
+    }
+
+    /// Copies the logging thread's count of dropped lines (at scrape time).
+    pub fn observe_log_drops(&self) {
+        let Some(source) = self.log_drops.get() else {
+            return;
+        };
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        raise_to(&self.log_lines_dropped_total, source());
     }
 
     /// The Prometheus text exposition of every metric.

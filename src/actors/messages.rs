@@ -34,6 +34,7 @@ pub struct Exec {
     pub create: bool,
 }
 
+/// What the shard answers: the outcome once durable.
 impl Message for Exec {
     type Result = Result<ExecOutcome, ExecError>;
 }

@@ -9,19 +9,20 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use actix::prelude::*;
 
 use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout};
+
 use super::shard::{ColdEntry, ShardState};
 use super::{now_ms, PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
 use crate::storage::records::{position_key, EntrySummary, ExceptionRecord, JournalRecord};
 use crate::storage::replay::load_position;
-use crate::storage::{codec, seq_key, Entry, Space, StorageError};
+use crate::storage::{codec, seq_key, Entry, Space, StorageError, Ticket};
 
 pub struct PositionActor {
     key: PositionKey,
@@ -30,8 +31,9 @@ pub struct PositionActor {
     dirty: bool,
     /// In-memory state ran ahead of a failed journal write: refuse everything.
     poisoned: bool,
-    /// Journal appends sent and not yet answered (pipelined).
-    appends_in_flight: u32,
+    /// Journal appends sent and not yet durable (pipelined); decremented by
+    /// whoever awaits them.
+    appends_in_flight: Arc<AtomicU32>,
     last_used_ms: i64,
     shared: Arc<Shared>,
     shard: Rc<RefCell<ShardState>>,
@@ -50,7 +52,7 @@ impl PositionActor {
             last_seq: entry.last_seq,
             dirty: entry.dirty,
             poisoned: false,
-            appends_in_flight: 0,
+            appends_in_flight: Arc::new(AtomicU32::new(0)),
             last_used_ms: now_ms(),
             shared,
             shard,
@@ -164,7 +166,7 @@ impl PositionActor {
     /// Reloads this position from its snapshot and the journal (the
     /// supervisor's restart); stays poisoned if even that fails.
     fn restart_from_durable(&mut self) {
-        if self.appends_in_flight > 0 {
+        if self.appends_in_flight.load(Ordering::Acquire) > 0 {
             // Durable state would miss the appends still in flight.
             tracing::error!(sku = %self.key.sku, "position actor failed with appends in flight; poisoned");
             self.poisoned = true;
@@ -285,79 +287,110 @@ impl Actor for PositionActor {
     }
 }
 
-impl Handler<Exec> for PositionActor {
-    type Result = ResponseActFuture<Self, Result<ExecOutcome, ExecError>>;
+/// An [`Exec`] routed by the shard: answered at once with the decided outcome
+/// and the append to await.
+pub(super) struct Run(pub Exec);
 
-    fn handle(&mut self, mut exec: Exec, _ctx: &mut Context<Self>) -> Self::Result {
+impl Message for Run {
+    type Result = Result<Pending, ExecError>;
+}
+
+impl Handler<Run> for PositionActor {
+    type Result = MessageResult<Run>;
+
+    fn handle(&mut self, Run(mut exec): Run, _ctx: &mut Context<Self>) -> Self::Result {
         self.last_used_ms = now_ms();
-        let ready = |result| -> Self::Result { Box::pin(fut::ready(result)) };
+        MessageResult(self.execute(&mut exec))
+    }
+}
+
+impl PositionActor {
+    /// Decides, evolves and queues the append; the caller awaits the returned
+    /// [`Pending`] for durability, so this actor never holds a future per append.
+    fn execute(&mut self, exec: &mut Exec) -> Result<Pending, ExecError> {
         if self.poisoned {
-            return ready(Err(ExecError::Storage(StorageError::Poisoned)));
+            return Err(ExecError::Storage(StorageError::Poisoned));
         }
-        match self.is_duplicate(&exec) {
-            Ok(true) => {
-                let mut outcome = self.unchanged();
-                outcome.duplicate = true;
-                return ready(Ok(outcome));
-            }
-            Ok(false) => {}
-            Err(error) => return ready(Err(error.into())),
+        if self.is_duplicate(exec)? {
+            let mut outcome = self.unchanged();
+            outcome.duplicate = true;
+            return Ok(Pending::ready(outcome));
         }
         // Take a journal slot before touching state, so a full queue refuses
         // the command with the state unchanged.
         let shared = self.shared.clone();
-        let permit = match shared.journal.reserve() {
-            Ok(permit) => permit,
-            Err(error) => return ready(Err(error.into())),
-        };
+        let permit = shared.journal.reserve()?;
         // A panic here is a bug; it must not take the shard's thread (and
         // every other position on it) down. The state may be half-changed,
         // so the actor restarts from its durable state.
         let prepared =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prepare(&mut exec)));
-        let (entries, mut outcome) = match prepared {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.prepare(exec)));
+        let (entries, outcome) = match prepared {
             Ok(Ok(prepared)) => prepared,
-            Ok(Err(error)) => return ready(Err(error)),
+            Ok(Err(error)) => return Err(error),
             Err(_) => {
                 drop(permit);
                 self.restart_from_durable();
-                return ready(Err(ExecError::Storage(StorageError::Codec(
+                return Err(ExecError::Storage(StorageError::Codec(
                     "internal error on this position; it was restarted from durable state"
                         .to_string(),
-                ))));
+                )));
             }
         };
-        if entries.is_empty() && exec.extra.is_empty() && self.appends_in_flight == 0 {
-            return ready(Ok(outcome));
+        if entries.is_empty()
+            && exec.extra.is_empty()
+            && self.appends_in_flight.load(Ordering::Acquire) == 0
+        {
+            return Ok(Pending::ready(outcome));
         }
         // Appends are pipelined: the next command is decided on this state
-        // while this append is in flight. The journal is FIFO and fail-stop,
-        // so a later entry is durable only if this one is, and the caller is
-        // answered only once it is. A no-op answered while earlier appends
-        // are in flight goes through the queue too, to be answered after them.
+        // while this append is in flight. The journal commits in order and is
+        // fail-stop, so a later entry is durable only if this one is, and the
+        // caller is answered only once it is. A no-op answered while earlier
+        // appends are in flight goes through the journal too, to be answered
+        // after them.
         let count = entries.len() as u64;
-        self.appends_in_flight += 1;
+        self.appends_in_flight.fetch_add(1, Ordering::AcqRel);
         let ticket = permit.send(entries, std::mem::take(&mut exec.extra));
-        Box::pin(ticket.into_actor(self).map(move |result, actor, _ctx| {
-            actor.appends_in_flight -= 1;
-            match result {
-                Ok(Ok(first_seq)) => {
-                    if count > 0 {
-                        actor.last_seq = actor.last_seq.max(first_seq + count - 1);
-                        outcome.first_seq = Some(first_seq);
-                    }
-                    Ok(outcome)
-                }
-                Ok(Err(error)) => {
-                    actor.poisoned = true;
-                    Err(ExecError::Storage(error))
-                }
-                Err(_) => {
-                    actor.poisoned = true;
-                    Err(ExecError::Storage(StorageError::Closed))
-                }
-            }
-        }))
+        Ok(Pending {
+            outcome,
+            durable: Some((ticket, count, self.appends_in_flight.clone())),
+        })
+    }
+}
+
+/// A decided command whose journal append may still be in flight: await
+/// [`Pending::durable`] for the outcome. Must not be dropped unawaited by a
+/// caller that answers anyone.
+#[must_use = "a change is acknowledged only once durable"]
+pub struct Pending {
+    outcome: ExecOutcome,
+    /// The append's ticket, its entry count, and the actor's count of appends
+    /// in flight (decremented when it resolves).
+    durable: Option<(Ticket, u64, Arc<AtomicU32>)>,
+}
+
+impl Pending {
+    fn ready(outcome: ExecOutcome) -> Pending {
+        Pending {
+            outcome,
+            durable: None,
+        }
+    }
+
+    /// The outcome, once its entries are durable.
+    pub async fn durable(self) -> Result<ExecOutcome, ExecError> {
+        let mut outcome = self.outcome;
+        let Some((ticket, count, in_flight)) = self.durable else {
+            return Ok(outcome);
+        };
+        let result = ticket.await;
+        in_flight.fetch_sub(1, Ordering::AcqRel);
+        let first_seq = result?;
+        if count > 0 {
+            outcome.first_seq = Some(first_seq);
+        }
+        Ok(outcome)
     }
 }
 
@@ -400,6 +433,8 @@ impl Handler<TakeSnapshot> for PositionActor {
             return MessageResult(Ok(None));
         }
         self.dirty = false;
+        // Informational: the newest durable entry when the snapshot was taken.
+        self.last_seq = self.last_seq.max(self.shared.journal.head());
         MessageResult(Ok(Some((self.position.clone(), self.last_seq))))
     }
 }

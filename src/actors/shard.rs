@@ -13,7 +13,7 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout, ReadSku};
-use super::position::{readout, store_key, PositionActor, Read, TakeSnapshot};
+use super::position::{readout, store_key, PositionActor, Read, Run, TakeSnapshot};
 use super::{PositionKey, Shared};
 use crate::domain::Position;
 use crate::storage::records::PositionSnapshot;
@@ -160,9 +160,15 @@ impl Handler<Exec> for ShardActor {
         }
         let state = self.state.clone();
         Box::pin(async move {
-            let result = addr.send(exec).await;
+            let result = addr.send(Run(exec)).await;
             state.borrow_mut().finished(&key);
-            result.unwrap_or(Err(ExecError::Mailbox))
+            match result {
+                // Decided; wait here (a task of its own, not the actor's) for
+                // the append to be durable.
+                Ok(Ok(pending)) => pending.durable().await,
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(ExecError::Mailbox),
+            }
         })
     }
 }

@@ -26,7 +26,7 @@ pub use error::ApiError;
 pub use event_input::{validate_event, EventFields};
 pub use input::rfc3339;
 
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -35,7 +35,7 @@ use actix_web::body::MessageBody;
 use actix_web::dev::ResourceDef;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
-use actix_web::http::Method;
+use actix_web::http::{ConnectionType, Method};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpMessage, HttpRequest};
 use tracing::Instrument;
@@ -64,6 +64,15 @@ pub struct AppState {
     pub sse_per_key: dashmap::DashMap<Arc<str>, usize>,
     /// The configured API keys and their rate limiters.
     pub keys: Keys,
+    /// Requests being handled (what a SIGTERM waits for before the snapshot).
+    in_flight: AtomicUsize,
+    /// Requests ever admitted to the middleware (how a drain sees quiet).
+    started: AtomicU64,
+    /// Open client connections (counted by [`Connection`]).
+    connections: Arc<AtomicUsize>,
+    /// Set on SIGTERM: every answer closes its connection, so clients on
+    /// keep-alive connections leave instead of sending into the shutdown.
+    draining: AtomicBool,
 }
 
 impl AppState {
@@ -76,7 +85,36 @@ impl AppState {
             sse_connections: AtomicUsize::new(0),
             sse_per_key: dashmap::DashMap::new(),
             metrics,
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Requests admitted so far (a drain waits until this stops moving).
+    pub fn requests_started(&self) -> u64 {
+        self.started.load(Ordering::Acquire)
+    }
+
+    pub fn open_connections(&self) -> usize {
+        self.connections.load(Ordering::Acquire)
+    }
+
+    /// A guard to keep in the connection's data (`HttpServer::on_connect`):
+    /// the connection counts as open while it lives.
+    pub fn connection_opened(&self) -> Connection {
+        self.connections.fetch_add(1, Ordering::AcqRel);
+        Connection(self.connections.clone())
+    }
+
+    /// From now on every answer carries `Connection: close`.
+    pub fn begin_drain(&self) {
+        self.draining.store(true, Ordering::Release);
     }
 
     pub fn engine(&self) -> Result<&Arc<Engine>, ApiError> {
@@ -212,6 +250,7 @@ pub async fn edge_middleware(
             "application state missing",
         ));
     };
+    let _in_flight = InFlight::enter(&state);
     let head_bytes = request.path().len()
         + request.query_string().len()
         + request
@@ -279,6 +318,12 @@ pub async fn edge_middleware(
             .headers_mut()
             .insert(HeaderName::from_static(CORRELATION_HEADER), value);
     }
+    if state.draining.load(Ordering::Acquire) {
+        response
+            .response_mut()
+            .head_mut()
+            .set_connection_type(ConnectionType::Close);
+    }
     let metrics = &state.metrics;
     let route = response
         .request()
@@ -322,6 +367,33 @@ pub async fn edge_middleware(
         )
     });
     Ok(response)
+}
+
+/// One open client connection, counted in [`AppState::open_connections`]
+/// until the connection (and with it this guard) is dropped.
+pub struct Connection(Arc<AtomicUsize>);
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Counts a request in [`AppState::requests_in_flight`] while it lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn enter(state: &'a AppState) -> InFlight<'a> {
+        state.in_flight.fetch_add(1, Ordering::AcqRel);
+        state.started.fetch_add(1, Ordering::AcqRel);
+        InFlight(&state.in_flight)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// Every route of the API.

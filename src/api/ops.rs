@@ -39,7 +39,11 @@ pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest
         ));
     }
     state.metrics.ready.set(i64::from(state.engine().is_ok()));
+    state.metrics.observe_log_drops();
     if let Some(engine) = state.engine.get() {
+        state
+            .metrics
+            .observe_journal(engine.journal(), engine.shared.store.slowdowns());
         state
             .metrics
             .journal_head_seq

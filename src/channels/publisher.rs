@@ -447,12 +447,7 @@ async fn write_durably(engine: &Engine, batch: WriteBatch) -> Result<(), Storage
     let mut delay = WRITE_RETRY_FIRST;
     loop {
         match engine.journal().append(Vec::new(), batch.clone()) {
-            Ok(ticket) => {
-                return match ticket.await {
-                    Ok(result) => result.map(|_| ()),
-                    Err(_) => Err(StorageError::Closed),
-                }
-            }
+            Ok(ticket) => return ticket.await.map(|_| ()),
             Err(StorageError::Overloaded) => {
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(WRITE_RETRY_MAX);

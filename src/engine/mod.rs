@@ -161,6 +161,19 @@ impl Engine {
         recovered: Recovered,
         metrics: Arc<Metrics>,
     ) -> Arc<Engine> {
+        Engine::start_on(config, store, recovered, metrics, Vec::new()).await
+    }
+
+    /// Like [`Engine::start`], with shard `i` on `placement[i]` (the HTTP
+    /// workers' arbiters, so a request for a SKU its worker owns never leaves
+    /// that thread). With no placement, each shard gets an arbiter of its own.
+    pub async fn start_on(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        recovered: Recovered,
+        metrics: Arc<Metrics>,
+        placement: Vec<ArbiterHandle>,
+    ) -> Arc<Engine> {
         let histogram = metrics.journal_append_duration_seconds.clone();
         let head_gauge = metrics.journal_head_seq.clone();
         let journal = Arc::new(Journal::start(
@@ -185,17 +198,21 @@ impl Engine {
             positions: AtomicI64::new(recovered.positions as i64),
             passivate_after_ms: config.passivate_after_seconds.saturating_mul(1000),
         });
-        let shard_count = config.shard_count();
-        let mut shards = Vec::with_capacity(shard_count);
-        let mut arbiters = Vec::with_capacity(shard_count);
-        for _ in 0..shard_count {
-            let arbiter = Arbiter::new();
-            let for_shard = shared.clone();
-            shards.push(ShardActor::start_in_arbiter(&arbiter.handle(), move |_| {
-                ShardActor::new(for_shard)
-            }));
-            arbiters.push(arbiter);
-        }
+        let mut arbiters = Vec::new();
+        let placement = if placement.is_empty() {
+            arbiters = (0..config.shard_count()).map(|_| Arbiter::new()).collect();
+            arbiters.iter().map(Arbiter::handle).collect()
+        } else {
+            placement
+        };
+        let shard_count = placement.len();
+        let shards: Vec<Addr<ShardActor>> = placement
+            .iter()
+            .map(|arbiter| {
+                let for_shard = shared.clone();
+                ShardActor::start_in_arbiter(arbiter, move |_| ShardActor::new(for_shard))
+            })
+            .collect();
         let partitions = config.partitions;
         let mut per_shard: Vec<Vec<_>> = (0..shard_count).map(|_| Vec::new()).collect();
         for (key, entry) in recovered.positions_by_key {
@@ -376,9 +393,7 @@ impl Engine {
     /// Writes `batch` through the journal (ordered and as durable as events).
     pub async fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
         let ticket = self.journal().append(Vec::new(), batch)?;
-        ticket
-            .await
-            .map_err(|_| EngineError::Unavailable("journal stopped".to_string()))??;
+        ticket.await?;
         Ok(())
     }
 
@@ -427,6 +442,12 @@ impl Engine {
     /// stops the shards (SIGTERM path).
     pub async fn shutdown(&self) {
         self.stop(true).await;
+    }
+
+    /// Refuses new API calls (not ready) ahead of a shutdown; the engine
+    /// itself keeps working for what is already under way.
+    pub fn begin_shutdown(&self) {
+        self.ready.store(false, Ordering::Release);
     }
 
     /// Stops like [`Engine::shutdown`]; without `snapshot`, the next start

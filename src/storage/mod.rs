@@ -12,7 +12,9 @@ pub mod records;
 pub mod replay;
 mod rocks;
 
-pub use journal::{AppendError, AppendPermit, Entry, Journal, JournalOptions, JournalStats};
+pub use journal::{
+    AppendError, AppendPermit, Entry, Journal, JournalOptions, JournalStats, Ticket, STALL_AFTER,
+};
 pub use memory::MemoryStore;
 pub use rocks::RocksStore;
 
@@ -136,6 +138,10 @@ pub trait Store: Send + Sync + 'static {
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError>;
     fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>, StorageError>;
+    /// Writes the store delayed because it was stalling (0 for stores that never do).
+    fn slowdowns(&self) -> u64 {
+        0
+    }
 }
 
 pub fn seq_key(seq: u64) -> [u8; 8] {

@@ -1,6 +1,7 @@
 //! RocksDB implementation of [`Store`]: one column family per [`Space`].
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteOptions, DB};
 
@@ -8,6 +9,22 @@ use super::{Space, StorageError, Store, WriteBatch};
 
 pub struct RocksStore {
     db: DB,
+    /// Built once, not per write: `[sync]`, each with `no_slowdown`, so a write
+    /// RocksDB would delay (a write stall) comes back at once instead of
+    /// blocking the event loop that commits it unseen.
+    fast: [WriteOptions; 2],
+    /// The same, allowed to wait: the retry of a write that was refused for a
+    /// stall (the batch is numbered, so it must land before any other).
+    patient: [WriteOptions; 2],
+    /// Writes refused for a stall and retried (`stockwire_journal_slowdowns_total`).
+    slowdowns: AtomicU64,
+}
+
+fn write_options(sync: bool, no_slowdown: bool) -> WriteOptions {
+    let mut options = WriteOptions::default();
+    options.set_sync(sync);
+    options.set_no_slowdown(no_slowdown);
+    options
 }
 
 fn io(error: rocksdb::Error) -> StorageError {
@@ -28,7 +45,24 @@ impl RocksStore {
             .iter()
             .map(|space| ColumnFamilyDescriptor::new(space.name(), Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families).map_err(io)?;
-        Ok(RocksStore { db })
+        Ok(RocksStore {
+            db,
+            fast: [write_options(false, true), write_options(true, true)],
+            patient: [write_options(false, false), write_options(true, false)],
+            slowdowns: AtomicU64::new(0),
+        })
+    }
+
+    fn build(&self, batch: &WriteBatch) -> Result<rocksdb::WriteBatch, StorageError> {
+        let mut write = rocksdb::WriteBatch::default();
+        for (space, key, value) in &batch.ops {
+            let family = self.family(*space)?;
+            match value {
+                Some(value) => write.put_cf(family, key, value),
+                None => write.delete_cf(family, key),
+            }
+        }
+        Ok(write)
     }
 
     fn family(&self, space: Space) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -40,17 +74,21 @@ impl RocksStore {
 
 impl Store for RocksStore {
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
-        let mut write = rocksdb::WriteBatch::default();
-        for (space, key, value) in &batch.ops {
-            let family = self.family(*space)?;
-            match value {
-                Some(value) => write.put_cf(family, key, value),
-                None => write.delete_cf(family, key),
+        let index = usize::from(sync);
+        match self.db.write_opt(self.build(&batch)?, &self.fast[index]) {
+            Err(error) if error.kind() == rocksdb::ErrorKind::Incomplete => {
+                self.slowdowns.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("rocksdb would slow this write down; waiting for it");
+                self.db
+                    .write_opt(self.build(&batch)?, &self.patient[index])
+                    .map_err(io)
             }
+            result => result.map_err(io),
         }
-        let mut options = WriteOptions::default();
-        options.set_sync(sync);
-        self.db.write_opt(write, &options).map_err(io)
+    }
+
+    fn slowdowns(&self) -> u64 {
+        self.slowdowns.load(Ordering::Relaxed)
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
