@@ -138,9 +138,20 @@ stop() {
   done
   kill -9 "$pid" 2>/dev/null || true
   wait "$pid" 2>/dev/null || true
-  local kept=()
-  for p in "${PIDS[@]}"; do [ "$p" = "$pid" ] || kept+=("$p"); done
+  forget "$pid"
+}
+
+# forget PID: no longer one for the trap to stop.
+forget() {
+  local kept=() p
+  for p in "${PIDS[@]}"; do [ "$p" = "$1" ] || kept+=("$p"); done
   PIDS=("${kept[@]+"${kept[@]}"}")
+}
+
+# show_log LOG: its error lines, or its tail.
+show_log() {
+  grep -m 5 -E '^Error|ERROR' "$1" >&2 || tail -n 30 "$1" >&2
+  echo "(log: $1; PEER_KEEP=1 keeps it after the run)" >&2
 }
 
 # wait_ready PID LOG COMMAND...: until COMMAND succeeds (60 s), while PID lives.
@@ -149,11 +160,11 @@ wait_ready() {
   shift 2
   for ((i = 0; i < 600; i++)); do
     "$@" >/dev/null 2>&1 && return 0
-    kill -0 "$pid" 2>/dev/null || { tail -n 30 "$log" >&2; die "server exited before it was ready (log above: $log)"; }
+    kill -0 "$pid" 2>/dev/null || { show_log "$log" && die "server exited before it was ready"; }
     sleep 0.1
   done
-  tail -n 30 "$log" >&2
-  die "server not ready after 60 s (log above: $log)"
+  show_log "$log"
+  die "server not ready after 60 s"
 }
 
 http_ok() { curl -fsS -o /dev/null --max-time 1 "$1"; }
@@ -239,11 +250,24 @@ seed_redis() {
 }
 
 # --- load -------------------------------------------------------------------------------------
+# client OUT COMMAND...: runs a load client in the background and waits for it,
+# so a signal to this script runs the trap at once (and the trap stops the client).
+client() {
+  local out=$1 pid rc=0
+  shift
+  "$@" >"$out" 2>&1 &
+  pid=$!
+  PIDS+=("$pid")
+  wait "$pid" || rc=$?
+  forget "$pid"
+  return "$rc"
+}
+
 # run_wrk WORKLOAD SECONDS OUT: wrk against PORT; OUT gets wrk's output.
 run_wrk() {
-  PEER_WORKLOAD=$1 PEER_SKUS=$SKUS PEER_TOKEN=$TOKEN \
+  client "$3" env PEER_WORKLOAD="$1" PEER_SKUS="$SKUS" PEER_TOKEN="$TOKEN" \
     wrk -t"$CLIENT_THREADS" -c"$CONNECTIONS" -d"${2}s" --latency -s "$WRK_LUA" \
-    "http://127.0.0.1:$PORT/v1/reservations" >"$3" 2>&1 || { cat "$3" >&2; die "wrk failed"; }
+    "http://127.0.0.1:$PORT/v1/reservations" || { cat "$3" >&2; die "wrk failed"; }
   grep -q '^PEER_RESULT ' "$3" || { cat "$3" >&2; die "wrk printed no PEER_RESULT line"; }
 }
 
@@ -289,7 +313,7 @@ measure_http() {
   rps=$(field rps "$dir/wrk.txt")
   p50=$(awk -v us="$(field p50_us "$dir/wrk.txt")" 'BEGIN { printf "%.3f", us / 1000 }')
   p99=$(awk -v us="$(field p99_us "$dir/wrk.txt")" 'BEGIN { printf "%.3f", us / 1000 }')
-  ((ok > 0)) || { cat "$dir/wrk.txt" >&2; tail -n 20 "$dir/server.log" >&2; die "$server answered no 2xx"; }
+  ((ok > 0)) || { cat "$dir/wrk.txt" >&2; show_log "$dir/server.log"; die "$server answered no 2xx"; }
   [ "$(field statuses "$dir/wrk.txt")" = - ] || note="statuses $(field statuses "$dir/wrk.txt")"
   ((errors == 0)) || note="$note socket errors $errors"
   if [ "$server" = stockwire ]; then
@@ -318,8 +342,8 @@ run_redis_benchmark() {
   else
     args=(EVALSHA "$3" 1 sku:000000000001 1 3600)
   fi
-  redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$CONNECTIONS" --threads "$CLIENT_THREADS" \
-    -n "$2" --csv "${args[@]}" >"$4" 2>&1 || { cat "$4" >&2; die "redis-benchmark failed"; }
+  client "$4" redis-benchmark -h 127.0.0.1 -p "$PORT" -c "$CONNECTIONS" \
+    --threads "$CLIENT_THREADS" -n "$2" --csv "${args[@]}" || { cat "$4" >&2; die "redis-benchmark failed"; }
 }
 
 measure_redis() {
@@ -356,8 +380,11 @@ measure_redis() {
   p50=$(awk -F'","' '{ printf "%.3f", $5 }' <<<"$line")
   p99=$(awk -F'","' '{ printf "%.3f", $7 }' <<<"$line")
   stop "$PID"
+  local short=""
+  awk -v s="$seconds" -v want="$MEASURE_SECONDS" 'BEGIN { exit !(s < 0.8 * want) }' &&
+    short=" (short of ${MEASURE_SECONDS} s: sized from the warm-up's rate)"
   record redis "$workload" "$round" "$rps" "$p50" "$p99" "$made" "$((n - made))" \
-    "redis-benchmark, $n requests in ${seconds} s"
+    "redis-benchmark, $n requests in ${seconds} s$short"
 }
 
 echo "bench-peers: $ROUNDS round(s) of ${MEASURE_SECONDS} s per server and workload (+${WARMUP_SECONDS} s warm-up), $CONNECTIONS connections"
