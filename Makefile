@@ -6,7 +6,7 @@ export ROCKSDB_LIB_DIR ?= $(SYSLIB)
 export SNAPPY_LIB_DIR ?= $(SYSLIB)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 
-.PHONY: deps run test build bench lint
+.PHONY: deps run test build bench bench-peers lint
 
 deps:
 	@./scripts/install-deps.sh
@@ -30,6 +30,12 @@ test: deps
 bench: deps
 	cargo bench --bench reserve
 	cargo bench --bench publication
+
+# stockwire vs an actix-web + DashMap server and Redis 7 (Lua), on the same
+# reservation work in alternating rounds; prints medians and ratios last.
+# PEER_SECONDS (30), PEER_ROUNDS (2); smoke: make bench-peers PEER_SECONDS=3 PEER_ROUNDS=1
+bench-peers: deps
+	./scripts/bench-peers.sh
 
 lint: deps
 	cargo fmt --all -- --check
