@@ -23,7 +23,7 @@
 # Settings (environment): PEER_SECONDS (measured seconds per run, default 30),
 # PEER_ROUNDS (default 2), PEER_WARMUP_SECONDS (default 3, not measured),
 # STOCKWIRE_BIN (default ${CARGO_TARGET_DIR:-target}/release/stockwire; when set,
-# stockwire is not built), STOCKWIRE_WORKERS (passed to stockwire when set, and
+# stockwire is not built), STOCKWIRE_SHARDS (passed to stockwire when set, and
 # used as peer-actix's --workers), PEER_KEEP=1 (keep the temp dir with the logs).
 # Smoke test: PEER_SECONDS=3 PEER_ROUNDS=1 scripts/bench-peers.sh
 #
@@ -45,7 +45,7 @@ BAD_LIMIT_PCT=0.1
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 SW_BIN=${STOCKWIRE_BIN:-$TARGET_DIR/release/stockwire}
 ACTIX_BIN=$TARGET_DIR/release/peer-actix
-ACTIX_WORKERS=${STOCKWIRE_WORKERS:-$(nproc)}
+ACTIX_WORKERS=${STOCKWIRE_SHARDS:-$(nproc)}
 WRK_LUA=$ROOT/scripts/peers/reserve.lua
 REDIS_LUA=$ROOT/scripts/peers/reserve-redis.lua
 SW_CONFIG=$ROOT/config/stockwire.toml
@@ -183,7 +183,7 @@ start_stockwire() {
     [[ $var == STOCKWIRE_* ]] && clean+=(-u "$var")
   done
   local extra=()
-  [ -n "${STOCKWIRE_WORKERS:-}" ] && extra+=("STOCKWIRE_WORKERS=$STOCKWIRE_WORKERS")
+  [ -n "${STOCKWIRE_SHARDS:-}" ] && extra+=("STOCKWIRE_SHARDS=$STOCKWIRE_SHARDS")
   # Run in the measurement's dir: the config's relative paths (inbox, feeds) land there.
   (cd "$dir" && exec env "${clean[@]}" STOCKWIRE_DATA_DIR="$dir/data" \
     STOCKWIRE_LISTEN="127.0.0.1:$PORT" "${extra[@]+"${extra[@]}"}" \
@@ -388,7 +388,7 @@ measure_redis() {
 }
 
 echo "bench-peers: $ROUNDS round(s) of ${MEASURE_SECONDS} s per server and workload (+${WARMUP_SECONDS} s warm-up), $CONNECTIONS connections"
-echo "bench-peers: stockwire $SW_BIN (config $SW_CONFIG${STOCKWIRE_WORKERS:+, STOCKWIRE_WORKERS=$STOCKWIRE_WORKERS}), peer-actix --workers $ACTIX_WORKERS, redis-server $redis_version"
+echo "bench-peers: stockwire $SW_BIN (config $SW_CONFIG${STOCKWIRE_SHARDS:+, STOCKWIRE_SHARDS=$STOCKWIRE_SHARDS}), peer-actix --workers $ACTIX_WORKERS, redis-server $redis_version"
 for ((round = 1; round <= ROUNDS; round++)); do
   for workload in uniform hot; do
     measure_http stockwire "$workload" "$round"
