@@ -24,6 +24,11 @@ use stockwire::ingest::Inboxes;
 use stockwire::metrics::Metrics;
 use stockwire::storage::{RocksStore, Store};
 
+/// mimalloc, not glibc's malloc: per-thread heaps without the arena locks the
+/// HTTP workers contended on (docs/PERFORMANCE.md, "Allocator").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "stockwire",

@@ -252,6 +252,10 @@ fn rfc3339(secs: u64) -> String {
     )
 }
 
+/// The allocator stockwire's server uses, so the two differ only in what they do.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::io::Result<()> {
     let cli = Cli::parse();
     let workers = cli
