@@ -6,7 +6,7 @@ export ROCKSDB_LIB_DIR ?= $(SYSLIB)
 export SNAPPY_LIB_DIR ?= $(SYSLIB)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 
-.PHONY: deps run test build bench bench-peers lint
+.PHONY: deps run test build bench bench-peers lint docs-check
 
 deps:
 	@./scripts/install-deps.sh
@@ -18,14 +18,19 @@ run: deps
 	cargo run --release -- serve
 
 # Formatting and lints, then unit, property and integration tests (real
-# binary, real RocksDB, loopback) and a one-shot run of every bench.
+# binary, real RocksDB, loopback) and a one-shot run of every bench; the
+# loadtest crate built on its own (its own features, not the workspace's);
+# schemathesis; and every command the docs show (scripts/doc-commands.py).
 test: deps
 	@./scripts/install-deps.sh --test
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo test --workspace --lib --bins --examples --benches
 	cargo test --workspace --test integration
+	cargo build -p loadtest
 	./scripts/schemathesis.sh
+	./scripts/doc-commands.py --self-test
+	./scripts/doc-commands.py
 
 bench: deps
 	cargo bench --bench reserve
@@ -40,3 +45,8 @@ bench-peers: deps
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# The docs' commands alone (part of `make test`): DOCS="README.md" for one file.
+docs-check: deps
+	@./scripts/install-deps.sh --test
+	./scripts/doc-commands.py $(DOCS)

@@ -22,6 +22,8 @@
 #
 # Settings (environment): PEER_SECONDS (measured seconds per run, default 30),
 # PEER_ROUNDS (default 2), PEER_WARMUP_SECONDS (default 3, not measured),
+# PEER_SERVERS (default "stockwire actix redis"), PEER_WORKLOADS (default
+# "uniform hot"): a subset, e.g. to profile one server under load;
 # STOCKWIRE_BIN (default ${CARGO_TARGET_DIR:-target}/release/stockwire; when set,
 # stockwire is not built), STOCKWIRE_SHARDS (passed to stockwire when set, and
 # used as peer-actix's --workers), PEER_KEEP=1 (keep the temp dir with the logs).
@@ -54,6 +56,15 @@ die() {
   echo "bench-peers: $*" >&2
   exit 1
 }
+
+SERVERS=${PEER_SERVERS:-stockwire actix redis}
+WORKLOADS=${PEER_WORKLOADS:-uniform hot}
+for server in $SERVERS; do
+  [[ $server =~ ^(stockwire|actix|redis)$ ]] || die "PEER_SERVERS: '$server' is not stockwire, actix or redis"
+done
+for workload in $WORKLOADS; do
+  [[ $workload =~ ^(uniform|hot)$ ]] || die "PEER_WORKLOADS: '$workload' is not uniform or hot"
+done
 
 for var in MEASURE_SECONDS ROUNDS WARMUP_SECONDS; do
   [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number of seconds/rounds, not '${!var}'"
@@ -390,10 +401,14 @@ measure_redis() {
 echo "bench-peers: $ROUNDS round(s) of ${MEASURE_SECONDS} s per server and workload (+${WARMUP_SECONDS} s warm-up), $CONNECTIONS connections"
 echo "bench-peers: stockwire $SW_BIN (config $SW_CONFIG${STOCKWIRE_SHARDS:+, STOCKWIRE_SHARDS=$STOCKWIRE_SHARDS}), peer-actix --workers $ACTIX_WORKERS, redis-server $redis_version"
 for ((round = 1; round <= ROUNDS; round++)); do
-  for workload in uniform hot; do
-    measure_http stockwire "$workload" "$round"
-    measure_http actix "$workload" "$round"
-    measure_redis "$workload" "$round"
+  for workload in $WORKLOADS; do
+    for server in $SERVERS; do
+      if [ "$server" = redis ]; then
+        measure_redis "$workload" "$round"
+      else
+        measure_http "$server" "$workload" "$round"
+      fi
+    done
   done
 done
 

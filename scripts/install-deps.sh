@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Installs the native libraries stockwire links against when they are missing,
 # and with --test also promtool (Debian's prometheus package), which the tests
-# use to check the metrics exposition and the alert rules, and schemathesis
-# (PyPI), which scripts/schemathesis.sh runs against /v1/openapi.json.
+# use to check the metrics exposition and the alert rules, schemathesis
+# (PyPI), which scripts/schemathesis.sh runs against /v1/openapi.json, and what
+# the docs' commands use (jq, curl, redis-server, wrk; scripts/doc-commands.py).
 # Debian/Ubuntu only; other platforms build the bundled RocksDB (see README).
 set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
 need=()
 if [ "${1:-}" = "--test" ]; then
   command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+  # scripts/doc-commands.py runs the docs' examples: jq picks fields out of
+  # answers, and docs/PERFORMANCE.md's bench-peers smoke needs redis and wrk.
+  command -v jq >/dev/null 2>&1 || need+=(jq)
+  command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+  command -v wrk >/dev/null 2>&1 || need+=(wrk)
+  command -v curl >/dev/null 2>&1 || need+=(curl)
   if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   fi
