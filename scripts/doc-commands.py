@@ -22,9 +22,10 @@ loadtest/README.md and docs/*.md must say, after its language, what it is:
 
 An unmarked shell block is an error, so a new example cannot slip by unchecked.
 
-Each document runs in its own fresh copy of the working tree (a fixed path under
-the cargo target dir, so builds are reused between runs) with an empty ./data,
-`target` pointing at the real target dir, one block after another; shell
+Each document runs in a copy of the working tree (a fixed path under the cargo
+target dir, with a target dir of its own there, so builds are reused between
+runs; `target` in the copy points at it) with an empty ./data, one block after
+another; shell
 variables and functions a block defines are seen by the blocks after it, as in
 a terminal. Servers listen on 127.0.0.1 only: a document's port that is already
 taken fails the check rather than talking to somebody else's server.
@@ -119,9 +120,15 @@ def stop(process, log):
 
 
 def sandbox():
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    target = os.path.abspath(target)
-    tree = os.path.join(target, "doc-check", "tree")
+    # The copy gets a target dir of its own: cargo hashes a workspace's units by
+    # their path *within* the workspace, so a copy building into the real target
+    # dir would share (and overwrite) the checkout's artifacts and fingerprints,
+    # and the checkout's next build could take the copy's files for its own.
+    outer = os.path.abspath(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"))
+    work = os.path.join(outer, "doc-check")
+    target = os.path.join(work, "target")
+    os.environ["CARGO_TARGET_DIR"] = target
+    tree = os.path.join(work, "tree")
     os.makedirs(tree, exist_ok=True)
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -143,11 +150,14 @@ def sandbox():
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.copy2(src, dst)
     link = os.path.join(tree, "target")
+    if os.path.islink(link) and os.readlink(link) != target:
+        os.remove(link)
     if not os.path.islink(link):
         if os.path.exists(link):
             shutil.rmtree(link)
+        os.makedirs(target, exist_ok=True)
         os.symlink(target, link)
-    return tree, os.path.join(target, "doc-check")
+    return tree, work
 
 
 PRELUDE = r"""
