@@ -140,7 +140,9 @@ fn stock(sku: &Arc<str>, location: &Arc<str>) -> Exec {
     exec
 }
 
-/// The reserve round trip through shard, actor and journal (RocksDB, wal).
+/// The reserve round trip through shard, actor and journal (RocksDB, wal), with
+/// the shard on the caller's own arbiter as the server places it (a request for
+/// a SKU its HTTP worker owns never leaves the thread).
 fn reserve(c: &mut Criterion) {
     let mut group = c.benchmark_group("reserve_round_trip");
     group.measurement_time(Duration::from_secs(8));
@@ -154,7 +156,8 @@ fn reserve(c: &mut Criterion) {
     let engine = system.block_on(async {
         let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).expect("rocksdb"));
         let recovered = recover(&*store).expect("recover");
-        Engine::start(config, store, recovered, Arc::new(Metrics::new())).await
+        let here = vec![actix::Arbiter::current()];
+        Engine::start_on(config, store, recovered, Arc::new(Metrics::new()), here).await
     });
     let location: Arc<str> = Arc::from("wh-east");
     let skus: Vec<Arc<str>> = (0..1000)
