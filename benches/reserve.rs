@@ -1,4 +1,5 @@
-//! Criterion benches: the domain core, the journal, and the in-process
+//! Criterion benches: the domain core, the journal, RocksDB's own breakdown of
+//! a write (perf context), and the in-process
 //! reserve round trip (message to the shard -> position actor -> journaled
 //! in RocksDB -> reply), on one position and across many.
 //!
@@ -102,6 +103,76 @@ fn journal(c: &mut Criterion) {
             );
         }
         journal.shutdown();
+    }
+    group.finish();
+}
+
+/// Where the time of one RocksDB write goes, from RocksDB's perf context (WAL,
+/// memtable, write delay, the rest): a tick's batch of `n` reservations, each
+/// a journal entry and a reservation record, as the server writes them.
+/// Prints the breakdown per write after the timing.
+fn write_breakdown(c: &mut Criterion) {
+    use rocksdb::perf::{set_perf_stats, PerfContext, PerfMetric, PerfStatsLevel};
+    use std::cell::Cell;
+    use stockwire::storage::Space;
+    let mut group = c.benchmark_group("rocksdb_write");
+    group.measurement_time(Duration::from_secs(4));
+    let metrics = [
+        ("wal", PerfMetric::WriteWalTime),
+        ("memtable", PerfMetric::WriteMemtableTime),
+        ("delay", PerfMetric::WriteDelayTime),
+        ("pre/post", PerfMetric::WritePreAndPostProcessTime),
+    ];
+    for (name, sync) in [("wal", false), ("fsync", true)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = RocksStore::open(dir.path()).expect("rocksdb");
+        let key = Cell::new(0u64);
+        for per_tick in [1u64, 16] {
+            let sums = Cell::new([0u64; 5]); // total ns, then each metric in ns
+            let writes = Cell::new(0u64);
+            group.throughput(Throughput::Elements(per_tick));
+            group.bench_function(BenchmarkId::new(name, per_tick), |b| {
+                b.iter_custom(|iters| {
+                    set_perf_stats(PerfStatsLevel::EnableTime);
+                    let mut context = PerfContext::default();
+                    context.reset();
+                    let started = Instant::now();
+                    for _ in 0..iters {
+                        let mut batch = WriteBatch::default();
+                        for _ in 0..per_tick {
+                            let n = key.get() + 1;
+                            key.set(n);
+                            batch.put(Space::Journal, n.to_be_bytes().to_vec(), vec![7u8; 200]);
+                            let id = format!("res_{n:016x}");
+                            batch.put(Space::Reservations, id.into_bytes(), vec![9u8; 300]);
+                        }
+                        store.write(batch, sync).expect("write");
+                    }
+                    let took = started.elapsed();
+                    let mut sum = sums.get();
+                    sum[0] += took.as_nanos() as u64;
+                    for (i, (_, metric)) in metrics.iter().enumerate() {
+                        sum[i + 1] += context.metric(*metric);
+                    }
+                    sums.set(sum);
+                    writes.set(writes.get() + iters);
+                    set_perf_stats(PerfStatsLevel::Disable);
+                    took
+                })
+            });
+            let (sum, n) = (sums.get(), writes.get().max(1) as f64);
+            let mut line = format!(
+                "rocksdb_write/{name}/{per_tick}: per write {:.1} µs",
+                sum[0] as f64 / n / 1000.0
+            );
+            for (i, (label, _)) in metrics.iter().enumerate() {
+                line.push_str(&format!(
+                    ", {label} {:.1} µs",
+                    sum[i + 1] as f64 / n / 1000.0
+                ));
+            }
+            println!("{line}");
+        }
     }
     group.finish();
 }
@@ -249,5 +320,5 @@ fn json(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, domain, journal, reserve, json);
+criterion_group!(benches, domain, journal, write_breakdown, reserve, json);
 criterion_main!(benches);
