@@ -55,8 +55,8 @@ FENCE = re.compile(r"^(\s*)```(\S*)\s*(.*)$")
 
 
 class Block:
-    def __init__(self, path, line, lang, words, body):
-        self.path, self.line, self.lang, self.body = path, line, lang, body
+    def __init__(self, path, line, words, body):
+        self.path, self.line, self.body = path, line, body
         self.mark = next((w for w in words if w in MARKS), None)
         self.options = dict(w.split("=", 1) for w in words if "=" in w)
 
@@ -84,7 +84,7 @@ def blocks_of(path):
             j += 1
         body = "\n".join(l[len(indent):] if l.startswith(indent) else l for l in lines[i + 1 : j])
         if lang in SHELLS:
-            found.append(Block(path, i + 1, lang, rest.split(), body))
+            found.append(Block(path, i + 1, rest.split(), body))
         i = j + 1
     return found
 
@@ -103,20 +103,20 @@ def ready(port):
         return False
 
 
-def stop(process, log):
-    """SIGTERM to the server's whole group (`cargo run` and the server it runs),
-    SIGKILL after 30 s; returns once every process of it has exited."""
-    for sig, wait in ((signal.SIGTERM, 300), (signal.SIGKILL, 50)):
+def stop_group(process, term_seconds):
+    """SIGTERM to the process's whole group (a server, `cargo run` and what it
+    runs, whatever a block left in the background), SIGKILL after
+    `term_seconds`; returns once every process of it has exited."""
+    for sig, seconds in ((signal.SIGTERM, term_seconds), (signal.SIGKILL, 5)):
         if not group_alive(process.pid):
             break
         os.killpg(process.pid, sig)
-        for _ in range(wait):
+        for _ in range(int(seconds * 10)):
             process.poll()
             if not group_alive(process.pid):
                 break
             time.sleep(0.1)
     process.wait()
-    log.close()
 
 
 def sandbox():
@@ -210,19 +210,38 @@ def run_check(body, tree, env, timeout, expected):
         except subprocess.TimeoutExpired:
             code, why = None, f"over {timeout} s"
         finally:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                if not group_alive(process.pid):
-                    break
-                os.killpg(process.pid, sig)
-                for _ in range(50):  # up to 5 s for what it left to exit
-                    if not group_alive(process.pid):
-                        break
-                    time.sleep(0.1)
-            process.wait()
+            stop_group(process, term_seconds=5)
         out.seek(0)
         if code is not None and code != expected:
             why += f", expected {expected}"
         return code == expected, out.read().decode(errors="replace"), why
+
+
+def start_server(block, index, line, tree, env, work):
+    """Starts one `serve` line and waits for its /readyz: `(process, log, None)`,
+    or `(None, None, why)` when it cannot start or never gets ready."""
+    m = re.search(r"STOCKWIRE_LISTEN=[\d.]+:(\d+)", line)
+    port = int(block.options.get("port") or (m.group(1) if m else 8080))
+    if port_taken(port):
+        return None, None, f"{block.where()}: port {port} is taken; stop what listens there"
+    log_path = os.path.join(work, f"serve-{os.path.basename(block.path)}-{block.line}-{index}.log")
+    log = open(log_path, "wb")
+    process = subprocess.Popen(
+        ["bash", "-c", PRELUDE + "\ntrap - EXIT\n" + line],
+        cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    started, deadline = time.monotonic(), time.monotonic() + READY_TIMEOUT
+    while not ready(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            why = "exited" if process.poll() is not None else f"not ready in {READY_TIMEOUT} s"
+            stop_group(process, term_seconds=30)
+            log.close()
+            tail = open(log_path, "rb").read()[-4000:].decode(errors="replace")
+            return None, None, f"{block.where()}: `{line}` {why}\n{tail}"
+        time.sleep(0.2)
+    print(f"doc-commands: {block.where()} serve `{line[:60]}` ready on {port} "
+          f"in {time.monotonic() - started:.1f} s", flush=True)
+    return process, log, None
 
 
 def run_document(path, tree, work):
@@ -236,63 +255,45 @@ def run_document(path, tree, work):
     if os.path.exists(state):
         os.remove(state)
     env = dict(os.environ, DOC_STATE=state)
-    failures, servers = [], []
+    failures, server = [], None
     try:
         for block in runnable:
-            started = time.monotonic()
+            if failures:
+                break
             if block.mark == "check":
+                started = time.monotonic()
                 timeout = int(block.options.get("timeout", DEFAULT_TIMEOUT))
-                try:
-                    ok, out, why = run_check(block.body, tree, env, timeout,
-                                             int(block.options.get("exit", 0)))
-                except subprocess.TimeoutExpired:
-                    ok, out, why = False, "", f"over {timeout} s"
+                expected = int(block.options.get("exit", 0))
+                ok, out, why = run_check(block.body, tree, env, timeout, expected)
                 print(f"doc-commands: {block.where()} check {'ok' if ok else 'FAILED (' + why + ')'} "
                       f"in {time.monotonic() - started:.1f} s", flush=True)
                 if not ok:
                     failures.append(f"{block.where()}: {why}\n{out[-4000:]}")
-                    break
                 continue
-            lines = [l for l in block.body.split("\n") if l.strip() and not l.lstrip().startswith("#")]
+            lines = [l.strip() for l in block.body.split("\n") if l.strip() and not l.lstrip().startswith("#")]
             for index, line in enumerate(lines):
-                m = re.search(r"STOCKWIRE_LISTEN=[\d.]+:(\d+)", line)
-                port = int(block.options.get("port") or (m.group(1) if m else 8080))
-                for process, log, _ in servers:
-                    stop(process, log)
-                servers.clear()
-                if port_taken(port):
-                    failures.append(f"{block.where()}: port {port} is taken; stop what listens there")
-                    raise StopIteration
-                log_path = os.path.join(work, f"serve-{os.path.basename(path)}-{block.line}-{index}.log")
-                log = open(log_path, "wb")
-                process = subprocess.Popen(
-                    ["bash", "-c", PRELUDE + "\ntrap - EXIT\n" + line.strip()],
-                    cwd=tree, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                )
-                servers.append((process, log, log_path))
-                deadline = time.monotonic() + READY_TIMEOUT
-                while not ready(port):
-                    if process.poll() is not None or time.monotonic() > deadline:
-                        why = "exited" if process.poll() is not None else f"not ready in {READY_TIMEOUT} s"
-                        tail = open(log_path, "rb").read()[-4000:].decode(errors="replace")
-                        failures.append(f"{block.where()}: `{line.strip()}` {why}\n{tail}")
-                        raise StopIteration
-                    time.sleep(0.2)
-                print(f"doc-commands: {block.where()} serve `{line.strip()[:60]}` ready on {port} "
-                      f"in {time.monotonic() - started:.1f} s", flush=True)
-    except StopIteration:
-        pass
+                if server:
+                    stop_group(server[0], term_seconds=30)
+                    server[1].close()
+                    server = None
+                process, log, why = start_server(block, index, line, tree, env, work)
+                if why:
+                    failures.append(why)
+                    break
+                server = (process, log)
     finally:
-        for process, log, _ in servers:
-            stop(process, log)
+        if server:
+            stop_group(server[0], term_seconds=30)
+            server[1].close()
     if not failures:
         print(f"doc-commands: {name}: {len(runnable)} blocks ok", flush=True)
     return failures
 
 
 def self_test():
-    """The check can fail: a failing command, a wrong exit status, a variable not
-    carried over and an unmarked block are each caught."""
+    """The check can fail: a failing command, a wrong exit status, an HTTP error
+    status, a variable not carried over and an unmarked block are each caught
+    (and the same blocks without the fault pass)."""
     import tempfile
     tree, work = sandbox()
     cases = {
@@ -300,7 +301,18 @@ def self_test():
         "fails": ("```sh check\ntrue\nfalse\ntrue\n```\n", False),
         "wrong exit": ("```sh check exit=2\nexit 3\n```\n", False),
         "expected exit": ("```sh check exit=2\nexit 2\n```\n", True),
-        "http error": ("```sh check\ncurl -s http://127.0.0.1:1/nothing\n```\n", False),
+        # a server that answers 404: curl here must fail on the status, not only
+        # on a refused connection
+        "http error": ("```sh check\n"
+                       "P=$(python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])')\n"
+                       "python3 -m http.server --bind 127.0.0.1 \"$P\" >/dev/null 2>&1 &\n"
+                       "until command curl -s -o /dev/null \"http://127.0.0.1:$P/\"; do sleep 0.1; done\n"
+                       "curl -s \"http://127.0.0.1:$P/missing\" >/dev/null\n```\n", False),
+        "http ok": ("```sh check\n"
+                    "P=$(python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\", 0)); print(s.getsockname()[1])')\n"
+                    "python3 -m http.server --bind 127.0.0.1 \"$P\" >/dev/null 2>&1 &\n"
+                    "until command curl -s -o /dev/null \"http://127.0.0.1:$P/\"; do sleep 0.1; done\n"
+                    "curl -s \"http://127.0.0.1:$P/\" >/dev/null\n```\n", True),
     }
     wrong = []
     with tempfile.TemporaryDirectory() as tmp:
