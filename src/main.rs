@@ -25,7 +25,7 @@ use stockwire::metrics::Metrics;
 use stockwire::storage::{RocksStore, Store};
 
 /// mimalloc, not glibc's malloc: per-thread heaps without the arena locks the
-/// HTTP workers contended on (docs/PERFORMANCE.md, "Allocator").
+/// HTTP workers contended on (docs/PERFORMANCE.md, "Reservation hot path").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
