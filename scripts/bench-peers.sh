@@ -428,8 +428,8 @@ echo
 echo "Medians over $ROUNDS round(s) of ${MEASURE_SECONDS} s; req/s counts only reservations made (HTTP 200/201; Redis: scripts that reserved)."
 echo "redis is driven by redis-benchmark -c $CONNECTIONS --threads $CLIENT_THREADS (RESP), not wrk -t$CLIENT_THREADS -c $CONNECTIONS (HTTP): its latency excludes HTTP."
 printf '%-10s %-8s %12s %9s %9s  %s\n' server workload req/s p50_ms p99_ms flags
-for workload in uniform hot; do
-  for server in stockwire actix redis; do
+for workload in $WORKLOADS; do
+  for server in $SERVERS; do
     printf '%-10s %-8s %12.1f %9.3f %9.3f  %s\n' "$server" "$workload" \
       "$(median "$server" "$workload" 4)" "$(median "$server" "$workload" 5)" \
       "$(median "$server" "$workload" 6)" "$(flagged "$server" "$workload")"
