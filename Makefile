@@ -6,7 +6,7 @@ export ROCKSDB_LIB_DIR ?= $(SYSLIB)
 export SNAPPY_LIB_DIR ?= $(SYSLIB)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 
-.PHONY: deps run test build bench bench-peers lint docs-check
+.PHONY: deps run test build bench bench-peers lint docs-check browser-test
 
 deps:
 	@./scripts/install-deps.sh
@@ -20,7 +20,8 @@ run: deps
 # Formatting and lints, then unit, property and integration tests (real
 # binary, real RocksDB, loopback) and a one-shot run of every bench; the
 # loadtest crate built on its own (its own features, not the workspace's);
-# schemathesis; and every command the docs show (scripts/doc-commands.py).
+# the console and the load-test report in headless Chromium; schemathesis;
+# and every command the docs show (scripts/doc-commands.py).
 test: deps
 	@./scripts/install-deps.sh --test
 	cargo fmt --all -- --check
@@ -28,6 +29,7 @@ test: deps
 	cargo test --workspace --lib --bins --examples --benches
 	cargo test --workspace --test integration
 	cargo build -p loadtest
+	./scripts/browser-tests.sh
 	./scripts/schemathesis.sh
 	./scripts/doc-commands.py --self-test
 	./scripts/doc-commands.py
@@ -50,3 +52,9 @@ lint: deps
 docs-check: deps
 	@./scripts/install-deps.sh --test
 	./scripts/doc-commands.py $(DOCS)
+
+# The browser tests alone (part of `make test`): screenshots in
+# $$CARGO_TARGET_DIR/test-output/browser (or target/test-output/browser).
+browser-test: deps
+	@./scripts/install-deps.sh --test
+	./scripts/browser-tests.sh

@@ -3,7 +3,9 @@
 # and with --test also promtool (Debian's prometheus package), which the tests
 # use to check the metrics exposition and the alert rules, schemathesis
 # (PyPI), which scripts/schemathesis.sh runs against /v1/openapi.json, and what
-# the docs' commands use (jq, curl, redis-server, wrk; scripts/doc-commands.py).
+# the docs' commands use (jq, curl, redis-server, wrk; scripts/doc-commands.py),
+# and Chromium for the browser tests (scripts/browser-tests.sh; they bring
+# playwright-core from npm and need the machine's Node.js 20+).
 # Debian/Ubuntu only; other platforms build the bundled RocksDB (see README).
 set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
@@ -16,6 +18,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  [ -x /usr/bin/chromium ] || need+=(chromium)
+  command -v node >/dev/null 2>&1 || need+=(nodejs npm)
   if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
   fi

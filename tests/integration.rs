@@ -48,3 +48,6 @@ mod inbox;
 // Reconciliation, source authority, the exception queue (SPEC §2 systems of record).
 #[path = "integration/records.rs"]
 mod records;
+
+#[path = "integration/console.rs"]
+mod console;

@@ -19,7 +19,7 @@ use super::input::{check_id, parse_json, parse_rfc3339, read_body, rfc3339};
 use super::{correlation_id, AppState};
 use crate::config::EVENT_TYPES;
 use crate::domain::{transfer_of, AdjustReason, EventKind, QuarantineAction};
-use crate::engine::{Engine, EventOutcome, EventStatus, WarehouseEvent};
+use crate::engine::{Engine, EventOutcome, EventStatus, ExceptionFilter, WarehouseEvent};
 use crate::storage::records::{ExceptionRecord, ExceptionResolution, JournalRecord};
 
 /// Entries per SSE read from the journal.
@@ -471,8 +471,14 @@ pub async fn stream(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ExceptionQuery {
+    /// The exception kind (`rejected_event`, `reconciliation_difference`, ...).
     kind: Option<String>,
+    /// `open` or `resolved`.
     status: Option<String>,
+    sku: Option<String>,
+    location: Option<String>,
+    /// The system of record (event `source`, reconciliation `source`).
+    source: Option<String>,
     after: Option<u64>,
     limit: Option<usize>,
 }
@@ -517,12 +523,14 @@ pub async fn exceptions(
         .limit
         .unwrap_or(100)
         .clamp(1, state.config.events_page_max);
-    let found = engine.exceptions(
-        query.after.unwrap_or(0),
-        limit,
-        query.kind.as_deref(),
-        query.status.as_deref(),
-    )?;
+    let filter = ExceptionFilter {
+        kind: query.kind.as_deref(),
+        status: query.status.as_deref(),
+        sku: query.sku.as_deref(),
+        location: query.location.as_deref(),
+        source: query.source.as_deref(),
+    };
+    let found = engine.exceptions(query.after.unwrap_or(0), limit, &filter)?;
     let mut items: Vec<Value> = Vec::with_capacity(found.len());
     for record in &found {
         let resolution = if record.status == "resolved" {

@@ -5,6 +5,7 @@
 pub mod access;
 mod availability;
 mod channels;
+mod console;
 mod error;
 mod event_input;
 mod events;
@@ -182,6 +183,9 @@ route_table! {
     get "/readyz" => ops::readyz, Policy::Open;
     get "/metrics" => ops::metrics, Policy::Metrics;
     get "/v1/openapi.json" => ops::openapi, Policy::Open;
+    get "/console" => console::page, Policy::Open;
+    get "/console/{asset}" => console::asset, Policy::Open;
+    get "/v1/whoami" => console::whoami, Policy::Roles(&Role::ALL);
     post "/v1/availability/query" => availability::query, Policy::Roles(AVAILABILITY);
     get "/v1/availability/{sku}" => availability::get, Policy::Roles(AVAILABILITY);
     post "/v1/reservations" => reservations::create, Policy::Roles(SELLERS);

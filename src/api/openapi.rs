@@ -17,8 +17,8 @@ use utoipa::openapi::{ContentBuilder, RefOr, Response, ResponseBuilder};
 use utoipa::{IntoResponses, Modify, OpenApi, PartialSchema, ToSchema};
 
 use super::{
-    availability, channels, events, exceptions, ops, positions, reconciliations, reservations,
-    transfers,
+    availability, channels, console, events, exceptions, ops, positions, reconciliations,
+    reservations, transfers,
 };
 
 /// Every error body: `application/problem+json` with a stable `code`.
@@ -435,6 +435,9 @@ impl Modify for BearerAuth {
         ops::readyz,
         ops::metrics,
         ops::openapi,
+        console::page,
+        console::asset,
+        console::whoami,
         availability::query,
         availability::get,
         reservations::create,

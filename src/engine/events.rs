@@ -598,13 +598,12 @@ impl Engine {
         Ok((record, Some(resolution)))
     }
 
-    /// Up to `limit` exceptions with id > `after`, optionally of one kind.
+    /// Up to `limit` exceptions with id > `after` that `filter` matches.
     pub fn exceptions(
         &self,
         after: u64,
         limit: usize,
-        kind: Option<&str>,
-        status: Option<&str>,
+        filter: &ExceptionFilter<'_>,
     ) -> Result<Vec<ExceptionRecord>, EngineError> {
         let mut found = Vec::new();
         let mut failure = None;
@@ -613,9 +612,7 @@ impl Engine {
             &seq_key(after.saturating_add(1)),
             &mut |_, value| match codec::decode::<ExceptionRecord>(value) {
                 Ok(record) => {
-                    if kind.is_none_or(|k| k == record.kind)
-                        && status.is_none_or(|s| s == record.status)
-                    {
+                    if filter.matches(&record) {
                         found.push(record);
                     }
                     found.len() < limit
@@ -669,5 +666,27 @@ struct EventIdClaim<'a> {
 impl Drop for EventIdClaim<'_> {
     fn drop(&mut self) {
         self.engine.events_in_flight.remove(&self.event_id);
+    }
+}
+
+/// Which exceptions a listing returns: every given field must be equal.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ExceptionFilter<'a> {
+    pub kind: Option<&'a str>,
+    pub status: Option<&'a str>,
+    pub sku: Option<&'a str>,
+    pub location: Option<&'a str>,
+    pub source: Option<&'a str>,
+}
+
+impl ExceptionFilter<'_> {
+    pub fn matches(&self, record: &ExceptionRecord) -> bool {
+        let same =
+            |wanted: Option<&str>, have: Option<&str>| wanted.is_none_or(|w| have == Some(w));
+        same(self.kind, Some(&record.kind))
+            && same(self.status, Some(&record.status))
+            && same(self.sku, record.sku.as_deref())
+            && same(self.location, record.location.as_deref())
+            && same(self.source, record.source.as_deref())
     }
 }

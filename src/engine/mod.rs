@@ -15,7 +15,8 @@ mod reservations;
 mod transfers;
 
 pub use events::{
-    error_code, EventCommand, EventOutcome, EventStatus, ExceptionClaim, Rejection, WarehouseEvent,
+    error_code, EventCommand, EventOutcome, EventStatus, ExceptionClaim, ExceptionFilter,
+    Rejection, WarehouseEvent,
 };
 pub use reconcile::{
     Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,

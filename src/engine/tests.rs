@@ -440,7 +440,14 @@ async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
     let mut overdue = Vec::new();
     for _ in 0..40 {
         overdue = again
-            .exceptions(0, 100, Some("transfer_overdue"), None)
+            .exceptions(
+                0,
+                100,
+                &ExceptionFilter {
+                    kind: Some("transfer_overdue"),
+                    ..ExceptionFilter::default()
+                },
+            )
             .expect("exceptions");
         if !overdue.is_empty() {
             break;
@@ -457,7 +464,14 @@ async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
     );
     tokio::time::sleep(Duration::from_millis(600)).await;
     let still = again
-        .exceptions(0, 100, Some("transfer_overdue"), None)
+        .exceptions(
+            0,
+            100,
+            &ExceptionFilter {
+                kind: Some("transfer_overdue"),
+                ..ExceptionFilter::default()
+            },
+        )
         .expect("exceptions");
     assert_eq!(still.len(), 1, "one exception per transfer");
     again.stop(false).await;
