@@ -51,3 +51,6 @@ mod records;
 
 #[path = "integration/console.rs"]
 mod console;
+
+#[path = "integration/prometheus.rs"]
+mod prometheus;
