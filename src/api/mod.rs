@@ -183,9 +183,6 @@ route_table! {
     get "/readyz" => ops::readyz, Policy::Open;
     get "/metrics" => ops::metrics, Policy::Metrics;
     get "/v1/openapi.json" => ops::openapi, Policy::Open;
-    get "/console" => console::page, Policy::Open;
-    get "/console/{asset}" => console::asset, Policy::Open;
-    get "/v1/whoami" => console::whoami, Policy::Roles(&Role::ALL);
     post "/v1/availability/query" => availability::query, Policy::Roles(AVAILABILITY);
     get "/v1/availability/{sku}" => availability::get, Policy::Roles(AVAILABILITY);
     post "/v1/reservations" => reservations::create, Policy::Roles(SELLERS);
@@ -213,6 +210,10 @@ route_table! {
     put "/v1/positions/{sku}/{location}/settings" => positions::settings, Policy::Roles(ADMIN);
     put "/v1/positions/{sku}/{location}/commitments/{channel}" => positions::commitment, Policy::Roles(ADMIN);
     post "/v1/reconciliations" => reconciliations::post, Policy::Roles(SYSTEMS);
+    // Last: the policy lookup walks the table in order, and these are rare.
+    get "/console" => console::page, Policy::Open;
+    get "/console/{asset}" => console::asset, Policy::Open;
+    get "/v1/whoami" => console::whoami, Policy::Roles(&Role::ALL);
 }
 
 /// The policy of the route a request will be routed to: the first route (in

@@ -32,6 +32,11 @@ pub enum Reject {
     Insufficient { requested: u64, available: i64 },
     #[error("{0}")]
     InvalidState(String),
+    /// The reservation or transfer holds nothing at this position (answered
+    /// as `invalid_state`; told apart so a resumed ship can skip exactly the
+    /// lines that shipped before, and nothing else).
+    #[error("{0}")]
+    NoHold(String),
     #[error("expected version {expected}, position is at version {actual}")]
     VersionConflict { expected: u64, actual: u64 },
     #[error("{0}")]

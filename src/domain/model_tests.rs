@@ -96,7 +96,7 @@ fn refusal(reject: &Reject) -> Refusal {
             requested: *requested,
             available: *available,
         },
-        Reject::InvalidState(_) => Refusal::InvalidState,
+        Reject::InvalidState(_) | Reject::NoHold(_) => Refusal::InvalidState,
         Reject::VersionConflict { expected, actual } => Refusal::VersionConflict {
             expected: *expected,
             actual: *actual,

@@ -647,12 +647,8 @@ impl Position {
         self.holds
             .get(reservation_id)
             .ok_or_else(|| match transfer_of(reservation_id) {
-                Some(transfer) => {
-                    Reject::InvalidState(format!("transfer {transfer} holds nothing here"))
-                }
-                None => {
-                    Reject::InvalidState(format!("reservation {reservation_id} holds nothing here"))
-                }
+                Some(transfer) => Reject::NoHold(format!("transfer {transfer} holds nothing here")),
+                None => Reject::NoHold(format!("reservation {reservation_id} holds nothing here")),
             })
     }
 

@@ -96,7 +96,9 @@ impl From<Reject> for EngineError {
                 requested,
                 available,
             }]),
-            Reject::InvalidState(detail) => EngineError::InvalidState(detail),
+            Reject::InvalidState(detail) | Reject::NoHold(detail) => {
+                EngineError::InvalidState(detail)
+            }
             Reject::VersionConflict { expected, actual } => {
                 EngineError::VersionConflict { expected, actual }
             }

@@ -336,7 +336,8 @@ impl Engine {
                     expiry.insert((retry_at, Arc::from(record.id.as_str())));
                 }
                 let outcome = match &error {
-                    EngineError::Insufficient(_) => "insufficient",
+                    // Refused, as a shortage is: the caller asked for what is not there.
+                    EngineError::Insufficient(_) | EngineError::UnknownSku(_) => "insufficient",
                     _ => "error",
                 };
                 self.metrics
@@ -415,10 +416,27 @@ impl Engine {
         let undone = self
             .compensate(&reservation_id, record, &taken, single)
             .await;
+        if failure.is_none() {
+            failure = self.unknown_sku(&shortages).await;
+        }
         Err((
             failure.unwrap_or(EngineError::Insufficient(shortages)),
             undone,
         ))
+    }
+
+    /// `unknown_sku` (SPEC §9) for the first short line whose SKU has no
+    /// position at any location: a catalogue mismatch, not an empty shelf.
+    /// Only a line with nothing available can be one, so a plain shortage
+    /// costs no read.
+    async fn unknown_sku(&self, shortages: &[Shortage]) -> Option<EngineError> {
+        for shortage in shortages.iter().filter(|s| s.available <= 0) {
+            let readouts = self.read_sku(&shortage.sku, None, None).await.ok()?;
+            if readouts.is_empty() {
+                return Some(EngineError::UnknownSku(shortage.sku.clone()));
+            }
+        }
+        None
     }
 
     /// Releases every position a failed creation took stock from, retrying
@@ -976,8 +994,10 @@ impl Engine {
             };
             match self.exec(exec).await {
                 Ok(_) => {}
-                // Resuming: this line's hold was shipped before the interruption.
-                Err(ExecError::Reject(Reject::InvalidState(_)))
+                // Resuming: this line's hold is gone, so it shipped before the
+                // interruption. Any other refusal (e.g. fewer units on hand
+                // than allocated) stops the ship again: the line still holds.
+                Err(ExecError::Reject(Reject::NoHold(_)))
                     if resuming && matches!(finished.status, ReservationStatus::Shipped) => {}
                 Err(error) => return Err(error.into()),
             }

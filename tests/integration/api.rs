@@ -970,3 +970,73 @@ fn a_channel_uses_its_commitment_first_and_gets_it_back_on_release() {
     assert_eq!(views(&server), (6, 0));
     assert_eq!(short_counters(&server, "sku-cu", "wh-west"), (10, 4, 6));
 }
+
+/// Issue 14's suspected bug: a multi-line ship that stops part-way (one line
+/// cannot ship: a count left fewer units on hand than it allocated) and is
+/// repeated must not call itself shipped while that line's units are still
+/// allocated. Only a line whose hold is gone (it shipped before) is skipped.
+#[test]
+fn a_repeated_multi_line_ship_does_not_skip_a_line_that_still_cannot_ship() {
+    let server = Server::start("");
+    server.receive("ship-a", "wh-east", 5);
+    server.receive("ship-b", "wh-east", 5);
+    let (status, body) = server.post(
+        "/v1/reservations",
+        json!({"channel": "web", "lines": [
+            {"sku": "ship-a", "location": "wh-east", "qty": 2},
+            {"sku": "ship-b", "location": "wh-east", "qty": 3}
+        ]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let id = body["reservation_id"].as_str().expect("id").to_string();
+    let (status, body) = server.post(&format!("/v1/reservations/{id}/allocate"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    // The shelf holds 1 of ship-b: 3 allocated cannot ship.
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"events": [{"event_id": "ship-b-count", "type": "count", "source": "wms",
+                           "sku": "ship-b", "location": "wh-east", "counted": 1}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], "applied", "{body}");
+
+    for attempt in 0..3 {
+        let (status, body) = server.post(&format!("/v1/reservations/{id}/ship"), json!({}));
+        assert_eq!(status, 409, "attempt {attempt}: {body}");
+        assert_eq!(body["code"], "invalid_state", "attempt {attempt}: {body}");
+        let (_, reservation) = server.get(&format!("/v1/reservations/{id}"));
+        assert_eq!(
+            reservation["status"], "allocated",
+            "attempt {attempt}: {reservation}"
+        );
+        let b = position(&server, "ship-b", "wh-east");
+        assert_eq!(b["allocated"], 3, "attempt {attempt}: {b}");
+        assert_eq!(b["on_hand"], 1, "attempt {attempt}: {b}");
+    }
+    // ship-a shipped on the first attempt, once.
+    let a = position(&server, "ship-a", "wh-east");
+    assert_eq!(
+        (a["on_hand"].as_i64(), a["allocated"].as_i64()),
+        (Some(3), Some(0)),
+        "{a}"
+    );
+
+    // Stock found: the repeated ship finishes, shipping ship-b and not ship-a again.
+    let (status, body) = server.post(
+        "/v1/events",
+        json!({"events": [{"event_id": "ship-b-found", "type": "receipt", "source": "wms",
+                           "sku": "ship-b", "location": "wh-east", "qty": 4}]}),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post(&format!("/v1/reservations/{id}/ship"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "shipped", "{body}");
+    let b = position(&server, "ship-b", "wh-east");
+    assert_eq!(
+        (b["on_hand"].as_i64(), b["allocated"].as_i64()),
+        (Some(2), Some(0)),
+        "{b}"
+    );
+    let a = position(&server, "ship-a", "wh-east");
+    assert_eq!(a["on_hand"], 3, "{a}");
+}

@@ -779,3 +779,47 @@ fn oversized_and_too_many_headers_are_431_and_the_server_stays_up() {
     assert!(status.contains(" 431 ") || status.is_empty(), "{status}");
     assert_still_up(&server);
 }
+
+/// SPEC §9: a line whose SKU has no position anywhere is `404 unknown_sku` (a
+/// catalogue mismatch); a SKU that exists but is short, here or elsewhere, is
+/// `409 insufficient_available`. Either way nothing stays held.
+#[test]
+fn a_sku_with_no_position_anywhere_is_unknown_not_short() {
+    let server = Server::start("");
+    server.receive("known", "wh-west", 5);
+    let unknown = |body: Value| {
+        let found = problem(reserve(&server, body), 404, "unknown_sku");
+        assert!(
+            found["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("never-seen")),
+            "{found}"
+        );
+    };
+    // Located, sourced, and sourced with split.
+    unknown(line(json!("never-seen"), json!("wh-east"), json!(1)));
+    unknown(json!({"channel": "web", "lines": [{"sku": "never-seen", "qty": 1}]}));
+    unknown(json!({"channel": "web", "split": true, "lines": [{"sku": "never-seen", "qty": 1}]}));
+    // With a line that could be held: the whole cart is refused, nothing held.
+    unknown(json!({"channel": "web", "lines": [
+        {"sku": "known", "location": "wh-west", "qty": 2},
+        {"sku": "never-seen", "location": "wh-east", "qty": 1}
+    ]}));
+    assert_eq!(position(&server, "known", "wh-west")["reserved"], 0);
+
+    // Known at wh-west only: asking at wh-east is a shortage, not a catalogue miss.
+    let short = problem(
+        reserve(&server, line(json!("known"), json!("wh-east"), json!(1))),
+        409,
+        "insufficient_available",
+    );
+    assert_eq!(
+        short["shortages"],
+        json!([{"sku": "known", "location": "wh-east", "requested": 1, "available": 0}])
+    );
+    problem(
+        reserve(&server, line(json!("known"), json!("wh-west"), json!(6))),
+        409,
+        "insufficient_available",
+    );
+}

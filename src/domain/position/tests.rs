@@ -450,7 +450,7 @@ fn a_short_transfer_shipment_releases_the_rest_of_the_hold() {
         (7, 0, 7)
     );
     assert!(p.holds.is_empty());
-    assert!(matches!(p.decide(&ship(1)), Err(Reject::InvalidState(_))));
+    assert!(matches!(p.decide(&ship(1)), Err(Reject::NoHold(_))));
 }
 
 #[test]
