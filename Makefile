@@ -6,7 +6,7 @@ export ROCKSDB_LIB_DIR ?= $(SYSLIB)
 export SNAPPY_LIB_DIR ?= $(SYSLIB)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 
-.PHONY: deps run test build bench bench-peers lint docs-check browser-test
+.PHONY: deps run test build bench bench-peers bench-open-loop lint docs-check browser-test
 
 deps:
 	@./scripts/install-deps.sh
@@ -43,6 +43,12 @@ bench: deps
 # PEER_SECONDS (30), PEER_ROUNDS (2); smoke: make bench-peers PEER_SECONDS=3 PEER_ROUNDS=1
 bench-peers: deps
 	./scripts/bench-peers.sh
+
+# Open-loop latency at fixed rates, stockwire beside peer-actix, one oha client
+# thread (installs oha with cargo once if missing; minutes).
+# OPEN_RATES ("2000 5000 10000 20000"), OPEN_SECONDS (15), OPEN_ROUNDS (1)
+bench-open-loop: deps
+	./scripts/bench-open-loop.sh
 
 lint: deps
 	cargo fmt --all -- --check
