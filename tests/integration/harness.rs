@@ -39,6 +39,18 @@ id = "marketplace"
 locations = ["wh-east", "wh-west"]
 "#;
 
+/// `path` in this checkout. Read at run time (cargo sets CARGO_MANIFEST_DIR
+/// for the tests it runs): the compile-time value is the path of whichever
+/// clone built this binary, and clones sharing one CARGO_TARGET_DIR (as
+/// `.ci/run` does) share its units, so it can name another clone, or one
+/// that is gone.
+pub fn repo(path: &str) -> PathBuf {
+    let root = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
+    root.join(path)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

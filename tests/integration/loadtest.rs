@@ -2,18 +2,15 @@
 //! passes its verdict, a server seeded behind the runner's back fails it, and a
 //! restart under load (kill -9, twice) loses nothing acknowledged.
 
-use std::path::Path;
 use std::time::Duration;
 
 use loadtest::scenario::Scenario;
 use loadtest::{run, RunOptions};
 
-use crate::harness::{Server, BASE_CONFIG};
+use crate::harness::{repo, Server, BASE_CONFIG};
 
 fn scenario(name: &str) -> Scenario {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("loadtest/scenarios")
-        .join(format!("{name}.toml"));
+    let path = repo("loadtest/scenarios").join(format!("{name}.toml"));
     Scenario::load(&path).expect("scenario")
 }
 

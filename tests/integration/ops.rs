@@ -13,11 +13,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{Server, BASE_CONFIG};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use crate::harness::{repo, Server, BASE_CONFIG};
 
 /// promtool, which `make test` installs; a missing one fails the test (never skipped).
 fn promtool() -> PathBuf {

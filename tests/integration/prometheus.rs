@@ -7,17 +7,12 @@
 //! `for: 1m`). The copy of prometheus.yml differs only in loopback ports,
 //! 1 s intervals and the rule file's absolute path.
 
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{free_port, Server};
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
-}
+use crate::harness::{free_port, repo, Server};
 
 /// Prometheus, killed when dropped.
 struct Prometheus {
