@@ -13,10 +13,8 @@ mod position;
 mod shard;
 
 pub use messages::{Exec, ExecError, ExecOutcome, Meta, PositionReadout, ReadSku};
-pub use position::PositionActor;
-pub use shard::{
-    ColdEntry, CollectSnapshot, ListSkus, LoadPositions, ShardActor, ShardStats, Stats,
-};
+pub use position::{ColdEntry, PositionActor};
+pub use shard::{CollectSnapshot, ListSkus, LoadPositions, ShardActor, ShardStats, Stats};
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;

@@ -17,12 +17,30 @@ use actix::prelude::*;
 
 use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout};
 
-use super::shard::{ColdEntry, ShardState};
 use super::{now_ms, PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
 use crate::storage::records::{position_key, EntrySummary, ExceptionRecord, JournalRecord};
 use crate::storage::replay::load_position;
 use crate::storage::{codec, seq_key, Entry, Space, StorageError, Ticket};
+
+/// A position without a live actor.
+#[derive(Debug, Clone, Default)]
+pub struct ColdEntry {
+    pub position: Position,
+    pub last_seq: u64,
+    /// Changed since the last snapshot.
+    pub dirty: bool,
+}
+
+/// What a position actor needs of the shard that owns it (and holds its
+/// address): whether messages for it are still on their way, and where to
+/// park its state when it passivates. A trait, so this module does not
+/// depend on the shard's (the shard depends on this one).
+pub(super) trait Parking {
+    fn in_flight(&self, key: &PositionKey) -> u32;
+    /// Called by a passivating actor: its state becomes cold again.
+    fn park(&mut self, key: PositionKey, entry: ColdEntry);
+}
 
 pub struct PositionActor {
     key: PositionKey,
@@ -36,7 +54,7 @@ pub struct PositionActor {
     appends_in_flight: Arc<AtomicU32>,
     last_used_ms: i64,
     shared: Arc<Shared>,
-    shard: Rc<RefCell<ShardState>>,
+    shard: Rc<RefCell<dyn Parking>>,
 }
 
 impl PositionActor {
@@ -44,7 +62,7 @@ impl PositionActor {
         key: PositionKey,
         entry: ColdEntry,
         shared: Arc<Shared>,
-        shard: Rc<RefCell<ShardState>>,
+        shard: Rc<RefCell<dyn Parking>>,
     ) -> PositionActor {
         PositionActor {
             key,

@@ -13,7 +13,9 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout, ReadSku};
-use super::position::{readout, store_key, PositionActor, Read, Run, TakeSnapshot};
+use super::position::{
+    readout, store_key, ColdEntry, Parking, PositionActor, Read, Run, TakeSnapshot,
+};
 use super::{PositionKey, Shared};
 use crate::domain::Position;
 use crate::storage::records::PositionSnapshot;
@@ -22,15 +24,6 @@ use crate::storage::replay::load_position;
 /// Commands queued for one position before it answers 503: a hot SKU gets
 /// back-pressure instead of an ever longer queue (and latency).
 const POSITION_IN_FLIGHT_MAX: u32 = 1024;
-
-/// A position without a live actor.
-#[derive(Debug, Clone, Default)]
-pub struct ColdEntry {
-    pub position: Position,
-    pub last_seq: u64,
-    /// Changed since the last snapshot.
-    pub dirty: bool,
-}
 
 struct LiveEntry {
     addr: Addr<PositionActor>,
@@ -48,13 +41,12 @@ pub struct ShardState {
     cold: HashMap<PositionKey, Box<ColdEntry>>,
 }
 
-impl ShardState {
-    pub(super) fn in_flight(&self, key: &PositionKey) -> u32 {
+impl Parking for ShardState {
+    fn in_flight(&self, key: &PositionKey) -> u32 {
         self.live.get(key).map_or(0, |entry| entry.in_flight)
     }
 
-    /// Called by a passivating actor: its state becomes cold again.
-    pub(super) fn park(&mut self, key: PositionKey, entry: ColdEntry) {
+    fn park(&mut self, key: PositionKey, entry: ColdEntry) {
         self.live.remove(&key);
         // A position that never had an event (only rejected commands) does
         // not exist: drop it rather than keep it resident.
@@ -62,6 +54,9 @@ impl ShardState {
             self.cold.insert(key, Box::new(entry));
         }
     }
+}
+
+impl ShardState {
 
     fn finished(&mut self, key: &PositionKey) {
         if let Some(entry) = self.live.get_mut(key) {

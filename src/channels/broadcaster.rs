@@ -18,7 +18,7 @@ use futures_util::future::join_all;
 
 use super::policy::{summed_view, Policy, PositionView};
 use super::publisher::{Offer, Publisher, Rewound};
-use super::runtime::ChannelStatus;
+use super::status::ChannelStatus;
 use super::Update;
 use crate::actors::{now_ms, PositionReadout};
 use crate::engine::Engine;

@@ -24,10 +24,12 @@ pub mod sink;
 mod broadcaster;
 mod publisher;
 pub mod runtime;
+mod status;
 
 pub use broadcaster::Broadcaster;
 pub use publisher::Publisher;
-pub use runtime::{ChannelError, ChannelState, ChannelStatus, Channels, ReplayFrom};
+pub use runtime::{ChannelError, Channels, ReplayFrom};
+pub use status::{ChannelState, ChannelStatus};
 
 use std::sync::Arc;
 

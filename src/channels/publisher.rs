@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::ledger::{self, Cursor, DeadLetter, PublishedRecord};
-use super::runtime::{ChannelState, ChannelStatus};
+use super::status::{ChannelState, ChannelStatus};
 use super::sink::{Batch, Retry, Sink};
 use super::Update;
 use crate::actors::now_ms;
