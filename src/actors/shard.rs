@@ -17,7 +17,6 @@ use super::position::{
     readout, store_key, ColdEntry, Parking, PositionActor, Read, Run, TakeSnapshot,
 };
 use super::{PositionKey, Shared};
-use crate::domain::Position;
 use crate::storage::records::PositionSnapshot;
 use crate::storage::replay::load_position;
 
@@ -57,7 +56,6 @@ impl Parking for ShardState {
 }
 
 impl ShardState {
-
     fn finished(&mut self, key: &PositionKey) {
         if let Some(entry) = self.live.get_mut(key) {
             entry.in_flight = entry.in_flight.saturating_sub(1);

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 
 use super::ledger::{self, Cursor, DeadLetter, PublishedRecord};
-use super::status::{ChannelState, ChannelStatus};
 use super::sink::{Batch, Retry, Sink};
+use super::status::{ChannelState, ChannelStatus};
 use super::Update;
 use crate::actors::now_ms;
 use crate::engine::Engine;
