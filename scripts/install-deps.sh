@@ -19,6 +19,9 @@ if [ "${1:-}" = "--test" ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v curl >/dev/null 2>&1 || need+=(curl)
   [ -x /usr/bin/chromium ] || need+=(chromium)
+  # Chromium's recommended fonts (skipped by --no-install-recommends): text in
+  # the browser tests' screenshots.
+  [ -d /usr/share/fonts/truetype/liberation ] || need+=(fonts-liberation)
   command -v node >/dev/null 2>&1 || need+=(nodejs npm)
   if ! python3 -m schemathesis.cli --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
     python3 -m pip install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"

@@ -7,6 +7,7 @@
 //! `for: 1m`). The copy of prometheus.yml differs only in loopback ports,
 //! 1 s intervals and the rule file's absolute path.
 
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use crate::harness::{free_port, repo, Server};
 struct Prometheus {
     child: Child,
     url: String,
+    log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -45,7 +47,8 @@ impl Prometheus {
         let config_path = dir.path().join("prometheus.yml");
         std::fs::write(&config_path, config).expect("write config");
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("prometheus.log")).expect("log");
+        let log_path = dir.path().join("prometheus.log");
+        let log = std::fs::File::create(&log_path).expect("log");
         let child = Command::new("prometheus")
             .arg(format!("--config.file={}", config_path.display()))
             .arg(format!(
@@ -61,6 +64,7 @@ impl Prometheus {
         Prometheus {
             child,
             url: format!("http://127.0.0.1:{port}"),
+            log: log_path,
             _dir: dir,
         }
     }
@@ -86,9 +90,11 @@ impl Prometheus {
         Ok(body["data"].clone())
     }
 
-    /// Polls `check` every 250 ms until it gives a value, for at most `limit`.
+    /// Polls `check` every 250 ms until it gives a value, for at most
+    /// `limit`; fails at once, with Prometheus's log, if Prometheus exited
+    /// (e.g. its port was taken between choosing and binding it).
     fn wait_for<T>(
-        &self,
+        &mut self,
         what: &str,
         limit: Duration,
         check: impl Fn(&Prometheus) -> Option<T>,
@@ -98,9 +104,17 @@ impl Prometheus {
             if let Some(value) = check(self) {
                 return value;
             }
+            let exited = self.child.try_wait().ok().flatten();
+            let log = || std::fs::read_to_string(&self.log).unwrap_or_default();
+            assert!(
+                exited.is_none(),
+                "prometheus exited ({exited:?}):\n{}",
+                log()
+            );
             assert!(
                 Instant::now() < deadline,
-                "prometheus: {what} not within {limit:?}"
+                "prometheus: {what} not within {limit:?}; its log:\n{}",
+                log()
             );
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -152,7 +166,7 @@ fn a_real_prometheus_scrapes_loads_every_rule_runs_every_panel_and_fires_an_aler
          max_attempts = 1, backoff_ms = 10, backoff_max_ms = 50 }}\n"
     ));
     let alerts_path = repo("config/prometheus/alerts.yml");
-    let prometheus = Prometheus::start(&[
+    let mut prometheus = Prometheus::start(&[
         (
             "scrape_interval: 5s\n  evaluation_interval: 5s",
             "scrape_interval: 1s\n  evaluation_interval: 1s".to_string(),

@@ -10,6 +10,7 @@ const SPARK_POINTS = 60;
 // The position page replays at most this many of the log's newest entries.
 const LOG_WINDOW = 5000;
 const LOG_ROWS = 25;
+const EXCEPTIONS_PAGE = 100;
 
 const state = {
   key: sessionStorage.getItem(KEY_STORAGE),
@@ -21,6 +22,12 @@ const state = {
   reconcile: null,
   metrics: null,
   series: { rps: [], p99: [], events: [] },
+  // Polling waits until then after a 429 (its Retry-After).
+  quietUntil: 0,
+  // Which lookup the position page shows: an older answer is dropped.
+  lookup: 0,
+  // The exceptions page shown: {after, last} ids.
+  exceptionsPage: null,
 };
 
 // ---------------------------------------------------------------- API calls
@@ -58,8 +65,17 @@ async function request(method, path, options = {}) {
     } catch (_) {
       // Not problem+json: the status says enough.
     }
-    throw new ApiError(response.status, problem.code || 'http_' + response.status,
+    const error = new ApiError(response.status, problem.code || 'http_' + response.status,
       problem.detail || problem.title || response.statusText, response.headers.get('Retry-After'));
+    if (error.status === 429) {
+      state.quietUntil = Date.now() + 1000 * (Number(error.retryAfter) || 1);
+    }
+    if (error.status === 401 && state.who && options.key === undefined) {
+      // The key was revoked or the server's keys changed: nothing more will work.
+      signOut();
+      showError('login-error', 'The server no longer accepts this key (401 ' + error.code + '): sign in again.');
+    }
+    throw error;
   }
   return response;
 }
@@ -166,6 +182,14 @@ function signOut() {
   document.getElementById('who').textContent = '';
   document.getElementById('login').hidden = false;
   document.getElementById('login-key').value = '';
+  // Nothing the previous key could see stays on the page.
+  for (const tbody of document.querySelectorAll('#app tbody, #app tfoot')) tbody.replaceChildren();
+  for (const id of ['exception-detail', 'position-view', 'reconcile-report']) document.getElementById(id).hidden = true;
+  for (const box of document.querySelectorAll('#app .error')) { box.hidden = true; box.textContent = ''; }
+  for (const box of document.querySelectorAll('#app .result')) box.textContent = '';
+  state.exception = null;
+  state.reconcile = null;
+  channelRows.clear();
   document.getElementById('login-key').focus();
 }
 
@@ -173,8 +197,9 @@ function startTimers() {
   stopTimers();
   refreshChannels();
   refreshLive();
-  state.timers.push(setInterval(() => { if (state.page === 'channels') refreshChannels(); }, REFRESH_MS));
-  state.timers.push(setInterval(refreshLive, REFRESH_MS));
+  const polite = (work) => () => { if (Date.now() >= state.quietUntil) work(); };
+  state.timers.push(setInterval(polite(() => { if (state.page === 'channels') refreshChannels(); }), REFRESH_MS));
+  state.timers.push(setInterval(polite(refreshLive), REFRESH_MS));
 }
 
 function stopTimers() {
@@ -208,6 +233,10 @@ function showPage(page) {
 
 // ---------------------------------------------------------------- channels
 
+// One row per channel, built once and updated in place on every refresh, so
+// a focused button or a half-typed replay seq survives the 2 s refresh.
+const channelRows = new Map();
+
 async function refreshChannels() {
   let answer;
   try {
@@ -217,37 +246,72 @@ async function refreshChannels() {
     return;
   }
   clearError('channels-error');
+  const tbody = document.querySelector('#channels-table tbody');
+  const listed = new Set();
+  for (const channel of answer.channels) {
+    listed.add(channel.id);
+    let row = channelRows.get(channel.id);
+    if (!row || !row.element.isConnected) {
+      row = channelRow(channel.id);
+      channelRows.set(channel.id, row);
+      tbody.append(row.element);
+    }
+    row.sink.textContent = channel.sink;
+    row.state.textContent = channel.state;
+    row.state.className = 'state state-' + channel.state;
+    row.state.dataset.state = channel.state;
+    row.lag.textContent = channel.lag_seconds;
+    row.pending.textContent = channel.pending;
+    row.dlq.textContent = channel.dlq_depth;
+    row.cursor.textContent = channel.cursor_seq;
+    row.error.textContent = channel.last_error || '';
+    const paused = channel.state === 'paused';
+    row.toggle.textContent = paused ? 'Resume' : 'Pause';
+    row.toggle.dataset.action = paused ? 'resume' : 'pause';
+  }
+  for (const [id, row] of channelRows) {
+    if (!listed.has(id)) {
+      row.element.remove();
+      channelRows.delete(id);
+    }
+  }
+}
+
+function channelRow(id) {
   const admin = canAct(['admin']);
-  const rows = answer.channels.map((channel) => {
-    const act = (label, path, body) => el('button', {
-      type: 'button',
-      disabled: !admin,
-      title: admin ? undefined : 'needs an admin key',
-      'data-action': label.toLowerCase().replace(/ /g, '-'),
-      onclick: () => channelAction(channel.id, label, path, body()),
-    }, label);
-    const seq = el('input', {
-      type: 'number', min: 0, value: 0, 'aria-label': 'replay ' + channel.id + ' from seq', class: 'seq',
-    });
-    return el('tr', { 'data-channel': channel.id },
-      el('th', { scope: 'row' }, channel.id),
-      cell(channel.sink),
-      el('td', {}, el('span', { class: 'state state-' + channel.state, 'data-state': channel.state }, channel.state)),
-      cell(channel.lag_seconds),
-      cell(channel.pending),
-      cell(channel.dlq_depth),
-      cell(channel.cursor_seq),
-      el('td', { class: 'last-error' }, channel.last_error || ''),
-      el('td', { class: 'actions' },
-        channel.state === 'paused'
-          ? act('Resume', '/resume', () => ({}))
-          : act('Pause', '/pause', () => ({})),
-        act('Resync', '/resync', () => ({})),
-        act('Replay DLQ', '/replay', () => ({ from: 'dead_letters' })),
-        seq,
-        act('Replay', '/replay', () => ({ from_seq: Number(seq.value) }))));
+  const button = (label, action, onclick) => el('button', {
+    type: 'button',
+    disabled: !admin,
+    title: admin ? undefined : 'needs an admin key',
+    'data-action': action,
+    onclick,
+  }, label);
+  const seq = el('input', { type: 'number', min: 0, value: 0, 'aria-label': 'replay ' + id + ' from seq', class: 'seq' });
+  const row = {
+    sink: el('td'), lag: el('td'), pending: el('td'), dlq: el('td'), cursor: el('td'),
+    error: el('td', { class: 'last-error' }),
+    state: el('span', { class: 'state' }),
+  };
+  row.toggle = button('Pause', 'pause', () => {
+    const action = row.toggle.dataset.action;
+    channelAction(id, action === 'resume' ? 'Resume' : 'Pause', '/' + action, {});
   });
-  fill(document.querySelector('#channels-table tbody'), rows);
+  const replayFromSeq = () => {
+    const from = Number(seq.value);
+    // Re-delivering from an early seq sends the channel a lot: say so first.
+    if (window.confirm('Re-deliver every update of channel ' + id + ' after log seq ' + from + '?')) {
+      channelAction(id, 'Replay', '/replay', { from_seq: from });
+    }
+  };
+  row.element = el('tr', { 'data-channel': id },
+    el('th', { scope: 'row' }, id), row.sink, el('td', {}, row.state), row.lag, row.pending, row.dlq,
+    row.cursor, row.error,
+    el('td', { class: 'actions' }, row.toggle,
+      button('Resync', 'resync', () => channelAction(id, 'Resync', '/resync', {})),
+      button('Replay DLQ', 'replay-dlq', () => channelAction(id, 'Replay DLQ', '/replay', { from: 'dead_letters' })),
+      seq,
+      button('Replay', 'replay', replayFromSeq)));
+  return row;
 }
 
 async function channelAction(id, label, path, body) {
@@ -264,9 +328,12 @@ async function channelAction(id, label, path, body) {
 
 // ---------------------------------------------------------------- exceptions
 
-async function loadExceptions() {
+// The queue is read oldest first, a page at a time: `after` is the last id
+// of the page before (0: the first page).
+async function loadExceptions(after = 0) {
   const form = document.getElementById('exceptions-filter');
-  const query = new URLSearchParams({ limit: '200' });
+  const query = new URLSearchParams({ limit: String(EXCEPTIONS_PAGE) });
+  if (after) query.set('after', String(after));
   for (const name of ['kind', 'status', 'sku', 'location', 'source']) {
     const value = form.elements[name].value.trim();
     if (value) query.set(name, value);
@@ -285,8 +352,12 @@ async function loadExceptions() {
     cell(item.source), cell(item.created_at),
     el('td', {}, el('button', { type: 'button', onclick: () => openException(item.id) }, 'Open'))));
   fill(document.querySelector('#exceptions-table tbody'), rows);
+  state.exceptionsPage = { after, last: answer.exceptions.length ? answer.exceptions[answer.exceptions.length - 1].id : after };
   document.getElementById('exceptions-count').textContent = rows.length === 0
-    ? 'No exception matches.' : rows.length + ' shown (oldest first, up to 200).';
+    ? (after ? 'No more exceptions match.' : 'No exception matches.')
+    : rows.length + ' shown, oldest first' + (after ? ', after #' + after : '') + '.';
+  document.getElementById('exceptions-next').disabled = rows.length < EXCEPTIONS_PAGE;
+  document.getElementById('exceptions-first').disabled = after === 0;
 }
 
 async function openException(id) {
@@ -373,7 +444,7 @@ async function exceptionAction(item, action, body) {
   } catch (error) {
     showError('exception-error', error);
   }
-  loadExceptions();
+  loadExceptions(state.exceptionsPage ? state.exceptionsPage.after : 0);
 }
 
 // ---------------------------------------------------------------- position
@@ -386,16 +457,19 @@ async function lookUp(sku) {
 }
 
 // Fetches and draws the SKU's counters and channel views; false when the
-// lookup failed (the error is shown).
+// lookup failed (the error is shown). Only the newest lookup's answer is drawn.
 async function showPosition(sku) {
+  const mine = ++state.lookup;
   let answer;
   try {
     answer = await api('GET', '/v1/availability/' + encodeURIComponent(sku));
   } catch (error) {
+    if (mine !== state.lookup) return false;
     document.getElementById('position-view').hidden = true;
     showError('position-error', error);
     return false;
   }
+  if (mine !== state.lookup) return false;
   const counters = ['on_hand', 'reserved', 'allocated', 'quarantined', 'in_transit', 'safety_stock', 'available'];
   const locations = answer.locations || [];
   fill(document.querySelector('#position-locations tbody'), locations.map((l) => el('tr', { 'data-location': l.location },
@@ -420,41 +494,58 @@ function stopStream() {
 }
 
 // The SSE stream needs the Authorization header, which EventSource cannot send:
-// read it with fetch and parse the frames here.
+// read it with fetch and parse the frames here. A stream that ends (server
+// restart, idle proxy) is resumed after the last entry seen, as EventSource
+// would with Last-Event-ID.
 async function followLog(sku) {
   const label = document.getElementById('position-stream-state');
   const controller = new AbortController();
   state.stream = controller;
+  let redraw = null;
+  // Counters are redrawn at most every 250 ms however fast entries arrive.
+  const later = () => {
+    if (redraw === null) redraw = setTimeout(() => { redraw = null; if (!controller.signal.aborted) showPosition(sku); }, 250);
+  };
   try {
     const page = await api('GET', '/v1/events?limit=1', { signal: controller.signal });
-    const after = Math.max(0, page.head - LOG_WINDOW);
+    let after = Math.max(0, page.head - LOG_WINDOW);
     label.textContent = '(replaying the newest ' + Math.min(page.head, LOG_WINDOW) + ' log entries, then live)';
-    const response = await request('GET', '/v1/events/stream?after=' + after, { signal: controller.signal });
-    const reader = response.body.getReader();
-    const decoder = new TextDecoder();
-    let buffer = '';
+    if (page.head === 0) label.textContent = '(live)';
     for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let end;
-      while ((end = buffer.indexOf('\n\n')) >= 0) {
-        const frame = buffer.slice(0, end);
-        buffer = buffer.slice(end + 2);
-        const data = frame.split('\n').filter((line) => line.startsWith('data:'))
-          .map((line) => line.slice(5).trimStart()).join('\n');
-        if (!data) continue;
-        const entry = JSON.parse(data);
-        const live = entry.seq >= page.head;
-        if (live) label.textContent = '(live)';
-        if (entry.sku === sku) {
-          addLogRow(entry);
-          // A change after the lookup: the counters above are stale, redraw them.
-          if (live && entry.seq > page.head) showPosition(sku);
+      const response = await request('GET', '/v1/events/stream?after=' + after, { signal: controller.signal });
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += decoder.decode(value, { stream: true }).replace(/\r\n?/g, '\n');
+        let end;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const frame = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          const data = frame.split('\n').filter((line) => line.startsWith('data:'))
+            .map((line) => line.slice(5).replace(/^ /, '')).join('\n');
+          if (!data) continue;
+          let entry;
+          try {
+            entry = JSON.parse(data);
+          } catch (_) {
+            continue; // not a log entry: skip the frame, keep the stream
+          }
+          after = Math.max(after, entry.seq);
+          const live = entry.seq >= page.head;
+          if (live) label.textContent = '(live)';
+          if (entry.sku === sku) {
+            addLogRow(entry);
+            // A change after the lookup: the counters above are stale.
+            if (live && entry.seq > page.head) later();
+          }
         }
       }
+      label.textContent = '(the stream ended; resuming)';
+      await new Promise((resolve) => setTimeout(resolve, 1000));
     }
-    label.textContent = '(the stream ended)';
   } catch (error) {
     if (error.name === 'AbortError') return;
     label.textContent = '';
@@ -510,7 +601,9 @@ function readMetrics(text) {
   const sample = { requests: 0, events: 0, buckets: new Map(), at: performance.now() };
   for (const line of text.split('\n')) {
     if (line.startsWith('#')) continue;
-    const match = /^([a-z_]+)(\{[^}]*\})? ([0-9.eE+-]+|\+Inf)$/.exec(line);
+    // Label values may hold braces (route="/v1/availability/{sku}"): the
+    // label set runs to the last "}" before the value.
+    const match = /^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{.*\})? (\S+)$/.exec(line);
     if (!match) continue;
     const [, name, labels = '', value] = match;
     const number = Number(value);
@@ -612,6 +705,8 @@ document.addEventListener('DOMContentLoaded', () => {
     event.preventDefault();
     loadExceptions();
   });
+  document.getElementById('exceptions-next').addEventListener('click', () => loadExceptions(state.exceptionsPage.last));
+  document.getElementById('exceptions-first').addEventListener('click', () => loadExceptions(0));
   document.getElementById('exception-retry').addEventListener('click', retryException);
   document.getElementById('exception-resolve').addEventListener('click', resolveException);
   document.getElementById('position-form').addEventListener('submit', (event) => {
@@ -623,6 +718,13 @@ document.addEventListener('DOMContentLoaded', () => {
     reconcile(false);
   });
   document.getElementById('reconcile-apply').addEventListener('click', () => reconcile(true));
+  // Apply sends the file that was checked: another file needs its own check first.
+  for (const name of ['file', 'source']) {
+    document.getElementById('reconcile-form').elements[name].addEventListener('change', () => {
+      document.getElementById('reconcile-apply').disabled = true;
+      document.getElementById('reconcile-report').hidden = true;
+    });
+  }
   if (state.key) {
     signIn(state.key).catch((error) => {
       sessionStorage.removeItem(KEY_STORAGE);
