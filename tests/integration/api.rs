@@ -6,16 +6,10 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::harness::{position, Server};
+use crate::harness::{head, metric, num, position, Server};
 
 fn reserve(server: &Server, body: Value) -> (u16, Value) {
     server.post("/v1/reservations", body)
-}
-
-fn num(p: &Value, key: &str) -> i64 {
-    p[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no integer {key} in {p}"))
 }
 
 /// `(on_hand, reserved, available)`, or zeros for a position that does not exist.
@@ -29,12 +23,6 @@ fn short_counters(server: &Server, sku: &str, location: &str) -> (i64, i64, i64)
         num(&p, "reserved"),
         num(&p, "available"),
     )
-}
-
-fn head(server: &Server) -> u64 {
-    let (status, body) = server.get("/v1/events?after=0&limit=1");
-    assert_eq!(status, 200, "{body}");
-    body["head"].as_u64().expect("head")
 }
 
 fn log(server: &Server) -> Vec<Value> {
@@ -55,18 +43,6 @@ fn channel_view(server: &Server, sku: &str, channel: &str) -> Value {
     let (status, body) = server.get(&format!("/v1/availability/{sku}?channel={channel}"));
     assert_eq!(status, 200, "{body}");
     body
-}
-
-fn metric(server: &Server, name: &str) -> f64 {
-    let (status, body) = server.get("/metrics");
-    assert_eq!(status, 200);
-    let text = body.as_str().expect("metrics are text");
-    text.lines()
-        .find_map(|line| {
-            let (key, value) = line.split_once(' ')?;
-            (key == name).then(|| value.trim().parse::<f64>().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in metrics:\n{text}"))
 }
 
 fn event(server: &Server, event: Value) -> Value {
@@ -527,7 +503,7 @@ fn backorder_limit_lets_a_hold_go_beyond_available_and_a_receipt_fills_it() {
         "{p}"
     );
     // Backorders never make a position oversold.
-    assert_eq!(metric(&server, "stockwire_oversold_positions"), 0.0);
+    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(0.0));
 
     // The limit is used up.
     let (status, body) = reserve(
@@ -584,7 +560,7 @@ fn a_negative_adjustment_below_the_holds_makes_an_oversold_position() {
         json!({"channel": "web", "lines": [{"sku": "sku-os", "location": "wh-east", "qty": 8}]}),
     );
     assert_eq!(status, 201, "{body}");
-    assert_eq!(metric(&server, "stockwire_oversold_positions"), 0.0);
+    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(0.0));
 
     let result = event(
         &server,
@@ -620,7 +596,7 @@ fn a_negative_adjustment_below_the_holds_makes_an_oversold_position() {
     assert_eq!(web["locations"][0]["location"], "wh-east");
     assert_eq!(web["locations"][0]["available"], 0, "{web}");
 
-    assert_eq!(metric(&server, "stockwire_oversold_positions"), 1.0);
+    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(1.0));
     assert!(
         log(&server)
             .iter()
@@ -633,7 +609,7 @@ fn a_negative_adjustment_below_the_holds_makes_an_oversold_position() {
     // A receipt that covers the holds clears it.
     server.receive("sku-os", "wh-east", 3);
     assert_eq!(num(&position(&server, "sku-os", "wh-east"), "available"), 0);
-    assert_eq!(metric(&server, "stockwire_oversold_positions"), 0.0);
+    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(0.0));
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{call, rand_suffix, Server};
+use crate::harness::{call, head, metric, rand_suffix, Server};
 
 /// How long any wait for convergence may take on a noisy machine.
 const CONVERGE: Duration = Duration::from_secs(30);
@@ -445,30 +445,6 @@ fn engine_view(server: &Server, sku: &str, channel: &str) -> i64 {
         .and_then(|c| c.iter().find(|c| c["channel"] == channel))
         .and_then(|c| c["available"].as_i64())
         .unwrap_or_else(|| panic!("no channel {channel} in {body}"))
-}
-
-fn head(server: &Server) -> u64 {
-    let (status, body) = server.get("/v1/events?after=0&limit=1");
-    assert_eq!(status, 200, "{body}");
-    body["head"].as_u64().expect("head")
-}
-
-/// A metric's value from `/metrics`: the first sample of `name` with all `labels`.
-fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    let (status, body) = server.get("/metrics");
-    assert_eq!(status, 200);
-    let text = body.as_str().expect("metrics are text").to_string();
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(name)?;
-        if !(rest.starts_with('{') || rest.starts_with(' ')) {
-            return None;
-        }
-        let (key, value) = line.rsplit_once(' ')?;
-        labels
-            .iter()
-            .all(|(k, v)| key.contains(&format!("{k}=\"{v}\"")))
-            .then(|| value.trim().parse::<f64>().ok())?
-    })
 }
 
 fn post_events(server: &Server, events: Vec<Value>) {

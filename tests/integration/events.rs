@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{position, Server};
+use crate::harness::{exceptions, head, num, position, Server};
 
 /// Posts one event; returns its result.
 fn post_event(server: &Server, event: Value) -> Value {
@@ -37,12 +37,6 @@ fn assert_rejected(result: &Value, code: &str) {
     assert!(result.get("seq").is_none(), "{result}");
 }
 
-fn num(p: &Value, key: &str) -> i64 {
-    p[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no integer {key} in {p}"))
-}
-
 /// `(on_hand, quarantined, in_transit, available, version)`.
 fn counters(server: &Server, sku: &str, location: &str) -> (i64, i64, i64, i64, i64) {
     let p = position(server, sku, location);
@@ -66,16 +60,6 @@ fn entries(server: &Server) -> Vec<Value> {
         .as_array()
         .expect("events")
         .clone()
-}
-
-fn head(server: &Server) -> u64 {
-    log(server, 0, 1)["head"].as_u64().expect("head")
-}
-
-fn exceptions(server: &Server) -> Vec<Value> {
-    let (status, body) = server.get("/v1/exceptions");
-    assert_eq!(status, 200, "{body}");
-    body["exceptions"].as_array().expect("exceptions").clone()
 }
 
 #[test]
@@ -178,7 +162,7 @@ fn count_sets_on_hand_and_checks_expected_version() {
     );
     assert_rejected(&result, "version_conflict");
     assert_eq!(counters(&server, "sku-n", "wh-east"), (12, 0, 0, 12, 3));
-    let queued = exceptions(&server);
+    let queued = exceptions(&server, "");
     let exception = queued
         .iter()
         .find(|e| e["event_id"] == "cnt-stale")
@@ -279,7 +263,7 @@ fn quarantine_hold_release_and_scrap() {
     let result = quarantine("q-6", 8, "hold");
     assert_eq!(result["status"], "rejected", "{result}");
     assert_eq!(counters(&server, "sku-qt", "wh-east"), (8, 1, 0, 7, 4));
-    let codes: Vec<Value> = exceptions(&server)
+    let codes: Vec<Value> = exceptions(&server, "")
         .into_iter()
         .filter(|e| {
             e["event_id"]
@@ -462,7 +446,7 @@ fn rejected_events_are_kept_in_the_exception_queue_with_their_code() {
     assert_rejected(&results[5], "invalid_state");
     assert_eq!(counters(&server, "sku-x", "wh-east"), (3, 0, 0, 3, 1));
 
-    let queued = exceptions(&server);
+    let queued = exceptions(&server, "");
     for (event_id, code) in [
         ("bad-loc", "unknown_location"),
         ("bad-qty", "quantity_out_of_range"),

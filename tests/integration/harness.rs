@@ -51,6 +51,46 @@ pub fn repo(path: &str) -> PathBuf {
     root.join(path)
 }
 
+/// `value[key]` as an integer; panics, showing `value`, when it is not one.
+pub fn num(value: &Value, key: &str) -> i64 {
+    value[key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no integer {key} in {value}"))
+}
+
+/// The event log's head seq.
+pub fn head(server: &Server) -> u64 {
+    let (status, body) = server.get("/v1/events?after=0&limit=1");
+    assert_eq!(status, 200, "{body}");
+    body["head"].as_u64().expect("head")
+}
+
+/// The exception queue, filtered by `query` (e.g. `kind=oversold`; "" for all).
+pub fn exceptions(server: &Server, query: &str) -> Vec<Value> {
+    let (status, body) = server.get(&format!("/v1/exceptions?limit=1000&{query}"));
+    assert_eq!(status, 200, "{body}");
+    body["exceptions"].as_array().expect("exceptions").clone()
+}
+
+/// A metric's value from `/metrics`: the first sample of family `name` that
+/// has every one of `labels`; `None` when there is none.
+pub fn metric(server: &Server, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let (status, body) = server.get("/metrics");
+    assert_eq!(status, 200);
+    let text = body.as_str().expect("metrics are text").to_string();
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?;
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            return None;
+        }
+        let (key, value) = line.rsplit_once(' ')?;
+        labels
+            .iter()
+            .all(|(k, v)| key.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.trim().parse::<f64>().ok())?
+    })
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{position, Server};
+use crate::harness::{exceptions, head, metric, num, position, Server};
 
 /// An `[[inbox]]` table for `dir` (fast polling for tests: 100 ms, and 200 ms
 /// of stable size unless `extra` sets `stable_ms`) plus `extra` keys.
@@ -75,40 +75,6 @@ fn processed(dir: &Path, name: &str) -> Value {
     let data = dir.join("processed").join(name);
     wait_for(&data, Duration::from_secs(30));
     read_json(&dir.join("processed").join(format!("{name}.result.json")))
-}
-
-fn num(value: &Value, key: &str) -> i64 {
-    value[key]
-        .as_i64()
-        .unwrap_or_else(|| panic!("no integer {key} in {value}"))
-}
-
-fn head(server: &Server) -> u64 {
-    let (status, body) = server.get("/v1/events?after=0&limit=1");
-    assert_eq!(status, 200, "{body}");
-    body["head"].as_u64().expect("head")
-}
-
-fn exceptions(server: &Server) -> Vec<Value> {
-    let (status, body) = server.get("/v1/exceptions?limit=1000");
-    assert_eq!(status, 200, "{body}");
-    body["exceptions"].as_array().expect("exceptions").clone()
-}
-
-fn metric(server: &Server, name: &str, labels: &[&str]) -> f64 {
-    let (status, text) = server.get("/metrics");
-    assert_eq!(status, 200);
-    let text = text.as_str().expect("metrics text").to_string();
-    text.lines()
-        .find_map(|line| {
-            let rest = line.strip_prefix(name)?.strip_prefix('{')?;
-            let (set, value) = rest.split_once("} ")?;
-            labels
-                .iter()
-                .all(|l| set.split(',').any(|p| p == *l))
-                .then(|| value.trim().parse().ok())?
-        })
-        .unwrap_or(0.0)
 }
 
 /// `on_hand` of a position, or `None` when the SKU has none.
@@ -214,7 +180,7 @@ fn good_rows_apply_and_bad_rows_are_rejected_with_reasons() {
     assert_eq!(&rows[0][0], "bad sku", "the partner's row is kept as sent");
 
     // ... and in the exception queue, with the row.
-    let queued = exceptions(&server);
+    let queued = exceptions(&server, "");
     let file_id = result["file_id"].as_str().expect("file id");
     for (line, code) in [
         (9, "invalid_id"),
@@ -248,28 +214,27 @@ fn good_rows_apply_and_bad_rows_are_rejected_with_reasons() {
         metric(
             &server,
             "stockwire_events_applied_total",
-            &["type=\"receipt\"", "source=\"3pl-north\""]
-        ),
+            &[("type", "receipt"), ("source", "3pl-north")]
+        )
+        .unwrap_or(0.0),
         3.0
     );
     assert_eq!(
         metric(
             &server,
             "stockwire_events_rejected_total",
-            &[
-                "type=\"transfer_out\"",
-                "source=\"3pl-north\"",
-                "code=\"unsupported_type\""
-            ]
-        ),
+            &[("type", "transfer_out"), ("source", "3pl-north"), ("code", "unsupported_type")]
+        )
+        .unwrap_or(0.0),
         1.0
     );
     assert_eq!(
         metric(
             &server,
             "stockwire_inbox_files_total",
-            &["source=\"3pl-north\"", "outcome=\"processed\""]
-        ),
+            &[("source", "3pl-north"), ("outcome", "processed")]
+        )
+        .unwrap_or(0.0),
         1.0
     );
     assert_eq!(
@@ -314,7 +279,7 @@ fn a_file_that_is_not_csv_is_rejected_whole() {
             result["reason"].as_str().is_some_and(|r| !r.is_empty()),
             "{result}"
         );
-        let queued = exceptions(&server);
+        let queued = exceptions(&server, "");
         let found = queued
             .iter()
             .find(|e| e["kind"] == "rejected_file" && e["payload"]["file"] == name)
@@ -327,8 +292,9 @@ fn a_file_that_is_not_csv_is_rejected_whole() {
         metric(
             &server,
             "stockwire_inbox_files_total",
-            &["source=\"3pl-north\"", "outcome=\"rejected\""]
-        ),
+            &[("source", "3pl-north"), ("outcome", "rejected")]
+        )
+        .unwrap_or(0.0),
         2.0
     );
     assert!(!inbox.path().join("processed/photo.csv").exists());
@@ -353,7 +319,7 @@ fn the_same_file_dropped_again_changes_nothing() {
     let head_before = head(&server);
     let a_before = position(&server, "dup-a", "wh-east");
     let b_before = position(&server, "dup-b", "wh-west");
-    let queued_before = exceptions(&server).len();
+    let queued_before = exceptions(&server, "").len();
 
     drop_file(inbox.path(), "daily.csv", csv.as_bytes());
     let again = processed(inbox.path(), "daily.2.csv");
@@ -366,7 +332,7 @@ fn the_same_file_dropped_again_changes_nothing() {
     assert_eq!(position(&server, "dup-a", "wh-east"), a_before);
     assert_eq!(position(&server, "dup-b", "wh-west"), b_before);
     assert_eq!(
-        exceptions(&server).len(),
+        exceptions(&server, "").len(),
         queued_before,
         "no rejection queued twice"
     );
@@ -374,8 +340,9 @@ fn the_same_file_dropped_again_changes_nothing() {
         metric(
             &server,
             "stockwire_inbox_files_total",
-            &["source=\"3pl-north\"", "outcome=\"duplicate\""]
-        ),
+            &[("source", "3pl-north"), ("outcome", "duplicate")]
+        )
+        .unwrap_or(0.0),
         1.0
     );
 

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use crate::harness::{position, Server, BASE_CONFIG};
+use crate::harness::{metric, position, Server, BASE_CONFIG};
 
 /// The ERP is authoritative for on-hand at wh-east only; the WMS may post anything.
 const AUTHORITY: &str = r#"
@@ -25,19 +25,6 @@ fn on_hand(server: &Server, sku: &str, location: &str) -> i64 {
     position(server, sku, location)["on_hand"]
         .as_i64()
         .unwrap_or(0)
-}
-
-fn metric(server: &Server, line_start: &str) -> f64 {
-    let text = ureq::get(&server.url("/metrics"))
-        .call()
-        .expect("metrics")
-        .into_string()
-        .expect("text");
-    text.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[test]
@@ -147,8 +134,10 @@ fn a_reconciliation_reports_each_difference_and_corrects_only_where_the_source_i
     assert_eq!(
         metric(
             &server,
-            "stockwire_reconciliation_exceptions_total{source=\"erp\"}"
-        ),
+            "stockwire_reconciliation_exceptions_total",
+            &[("source", "erp")]
+        )
+        .unwrap_or(0.0),
         4.0
     );
     // A position the engine did not have yet is created by its correction.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{position, Server, BASE_CONFIG};
+use crate::harness::{exceptions, position, Server, BASE_CONFIG};
 
 /// `(on_hand, reserved, in_transit, available)` of one position (zeros
 /// when it does not exist).
@@ -85,12 +85,6 @@ fn steps(transfer: &Value) -> Vec<String> {
         .iter()
         .map(|s| s["step"].as_str().expect("step").to_string())
         .collect()
-}
-
-fn exceptions(server: &Server, kind: &str) -> Vec<Value> {
-    let (status, body) = server.get(&format!("/v1/exceptions?kind={kind}"));
-    assert_eq!(status, 200, "{body}");
-    body["exceptions"].as_array().expect("exceptions").clone()
 }
 
 /// Creates `id` (wh-east -> wh-west) and checks the answer.
@@ -316,7 +310,7 @@ fn a_short_shipment_releases_the_rest_and_bad_steps_are_rejected_and_queued() {
             "unknown_field"
         ]
     );
-    let queued: Vec<String> = exceptions(&server, "rejected_event")
+    let queued: Vec<String> = exceptions(&server, "kind=rejected_event")
         .iter()
         .map(|e| e["event_id"].as_str().unwrap_or_default().to_string())
         .collect();
@@ -346,7 +340,7 @@ fn a_short_shipment_releases_the_rest_and_bad_steps_are_rejected_and_queued() {
     );
     assert_applied(&receive(&server, "ts-in", "t-s", "sku-s", 3));
     assert_eq!(counters(&server, "sku-s", "wh-west"), (3, 0, 0, 3));
-    assert!(exceptions(&server, "transfer_discrepancy").is_empty());
+    assert!(exceptions(&server, "kind=transfer_discrepancy").is_empty());
 }
 
 #[test]
@@ -376,7 +370,7 @@ fn a_receipt_that_differs_from_the_shipment_raises_a_discrepancy() {
         ["held", "shipped", "in_transit", "received", "discrepancy"]
     );
 
-    let found = exceptions(&server, "transfer_discrepancy");
+    let found = exceptions(&server, "kind=transfer_discrepancy");
     assert_eq!(found.len(), 1, "{found:?}");
     let exception = &found[0];
     assert_eq!(exception["code"], "transfer_discrepancy");
@@ -393,7 +387,7 @@ fn a_receipt_that_differs_from_the_shipment_raises_a_discrepancy() {
         "{exception}"
     );
     // Not a rejected event.
-    assert!(exceptions(&server, "rejected_event").is_empty());
+    assert!(exceptions(&server, "kind=rejected_event").is_empty());
 }
 
 #[test]
@@ -405,13 +399,13 @@ fn a_transfer_not_received_in_time_is_overdue_once() {
     create_held(&server, "t-o", "sku-o", 4);
     // Held transfers are never overdue: only the shipped ones.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(exceptions(&server, "transfer_overdue").is_empty());
+    assert!(exceptions(&server, "kind=transfer_overdue").is_empty());
     assert_applied(&ship(&server, "to-out", "t-o", "sku-o", 4));
     assert_eq!(get_transfer(&server, "t-o")["status"], "shipped");
 
     let started = Instant::now();
     let found = loop {
-        let found = exceptions(&server, "transfer_overdue");
+        let found = exceptions(&server, "kind=transfer_overdue");
         if !found.is_empty() || started.elapsed() > Duration::from_secs(10) {
             break found;
         }
@@ -436,7 +430,7 @@ fn a_transfer_not_received_in_time_is_overdue_once() {
 
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(
-        exceptions(&server, "transfer_overdue").len(),
+        exceptions(&server, "kind=transfer_overdue").len(),
         1,
         "only once"
     );
