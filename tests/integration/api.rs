@@ -503,7 +503,10 @@ fn backorder_limit_lets_a_hold_go_beyond_available_and_a_receipt_fills_it() {
         "{p}"
     );
     // Backorders never make a position oversold.
-    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(0.0));
+    assert_eq!(
+        metric(&server, "stockwire_oversold_positions", &[]),
+        Some(0.0)
+    );
 
     // The limit is used up.
     let (status, body) = reserve(
@@ -560,7 +563,10 @@ fn a_negative_adjustment_below_the_holds_makes_an_oversold_position() {
         json!({"channel": "web", "lines": [{"sku": "sku-os", "location": "wh-east", "qty": 8}]}),
     );
     assert_eq!(status, 201, "{body}");
-    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(0.0));
+    assert_eq!(
+        metric(&server, "stockwire_oversold_positions", &[]),
+        Some(0.0)
+    );
 
     let result = event(
         &server,
@@ -596,7 +602,10 @@ fn a_negative_adjustment_below_the_holds_makes_an_oversold_position() {
     assert_eq!(web["locations"][0]["location"], "wh-east");
     assert_eq!(web["locations"][0]["available"], 0, "{web}");
 
-    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(1.0));
+    assert_eq!(
+        metric(&server, "stockwire_oversold_positions", &[]),
+        Some(1.0)
+    );
     assert!(
         log(&server)
             .iter()
@@ -609,7 +618,10 @@ fn a_negative_adjustment_below_the_holds_makes_an_oversold_position() {
     // A receipt that covers the holds clears it.
     server.receive("sku-os", "wh-east", 3);
     assert_eq!(num(&position(&server, "sku-os", "wh-east"), "available"), 0);
-    assert_eq!(metric(&server, "stockwire_oversold_positions", &[]), Some(0.0));
+    assert_eq!(
+        metric(&server, "stockwire_oversold_positions", &[]),
+        Some(0.0)
+    );
 }
 
 #[test]

@@ -223,7 +223,11 @@ fn good_rows_apply_and_bad_rows_are_rejected_with_reasons() {
         metric(
             &server,
             "stockwire_events_rejected_total",
-            &[("type", "transfer_out"), ("source", "3pl-north"), ("code", "unsupported_type")]
+            &[
+                ("type", "transfer_out"),
+                ("source", "3pl-north"),
+                ("code", "unsupported_type")
+            ]
         )
         .unwrap_or(0.0),
         1.0
