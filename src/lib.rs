@@ -2,6 +2,7 @@
 pub mod actors;
 pub mod api;
 pub mod channels;
+pub mod codes;
 pub mod config;
 pub mod domain;
 pub mod engine;

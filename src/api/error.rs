@@ -5,6 +5,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
+use crate::codes::Code;
 use crate::engine::{error_code, EngineError, Shortage};
 
 #[derive(Debug, thiserror::Error)]
@@ -42,43 +43,35 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    /// The (status, code) table.
-    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+    /// Its code; the status comes with the code (`crate::codes::TABLE`).
+    pub fn code(&self) -> Code {
         match self {
-            ApiError::Engine(error) => {
-                let status = match error {
-                    EngineError::Insufficient(_)
-                    | EngineError::InvalidState(_)
-                    | EngineError::VersionConflict { .. } => StatusCode::CONFLICT,
-                    EngineError::QuantityOutOfRange(_) | EngineError::BadRequest(_) => {
-                        StatusCode::BAD_REQUEST
-                    }
-                    EngineError::NotFound(_) | EngineError::UnknownSku(_) => StatusCode::NOT_FOUND,
-                    EngineError::UnknownLocation(_) | EngineError::UnknownChannel(_) => {
-                        StatusCode::UNPROCESSABLE_ENTITY
-                    }
-                    EngineError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-                };
-                (status, error_code(error))
-            }
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
-            ApiError::UnknownField(_) => (StatusCode::BAD_REQUEST, "unknown_field"),
-            ApiError::InvalidId(_) => (StatusCode::BAD_REQUEST, "invalid_id"),
-            ApiError::QuantityOutOfRange(_) => (StatusCode::BAD_REQUEST, "quantity_out_of_range"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
-            ApiError::IdempotencyKeyReused => {
-                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
-            }
-            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-            ApiError::HeadersTooLarge(_) => (
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                "headers_too_large",
-            ),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
-            ApiError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            ApiError::Engine(error) => error_code(error),
+            ApiError::BadRequest(_) => Code::BadRequest,
+            ApiError::UnknownField(_) => Code::UnknownField,
+            ApiError::InvalidId(_) => Code::InvalidId,
+            ApiError::QuantityOutOfRange(_) => Code::QuantityOutOfRange,
+            ApiError::NotFound(_) => Code::NotFound,
+            ApiError::PayloadTooLarge(_) => Code::PayloadTooLarge,
+            ApiError::IdempotencyKeyReused => Code::IdempotencyKeyReused,
+            ApiError::Unavailable(_) => Code::Unavailable,
+            ApiError::HeadersTooLarge(_) => Code::HeadersTooLarge,
+            ApiError::Unauthorized(_) => Code::Unauthorized,
+            ApiError::Forbidden(_) => Code::Forbidden,
+            ApiError::RateLimited { .. } => Code::RateLimited,
         }
+    }
+
+    /// The HTTP status and the `code` of the problem+json answer.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        let code = self.code();
+        // A code without an HTTP status of its own never reaches here from
+        // the API; answered, it is a bad request.
+        let status = code
+            .status()
+            .and_then(|status| StatusCode::from_u16(status).ok())
+            .unwrap_or(StatusCode::BAD_REQUEST);
+        (status, code.as_str())
     }
 
     pub fn body(&self) -> serde_json::Value {

@@ -62,33 +62,20 @@ impl IntoResponses for Errors {
                 .build()
                 .into()
         };
-        [
-            (
-                "400",
-                "malformed request: bad_request, unknown_field, invalid_id, quantity_out_of_range",
-            ),
-            ("401", "no key or an unknown key: unauthorized"),
-            ("403", "outside the key's role or scope: forbidden"),
-            ("404", "not_found, unknown_sku"),
-            (
-                "409",
-                "insufficient_available, invalid_state, version_conflict",
-            ),
-            ("413", "payload_too_large"),
-            (
-                "422",
-                "unknown_location, unknown_channel, idempotency_key_reused",
-            ),
-            ("429", "rate_limited (Retry-After)"),
-            ("431", "headers_too_large"),
-            (
-                "503",
-                "unavailable: recovering, or back-pressure (Retry-After)",
-            ),
-        ]
-        .into_iter()
-        .map(|(status, description)| (status.to_string(), problem(description)))
-        .collect()
+        // Derived from the one code table: each status lists its codes.
+        crate::codes::by_status()
+            .into_iter()
+            .map(|(status, codes)| {
+                let reason = actix_web::http::StatusCode::from_u16(status)
+                    .ok()
+                    .and_then(|s| s.canonical_reason())
+                    .unwrap_or("error");
+                (status, format!("{reason}: {}", codes.join(", ")))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|(status, description)| (status.to_string(), problem(&description)))
+            .collect()
     }
 }
 

@@ -12,6 +12,7 @@ use futures_util::future::join_all;
 
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, Exec, Meta};
+use crate::codes::Code;
 use crate::domain::{Command, Qty};
 use crate::storage::records::{exception_resolution_key, ExceptionRecord, ExceptionResolution};
 use crate::storage::{codec, seq_key, Space, WriteBatch};
@@ -132,19 +133,20 @@ enum Attempt {
     Refused { code: &'static str, detail: String },
 }
 
-/// The stable error code of an engine error (shared with the HTTP layer).
-pub fn error_code(error: &EngineError) -> &'static str {
+/// The stable error code of an engine error (its HTTP status comes with it,
+/// from [`crate::codes`]).
+pub fn error_code(error: &EngineError) -> Code {
     match error {
-        EngineError::Insufficient(_) => "insufficient_available",
-        EngineError::InvalidState(_) => "invalid_state",
-        EngineError::VersionConflict { .. } => "version_conflict",
-        EngineError::QuantityOutOfRange(_) => "quantity_out_of_range",
-        EngineError::NotFound(_) => "not_found",
-        EngineError::UnknownSku(_) => "unknown_sku",
-        EngineError::UnknownLocation(_) => "unknown_location",
-        EngineError::UnknownChannel(_) => "unknown_channel",
-        EngineError::BadRequest(_) => "bad_request",
-        EngineError::Unavailable(_) => "unavailable",
+        EngineError::Insufficient(_) => Code::InsufficientAvailable,
+        EngineError::InvalidState(_) => Code::InvalidState,
+        EngineError::VersionConflict { .. } => Code::VersionConflict,
+        EngineError::QuantityOutOfRange(_) => Code::QuantityOutOfRange,
+        EngineError::NotFound(_) => Code::NotFound,
+        EngineError::UnknownSku(_) => Code::UnknownSku,
+        EngineError::UnknownLocation(_) => Code::UnknownLocation,
+        EngineError::UnknownChannel(_) => Code::UnknownChannel,
+        EngineError::BadRequest(_) => Code::BadRequest,
+        EngineError::Unavailable(_) => Code::Unavailable,
     }
 }
 
@@ -275,7 +277,7 @@ impl Engine {
             .source_may_post(&event.source, &event.location, event.type_name)
         {
             return Attempt::Refused {
-                code: "source_not_authoritative",
+                code: Code::SourceNotAuthoritative.as_str(),
                 detail: format!(
                     "source {} may not post {} at {} (source_authority)",
                     event.source, event.type_name, event.location
@@ -354,12 +356,12 @@ impl Engine {
                 // answer it, but do not queue it as an exception.
                 Attempt::Outcome(EventOutcome::rejected(
                     event.event_id.clone(),
-                    "unavailable",
+                    Code::Unavailable.as_str(),
                     error.to_string(),
                 ))
             }
             Err(error) => {
-                let code = error_code(&error);
+                let code = error_code(&error).as_str();
                 let detail = match &error {
                     EngineError::Insufficient(s) => format!(
                         "insufficient: requested {}, available {}",

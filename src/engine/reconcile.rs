@@ -196,7 +196,7 @@ impl Engine {
                 .config
                 .source_authoritative_for_on_hand(&run.source, &row.location)
             {
-                difference.code = Some("source_not_authoritative");
+                difference.code = Some(crate::codes::Code::SourceNotAuthoritative.as_str());
             } else {
                 let location = self
                     .location(&row.location)
@@ -227,7 +227,7 @@ impl Engine {
                         if let EngineError::Unavailable(_) = error {
                             return Err(error);
                         }
-                        difference.code = Some(super::error_code(&error));
+                        difference.code = Some(super::error_code(&error).as_str());
                     }
                 }
             }

@@ -11,6 +11,7 @@ use std::str::FromStr;
 use serde_json::{json, Map, Value};
 
 use crate::api::{validate_event, ApiError, EventFields};
+use crate::codes::Code;
 use crate::config::{Config, InboxColumn, InboxConfig, EVENT_TYPES, INBOX_EVENT_TYPES};
 use crate::domain::{AdjustReason, QuarantineAction};
 use crate::engine::WarehouseEvent;
@@ -341,7 +342,7 @@ pub fn row_event(
         ));
     }
     let kind = row_type(context, layout.cell(cells, Field::Kind))
-        .map_err(|(detail, label)| fail("unsupported_type", detail, label))?;
+        .map_err(|(detail, label)| fail(Code::UnsupportedType.as_str(), detail, label))?;
     let api = |error: ApiError| {
         let (_, code) = error.status_and_code();
         fail(code, error.to_string(), kind)

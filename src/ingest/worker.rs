@@ -32,6 +32,7 @@ use super::layout::{row_event, Layout, RowContext, RowError};
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::actors::now_ms;
 use crate::api::rfc3339;
+use crate::codes::Code;
 use crate::config::InboxConfig;
 use crate::engine::{Engine, EngineError, EventStatus, Rejection, WarehouseEvent};
 use crate::storage::records::{ExceptionRecord, InboxFileRecord, InboxFinish};
@@ -400,7 +401,7 @@ impl Worker {
             return self.reject_whole(
                 name,
                 &shown,
-                "not_csv",
+                Code::NotCsv.as_str(),
                 "the file name is not UTF-8".to_string(),
             );
         };
@@ -410,7 +411,7 @@ impl Worker {
             Ok(metadata) => metadata.len(),
             Err(error) if error.kind() != io::ErrorKind::NotFound => {
                 let detail = format!("the file cannot be read: {error}");
-                return self.reject_whole(name, &text_name, "unreadable", detail);
+                return self.reject_whole(name, &text_name, Code::Unreadable.as_str(), detail);
             }
             Err(error) => return Err(error.into()),
         };
@@ -419,7 +420,7 @@ impl Worker {
                 "the file is {size} bytes, more than file_bytes_max ({})",
                 self.inbox.file_bytes_max
             );
-            return self.reject_whole(name, &text_name, "file_too_large", detail);
+            return self.reject_whole(name, &text_name, Code::FileTooLarge.as_str(), detail);
         }
         let stop = self.stop.clone();
         let mut keep_going = || !matches!(stop.try_recv(), Err(TryRecvError::Disconnected));
@@ -434,7 +435,7 @@ impl Worker {
         };
         if print.binary {
             let detail = "binary content (a NUL byte near the start): not a CSV file".to_string();
-            return self.reject_whole(name, &text_name, "not_csv", detail);
+            return self.reject_whole(name, &text_name, Code::NotCsv.as_str(), detail);
         }
         let digest_hex = hex::encode(print.digest);
         let file_id = format!("inbox-{}", &digest_hex[..20]);
@@ -507,7 +508,7 @@ impl Worker {
                 }
                 Err(_) => {
                     return Ok(Some((
-                        "not_csv",
+                        Code::NotCsv.as_str(),
                         "the header row is not UTF-8 text".to_string(),
                     )))
                 }
@@ -517,7 +518,7 @@ impl Worker {
         };
         let layout = match Layout::resolve(&self.inbox, header.as_deref()) {
             Ok(layout) => layout,
-            Err(reason) => return Ok(Some(("missing_column", reason))),
+            Err(reason) => return Ok(Some((Code::MissingColumn.as_str(), reason))),
         };
         let mut rejects = RejectsFile::open(
             self.dirs
@@ -535,7 +536,7 @@ impl Worker {
                 Ok(false) => break,
                 Err(error) if files::is_line_too_long(&error) => {
                     return Ok(Some((
-                        "row_too_large",
+                        Code::RowTooLarge.as_str(),
                         format!(
                             "a line is longer than {} bytes: not this partner's CSV",
                             files::LINE_BYTES_MAX
@@ -548,7 +549,7 @@ impl Worker {
             // bound the record itself before it is copied into a row.
             if record.as_slice().len() > files::LINE_BYTES_MAX || record.len() > RECORD_FIELDS_MAX {
                 return Ok(Some((
-                    "row_too_large",
+                    Code::RowTooLarge.as_str(),
                     format!(
                         "a record is over {} bytes or {RECORD_FIELDS_MAX} fields: not this partner's CSV",
                         files::LINE_BYTES_MAX
@@ -557,7 +558,7 @@ impl Worker {
             }
             if first && header.is_none() && record.len() < layout.width() {
                 return Ok(Some((
-                    "missing_column",
+                    Code::MissingColumn.as_str(),
                     format!(
                         "the first row has {} fields, the layout needs at least {}: not this partner's CSV",
                         record.len(),
@@ -618,7 +619,7 @@ impl Worker {
                 let lossy_cells: Vec<String> = cells.iter().map(|c| lossy(c)).collect();
                 let shown: Vec<&str> = lossy_cells.iter().map(String::as_str).collect();
                 let error = RowError {
-                    code: "bad_request",
+                    code: Code::BadRequest.as_str(),
                     detail: "the row is not UTF-8 text".to_string(),
                     type_label: "unknown",
                     sku: None,
@@ -761,7 +762,7 @@ impl Worker {
                     // Back-pressure is not the row's fault: try it again.
                     (EventStatus::Rejected, Some("unavailable")) => next.push(*index),
                     (EventStatus::Rejected, code) => {
-                        let code = code.unwrap_or("bad_request");
+                        let code = code.unwrap_or(Code::BadRequest.as_str());
                         let detail = outcome.detail.unwrap_or_default();
                         let rejection = self.rejection(state, &rows[*index], code, detail);
                         to_queue.push((*index, rejection));
