@@ -19,7 +19,9 @@ use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout};
 
 use super::{now_ms, PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
-use crate::storage::records::{position_key, EntrySummary, ExceptionRecord, JournalRecord};
+use crate::storage::records::{
+    position_key, EntrySummary, ExceptionKind, ExceptionRecord, JournalRecord,
+};
 use crate::storage::replay::load_position;
 use crate::storage::{codec, seq_key, Entry, Space, StorageError, Ticket};
 
@@ -211,21 +213,21 @@ impl PositionActor {
             .fetch_add(1, Ordering::Relaxed);
         let record = ExceptionRecord {
             id,
-            kind: "oversold".to_string(),
-            code: "oversold".to_string(),
-            detail: format!(
-                "available is {} after {}",
-                self.position.available(),
-                exec.meta.event_id
-            ),
             sku: Some(self.key.sku.to_string()),
             location: Some(self.key.location.to_string()),
             event_id: Some(exec.meta.event_id.clone()),
             source: Some(exec.meta.source.to_string()),
-            payload: None,
-            correlation_id: exec.meta.correlation_id.to_string(),
-            created_at_ms: at_ms,
-            status: "open".to_string(),
+            ..ExceptionRecord::new(
+                ExceptionKind::Oversold,
+                "oversold",
+                format!(
+                    "available is {} after {}",
+                    self.position.available(),
+                    exec.meta.event_id
+                ),
+                exec.meta.correlation_id.to_string(),
+                at_ms,
+            )
         };
         exec.extra
             .put(Space::Exceptions, seq_key(id), codec::encode(&record)?);

@@ -20,7 +20,9 @@ use super::{correlation_id, AppState};
 use crate::config::EVENT_TYPES;
 use crate::domain::{transfer_of, AdjustReason, EventKind, QuarantineAction};
 use crate::engine::{Engine, EventOutcome, EventStatus, ExceptionFilter, WarehouseEvent};
-use crate::storage::records::{ExceptionRecord, ExceptionResolution, JournalRecord};
+use crate::storage::records::{
+    ExceptionRecord, ExceptionResolution, ExceptionStatus, JournalRecord,
+};
 
 /// Entries per SSE read from the journal.
 const SSE_PAGE: usize = 500;
@@ -533,7 +535,7 @@ pub async fn exceptions(
     let found = engine.exceptions(query.after.unwrap_or(0), limit, &filter)?;
     let mut items: Vec<Value> = Vec::with_capacity(found.len());
     for record in &found {
-        let resolution = if record.status == "resolved" {
+        let resolution = if record.status() == ExceptionStatus::Resolved {
             engine.exception_resolution(record.id)?
         } else {
             None

@@ -16,7 +16,7 @@ use super::input::{parse_json, parse_optional_json, read_body};
 use super::{correlation_id, AppState};
 use crate::actors::now_ms;
 use crate::engine::{Engine, EngineError, EventStatus};
-use crate::storage::records::{ExceptionRecord, ExceptionResolution};
+use crate::storage::records::{ExceptionRecord, ExceptionResolution, ExceptionStatus};
 use crate::storage::WriteBatch;
 
 const NOTE_LEN_MAX: usize = 2000;
@@ -149,7 +149,7 @@ pub async fn retry(
     let (caller, body_ref) = (&caller, &body);
     idempotency::run(engine, &request, &body, |_| async move {
         let (record, _) = load(engine, caller, id)?;
-        if record.status == "resolved" {
+        if record.status() == ExceptionStatus::Resolved {
             return Err(
                 EngineError::InvalidState(format!("exception {id} is already resolved")).into(),
             );

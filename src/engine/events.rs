@@ -14,7 +14,9 @@ use super::{Engine, EngineError};
 use crate::actors::{now_ms, Exec, Meta};
 use crate::codes::Code;
 use crate::domain::{Command, Qty};
-use crate::storage::records::{exception_resolution_key, ExceptionRecord, ExceptionResolution};
+use crate::storage::records::{
+    exception_resolution_key, ExceptionKind, ExceptionRecord, ExceptionResolution, ExceptionStatus,
+};
 use crate::storage::{codec, seq_key, Space, WriteBatch};
 
 /// A validated event, ready for its position.
@@ -477,17 +479,18 @@ impl Engine {
             ));
             let record = ExceptionRecord {
                 id,
-                kind: "rejected_event".to_string(),
-                code: rejection.code.to_string(),
-                detail: rejection.detail,
                 sku: rejection.sku,
                 location: rejection.location,
                 event_id: Some(rejection.event_id),
                 source: Some(rejection.source),
                 payload: Some(rejection.payload),
-                correlation_id: correlation_id.to_string(),
-                created_at_ms,
-                status: "open".to_string(),
+                ..ExceptionRecord::new(
+                    ExceptionKind::RejectedEvent,
+                    rejection.code,
+                    rejection.detail,
+                    correlation_id.to_string(),
+                    created_at_ms,
+                )
             };
             match codec::encode(&record) {
                 Ok(bytes) => batch.put(Space::Exceptions, seq_key(id), bytes),
@@ -584,10 +587,10 @@ impl Engine {
         let Some((mut record, existing)) = self.exception(id)? else {
             return Err(EngineError::NotFound(format!("exception {id} not found")));
         };
-        if record.status == "resolved" {
+        if record.status() == ExceptionStatus::Resolved {
             return Ok((record, existing));
         }
-        record.status = "resolved".to_string();
+        record.set_status(ExceptionStatus::Resolved);
         let mut batch = WriteBatch::default();
         batch.put(Space::Exceptions, seq_key(id), codec::encode(&record)?);
         batch.put(

@@ -15,7 +15,9 @@ use futures_util::future::join_all;
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, Meta, PositionReadout};
 use crate::domain::Command;
-use crate::storage::records::{ExceptionRecord, ExceptionResolution};
+use crate::storage::records::{
+    ExceptionKind, ExceptionRecord, ExceptionResolution, ExceptionStatus,
+};
 use crate::storage::{Space, WriteBatch};
 
 /// Rows compared per chunk (one read per distinct SKU in it).
@@ -116,7 +118,7 @@ impl Engine {
         };
         Ok(self
             .exception(id)?
-            .filter(|(record, _)| record.status == "open")
+            .filter(|(record, _)| record.status() == ExceptionStatus::Open)
             .map(|_| id))
     }
 
@@ -257,14 +259,7 @@ impl Engine {
                     (false, Some(code)) => format!(": not corrected ({code})"),
                     (false, None) => String::new(),
                 };
-                let record = ExceptionRecord {
-                    id: 0,
-                    kind: "reconciliation_difference".to_string(),
-                    code: difference.code.unwrap_or("on_hand_differs").to_string(),
-                    detail: format!(
-                        "{} says on_hand {}, stockwire has {engine_on_hand} (diff {diff:+}){outcome}",
-                        run.source, row.on_hand
-                    ),
+                let mut record = ExceptionRecord {
                     sku: Some(sku.to_string()),
                     location: Some(row.location),
                     event_id: applied.then_some(event_id),
@@ -278,10 +273,20 @@ impl Engine {
                         })
                         .to_string(),
                     ),
-                    correlation_id: run.correlation_id.to_string(),
-                    created_at_ms: now_ms(),
-                    status: if applied { "resolved" } else { "open" }.to_string(),
+                    ..ExceptionRecord::new(
+                        ExceptionKind::ReconciliationDifference,
+                        difference.code.unwrap_or("on_hand_differs"),
+                        format!(
+                            "{} says on_hand {}, stockwire has {engine_on_hand} (diff {diff:+}){outcome}",
+                            run.source, row.on_hand
+                        ),
+                        run.correlation_id.to_string(),
+                        now_ms(),
+                    )
                 };
+                if applied {
+                    record.set_status(ExceptionStatus::Resolved);
+                }
                 let (id, mut batch) = self.exception_batch(record)?;
                 if !applied {
                     batch.put(Space::Meta, marker, id.to_be_bytes().to_vec());

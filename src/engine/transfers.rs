@@ -36,7 +36,7 @@ use super::{Engine, EngineError, Shortage};
 use crate::actors::{now_ms, Exec, Meta};
 use crate::domain::{transfer_hold_id, Command, Qty};
 use crate::storage::records::{
-    ExceptionRecord, TransferPending, TransferRecord, TransferStatus, TransferStep,
+    ExceptionKind, ExceptionRecord, TransferPending, TransferRecord, TransferStatus, TransferStep,
     TransferStepKind,
 };
 use crate::storage::{codec, seq_key, Space, WriteBatch};
@@ -729,7 +729,7 @@ impl Engine {
             let difference = received.get() as i64 - shipped as i64;
             let exception = self.transfer_exception(
                 record,
-                "transfer_discrepancy",
+                ExceptionKind::TransferDiscrepancy,
                 format!(
                     "transfer {} shipped {shipped} from {}, {} received at {} ({difference:+})",
                     record.id,
@@ -762,7 +762,7 @@ impl Engine {
     fn transfer_exception(
         &self,
         record: &TransferRecord,
-        kind: &str,
+        kind: ExceptionKind,
         detail: String,
         by: &StepMeta,
         payload: Option<String>,
@@ -774,17 +774,18 @@ impl Engine {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         ExceptionRecord {
             id,
-            kind: kind.to_string(),
-            code: kind.to_string(),
-            detail,
             sku: Some(record.sku.clone()),
             location: Some(record.to.clone()),
             event_id: Some(by.event_id.clone()),
             source: Some(by.source.clone()),
             payload,
-            correlation_id: by.correlation_id.clone(),
-            created_at_ms: at_ms,
-            status: "open".to_string(),
+            ..ExceptionRecord::new(
+                kind,
+                kind.as_str(),
+                detail,
+                by.correlation_id.clone(),
+                at_ms,
+            )
         }
     }
 
@@ -867,7 +868,7 @@ impl Engine {
         );
         let exception = self.transfer_exception(
             &record,
-            "transfer_overdue",
+            ExceptionKind::TransferOverdue,
             format!(
                 "transfer {} shipped {shipped} from {} and was not received at {} within {} s",
                 record.id, record.from, record.to, self.config.transfer_overdue_seconds

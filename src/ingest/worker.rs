@@ -35,7 +35,7 @@ use crate::api::rfc3339;
 use crate::codes::Code;
 use crate::config::InboxConfig;
 use crate::engine::{Engine, EngineError, EventStatus, Rejection, WarehouseEvent};
-use crate::storage::records::{ExceptionRecord, InboxFileRecord, InboxFinish};
+use crate::storage::records::{ExceptionKind, ExceptionRecord, InboxFileRecord, InboxFinish};
 use crate::storage::{codec, Space, WriteBatch};
 
 /// Most fields in one inbox record.
@@ -936,21 +936,18 @@ impl Worker {
     ) -> Result<(), Halt> {
         let rejected_name = files::free_name(&self.dirs.rejected, shown)?;
         let record = ExceptionRecord {
-            id: 0,
-            kind: "rejected_file".to_string(),
-            code: code.to_string(),
-            detail: detail.clone(),
-            sku: None,
-            location: None,
-            event_id: None,
             source: Some(self.inbox.source.clone()),
             payload: Some(
                 json!({"file": shown, "rejected_file": format!("rejected/{rejected_name}")})
                     .to_string(),
             ),
-            correlation_id: format!("inbox-{}", self.inbox.source),
-            created_at_ms: now_ms(),
-            status: "open".to_string(),
+            ..ExceptionRecord::new(
+                ExceptionKind::RejectedFile,
+                code,
+                detail.clone(),
+                format!("inbox-{}", self.inbox.source),
+                now_ms(),
+            )
         };
         self.durably(|| async {
             self.engine

@@ -306,7 +306,72 @@ pub struct IdempotencyRecord {
     pub created_at_ms: i64,
 }
 
-/// An entry of the exception queue (`Space::Exceptions`).
+/// What needs a person (docs/API.md, "Exception queue").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceptionKind {
+    /// A warehouse event refused (HTTP, an inbox row, a retry).
+    RejectedEvent,
+    /// An inbox file unreadable as a whole.
+    RejectedFile,
+    Oversold,
+    TransferDiscrepancy,
+    TransferOverdue,
+    ReconciliationDifference,
+}
+
+impl ExceptionKind {
+    pub const ALL: [ExceptionKind; 6] = [
+        ExceptionKind::RejectedEvent,
+        ExceptionKind::RejectedFile,
+        ExceptionKind::Oversold,
+        ExceptionKind::TransferDiscrepancy,
+        ExceptionKind::TransferOverdue,
+        ExceptionKind::ReconciliationDifference,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExceptionKind::RejectedEvent => "rejected_event",
+            ExceptionKind::RejectedFile => "rejected_file",
+            ExceptionKind::Oversold => "oversold",
+            ExceptionKind::TransferDiscrepancy => "transfer_discrepancy",
+            ExceptionKind::TransferOverdue => "transfer_overdue",
+            ExceptionKind::ReconciliationDifference => "reconciliation_difference",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ExceptionKind> {
+        ExceptionKind::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+/// Whether an exception still needs somebody.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExceptionStatus {
+    Open,
+    Resolved,
+}
+
+impl ExceptionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExceptionStatus::Open => "open",
+            ExceptionStatus::Resolved => "resolved",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<ExceptionStatus> {
+        [ExceptionStatus::Open, ExceptionStatus::Resolved]
+            .into_iter()
+            .find(|status| status.as_str() == text)
+    }
+}
+
+/// An entry of the exception queue (`Space::Exceptions`). `kind` and `status`
+/// are stored as their text (the format predates the enums; records written
+/// by earlier versions decode unchanged): read and write them through
+/// [`ExceptionRecord::new`], [`ExceptionRecord::kind`] and
+/// [`ExceptionRecord::status`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExceptionRecord {
     pub id: u64,
@@ -322,6 +387,47 @@ pub struct ExceptionRecord {
     pub correlation_id: String,
     pub created_at_ms: i64,
     pub status: String,
+}
+
+impl ExceptionRecord {
+    /// A new open exception; `id` 0 means "assign one when written". The
+    /// optional fields start empty: set those that apply.
+    pub fn new(
+        kind: ExceptionKind,
+        code: &str,
+        detail: String,
+        correlation_id: String,
+        created_at_ms: i64,
+    ) -> ExceptionRecord {
+        ExceptionRecord {
+            id: 0,
+            kind: kind.as_str().to_string(),
+            code: code.to_string(),
+            detail,
+            sku: None,
+            location: None,
+            event_id: None,
+            source: None,
+            payload: None,
+            correlation_id,
+            created_at_ms,
+            status: ExceptionStatus::Open.as_str().to_string(),
+        }
+    }
+
+    /// Its kind; `None` only for a kind a later version wrote.
+    pub fn kind(&self) -> Option<ExceptionKind> {
+        ExceptionKind::parse(&self.kind)
+    }
+
+    /// Open unless it says resolved.
+    pub fn status(&self) -> ExceptionStatus {
+        ExceptionStatus::parse(&self.status).unwrap_or(ExceptionStatus::Open)
+    }
+
+    pub fn set_status(&mut self, status: ExceptionStatus) {
+        self.status = status.as_str().to_string();
+    }
 }
 
 /// Progress of one 3PL inbox file (`Space::Inbox`, keyed by the file's digest),
