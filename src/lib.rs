@@ -7,6 +7,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod ingest;
+pub mod input;
 pub mod logging;
 pub mod metrics;
 pub mod storage;

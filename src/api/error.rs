@@ -42,6 +42,18 @@ pub enum ApiError {
     },
 }
 
+impl From<crate::input::InputError> for ApiError {
+    fn from(error: crate::input::InputError) -> ApiError {
+        let detail = error.detail;
+        match error.code {
+            Code::UnknownField => ApiError::UnknownField(detail),
+            Code::InvalidId => ApiError::InvalidId(detail),
+            Code::QuantityOutOfRange => ApiError::QuantityOutOfRange(detail),
+            _ => ApiError::BadRequest(detail),
+        }
+    }
+}
+
 impl ApiError {
     /// Its code; the status comes with the code (`crate::codes::TABLE`).
     pub fn code(&self) -> Code {

@@ -13,13 +13,13 @@ use serde_json::{json, Map, Value};
 
 use super::access::Caller;
 use super::error::{from_json_error, ApiError};
-use super::event_input::{validate_event, EventFields};
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, parse_rfc3339, read_body, rfc3339};
 use super::{correlation_id, AppState};
 use crate::config::EVENT_TYPES;
 use crate::domain::{transfer_of, AdjustReason, EventKind, QuarantineAction};
 use crate::engine::{Engine, EventOutcome, EventStatus, ExceptionFilter, WarehouseEvent};
+use crate::input::{validate_event, EventFields};
 use crate::storage::records::{
     ExceptionRecord, ExceptionResolution, ExceptionStatus, JournalRecord,
 };
@@ -140,7 +140,7 @@ pub(super) fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
         from: body.from,
         payload: payload.clone(),
     };
-    validate_event(fields).map_err(fail)
+    validate_event(fields).map_err(|error| fail(error.into()))
 }
 
 pub(super) fn outcome_json(outcome: &EventOutcome) -> Value {

@@ -7,7 +7,6 @@ mod availability;
 mod channels;
 mod console;
 mod error;
-mod event_input;
 mod events;
 mod exceptions;
 #[cfg(test)]
@@ -24,7 +23,6 @@ mod transfers;
 pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
-pub use event_input::{validate_event, EventFields};
 pub use input::rfc3339;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -102,6 +102,7 @@ fn admit_row(
 ) {
     let check = check_id("sku", &row.sku)
         .and_then(|_| check_id("location", &row.location))
+        .map_err(ApiError::from)
         .and_then(|_| caller.may_touch(&row.location));
     match check {
         Ok(_) => chunk.push(row),
@@ -145,9 +146,8 @@ async fn reconcile_json(
         let on_hand = match amount("on_hand", &position.on_hand) {
             Ok(on_hand) => on_hand,
             Err(error) => {
-                let (_, code) = error.status_and_code();
                 run.report
-                    .reject_row(index as u64 + 1, code, error.to_string());
+                    .reject_row(index as u64 + 1, error.code.as_str(), error.detail);
                 continue;
             }
         };

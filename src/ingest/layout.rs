@@ -1,7 +1,7 @@
 //! A partner's CSV layout, resolved against one file's header, and one row
 //! turned into a canonical event: columns found, partner codes mapped
 //! (`inbox[].mapping`), cells read by type, then the shared validation
-//! ([`crate::api::validate_event`], the same checks as `POST /v1/events`).
+//! ([`crate::input::validate_event`], the same checks as `POST /v1/events`).
 //!
 //! Pure: no I/O, no engine. Whether the location is configured and whether the
 //! position allows the change are the engine's to answer.
@@ -10,11 +10,11 @@ use std::str::FromStr;
 
 use serde_json::{json, Map, Value};
 
-use crate::api::{validate_event, ApiError, EventFields};
 use crate::codes::Code;
 use crate::config::{Config, InboxColumn, InboxConfig, EVENT_TYPES, INBOX_EVENT_TYPES};
 use crate::domain::{AdjustReason, QuarantineAction};
 use crate::engine::WarehouseEvent;
+use crate::input::{validate_event, EventFields, InputError};
 
 /// The fields a row may carry, in the order of `InboxColumns::fields`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,14 +199,14 @@ pub struct RowContext<'a> {
 
 /// A quantity cell as a JSON number (a leading `+` allowed), so the shared
 /// validation refuses fractions and huge values as it does in JSON.
-fn number(what: &str, cell: &str) -> Result<Option<serde_json::Number>, ApiError> {
+fn number(what: &str, cell: &str) -> Result<Option<serde_json::Number>, InputError> {
     if cell.is_empty() {
         return Ok(None);
     }
     let digits = cell.strip_prefix('+').unwrap_or(cell);
     serde_json::Number::from_str(digits)
         .map(Some)
-        .map_err(|_| ApiError::BadRequest(format!("{what} {cell:?} is not a number")))
+        .map_err(|_| InputError::bad_request(format!("{what} {cell:?} is not a number")))
 }
 
 /// `reason` (and friends) as a snake_case enum of the domain.
@@ -214,23 +214,25 @@ fn keyword<T: serde::de::DeserializeOwned>(
     what: &str,
     cell: &str,
     expected: &str,
-) -> Result<Option<T>, ApiError> {
+) -> Result<Option<T>, InputError> {
     if cell.is_empty() {
         return Ok(None);
     }
     serde_json::from_value(json!(cell.to_ascii_lowercase()))
         .map(Some)
-        .map_err(|_| ApiError::BadRequest(format!("{what} {cell:?}: expected one of {expected}")))
+        .map_err(|_| {
+            InputError::bad_request(format!("{what} {cell:?}: expected one of {expected}"))
+        })
 }
 
 /// Whether a returned unit is restockable: `true/yes/y/1/restockable` or
 /// `false/no/n/0/not_restockable`; empty is not restockable (it is quarantined
 /// until someone releases it, so a return never makes stock sellable unasked).
-fn restockable(cell: &str) -> Result<bool, ApiError> {
+fn restockable(cell: &str) -> Result<bool, InputError> {
     match cell.to_ascii_lowercase().as_str() {
         "" | "false" | "no" | "n" | "0" | "not_restockable" => Ok(false),
         "true" | "yes" | "y" | "1" | "restockable" => Ok(true),
-        _ => Err(ApiError::BadRequest(format!(
+        _ => Err(InputError::bad_request(format!(
             "restockable {cell:?}: expected true or false (yes/no, restockable/not_restockable)"
         ))),
     }
@@ -343,10 +345,7 @@ pub fn row_event(
     }
     let kind = row_type(context, layout.cell(cells, Field::Kind))
         .map_err(|(detail, label)| fail(Code::UnsupportedType.as_str(), detail, label))?;
-    let api = |error: ApiError| {
-        let (_, code) = error.status_and_code();
-        fail(code, error.to_string(), kind)
-    };
+    let api = |error: InputError| fail(error.code.as_str(), error.detail, kind);
     let mut fields = EventFields::new(
         event_id,
         kind.to_string(),
@@ -361,7 +360,7 @@ pub fn row_event(
     } else {
         parse_time(occurred_at, inbox.date_format.as_deref())
             .map(Some)
-            .map_err(ApiError::BadRequest)
+            .map_err(InputError::bad_request)
     };
     let quantity = number("qty", layout.cell(cells, Field::Qty)).map_err(api)?;
     let reason = layout.cell(cells, Field::Reason);
@@ -391,7 +390,7 @@ pub fn row_event(
             let version = layout.cell(cells, Field::ExpectedVersion);
             if !version.is_empty() {
                 fields.expected_version = Some(version.parse().map_err(|_| {
-                    api(ApiError::BadRequest(format!(
+                    api(InputError::bad_request(format!(
                         "expected_version {version:?} is not a version number"
                     )))
                 })?);

@@ -10,7 +10,7 @@
 //!   ([`layout`]).
 //!
 //! What it must not do: validate events its own way (rows go through
-//! [`crate::api::validate_event`], the checks of `POST /v1/events`), change a
+//! [`crate::input::validate_event`], the checks of `POST /v1/events`), change a
 //! position other than through [`Engine::apply_events_in_order`], or hold a
 //! whole file in memory (rows are read in chunks of `batch_events_max`).
 //!

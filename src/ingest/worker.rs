@@ -31,10 +31,10 @@ use super::files::{self, Dirs, Settling, RESULT_SUFFIX};
 use super::layout::{row_event, Layout, RowContext, RowError};
 use super::{BACKOFF_MAX, BACKOFF_MIN};
 use crate::actors::now_ms;
-use crate::api::rfc3339;
 use crate::codes::Code;
 use crate::config::InboxConfig;
 use crate::engine::{Engine, EngineError, EventStatus, Rejection, WarehouseEvent};
+use crate::input::rfc3339;
 use crate::storage::records::{ExceptionKind, ExceptionRecord, InboxFileRecord, InboxFinish};
 use crate::storage::{codec, Space, WriteBatch};
 
