@@ -12,7 +12,8 @@ if ! node -e 'const [a, b] = process.versions.node.split(".").map(Number); proce
   echo "browser tests need Node.js 20.11 or newer (this machine kind has it; Debian 12's nodejs is 18); found: $(node --version 2>&1)" >&2
   exit 1
 fi
-cargo build --quiet --bin stockwire
+# The features `cargo test` builds with (test-support): the same binary, no rebuild.
+cargo build --quiet --bin stockwire --features test-support
 cargo build --quiet -p loadtest --bin loadtest
 export STOCKWIRE_BIN="$target/debug/stockwire" LOADTEST_BIN="$target/debug/loadtest"
 export CHROMIUM="${CHROMIUM:-/usr/bin/chromium}"
