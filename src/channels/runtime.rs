@@ -115,6 +115,10 @@ impl Channels {
                         drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
                     let stored_cursor = ledger::stored_cursor(&*store, &id)?;
                     let cursor = stored_cursor.unwrap_or_default();
+                    // Shown at once: the publisher starts on its own arbiter a
+                    // moment later, and until then `GET /v1/channels` would
+                    // answer a cursor of 0 after a restart.
+                    status.set_cursor(cursor.cursor_seq);
                     let owed = ledger::owed_skus(&*store, &id)?;
                     if !owed.is_empty() {
                         tracing::info!(channel = %id, skus = owed.len(), "re-offering owed skus");
