@@ -17,7 +17,6 @@ use super::{correlation_id, AppState};
 use crate::actors::now_ms;
 use crate::engine::{Engine, EngineError, EventStatus};
 use crate::storage::records::{ExceptionRecord, ExceptionResolution, ExceptionStatus};
-use crate::storage::WriteBatch;
 
 const NOTE_LEN_MAX: usize = 2000;
 
@@ -123,7 +122,6 @@ pub async fn resolve(
                     seq: None,
                     correlation_id: correlation.to_string(),
                 },
-                WriteBatch::default(),
             )
             .await?;
         Ok::<Reply, ApiError>((StatusCode::OK, exception_json(&record, resolution.as_ref())))
@@ -207,7 +205,6 @@ pub async fn retry(
                         seq: outcome.seq,
                         correlation_id: correlation.to_string(),
                     },
-                    WriteBatch::default(),
                 )
                 .await?;
             exception_json(&record, resolution.as_ref())

@@ -43,7 +43,7 @@ pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest
     if let Some(engine) = state.engine.get() {
         state
             .metrics
-            .observe_journal(engine.journal(), engine.shared.store.slowdowns());
+            .observe_journal(engine.journal(), engine.store_slowdowns());
         state
             .metrics
             .journal_head_seq

@@ -16,6 +16,7 @@ use crate::codes::Code;
 use crate::domain::{Command, Qty};
 use crate::storage::records::{
     exception_resolution_key, ExceptionKind, ExceptionRecord, ExceptionResolution, ExceptionStatus,
+    InboxFileRecord,
 };
 use crate::storage::{codec, seq_key, Space, WriteBatch};
 
@@ -448,7 +449,7 @@ impl Engine {
             detail: detail.to_string(),
         };
         let written = self
-            .record_rejections(vec![rejection], correlation_id, WriteBatch::default())
+            .record_rejections(vec![rejection], correlation_id, None)
             .await;
         if let Err(error) = written {
             tracing::error!(%error, "could not queue rejected event");
@@ -458,12 +459,18 @@ impl Engine {
     /// Queues rejected events as exceptions in one atomic write together with
     /// `extra` (a caller's own progress, so both are durable or neither is), and
     /// counts them in `stockwire_events_rejected_total` once written.
+    /// Queues `rejections` as exceptions, with an inbox file's progress in the
+    /// same write when given (so a restart neither loses nor repeats them).
     pub async fn record_rejections(
         &self,
         rejections: Vec<Rejection>,
         correlation_id: &Arc<str>,
-        extra: WriteBatch,
+        inbox_file: Option<(&[u8; 32], &InboxFileRecord)>,
     ) -> Result<(), EngineError> {
+        let extra = match inbox_file {
+            Some((key, record)) => super::inbox::inbox_batch(key, record)?,
+            None => WriteBatch::default(),
+        };
         let mut batch = WriteBatch::default();
         let created_at_ms = now_ms();
         let mut labels = Vec::with_capacity(rejections.len());
@@ -510,13 +517,8 @@ impl Engine {
 
     /// Queues an exception that is not one event's (e.g. a 3PL file that could not be
     /// read at all), written atomically with `extra`.
-    pub async fn record_exception(
-        &self,
-        record: ExceptionRecord,
-        extra: WriteBatch,
-    ) -> Result<u64, EngineError> {
-        let (id, mut batch) = self.exception_batch(record)?;
-        batch.append(extra);
+    pub async fn record_exception(&self, record: ExceptionRecord) -> Result<u64, EngineError> {
+        let (id, batch) = self.exception_batch(record)?;
         self.write(batch).await?;
         Ok(id)
     }
@@ -579,6 +581,16 @@ impl Engine {
     /// applied instead; durable before it returns. Resolving a resolved
     /// exception changes nothing.
     pub async fn resolve_exception(
+        &self,
+        id: u64,
+        resolution: ExceptionResolution,
+    ) -> Result<(ExceptionRecord, Option<ExceptionResolution>), EngineError> {
+        self.resolve_exception_with(id, resolution, WriteBatch::default())
+            .await
+    }
+
+    /// [`Engine::resolve_exception`], atomically with `extra`.
+    pub(super) async fn resolve_exception_with(
         &self,
         id: u64,
         resolution: ExceptionResolution,

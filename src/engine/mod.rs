@@ -8,6 +8,7 @@
 //! the position's actor through its shard.
 
 mod events;
+mod inbox;
 mod maintenance;
 mod reconcile;
 mod recovery;
@@ -394,10 +395,17 @@ impl Engine {
     }
 
     /// Writes `batch` through the journal (ordered and as durable as events).
-    pub async fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
+    /// For the engine and the channels' ledger (the one subsystem with records
+    /// of its own); the API and the inbox call the named operations.
+    pub(crate) async fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
         let ticket = self.journal().append(Vec::new(), batch)?;
         ticket.await?;
         Ok(())
+    }
+
+    /// Writes the store refused for a stall and retried (for the metric).
+    pub fn store_slowdowns(&self) -> u64 {
+        self.shared.store.slowdowns()
     }
 
     pub fn idempotency_get(&self, key: &str) -> Result<Option<IdempotencyRecord>, EngineError> {

@@ -251,7 +251,7 @@ impl Engine {
                     seq: difference.seq,
                     correlation_id: run.correlation_id.to_string(),
                 };
-                self.resolve_exception(id, resolution, unmark).await?;
+                self.resolve_exception_with(id, resolution, unmark).await?;
             }
             (None, applied) => {
                 let outcome = match (applied, difference.code) {

@@ -36,7 +36,6 @@ use crate::config::InboxConfig;
 use crate::engine::{Engine, EngineError, EventStatus, Rejection, WarehouseEvent};
 use crate::input::rfc3339;
 use crate::storage::records::{ExceptionKind, ExceptionRecord, InboxFileRecord, InboxFinish};
-use crate::storage::{codec, Space, WriteBatch};
 
 /// Most fields in one inbox record.
 const RECORD_FIELDS_MAX: usize = 256;
@@ -371,24 +370,12 @@ impl Worker {
     }
 
     fn save(&self, state: &FileState) -> Result<(), Halt> {
-        let bytes = codec::encode(&state.record).map_err(|e| Halt::Failed(e.to_string()))?;
-        self.durably(|| {
-            let mut batch = WriteBatch::default();
-            batch.put(Space::Inbox, state.key.to_vec(), bytes.clone());
-            self.engine.write(batch)
-        })
+        self.durably(|| self.engine.save_inbox_file(&state.key, &state.record))
     }
 
     fn load(&self, key: &[u8; 32]) -> Result<Option<InboxFileRecord>, Halt> {
-        let stored = self
-            .engine
-            .shared
-            .store
-            .get(Space::Inbox, key)
-            .map_err(|e| Halt::Failed(e.to_string()))?;
-        stored
-            .map(|bytes| codec::decode(&bytes))
-            .transpose()
+        self.engine
+            .inbox_file(key)
             .map_err(|e| Halt::Failed(e.to_string()))
     }
 
@@ -713,14 +700,13 @@ impl Worker {
                         rejection.detail.clone(),
                     ));
                 }
-                let bytes =
-                    codec::encode(&state.record).map_err(|e| Halt::Failed(e.to_string()))?;
                 let queued: Vec<Rejection> = to_queue.iter().map(|(_, r)| r.clone()).collect();
                 self.durably(|| {
-                    let mut progress = WriteBatch::default();
-                    progress.put(Space::Inbox, state.key.to_vec(), bytes.clone());
-                    self.engine
-                        .record_rejections(queued.clone(), &state.correlation, progress)
+                    self.engine.record_rejections(
+                        queued.clone(),
+                        &state.correlation,
+                        Some((&state.key, &state.record)),
+                    )
                 })?;
                 for (index, rejection) in to_queue.drain(..) {
                     rejected.push((index, rejection.code.to_string(), rejection.detail));
@@ -951,7 +937,7 @@ impl Worker {
         };
         self.durably(|| async {
             self.engine
-                .record_exception(record.clone(), WriteBatch::default())
+                .record_exception(record.clone())
                 .await
                 .map(drop)
         })?;
