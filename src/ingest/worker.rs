@@ -935,12 +935,7 @@ impl Worker {
                 now_ms(),
             )
         };
-        self.durably(|| async {
-            self.engine
-                .record_exception(record.clone())
-                .await
-                .map(drop)
-        })?;
+        self.durably(|| async { self.engine.record_exception(record.clone()).await.map(drop) })?;
         let result = json!({
             "file": shown,
             "source": self.inbox.source,
