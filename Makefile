@@ -26,6 +26,8 @@ test: deps
 	@./scripts/install-deps.sh --test
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	# The shipped build too: --all-targets turns on test-support (the feed parsers).
+	cargo clippy --workspace --lib --bins -- -D warnings
 	cargo test --workspace --lib --bins --examples --benches
 	cargo test --workspace --test integration
 	cargo build -p loadtest
@@ -53,6 +55,7 @@ bench-open-loop: deps
 lint: deps
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy --workspace --lib --bins -- -D warnings
 
 # The docs' commands alone (part of `make test`): DOCS="README.md" for one file.
 docs-check: deps

@@ -16,6 +16,7 @@ use super::error::{from_json_error, ApiError};
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, parse_rfc3339, read_body, rfc3339};
 use super::{correlation_id, AppState};
+use crate::codes::Code;
 use crate::config::EVENT_TYPES;
 use crate::domain::{transfer_of, AdjustReason, EventKind, QuarantineAction};
 use crate::engine::{Engine, EventOutcome, EventStatus, ExceptionFilter, WarehouseEvent};
@@ -239,7 +240,10 @@ async fn apply_batch(
     // not queued as an exception: the batch answers 503 so the sender
     // retries it (event ids make the retry safe; 5xx are not remembered
     // under an Idempotency-Key).
-    if let Some(busy) = outcomes.iter().find(|o| o.code == Some("unavailable")) {
+    if let Some(busy) = outcomes
+        .iter()
+        .find(|o| o.code == Some(Code::Unavailable.as_str()))
+    {
         return Err(ApiError::Unavailable(format!(
             "event {} could not be applied now ({}); retry the batch: applied events answer duplicate",
             busy.event_id,

@@ -15,8 +15,11 @@ use super::idempotency::{self, Reply};
 use super::input::{parse_json, parse_optional_json, read_body};
 use super::{correlation_id, AppState};
 use crate::actors::now_ms;
+use crate::codes::Code;
 use crate::engine::{Engine, EngineError, EventStatus};
-use crate::storage::records::{ExceptionRecord, ExceptionResolution, ExceptionStatus};
+use crate::storage::records::{
+    ExceptionKind, ExceptionRecord, ExceptionResolution, ExceptionStatus,
+};
 
 const NOTE_LEN_MAX: usize = 2000;
 
@@ -158,7 +161,7 @@ pub async fn retry(
             None => record
                 .payload
                 .as_deref()
-                .filter(|_| record.kind == "rejected_event")
+                .filter(|_| record.kind() == Some(ExceptionKind::RejectedEvent))
                 .and_then(|p| serde_json::from_str::<Value>(p).ok())
                 .ok_or_else(|| {
                     ApiError::BadRequest(format!(
@@ -185,7 +188,7 @@ pub async fn retry(
             .flatten()
             .next()
             .ok_or_else(|| ApiError::Unavailable("the event was not tried".to_string()))?;
-        if outcome.code == Some("unavailable") {
+        if outcome.code == Some(Code::Unavailable.as_str()) {
             return Err(ApiError::Unavailable(
                 outcome.detail.unwrap_or_else(|| "retry later".to_string()),
             ));

@@ -23,7 +23,6 @@ mod transfers;
 pub use reservations::{decode_create, view_json};
 
 pub use error::ApiError;
-pub use input::rfc3339;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};

@@ -72,8 +72,6 @@ impl IntoResponses for Errors {
                     .unwrap_or("error");
                 (status, format!("{reason}: {}", codes.join(", ")))
             })
-            .collect::<Vec<_>>()
-            .into_iter()
             .map(|(status, description)| (status.to_string(), problem(&description)))
             .collect()
     }

@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
 use super::{correlation_id, AppState};
+use crate::codes::Code;
 use crate::engine::{Engine, ReconReport, Reconciliation, SnapshotRow, RECONCILE_CHUNK};
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -284,7 +285,7 @@ impl CsvUpload<'_> {
         else {
             self.run.report.reject_row(
                 self.rows_seen,
-                "bad_request",
+                Code::BadRequest.as_str(),
                 "the row is not UTF-8".to_string(),
             );
             return Ok(());
@@ -305,7 +306,7 @@ impl CsvUpload<'_> {
             }
             None => self.run.report.reject_row(
                 self.rows_seen,
-                "quantity_out_of_range",
+                Code::QuantityOutOfRange.as_str(),
                 format!(
                     "on_hand {:?} is not an integer in 0..={}",
                     on_hand.chars().take(32).collect::<String>(),

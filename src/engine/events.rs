@@ -290,7 +290,7 @@ impl Engine {
         let Some(location) = self.location(&event.location).cloned() else {
             let detail = format!("unknown location {}", event.location);
             return Attempt::Refused {
-                code: "unknown_location",
+                code: Code::UnknownLocation.as_str(),
                 detail,
             };
         };
@@ -301,7 +301,7 @@ impl Engine {
             let error = EngineError::Unavailable("event id busy, retry".to_string());
             return Attempt::Outcome(EventOutcome::rejected(
                 event.event_id.clone(),
-                "unavailable",
+                Code::Unavailable.as_str(),
                 error.to_string(),
             ));
         };
@@ -456,11 +456,10 @@ impl Engine {
         }
     }
 
-    /// Queues rejected events as exceptions in one atomic write together with
-    /// `extra` (a caller's own progress, so both are durable or neither is), and
-    /// counts them in `stockwire_events_rejected_total` once written.
-    /// Queues `rejections` as exceptions, with an inbox file's progress in the
-    /// same write when given (so a restart neither loses nor repeats them).
+    /// Queues rejected events as exceptions in one atomic write, with an inbox
+    /// file's progress in it when given (both durable or neither, so a restart
+    /// neither loses nor repeats them), and counts them in
+    /// `stockwire_events_rejected_total` once written.
     pub async fn record_rejections(
         &self,
         rejections: Vec<Rejection>,
@@ -516,7 +515,7 @@ impl Engine {
     }
 
     /// Queues an exception that is not one event's (e.g. a 3PL file that could not be
-    /// read at all), written atomically with `extra`.
+    /// read at all).
     pub async fn record_exception(&self, record: ExceptionRecord) -> Result<u64, EngineError> {
         let (id, batch) = self.exception_batch(record)?;
         self.write(batch).await?;

@@ -124,7 +124,7 @@ pub struct ChannelInfo {
 
 pub struct Engine {
     pub config: Arc<Config>,
-    pub shared: Arc<Shared>,
+    pub(crate) shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     shards: Vec<Addr<ShardActor>>,
     arbiters: Mutex<Vec<Arbiter>>,

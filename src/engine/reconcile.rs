@@ -134,7 +134,7 @@ impl Engine {
             if self.location(&row.location).is_none() {
                 run.report.reject_row(
                     row.row,
-                    "unknown_location",
+                    crate::codes::Code::UnknownLocation.as_str(),
                     format!("unknown location {}", row.location),
                 );
                 continue;

@@ -334,7 +334,7 @@ pub fn row_event(
     };
     if cells.len() < layout.width {
         return Err(fail(
-            "bad_request",
+            Code::BadRequest.as_str(),
             format!(
                 "the row has {} fields, the layout needs at least {}",
                 cells.len(),

@@ -746,7 +746,9 @@ impl Worker {
                         progressed = true;
                     }
                     // Back-pressure is not the row's fault: try it again.
-                    (EventStatus::Rejected, Some("unavailable")) => next.push(*index),
+                    (EventStatus::Rejected, Some(code)) if code == Code::Unavailable.as_str() => {
+                        next.push(*index)
+                    }
                     (EventStatus::Rejected, code) => {
                         let code = code.unwrap_or(Code::BadRequest.as_str());
                         let detail = outcome.detail.unwrap_or_default();

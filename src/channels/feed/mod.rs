@@ -1,12 +1,13 @@
-//! Feed files written by a "file" channel sink, and parsers that read them back.
+//! Feed files written by a "file" channel sink. The parsers that read them
+//! back (`parse_csv`, `parse_edi846`) are in `parse.rs`, compiled for tests only.
 //!
 //! Two formats are produced from the same [`FeedLine`]s:
 //!
-//! * **CSV** ([`render_csv`] / [`parse_csv`]): header `sku,available,seq,at`, one row
+//! * **CSV** ([`render_csv`] / `parse_csv`): header `sku,available,seq,at`, one row
 //!   per line, `\n` line endings, `at` as RFC 3339 UTC with milliseconds and a `Z`
 //!   (`2026-11-26T21:03:04.005Z`).
 //! * **ANSI X12 004010 846 Inventory Inquiry/Advice** ([`render_edi846`] /
-//!   [`parse_edi846`]). The 846 is the transaction set EDI retail partners ingest for
+//!   `parse_edi846`). The 846 is the transaction set EDI retail partners ingest for
 //!   inventory advice, so a channel that speaks EDI can take our availability as-is.
 //!   One interchange holds one functional group holding one transaction set:
 //!
