@@ -1,4 +1,18 @@
 //! stockwire: real-time inventory availability and reservations.
+//!
+//! The map (ARCHITECTURE.md has the flows and the invariants):
+//! - [`domain`]: a position's pure state machine (decide, evolve), no I/O.
+//! - [`actors`]: shards and per-position actors, on the HTTP workers' threads.
+//! - [`engine`]: what the API and the inbox call: reservations, events,
+//!   transfers, reconciliation, the exception queue, recovery, snapshots.
+//! - [`storage`]: the store (RocksDB, in memory), the journal, the codec, records.
+//! - [`channels`]: publication: broadcaster, publishers, sinks, ledger.
+//! - [`api`]: actix-web routes, access, errors, OpenAPI, the console.
+//! - [`ingest`]: the 3PL file inbox.
+//! - [`input`]: input checks shared by the API and the inbox.
+//! - [`codes`]: the one table of error codes.
+//! - [`config`], [`metrics`], [`logging`]: config file and limits, Prometheus
+//!   registry, buffered logging.
 pub mod actors;
 pub mod api;
 pub mod channels;
