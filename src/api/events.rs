@@ -489,32 +489,45 @@ pub struct ExceptionQuery {
     limit: Option<usize>,
 }
 
+/// The answer for one exception: the OpenAPI document's `ExceptionItem`,
+/// built as that struct so the two cannot drift apart.
+pub(super) fn exception_item(
+    record: &ExceptionRecord,
+    resolution: Option<&ExceptionResolution>,
+) -> super::openapi::ExceptionItem {
+    super::openapi::ExceptionItem {
+        id: record.id,
+        kind: record.kind.clone(),
+        status: record.status.clone(),
+        code: record.code.clone(),
+        detail: record.detail.clone(),
+        sku: record.sku.clone(),
+        location: record.location.clone(),
+        event_id: record.event_id.clone(),
+        source: record.source.clone(),
+        payload: record
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok()),
+        correlation_id: record.correlation_id.clone(),
+        created_at: rfc3339(record.created_at_ms),
+        resolution: resolution.map(|r| super::openapi::Resolution {
+            note: r.note.clone(),
+            by: r.by.clone(),
+            at: rfc3339(r.at_ms),
+            retried_event_id: r.retried_event_id.clone(),
+            seq: r.seq,
+            correlation_id: r.correlation_id.clone(),
+        }),
+    }
+}
+
+/// [`exception_item`] as JSON, for answers that hold it.
 pub(super) fn exception_json(
     record: &ExceptionRecord,
     resolution: Option<&ExceptionResolution>,
 ) -> Value {
-    json!({
-        "id": record.id,
-        "kind": record.kind,
-        "status": record.status,
-        "code": record.code,
-        "detail": record.detail,
-        "sku": record.sku,
-        "location": record.location,
-        "event_id": record.event_id,
-        "source": record.source,
-        "payload": record.payload.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
-        "correlation_id": record.correlation_id,
-        "created_at": rfc3339(record.created_at_ms),
-        "resolution": resolution.map(|r| json!({
-            "note": r.note,
-            "by": r.by,
-            "at": rfc3339(r.at_ms),
-            "retried_event_id": r.retried_event_id,
-            "seq": r.seq,
-            "correlation_id": r.correlation_id,
-        })),
-    })
+    serde_json::to_value(exception_item(record, resolution)).unwrap_or(Value::Null)
 }
 
 #[utoipa::path(get, path = "/v1/exceptions", tag = "events", params(ExceptionQuery),
@@ -537,14 +550,14 @@ pub async fn exceptions(
         source: query.source.as_deref(),
     };
     let found = engine.exceptions(query.after.unwrap_or(0), limit, &filter)?;
-    let mut items: Vec<Value> = Vec::with_capacity(found.len());
+    let mut items = Vec::with_capacity(found.len());
     for record in &found {
         let resolution = if record.status() == ExceptionStatus::Resolved {
             engine.exception_resolution(record.id)?
         } else {
             None
         };
-        items.push(exception_json(record, resolution.as_ref()));
+        items.push(exception_item(record, resolution.as_ref()));
     }
-    Ok(HttpResponse::Ok().json(json!({ "exceptions": items })))
+    Ok(HttpResponse::Ok().json(super::openapi::ExceptionPage { exceptions: items }))
 }
