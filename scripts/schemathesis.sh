@@ -56,6 +56,10 @@ done
 
 # The event stream never ends by design, so it is left out (its auth and
 # framing are tested in tests/integration/{access,sse}.rs).
+# One worker: with two, hypothesis's ast.parse from two threads hit CPython
+# 3.11.7's "AST constructor recursion depth mismatch" SystemError (a
+# thread-safety bug fixed in later CPython releases) once here, failing the
+# run with a schemathesis "Runtime Error" that says nothing about the API.
 status=0
 timeout 900 python3 -m schemathesis.cli run "http://127.0.0.1:$PORT/v1/openapi.json" \
   --header "Authorization: Bearer $ADMIN_KEY" \
@@ -63,7 +67,7 @@ timeout 900 python3 -m schemathesis.cli run "http://127.0.0.1:$PORT/v1/openapi.j
   --exclude-path /v1/events/stream \
   --max-examples "${SCHEMATHESIS_EXAMPLES:-25}" \
   --seed "${SCHEMATHESIS_SEED:-1}" \
-  --workers 2 || status=$?
+  --workers 1 || status=$?
 if ! kill -0 "$SERVER" 2>/dev/null; then
   echo "stockwire died during the run:" >&2
   tail -50 "$WORK/server.log" >&2
