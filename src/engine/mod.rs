@@ -96,6 +96,7 @@ impl From<Reject> for EngineError {
                 location: None,
                 requested,
                 available,
+                absent: false,
             }]),
             Reject::InvalidState(detail) | Reject::NoHold(detail) => {
                 EngineError::InvalidState(detail)

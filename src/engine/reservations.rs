@@ -58,6 +58,9 @@ pub struct Shortage {
     pub location: Option<String>,
     pub requested: u64,
     pub available: i64,
+    /// No position of the SKU existed where the line was tried (not
+    /// answered; it decides whether to look for the SKU anywhere).
+    pub absent: bool,
 }
 
 /// A reservation as answered: the record plus, per line, the units still
@@ -427,10 +430,10 @@ impl Engine {
 
     /// `unknown_sku` (SPEC §9) for the first short line whose SKU has no
     /// position at any location: a catalogue mismatch, not an empty shelf.
-    /// Only a line with nothing available can be one, so a plain shortage
-    /// costs no read.
+    /// Only a line that found no position wherever it was tried is looked up
+    /// further, so a sold-out SKU's refusals (a flash sale's) cost no read.
     async fn unknown_sku(&self, shortages: &[Shortage]) -> Option<EngineError> {
-        for shortage in shortages.iter().filter(|s| s.available <= 0) {
+        for shortage in shortages.iter().filter(|s| s.absent) {
             let readouts = self.read_sku(&shortage.sku, None, None).await.ok()?;
             if readouts.is_empty() {
                 return Some(EngineError::UnknownSku(shortage.sku.clone()));
@@ -553,25 +556,29 @@ impl Engine {
                             backordered: delta.backordered as u64,
                         })
                     }
-                    Err(ExecError::NotFound) => Err(Reject::Insufficient {
+                    Err(ExecError::NotFound) => Err(EngineError::Insufficient(vec![Shortage {
+                        sku: line.sku.clone(),
+                        location: None,
                         requested: qty,
                         available: 0,
-                    }
-                    .into()),
+                        absent: true,
+                    }])),
                     Err(error) => Err(EngineError::from(error)),
                 }
             }
         };
-        let short = |available: i64, location: Option<&str>| {
+        let short = |available: i64, location: Option<&str>, absent: bool| {
             EngineError::Insufficient(vec![Shortage {
                 sku: line.sku.clone(),
                 location: location.map(str::to_string),
                 requested: line.qty.get(),
                 available,
+                absent,
             }])
         };
-        let available_of = |error: &EngineError| match error {
-            EngineError::Insufficient(s) => s.first().map(|s| s.available),
+        // (available, no position there) of a refused hold; None: not a shortage.
+        let shortage_of = |error: &EngineError| match error {
+            EngineError::Insufficient(s) => s.first().map(|s| (s.available, s.absent)),
             _ => None,
         };
         let qty = line.qty.get();
@@ -589,8 +596,10 @@ impl Engine {
             .await;
             return match result {
                 Ok(taken) => Ok(vec![taken]),
-                Err(error) => match available_of(&error) {
-                    Some(available) => Err((Vec::new(), short(available, Some(&location)))),
+                Err(error) => match shortage_of(&error) {
+                    Some((available, absent)) => {
+                        Err((Vec::new(), short(available, Some(&location), absent)))
+                    }
                     None => Err((Vec::new(), error)),
                 },
             };
@@ -622,23 +631,27 @@ impl Engine {
                     return Ok(vec![taken]);
                 }
             }
-            let mut best = 0i64;
+            let (mut best, mut absent) = (0i64, true);
             for allow_backorder in [false, true] {
                 for location in &channel.locations {
                     match hold(location.clone(), qty, HoldMode::Whole { allow_backorder }).await {
                         Ok(taken) => return Ok(vec![taken]),
-                        Err(error) => match available_of(&error) {
-                            Some(available) => best = best.max(available),
+                        Err(error) => match shortage_of(&error) {
+                            Some((available, none_there)) => {
+                                best = best.max(available);
+                                absent &= none_there;
+                            }
                             None => return Err((Vec::new(), error)),
                         },
                     }
                 }
             }
-            return Err((Vec::new(), short(best, None)));
+            return Err((Vec::new(), short(best, None, absent)));
         }
         let mut taken: Vec<Taken> = Vec::new();
         let mut remaining = qty;
         let mut total_available = 0i64;
+        let mut absent = true;
         for location in &channel.locations {
             if remaining == 0 {
                 break;
@@ -647,10 +660,13 @@ impl Engine {
                 Ok(part) => {
                     remaining -= part.units;
                     total_available += part.units as i64;
+                    absent = false;
                     taken.push(part);
                 }
-                Err(error) if available_of(&error).is_some() => {}
-                Err(error) => return Err((taken, error)),
+                Err(error) => match shortage_of(&error) {
+                    Some((_, none_there)) => absent &= none_there,
+                    None => return Err((taken, error)),
+                },
             }
         }
         if remaining > 0 {
@@ -669,13 +685,13 @@ impl Engine {
                         taken.push(part);
                         break;
                     }
-                    Err(error) if available_of(&error).is_some() => {}
+                    Err(error) if shortage_of(&error).is_some() => {}
                     Err(error) => return Err((taken, error)),
                 }
             }
         }
         if remaining > 0 {
-            return Err((taken, short(total_available, None)));
+            return Err((taken, short(total_available, None, absent)));
         }
         Ok(taken)
     }

@@ -364,6 +364,7 @@ impl Engine {
                 location: Some(record.from.clone()),
                 requested: record.qty,
                 available,
+                absent: false,
             }])
         };
         match self
