@@ -251,14 +251,15 @@ impl std::fmt::Display for Code {
 }
 
 /// Every code with an HTTP status, grouped by status (ascending), for the
-/// OpenAPI document's error responses.
-pub fn by_status() -> Vec<(u16, Vec<&'static str>)> {
-    let mut groups: Vec<(u16, Vec<&'static str>)> = Vec::new();
+/// OpenAPI document's error responses, each as `code (meaning)`.
+pub fn by_status() -> Vec<(u16, Vec<String>)> {
+    let mut groups: Vec<(u16, Vec<String>)> = Vec::new();
     for entry in TABLE {
         let Some(status) = entry.status else { continue };
+        let described = format!("{} ({})", entry.text, entry.meaning);
         match groups.iter_mut().find(|(s, _)| *s == status) {
-            Some((_, codes)) => codes.push(entry.text),
-            None => groups.push((status, vec![entry.text])),
+            Some((_, codes)) => codes.push(described),
+            None => groups.push((status, vec![described])),
         }
     }
     groups.sort_by_key(|(status, _)| *status);
