@@ -313,8 +313,10 @@ fn json(c: &mut Criterion) {
     };
     group.bench_function("encode_reservation_answer/1_line", |b| {
         b.iter(|| {
-            serde_json::to_vec(&stockwire::api::view_json(std::hint::black_box(&view)))
-                .expect("json")
+            serde_json::to_vec(&stockwire::api::reservation_answer(std::hint::black_box(
+                &view,
+            )))
+            .expect("json")
         })
     });
     group.finish();

@@ -17,8 +17,14 @@ use crate::storage::records::IdempotencyRecord;
 
 const KEY_LEN_MAX: usize = 255;
 
-/// A JSON answer: status and body.
-pub type Reply = (StatusCode, serde_json::Value);
+/// A JSON answer: status and body (a `serde_json::Value`, or a typed
+/// response struct that the hot routes serialize without building a tree).
+pub type Reply<B = serde_json::Value> = (StatusCode, B);
+
+fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
+    serde_json::to_vec(value)
+        .map_err(|error| ApiError::Unavailable(format!("could not encode the answer: {error}")))
+}
 
 pub fn key_of(request: &HttpRequest) -> Result<Option<String>, ApiError> {
     let Some(value) = request.headers().get("idempotency-key") else {
@@ -59,7 +65,7 @@ fn respond(status: StatusCode, body: Vec<u8>) -> HttpResponse {
 }
 
 /// Runs `handler` once per key; replays its stored response afterwards.
-pub async fn run<F, Fut>(
+pub async fn run<F, Fut, B>(
     engine: &Engine,
     request: &HttpRequest,
     body: &[u8],
@@ -67,11 +73,12 @@ pub async fn run<F, Fut>(
 ) -> Result<HttpResponse, ApiError>
 where
     F: FnOnce(Option<String>) -> Fut,
-    Fut: Future<Output = Result<Reply, ApiError>>,
+    Fut: Future<Output = Result<Reply<B>, ApiError>>,
+    B: serde::Serialize,
 {
     let Some(key) = key_of(request)? else {
         let (status, value) = handler(None).await?;
-        return Ok(respond(status, value.to_string().into_bytes()));
+        return Ok(respond(status, encode(&value)?));
     };
     let mut hasher = Sha256::new();
     hasher.update(request.method().as_str().as_bytes());
@@ -96,7 +103,7 @@ where
     }
     let result = handler(Some(key.clone())).await;
     let (status, bytes) = match &result {
-        Ok((status, value)) => (*status, value.to_string().into_bytes()),
+        Ok((status, value)) => (*status, encode(value)?),
         Err(error) => (error.status_code(), error.body().to_string().into_bytes()),
     };
     // Server-side failures are not remembered: a retry may succeed.

@@ -159,26 +159,28 @@ pub struct AvailabilityItems {
     pub items: Vec<Availability>,
 }
 
+// Borrowed from the record: the reservation routes build these structs and
+// serialize them straight to bytes (no `serde_json::Value` tree).
 #[derive(Serialize, ToSchema)]
-pub struct ReservationLine {
-    pub sku: String,
-    pub location: String,
+pub struct ReservationLine<'a> {
+    pub sku: &'a str,
+    pub location: &'a str,
     pub qty: u64,
     pub backordered: u64,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Reservation {
-    pub reservation_id: String,
-    pub channel: String,
-    pub order_ref: Option<String>,
+pub struct Reservation<'a> {
+    pub reservation_id: &'a str,
+    pub channel: &'a str,
+    pub order_ref: Option<&'a str>,
     /// held | allocated | shipped | released | expired
-    pub status: String,
+    pub status: &'static str,
     pub created_at: String,
     pub updated_at: String,
     pub expires_at: Option<String>,
-    pub correlation_id: String,
-    pub lines: Vec<ReservationLine>,
+    pub correlation_id: &'a str,
+    pub lines: Vec<ReservationLine<'a>>,
 }
 
 #[derive(Serialize, ToSchema)]

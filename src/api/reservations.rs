@@ -3,7 +3,6 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::access::Caller;
 use super::error::ApiError;
@@ -11,6 +10,7 @@ use super::idempotency::{self, Reply};
 use super::input::{
     check_id, parse_json, parse_optional_json, qty, read_body, reject_body, rfc3339,
 };
+use super::openapi::{Reservation, ReservationLine};
 use super::{correlation_id, AppState};
 use crate::engine::{LineRequest, NewReservation, ReservationView, ShipLine};
 
@@ -57,32 +57,40 @@ pub(super) struct ShipBody {
     lines: Option<Vec<ShipLineBody>>,
 }
 
-pub fn view_json(view: &ReservationView) -> Value {
+/// The answer of every reservation route, as OpenAPI describes it.
+pub fn answer(view: &ReservationView) -> Reservation<'_> {
     let record = &view.record;
-    let lines: Vec<Value> = record
-        .lines
-        .iter()
-        .zip(&view.backordered)
-        .map(|(line, backordered)| {
-            json!({
-                "sku": line.sku,
-                "location": line.location,
-                "qty": line.qty,
-                "backordered": backordered,
+    Reservation {
+        reservation_id: &record.id,
+        channel: &record.channel,
+        order_ref: record.order_ref.as_deref(),
+        status: record.status.as_str(),
+        created_at: rfc3339(record.created_at_ms),
+        updated_at: rfc3339(record.updated_at_ms),
+        expires_at: record.expires_at_ms.map(rfc3339),
+        correlation_id: &record.correlation_id,
+        lines: record
+            .lines
+            .iter()
+            .zip(&view.backordered)
+            .map(|(line, backordered)| ReservationLine {
+                sku: &line.sku,
+                location: &line.location,
+                qty: line.qty,
+                backordered: *backordered,
             })
-        })
-        .collect();
-    json!({
-        "reservation_id": record.id,
-        "channel": record.channel,
-        "order_ref": record.order_ref,
-        "status": record.status.as_str(),
-        "created_at": rfc3339(record.created_at_ms),
-        "updated_at": rfc3339(record.updated_at_ms),
-        "expires_at": record.expires_at_ms.map(rfc3339),
-        "correlation_id": record.correlation_id,
-        "lines": lines,
-    })
+            .collect(),
+    }
+}
+
+/// A reservation answered by [`idempotency::run`]: serialized through
+/// [`answer`] when it is sent (and stored, under an `Idempotency-Key`).
+pub struct Answer(pub ReservationView);
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        answer(&self.0).serialize(serializer)
+    }
 }
 
 /// The body of `POST /v1/reservations`, decoded strictly and validated (public for
@@ -147,8 +155,8 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
 
 #[utoipa::path(post, path = "/v1/reservations", tag = "reservations",
     request_body = CreateBody, params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
-    responses((status = 201, description = "held", body = super::openapi::Reservation),
-        (status = 200, description = "this reservation_id exists with the same content", body = super::openapi::Reservation),
+    responses((status = 201, description = "held", body = Reservation),
+        (status = 200, description = "this reservation_id exists with the same content", body = Reservation),
         super::openapi::Errors))]
 pub async fn create(
     state: web::Data<AppState>,
@@ -171,14 +179,14 @@ pub async fn create(
         } else {
             StatusCode::OK
         };
-        Ok::<Reply, ApiError>((status, view_json(&view)))
+        Ok::<Reply<Answer>, ApiError>((status, Answer(view)))
     })
     .await
 }
 
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
     params(("id" = String, Path, description = "reservation id")),
-    responses((status = 200, description = "the reservation", body = super::openapi::Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "the reservation", body = Reservation), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -188,7 +196,7 @@ pub async fn get(
     let id = check_id("reservation id", &id)?;
     let view = engine.get_reservation(id).await?;
     caller.may_see(&view.record)?;
-    Ok(HttpResponse::Ok().json(view_json(&view)))
+    Ok(HttpResponse::Ok().json(answer(&view)))
 }
 
 #[derive(Clone, Copy)]
@@ -250,7 +258,7 @@ async fn transition(
                 engine.ship_reservation(id, lines, correlation).await?
             }
         };
-        Ok::<Reply, ApiError>((StatusCode::OK, view_json(&view)))
+        Ok::<Reply<Answer>, ApiError>((StatusCode::OK, Answer(view)))
     })
     .await
 }
@@ -258,7 +266,7 @@ async fn transition(
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",
     params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "released (a no-op when already released or expired)", body = super::openapi::Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "released (a no-op when already released or expired)", body = Reservation), super::openapi::Errors))]
 pub async fn release(
     state: web::Data<AppState>,
     caller: Caller,
@@ -272,7 +280,7 @@ pub async fn release(
 #[utoipa::path(post, path = "/v1/reservations/{id}/allocate", tag = "reservations",
     params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "allocated: no more expiry", body = super::openapi::Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "allocated: no more expiry", body = Reservation), super::openapi::Errors))]
 pub async fn allocate(
     state: web::Data<AppState>,
     caller: Caller,
@@ -286,7 +294,7 @@ pub async fn allocate(
 #[utoipa::path(post, path = "/v1/reservations/{id}/ship", tag = "reservations",
     params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Option<ShipBody>, description = "no body ships everything"),
-    responses((status = 200, description = "shipped (a short shipment releases the rest)", body = super::openapi::Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "shipped (a short shipment releases the rest)", body = Reservation), super::openapi::Errors))]
 pub async fn ship(
     state: web::Data<AppState>,
     caller: Caller,
