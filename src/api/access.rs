@@ -193,6 +193,14 @@ impl Identity {
     }
 }
 
+/// The key last recognised on one connection (kept in its connection data,
+/// on the worker thread that owns the connection).
+#[derive(Default)]
+pub struct TokenMemo(std::cell::RefCell<Option<Remembered>>);
+
+/// A token as sent, and the key it named.
+type Remembered = (Box<[u8]>, Arc<Caller>);
+
 /// The configured keys, with a rate limiter each.
 pub struct Keys {
     entries: Vec<KeyEntry>,
@@ -243,6 +251,18 @@ impl Keys {
     /// The key a request's `Authorization: Bearer` header carries. Every
     /// configured digest is compared, in constant time, whatever matches.
     pub fn authenticate(&self, header: Option<&HeaderValue>) -> Identity {
+        self.authenticate_memo(header, None)
+    }
+
+    /// [`Keys::authenticate`], remembering the last key found on this
+    /// connection: a keep-alive connection that sends the same token again
+    /// is recognised by a constant-time comparison with it, without hashing
+    /// it and comparing digests with every configured key.
+    pub fn authenticate_memo(
+        &self,
+        header: Option<&HeaderValue>,
+        memo: Option<&TokenMemo>,
+    ) -> Identity {
         if self.is_open() {
             return Identity::Known(self.open.clone());
         }
@@ -258,6 +278,22 @@ impl Keys {
         let Some(token) = token else {
             return Identity::Unknown;
         };
+        if let Some(memo) = memo {
+            if let Some((last, caller)) = &*memo.0.borrow() {
+                // Lengths may differ in time; the bytes compare in constant time.
+                if bool::from(last.as_ref().ct_eq(token.as_bytes())) {
+                    return Identity::Known(caller.clone());
+                }
+            }
+        }
+        let identity = self.find(token);
+        if let (Some(memo), Identity::Known(caller)) = (memo, &identity) {
+            *memo.0.borrow_mut() = Some((Box::from(token.as_bytes()), caller.clone()));
+        }
+        identity
+    }
+
+    fn find(&self, token: &str) -> Identity {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let mut found = None;
         for entry in &self.entries {
@@ -354,6 +390,35 @@ locations = ["wh-east"]
 
     fn bearer(token: &str) -> HeaderValue {
         HeaderValue::from_str(&format!("Bearer {token}")).expect("header")
+    }
+
+    #[test]
+    fn a_connection_remembers_only_the_key_it_sent_last() {
+        let keys = keys(&format!(
+            "{CONFIG}\n[[keys]]\nname = \"ops\"\nkey = \"ops-secret\"\nrole = \"admin\"\n"
+        ));
+        let memo = TokenMemo::default();
+        let name = |identity: Identity| match identity {
+            Identity::Known(caller) => caller.name.to_string(),
+            Identity::Unknown => "unknown".to_string(),
+            Identity::Anonymous => "-".to_string(),
+        };
+        let call = |token: &str| name(keys.authenticate_memo(Some(&bearer(token)), Some(&memo)));
+        assert_eq!(call("shop-secret"), "shop");
+        assert_eq!(call("shop-secret"), "shop", "recognised from the memo");
+        // Another key on the same connection is that key, not the remembered one.
+        assert_eq!(call("ops-secret"), "ops");
+        assert_eq!(call("shop-secret"), "shop");
+        // A prefix, an extension or a wrong secret of the remembered token is unknown.
+        assert_eq!(call("shop-secre"), "unknown");
+        assert_eq!(call("shop-secretx"), "unknown");
+        assert_eq!(call("nobody"), "unknown");
+        assert_eq!(call("shop-secret"), "shop");
+        assert_eq!(
+            name(keys.authenticate_memo(None, Some(&memo))),
+            "-",
+            "no header is anonymous whatever was remembered"
+        );
     }
 
     #[test]

@@ -18,9 +18,10 @@ mod ops;
 mod positions;
 mod reconciliations;
 mod reservations;
+mod route_metrics;
 mod transfers;
 
-pub use reservations::{decode_create, view_json};
+pub use reservations::{answer as reservation_answer, decode_create};
 
 pub use error::ApiError;
 
@@ -62,6 +63,8 @@ pub struct AppState {
     pub sse_per_key: dashmap::DashMap<Arc<str>, usize>,
     /// The configured API keys and their rate limiters.
     pub keys: Keys,
+    /// Each route's HTTP metric handles, resolved once.
+    route_metrics: route_metrics::RouteMetrics,
     /// Requests being handled (what a SIGTERM waits for before the snapshot).
     in_flight: AtomicUsize,
     /// Requests ever admitted to the middleware (how a drain sees quiet).
@@ -79,6 +82,7 @@ impl AppState {
             engine: OnceLock::new(),
             channels: OnceLock::new(),
             keys: Keys::new(&config),
+            route_metrics: route_metrics::RouteMetrics::new(),
             config,
             sse_connections: AtomicUsize::new(0),
             sse_per_key: dashmap::DashMap::new(),
@@ -107,7 +111,10 @@ impl AppState {
     /// the connection counts as open while it lives.
     pub fn connection_opened(&self) -> Connection {
         self.connections.fetch_add(1, Ordering::AcqRel);
-        Connection(self.connections.clone())
+        Connection {
+            open: self.connections.clone(),
+            token: access::TokenMemo::default(),
+        }
     }
 
     /// From now on every answer carries `Connection: close`.
@@ -213,19 +220,26 @@ route_table! {
     get "/v1/whoami" => console::whoami, Policy::Roles(&Role::ALL);
 }
 
-/// The policy of the route a request will be routed to: the first route (in
-/// table order, as actix matches) with the request's method whose pattern
-/// matches the path. `None`: no route, the request ends in the 404 fallback.
-fn policy_of(method: &Method, path: &str) -> Option<Policy> {
+/// Where a request lands in [`ROUTES`]: the index of the route actix will
+/// call (the first, in table order, with the request's method whose pattern
+/// matches the path) and its policy; without one, the first route whose
+/// pattern matches whatever its method (the request ends in a 404 or 405
+/// without a handler). The index is the metrics' `route` label, the pattern
+/// actix's `match_pattern()` reports; `None`: `unmatched`.
+fn route_of(method: &Method, path: &str) -> (Option<usize>, Option<Policy>) {
     static DEFS: OnceLock<Vec<ResourceDef>> = OnceLock::new();
     let defs = DEFS.get_or_init(|| ROUTES.iter().map(|r| ResourceDef::new(r.path)).collect());
-    ROUTES
-        .iter()
-        .zip(defs)
-        .find(|(route, def)| {
-            route.method.eq_ignore_ascii_case(method.as_str()) && def.is_match(path)
-        })
-        .map(|(route, _)| route.policy)
+    let mut other_method = None;
+    for (index, (route, def)) in ROUTES.iter().zip(defs).enumerate() {
+        let same_method = route.method.eq_ignore_ascii_case(method.as_str());
+        if (same_method || other_method.is_none()) && def.is_match(path) {
+            if same_method {
+                return (Some(index), Some(route.policy));
+            }
+            other_method = Some(index);
+        }
+    }
+    (other_method, None)
 }
 
 /// Echoes or assigns `X-Correlation-Id`, authenticates the caller and checks
@@ -265,10 +279,13 @@ pub async fn edge_middleware(
     let identity = if too_large {
         Identity::Anonymous
     } else {
-        state.keys.authenticate(
+        state.keys.authenticate_memo(
             request
                 .headers()
                 .get(actix_web::http::header::AUTHORIZATION),
+            request
+                .conn_data::<Connection>()
+                .map(|connection| &connection.token),
         )
     };
     let key = identity.log_name();
@@ -281,12 +298,13 @@ pub async fn edge_middleware(
         method = %request.method(),
         path = %request.path(),
     );
+    // The decoded path, which is what actix routes on: matching the raw
+    // one would let `/v1/%65vents` past the table to the `/v1/events` handler.
+    let (route, policy) = route_of(request.method(), request.match_info().as_str());
     let admitted = if too_large {
         Err(ApiError::HeadersTooLarge(state.config.max_header_bytes))
     } else {
-        // The decoded path, which is what actix routes on: matching the raw
-        // one would let `/v1/%65vents` past the table to the `/v1/events` handler.
-        match policy_of(request.method(), request.match_info().as_str()) {
+        match policy {
             Some(policy) => state.keys.admit(policy, &identity),
             None => Ok(None),
         }
@@ -326,21 +344,16 @@ pub async fn edge_middleware(
             .head_mut()
             .set_connection_type(ConnectionType::Close);
     }
-    let metrics = &state.metrics;
-    let route = response
-        .request()
-        .match_pattern()
-        .unwrap_or_else(|| "unmatched".to_string());
     let method = response.request().method().clone();
     let status = response.status();
-    metrics
-        .http_requests_total
-        .with_label_values(&[&route, method.as_str(), status.as_str()])
-        .inc();
-    metrics
-        .http_request_duration_seconds
-        .with_label_values(&[&route, method.as_str()])
-        .observe(started.elapsed().as_secs_f64());
+    state.route_metrics.record(
+        &state.metrics,
+        route,
+        &method,
+        status,
+        started.elapsed().as_secs_f64(),
+    );
+    let route = route.map_or("unmatched", |index| ROUTES[index].path);
     span.in_scope(|| {
         if method != Method::GET && method != Method::HEAD {
             // The audit trail: who changed (or tried to change) what, and how it ended.
@@ -372,12 +385,16 @@ pub async fn edge_middleware(
 }
 
 /// One open client connection, counted in [`AppState::open_connections`]
-/// until the connection (and with it this guard) is dropped.
-pub struct Connection(Arc<AtomicUsize>);
+/// until the connection (and with it this guard) is dropped, and the key it
+/// last authenticated with.
+pub struct Connection {
+    open: Arc<AtomicUsize>,
+    token: access::TokenMemo,
+}
 
 impl Drop for Connection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -415,4 +432,57 @@ pub fn routes(config: &mut web::ServiceConfig) {
     config.app_data(query).app_data(path);
     register(config);
     config.default_service(web::to(ops::not_found));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::{test, App};
+
+    /// The metrics' `route` label taken from the table is the pattern actix
+    /// itself reports for the request, for every route and for requests
+    /// with another method or no route at all.
+    #[actix_web::test]
+    async fn route_labels_are_actix_match_patterns() {
+        let app = test::init_service(App::new().configure(routes)).await;
+        let mut requests: Vec<(Method, String)> = Vec::new();
+        for route in ROUTES {
+            let path = route
+                .path
+                .split('/')
+                .map(|segment| {
+                    if segment.starts_with('{') {
+                        "query"
+                    } else {
+                        segment
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+                requests.push((method, path.clone()));
+            }
+        }
+        requests.push((Method::GET, "/v1/nothing/here".to_string()));
+        requests.push((Method::GET, "/v1/reservations/a/b/c".to_string()));
+        for (method, path) in requests {
+            let request = test::TestRequest::default()
+                .method(method.clone())
+                .uri(&path)
+                .to_request();
+            let response = test::call_service(&app, request).await;
+            let actix = response.request().match_pattern();
+            let (label, policy) = route_of(&method, &path);
+            assert_eq!(
+                label.map(|index| ROUTES[index].path.to_string()),
+                actix,
+                "{method} {path}"
+            );
+            let expected = ROUTES.iter().find(|route| {
+                route.method.eq_ignore_ascii_case(method.as_str())
+                    && ResourceDef::new(route.path).is_match(&path)
+            });
+            assert_eq!(policy.is_some(), expected.is_some(), "{method} {path}");
+        }
+    }
 }
