@@ -14,7 +14,9 @@ mod shard;
 
 pub use messages::{Exec, ExecError, ExecOutcome, Meta, PositionReadout, ReadSku};
 pub use position::{ColdEntry, PositionActor};
-pub use shard::{CollectSnapshot, ListSkus, LoadPositions, ShardActor, ShardStats, Stats};
+pub use shard::{
+    CollectSnapshot, HoldFirstFit, ListSkus, LoadPositions, ShardActor, ShardStats, Stats,
+};
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;

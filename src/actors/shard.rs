@@ -132,10 +132,12 @@ impl Actor for ShardActor {
     }
 }
 
-impl Handler<Exec> for ShardActor {
-    type Result = ResponseFuture<Result<ExecOutcome, ExecError>>;
+type Local<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T>>>;
 
-    fn handle(&mut self, exec: Exec, _ctx: &mut Context<Self>) -> Self::Result {
+impl ShardActor {
+    /// Routes `exec` to its position's actor; the future resolves once the
+    /// outcome is durable.
+    fn run(&mut self, exec: Exec) -> Local<Result<ExecOutcome, ExecError>> {
         let key = PositionKey {
             sku: exec.sku.clone(),
             location: exec.location.clone(),
@@ -163,6 +165,63 @@ impl Handler<Exec> for ShardActor {
                 Err(_) => Err(ExecError::Mailbox),
             }
         })
+    }
+}
+
+impl Handler<Exec> for ShardActor {
+    type Result = ResponseFuture<Result<ExecOutcome, ExecError>>;
+
+    fn handle(&mut self, exec: Exec, _ctx: &mut Context<Self>) -> Self::Result {
+        self.run(exec)
+    }
+}
+
+/// Holds a line that names no location at the first of `locations` whose
+/// channel view covers it, reading and holding in one message: the read and
+/// then the hold as two messages cost a second round trip to the shard,
+/// across threads when the SKU lives on another worker. `make` builds the
+/// hold for the location chosen. `Ok(None)`: by the read, no location
+/// covers the line; an `Err` is the refused hold. The read may be stale
+/// either way: the caller then tries each location, and the holds decide.
+pub struct HoldFirstFit {
+    pub sku: Arc<str>,
+    pub channel: Arc<str>,
+    pub locations: Vec<Arc<str>>,
+    pub qty: u64,
+    pub make: Box<dyn FnOnce(Arc<str>) -> Exec + Send>,
+}
+
+impl Message for HoldFirstFit {
+    type Result = Result<Option<(Arc<str>, ExecOutcome)>, ExecError>;
+}
+
+impl Handler<HoldFirstFit> for ShardActor {
+    type Result = ResponseActFuture<Self, Result<Option<(Arc<str>, ExecOutcome)>, ExecError>>;
+
+    fn handle(&mut self, hold: HoldFirstFit, _ctx: &mut Context<Self>) -> Self::Result {
+        let read = self.read(ReadSku {
+            sku: hold.sku,
+            locations: hold.locations.clone(),
+            hold_of: None,
+        });
+        let (channel, qty, make, locations) = (hold.channel, hold.qty, hold.make, hold.locations);
+        Box::pin(read.into_actor(self).then(move |readouts, shard, _ctx| {
+            let fitting = locations.into_iter().find(|location| {
+                readouts.iter().any(|r| {
+                    r.location == *location
+                        && u64::try_from(r.channel_view(&channel)).is_ok_and(|view| view >= qty)
+                })
+            });
+            let held: Local<_> = match fitting {
+                None => Box::pin(async { Ok(None) }),
+                Some(location) => {
+                    let exec = make(location.clone());
+                    let run = shard.run(exec);
+                    Box::pin(async move { run.await.map(|outcome| Some((location, outcome))) })
+                }
+            };
+            held.into_actor(shard)
+        }))
     }
 }
 
@@ -197,6 +256,13 @@ impl Handler<ReadSku> for ShardActor {
     type Result = ResponseFuture<Vec<PositionReadout>>;
 
     fn handle(&mut self, read: ReadSku, _ctx: &mut Context<Self>) -> Self::Result {
+        self.read(read)
+    }
+}
+
+impl ShardActor {
+    /// The existing positions of `read.sku` at `read.locations`, in that order.
+    fn read(&mut self, read: ReadSku) -> Local<Vec<PositionReadout>> {
         let mut state = self.state.borrow_mut();
         let mut ready = Vec::new();
         let mut pending = Vec::new();

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, Exec, ExecError, Meta};
+use crate::actors::{now_ms, Exec, ExecError, HoldFirstFit, Meta};
 use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{PendingOp, ReservationLine, ReservationRecord, ReservationStatus};
 use crate::storage::{codec, Space, WriteBatch};
@@ -77,6 +77,66 @@ struct Taken {
     location: Arc<str>,
     units: u64,
     backordered: u64,
+}
+
+impl Taken {
+    fn of(location: Arc<str>, outcome: &crate::actors::ExecOutcome) -> Taken {
+        let delta = outcome.events.first().map(|e| e.delta).unwrap_or_default();
+        Taken {
+            location,
+            units: (delta.reserved + delta.backordered) as u64,
+            backordered: delta.backordered as u64,
+        }
+    }
+}
+
+/// What every hold of one line shares.
+#[derive(Clone)]
+struct LineHold {
+    sku: Arc<str>,
+    reservation_id: Arc<str>,
+    channel: Arc<str>,
+    correlation_id: Arc<str>,
+}
+
+impl LineHold {
+    /// The hold of `qty` at `location`; with `finished` (the reservation is
+    /// this one line) the reservation record, finished with this line, is
+    /// written in the same append.
+    fn exec(
+        &self,
+        location: Arc<str>,
+        qty: Qty,
+        mode: HoldMode,
+        finished: Option<ReservationRecord>,
+    ) -> Exec {
+        let extra = match finished {
+            Some(mut finished) => {
+                finished.pending = None;
+                finished.lines = vec![ReservationLine {
+                    sku: self.sku.to_string(),
+                    location: location.to_string(),
+                    qty: qty.get(),
+                }];
+                record_batch(&finished).unwrap_or_default()
+            }
+            None => WriteBatch::default(),
+        };
+        Exec {
+            sku: self.sku.clone(),
+            location,
+            command: Command::Hold {
+                reservation_id: self.reservation_id.clone(),
+                channel: self.channel.clone(),
+                qty,
+                mode,
+            },
+            meta: meta(&self.reservation_id, &self.correlation_id, "hold"),
+            extra,
+            dedupe: false,
+            create: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -369,14 +429,13 @@ impl Engine {
             self.write(batch).await.map_err(|e| (e, true))?;
         }
         let results = join_all(request.lines.iter().map(|line| {
-            let finished = single.then(|| record.clone());
             self.hold_line(
                 channel,
                 &reservation_id,
                 line,
                 request.split,
                 record,
-                finished,
+                single,
             )
         }))
         .await;
@@ -506,8 +565,10 @@ impl Engine {
         }
     }
 
-    /// Holds one line, sourcing it when it has no location. On failure,
-    /// returns what it had already taken (for compensation) and the error.
+    /// Holds one line, sourcing it when it has no location. With `single`
+    /// (the reservation is this line), each hold carries the finished
+    /// reservation record in its own append. On failure, returns what it had
+    /// already taken (for compensation) and the error.
     async fn hold_line(
         &self,
         channel: &super::ChannelInfo,
@@ -515,47 +576,24 @@ impl Engine {
         line: &LineRequest,
         split: bool,
         record: &ReservationRecord,
-        finished_record: Option<ReservationRecord>,
+        single: bool,
     ) -> Result<Vec<Taken>, (Vec<Taken>, EngineError)> {
-        let sku: Arc<str> = Arc::from(line.sku.as_str());
+        let line_hold = LineHold {
+            sku: Arc::from(line.sku.as_str()),
+            reservation_id: reservation_id.clone(),
+            channel: channel.id.clone(),
+            correlation_id: Arc::from(record.correlation_id.as_str()),
+        };
         let hold = |location: Arc<str>, qty: u64, mode: HoldMode| {
-            let extra = match &finished_record {
-                Some(finished) => {
-                    let mut finished = finished.clone();
-                    finished.pending = None;
-                    finished.lines = vec![ReservationLine {
-                        sku: line.sku.clone(),
-                        location: location.to_string(),
-                        qty,
-                    }];
-                    record_batch(&finished).unwrap_or_default()
-                }
-                None => WriteBatch::default(),
-            };
-            let exec = Exec {
-                sku: sku.clone(),
-                location: location.clone(),
-                command: Command::Hold {
-                    reservation_id: reservation_id.clone(),
-                    channel: channel.id.clone(),
-                    qty: Qty::new(qty).unwrap_or(line.qty),
-                    mode,
-                },
-                meta: meta(&record.id, &record.correlation_id, "hold"),
-                extra,
-                dedupe: false,
-                create: false,
-            };
+            let exec = line_hold.exec(
+                location.clone(),
+                Qty::new(qty).unwrap_or(line.qty),
+                mode,
+                single.then(|| record.clone()),
+            );
             async move {
                 match self.exec(exec).await {
-                    Ok(outcome) => {
-                        let delta = outcome.events.first().map(|e| e.delta).unwrap_or_default();
-                        Ok(Taken {
-                            location,
-                            units: (delta.reserved + delta.backordered) as u64,
-                            backordered: delta.backordered as u64,
-                        })
-                    }
+                    Ok(outcome) => Ok(Taken::of(location, &outcome)),
                     Err(ExecError::NotFound) => Err(EngineError::Insufficient(vec![Shortage {
                         sku: line.sku.clone(),
                         location: None,
@@ -605,31 +643,29 @@ impl Engine {
             };
         }
         if !split {
-            // One read finds the first location that can fill the line, so
-            // the common case is one hold, not one attempt per location. The
+            // One message reads the positions and holds at the first
+            // location that can fill the line, so the common case is one
+            // round trip, not a read and then one attempt per location. The
             // read can be stale: the attempts below are the authority.
-            let readouts = self
-                .read_sku(&line.sku, Some(&channel.locations), None)
-                .await
-                .unwrap_or_default();
-            let fitting = channel.locations.iter().find(|location| {
-                readouts.iter().any(|r| {
-                    &r.location == *location
-                        && u64::try_from(r.channel_view(&channel.id)).is_ok_and(|view| view >= qty)
-                })
-            });
-            if let Some(location) = fitting {
-                if let Ok(taken) = hold(
-                    location.clone(),
-                    qty,
-                    HoldMode::Whole {
-                        allow_backorder: false,
-                    },
-                )
-                .await
-                {
-                    return Ok(vec![taken]);
-                }
+            let first_fit = HoldFirstFit {
+                sku: line_hold.sku.clone(),
+                channel: channel.id.clone(),
+                locations: channel.locations.clone(),
+                qty,
+                make: {
+                    let (line_hold, line_qty) = (line_hold.clone(), line.qty);
+                    let finished = single.then(|| record.clone());
+                    Box::new(move |location| {
+                        let mode = HoldMode::Whole {
+                            allow_backorder: false,
+                        };
+                        line_hold.exec(location, line_qty, mode, finished)
+                    })
+                },
+            };
+            let held = self.shard_of(&line.sku).send(first_fit).await;
+            if let Ok(Ok(Some((location, outcome)))) = held {
+                return Ok(vec![Taken::of(location, &outcome)]);
             }
             let (mut best, mut absent) = (0i64, true);
             for allow_backorder in [false, true] {
