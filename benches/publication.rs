@@ -43,6 +43,7 @@ fn exec(sku: &Arc<str>, location: &Arc<str>, n: u64, command: Command) -> Exec {
             occurred_at_ms: 0,
         },
         extra: WriteBatch::default(),
+        finish: None,
         dedupe: false,
         create: n == 0,
     }

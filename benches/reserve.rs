@@ -196,6 +196,7 @@ fn hold(sku: &Arc<str>, location: &Arc<str>, n: u64) -> Exec {
             occurred_at_ms: 0,
         },
         extra: WriteBatch::default(),
+        finish: None,
         dedupe: false,
         create: false,
     }

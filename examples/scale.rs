@@ -88,6 +88,7 @@ fn write(
                         occurred_at_ms: 0,
                     },
                     extra: WriteBatch::default(),
+                    finish: None,
                     dedupe: false,
                     create: true,
                 };

@@ -28,10 +28,25 @@ pub struct Exec {
     pub meta: Meta,
     /// Writes that must land atomically with the events (reservation records).
     pub extra: WriteBatch,
+    /// Writes that depend on the decision, added to `extra` once the command
+    /// is decided (before the append): the stored answer of a reservation
+    /// that is only known once its hold is.
+    pub finish: Option<Finish>,
     /// Refuse the command as a duplicate if `meta.event_id` was applied before.
     pub dedupe: bool,
     /// Create the position when it does not exist yet.
     pub create: bool,
+}
+
+/// Called with a decided command's outcome to add writes to its append.
+pub struct Finish(pub Box<FinishFn>);
+
+pub type FinishFn = dyn FnOnce(&ExecOutcome, &mut WriteBatch) + Send;
+
+impl std::fmt::Debug for Finish {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Finish(..)")
+    }
 }
 
 /// What the shard answers: the outcome once durable.

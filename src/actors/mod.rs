@@ -12,7 +12,7 @@ mod messages;
 mod position;
 mod shard;
 
-pub use messages::{Exec, ExecError, ExecOutcome, Meta, PositionReadout, ReadSku};
+pub use messages::{Exec, ExecError, ExecOutcome, Finish, Meta, PositionReadout, ReadSku};
 pub use position::{ColdEntry, PositionActor};
 pub use shard::{
     CollectSnapshot, HoldFirstFit, ListSkus, LoadPositions, ShardActor, ShardStats, Stats,

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout};
+use super::messages::{Exec, ExecError, ExecOutcome, Finish, PositionReadout};
 
 use super::{now_ms, PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
@@ -357,6 +357,9 @@ impl PositionActor {
                 )));
             }
         };
+        if let Some(Finish(finish)) = exec.finish.take() {
+            finish(&outcome, &mut exec.extra);
+        }
         if entries.is_empty()
             && exec.extra.is_empty()
             && self.appends_in_flight.load(Ordering::Acquire) == 0

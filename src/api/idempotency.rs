@@ -64,6 +64,17 @@ fn respond(status: StatusCode, body: Vec<u8>) -> HttpResponse {
         .body(body)
 }
 
+/// What a handler gets for a request with an `Idempotency-Key`.
+pub struct Keyed {
+    /// The key, scoped to the caller.
+    pub key: String,
+    /// What identifies the request (method, path, body).
+    pub request_hash: Vec<u8>,
+    /// Set by a handler that stored its answer itself, atomically with its
+    /// change; [`run`] then does not store it again.
+    pub stored: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Runs `handler` once per key; replays its stored response afterwards.
 pub async fn run<F, Fut, B>(
     engine: &Engine,
@@ -72,7 +83,7 @@ pub async fn run<F, Fut, B>(
     handler: F,
 ) -> Result<HttpResponse, ApiError>
 where
-    F: FnOnce(Option<String>) -> Fut,
+    F: FnOnce(Option<Keyed>) -> Fut,
     Fut: Future<Output = Result<Reply<B>, ApiError>>,
     B: serde::Serialize,
 {
@@ -101,13 +112,20 @@ where
     if let Some(replay) = stored_response(engine, &key, &hash)? {
         return Ok(replay);
     }
-    let result = handler(Some(key.clone())).await;
+    let stored = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let keyed = Keyed {
+        key: key.clone(),
+        request_hash: hash.clone(),
+        stored: stored.clone(),
+    };
+    let result = handler(Some(keyed)).await;
     let (status, bytes) = match &result {
         Ok((status, value)) => (*status, encode(value)?),
         Err(error) => (error.status_code(), error.body().to_string().into_bytes()),
     };
+    let stored = result.is_ok() && stored.load(std::sync::atomic::Ordering::Acquire);
     // Server-side failures are not remembered: a retry may succeed.
-    let outcome = if status.is_server_error() {
+    let outcome = if status.is_server_error() || stored {
         Ok(())
     } else {
         let record = IdempotencyRecord {

@@ -12,7 +12,7 @@ use super::input::{
 };
 use super::openapi::{Reservation, ReservationLine};
 use super::{correlation_id, AppState};
-use crate::engine::{LineRequest, NewReservation, ReservationView, ShipLine};
+use crate::engine::{LineRequest, NewReservation, RememberAnswer, ReservationView, ShipLine};
 
 /// Longest `ttl_seconds` a hold may ask for (30 days).
 const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
@@ -83,6 +83,12 @@ pub fn answer(view: &ReservationView) -> Reservation<'_> {
     }
 }
 
+/// The JSON of [`answer`], as sent (and stored under an `Idempotency-Key`).
+fn answer_bytes(view: &ReservationView) -> Vec<u8> {
+    // The answer is strings and integers: encoding it cannot fail.
+    serde_json::to_vec(&answer(view)).unwrap_or_default()
+}
+
 /// A reservation answered by [`idempotency::run`]: serialized through
 /// [`answer`] when it is sent (and stored, under an `Idempotency-Key`).
 pub struct Answer(pub ReservationView);
@@ -150,6 +156,7 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
         split: body.split,
         correlation_id: std::sync::Arc::from(""),
         idempotency_key: None,
+        remember: None,
     })
 }
 
@@ -172,7 +179,15 @@ pub async fn create(
         let mut reservation = decode_create(body, state.config.reservation_lines_max)?;
         caller.may_act_for(&reservation.channel)?;
         reservation.correlation_id = correlation_id(request);
-        reservation.idempotency_key = key;
+        if let Some(keyed) = key {
+            reservation.idempotency_key = Some(keyed.key.clone());
+            reservation.remember = Some(RememberAnswer {
+                key: keyed.key,
+                request_hash: keyed.request_hash,
+                render: answer_bytes,
+                stored: keyed.stored,
+            });
+        }
         let (view, created) = engine.create_reservation(reservation).await?;
         let status = if created {
             StatusCode::CREATED

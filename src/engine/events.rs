@@ -318,6 +318,7 @@ impl Engine {
                         occurred_at_ms: event.occurred_at_ms.unwrap_or_else(now_ms),
                     },
                     extra: WriteBatch::default(),
+                    finish: None,
                     dedupe: true,
                     create: true,
                 };

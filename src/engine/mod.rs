@@ -24,7 +24,9 @@ pub use reconcile::{
     REPORT_LIST_MAX,
 };
 pub use recovery::{recover, Recovered};
-pub use reservations::{LineRequest, NewReservation, ReservationView, ShipLine, Shortage};
+pub use reservations::{
+    LineRequest, NewReservation, RememberAnswer, ReservationView, ShipLine, Shortage,
+};
 pub use transfers::{NewTransfer, TransferView};
 
 use std::collections::{BTreeSet, HashMap};
@@ -342,6 +344,7 @@ impl Engine {
             command,
             meta,
             extra: WriteBatch::default(),
+            finish: None,
             dedupe: false,
             create,
         })

@@ -14,9 +14,11 @@ use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, Exec, ExecError, HoldFirstFit, Meta};
+use crate::actors::{now_ms, Exec, ExecError, Finish, HoldFirstFit, Meta};
 use crate::domain::{Command, HoldMode, Qty, Reject};
-use crate::storage::records::{PendingOp, ReservationLine, ReservationRecord, ReservationStatus};
+use crate::storage::records::{
+    IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord, ReservationStatus,
+};
 use crate::storage::{codec, Space, WriteBatch};
 
 /// Reservations kept in memory (open, plus closed ones within retention).
@@ -43,6 +45,23 @@ pub struct NewReservation {
     /// When the request carried an `Idempotency-Key`, the generated id is
     /// derived from it so a retry after a crash finds the same reservation.
     pub idempotency_key: Option<String>,
+    /// The key's answer, stored in the hold's own append when the
+    /// reservation is one line.
+    pub remember: Option<RememberAnswer>,
+}
+
+/// An `Idempotency-Key`'s answer to a created reservation, written by the
+/// engine in the same append as the hold (one append, not the hold and then
+/// the answer). The caller stores every other answer itself.
+#[derive(Debug, Clone)]
+pub struct RememberAnswer {
+    pub key: String,
+    pub request_hash: Vec<u8>,
+    /// The body answered (with 201) for the created reservation.
+    pub render: fn(&ReservationView) -> Vec<u8>,
+    /// Set once the answer is part of the hold's append: when the
+    /// creation is answered, it is durable.
+    pub stored: Arc<std::sync::atomic::AtomicBool>,
 }
 
 #[derive(Debug, Clone)]
@@ -97,6 +116,8 @@ struct LineHold {
     reservation_id: Arc<str>,
     channel: Arc<str>,
     correlation_id: Arc<str>,
+    /// Only for the one line of a reservation (`finished` given).
+    remember: Option<RememberAnswer>,
 }
 
 impl LineHold {
@@ -110,6 +131,7 @@ impl LineHold {
         mode: HoldMode,
         finished: Option<ReservationRecord>,
     ) -> Exec {
+        let mut finish = None;
         let extra = match finished {
             Some(mut finished) => {
                 finished.pending = None;
@@ -118,7 +140,11 @@ impl LineHold {
                     location: location.to_string(),
                     qty: qty.get(),
                 }];
-                record_batch(&finished).unwrap_or_default()
+                let batch = record_batch(&finished).unwrap_or_default();
+                if let Some(remember) = self.remember.clone() {
+                    finish = Some(remember_answer(remember, finished));
+                }
+                batch
             }
             None => WriteBatch::default(),
         };
@@ -133,10 +159,37 @@ impl LineHold {
             },
             meta: meta(&self.reservation_id, &self.correlation_id, "hold"),
             extra,
+            finish,
             dedupe: false,
             create: false,
         }
     }
+}
+
+/// Adds the stored answer of the created reservation `finished` to the
+/// hold's append, once the hold says what it backordered.
+fn remember_answer(remember: RememberAnswer, finished: ReservationRecord) -> Finish {
+    Finish(Box::new(move |outcome, batch| {
+        let view = ReservationView {
+            backordered: vec![outcome
+                .events
+                .first()
+                .map_or(0, |event| event.delta.backordered as u64)],
+            record: finished,
+        };
+        let record = IdempotencyRecord {
+            request_hash: remember.request_hash,
+            status: 201,
+            body: (remember.render)(&view),
+            created_at_ms: now_ms(),
+        };
+        if let Ok(bytes) = codec::encode(&record) {
+            batch.put(Space::Idempotency, remember.key.as_bytes(), bytes);
+            remember
+                .stored
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+    }))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -428,17 +481,11 @@ impl Engine {
             let batch = record_batch(record).map_err(|e| (e, true))?;
             self.write(batch).await.map_err(|e| (e, true))?;
         }
-        let results = join_all(request.lines.iter().map(|line| {
-            self.hold_line(
-                channel,
-                &reservation_id,
-                line,
-                request.split,
-                record,
-                single,
-            )
-        }))
-        .await;
+        let results =
+            join_all(request.lines.iter().map(|line| {
+                self.hold_line(channel, &reservation_id, line, request, record, single)
+            }))
+            .await;
         let mut taken = Vec::new();
         let mut shortages = Vec::new();
         let mut failure = None;
@@ -526,6 +573,7 @@ impl Engine {
                 },
                 meta: meta(&record.id, &record.correlation_id, "compensate"),
                 extra: WriteBatch::default(),
+                finish: None,
                 dedupe: false,
                 create: false,
             };
@@ -574,15 +622,17 @@ impl Engine {
         channel: &super::ChannelInfo,
         reservation_id: &Arc<str>,
         line: &LineRequest,
-        split: bool,
+        request: &NewReservation,
         record: &ReservationRecord,
         single: bool,
     ) -> Result<Vec<Taken>, (Vec<Taken>, EngineError)> {
+        let split = request.split;
         let line_hold = LineHold {
             sku: Arc::from(line.sku.as_str()),
             reservation_id: reservation_id.clone(),
             channel: channel.id.clone(),
             correlation_id: Arc::from(record.correlation_id.as_str()),
+            remember: request.remember.as_ref().filter(|_| single).cloned(),
         };
         let hold = |location: Arc<str>, qty: u64, mode: HoldMode| {
             let exec = line_hold.exec(
@@ -1041,6 +1091,7 @@ impl Engine {
                 command: command_for(&line),
                 meta: meta(&record.id, correlation_id, what),
                 extra,
+                finish: None,
                 dedupe: false,
                 create: false,
             };

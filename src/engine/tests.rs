@@ -56,6 +56,7 @@ fn hold(id: &str, sku: &str, qty: u64) -> NewReservation {
         split: false,
         correlation_id: Arc::from("test"),
         idempotency_key: None,
+        remember: None,
     }
 }
 
@@ -475,4 +476,59 @@ async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
         .expect("exceptions");
     assert_eq!(still.len(), 1, "one exception per transfer");
     again.stop(false).await;
+}
+
+/// The stored answer of an `Idempotency-Key`, as the API would render it.
+fn render(view: &ReservationView) -> Vec<u8> {
+    let line = &view.record.lines[0];
+    format!(
+        "{} {} {} {} {:?}",
+        view.record.id, line.sku, line.location, line.qty, view.backordered
+    )
+    .into_bytes()
+}
+
+#[actix::test]
+async fn a_keyed_one_line_reservation_is_one_append_with_its_answer() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone()).await;
+    engine
+        .apply_events(vec![receipt("sku", 10)], Arc::from("t"))
+        .await;
+    // Located, then without a location (held by the shard's first fit).
+    for (id, location) in [("r-keyed-1", Some("wh")), ("r-keyed-2", None)] {
+        let stored = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut request = hold(id, "sku", 2);
+        request.lines[0].location = location.map(str::to_string);
+        request.remember = Some(RememberAnswer {
+            key: format!("key-{id}"),
+            request_hash: vec![7; 32],
+            render,
+            stored: stored.clone(),
+        });
+        // Exactly one write may succeed: the hold, its record and the answer
+        // must all be in it.
+        store.fail_after(1);
+        let (view, created) = engine.create_reservation(request).await.expect("held");
+        assert!(created);
+        assert!(stored.load(std::sync::atomic::Ordering::Acquire), "{id}");
+        store.set_failing(false);
+        assert!(engine.is_ready(), "no write failed");
+        let answer = engine
+            .idempotency_get(&format!("key-{id}"))
+            .expect("read")
+            .expect("stored with the hold");
+        assert_eq!(answer.status, 201);
+        assert_eq!(answer.request_hash, vec![7; 32]);
+        assert_eq!(
+            answer.body,
+            render(&view),
+            "{id}: the answer the caller got"
+        );
+        assert_eq!(
+            String::from_utf8(answer.body).unwrap(),
+            format!("{id} sku wh 2 [0]")
+        );
+    }
+    assert_eq!(counters(&engine, "sku").await.reserved, 4);
 }

@@ -243,6 +243,7 @@ impl Engine {
                 command,
                 meta: by.meta(),
                 extra: batch,
+                finish: None,
                 dedupe,
                 // The destination may see this SKU for the first time; the
                 // source has the stock, so it exists.

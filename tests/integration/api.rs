@@ -655,6 +655,27 @@ fn an_idempotency_key_replays_the_first_answer_and_changes_nothing() {
     assert_eq!(short_counters(&server, "sku-ik", "wh-east"), (10, 2, 8));
     assert_eq!(head(&server), head_before);
 
+    // A line without a location (its answer stored with the hold, by the
+    // engine) and two lines (stored after the holds, by the API) alike.
+    server.receive("sku-ik2", "wh-east", 10);
+    for (key, lines) in [
+        ("key-create-2", json!([{"sku": "sku-ik", "qty": 1}])),
+        (
+            "key-create-3",
+            json!([{"sku": "sku-ik", "qty": 1}, {"sku": "sku-ik2", "qty": 1}]),
+        ),
+    ] {
+        let request = json!({"channel": "web", "lines": lines});
+        let key = [("Idempotency-Key", key)];
+        let (status, first) = server.post_with("/v1/reservations", request.clone(), &key);
+        assert_eq!(status, 201, "{first}");
+        let head_before = head(&server);
+        let (status, again) = server.post_with("/v1/reservations", request, &key);
+        assert_eq!((status, &again), (201, &first));
+        assert_eq!(head(&server), head_before);
+    }
+    assert_eq!(short_counters(&server, "sku-ik", "wh-east"), (10, 4, 6));
+
     // An error answer is replayed too (same status and body).
     let short = json!({"channel": "web",
                        "lines": [{"sku": "sku-ik", "location": "wh-east", "qty": 50}]});
