@@ -325,58 +325,84 @@ impl Message for CollectSnapshot {
 /// Live position actors asked for their state at once, per wave of a snapshot.
 const SNAPSHOT_WAVE: usize = 256;
 
+/// Resident (cold) positions copied per slice of a snapshot: the shard's
+/// thread is an HTTP worker's, and it serves requests between slices rather
+/// than copying a million positions in one go.
+const SNAPSHOT_SLICE: usize = 1024;
+
 impl Handler<CollectSnapshot> for ShardActor {
     type Result = ResponseFuture<Result<Vec<(Vec<u8>, PositionSnapshot)>, ()>>;
 
     fn handle(&mut self, collect: CollectSnapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        let full = collect.full;
         let mut state = self.state.borrow_mut();
-        let mut ready = Vec::new();
-        for (key, entry) in state.cold.iter_mut() {
-            if (entry.dirty || collect.full) && entry.position.version > 0 {
-                entry.dirty = false;
-                let snapshot = PositionSnapshot {
-                    position: entry.position.clone(),
-                    last_seq: entry.last_seq,
-                };
-                ready.push((store_key(key), snapshot));
-            }
-        }
-        let mut routed = Vec::with_capacity(state.live.len());
-        let pending: Vec<_> = state
+        // Only the keys now; the positions are copied slice by slice below.
+        let cold: Vec<PositionKey> = state
+            .cold
+            .iter()
+            .filter(|(_, entry)| (entry.dirty || full) && entry.position.version > 0)
+            .map(|(key, _)| key.clone())
+            .collect();
+        let mut live: Vec<(PositionKey, Addr<PositionActor>)> = state
             .live
             .iter_mut()
             .map(|(key, entry)| {
                 // Counted in flight now, so none passivates before its turn.
                 entry.in_flight += 1;
-                routed.push(key.clone());
-                (store_key(key), entry.addr.clone())
+                (key.clone(), entry.addr.clone())
             })
             .collect();
         drop(state);
         let shard_state = self.state.clone();
-        let full = collect.full;
         Box::pin(async move {
+            let mut ready = Vec::with_capacity(cold.len());
+            for slice in cold.chunks(SNAPSHOT_SLICE) {
+                {
+                    let mut state = shard_state.borrow_mut();
+                    for key in slice {
+                        if let Some(entry) = state.cold.get_mut(key) {
+                            // Changed since the keys were taken only by going
+                            // live and parking again, which marks it dirty.
+                            if entry.dirty || full {
+                                entry.dirty = false;
+                                let snapshot = PositionSnapshot {
+                                    position: entry.position.clone(),
+                                    last_seq: entry.last_seq,
+                                };
+                                ready.push((store_key(key), snapshot));
+                            }
+                        } else if let Some(entry) = state.live.get_mut(key) {
+                            // Activated meanwhile, with its dirty state: ask
+                            // its actor, or its changes before the snapshot's
+                            // `seq` would be in neither the snapshot nor the
+                            // replay.
+                            entry.in_flight += 1;
+                            live.push((key.clone(), entry.addr.clone()));
+                        }
+                    }
+                }
+                tokio::task::yield_now().await;
+            }
             // In waves: every live actor asked at once would put thousands of
             // messages ahead of the reservations on this shard.
-            let mut keys = Vec::with_capacity(pending.len());
-            let mut answers = Vec::with_capacity(pending.len());
-            for wave in pending.chunks(SNAPSHOT_WAVE) {
+            let mut answers = Vec::with_capacity(live.len());
+            for wave in live.chunks(SNAPSHOT_WAVE) {
                 let requests = wave
                     .iter()
                     .map(|(_, addr)| addr.send(TakeSnapshot { full }));
                 answers.extend(join_all(requests).await);
-                keys.extend(wave.iter().map(|(key, _)| key.clone()));
             }
             {
                 let mut state = shard_state.borrow_mut();
-                for key in &routed {
+                for (key, _) in &live {
                     state.finished(key);
                 }
             }
-            for (key, answer) in keys.into_iter().zip(answers) {
+            for ((key, _), answer) in live.iter().zip(answers) {
                 match answer {
                     Ok(Ok(Some((position, last_seq)))) if position.version > 0 => {
-                        ready.push((key, PositionSnapshot { position, last_seq }));
+                        let snapshot = PositionSnapshot { position, last_seq };
+                        ready.push((store_key(key), snapshot));
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(())) | Err(_) => return Err(()),
