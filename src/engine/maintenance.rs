@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dashmap::DashMap;
 use futures_util::future::join_all;
 use futures_util::StreamExt;
 
+use super::registry::Registry;
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, CollectSnapshot};
 use crate::storage::records::{
@@ -166,7 +166,7 @@ impl Engine {
     /// from memory. Records locked right now are left for the next tick.
     async fn purge_closed<R: Closable>(
         &self,
-        registry: &DashMap<Arc<str>, Arc<tokio::sync::Mutex<R>>>,
+        registry: &Registry<R>,
         space: Space,
         older_than_ms: i64,
     ) -> usize {

@@ -12,6 +12,7 @@ mod inbox;
 mod maintenance;
 mod reconcile;
 mod recovery;
+mod registry;
 mod reservations;
 mod transfers;
 
@@ -35,6 +36,8 @@ use std::sync::{Arc, Mutex};
 
 use actix::prelude::*;
 use dashmap::DashMap;
+
+use registry::Registry;
 
 use crate::actors::{
     partition_of, Exec, ExecError, ExecOutcome, ListSkus, LoadPositions, Meta, PositionReadout,
@@ -137,12 +140,12 @@ pub struct Engine {
     location_order: Vec<Arc<str>>,
     /// Every reservation still readable. Each has its own async lock, held
     /// while a transition runs, so two calls on one reservation serialize.
-    reservations: DashMap<Arc<str>, Arc<tokio::sync::Mutex<ReservationRecord>>>,
+    reservations: Registry<ReservationRecord>,
     /// `(deadline_ms, id)` of held reservations.
     expiry: Mutex<BTreeSet<(i64, Arc<str>)>>,
     /// Every transfer still readable, each with its own async lock (held
     /// while a step runs), like `reservations`.
-    transfers: DashMap<Arc<str>, Arc<tokio::sync::Mutex<TransferRecord>>>,
+    transfers: Registry<TransferRecord>,
     /// `(at_ms, id)`: when to look at a transfer again (its overdue deadline,
     /// or a retry of a step the journal refused).
     transfer_timers: Mutex<BTreeSet<(i64, Arc<str>)>>,
@@ -267,9 +270,9 @@ impl Engine {
             channels,
             locations,
             location_order,
-            reservations: DashMap::new(),
+            reservations: Registry::default(),
             expiry: Mutex::new(BTreeSet::new()),
-            transfers: DashMap::new(),
+            transfers: Registry::default(),
             transfer_timers: Mutex::new(BTreeSet::new()),
             idempotency_in_flight: DashMap::new(),
             events_in_flight: DashMap::new(),

@@ -271,8 +271,7 @@ impl Engine {
             {
                 expiry.insert((deadline, id.clone()));
             }
-            self.reservations
-                .insert(id, Arc::new(tokio::sync::Mutex::new(record)));
+            self.reservations.install(id, record);
         }
     }
 
@@ -383,10 +382,9 @@ impl Engine {
         let cell = Arc::new(tokio::sync::Mutex::new(record.clone()));
         let mut guard = cell.clone().lock_owned().await;
         for _attempt in 0..3 {
-            let existing = match self.reservations.entry(id.clone()) {
-                dashmap::mapref::entry::Entry::Occupied(entry) => entry.get().clone(),
-                dashmap::mapref::entry::Entry::Vacant(entry) => {
-                    entry.insert(cell.clone());
+            let existing = match self.reservations.claim(&id, &cell) {
+                Err(existing) => existing,
+                Ok(()) => {
                     return self
                         .create_claimed(&channel, &request, &mut record, &mut guard)
                         .await;
@@ -802,7 +800,6 @@ impl Engine {
     fn cell(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<ReservationRecord>>, EngineError> {
         self.reservations
             .get(id)
-            .map(|entry| entry.value().clone())
             .ok_or_else(|| EngineError::NotFound(format!("reservation {id} not found")))
     }
 

@@ -182,8 +182,7 @@ impl Engine {
                 // Absolute: a deadline that passed while down fires on the first tick.
                 self.schedule_transfer(&id, shipped_at.saturating_add(overdue_ms));
             }
-            self.transfers
-                .insert(id, Arc::new(tokio::sync::Mutex::new(record)));
+            self.transfers.install(id, record);
         }
     }
 
@@ -205,7 +204,6 @@ impl Engine {
     ) -> Result<Arc<tokio::sync::Mutex<TransferRecord>>, EngineError> {
         self.transfers
             .get(id)
-            .map(|entry| entry.value().clone())
             .ok_or_else(|| EngineError::NotFound(format!("transfer {id} not found")))
     }
 
@@ -301,10 +299,9 @@ impl Engine {
         let cell = Arc::new(tokio::sync::Mutex::new(record.clone()));
         let mut guard = cell.clone().lock_owned().await;
         for _attempt in 0..3 {
-            let existing = match self.transfers.entry(id.clone()) {
-                dashmap::mapref::entry::Entry::Occupied(entry) => entry.get().clone(),
-                dashmap::mapref::entry::Entry::Vacant(entry) => {
-                    entry.insert(cell.clone());
+            let existing = match self.transfers.claim(&id, &cell) {
+                Err(existing) => existing,
+                Ok(()) => {
                     let created = self.hold_for_transfer(&record, &request).await;
                     return match created {
                         Ok(held) => {
