@@ -4,9 +4,10 @@
 //!
 //! A reservation touching one position is one journal append carrying both
 //! the position's event and the reservation record. One touching several
-//! writes the record with a `pending` marker first, then each position, then
-//! the final record; recovery finishes (or, for a creation, undoes) whatever
-//! a crash left pending.
+//! writes the record with a `pending` marker in each hold's append (in its
+//! own write first, for the other transitions), then the final record;
+//! recovery finishes (or, for a creation, undoes) whatever a crash left
+//! pending.
 
 use std::sync::Arc;
 
@@ -118,6 +119,9 @@ struct LineHold {
     correlation_id: Arc<str>,
     /// Only for the one line of a reservation (`finished` given).
     remember: Option<RememberAnswer>,
+    /// The encoded reservation record, pending, of a reservation with
+    /// several holds: written with each.
+    pending: Option<Arc<Vec<u8>>>,
 }
 
 impl LineHold {
@@ -146,7 +150,14 @@ impl LineHold {
                 }
                 batch
             }
-            None => WriteBatch::default(),
+            None => {
+                let mut batch = WriteBatch::default();
+                if let Some(pending) = &self.pending {
+                    let id = self.reservation_id.as_bytes();
+                    batch.put(Space::Reservations, id, pending.to_vec());
+                }
+                batch
+            }
         };
         Exec {
             sku: self.sku.clone(),
@@ -475,13 +486,21 @@ impl Engine {
         let reservation_id: Arc<str> = Arc::from(record.id.as_str());
         let single =
             request.lines.len() == 1 && !(request.split && request.lines[0].location.is_none());
-        if !single {
-            let batch = record_batch(record).map_err(|e| (e, true))?;
-            self.write(batch).await.map_err(|e| (e, true))?;
-        }
+        // Several holds: the record, marked pending, rides in each hold's
+        // append (any hold durable means the record is, so recovery can undo
+        // a creation a crash interrupted) instead of being a write of its own
+        // before them.
+        let pending = if single {
+            None
+        } else {
+            Some(Arc::new(
+                codec::encode(record).map_err(|e| (e.into(), true))?,
+            ))
+        };
+        let pending = pending.as_ref();
         let results =
             join_all(request.lines.iter().map(|line| {
-                self.hold_line(channel, &reservation_id, line, request, record, single)
+                self.hold_line(channel, &reservation_id, line, request, record, pending)
             }))
             .await;
         let mut taken = Vec::new();
@@ -622,15 +641,17 @@ impl Engine {
         line: &LineRequest,
         request: &NewReservation,
         record: &ReservationRecord,
-        single: bool,
+        pending: Option<&Arc<Vec<u8>>>,
     ) -> Result<Vec<Taken>, (Vec<Taken>, EngineError)> {
         let split = request.split;
+        let single = pending.is_none();
         let line_hold = LineHold {
             sku: Arc::from(line.sku.as_str()),
             reservation_id: reservation_id.clone(),
             channel: channel.id.clone(),
             correlation_id: Arc::from(record.correlation_id.as_str()),
             remember: request.remember.as_ref().filter(|_| single).cloned(),
+            pending: pending.cloned(),
         };
         let hold = |location: Arc<str>, qty: u64, mode: HoldMode| {
             let exec = line_hold.exec(
