@@ -357,27 +357,28 @@ pub struct ReconciliationReport {
     pub truncated: bool,
 }
 
+// Borrowed from the record, as the reservation structs are.
 #[derive(Serialize, ToSchema)]
-pub struct TransferStep {
+pub struct TransferStep<'a> {
     /// held | shipped | received | released | ...
-    pub step: String,
+    pub step: &'static str,
     pub at: String,
     pub qty: u64,
-    pub location: String,
-    pub event_id: String,
-    pub source: String,
-    pub correlation_id: String,
+    pub location: &'a str,
+    pub event_id: &'a str,
+    pub source: &'a str,
+    pub correlation_id: &'a str,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Transfer {
-    pub transfer_id: String,
-    pub sku: String,
-    pub from: String,
-    pub to: String,
+pub struct Transfer<'a> {
+    pub transfer_id: &'a str,
+    pub sku: &'a str,
+    pub from: &'a str,
+    pub to: &'a str,
     pub qty: u64,
     /// held | shipped | received | cancelled (see API.md)
-    pub status: String,
+    pub status: &'static str,
     pub shipped_qty: Option<u64>,
     pub received_qty: Option<u64>,
     /// received - shipped, when they differ.
@@ -388,8 +389,8 @@ pub struct Transfer {
     pub shipped_at: Option<String>,
     pub due_at: Option<String>,
     pub received_at: Option<String>,
-    pub correlation_id: String,
-    pub history: Vec<TransferStep>,
+    pub correlation_id: &'a str,
+    pub history: Vec<TransferStep<'a>>,
 }
 
 struct BearerAuth;

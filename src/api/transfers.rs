@@ -5,12 +5,12 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, qty, read_body, reject_body, rfc3339};
+use super::openapi::{Transfer, TransferStep};
 use super::{correlation_id, AppState};
 use crate::engine::{NewTransfer, TransferView};
 
@@ -34,48 +34,55 @@ fn may_see(caller: &Caller, view: &TransferView) -> Result<(), ApiError> {
         .or_else(|_| caller.may_touch(&view.record.to))
 }
 
-pub fn view_json(view: &TransferView) -> Value {
+/// The answer of every transfer route, as OpenAPI describes it.
+pub fn answer(view: &TransferView) -> Transfer<'_> {
     let record = &view.record;
-    let history: Vec<Value> = record
-        .history
-        .iter()
-        .map(|step| {
-            json!({
-                "step": step.kind.as_str(),
-                "at": rfc3339(step.at_ms),
-                "qty": step.qty,
-                "location": step.location,
-                "event_id": step.event_id,
-                "source": step.source,
-                "correlation_id": step.correlation_id,
-            })
-        })
-        .collect();
     let discrepancy = match (record.shipped_qty, record.received_qty) {
         (Some(shipped), Some(received)) if shipped != received => {
             Some(received as i64 - shipped as i64)
         }
         _ => None,
     };
-    json!({
-        "transfer_id": record.id,
-        "sku": record.sku,
-        "from": record.from,
-        "to": record.to,
-        "qty": record.qty,
-        "status": view.status_name(),
-        "shipped_qty": record.shipped_qty,
-        "received_qty": record.received_qty,
-        "discrepancy": discrepancy,
-        "overdue": record.overdue_at_ms.is_some(),
-        "created_at": rfc3339(record.created_at_ms),
-        "updated_at": rfc3339(record.updated_at_ms),
-        "shipped_at": record.shipped_at_ms.map(rfc3339),
-        "due_at": view.due_at_ms.map(rfc3339),
-        "received_at": record.received_at_ms.map(rfc3339),
-        "correlation_id": record.correlation_id,
-        "history": history,
-    })
+    Transfer {
+        transfer_id: &record.id,
+        sku: &record.sku,
+        from: &record.from,
+        to: &record.to,
+        qty: record.qty,
+        status: view.status_name(),
+        shipped_qty: record.shipped_qty,
+        received_qty: record.received_qty,
+        discrepancy,
+        overdue: record.overdue_at_ms.is_some(),
+        created_at: rfc3339(record.created_at_ms),
+        updated_at: rfc3339(record.updated_at_ms),
+        shipped_at: record.shipped_at_ms.map(rfc3339),
+        due_at: view.due_at_ms.map(rfc3339),
+        received_at: record.received_at_ms.map(rfc3339),
+        correlation_id: &record.correlation_id,
+        history: record
+            .history
+            .iter()
+            .map(|step| TransferStep {
+                step: step.kind.as_str(),
+                at: rfc3339(step.at_ms),
+                qty: step.qty,
+                location: &step.location,
+                event_id: &step.event_id,
+                source: &step.source,
+                correlation_id: &step.correlation_id,
+            })
+            .collect(),
+    }
+}
+
+/// A transfer answered by [`idempotency::run`], serialized through [`answer`].
+pub struct Answer(pub TransferView);
+
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        answer(&self.0).serialize(serializer)
+    }
 }
 
 fn decode_create(body: &[u8]) -> Result<NewTransfer, ApiError> {
@@ -99,8 +106,8 @@ const IDEMPOTENCY: &str =
 
 #[utoipa::path(post, path = "/v1/transfers", tag = "transfers", request_body = CreateBody,
     params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY)),
-    responses((status = 201, description = "stock held at the source", body = super::openapi::Transfer),
-        (status = 200, description = "this transfer_id exists with the same content", body = super::openapi::Transfer),
+    responses((status = 201, description = "stock held at the source", body = Transfer),
+        (status = 200, description = "this transfer_id exists with the same content", body = Transfer),
         super::openapi::Errors))]
 pub async fn create(
     state: web::Data<AppState>,
@@ -122,14 +129,14 @@ pub async fn create(
         } else {
             StatusCode::OK
         };
-        Ok::<Reply, ApiError>((status, view_json(&view)))
+        Ok::<Reply<Answer>, ApiError>((status, Answer(view)))
     })
     .await
 }
 
 #[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers",
     params(("id" = String, Path, description = "transfer id")),
-    responses((status = 200, description = "its state and history", body = super::openapi::Transfer), super::openapi::Errors))]
+    responses((status = 200, description = "its state and history", body = Transfer), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -139,14 +146,14 @@ pub async fn get(
     let id = check_id("transfer id", &id)?;
     let view = engine.get_transfer(id).await?;
     may_see(&caller, &view)?;
-    Ok(HttpResponse::Ok().json(view_json(&view)))
+    Ok(HttpResponse::Ok().json(answer(&view)))
 }
 
 /// Takes no body (`{}` accepted).
 #[utoipa::path(post, path = "/v1/transfers/{id}/cancel", tag = "transfers",
     params(("id" = String, Path, description = "transfer id"), ("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY)),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "cancelled: the hold is released", body = super::openapi::Transfer), super::openapi::Errors))]
+    responses((status = 200, description = "cancelled: the hold is released", body = Transfer), super::openapi::Errors))]
 pub async fn cancel(
     state: web::Data<AppState>,
     caller: Caller,
@@ -166,7 +173,7 @@ pub async fn cancel(
     idempotency::run(engine, &request, &body, |_| async move {
         reject_body(body_ref)?;
         let view = engine.cancel_transfer(id_ref, correlation).await?;
-        Ok::<Reply, ApiError>((StatusCode::OK, view_json(&view)))
+        Ok::<Reply<Answer>, ApiError>((StatusCode::OK, Answer(view)))
     })
     .await
 }
