@@ -98,17 +98,19 @@ where
     hasher.update([0]);
     hasher.update(body);
     let hash = hasher.finalize().to_vec();
-    if let Some(replay) = stored_response(engine, &key, &hash)? {
-        return Ok(replay);
-    }
     if !engine.idempotency_begin(&key) {
+        // Another request with the key: answered already, or still running.
+        if let Some(replay) = stored_response(engine, &key, &hash)? {
+            return Ok(replay);
+        }
         return Err(EngineError::InvalidState(
             "a request with this Idempotency-Key is in progress".to_string(),
         )
         .into());
     }
     let _in_progress = InProgress { engine, key: &key };
-    // The first request may have finished between the check and `begin`.
+    // Marked in progress first, then looked up once: an answer stored before
+    // the mark is found here, and none can be stored after it but ours.
     if let Some(replay) = stored_response(engine, &key, &hash)? {
         return Ok(replay);
     }
