@@ -1,4 +1,5 @@
-//! The pure inventory state machine: positions, their commands and events.
+//! The pure inventory state machine: positions, their commands and events,
+//! and the reservation lifecycle (`reservation`).
 //!
 //! Nothing in here does I/O, reads a clock or knows about actors: every
 //! function is synchronous and deterministic, and time is passed in. A command
@@ -9,6 +10,7 @@
 
 mod position;
 mod quantity;
+pub mod reservation;
 
 pub use position::{
     channel_view, transfer_hold_id, transfer_of, AdjustReason, Command, Commitment, Counters,

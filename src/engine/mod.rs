@@ -126,6 +126,8 @@ pub struct ChannelInfo {
     pub id: Arc<str>,
     /// Sourcing order too.
     pub locations: Vec<Arc<str>>,
+    /// `stockwire_reservations_total{channel, outcome="created"}`, resolved once.
+    pub reservations_created: prometheus::IntCounter,
 }
 
 pub struct Engine {
@@ -252,6 +254,9 @@ impl Engine {
             .map(|c| {
                 let info = ChannelInfo {
                     id: Arc::from(c.id.as_str()),
+                    reservations_created: metrics
+                        .reservations_total
+                        .with_label_values(&[c.id.as_str(), "created"]),
                     locations: c
                         .locations
                         .iter()

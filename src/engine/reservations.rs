@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError};
 use crate::actors::{now_ms, Exec, ExecError, Finish, HoldFirstFit, Meta};
+use crate::domain::reservation::{allocatable, plan, LineChange, Plan, Refusal, Transition};
 use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{
     IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord, ReservationStatus,
@@ -203,11 +204,9 @@ fn remember_answer(remember: RememberAnswer, finished: ReservationRecord) -> Fin
     }))
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Transition {
-    Release,
-    Expire,
-    Allocate,
+/// A lifecycle refusal, as answered (`invalid_state`).
+fn refused(id: &str, refusal: Refusal) -> EngineError {
+    EngineError::InvalidState(format!("reservation {id} {refusal}"))
 }
 
 fn request_hash(request: &NewReservation) -> Vec<u8> {
@@ -366,7 +365,7 @@ impl Engine {
             .unwrap_or(self.config.default_ttl_seconds)
             .saturating_mul(1000) as i64;
         let now = now_ms();
-        let mut record = ReservationRecord {
+        let record = ReservationRecord {
             id: id.to_string(),
             channel: channel.id.to_string(),
             order_ref: request.order_ref.clone(),
@@ -386,19 +385,18 @@ impl Engine {
             updated_at_ms: now,
             expires_at_ms: Some(now.saturating_add(ttl_ms)),
             correlation_id: request.correlation_id.to_string(),
-            request_hash: hash.clone(),
+            request_hash: hash,
             pending: Some(PendingOp::Create),
         };
         // Claim the id; a concurrent or earlier request with it waits for us.
-        let cell = Arc::new(tokio::sync::Mutex::new(record.clone()));
+        // The record is worked on in its cell, under the lock.
+        let cell = Arc::new(tokio::sync::Mutex::new(record));
         let mut guard = cell.clone().lock_owned().await;
         for _attempt in 0..3 {
             let existing = match self.reservations.claim(&id, &cell) {
                 Err(existing) => existing,
                 Ok(()) => {
-                    return self
-                        .create_claimed(&channel, &request, &mut record, &mut guard)
-                        .await;
+                    return self.create_claimed(&channel, &request, &mut guard).await;
                 }
             };
             let current = existing.lock().await;
@@ -408,7 +406,7 @@ impl Engine {
                 tokio::task::yield_now().await;
                 continue;
             }
-            if current.request_hash != hash {
+            if current.request_hash != guard.request_hash {
                 return Err(EngineError::InvalidState(format!(
                     "reservation {id} exists with different content"
                 )));
@@ -426,21 +424,17 @@ impl Engine {
         &self,
         channel: &super::ChannelInfo,
         request: &NewReservation,
-        record: &mut ReservationRecord,
         guard: &mut tokio::sync::OwnedMutexGuard<ReservationRecord>,
     ) -> Result<(ReservationView, bool), EngineError> {
-        let outcome = self.hold_all(channel, request, record).await;
+        let outcome = self.hold_all(channel, request, guard).await;
+        let record: &mut ReservationRecord = guard;
         match outcome {
             Ok(taken) => {
                 record.pending = None;
                 record.lines = record_lines(&taken);
                 let backordered = taken.iter().map(|(_, t)| t.backordered).collect();
-                **guard = record.clone();
                 self.schedule_expiry(record);
-                self.metrics
-                    .reservations_total
-                    .with_label_values(&[&channel.id, "created"])
-                    .inc();
+                channel.reservations_created.inc();
                 Ok((
                     ReservationView {
                         record: record.clone(),
@@ -450,7 +444,7 @@ impl Engine {
                 ))
             }
             Err((error, undone)) => {
-                guard.pending = Some(PendingOp::Create);
+                // Still marked pending: a waiter on the id tries again.
                 if undone {
                     self.reservations.remove(record.id.as_str());
                 } else {
@@ -896,52 +890,35 @@ impl Engine {
         if transition == Transition::Allocate && record.status == ReservationStatus::Held {
             // Refuse before touching any line, so a refusal changes nothing.
             let view = self.view(record.clone()).await;
-            if let Some(units) = view.backordered.iter().find(|units| **units > 0) {
-                return Err(EngineError::InvalidState(format!(
-                    "{units} units are still backordered"
-                )));
-            }
+            allocatable(&view.backordered).map_err(|refusal| refused(id, refusal))?;
         }
-        use ReservationStatus::*;
-        let (target, op, command_for) = match (transition, record.status) {
-            (Transition::Release, Released | Expired) => {
+        let (target, lines) = match plan(record.status, transition) {
+            Ok(Plan::Change { to, lines }) => (to, lines),
+            Ok(Plan::Unchanged) => {
                 let current = record.clone();
                 drop(record);
                 return Ok(self.view(current).await);
             }
-            (Transition::Release, Shipped) => {
-                return Err(EngineError::InvalidState(format!(
-                    "reservation {id} has shipped"
-                )))
-            }
-            (Transition::Release, Held | Allocated) => (Released, PendingOp::Release, false),
-            (Transition::Expire, Held) => (Expired, PendingOp::Expire, true),
-            (Transition::Expire, _) => {
-                let current = record.clone();
-                drop(record);
-                return Ok(self.view(current).await);
-            }
-            (Transition::Allocate, Allocated) => {
-                let current = record.clone();
-                drop(record);
-                return Ok(self.view(current).await);
-            }
-            (Transition::Allocate, Held) => (Allocated, PendingOp::Allocate, false),
-            (Transition::Allocate, status) => {
-                return Err(EngineError::InvalidState(format!(
-                    "reservation {id} is {}",
-                    status.as_str()
-                )))
-            }
+            Err(refusal) => return Err(refused(id, refusal)),
+        };
+        let op = match transition {
+            Transition::Allocate => PendingOp::Allocate,
+            Transition::Expire => PendingOp::Expire,
+            _ => PendingOp::Release,
         };
         let reservation_id: Arc<str> = Arc::from(id);
-        let command = |_: &ReservationLine| match transition {
-            Transition::Allocate => Command::Allocate {
+        let command = |_: &ReservationLine| match lines {
+            LineChange::Allocate => Command::Allocate {
                 reservation_id: reservation_id.clone(),
             },
-            _ => Command::Release {
+            LineChange::Release { expired } => Command::Release {
                 reservation_id: reservation_id.clone(),
-                expired: command_for,
+                expired,
+            },
+            // Shipping takes per-line quantities: `ship_quantities`, not here.
+            LineChange::Ship => Command::Ship {
+                reservation_id: reservation_id.clone(),
+                qty: None,
             },
         };
         let mut finished = record.clone();
@@ -1020,19 +997,12 @@ impl Engine {
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let mut record = cell.lock().await;
-        match record.status {
-            ReservationStatus::Allocated if record.pending != Some(PendingOp::Create) => {}
-            ReservationStatus::Held => {
-                return Err(EngineError::InvalidState(format!(
-                    "reservation {id} is held: allocate it before shipping"
-                )))
-            }
-            status => {
-                return Err(EngineError::InvalidState(format!(
-                    "reservation {id} is {}",
-                    status.as_str()
-                )))
-            }
+        if record.pending == Some(PendingOp::Create) {
+            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        // Shipping is allowed (to `Shipped`) or refused; never a no-op.
+        if let Err(refusal) = plan(record.status, Transition::Ship) {
+            return Err(refused(id, refusal));
         }
         let mut finished = record.clone();
         finished.status = ReservationStatus::Shipped;

@@ -119,30 +119,9 @@ pub struct PositionSnapshot {
 /// `Space::Meta` key holding the `seq` every position snapshot covers.
 pub const META_SNAPSHOT_SEQ: &[u8] = b"snapshot_seq";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReservationStatus {
-    Held,
-    Allocated,
-    Shipped,
-    Released,
-    Expired,
-}
-
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ReservationStatus::Held => "held",
-            ReservationStatus::Allocated => "allocated",
-            ReservationStatus::Shipped => "shipped",
-            ReservationStatus::Released => "released",
-            ReservationStatus::Expired => "expired",
-        }
-    }
-
-    pub fn is_open(self) -> bool {
-        matches!(self, ReservationStatus::Held | ReservationStatus::Allocated)
-    }
-}
+/// Defined with the lifecycle it belongs to; stored here (bincode: the
+/// variant's index, so its order is part of the stored format).
+pub use crate::domain::reservation::ReservationStatus;
 
 /// A multi-position change in progress. Written with the first position's
 /// journal entry and cleared with the last, so recovery can finish (or, for
