@@ -26,7 +26,9 @@
 # "uniform hot"): a subset, e.g. to profile one server under load;
 # STOCKWIRE_BIN (default ${CARGO_TARGET_DIR:-target}/release/stockwire; when set,
 # stockwire is not built), STOCKWIRE_SHARDS (passed to stockwire when set, and
-# used as peer-actix's --workers), PEER_KEEP=1 (keep the temp dir with the logs).
+# used as peer-actix's --workers), PEER_KEEP=1 (keep the temp dir with the logs),
+# PEER_LINE=sourced (lines without a location) and PEER_KEYED=1 (an
+# Idempotency-Key per request): stockwire-only variants, see scripts/peers/reserve.lua.
 # Smoke test: PEER_SECONDS=3 PEER_ROUNDS=1 scripts/bench-peers.sh
 #
 # Everything listens on 127.0.0.1 on free ports; every process started here is
@@ -65,6 +67,11 @@ done
 for workload in $WORKLOADS; do
   [[ $workload =~ ^(uniform|hot)$ ]] || die "PEER_WORKLOADS: '$workload' is not uniform or hot"
 done
+[[ ${PEER_LINE:-located} =~ ^(located|sourced)$ ]] || die "PEER_LINE must be located or sourced"
+[[ ${PEER_KEYED:-0} =~ ^[01]$ ]] || die "PEER_KEYED must be 0 or 1"
+if [[ ${PEER_LINE:-located} != located || ${PEER_KEYED:-0} == 1 ]] && [[ $SERVERS != stockwire ]]; then
+  die "PEER_LINE=sourced and PEER_KEYED=1 are stockwire-only: set PEER_SERVERS=stockwire"
+fi
 
 for var in MEASURE_SECONDS ROUNDS WARMUP_SECONDS; do
   [[ ${!var} =~ ^[0-9]+$ ]] || die "$var must be a whole number of seconds/rounds, not '${!var}'"
@@ -277,6 +284,7 @@ client() {
 # run_wrk WORKLOAD SECONDS OUT: wrk against PORT; OUT gets wrk's output.
 run_wrk() {
   client "$3" env PEER_WORKLOAD="$1" PEER_SKUS="$SKUS" PEER_TOKEN="$TOKEN" \
+    PEER_LINE="${PEER_LINE:-located}" PEER_KEYED="${PEER_KEYED:-0}" \
     wrk -t"$CLIENT_THREADS" -c"$CONNECTIONS" -d"${2}s" --latency -s "$WRK_LUA" \
     "http://127.0.0.1:$PORT/v1/reservations" || { cat "$3" >&2; die "wrk failed"; }
   grep -q '^PEER_RESULT ' "$3" || { cat "$3" >&2; die "wrk printed no PEER_RESULT line"; }

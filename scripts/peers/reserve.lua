@@ -5,6 +5,9 @@
 --   PEER_WORKLOAD  uniform (a random SKU of PEER_SKUS per request) | hot (sku-1)
 --   PEER_SKUS      SKUs of the uniform workload (default 10000): sku-1..sku-N
 --   PEER_TOKEN     sent as Authorization: Bearer (omitted when empty)
+--   PEER_LINE      located (default: "location":"wh-east") | sourced (no location:
+--                  stockwire sources it from the channel's locations; stockwire only)
+--   PEER_KEYED     1: a new Idempotency-Key on every request (stockwire only)
 -- Only 200/201 answers count as throughput: response() counts the others per
 -- status, and done() prints one line for the script to parse:
 --   PEER_RESULT ok=N non2xx=N seconds=S rps=R p50_us=U p99_us=U socket_errors=N statuses=409:3,429:1
@@ -12,6 +15,12 @@
 local workload = os.getenv("PEER_WORKLOAD") or "uniform"
 local skus = tonumber(os.getenv("PEER_SKUS") or "10000")
 local token = os.getenv("PEER_TOKEN") or ""
+local line = os.getenv("PEER_LINE") or "located"
+local keyed = os.getenv("PEER_KEYED") == "1"
+
+if line ~= "located" and line ~= "sourced" then
+  error("PEER_LINE must be located or sourced, not " .. line)
+end
 
 if workload ~= "uniform" and workload ~= "hot" then
   error("PEER_WORKLOAD must be uniform or hot, not " .. workload)
@@ -40,11 +49,19 @@ end
 
 local body_format =
   '{"channel":"web","lines":[{"sku":"sku-%d","location":"wh-east","qty":1}],"ttl_seconds":3600}'
+if line == "sourced" then
+  body_format = '{"channel":"web","lines":[{"sku":"sku-%d","qty":1}],"ttl_seconds":3600}'
+end
+local sent = 0
 
 function request()
   local n = 1
   if workload == "uniform" then
     n = math.random(skus)
+  end
+  if keyed then
+    sent = sent + 1
+    headers["Idempotency-Key"] = string.format("k-%d-%d-%d", os.time(), thread_id, sent)
   end
   return wrk.format("POST", "/v1/reservations", headers, string.format(body_format, n))
 end
