@@ -300,14 +300,34 @@ stockwire_reservations() {
     awk '/^stockwire_reservations_total[{]/ && /outcome="created"/ { sum += $NF } END { printf "%d\n", sum }'
 }
 
-# record SERVER WORKLOAD ROUND RPS P50_MS P99_MS OK BAD NOTE
+# proc_sample PID: "TICKS SWITCHES", the server's CPU time so far (user +
+# system, clock ticks) and context switches (voluntary + involuntary, over
+# its threads), from /proc.
+proc_sample() {
+  local ticks switches
+  ticks=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$1/stat")
+  switches=$(cat /proc/"$1"/task/*/status 2>/dev/null |
+    awk '/^(voluntary|nonvoluntary)_ctxt_switches:/ { s += $2 } END { print s + 0 }')
+  echo "$ticks $switches"
+}
+
+# cost BEFORE AFTER REQUESTS: sets COST to "CPU_US SWITCHES", the server's CPU
+# microseconds and context switches per request between the two samples.
+CLK_TCK=$(getconf CLK_TCK)
+cost() {
+  COST=$(awk -v b="$1" -v a="$2" -v n="$3" -v hz="$CLK_TCK" 'BEGIN {
+    split(b, x, " "); split(a, y, " ");
+    if (n > 0) printf "%.1f %.2f", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) / n; else print "nan nan" }')
+}
+
+# record SERVER WORKLOAD ROUND RPS P50_MS P99_MS OK BAD NOTE (and COST)
 record() {
   local pct flag=""
   pct=$(awk -v ok="$7" -v bad="$8" 'BEGIN { t = ok + bad; printf "%.3f", (t > 0 ? 100 * bad / t : 100) }')
   awk -v p="$pct" -v limit="$BAD_LIMIT_PCT" 'BEGIN { exit !(p > limit) }' && flag=" FLAGGED: over ${BAD_LIMIT_PCT}% not reserved"
-  echo "$1 $2 $3 $4 $5 $6 $pct" >>"$RESULTS"
-  printf '  round %d %-8s %-9s %10.1f reservations/s  p50 %7.3f ms  p99 %7.3f ms  ok %d  refused/failed %d (%s%%)%s%s\n' \
-    "$3" "$2" "$1" "$4" "$5" "$6" "$7" "$8" "$pct" "${9:+  $9}" "$flag"
+  echo "$1 $2 $3 $4 $5 $6 $pct ${COST:-nan nan}" >>"$RESULTS"
+  printf '  round %d %-8s %-9s %10.1f reservations/s  p50 %7.3f ms  p99 %7.3f ms  ok %d  refused/failed %d (%s%%)%s  server %s µs CPU, %s context switches per request%s\n' \
+    "$3" "$2" "$1" "$4" "$5" "$6" "$7" "$8" "$pct" "${9:+  $9}" "${COST%% *}" "${COST##* }" "$flag"
 }
 
 measure_http() {
@@ -324,10 +344,13 @@ measure_http() {
     run_wrk "$workload" "$WARMUP_SECONDS" "$dir/warmup.txt"
     warm_ok=$(field ok "$dir/warmup.txt")
   fi
+  local sampled
+  sampled=$(proc_sample "$PID")
   run_wrk "$workload" "$MEASURE_SECONDS" "$dir/wrk.txt"
   local ok non2xx errors rps p50 p99 note=""
   ok=$(field ok "$dir/wrk.txt")
   non2xx=$(field non2xx "$dir/wrk.txt")
+  cost "$sampled" "$(proc_sample "$PID")" "$((ok + non2xx))"
   errors=$(field socket_errors "$dir/wrk.txt")
   rps=$(field rps "$dir/wrk.txt")
   p50=$(awk -v us="$(field p50_us "$dir/wrk.txt")" 'BEGIN { printf "%.3f", us / 1000 }')
@@ -386,9 +409,12 @@ measure_redis() {
   ((n >= 1000)) || n=1000
   local before after made start end seconds line rps p50 p99
   before=$(redis-cli -p "$PORT" GET resv:seq)
+  local sampled
+  sampled=$(proc_sample "$PID")
   start=$(date +%s.%N)
   run_redis_benchmark "$workload" "$n" "$sha" "$dir/bench.csv"
   end=$(date +%s.%N)
+  cost "$sampled" "$(proc_sample "$PID")" "$n"
   after=$(redis-cli -p "$PORT" GET resv:seq)
   made=$((${after:-0} - ${before:-0}))
   seconds=$(awk -v s="$start" -v e="$end" 'BEGIN { printf "%.1f", e - s }')
@@ -421,7 +447,8 @@ for ((round = 1; round <= ROUNDS; round++)); do
 done
 
 # --- summary ---------------------------------------------------------------------------------
-# median SERVER WORKLOAD COLUMN (4 = rps, 5 = p50, 6 = p99).
+# median SERVER WORKLOAD COLUMN (4 = rps, 5 = p50, 6 = p99, 8 = CPU µs and
+# 9 = context switches per request).
 median() {
   awk -v s="$1" -v w="$2" -v c="$3" '$1 == s && $2 == w { print $c }' "$RESULTS" | sort -g |
     awk '{ v[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
@@ -435,12 +462,14 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 echo
 echo "Medians over $ROUNDS round(s) of ${MEASURE_SECONDS} s; req/s counts only reservations made (HTTP 200/201; Redis: scripts that reserved)."
 echo "redis is driven by redis-benchmark -c $CONNECTIONS --threads $CLIENT_THREADS (RESP), not wrk -t$CLIENT_THREADS -c $CONNECTIONS (HTTP): its latency excludes HTTP."
-printf '%-10s %-8s %12s %9s %9s  %s\n' server workload req/s p50_ms p99_ms flags
+echo "cpu_us/req and cs/req: the server process's CPU time and context switches per request (/proc)."
+printf '%-10s %-8s %12s %9s %9s %11s %7s  %s\n' server workload req/s p50_ms p99_ms cpu_us/req cs/req flags
 for workload in $WORKLOADS; do
   for server in $SERVERS; do
-    printf '%-10s %-8s %12.1f %9.3f %9.3f  %s\n' "$server" "$workload" \
+    printf '%-10s %-8s %12.1f %9.3f %9.3f %11.1f %7.2f  %s\n' "$server" "$workload" \
       "$(median "$server" "$workload" 4)" "$(median "$server" "$workload" 5)" \
-      "$(median "$server" "$workload" 6)" "$(flagged "$server" "$workload")"
+      "$(median "$server" "$workload" 6)" "$(median "$server" "$workload" 8)" \
+      "$(median "$server" "$workload" 9)" "$(flagged "$server" "$workload")"
   done
 done
 sw_u=$(median stockwire uniform 4)
