@@ -1,8 +1,8 @@
 //! stockwire: real-time inventory availability and reservations.
 //!
 //! The map (ARCHITECTURE.md has the flows and the invariants):
-//! - [`domain`]: a position's pure state machine (decide, evolve) and the
-//!   reservation lifecycle (plan), no I/O.
+//! - [`domain`]: a position's pure state machine (decide, evolve), the
+//!   reservation lifecycle and the transfer workflow (plan), no I/O.
 //! - [`actors`]: shards and per-position actors, on the HTTP workers' threads.
 //! - [`engine`]: what the API and the inbox call: reservations, events,
 //!   transfers, reconciliation, the exception queue, recovery, snapshots.

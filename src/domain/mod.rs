@@ -1,5 +1,6 @@
 //! The pure inventory state machine: positions, their commands and events,
-//! and the reservation lifecycle (`reservation`).
+//! the reservation lifecycle (`reservation`) and the transfer workflow
+//! (`transfer`).
 //!
 //! Nothing in here does I/O, reads a clock or knows about actors: every
 //! function is synchronous and deterministic, and time is passed in. A command
@@ -11,6 +12,7 @@
 mod position;
 mod quantity;
 pub mod reservation;
+pub mod transfer;
 
 pub use position::{
     channel_view, transfer_hold_id, transfer_of, AdjustReason, Command, Commitment, Counters,

@@ -34,6 +34,7 @@ use sha2::{Digest, Sha256};
 use super::events::{Applied, EventCommand, WarehouseEvent};
 use super::{Engine, EngineError, Shortage};
 use crate::actors::{now_ms, Exec, Meta};
+use crate::domain::transfer::{plan, Plan, Refusal, Step};
 use crate::domain::{transfer_hold_id, Command, Qty};
 use crate::storage::records::{
     ExceptionKind, ExceptionRecord, TransferPending, TransferRecord, TransferStatus, TransferStep,
@@ -147,6 +148,11 @@ fn push_step(
         source: by.source.clone(),
         correlation_id: by.correlation_id.clone(),
     });
+}
+
+/// A workflow refusal, as answered (`invalid_state`).
+fn refused(id: &str, refusal: Refusal) -> EngineError {
+    EngineError::InvalidState(format!("transfer {id} {refusal}"))
 }
 
 fn request_hash(request: &NewTransfer) -> Vec<u8> {
@@ -403,17 +409,13 @@ impl Engine {
     ) -> Result<TransferView, EngineError> {
         let cell = self.transfer_cell(id)?;
         let mut record = cell.lock().await;
-        match record.status {
-            _ if record.pending == Some(TransferPending::Create) => {
-                return Err(EngineError::NotFound(format!("transfer {id} not found")))
-            }
-            TransferStatus::Cancelled => return Ok(self.transfer_view(record.clone())),
-            TransferStatus::Shipped | TransferStatus::Received => {
-                return Err(EngineError::InvalidState(format!(
-                    "transfer {id} has shipped: only a held transfer can be cancelled"
-                )))
-            }
-            TransferStatus::Held => {}
+        if record.pending == Some(TransferPending::Create) {
+            return Err(EngineError::NotFound(format!("transfer {id} not found")));
+        }
+        match plan(record.status, Step::Cancel) {
+            Ok(Plan::Change { .. }) => {}
+            Ok(Plan::Unchanged) => return Ok(self.transfer_view(record.clone())),
+            Err(refusal) => return Err(refused(id, refusal)),
         }
         let by = StepMeta::api(id, "cancel", correlation_id);
         let now = now_ms();
@@ -513,19 +515,8 @@ impl Engine {
                         record.to
                     )));
                 }
-                match record.status {
-                    TransferStatus::Held => {}
-                    TransferStatus::Shipped | TransferStatus::Received => {
-                        return Err(EngineError::InvalidState(format!(
-                            "transfer {id} has already shipped"
-                        )))
-                    }
-                    TransferStatus::Cancelled => {
-                        return Err(EngineError::InvalidState(format!(
-                            "transfer {id} is cancelled"
-                        )))
-                    }
-                }
+                // Shipping always changes the transfer or is refused.
+                plan(record.status, Step::Ship).map_err(|refusal| refused(&id, refusal))?;
                 if qty.get() > record.qty {
                     return Err(EngineError::QuantityOutOfRange(format!(
                         "cannot ship {}: transfer {id} holds {}",
@@ -548,24 +539,8 @@ impl Engine {
                         record.from
                     )));
                 }
-                match record.status {
-                    TransferStatus::Shipped => {}
-                    TransferStatus::Held => {
-                        return Err(EngineError::InvalidState(format!(
-                            "transfer {id} has not shipped"
-                        )))
-                    }
-                    TransferStatus::Received => {
-                        return Err(EngineError::InvalidState(format!(
-                            "transfer {id} was already received"
-                        )))
-                    }
-                    TransferStatus::Cancelled => {
-                        return Err(EngineError::InvalidState(format!(
-                            "transfer {id} is cancelled"
-                        )))
-                    }
-                }
+                // Receiving always changes the transfer or is refused.
+                plan(record.status, Step::Receive).map_err(|refusal| refused(&id, refusal))?;
                 // The destination's in_transit first, if a crash or a full
                 // journal left it behind.
                 self.run_inbound(&mut record).await?;

@@ -165,28 +165,9 @@ pub struct ReservationRecord {
 
 /// Where a transfer is (SPEC §2): held at the source, shipped (in transit
 /// to the destination), received there, or cancelled before it shipped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum TransferStatus {
-    Held,
-    Shipped,
-    Received,
-    Cancelled,
-}
-
-impl TransferStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TransferStatus::Held => "held",
-            TransferStatus::Shipped => "shipped",
-            TransferStatus::Received => "received",
-            TransferStatus::Cancelled => "cancelled",
-        }
-    }
-
-    pub fn is_open(self) -> bool {
-        matches!(self, TransferStatus::Held | TransferStatus::Shipped)
-    }
-}
+/// Defined with the workflow it belongs to; stored here (bincode: the
+/// variant's index, so its order is part of the stored format).
+pub use crate::domain::transfer::TransferStatus;
 
 /// A step of a transfer's workflow still to run, written with the step
 /// before it so recovery can run it (see `engine::transfers`).
