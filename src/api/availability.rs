@@ -4,11 +4,14 @@
 
 use actix_web::{web, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::access::Caller;
 use super::error::ApiError;
 use super::input::{check_id, parse_json, read_body};
+use super::openapi::{
+    Availability, AvailabilityItems, ChannelAvailability, ChannelAvailable, FullAvailability,
+    LocationAvailable, LocationCounters, Totals,
+};
 use super::AppState;
 use crate::actors::PositionReadout;
 use crate::engine::{ChannelInfo, Engine, EngineError};
@@ -29,21 +32,21 @@ pub(super) struct QueryBody {
     channel: Option<String>,
 }
 
-fn location_json(readout: &PositionReadout) -> Value {
+fn location_counters(readout: &PositionReadout) -> LocationCounters<'_> {
     let c = &readout.counters;
-    json!({
-        "location": readout.location,
-        "on_hand": c.on_hand,
-        "reserved": c.reserved,
-        "allocated": c.allocated,
-        "quarantined": c.quarantined,
-        "in_transit": c.in_transit,
-        "backordered": c.backordered,
-        "safety_stock": c.safety_stock,
-        "backorder_limit": c.backorder_limit,
-        "available": readout.available(),
-        "version": readout.version,
-    })
+    LocationCounters {
+        location: &readout.location,
+        on_hand: c.on_hand,
+        reserved: c.reserved,
+        allocated: c.allocated,
+        quarantined: c.quarantined,
+        in_transit: c.in_transit,
+        backordered: c.backordered,
+        safety_stock: c.safety_stock,
+        backorder_limit: c.backorder_limit,
+        available: readout.available(),
+        version: readout.version,
+    }
 }
 
 /// What `channel` may sell over `readouts` (each position floored at 0:
@@ -56,41 +59,49 @@ fn channel_available(channel: &ChannelInfo, readouts: &[PositionReadout]) -> i64
         .fold(0i64, i64::saturating_add)
 }
 
-fn full_json(engine: &Engine, sku: &str, readouts: &[PositionReadout]) -> Value {
+fn full<'a>(engine: &'a Engine, sku: &'a str, readouts: &'a [PositionReadout]) -> Availability<'a> {
     let sum = |f: &dyn Fn(&PositionReadout) -> i128| -> i128 { readouts.iter().map(f).sum() };
-    let total = json!({
-        "on_hand": sum(&|r| r.counters.on_hand.into()),
-        "reserved": sum(&|r| r.counters.reserved.into()),
-        "allocated": sum(&|r| r.counters.allocated.into()),
-        "quarantined": sum(&|r| r.counters.quarantined.into()),
-        "in_transit": sum(&|r| r.counters.in_transit.into()),
-        "backordered": sum(&|r| r.counters.backordered.into()),
-        "safety_stock": sum(&|r| r.counters.safety_stock.into()),
-        "available": sum(&|r| r.available().into()),
-    });
-    let channels: Vec<Value> = engine
-        .channels()
-        .map(|c| json!({"channel": c.id, "available": channel_available(c, readouts)}))
-        .collect();
-    json!({
-        "sku": sku,
-        "locations": readouts.iter().map(location_json).collect::<Vec<_>>(),
-        "total": total,
-        "channels": channels,
+    let total = Totals {
+        on_hand: sum(&|r| r.counters.on_hand.into()),
+        reserved: sum(&|r| r.counters.reserved.into()),
+        allocated: sum(&|r| r.counters.allocated.into()),
+        quarantined: sum(&|r| r.counters.quarantined.into()),
+        in_transit: sum(&|r| r.counters.in_transit.into()),
+        backordered: sum(&|r| r.counters.backordered.into()),
+        safety_stock: sum(&|r| r.counters.safety_stock.into()),
+        available: sum(&|r| r.available().into()),
+    };
+    Availability::Full(FullAvailability {
+        sku,
+        locations: readouts.iter().map(location_counters).collect(),
+        total,
+        channels: engine
+            .channels()
+            .map(|c| ChannelAvailable {
+                channel: &c.id,
+                available: channel_available(c, readouts),
+            })
+            .collect(),
     })
 }
 
-fn channel_json(channel: &ChannelInfo, sku: &str, readouts: &[PositionReadout]) -> Value {
-    let locations: Vec<Value> = readouts
-        .iter()
-        .filter(|r| channel.locations.contains(&r.location))
-        .map(|r| json!({"location": r.location, "available": r.channel_view(&channel.id).max(0)}))
-        .collect();
-    json!({
-        "sku": sku,
-        "channel": channel.id,
-        "available": channel_available(channel, readouts),
-        "locations": locations,
+fn channel_view<'a>(
+    channel: &'a ChannelInfo,
+    sku: &'a str,
+    readouts: &'a [PositionReadout],
+) -> Availability<'a> {
+    Availability::Channel(ChannelAvailability {
+        sku,
+        channel: &channel.id,
+        available: channel_available(channel, readouts),
+        locations: readouts
+            .iter()
+            .filter(|r| channel.locations.contains(&r.location))
+            .map(|r| LocationAvailable {
+                location: &r.location,
+                available: r.channel_view(&channel.id).max(0),
+            })
+            .collect(),
     })
 }
 
@@ -115,7 +126,7 @@ fn channel_of<'a>(
 
 #[utoipa::path(get, path = "/v1/availability/{sku}", tag = "availability",
     params(("sku" = String, Path, description = "SKU id"), ChannelQuery),
-    responses((status = 200, description = "the SKU's availability", body = super::openapi::Availability), super::openapi::Errors))]
+    responses((status = 200, description = "the SKU's availability", body = Availability), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -130,15 +141,15 @@ pub async fn get(
         return Err(EngineError::UnknownSku(sku.to_string()).into());
     }
     let body = match channel {
-        Some(channel) => channel_json(channel, sku, &readouts),
-        None => full_json(engine, sku, &readouts),
+        Some(channel) => channel_view(channel, sku, &readouts),
+        None => full(engine, sku, &readouts),
     };
     Ok(HttpResponse::Ok().json(body))
 }
 
 #[utoipa::path(post, path = "/v1/availability/query", tag = "availability",
     request_body = QueryBody,
-    responses((status = 200, description = "one item per SKU, in order", body = super::openapi::AvailabilityItems), super::openapi::Errors))]
+    responses((status = 200, description = "one item per SKU, in order", body = AvailabilityItems), super::openapi::Errors))]
 pub async fn query(
     state: web::Data<AppState>,
     caller: Caller,
@@ -164,15 +175,16 @@ pub async fn query(
             .map(|sku| engine.read_sku(sku, None, None)),
     )
     .await;
-    let mut items = Vec::with_capacity(reads.len());
-    for (sku, readouts) in request.skus.iter().zip(reads) {
-        let readouts: Vec<PositionReadout> = readouts?;
-        // An unknown SKU answers like a known one with nothing anywhere.
-        let item = match channel {
-            Some(channel) => channel_json(channel, sku, &readouts),
-            None => full_json(engine, sku, &readouts),
-        };
-        items.push(item);
-    }
-    Ok(HttpResponse::Ok().json(json!({ "items": items })))
+    let reads: Vec<Vec<PositionReadout>> = reads.into_iter().collect::<Result<_, _>>()?;
+    // An unknown SKU answers like a known one with nothing anywhere.
+    let items = request
+        .skus
+        .iter()
+        .zip(&reads)
+        .map(|(sku, readouts)| match channel {
+            Some(channel) => channel_view(channel, sku, readouts),
+            None => full(engine, sku, readouts),
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(AvailabilityItems { items }))
 }

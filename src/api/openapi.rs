@@ -88,10 +88,13 @@ pub struct Ready {
     pub journal_head_seq: u64,
 }
 
+// The availability answers borrow from the readouts and are serialized
+// straight to bytes, as the reservation answers are.
+
 /// One position's counters (full view).
 #[derive(Serialize, ToSchema)]
-pub struct LocationCounters {
-    pub location: String,
+pub struct LocationCounters<'a> {
+    pub location: &'a str,
     pub on_hand: u64,
     pub reserved: u64,
     pub allocated: u64,
@@ -105,58 +108,67 @@ pub struct LocationCounters {
     pub version: u64,
 }
 
+/// Sums over the locations (exact: a sum of counters may pass `i64`).
 #[derive(Serialize, ToSchema)]
 pub struct Totals {
-    pub on_hand: i64,
-    pub reserved: i64,
-    pub allocated: i64,
-    pub quarantined: i64,
-    pub in_transit: i64,
-    pub backordered: i64,
-    pub safety_stock: i64,
-    pub available: i64,
+    #[schema(value_type = i64)]
+    pub on_hand: i128,
+    #[schema(value_type = i64)]
+    pub reserved: i128,
+    #[schema(value_type = i64)]
+    pub allocated: i128,
+    #[schema(value_type = i64)]
+    pub quarantined: i128,
+    #[schema(value_type = i64)]
+    pub in_transit: i128,
+    #[schema(value_type = i64)]
+    pub backordered: i128,
+    #[schema(value_type = i64)]
+    pub safety_stock: i128,
+    #[schema(value_type = i64)]
+    pub available: i128,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct ChannelAvailable {
-    pub channel: String,
+pub struct ChannelAvailable<'a> {
+    pub channel: &'a str,
     pub available: i64,
 }
 
 /// Admin, system and observer keys: every counter at every location.
 #[derive(Serialize, ToSchema)]
-pub struct FullAvailability {
-    pub sku: String,
-    pub locations: Vec<LocationCounters>,
+pub struct FullAvailability<'a> {
+    pub sku: &'a str,
+    pub locations: Vec<LocationCounters<'a>>,
     pub total: Totals,
-    pub channels: Vec<ChannelAvailable>,
+    pub channels: Vec<ChannelAvailable<'a>>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct LocationAvailable {
-    pub location: String,
+pub struct LocationAvailable<'a> {
+    pub location: &'a str,
     pub available: i64,
 }
 
 /// A channel key (or `?channel=`): only what that channel may sell.
 #[derive(Serialize, ToSchema)]
-pub struct ChannelAvailability {
-    pub sku: String,
-    pub channel: String,
+pub struct ChannelAvailability<'a> {
+    pub sku: &'a str,
+    pub channel: &'a str,
     pub available: i64,
-    pub locations: Vec<LocationAvailable>,
+    pub locations: Vec<LocationAvailable<'a>>,
 }
 
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
-pub enum Availability {
-    Full(FullAvailability),
-    Channel(ChannelAvailability),
+pub enum Availability<'a> {
+    Full(FullAvailability<'a>),
+    Channel(ChannelAvailability<'a>),
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct AvailabilityItems {
-    pub items: Vec<Availability>,
+pub struct AvailabilityItems<'a> {
+    pub items: Vec<Availability<'a>>,
 }
 
 // Borrowed from the record: the reservation routes build these structs and
