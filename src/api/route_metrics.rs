@@ -50,42 +50,30 @@ impl RouteMetrics {
         seconds: f64,
     ) {
         let label = route.map_or("unmatched", |index| ROUTES[index].path);
-        let handles = route
-            .filter(|&index| ROUTES[index].method.eq_ignore_ascii_case(method.as_str()))
-            .map(|index| &self.handles[index]);
-        let Some(handles) = handles else {
+        let (method, code) = (method.as_str(), status.as_str());
+        let requests = || {
             metrics
                 .http_requests_total
-                .with_label_values(&[label, method.as_str(), status.as_str()])
-                .inc();
+                .with_label_values(&[label, method, code])
+        };
+        let duration = || {
             metrics
                 .http_request_duration_seconds
-                .with_label_values(&[label, method.as_str()])
-                .observe(seconds);
+                .with_label_values(&[label, method])
+        };
+        // Only a route's own method has handles: another is a 404 or 405.
+        let handles = route
+            .filter(|&index| ROUTES[index].method.eq_ignore_ascii_case(method))
+            .map(|index| &self.handles[index]);
+        let Some(handles) = handles else {
+            requests().inc();
+            duration().observe(seconds);
             return;
         };
-        handles
-            .duration
-            .get_or_init(|| {
-                metrics
-                    .http_request_duration_seconds
-                    .with_label_values(&[label, method.as_str()])
-            })
-            .observe(seconds);
+        handles.duration.get_or_init(duration).observe(seconds);
         match STATUSES.iter().position(|&s| s == status.as_u16()) {
-            Some(slot) => handles.requests[slot]
-                .get_or_init(|| {
-                    metrics.http_requests_total.with_label_values(&[
-                        label,
-                        method.as_str(),
-                        status.as_str(),
-                    ])
-                })
-                .inc(),
-            None => metrics
-                .http_requests_total
-                .with_label_values(&[label, method.as_str(), status.as_str()])
-                .inc(),
+            Some(slot) => handles.requests[slot].get_or_init(requests).inc(),
+            None => requests().inc(),
         }
     }
 }
@@ -114,35 +102,13 @@ mod tests {
             .iter()
             .position(|r| r.path == "/v1/reservations")
             .unwrap();
-        routes.record(
-            &metrics,
-            Some(reserve),
-            &Method::POST,
-            StatusCode::CREATED,
-            0.001,
-        );
-        routes.record(
-            &metrics,
-            Some(reserve),
-            &Method::POST,
-            StatusCode::CREATED,
-            0.001,
-        );
+        let reserve =
+            |method: Method, status| routes.record(&metrics, Some(reserve), &method, status, 0.001);
+        reserve(Method::POST, StatusCode::CREATED);
+        reserve(Method::POST, StatusCode::CREATED);
         // Not in the slots, not the route's method, no route: the vectors.
-        routes.record(
-            &metrics,
-            Some(reserve),
-            &Method::POST,
-            StatusCode::IM_A_TEAPOT,
-            0.001,
-        );
-        routes.record(
-            &metrics,
-            Some(reserve),
-            &Method::GET,
-            StatusCode::METHOD_NOT_ALLOWED,
-            0.001,
-        );
+        reserve(Method::POST, StatusCode::IM_A_TEAPOT);
+        reserve(Method::GET, StatusCode::METHOD_NOT_ALLOWED);
         routes.record(&metrics, None, &Method::GET, StatusCode::NOT_FOUND, 0.001);
         let count = |method, status| {
             sample(
