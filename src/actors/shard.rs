@@ -201,17 +201,16 @@ impl Handler<HoldFirstFit> for ShardActor {
     fn handle(&mut self, hold: HoldFirstFit, _ctx: &mut Context<Self>) -> Self::Result {
         let read = self.read(ReadSku {
             sku: hold.sku,
-            locations: hold.locations.clone(),
+            locations: hold.locations,
             hold_of: None,
         });
-        let (channel, qty, make, locations) = (hold.channel, hold.qty, hold.make, hold.locations);
+        let (channel, qty, make) = (hold.channel, hold.qty, hold.make);
         Box::pin(read.into_actor(self).then(move |readouts, shard, _ctx| {
-            let fitting = locations.into_iter().find(|location| {
-                readouts.iter().any(|r| {
-                    r.location == *location
-                        && u64::try_from(r.channel_view(&channel)).is_ok_and(|view| view >= qty)
-                })
-            });
+            // Readouts come in the order of the locations asked for.
+            let fitting = readouts
+                .iter()
+                .find(|r| u64::try_from(r.channel_view(&channel)).is_ok_and(|view| view >= qty))
+                .map(|r| r.location.clone());
             let held: Local<_> = match fitting {
                 None => Box::pin(async { Ok(None) }),
                 Some(location) => {

@@ -169,7 +169,7 @@ impl LineHold {
                 qty,
                 mode,
             },
-            meta: meta(&self.reservation_id, &self.correlation_id, "hold"),
+            meta: meta_shared(&self.reservation_id, self.correlation_id.clone(), "hold"),
             extra,
             finish,
             dedupe: false,
@@ -261,13 +261,19 @@ fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, EngineError> {
 /// Meta for the journal entries of a reservation change, carrying the
 /// correlation id of the request that caused it.
 fn meta(reservation_id: &str, correlation_id: &str, what: &str) -> Meta {
+    meta_shared(reservation_id, Arc::from(correlation_id), what)
+}
+
+/// [`meta`] with the request's correlation id shared, not copied.
+fn meta_shared(reservation_id: &str, correlation_id: Arc<str>, what: &str) -> Meta {
+    static API: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     Meta {
         event_id: format!(
             "{reservation_id}:{what}:{}",
             hex::encode(rand::random::<[u8; 6]>())
         ),
-        source: Arc::from("api"),
-        correlation_id: Arc::from(correlation_id),
+        source: API.get_or_init(|| Arc::from("api")).clone(),
+        correlation_id,
         occurred_at_ms: now_ms(),
     }
 }
@@ -643,7 +649,7 @@ impl Engine {
             sku: Arc::from(line.sku.as_str()),
             reservation_id: reservation_id.clone(),
             channel: channel.id.clone(),
-            correlation_id: Arc::from(record.correlation_id.as_str()),
+            correlation_id: request.correlation_id.clone(),
             remember: request.remember.as_ref().filter(|_| single).cloned(),
             pending: pending.cloned(),
         };
