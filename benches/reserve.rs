@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 
 use stockwire::actors::{Exec, Meta};
+use stockwire::clock::Clock;
 use stockwire::config::{Config, Durability};
 use stockwire::domain::{Command, HoldMode, Position, Qty};
 use stockwire::engine::{recover, Engine};
@@ -229,7 +230,8 @@ fn reserve(c: &mut Criterion) {
         let store: Arc<dyn Store> = Arc::new(RocksStore::open(dir.path()).expect("rocksdb"));
         let recovered = recover(&*store).expect("recover");
         let here = vec![actix::Arbiter::current()];
-        Engine::start_on(config, store, recovered, Arc::new(Metrics::new()), here).await
+        let metrics = Arc::new(Metrics::new());
+        Engine::start_on(config, store, recovered, metrics, here, Clock::system()).await
     });
     let location: Arc<str> = Arc::from("wh-east");
     let skus: Vec<Arc<str>> = (0..1000)

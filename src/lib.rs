@@ -12,11 +12,13 @@
 //! - [`ingest`]: the 3PL file inbox.
 //! - [`input`]: input checks shared by the API and the inbox.
 //! - [`codes`]: the one table of error codes.
+//! - [`clock`]: the one place time is read (system, or manual for simulated-time tests).
 //! - [`config`], [`metrics`], [`logging`]: config file and limits, Prometheus
 //!   registry, buffered logging.
 pub mod actors;
 pub mod api;
 pub mod channels;
+pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod domain;

@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 
 use stockwire::api::{edge_middleware, routes, AppState};
 use stockwire::channels::Channels;
+use stockwire::clock::Clock;
 use stockwire::config::{Config, LogFormat, DEFAULT_CONFIG_PATH};
 use stockwire::engine::{recover, Engine};
 use stockwire::ingest::Inboxes;
@@ -437,6 +438,7 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
             recovered,
             recovery_state.metrics.clone(),
             placement.arbiters().await,
+            Clock::system(),
         )
         .await;
         engine.finish_recovery().await;

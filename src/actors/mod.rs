@@ -15,12 +15,14 @@ mod shard;
 pub use messages::{Exec, ExecError, ExecOutcome, Finish, Meta, PositionReadout, ReadSku};
 pub use position::{ColdEntry, PositionActor};
 pub use shard::{
-    CollectSnapshot, HoldFirstFit, ListSkus, LoadPositions, ShardActor, ShardStats, Stats,
+    CollectSnapshot, HoldFirstFit, ListSkus, LoadPositions, PassivateIdle, ShardActor, ShardStats,
+    Stats,
 };
 
 use std::sync::atomic::{AtomicI64, AtomicU64};
 use std::sync::Arc;
 
+use crate::clock::Clock;
 use crate::metrics::Metrics;
 use crate::storage::{Journal, Store};
 
@@ -36,6 +38,8 @@ pub struct Shared {
     /// Positions that exist (had at least one event).
     pub positions: AtomicI64,
     pub passivate_after_ms: u64,
+    /// Where time is read ([`Clock::system`] in the server).
+    pub clock: Clock,
 }
 
 /// A SKU-location, as actors and shards key it.
@@ -54,12 +58,6 @@ pub fn partition_of(sku: &str, partitions: u32) -> u32 {
         hash = hash.wrapping_mul(0x0100_0000_01b3);
     }
     (hash % u64::from(partitions.max(1))) as u32
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
 
 #[cfg(test)]

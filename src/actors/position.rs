@@ -17,7 +17,7 @@ use actix::prelude::*;
 
 use super::messages::{Exec, ExecError, ExecOutcome, Finish, PositionReadout};
 
-use super::{now_ms, PositionKey, Shared};
+use super::{PositionKey, Shared};
 use crate::domain::{EventKind, Position, ReservationId};
 use crate::storage::records::{
     position_key, EntrySummary, ExceptionKind, ExceptionRecord, JournalRecord,
@@ -73,7 +73,7 @@ impl PositionActor {
             dirty: entry.dirty,
             poisoned: false,
             appends_in_flight: Arc::new(AtomicU32::new(0)),
-            last_used_ms: now_ms(),
+            last_used_ms: shared.clock.now_ms(),
             shared,
             shard,
         }
@@ -102,7 +102,7 @@ impl PositionActor {
     ) -> Result<(Vec<Entry>, ExecOutcome), ExecError> {
         let was_oversold = self.position.is_oversold();
         let is_new = self.position.version == 0;
-        let recorded_at_ms = now_ms();
+        let recorded_at_ms = self.shared.clock.now_ms();
         let mut entries = Vec::with_capacity(events.len());
         for (index, event) in events.iter().enumerate() {
             self.position.evolve(event).map_err(|error| {
@@ -256,7 +256,7 @@ impl PositionActor {
     /// Stops the actor and parks its state in the shard when nothing is
     /// routed to it (`in_flight == 0`, so its mailbox is empty).
     fn passivate_if_idle(&mut self, ctx: &mut Context<Self>) {
-        let idle_ms = now_ms() - self.last_used_ms;
+        let idle_ms = self.shared.clock.now_ms() - self.last_used_ms;
         if self.poisoned || idle_ms < self.shared.passivate_after_ms as i64 {
             return;
         }
@@ -301,9 +301,27 @@ impl Actor for PositionActor {
         // Only the shard sends here, one message per routed request; the
         // shard's own bound (its mailbox) is what callers wait on.
         ctx.set_mailbox_capacity(1024);
-        let check_every =
-            Duration::from_millis((self.shared.passivate_after_ms / 4).clamp(50, 30_000));
-        ctx.run_interval(check_every, |actor, ctx| actor.passivate_if_idle(ctx));
+        // On a manual clock the test asks ([`CheckIdle`]); no real-time timer.
+        if !self.shared.clock.is_manual() {
+            let check_every =
+                Duration::from_millis((self.shared.passivate_after_ms / 4).clamp(50, 30_000));
+            ctx.run_interval(check_every, |actor, ctx| actor.passivate_if_idle(ctx));
+        }
+    }
+}
+
+/// Passivate now if idle long enough (what the timer does on the system clock).
+pub(super) struct CheckIdle;
+
+impl Message for CheckIdle {
+    type Result = ();
+}
+
+impl Handler<CheckIdle> for PositionActor {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckIdle, ctx: &mut Context<Self>) {
+        self.passivate_if_idle(ctx);
     }
 }
 
@@ -319,7 +337,7 @@ impl Handler<Run> for PositionActor {
     type Result = MessageResult<Run>;
 
     fn handle(&mut self, Run(mut exec): Run, _ctx: &mut Context<Self>) -> Self::Result {
-        self.last_used_ms = now_ms();
+        self.last_used_ms = self.shared.clock.now_ms();
         MessageResult(self.execute(&mut exec))
     }
 }

@@ -14,7 +14,7 @@ use futures_util::future::join_all;
 
 use super::messages::{Exec, ExecError, ExecOutcome, PositionReadout, ReadSku};
 use super::position::{
-    readout, store_key, ColdEntry, Parking, PositionActor, Read, Run, TakeSnapshot,
+    readout, store_key, CheckIdle, ColdEntry, Parking, PositionActor, Read, Run, TakeSnapshot,
 };
 use super::{PositionKey, Shared};
 use crate::storage::records::PositionSnapshot;
@@ -408,6 +408,31 @@ impl Handler<CollectSnapshot> for ShardActor {
                 }
             }
             Ok(ready)
+        })
+    }
+}
+
+/// Every live position checks whether it has been idle long enough to
+/// passivate (simulated time: on a manual clock nothing checks by itself).
+pub struct PassivateIdle;
+
+impl Message for PassivateIdle {
+    type Result = ();
+}
+
+impl Handler<PassivateIdle> for ShardActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: PassivateIdle, _ctx: &mut Context<Self>) -> Self::Result {
+        let live: Vec<Addr<PositionActor>> = self
+            .state
+            .borrow()
+            .live
+            .values()
+            .map(|entry| entry.addr.clone())
+            .collect();
+        Box::pin(async move {
+            join_all(live.iter().map(|addr| addr.send(CheckIdle))).await;
         })
     }
 }

@@ -14,7 +14,6 @@ use super::events::{decode, exception_json, outcome_json};
 use super::idempotency::{self, Reply};
 use super::input::{parse_json, parse_optional_json, read_body};
 use super::{correlation_id, AppState};
-use crate::actors::now_ms;
 use crate::codes::Code;
 use crate::engine::{Engine, EngineError, EventStatus};
 use crate::storage::records::{
@@ -120,7 +119,7 @@ pub async fn resolve(
                 ExceptionResolution {
                     note: parsed.note,
                     by: caller.name.to_string(),
-                    at_ms: now_ms(),
+                    at_ms: engine.now_ms(),
                     retried_event_id: None,
                     seq: None,
                     correlation_id: correlation.to_string(),
@@ -203,7 +202,7 @@ pub async fn retry(
                     ExceptionResolution {
                         note: format!("retried as event {}", event.event_id),
                         by: caller.name.to_string(),
-                        at_ms: now_ms(),
+                        at_ms: engine.now_ms(),
                         retried_event_id: Some(event.event_id.clone()),
                         seq: outcome.seq,
                         correlation_id: correlation.to_string(),

@@ -11,7 +11,6 @@ use sha2::{Digest, Sha256};
 
 use super::access::Caller;
 use super::error::ApiError;
-use crate::actors::now_ms;
 use crate::engine::{Engine, EngineError};
 use crate::storage::records::IdempotencyRecord;
 
@@ -134,7 +133,7 @@ where
             request_hash: hash,
             status: status.as_u16(),
             body: bytes.clone(),
-            created_at_ms: now_ms(),
+            created_at_ms: engine.now_ms(),
         };
         engine.idempotency_put(&key, &record).await
     };

@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
 use super::{correlation_id, AppState};
-use crate::actors::{now_ms, ExecOutcome, Meta};
+use crate::actors::{ExecOutcome, Meta};
 use crate::domain::Command;
 use crate::engine::{Engine, EngineError};
 
@@ -58,7 +58,7 @@ async fn apply(
         event_id: format!("set:{}", hex::encode(rand::random::<[u8; 12]>())),
         source: std::sync::Arc::from("api"),
         correlation_id: correlation_id(request),
-        occurred_at_ms: now_ms(),
+        occurred_at_ms: engine.now_ms(),
     };
     // Settings may be made before the first receipt: they create the position.
     let outcome = engine

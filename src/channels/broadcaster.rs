@@ -20,7 +20,7 @@ use super::policy::{summed_view, Policy, PositionView};
 use super::publisher::{Offer, Publisher, Rewound};
 use super::status::ChannelStatus;
 use super::Update;
-use crate::actors::{now_ms, PositionReadout};
+use crate::actors::PositionReadout;
 use crate::engine::Engine;
 use crate::storage::records::EntrySummary;
 
@@ -486,7 +486,7 @@ impl Handler<Refresh> for Broadcaster {
         let reads = self.reads(slice);
         AtomicResponse::new(Box::pin(actix::fut::wrap_future(reads).map(
             move |reads, act: &mut Self, ctx: &mut Context<Self>| {
-                let at_ms = now_ms();
+                let at_ms = act.engine.now_ms();
                 let skus: Vec<Arc<str>> = reads.iter().map(|(sku, _)| sku.clone()).collect();
                 act.apply_reads(reads);
                 let mut updates = Vec::with_capacity(skus.len());

@@ -14,7 +14,6 @@ use super::ledger::{self, Cursor, DeadLetter, PublishedRecord};
 use super::sink::{Batch, Retry, Sink};
 use super::status::{ChannelState, ChannelStatus};
 use super::Update;
-use crate::actors::now_ms;
 use crate::engine::Engine;
 use crate::storage::{StorageError, WriteBatch};
 
@@ -312,8 +311,8 @@ impl Publisher {
                     .inc();
                 self.consecutive_failures = 0;
                 self.status.set_state(ChannelState::Healthy);
-                self.status.set_last_delivery(now_ms());
-                let acked_at_ms = now_ms();
+                self.status.set_last_delivery(self.engine.now_ms());
+                let acked_at_ms = self.engine.now_ms();
                 let mut batch = WriteBatch::default();
                 for update in &in_flight.batch.updates {
                     let record = PublishedRecord {
@@ -382,7 +381,7 @@ impl Publisher {
                 .collect(),
             attempts: in_flight.attempts,
             last_error: error,
-            parked_at_ms: now_ms(),
+            parked_at_ms: self.engine.now_ms(),
         };
         let mut batch = WriteBatch::default();
         match ledger::put_dead_letter(&mut batch, self.id(), self.cursor.dead_letters, &letter) {

@@ -15,7 +15,6 @@ use super::policy::{summed_view, Policy, PositionView};
 use super::publisher::{Publisher, SetPaused, TakeDeadLetters};
 use super::sink::{self, Retry};
 use super::status::{ChannelState, ChannelStatus};
-use crate::actors::now_ms;
 use crate::config::{ChannelConfig, SinkConfig};
 use crate::engine::Engine;
 use crate::storage::records::JournalRecord;
@@ -128,8 +127,9 @@ impl Channels {
                     let coalesce = Duration::from_millis(channel.coalesce_ms);
                     let (engine_p, status_p) = (engine.clone(), status.clone());
                     let sink_config = sink_config.clone();
+                    let clock = engine.clock().clone();
                     let addr = Publisher::start_in_arbiter(&publishers.handle(), move |_| {
-                        let sink = sink::build(&sink_config);
+                        let sink = sink::build(&sink_config, clock);
                         Publisher::new(status_p, engine_p, sink, retry, coalesce, stored_cursor)
                     });
                     let index = targets.len();
@@ -306,7 +306,7 @@ impl Channels {
             Ok(entries) => entries
                 .first()
                 .map_or(0.0, |(_, record): &(u64, JournalRecord)| {
-                    ((now_ms() - record.recorded_at_ms).max(0) as f64) / 1000.0
+                    ((self.engine.now_ms() - record.recorded_at_ms).max(0) as f64) / 1000.0
                 }),
             Err(_) => 0.0,
         }
@@ -529,7 +529,7 @@ impl Channels {
             .list_skus(&locations)
             .await
             .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
-        let now = now_ms();
+        let now = self.engine.now_ms();
         let mut drifting: HashMap<Arc<str>, i64> = HashMap::new();
         // Spread over up to half the period, so a large catalogue's check is a trickle
         // of reads beside reservations, not a burst.

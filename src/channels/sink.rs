@@ -12,6 +12,7 @@ use sha2::Sha256;
 
 use super::feed::{self, Envelope, FeedLine};
 use super::Update;
+use crate::clock::Clock;
 use crate::config::{FileFormat, SinkConfig};
 
 /// Signature header of webhook posts: `sha256=<hex HMAC-SHA256 of the body>`.
@@ -90,7 +91,7 @@ pub fn prepare(config: &SinkConfig) -> Result<Retry, String> {
 const NATS_MISSING: &str = "the nats sink is not built into this version";
 
 /// Builds the sink (on the thread that will use it: HTTP clients are thread-local).
-pub fn build(config: &SinkConfig) -> Box<dyn Sink> {
+pub fn build(config: &SinkConfig, clock: Clock) -> Box<dyn Sink> {
     match config {
         SinkConfig::Webhook {
             url,
@@ -113,6 +114,7 @@ pub fn build(config: &SinkConfig) -> Box<dyn Sink> {
             format: *format,
             sender_id: sender_id.clone(),
             receiver_id: receiver_id.clone(),
+            clock,
         }),
         SinkConfig::Nats { .. } => Box::new(Unavailable),
     }
@@ -220,6 +222,8 @@ struct FileSink {
     format: FileFormat,
     sender_id: String,
     receiver_id: String,
+    /// Dates the EDI envelope.
+    clock: Clock,
 }
 
 impl Sink for FileSink {
@@ -260,7 +264,7 @@ impl Sink for FileSink {
                     control_number: u32::try_from(batch.id.saturating_sub(1) % 999_999_999)
                         .unwrap_or(0)
                         + 1,
-                    at_ms: crate::actors::now_ms(),
+                    at_ms: self.clock.now_ms(),
                     test: false,
                 };
                 feed::render_edi846(&lines, &envelope)

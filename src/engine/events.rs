@@ -11,7 +11,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, Exec, Meta};
+use crate::actors::{Exec, Meta};
 use crate::codes::Code;
 use crate::domain::{Command, Qty};
 use crate::storage::records::{
@@ -315,7 +315,7 @@ impl Engine {
                         event_id: event.event_id.clone(),
                         source: Arc::from(event.source.as_str()),
                         correlation_id: correlation_id.clone(),
-                        occurred_at_ms: event.occurred_at_ms.unwrap_or_else(now_ms),
+                        occurred_at_ms: event.occurred_at_ms.unwrap_or_else(|| self.now_ms()),
                     },
                     extra: WriteBatch::default(),
                     finish: None,
@@ -472,7 +472,7 @@ impl Engine {
             None => WriteBatch::default(),
         };
         let mut batch = WriteBatch::default();
-        let created_at_ms = now_ms();
+        let created_at_ms = self.now_ms();
         let mut labels = Vec::with_capacity(rejections.len());
         for rejection in rejections {
             let id = self

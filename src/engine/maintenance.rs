@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 
 use super::registry::Registry;
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, CollectSnapshot};
+use crate::actors::CollectSnapshot;
 use crate::storage::records::{
     IdempotencyRecord, ReservationRecord, TransferRecord, META_SNAPSHOT_SEQ,
 };
@@ -83,7 +83,7 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
 impl Engine {
     /// Expires every held reservation whose deadline has passed.
     pub async fn expire_due(&self) {
-        let due = self.take_due(now_ms(), EXPIRIES_PER_TICK_MAX);
+        let due = self.take_due(self.now_ms(), EXPIRIES_PER_TICK_MAX);
         // Concurrently (bounded): each expiry waits a journal round trip, and
         // group commit makes many at once cost little more than one.
         let failed: Vec<Arc<str>> = futures_util::stream::iter(due)
@@ -104,7 +104,7 @@ impl Engine {
             // Put them back so they are retried on a later tick.
             let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
             for id in failed {
-                expiry.insert((now_ms() + 1000, id));
+                expiry.insert((self.now_ms() + 1000, id));
             }
         }
     }
@@ -191,13 +191,15 @@ impl Engine {
         0
     }
 
-    async fn retention(&self) {
+    /// Purges closed reservations, closed transfers and idempotency keys past
+    /// their retention.
+    pub async fn retention(&self) {
         let hours = |h: u64| (h.saturating_mul(3_600_000)) as i64;
-        let reservations_before = now_ms() - hours(self.config.reservation_retention_hours);
+        let reservations_before = self.now_ms() - hours(self.config.reservation_retention_hours);
         let purged = self
             .purge_closed(&self.reservations, Space::Reservations, reservations_before)
             .await;
-        let transfers_before = now_ms() - hours(self.config.transfer_retention_hours);
+        let transfers_before = self.now_ms() - hours(self.config.transfer_retention_hours);
         let transfers_purged = self
             .purge_closed(&self.transfers, Space::Transfers, transfers_before)
             .await;
@@ -207,7 +209,7 @@ impl Engine {
                 "closed transfers past retention removed"
             );
         }
-        let keys_before = now_ms() - hours(self.config.idempotency_retention_hours);
+        let keys_before = self.now_ms() - hours(self.config.idempotency_retention_hours);
         // The scan reads the whole space: off the thread that runs expiry.
         let store = self.shared.store.clone();
         let scanned = tokio::task::spawn_blocking(move || {

@@ -40,9 +40,10 @@ use dashmap::DashMap;
 use registry::Registry;
 
 use crate::actors::{
-    partition_of, Exec, ExecError, ExecOutcome, ListSkus, LoadPositions, Meta, PositionReadout,
-    ReadSku, ShardActor, Shared, Stats,
+    partition_of, Exec, ExecError, ExecOutcome, ListSkus, LoadPositions, Meta, PassivateIdle,
+    PositionReadout, ReadSku, ShardActor, Shared, Stats,
 };
+use crate::clock::Clock;
 use crate::config::{Config, Durability};
 use crate::domain::{Command, Reject};
 use crate::metrics::Metrics;
@@ -173,7 +174,29 @@ impl Engine {
         recovered: Recovered,
         metrics: Arc<Metrics>,
     ) -> Arc<Engine> {
-        Engine::start_on(config, store, recovered, metrics, Vec::new()).await
+        Engine::start_on(
+            config,
+            store,
+            recovered,
+            metrics,
+            Vec::new(),
+            Clock::system(),
+        )
+        .await
+    }
+
+    /// Like [`Engine::start`], on `clock`. On a manual clock the engine runs
+    /// no timer loops: the caller drives [`Engine::expire_due`],
+    /// [`Engine::transfer_timers_due`], [`Engine::passivate_idle`],
+    /// [`Engine::snapshot`] and [`Engine::retention`] (simulated time).
+    pub async fn start_with_clock(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        recovered: Recovered,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+    ) -> Arc<Engine> {
+        Engine::start_on(config, store, recovered, metrics, Vec::new(), clock).await
     }
 
     /// Like [`Engine::start`], with shard `i` on `placement[i]` (the HTTP
@@ -185,6 +208,7 @@ impl Engine {
         recovered: Recovered,
         metrics: Arc<Metrics>,
         placement: Vec<ArbiterHandle>,
+        clock: Clock,
     ) -> Arc<Engine> {
         let histogram = metrics.journal_append_duration_seconds.clone();
         let head_gauge = metrics.journal_head_seq.clone();
@@ -209,6 +233,7 @@ impl Engine {
             oversold_positions: AtomicI64::new(recovered.oversold),
             positions: AtomicI64::new(recovered.positions as i64),
             passivate_after_ms: config.passivate_after_seconds.saturating_mul(1000),
+            clock,
         });
         let mut arbiters = Vec::new();
         let placement = if placement.is_empty() {
@@ -296,13 +321,25 @@ impl Engine {
     pub async fn finish_recovery(self: &Arc<Self>) {
         self.complete_pending().await;
         self.complete_pending_transfers().await;
-        maintenance::spawn_loops(self.clone());
+        if !self.shared.clock.is_manual() {
+            maintenance::spawn_loops(self.clone());
+        }
         self.ready.store(true, Ordering::Release);
         tracing::info!(head = self.journal().head(), "engine ready");
     }
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire) && !self.journal().is_poisoned()
+    }
+
+    /// Now, on the engine's clock.
+    #[inline]
+    pub fn now_ms(&self) -> i64 {
+        self.shared.clock.now_ms()
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.shared.clock
     }
 
     pub fn journal(&self) -> &Journal {
@@ -459,6 +496,13 @@ impl Engine {
             }
         }
         (live, cold)
+    }
+
+    /// Passivates every position idle for `passivate_after_seconds` (on the
+    /// system clock each actor does this by itself; on a manual clock, here).
+    pub async fn passivate_idle(&self) {
+        futures_util::future::join_all(self.shards.iter().map(|shard| shard.send(PassivateIdle)))
+            .await;
     }
 
     /// Stops the loops, writes a final snapshot, flushes the journal and

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, Meta, PositionReadout};
+use crate::actors::{Meta, PositionReadout};
 use crate::domain::Command;
 use crate::storage::records::{
     ExceptionKind, ExceptionRecord, ExceptionResolution, ExceptionStatus,
@@ -208,7 +208,7 @@ impl Engine {
                     event_id: event_id.clone(),
                     source: Arc::from(run.source.as_str()),
                     correlation_id: run.correlation_id.clone(),
-                    occurred_at_ms: now_ms(),
+                    occurred_at_ms: self.now_ms(),
                 };
                 // A position that did not exist is version 0: one created
                 // since (a receipt) must refuse the correction too.
@@ -246,7 +246,7 @@ impl Engine {
                 let resolution = ExceptionResolution {
                     note: format!("corrected by reconciliation {}", run.run_id),
                     by: run.source.clone(),
-                    at_ms: now_ms(),
+                    at_ms: self.now_ms(),
                     retried_event_id: Some(event_id),
                     seq: difference.seq,
                     correlation_id: run.correlation_id.to_string(),
@@ -281,7 +281,7 @@ impl Engine {
                             run.source, row.on_hand
                         ),
                         run.correlation_id.to_string(),
-                        now_ms(),
+                        self.now_ms(),
                     )
                 };
                 if applied {

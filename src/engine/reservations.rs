@@ -15,7 +15,7 @@ use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError};
-use crate::actors::{now_ms, Exec, ExecError, Finish, HoldFirstFit, Meta};
+use crate::actors::{Exec, ExecError, Finish, HoldFirstFit, Meta};
 use crate::domain::reservation::{allocatable, plan, LineChange, Plan, Refusal, Transition};
 use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{
@@ -123,6 +123,8 @@ struct LineHold {
     /// The encoded reservation record, pending, of a reservation with
     /// several holds: written with each.
     pending: Option<Arc<Vec<u8>>>,
+    /// When the request was taken (stamped on the journal entries and the answer).
+    now_ms: i64,
 }
 
 impl LineHold {
@@ -147,7 +149,7 @@ impl LineHold {
                 }];
                 let batch = record_batch(&finished).unwrap_or_default();
                 if let Some(remember) = self.remember.clone() {
-                    finish = Some(remember_answer(remember, finished));
+                    finish = Some(remember_answer(remember, finished, self.now_ms));
                 }
                 batch
             }
@@ -169,7 +171,12 @@ impl LineHold {
                 qty,
                 mode,
             },
-            meta: meta_shared(&self.reservation_id, self.correlation_id.clone(), "hold"),
+            meta: meta_shared(
+                &self.reservation_id,
+                self.correlation_id.clone(),
+                "hold",
+                self.now_ms,
+            ),
             extra,
             finish,
             dedupe: false,
@@ -180,7 +187,7 @@ impl LineHold {
 
 /// Adds the stored answer of the created reservation `finished` to the
 /// hold's append, once the hold says what it backordered.
-fn remember_answer(remember: RememberAnswer, finished: ReservationRecord) -> Finish {
+fn remember_answer(remember: RememberAnswer, finished: ReservationRecord, now_ms: i64) -> Finish {
     Finish(Box::new(move |outcome, batch| {
         let view = ReservationView {
             backordered: vec![outcome
@@ -193,7 +200,7 @@ fn remember_answer(remember: RememberAnswer, finished: ReservationRecord) -> Fin
             request_hash: remember.request_hash,
             status: 201,
             body: (remember.render)(&view),
-            created_at_ms: now_ms(),
+            created_at_ms: now_ms,
         };
         if let Ok(bytes) = codec::encode(&record) {
             batch.put(Space::Idempotency, remember.key.as_bytes(), bytes);
@@ -227,7 +234,7 @@ fn request_hash(request: &NewReservation) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-fn new_reservation_id(idempotency_key: Option<&str>) -> String {
+fn new_reservation_id(idempotency_key: Option<&str>, now_ms: i64) -> String {
     match idempotency_key {
         Some(key) => {
             let digest = Sha256::digest(key.as_bytes());
@@ -239,7 +246,7 @@ fn new_reservation_id(idempotency_key: Option<&str>) -> String {
         None => {
             static COUNTER: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
             let counter = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let millis = (now_ms() as u64) & 0xffff_ffff_ffff;
+            let millis = (now_ms as u64) & 0xffff_ffff_ffff;
             format!(
                 "res_{millis:012x}{counter:04x}{}",
                 hex::encode(rand::random::<[u8; 4]>())
@@ -260,12 +267,12 @@ fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, EngineError> {
 
 /// Meta for the journal entries of a reservation change, carrying the
 /// correlation id of the request that caused it.
-fn meta(reservation_id: &str, correlation_id: &str, what: &str) -> Meta {
-    meta_shared(reservation_id, Arc::from(correlation_id), what)
+fn meta(reservation_id: &str, correlation_id: &str, what: &str, now_ms: i64) -> Meta {
+    meta_shared(reservation_id, Arc::from(correlation_id), what, now_ms)
 }
 
 /// [`meta`] with the request's correlation id shared, not copied.
-fn meta_shared(reservation_id: &str, correlation_id: Arc<str>, what: &str) -> Meta {
+fn meta_shared(reservation_id: &str, correlation_id: Arc<str>, what: &str, now_ms: i64) -> Meta {
     static API: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
     Meta {
         event_id: format!(
@@ -274,7 +281,7 @@ fn meta_shared(reservation_id: &str, correlation_id: Arc<str>, what: &str) -> Me
         ),
         source: API.get_or_init(|| Arc::from("api")).clone(),
         correlation_id,
-        occurred_at_ms: now_ms(),
+        occurred_at_ms: now_ms,
     }
 }
 
@@ -363,14 +370,16 @@ impl Engine {
             request
                 .reservation_id
                 .clone()
-                .unwrap_or_else(|| new_reservation_id(request.idempotency_key.as_deref()))
+                .unwrap_or_else(|| {
+                    new_reservation_id(request.idempotency_key.as_deref(), self.now_ms())
+                })
                 .as_str(),
         );
         let ttl_ms = request
             .ttl_seconds
             .unwrap_or(self.config.default_ttl_seconds)
             .saturating_mul(1000) as i64;
-        let now = now_ms();
+        let now = self.now_ms();
         let record = ReservationRecord {
             id: id.to_string(),
             channel: channel.id.to_string(),
@@ -456,7 +465,7 @@ impl Engine {
                 } else {
                     // Holds may remain: keep the id (readers see 404) and let
                     // the expiry loop finish the undo shortly.
-                    let retry_at = now_ms() + 1000;
+                    let retry_at = self.now_ms() + 1000;
                     let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
                     expiry.insert((retry_at, Arc::from(record.id.as_str())));
                 }
@@ -588,7 +597,12 @@ impl Engine {
                     reservation_id: reservation_id.clone(),
                     expired: false,
                 },
-                meta: meta(&record.id, &record.correlation_id, "compensate"),
+                meta: meta(
+                    &record.id,
+                    &record.correlation_id,
+                    "compensate",
+                    self.now_ms(),
+                ),
                 extra: WriteBatch::default(),
                 finish: None,
                 dedupe: false,
@@ -652,6 +666,7 @@ impl Engine {
             correlation_id: request.correlation_id.clone(),
             remember: request.remember.as_ref().filter(|_| single).cloned(),
             pending: pending.cloned(),
+            now_ms: self.now_ms(),
         };
         let hold = |location: Arc<str>, qty: u64, mode: HoldMode| {
             let exec = line_hold.exec(
@@ -931,7 +946,7 @@ impl Engine {
         finished.status = target;
         finished.pending = None;
         finished.expires_at_ms = None;
-        finished.updated_at_ms = now_ms();
+        finished.updated_at_ms = self.now_ms();
         self.run_on_lines(&mut record, op, finished, correlation_id, false, command)
             .await?;
         let current = record.clone();
@@ -1013,7 +1028,7 @@ impl Engine {
         let mut finished = record.clone();
         finished.status = ReservationStatus::Shipped;
         finished.pending = None;
-        finished.updated_at_ms = now_ms();
+        finished.updated_at_ms = self.now_ms();
         let reservation_id: Arc<str> = Arc::from(id);
         let lines_in_order = record.lines.clone();
         let command = |line: &ReservationLine| {
@@ -1083,7 +1098,7 @@ impl Engine {
                 sku: Arc::from(line.sku.as_str()),
                 location: Arc::from(line.location.as_str()),
                 command: command_for(&line),
-                meta: meta(&record.id, correlation_id, what),
+                meta: meta(&record.id, correlation_id, what, self.now_ms()),
                 extra,
                 finish: None,
                 dedupe: false,
@@ -1164,7 +1179,12 @@ impl Engine {
                         &sku,
                         location,
                         command,
-                        meta(&record.id, &record.correlation_id, "compensate"),
+                        meta(
+                            &record.id,
+                            &record.correlation_id,
+                            "compensate",
+                            self.now_ms(),
+                        ),
                         false,
                     )
                     .await

@@ -2,9 +2,9 @@
 //! journal write leaves behind, passivation, and recovery equivalence.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::*;
+use crate::clock::Clock;
 use crate::domain::Qty;
 use crate::storage::MemoryStore;
 
@@ -18,12 +18,22 @@ id = "web"
 locations = ["wh"]
 "#;
 
-async fn engine_on(store: Arc<MemoryStore>) -> Arc<Engine> {
-    let config = Arc::new(Config::from_toml_str(CONFIG, "test", &[]).expect("valid config"));
+/// Where the simulated clock of these tests starts (2023-11-14).
+const T0: i64 = 1_700_000_000_000;
+
+/// An engine on `store` with `config`, on `clock` (manual: nothing runs by
+/// itself; the tests drive expiry, timers and passivation).
+async fn engine_with(store: Arc<MemoryStore>, config: &str, clock: Clock) -> Arc<Engine> {
+    let config = Arc::new(Config::from_toml_str(config, "test", &[]).expect("valid config"));
     let recovered = recover(&*store).expect("recovers");
-    let engine = Engine::start(config, store, recovered, Arc::new(Metrics::new())).await;
+    let metrics = Arc::new(Metrics::new());
+    let engine = Engine::start_with_clock(config, store, recovered, metrics, clock).await;
     engine.finish_recovery().await;
     engine
+}
+
+async fn engine_on(store: Arc<MemoryStore>) -> Arc<Engine> {
+    engine_with(store, CONFIG, Clock::manual(T0)).await
 }
 
 fn receipt(sku: &str, qty: u64) -> WarehouseEvent {
@@ -124,15 +134,16 @@ async fn idle_positions_passivate_and_come_back_unchanged() {
         .expect("held");
     let (live, _) = engine.stats().await;
     assert_eq!(live, 5);
-    let mut passivated = false;
-    for _ in 0..60 {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if engine.stats().await.0 == 0 {
-            passivated = true;
-            break;
-        }
-    }
-    assert!(passivated, "idle actors stop after passivate_after_seconds");
+    engine.clock().advance(999);
+    engine.passivate_idle().await;
+    assert_eq!(engine.stats().await.0, 5, "not idle for a whole second yet");
+    engine.clock().advance(1);
+    engine.passivate_idle().await;
+    assert_eq!(
+        engine.stats().await.0,
+        0,
+        "idle actors stop after passivate_after_seconds"
+    );
     assert_eq!(engine.stats().await.1, 5, "their state stays resident");
     let before = counters(&engine, "sku-0").await;
     assert_eq!((before.on_hand, before.reserved), (7, 2));
@@ -233,13 +244,8 @@ id = "web"
 locations = ["east", "west"]
 "#;
 
-async fn transfer_engine_on(store: Arc<MemoryStore>) -> Arc<Engine> {
-    let config =
-        Arc::new(Config::from_toml_str(TRANSFER_CONFIG, "test", &[]).expect("valid config"));
-    let recovered = recover(&*store).expect("recovers");
-    let engine = Engine::start(config, store, recovered, Arc::new(Metrics::new())).await;
-    engine.finish_recovery().await;
-    engine
+async fn transfer_engine_on(store: Arc<MemoryStore>, clock: &Clock) -> Arc<Engine> {
+    engine_with(store, TRANSFER_CONFIG, clock.clone()).await
 }
 
 fn event_at(event_id: &str, sku: &str, location: &str, command: EventCommand) -> WarehouseEvent {
@@ -304,7 +310,8 @@ async fn a_crash_between_the_two_legs_of_a_shipment_is_finished_by_recovery() {
     use crate::storage::records::{TransferPending, TransferStatus, TransferStepKind};
 
     let store = Arc::new(MemoryStore::new());
-    let engine = transfer_engine_on(store.clone()).await;
+    let clock = Clock::manual(T0);
+    let engine = transfer_engine_on(store.clone(), &clock).await;
     let stock = event_at(
         "stock",
         "sku",
@@ -335,7 +342,7 @@ async fn a_crash_between_the_two_legs_of_a_shipment_is_finished_by_recovery() {
         recovered.transfers[0].pending,
         Some(TransferPending::Inbound)
     );
-    let again = transfer_engine_on(store.clone()).await;
+    let again = transfer_engine_on(store.clone(), &clock).await;
     let east = at(&again, "sku", "east").await;
     let west = at(&again, "sku", "west").await;
     assert_eq!((east.on_hand, east.reserved), (6, 0));
@@ -374,7 +381,8 @@ async fn a_crash_between_the_two_legs_of_a_shipment_is_finished_by_recovery() {
 #[actix::test]
 async fn a_refused_creation_leaves_nothing_and_a_repeat_answers_the_same_transfer() {
     let store = Arc::new(MemoryStore::new());
-    let engine = transfer_engine_on(store.clone()).await;
+    let clock = Clock::manual(T0);
+    let engine = transfer_engine_on(store.clone(), &clock).await;
     let short = engine.create_transfer(new_transfer("t1", "none", 1)).await;
     assert!(
         matches!(&short, Err(EngineError::Insufficient(s)) if s[0].available == 0),
@@ -419,7 +427,8 @@ async fn a_refused_creation_leaves_nothing_and_a_repeat_answers_the_same_transfe
 #[actix::test]
 async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
     let store = Arc::new(MemoryStore::new());
-    let engine = transfer_engine_on(store.clone()).await;
+    let clock = Clock::manual(T0);
+    let engine = transfer_engine_on(store.clone(), &clock).await;
     let stock = event_at(
         "stock",
         "sku",
@@ -436,11 +445,10 @@ async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
         .await;
     // Down before the deadline; it passes while down.
     engine.stop(false).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    let again = transfer_engine_on(store.clone()).await;
-    let mut overdue = Vec::new();
-    for _ in 0..40 {
-        overdue = again
+    clock.advance(1_200);
+    let again = transfer_engine_on(store.clone(), &clock).await;
+    let overdue_exceptions = || {
+        again
             .exceptions(
                 0,
                 100,
@@ -449,13 +457,19 @@ async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
                     ..ExceptionFilter::default()
                 },
             )
-            .expect("exceptions");
-        if !overdue.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert_eq!(overdue.len(), 1, "fires right after recovery");
+            .expect("exceptions")
+    };
+    assert!(
+        overdue_exceptions().is_empty(),
+        "nothing before the timers run"
+    );
+    again.transfer_timers_due().await;
+    let overdue = overdue_exceptions();
+    assert_eq!(
+        overdue.len(),
+        1,
+        "fires on the first timer run after recovery"
+    );
     assert_eq!(overdue[0].sku.as_deref(), Some("sku"));
     assert_eq!(overdue[0].location.as_deref(), Some("west"));
     assert_eq!(overdue[0].event_id.as_deref(), Some("out-1"));
@@ -463,17 +477,11 @@ async fn an_overdue_transfer_raises_one_exception_and_survives_a_restart() {
         again.get_transfer("t1").await.expect("t1").status_name(),
         "overdue"
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    let still = again
-        .exceptions(
-            0,
-            100,
-            &ExceptionFilter {
-                kind: Some("transfer_overdue"),
-                ..ExceptionFilter::default()
-            },
-        )
-        .expect("exceptions");
+    clock.advance(600);
+    again.transfer_timers_due().await;
+    clock.advance(60_000);
+    again.transfer_timers_due().await;
+    let still = overdue_exceptions();
     assert_eq!(still.len(), 1, "one exception per transfer");
     again.stop(false).await;
 }

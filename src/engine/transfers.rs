@@ -33,7 +33,7 @@ use sha2::{Digest, Sha256};
 
 use super::events::{Applied, EventCommand, WarehouseEvent};
 use super::{Engine, EngineError, Shortage};
-use crate::actors::{now_ms, Exec, Meta};
+use crate::actors::{Exec, Meta};
 use crate::domain::transfer::{plan, Plan, Refusal, Step};
 use crate::domain::{transfer_hold_id, Command, Qty};
 use crate::storage::records::{
@@ -103,12 +103,12 @@ struct StepMeta {
 }
 
 impl StepMeta {
-    fn api(transfer_id: &str, what: &str, correlation_id: &str) -> StepMeta {
+    fn api(transfer_id: &str, what: &str, correlation_id: &str, now_ms: i64) -> StepMeta {
         StepMeta {
             event_id: format!("transfer:{transfer_id}:{what}"),
             source: "api".to_string(),
             correlation_id: correlation_id.to_string(),
-            occurred_at_ms: now_ms(),
+            occurred_at_ms: now_ms,
         }
     }
 
@@ -181,7 +181,7 @@ impl Engine {
         for record in records {
             let id: Arc<str> = Arc::from(record.id.as_str());
             if record.pending == Some(TransferPending::Inbound) {
-                self.schedule_transfer(&id, now_ms());
+                self.schedule_transfer(&id, self.now_ms());
             } else if let (TransferStatus::Shipped, None, Some(shipped_at)) =
                 (record.status, record.overdue_at_ms, record.shipped_at_ms)
             {
@@ -281,7 +281,7 @@ impl Engine {
         }
         let hash = request_hash(&request);
         let id: Arc<str> = Arc::from(request.transfer_id.as_str());
-        let now = now_ms();
+        let now = self.now_ms();
         let record = TransferRecord {
             id: id.to_string(),
             sku: request.sku.clone(),
@@ -347,7 +347,7 @@ impl Engine {
         record: &TransferRecord,
         request: &NewTransfer,
     ) -> Result<TransferRecord, EngineError> {
-        let by = StepMeta::api(&record.id, "hold", &record.correlation_id);
+        let by = StepMeta::api(&record.id, "hold", &record.correlation_id, self.now_ms());
         let mut held = record.clone();
         held.pending = None;
         push_step(
@@ -417,8 +417,8 @@ impl Engine {
             Ok(Plan::Unchanged) => return Ok(self.transfer_view(record.clone())),
             Err(refusal) => return Err(refused(id, refusal)),
         }
-        let by = StepMeta::api(id, "cancel", correlation_id);
-        let now = now_ms();
+        let by = StepMeta::api(id, "cancel", correlation_id, self.now_ms());
+        let now = self.now_ms();
         let mut cancelled = record.clone();
         cancelled.status = TransferStatus::Cancelled;
         cancelled.updated_at_ms = now;
@@ -499,7 +499,7 @@ impl Engine {
             event_id: event.event_id.clone(),
             source: event.source.clone(),
             correlation_id: correlation_id.to_string(),
-            occurred_at_ms: event.occurred_at_ms.unwrap_or_else(now_ms),
+            occurred_at_ms: event.occurred_at_ms.unwrap_or_else(|| self.now_ms()),
         };
         match leg {
             Leg::Out { to } => {
@@ -558,7 +558,7 @@ impl Engine {
         qty: Qty,
         by: &StepMeta,
     ) -> Result<Applied, EngineError> {
-        let now = now_ms();
+        let now = self.now_ms();
         let mut shipped = record.clone();
         shipped.status = TransferStatus::Shipped;
         shipped.shipped_qty = Some(qty.get());
@@ -605,7 +605,7 @@ impl Engine {
             // Shipped at the source (durable, answered as applied): the
             // destination follows on a later tick, or after a restart.
             tracing::warn!(transfer = %record.id, %error, "destination in_transit not written yet, will retry");
-            self.schedule_transfer(&id, now_ms().saturating_add(RETRY_AFTER_MS));
+            self.schedule_transfer(&id, self.now_ms().saturating_add(RETRY_AFTER_MS));
         }
         Ok(applied)
     }
@@ -635,9 +635,9 @@ impl Engine {
                 || record.correlation_id.clone(),
                 |s| s.correlation_id.clone(),
             ),
-            occurred_at_ms: shipping.map_or_else(now_ms, |s| s.at_ms),
+            occurred_at_ms: shipping.map_or_else(|| self.now_ms(), |s| s.at_ms),
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let mut arrived = record.clone();
         arrived.pending = None;
         arrived.updated_at_ms = now;
@@ -676,7 +676,7 @@ impl Engine {
         payload: &str,
     ) -> Result<Applied, EngineError> {
         let shipped = record.shipped_qty.unwrap_or(0);
-        let now = now_ms();
+        let now = self.now_ms();
         let mut done = record.clone();
         done.status = TransferStatus::Received;
         done.received_qty = Some(received.get());
@@ -764,8 +764,8 @@ impl Engine {
     }
 
     /// Runs due transfer timers: pending destination steps and overdue checks.
-    pub(super) async fn transfer_timers_due(&self) {
-        let now = now_ms();
+    pub async fn transfer_timers_due(&self) {
+        let now = self.now_ms();
         let due: Vec<Arc<str>> = {
             let mut timers = self
                 .transfer_timers
@@ -788,7 +788,7 @@ impl Engine {
             .for_each_concurrent(TIMERS_IN_FLIGHT_MAX, |id| async move {
                 if let Err(error) = self.check_transfer(&id).await {
                     tracing::warn!(transfer = %id, %error, "transfer check failed, will retry");
-                    self.schedule_transfer(&id, now_ms().saturating_add(RETRY_AFTER_MS));
+                    self.schedule_transfer(&id, self.now_ms().saturating_add(RETRY_AFTER_MS));
                 }
             })
             .await;
@@ -810,7 +810,7 @@ impl Engine {
             return inbound;
         };
         let due = shipped_at.saturating_add(self.transfer_overdue_ms());
-        let now = now_ms();
+        let now = self.now_ms();
         if now < due {
             self.schedule_transfer(id, due);
             return inbound;
@@ -880,7 +880,7 @@ impl Engine {
             tracing::warn!(transfer = %id, "completing interrupted transfer shipment");
             if let Err(error) = self.check_transfer(&id).await {
                 tracing::error!(transfer = %id, %error, "could not complete transfer shipment, will retry");
-                self.schedule_transfer(&id, now_ms().saturating_add(RETRY_AFTER_MS));
+                self.schedule_transfer(&id, self.now_ms().saturating_add(RETRY_AFTER_MS));
             }
         }
     }

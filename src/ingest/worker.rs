@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use super::files::{self, Dirs, Settling, RESULT_SUFFIX};
 use super::layout::{row_event, Layout, RowContext, RowError};
 use super::{BACKOFF_MAX, BACKOFF_MIN};
-use crate::actors::now_ms;
+use crate::clock::system_now_ms as now_ms;
 use crate::codes::Code;
 use crate::config::InboxConfig;
 use crate::engine::{Engine, EngineError, EventStatus, Rejection, WarehouseEvent};
