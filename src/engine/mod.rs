@@ -558,4 +558,6 @@ fn release_free_memory() {
 }
 
 #[cfg(test)]
+mod simulation;
+#[cfg(test)]
 mod tests;
