@@ -188,7 +188,9 @@ pub struct HoldFirstFit {
     pub channel: Arc<str>,
     pub locations: Vec<Arc<str>>,
     pub qty: u64,
-    pub make: Box<dyn FnOnce(Arc<str>) -> Exec + Send>,
+    /// The hold at the chosen location (`Err`: it could not be built, e.g.
+    /// its record did not encode; answered as is).
+    pub make: Box<dyn FnOnce(Arc<str>) -> Result<Exec, ExecError> + Send>,
 }
 
 impl Message for HoldFirstFit {
@@ -213,11 +215,13 @@ impl Handler<HoldFirstFit> for ShardActor {
                 .map(|r| r.location.clone());
             let held: Local<_> = match fitting {
                 None => Box::pin(async { Ok(None) }),
-                Some(location) => {
-                    let exec = make(location.clone());
-                    let run = shard.run(exec);
-                    Box::pin(async move { run.await.map(|outcome| Some((location, outcome))) })
-                }
+                Some(location) => match make(location.clone()) {
+                    Ok(exec) => {
+                        let run = shard.run(exec);
+                        Box::pin(async move { run.await.map(|outcome| Some((location, outcome))) })
+                    }
+                    Err(error) => Box::pin(async move { Err(error) }),
+                },
             };
             held.into_actor(shard)
         }))

@@ -17,7 +17,6 @@
 //! catches it up from the journal later. Reservations never wait on any of this.
 
 pub mod feed;
-pub mod ledger;
 pub mod policy;
 pub mod sink;
 
@@ -46,7 +45,7 @@ pub struct Update {
     pub first_seq: u64,
     /// When that change was recorded (ms since the epoch).
     pub at_ms: i64,
-    /// A resync or dead-letter replay recorded this SKU as owed (`Space::Owed`): its
+    /// A resync or dead-letter replay recorded this SKU as owed (a durable owed mark): its
     /// delivery (or parking) clears that record.
     pub owed: bool,
 }

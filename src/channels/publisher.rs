@@ -10,12 +10,11 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 
-use super::ledger::{self, Cursor, DeadLetter, PublishedRecord};
 use super::sink::{Batch, Retry, Sink};
 use super::status::{ChannelState, ChannelStatus};
 use super::Update;
 use crate::engine::Engine;
-use crate::storage::{StorageError, WriteBatch};
+use crate::storage::ledger::{Cursor, DeadLetter, LedgerWrite, PublishedRecord};
 
 /// Offers queued in a publisher's mailbox at most; a full mailbox makes the
 /// broadcaster hold that channel back (it catches up from the journal).
@@ -35,10 +34,6 @@ pub const DLQ_REPLAY_SKUS_MAX: usize = 10_000;
 /// a batch handed to its sink just before a crash may not have its number on disk yet,
 /// and a number must never be used twice.
 pub const RESTART_BATCH_GAP: u64 = 16;
-
-/// Back-off while the journal queue is full for a publication write.
-const WRITE_RETRY_FIRST: Duration = Duration::from_millis(5);
-const WRITE_RETRY_MAX: Duration = Duration::from_millis(500);
 
 /// New values for a channel, in journal order; `through_seq` is the last journal entry
 /// the broadcaster has looked at for this channel (0 for refreshes).
@@ -313,23 +308,21 @@ impl Publisher {
                 self.status.set_state(ChannelState::Healthy);
                 self.status.set_last_delivery(self.engine.now_ms());
                 let acked_at_ms = self.engine.now_ms();
-                let mut batch = WriteBatch::default();
+                let mut write = LedgerWrite::new();
                 for update in &in_flight.batch.updates {
                     let record = PublishedRecord {
                         available: update.available,
                         seq: update.seq,
                         acked_at_ms,
                     };
-                    if let Err(error) =
-                        ledger::put_published(&mut batch, self.id(), &update.sku, &record)
-                    {
+                    if let Err(error) = write.published(self.id(), &update.sku, &record) {
                         tracing::error!(channel = self.id(), %error, "ledger record not encoded");
                     }
                     if update.owed {
-                        ledger::delete_owed(&mut batch, self.id(), &update.sku);
+                        write.paid(self.id(), &update.sku);
                     }
                 }
-                self.persist(batch, ctx);
+                self.persist(write, ctx);
             }
             Err(error) => {
                 metrics
@@ -383,13 +376,13 @@ impl Publisher {
             last_error: error,
             parked_at_ms: self.engine.now_ms(),
         };
-        let mut batch = WriteBatch::default();
-        match ledger::put_dead_letter(&mut batch, self.id(), self.cursor.dead_letters, &letter) {
+        let mut write = LedgerWrite::new();
+        match write.dead_letter(self.id(), self.cursor.dead_letters, &letter) {
             Ok(()) => {
                 self.status.add_dlq_depth(1);
                 // The letter now carries what was owed: one durable debt, not two.
                 for update in in_flight.batch.updates.iter().filter(|u| u.owed) {
-                    ledger::delete_owed(&mut batch, self.id(), &update.sku);
+                    write.paid(self.id(), &update.sku);
                 }
             }
             Err(error) => tracing::error!(channel = self.id(), %error, "dead letter not encoded"),
@@ -400,18 +393,18 @@ impl Publisher {
             updates = letter.updates.len(),
             "batch parked in the dead-letter queue"
         );
-        self.persist(batch, ctx);
+        self.persist(write, ctx);
     }
 
-    /// Writes `batch` with the current cursor, through the journal (ordered, durable).
+    /// Writes `write` with the current cursor, through the journal (ordered, durable).
     /// The publisher handles nothing else until it is written (`ctx.wait`), so no later
     /// cursor write can make a cursor durable past a ledger or dead-letter write that
     /// has not landed.
-    fn persist(&mut self, batch: WriteBatch, ctx: &mut Context<Self>) {
-        let write = self.cursor_write(batch);
+    fn persist(&mut self, write: LedgerWrite, ctx: &mut Context<Self>) {
+        let written = self.cursor_write(write);
         ctx.wait(
             async move {
-                if let Err(error) = write.await {
+                if let Err(error) = written.await {
                     tracing::error!(%error, "publication ledger write failed");
                 }
             }
@@ -419,39 +412,23 @@ impl Publisher {
         );
     }
 
-    /// Adds the current cursor to `batch`; the returned future writes it.
+    /// Adds the current cursor to `write`; the returned future writes it.
     fn cursor_write(
         &mut self,
-        mut batch: WriteBatch,
+        mut write: LedgerWrite,
     ) -> impl std::future::Future<Output = Result<(), String>> + 'static {
         self.cursor.cursor_seq = self.low_watermark().max(self.cursor.cursor_seq);
-        let encoded = ledger::put_cursor(&mut batch, self.id(), &self.cursor);
+        let encoded = write.cursor(self.id(), &self.cursor);
         self.status.set_cursor(self.cursor.cursor_seq);
         self.cursor_written = Instant::now();
         let engine = self.engine.clone();
         let channel = self.status.id.clone();
         async move {
             encoded.map_err(|e| format!("channel {channel}: cursor not encoded: {e}"))?;
-            write_durably(&engine, batch)
+            engine
+                .write_ledger(write)
                 .await
                 .map_err(|e| format!("channel {channel}: {e}"))
-        }
-    }
-}
-
-/// Writes `batch` through the journal, waiting out a full queue (publication is not
-/// refused like a client request: it waits, and the channel lags meanwhile). Fails
-/// only when the journal has failed or stopped: then nothing more is durable anyway.
-async fn write_durably(engine: &Engine, batch: WriteBatch) -> Result<(), StorageError> {
-    let mut delay = WRITE_RETRY_FIRST;
-    loop {
-        match engine.journal().append(Vec::new(), batch.clone()) {
-            Ok(ticket) => return ticket.await.map(|_| ()),
-            Err(StorageError::Overloaded) => {
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(WRITE_RETRY_MAX);
-            }
-            Err(error) => return Err(error),
         }
     }
 }
@@ -463,11 +440,11 @@ impl Actor for Publisher {
         ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
         self.status.set_cursor(self.cursor.cursor_seq);
         // Durable before any batch: the batch numbers start from here after a crash.
-        self.persist(WriteBatch::default(), ctx);
+        self.persist(LedgerWrite::new(), ctx);
         ctx.run_interval(CURSOR_FLUSH, |act, ctx| {
             let low = act.low_watermark();
             if low > act.cursor.cursor_seq && act.cursor_written.elapsed() >= CURSOR_FLUSH {
-                act.persist(WriteBatch::default(), ctx);
+                act.persist(LedgerWrite::new(), ctx);
             }
             act.poll(ctx);
         });
@@ -510,7 +487,7 @@ impl Handler<Rewound> for Publisher {
         self.received_through = self.received_through.min(after_seq);
         self.cursor.cursor_seq = self.cursor.cursor_seq.min(after_seq);
         // Written even when nothing moved, so the answer means "durable".
-        Box::pin(self.cursor_write(WriteBatch::default()))
+        Box::pin(self.cursor_write(LedgerWrite::new()))
     }
 }
 
@@ -521,13 +498,13 @@ impl Handler<TakeDeadLetters> for Publisher {
         let engine = self.engine.clone();
         let status = self.status.clone();
         Box::pin(async move {
-            let store = engine.shared.store.clone();
             let mut letters = Vec::new();
             let mut sku_count = 0;
             let mut after = 0;
             // A few letters at a time, until about DLQ_REPLAY_SKUS_MAX SKUs.
             'reading: while sku_count < DLQ_REPLAY_SKUS_MAX {
-                let page = ledger::dead_letters(&*store, &status.id, after, 64)
+                let page = engine
+                    .dead_letters(&status.id, after, 64)
                     .map_err(|e| e.to_string())?;
                 if page.is_empty() {
                     break;
@@ -541,19 +518,20 @@ impl Handler<TakeDeadLetters> for Publisher {
                     letters.push((id, letter));
                 }
             }
-            let mut batch = WriteBatch::default();
+            let mut write = LedgerWrite::new();
             let mut skus: Vec<Arc<str>> = Vec::new();
             // In one atomic write, each letter becomes an owed SKU: a crash before the
             // replayed values are delivered re-offers them after the restart.
             for (id, letter) in &letters {
-                ledger::delete_dead_letter(&mut batch, &status.id, *id);
+                write.remove_dead_letter(&status.id, *id);
                 for (sku, ..) in &letter.updates {
-                    ledger::put_owed(&mut batch, &status.id, sku);
+                    write.owed(&status.id, sku);
                     skus.push(Arc::from(sku.as_str()));
                 }
             }
-            if !batch.is_empty() {
-                write_durably(&engine, batch)
+            if !write.is_empty() {
+                engine
+                    .write_ledger(write)
                     .await
                     .map_err(|e| e.to_string())?;
                 status.sub_dlq_depth(letters.len() as u64);

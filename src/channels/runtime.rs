@@ -10,15 +10,15 @@ use actix::prelude::*;
 use futures_util::future::join_all;
 
 use super::broadcaster::{Broadcaster, Refresh, Rewind, Target};
-use super::ledger::{self, PublishedRecord};
 use super::policy::{summed_view, Policy, PositionView};
 use super::publisher::{Publisher, SetPaused, TakeDeadLetters};
 use super::sink::{self, Retry};
 use super::status::{ChannelState, ChannelStatus};
 use crate::config::{ChannelConfig, SinkConfig};
 use crate::engine::Engine;
+use crate::storage::ledger::{LedgerWrite, PublishedRecord};
 use crate::storage::records::JournalRecord;
-use crate::storage::{StorageError, WriteBatch};
+use crate::storage::StorageError;
 
 /// How often lag, pending and dead-letter gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -95,7 +95,6 @@ impl Channels {
     /// resuming from its durable cursor. Must run inside an actix system.
     pub fn start(engine: Arc<Engine>) -> Result<Arc<Channels>, ChannelError> {
         let config = engine.config.clone();
-        let store = engine.shared.store.clone();
         let publishers = Arbiter::new();
         let broadcasting = Arbiter::new();
         let mut channels = Vec::new();
@@ -112,18 +111,18 @@ impl Channels {
                     let retry = sink::prepare(sink_config).map_err(ChannelError::Unavailable)?;
                     drift_grace_ms =
                         drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
-                    let stored_cursor = ledger::stored_cursor(&*store, &id)?;
+                    let stored_cursor = engine.channel_cursor(&id)?;
                     let cursor = stored_cursor.unwrap_or_default();
                     // Shown at once: the publisher starts on its own arbiter a
                     // moment later, and until then `GET /v1/channels` would
                     // answer a cursor of 0 after a restart.
                     status.set_cursor(cursor.cursor_seq);
-                    let owed = ledger::owed_skus(&*store, &id)?;
+                    let owed = engine.owed_skus(&id)?;
                     if !owed.is_empty() {
                         tracing::info!(channel = %id, skus = owed.len(), "re-offering owed skus");
                         owed_by_channel.push((channels.len(), owed));
                     }
-                    status.add_dlq_depth(ledger::count_dead_letters(&*store, &id)?);
+                    status.add_dlq_depth(engine.count_dead_letters(&id)?);
                     let coalesce = Duration::from_millis(channel.coalesce_ms);
                     let (engine_p, status_p) = (engine.clone(), status.clone());
                     let sink_config = sink_config.clone();
@@ -412,12 +411,12 @@ impl Channels {
         let count = skus.len();
         // Durable before it is answered: a crash before delivery re-offers them.
         for slice in skus.chunks(OWED_WRITE_MAX) {
-            let mut batch = WriteBatch::default();
+            let mut write = LedgerWrite::new();
             for sku in slice {
-                ledger::put_owed(&mut batch, id, sku);
+                write.owed(id, sku);
             }
             self.engine
-                .write(batch)
+                .try_write_ledger(write)
                 .await
                 .map_err(|e| ChannelError::Unavailable(e.to_string()))?;
         }
@@ -476,7 +475,7 @@ impl Channels {
     /// The publication ledger: what the channel last acknowledged for `sku`.
     pub fn published(&self, id: &str, sku: &str) -> Result<Option<PublishedRecord>, ChannelError> {
         self.find(id)?;
-        Ok(ledger::get_published(&*self.engine.shared.store, id, sku)?)
+        Ok(self.engine.published(id, sku)?)
     }
 
     /// The value the channel should have for `sku` now.

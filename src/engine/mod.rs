@@ -10,6 +10,7 @@
 mod events;
 mod inbox;
 mod maintenance;
+mod publication;
 mod reconcile;
 mod recovery;
 mod registry;
@@ -133,7 +134,7 @@ pub struct ChannelInfo {
 
 pub struct Engine {
     pub config: Arc<Config>,
-    pub(crate) shared: Arc<Shared>,
+    shared: Arc<Shared>,
     pub metrics: Arc<Metrics>,
     shards: Vec<Addr<ShardActor>>,
     arbiters: Mutex<Vec<Arbiter>>,
@@ -446,7 +447,7 @@ impl Engine {
     /// Writes `batch` through the journal (ordered and as durable as events).
     /// For the engine and the channels' ledger (the one subsystem with records
     /// of its own); the API and the inbox call the named operations.
-    pub(crate) async fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
+    async fn write(&self, batch: WriteBatch) -> Result<(), EngineError> {
         let ticket = self.journal().append(Vec::new(), batch)?;
         ticket.await?;
         Ok(())

@@ -137,7 +137,7 @@ impl LineHold {
         qty: Qty,
         mode: HoldMode,
         finished: Option<ReservationRecord>,
-    ) -> Exec {
+    ) -> Result<Exec, ExecError> {
         let mut finish = None;
         let extra = match finished {
             Some(mut finished) => {
@@ -147,7 +147,9 @@ impl LineHold {
                     location: location.to_string(),
                     qty: qty.get(),
                 }];
-                let batch = record_batch(&finished).unwrap_or_default();
+                let mut batch = WriteBatch::default();
+                let encoded = codec::encode(&finished).map_err(ExecError::Storage)?;
+                batch.put(Space::Reservations, finished.id.as_bytes(), encoded);
                 if let Some(remember) = self.remember.clone() {
                     finish = Some(remember_answer(remember, finished, self.now_ms));
                 }
@@ -162,7 +164,7 @@ impl LineHold {
                 batch
             }
         };
-        Exec {
+        Ok(Exec {
             sku: self.sku.clone(),
             location,
             command: Command::Hold {
@@ -181,7 +183,7 @@ impl LineHold {
             finish,
             dedupe: false,
             create: false,
-        }
+        })
     }
 }
 
@@ -676,7 +678,7 @@ impl Engine {
                 single.then(|| record.clone()),
             );
             async move {
-                match self.exec(exec).await {
+                match async { self.exec(exec?).await }.await {
                     Ok(outcome) => Ok(Taken::of(location, &outcome)),
                     Err(ExecError::NotFound) => Err(EngineError::Insufficient(vec![Shortage {
                         sku: line.sku.clone(),

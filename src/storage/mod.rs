@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod journal;
+pub mod ledger;
 mod memory;
 pub mod records;
 pub mod replay;

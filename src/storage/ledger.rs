@@ -1,10 +1,12 @@
 //! What publication keeps durably: each channel's cursor and batch counter (`Meta`),
 //! the publication ledger (`Published`), the dead-letter queue (`DeadLetters`) and
-//! the SKUs a resync or replay still owes the channel (`Owed`).
+//! the SKUs a resync or replay still owes the channel (`Owed`): their records, their
+//! keys and their reads. Publication changes them through a [`LedgerWrite`], which
+//! the engine writes atomically (`Engine::write_ledger`); it never sees the spaces.
 
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{codec, seq_from_key, seq_key, Space, StorageError, Store, WriteBatch};
+use super::{codec, seq_from_key, seq_key, Space, StorageError, Store, WriteBatch};
 
 /// The last value a channel acknowledged for a SKU.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,29 +63,7 @@ pub fn stored_cursor(store: &dyn Store, channel: &str) -> Result<Option<Cursor>,
         .transpose()
 }
 
-pub fn put_cursor(
-    batch: &mut WriteBatch,
-    channel: &str,
-    cursor: &Cursor,
-) -> Result<(), StorageError> {
-    batch.put(Space::Meta, cursor_key(channel), codec::encode(cursor)?);
-    Ok(())
-}
-
-pub fn put_published(
-    batch: &mut WriteBatch,
-    channel: &str,
-    sku: &str,
-    record: &PublishedRecord,
-) -> Result<(), StorageError> {
-    batch.put(
-        Space::Published,
-        prefixed(channel, sku.as_bytes()),
-        codec::encode(record)?,
-    );
-    Ok(())
-}
-
+/// The last value `channel` acknowledged for `sku`.
 pub fn get_published(
     store: &dyn Store,
     channel: &str,
@@ -95,22 +75,81 @@ pub fn get_published(
         .transpose()
 }
 
-pub fn put_dead_letter(
-    batch: &mut WriteBatch,
-    channel: &str,
-    id: u64,
-    letter: &DeadLetter,
-) -> Result<(), StorageError> {
-    batch.put(
-        Space::DeadLetters,
-        prefixed(channel, &seq_key(id)),
-        codec::encode(letter)?,
-    );
-    Ok(())
+/// One atomic change to channels' publication state: built by a publisher or
+/// the runtime, written by `Engine::write_ledger` through the journal.
+#[derive(Debug, Default)]
+pub struct LedgerWrite {
+    batch: WriteBatch,
 }
 
-pub fn delete_dead_letter(batch: &mut WriteBatch, channel: &str, id: u64) {
-    batch.delete(Space::DeadLetters, prefixed(channel, &seq_key(id)));
+impl LedgerWrite {
+    pub fn new() -> LedgerWrite {
+        LedgerWrite::default()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batch.is_empty()
+    }
+
+    /// The batch to write (for the engine).
+    pub(crate) fn into_batch(self) -> WriteBatch {
+        self.batch
+    }
+
+    /// The channel's progress.
+    pub fn cursor(&mut self, channel: &str, cursor: &Cursor) -> Result<(), StorageError> {
+        self.batch
+            .put(Space::Meta, cursor_key(channel), codec::encode(cursor)?);
+        Ok(())
+    }
+
+    /// The value the channel acknowledged for `sku`.
+    pub fn published(
+        &mut self,
+        channel: &str,
+        sku: &str,
+        record: &PublishedRecord,
+    ) -> Result<(), StorageError> {
+        self.batch.put(
+            Space::Published,
+            prefixed(channel, sku.as_bytes()),
+            codec::encode(record)?,
+        );
+        Ok(())
+    }
+
+    /// Parks a batch as dead letter `id`.
+    pub fn dead_letter(
+        &mut self,
+        channel: &str,
+        id: u64,
+        letter: &DeadLetter,
+    ) -> Result<(), StorageError> {
+        self.batch.put(
+            Space::DeadLetters,
+            prefixed(channel, &seq_key(id)),
+            codec::encode(letter)?,
+        );
+        Ok(())
+    }
+
+    /// Dead letter `id` was taken for replay.
+    pub fn remove_dead_letter(&mut self, channel: &str, id: u64) {
+        self.batch
+            .delete(Space::DeadLetters, prefixed(channel, &seq_key(id)));
+    }
+
+    /// `sku` is owed to `channel`: a refresh or replay was accepted for it.
+    pub fn owed(&mut self, channel: &str, sku: &str) {
+        self.batch
+            .put(Space::Owed, prefixed(channel, sku.as_bytes()), Vec::new());
+    }
+
+    /// The channel acknowledged (or parked) the owed value of `sku`.
+    pub fn paid(&mut self, channel: &str, sku: &str) {
+        self.batch
+            .delete(Space::Owed, prefixed(channel, sku.as_bytes()));
+    }
 }
 
 /// Up to `limit` dead letters of `channel` with id > `after`, oldest first.
@@ -145,16 +184,6 @@ pub fn dead_letters(
         Some(error) => Err(error),
         None => Ok(found),
     }
-}
-
-/// Records that `sku` is owed to `channel`: a refresh was accepted for it.
-pub fn put_owed(batch: &mut WriteBatch, channel: &str, sku: &str) {
-    batch.put(Space::Owed, prefixed(channel, sku.as_bytes()), Vec::new());
-}
-
-/// The channel acknowledged (or parked) a refreshed value of `sku`.
-pub fn delete_owed(batch: &mut WriteBatch, channel: &str, sku: &str) {
-    batch.delete(Space::Owed, prefixed(channel, sku.as_bytes()));
 }
 
 /// Every SKU still owed to `channel` (read once at start-up).
@@ -194,19 +223,19 @@ mod tests {
     #[test]
     fn ledger_cursor_and_dead_letters_round_trip_per_channel() {
         let store = MemoryStore::new();
-        let mut batch = WriteBatch::default();
+        let mut write = LedgerWrite::new();
         let record = PublishedRecord {
             available: 7,
             seq: 42,
             acked_at_ms: 1000,
         };
-        put_published(&mut batch, "web", "sku-1", &record).unwrap();
+        write.published("web", "sku-1", &record).unwrap();
         let cursor = Cursor {
             cursor_seq: 42,
             batches: 3,
             dead_letters: 2,
         };
-        put_cursor(&mut batch, "web", &cursor).unwrap();
+        write.cursor("web", &cursor).unwrap();
         let letter = DeadLetter {
             updates: vec![("sku-1".into(), 7, 42, 1000)],
             attempts: 3,
@@ -214,10 +243,10 @@ mod tests {
             parked_at_ms: 5,
         };
         for id in 1..=2 {
-            put_dead_letter(&mut batch, "web", id, &letter).unwrap();
+            write.dead_letter("web", id, &letter).unwrap();
         }
-        put_dead_letter(&mut batch, "webx", 1, &letter).unwrap();
-        store.write(batch, false).unwrap();
+        write.dead_letter("webx", 1, &letter).unwrap();
+        store.write(write.into_batch(), false).unwrap();
 
         assert_eq!(get_published(&store, "web", "sku-1").unwrap(), Some(record));
         assert_eq!(get_published(&store, "marketplace", "sku-1").unwrap(), None);
@@ -228,9 +257,9 @@ mod tests {
         assert_eq!(listed.len(), 1);
         assert_eq!(listed[0].0, 2);
 
-        let mut batch = WriteBatch::default();
-        delete_dead_letter(&mut batch, "web", 1);
-        store.write(batch, false).unwrap();
+        let mut write = LedgerWrite::new();
+        write.remove_dead_letter("web", 1);
+        store.write(write.into_batch(), false).unwrap();
         assert_eq!(count_dead_letters(&store, "web").unwrap(), 1);
         assert_eq!(count_dead_letters(&store, "webx").unwrap(), 1);
     }
@@ -238,17 +267,17 @@ mod tests {
     #[test]
     fn owed_skus_are_kept_per_channel_until_deleted() {
         let store = MemoryStore::new();
-        let mut batch = WriteBatch::default();
-        put_owed(&mut batch, "web", "b");
-        put_owed(&mut batch, "web", "a");
-        put_owed(&mut batch, "webx", "c");
-        store.write(batch, false).unwrap();
+        let mut write = LedgerWrite::new();
+        write.owed("web", "b");
+        write.owed("web", "a");
+        write.owed("webx", "c");
+        store.write(write.into_batch(), false).unwrap();
         assert_eq!(owed_skus(&store, "web").unwrap(), ["a", "b"]);
         assert_eq!(owed_skus(&store, "we").unwrap(), Vec::<String>::new());
 
-        let mut batch = WriteBatch::default();
-        delete_owed(&mut batch, "web", "a");
-        store.write(batch, false).unwrap();
+        let mut write = LedgerWrite::new();
+        write.paid("web", "a");
+        store.write(write.into_batch(), false).unwrap();
         assert_eq!(owed_skus(&store, "web").unwrap(), ["b"]);
         assert_eq!(owed_skus(&store, "webx").unwrap(), ["c"]);
     }
