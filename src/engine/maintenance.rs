@@ -83,7 +83,7 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
 impl Engine {
     /// Expires every held reservation whose deadline has passed.
     pub async fn expire_due(&self) {
-        let due = self.take_due(self.now_ms(), EXPIRIES_PER_TICK_MAX);
+        let due = self.expiry.take_due(self.now_ms(), EXPIRIES_PER_TICK_MAX);
         // Concurrently (bounded): each expiry waits a journal round trip, and
         // group commit makes many at once cost little more than one.
         let failed: Vec<Arc<str>> = futures_util::stream::iter(due)
@@ -102,9 +102,9 @@ impl Engine {
             .await;
         if !failed.is_empty() {
             // Put them back so they are retried on a later tick.
-            let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
+            let retry_at = self.now_ms() + 1000;
             for id in failed {
-                expiry.insert((self.now_ms() + 1000, id));
+                self.expiry.schedule(retry_at, id);
             }
         }
     }

@@ -15,6 +15,7 @@ mod reconcile;
 mod recovery;
 mod registry;
 mod reservations;
+mod timers;
 mod transfers;
 
 pub use events::{
@@ -31,7 +32,7 @@ pub use reservations::{
 };
 pub use transfers::{NewTransfer, TransferView};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -39,6 +40,7 @@ use actix::prelude::*;
 use dashmap::DashMap;
 
 use registry::Registry;
+use timers::Timers;
 
 use crate::actors::{
     partition_of, Exec, ExecError, ExecOutcome, ListSkus, LoadPositions, Meta, PassivateIdle,
@@ -146,13 +148,13 @@ pub struct Engine {
     /// while a transition runs, so two calls on one reservation serialize.
     reservations: Registry<ReservationRecord>,
     /// `(deadline_ms, id)` of held reservations.
-    expiry: Mutex<BTreeSet<(i64, Arc<str>)>>,
+    expiry: Timers,
     /// Every transfer still readable, each with its own async lock (held
     /// while a step runs), like `reservations`.
     transfers: Registry<TransferRecord>,
     /// `(at_ms, id)`: when to look at a transfer again (its overdue deadline,
     /// or a retry of a step the journal refused).
-    transfer_timers: Mutex<BTreeSet<(i64, Arc<str>)>>,
+    transfer_timers: Timers,
     /// Event sources used as metric labels (bounded, see `source_label`).
     source_labels: DashMap<String, ()>,
     /// Event ids being applied right now (see `claim_event_id`).
@@ -302,9 +304,9 @@ impl Engine {
             locations,
             location_order,
             reservations: Registry::default(),
-            expiry: Mutex::new(BTreeSet::new()),
+            expiry: Timers::default(),
             transfers: Registry::default(),
-            transfer_timers: Mutex::new(BTreeSet::new()),
+            transfer_timers: Timers::default(),
             idempotency_in_flight: DashMap::new(),
             events_in_flight: DashMap::new(),
             exceptions_in_flight: DashMap::new(),

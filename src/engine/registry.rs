@@ -10,6 +10,30 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::EngineError;
+
+/// Tries to claim an id whose earlier creation is being undone, before the
+/// caller is told it is busy.
+const CLAIM_ATTEMPTS: usize = 3;
+
+/// What a registry record tells [`Registry::claim_new`].
+pub trait Claimable: Clone {
+    /// Named in answers: "reservation", "transfer".
+    const KIND: &'static str;
+    /// Its creation is under way or being undone (not settled yet).
+    fn creating(&self) -> bool;
+    /// The hash of the request that created it.
+    fn request_hash(&self) -> &[u8];
+}
+
+/// The answer of [`Registry::claim_new`].
+pub enum Claim<R> {
+    /// The id is the caller's: its cell is in the registry.
+    New,
+    /// The id was created before by the same request: its record now.
+    Repeat(R),
+}
+
 /// Entries the registry has room for before its first growth (about 1.5 MiB
 /// of table; the records themselves are allocated as they come).
 const PRESIZED: usize = 1 << 16;
@@ -50,6 +74,45 @@ impl<R> Registry<R> {
                 Ok(())
             }
         }
+    }
+
+    /// Claims `id` for a new record, `cell` (locked by the caller). An id
+    /// taken by the same request (same hash) answers that record; by a
+    /// different one, `invalid_state`; by a creation being undone, a retry,
+    /// then `unavailable` when it stays busy.
+    pub async fn claim_new(
+        &self,
+        id: &Arc<str>,
+        cell: &Cell<R>,
+        request_hash: &[u8],
+    ) -> Result<Claim<R>, EngineError>
+    where
+        R: Claimable,
+    {
+        for _attempt in 0..CLAIM_ATTEMPTS {
+            let existing = match self.claim(id, cell) {
+                Ok(()) => return Ok(Claim::New),
+                Err(existing) => existing,
+            };
+            let current = existing.lock().await;
+            if current.creating() {
+                // That creation failed and is being removed: try again.
+                drop(current);
+                tokio::task::yield_now().await;
+                continue;
+            }
+            if current.request_hash() != request_hash {
+                return Err(EngineError::InvalidState(format!(
+                    "{} {id} exists with different content",
+                    R::KIND
+                )));
+            }
+            return Ok(Claim::Repeat(current.clone()));
+        }
+        Err(EngineError::Unavailable(format!(
+            "{} {id} is busy, retry",
+            R::KIND
+        )))
     }
 
     /// Installs a recovered record (replacing one with the same id).

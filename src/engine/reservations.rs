@@ -14,6 +14,7 @@ use std::sync::Arc;
 use futures_util::future::join_all;
 use sha2::{Digest, Sha256};
 
+use super::registry::{Claim, Claimable};
 use super::{Engine, EngineError};
 use crate::actors::{Exec, ExecError, Finish, HoldFirstFit, Meta};
 use crate::domain::reservation::{allocatable, plan, LineChange, Plan, Refusal, Transition};
@@ -287,48 +288,41 @@ fn meta_shared(reservation_id: &str, correlation_id: Arc<str>, what: &str, now_m
     }
 }
 
+impl Claimable for ReservationRecord {
+    const KIND: &'static str = "reservation";
+
+    fn creating(&self) -> bool {
+        self.pending == Some(PendingOp::Create)
+    }
+
+    fn request_hash(&self) -> &[u8] {
+        &self.request_hash
+    }
+}
+
 impl Engine {
     pub(super) fn install_reservations(&self, records: Vec<ReservationRecord>) {
-        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
         for record in records {
             let id: Arc<str> = Arc::from(record.id.as_str());
             if let (ReservationStatus::Held, Some(deadline)) = (record.status, record.expires_at_ms)
             {
-                expiry.insert((deadline, id.clone()));
+                self.expiry.schedule(deadline, id.clone());
             }
             self.reservations.install(id, record);
         }
     }
 
     fn schedule_expiry(&self, record: &ReservationRecord) {
-        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
         if let (ReservationStatus::Held, Some(deadline)) = (record.status, record.expires_at_ms) {
-            expiry.insert((deadline, Arc::from(record.id.as_str())));
+            self.expiry
+                .schedule(deadline, Arc::from(record.id.as_str()));
         }
     }
 
     fn unschedule_expiry(&self, record: &ReservationRecord) {
         if let Some(deadline) = record.expires_at_ms {
-            let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
-            expiry.remove(&(deadline, Arc::from(record.id.as_str())));
+            self.expiry.unschedule(deadline, &record.id);
         }
-    }
-
-    /// Ids whose deadline is at or before `now_ms`, removed from the schedule.
-    pub(super) fn take_due(&self, now_ms: i64, max: usize) -> Vec<Arc<str>> {
-        let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
-        let mut due = Vec::new();
-        while due.len() < max {
-            match expiry.first() {
-                Some((deadline, _)) if *deadline <= now_ms => {
-                    if let Some((_, id)) = expiry.pop_first() {
-                        due.push(id);
-                    }
-                }
-                _ => break,
-            }
-        }
-        due
     }
 
     /// Creates a reservation. `Ok((view, true))` when created (201), `Ok((view,
@@ -409,32 +403,14 @@ impl Engine {
         // The record is worked on in its cell, under the lock.
         let cell = Arc::new(tokio::sync::Mutex::new(record));
         let mut guard = cell.clone().lock_owned().await;
-        for _attempt in 0..3 {
-            let existing = match self.reservations.claim(&id, &cell) {
-                Err(existing) => existing,
-                Ok(()) => {
-                    return self.create_claimed(&channel, &request, &mut guard).await;
-                }
-            };
-            let current = existing.lock().await;
-            if current.pending == Some(PendingOp::Create) {
-                // That creation failed and is being removed: try again.
-                drop(current);
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if current.request_hash != guard.request_hash {
-                return Err(EngineError::InvalidState(format!(
-                    "reservation {id} exists with different content"
-                )));
-            }
-            let record = current.clone();
-            drop(current);
-            return Ok((self.view(record).await, false));
+        match self
+            .reservations
+            .claim_new(&id, &cell, &guard.request_hash)
+            .await?
+        {
+            Claim::New => self.create_claimed(&channel, &request, &mut guard).await,
+            Claim::Repeat(record) => Ok((self.view(record).await, false)),
         }
-        Err(EngineError::Unavailable(format!(
-            "reservation {id} is busy, retry"
-        )))
     }
 
     async fn create_claimed(
@@ -468,8 +444,8 @@ impl Engine {
                     // Holds may remain: keep the id (readers see 404) and let
                     // the expiry loop finish the undo shortly.
                     let retry_at = self.now_ms() + 1000;
-                    let mut expiry = self.expiry.lock().unwrap_or_else(|p| p.into_inner());
-                    expiry.insert((retry_at, Arc::from(record.id.as_str())));
+                    self.expiry
+                        .schedule(retry_at, Arc::from(record.id.as_str()));
                 }
                 let outcome = match &error {
                     // Refused, as a shortage is: the caller asked for what is not there.

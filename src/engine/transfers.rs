@@ -32,6 +32,7 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use super::events::{Applied, EventCommand, WarehouseEvent};
+use super::registry::{Claim, Claimable};
 use super::{Engine, EngineError, Shortage};
 use crate::actors::{Exec, Meta};
 use crate::domain::transfer::{plan, Plan, Refusal, Step};
@@ -175,6 +176,18 @@ fn record_batch(record: &TransferRecord) -> Result<WriteBatch, EngineError> {
     Ok(batch)
 }
 
+impl Claimable for TransferRecord {
+    const KIND: &'static str = "transfer";
+
+    fn creating(&self) -> bool {
+        self.pending == Some(TransferPending::Create)
+    }
+
+    fn request_hash(&self) -> &[u8] {
+        &self.request_hash
+    }
+}
+
 impl Engine {
     pub(super) fn install_transfers(&self, records: Vec<TransferRecord>) {
         let overdue_ms = self.transfer_overdue_ms();
@@ -197,11 +210,7 @@ impl Engine {
     }
 
     fn schedule_transfer(&self, id: &Arc<str>, at_ms: i64) {
-        let mut timers = self
-            .transfer_timers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        timers.insert((at_ms, id.clone()));
+        self.transfer_timers.schedule(at_ms, id.clone());
     }
 
     fn transfer_cell(
@@ -304,41 +313,20 @@ impl Engine {
         // Claim the id; a concurrent request with it waits for this one.
         let cell = Arc::new(tokio::sync::Mutex::new(record.clone()));
         let mut guard = cell.clone().lock_owned().await;
-        for _attempt in 0..3 {
-            let existing = match self.transfers.claim(&id, &cell) {
-                Err(existing) => existing,
-                Ok(()) => {
-                    let created = self.hold_for_transfer(&record, &request).await;
-                    return match created {
-                        Ok(held) => {
-                            *guard = held.clone();
-                            Ok((self.transfer_view(held), true))
-                        }
-                        Err(error) => {
-                            // Nothing is durable: forget the id (waiters retry).
-                            self.transfers.remove(&id);
-                            Err(error)
-                        }
-                    };
+        match self.transfers.claim_new(&id, &cell, &hash).await? {
+            Claim::New => match self.hold_for_transfer(&record, &request).await {
+                Ok(held) => {
+                    *guard = held.clone();
+                    Ok((self.transfer_view(held), true))
                 }
-            };
-            let current = existing.lock().await;
-            if current.pending == Some(TransferPending::Create) {
-                // That creation failed and is being forgotten: try again.
-                drop(current);
-                tokio::task::yield_now().await;
-                continue;
-            }
-            if current.request_hash != hash {
-                return Err(EngineError::InvalidState(format!(
-                    "transfer {id} exists with different content"
-                )));
-            }
-            return Ok((self.transfer_view(current.clone()), false));
+                Err(error) => {
+                    // Nothing is durable: forget the id (waiters retry).
+                    self.transfers.remove(&id);
+                    Err(error)
+                }
+            },
+            Claim::Repeat(current) => Ok((self.transfer_view(current), false)),
         }
-        Err(EngineError::Unavailable(format!(
-            "transfer {id} is busy, retry"
-        )))
     }
 
     /// The source's hold and the record, in one append.
@@ -766,24 +754,7 @@ impl Engine {
     /// Runs due transfer timers: pending destination steps and overdue checks.
     pub async fn transfer_timers_due(&self) {
         let now = self.now_ms();
-        let due: Vec<Arc<str>> = {
-            let mut timers = self
-                .transfer_timers
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            let mut due = Vec::new();
-            while due.len() < TIMERS_PER_TICK_MAX {
-                match timers.first() {
-                    Some((at, _)) if *at <= now => {
-                        if let Some((_, id)) = timers.pop_first() {
-                            due.push(id);
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            due
-        };
+        let due = self.transfer_timers.take_due(now, TIMERS_PER_TICK_MAX);
         futures_util::stream::iter(due)
             .for_each_concurrent(TIMERS_IN_FLIGHT_MAX, |id| async move {
                 if let Err(error) = self.check_transfer(&id).await {
