@@ -1014,12 +1014,17 @@ impl Position {
             .counters
             .apply(&event.delta)
             .ok_or_else(|| fail("counter out of range"))?;
+        // Cheap invariants, checked in release too, before anything changes.
+        if counters.quarantined > counters.on_hand {
+            return Err(fail("invariant: quarantined above on hand"));
+        }
         if let Some(reservation_id) = event
             .reservation_id
             .as_ref()
             .filter(|_| event.kind.changes_hold())
         {
-            self.evolve_hold(reservation_id, event).map_err(fail)?;
+            self.evolve_hold(reservation_id, event, &counters)
+                .map_err(fail)?;
         } else if event.kind == EventKind::CommitmentSet {
             let channel = event.channel.clone().ok_or_else(|| fail("no channel"))?;
             let qty = event.commitment_qty.ok_or_else(|| fail("no quantity"))?;
@@ -1034,6 +1039,12 @@ impl Position {
         }
         self.counters = counters;
         self.version += 1;
+        // The whole check is O(holds): debug builds, and positions small enough.
+        if cfg!(debug_assertions) && self.holds.len() <= INVARIANT_CHECK_HOLDS_MAX {
+            if let Err(why) = self.check_invariants() {
+                panic!("position invariant broken by {:?}: {why}", event.kind);
+            }
+        }
         Ok(())
     }
 
@@ -1041,6 +1052,7 @@ impl Position {
         &mut self,
         reservation_id: &ReservationId,
         event: &Event,
+        counters: &Counters,
     ) -> Result<(), &'static str> {
         let delta = &event.delta;
         let channel = event.channel.clone().ok_or("no channel")?;
@@ -1064,6 +1076,13 @@ impl Position {
                 .ok_or("hold commitment")?,
             ..hold
         };
+        // One hold never holds more than the position's counters say is held.
+        if updated.reserved > counters.reserved
+            || updated.allocated > counters.allocated
+            || updated.backordered > counters.backordered
+        {
+            return Err("invariant: a hold above the position's counters");
+        }
         if event.kind == EventKind::Shipped {
             // Shipped units consume the commitment for good.
             let shipped = delta.allocated.unsigned_abs();
@@ -1120,6 +1139,10 @@ impl Position {
         Ok(())
     }
 }
+
+/// Positions with at most this many holds check every invariant after each
+/// event in debug builds (the check walks the holds).
+const INVARIANT_CHECK_HOLDS_MAX: usize = 256;
 
 /// SPEC §1: a channel's remaining commitment plus the uncommitted available
 /// (`available` minus every channel's remaining commitment). May be negative.

@@ -93,7 +93,11 @@ pub enum Refusal {
 /// What `transition` does to a reservation in `status`.
 pub fn plan(status: ReservationStatus, transition: Transition) -> Result<Plan, Refusal> {
     use ReservationStatus::*;
-    let change = |to, lines| Ok(Plan::Change { to, lines });
+    let change = |to: ReservationStatus, lines| {
+        // Forward only: an open reservation moves, to another status.
+        debug_assert!(status.is_open() && to != status, "{status:?} -> {to:?}");
+        Ok(Plan::Change { to, lines })
+    };
     match (transition, status) {
         (Transition::Release, Held | Allocated) => {
             change(Released, LineChange::Release { expired: false })

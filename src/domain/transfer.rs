@@ -76,7 +76,11 @@ pub enum Refusal {
 /// What `step` does to a transfer in `status`.
 pub fn plan(status: TransferStatus, step: Step) -> Result<Plan, Refusal> {
     use TransferStatus::*;
-    let to = |to| Ok(Plan::Change { to });
+    let to = |to: TransferStatus| {
+        // Forward only: an open transfer moves, to another status.
+        debug_assert!(status.is_open() && to != status, "{status:?} -> {to:?}");
+        Ok(Plan::Change { to })
+    };
     match (step, status) {
         (Step::Cancel, Held) => to(Cancelled),
         (Step::Cancel, Cancelled) => Ok(Plan::Unchanged),
