@@ -12,8 +12,9 @@
 //! - [`ingest`]: the 3PL file inbox.
 //! - [`input`]: input checks shared by the API and the inbox.
 //! - [`codes`]: the one table of error codes.
-//! - [`config`], [`metrics`], [`logging`]: config file and limits, Prometheus
-//!   registry, buffered logging.
+//! - [`config`]: the config file (top-level settings, sections, env overrides,
+//!   validation) and every limit with its range.
+//! - [`metrics`], [`logging`]: Prometheus registry, buffered logging.
 pub mod actors;
 pub mod api;
 pub mod channels;
