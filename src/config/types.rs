@@ -380,7 +380,8 @@ pub struct InboxMapping {
     pub locations: BTreeMap<String, String>,
     /// Partner SKU code -> our SKU id.
     pub skus: BTreeMap<String, String>,
-    /// Partner transaction code -> one of [`INBOX_EVENT_TYPES`] (`"RCV" = "receipt"`).
+    /// Partner transaction code -> one of
+    /// [`INBOX_EVENT_TYPES`](super::INBOX_EVENT_TYPES) (`"RCV" = "receipt"`).
     pub types: BTreeMap<String, String>,
 }
 
@@ -440,7 +441,8 @@ impl InboxConfig {
 }
 
 /// `[[source_authority]]` (SPEC §3): `source` may post `types` at `locations`.
-/// An empty list means "any". See [`Config::source_may_post`].
+/// An empty list means "any". See
+/// [`Config::source_may_post`](super::Config::source_may_post).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceAuthorityConfig {
