@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+// The keys, from the settings table.
+use super::settings::ENV_KEYS;
 use super::ConfigError;
 
 /// Prefix of the environment variables that override top-level config keys.
@@ -18,41 +20,7 @@ pub const ENV_RESERVED: &[&str] = &[
     "STOCKWIRE_URL",
 ];
 
-/// Top-level scalar keys that `STOCKWIRE_<KEY>` may override, and whether the value is
-/// always text (so `STOCKWIRE_LISTEN=8080` stays a string).
-pub(super) const ENV_KEYS: &[(&str, EnvValueKind)] = &[
-    ("listen", EnvValueKind::Text),
-    ("data_dir", EnvValueKind::Text),
-    ("durability", EnvValueKind::Text),
-    ("default_ttl_seconds", EnvValueKind::Scalar),
-    ("max_body_bytes", EnvValueKind::Scalar),
-    ("partitions", EnvValueKind::Scalar),
-    ("shards", EnvValueKind::Scalar),
-    ("snapshot_interval_seconds", EnvValueKind::Scalar),
-    ("passivate_after_seconds", EnvValueKind::Scalar),
-    ("idempotency_retention_hours", EnvValueKind::Scalar),
-    ("reservation_retention_hours", EnvValueKind::Scalar),
-    ("transfer_overdue_seconds", EnvValueKind::Scalar),
-    ("transfer_retention_hours", EnvValueKind::Scalar),
-    ("journal_queue_max", EnvValueKind::Scalar),
-    ("journal_batch_max", EnvValueKind::Scalar),
-    ("batch_events_max", EnvValueKind::Scalar),
-    ("query_skus_max", EnvValueKind::Scalar),
-    ("reservation_lines_max", EnvValueKind::Scalar),
-    ("events_page_max", EnvValueKind::Scalar),
-    ("sse_connections_max", EnvValueKind::Scalar),
-    ("sse_connections_per_key_max", EnvValueKind::Scalar),
-    ("connections_max", EnvValueKind::Scalar),
-    ("max_header_bytes", EnvValueKind::Scalar),
-    ("reconciliation_max_bytes", EnvValueKind::Scalar),
-    ("reconciliation_rows_max", EnvValueKind::Scalar),
-    ("protect_metrics", EnvValueKind::Scalar),
-    ("publish_pending_max", EnvValueKind::Scalar),
-    ("drift_check_seconds", EnvValueKind::Scalar),
-    ("log_format", EnvValueKind::Text),
-    ("log_level", EnvValueKind::Text),
-];
-
+/// How the value of a `STOCKWIRE_<KEY>` variable is read (the settings table says which).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum EnvValueKind {
     /// Kept as a TOML string.

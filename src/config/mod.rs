@@ -15,8 +15,11 @@
 //! file. A validated [`Config`] is plain data; the modules that use a limit read it from
 //! here and never re-check it.
 //!
-//! The files, each re-exported here so every item is `crate::config::Name`:
-//! - `settings.rs`: [`Config`] itself, its defaults and every limit with its range;
+//! The files (their public items are re-exported here: every one is
+//! `crate::config::Name`):
+//! - `settings.rs`: the table of top-level settings, one row each (the fields of
+//!   [`Config`], defaults, ranges, env overrides), and every other limit;
+//! - `table.rs`: the macro that turns the table of `settings.rs` into code;
 //! - `types.rs`: the parts of the file (locations, keys, channels, sinks, inbox, source
 //!   authority) and the id and secret helpers;
 //! - `env.rs`: `STOCKWIRE_*` overrides of top-level keys;
@@ -27,6 +30,7 @@ use std::path::Path;
 
 mod env;
 mod settings;
+mod table;
 mod types;
 mod validate;
 
@@ -38,9 +42,13 @@ pub use settings::*;
 pub use types::*;
 
 use env::{attribute_to_env, env_overrides};
-#[cfg(test)]
-use env::{EnvValueKind, ENV_KEYS};
 use validate::Validator;
+
+// For the tests (`use super::*`).
+#[cfg(test)]
+use env::EnvValueKind;
+#[cfg(test)]
+use settings::{ENV_KEYS, SETTINGS};
 
 /// Where `serve` looks for the config file when `--config` is not given (SPEC §8).
 pub const DEFAULT_CONFIG_PATH: &str = "config/stockwire.toml";

@@ -937,3 +937,81 @@ fn load_missing_default_file_uses_defaults() {
         "{message}"
     );
 }
+
+/// The refusal of `var=value` from the environment, as text.
+fn env_error(var: &str, value: &str) -> String {
+    match parse_env("", &[(var, value)]) {
+        Err(error) => error.to_string(),
+        Ok(_) => panic!("{var}={value} accepted"),
+    }
+}
+
+#[test]
+fn every_setting_of_the_table_has_its_default_in_range_and_an_env_override() {
+    let env_keys: BTreeSet<&str> = ENV_KEYS.iter().map(|(key, _)| *key).collect();
+    let unknown = |var: &str| match parse_env("", &[(var, "1")]) {
+        Err(ConfigError::Env { message, .. }) => message.starts_with("unknown variable"),
+        _ => false,
+    };
+    for setting in SETTINGS {
+        let var = format!("{ENV_PREFIX}{}", setting.key.to_ascii_uppercase());
+        // The table drives the environment: a row with `env` is a known variable, one
+        // without (a list or a table) is not.
+        assert_eq!(
+            setting.env.is_some(),
+            env_keys.contains(setting.key),
+            "{var}"
+        );
+        assert_eq!(unknown(&var), setting.env.is_none(), "{var}");
+
+        let Some([default, start, end]) = setting.range else {
+            continue;
+        };
+        assert!(
+            start <= default && default <= end,
+            "{}: default {default} is not in {start}..={end}",
+            setting.key
+        );
+        assert_eq!(setting.env, Some(EnvValueKind::Scalar), "{var}");
+        // The default and both ends of the range are accepted and land in the field (a
+        // rule between two keys may refuse an end: that error names the other key).
+        for value in [default, start, end] {
+            match parse_env("", &[(&var, &value.to_string())]) {
+                Ok(config) => {
+                    let field = format!(" {}: {value},", setting.key);
+                    assert!(format!("{config:?}").contains(&field), "{var}={value}");
+                }
+                Err(error) => {
+                    let message = error.to_string();
+                    assert!(!message.starts_with(&var), "{var}={value}: {message}");
+                }
+            }
+        }
+        // Just outside the range: refused, naming the variable and the table's bound.
+        if start > 0 {
+            let below = start - 1;
+            assert_eq!(
+                env_error(&var, &below.to_string()),
+                format!("{var}: invalid value `{below}`: must be at least {start}")
+            );
+        }
+        let above = end + 1;
+        assert_eq!(
+            env_error(&var, &above.to_string()),
+            format!("{var}: invalid value `{above}`: must be at most {end}")
+        );
+    }
+}
+
+#[test]
+fn the_rules_the_settings_table_names_run_after_their_range() {
+    assert!(error("data_dir = \"\"").contains("data_dir: must not be empty"));
+    assert!(error("log_level = \"[[\"").contains("log_level: not a log filter"));
+    assert!(error("default_rate_limit = { per_second = 0, burst = 1 }")
+        .contains("default_rate_limit.per_second: must be at least 1"));
+    // In table order: journal_batch_max's own rule comes before later keys' ranges.
+    assert!(error("journal_queue_max = 16\nbatch_events_max = 0")
+        .contains("journal_batch_max: must be at most journal_queue_max (16)"));
+    assert!(error("journal_batch_max = 0\njournal_queue_max = 0")
+        .contains("journal_queue_max: must be at least 16"));
+}

@@ -28,7 +28,7 @@ impl Validator<'_> {
         Err(invalid(self.origin, path, message))
     }
 
-    fn range<T: PartialOrd + fmt::Display + Copy>(
+    pub(super) fn range<T: PartialOrd + fmt::Display + Copy>(
         &self,
         path: &str,
         value: T,
@@ -95,7 +95,9 @@ impl Validator<'_> {
     }
 
     pub(super) fn config(&self, config: &Config) -> Result<(), ConfigError> {
-        self.scalars(config)?;
+        // Each top-level key: its range, then its own rule (generated from the settings
+        // table in settings.rs).
+        self.top_level(config)?;
 
         self.count("locations", config.locations.len(), LOCATIONS_MAX)?;
         let mut locations = BTreeSet::new();
@@ -165,64 +167,27 @@ impl Validator<'_> {
         Ok(())
     }
 
-    fn scalars(&self, c: &Config) -> Result<(), ConfigError> {
+    // The top-level rules that are not a range. The settings table names each one
+    // (`check ...`) and `Validator::top_level` runs it right after the key's range check.
+
+    pub(super) fn listen_address(&self, c: &Config) -> Result<(), ConfigError> {
         if !is_valid_listen(&c.listen) {
             return self.fail(
                 "listen",
                 format!("invalid address {:?}: expected host:port", c.listen),
             );
         }
+        Ok(())
+    }
+
+    pub(super) fn data_dir_not_empty(&self, c: &Config) -> Result<(), ConfigError> {
         if c.data_dir.as_os_str().is_empty() {
             return self.fail("data_dir", "must not be empty");
         }
-        self.range(
-            "default_ttl_seconds",
-            c.default_ttl_seconds,
-            &DEFAULT_TTL_SECONDS_RANGE,
-        )?;
-        self.range("max_body_bytes", c.max_body_bytes, &MAX_BODY_BYTES_RANGE)?;
-        self.range("partitions", c.partitions, &PARTITIONS_RANGE)?;
-        self.range("shards", c.shards, &(0..=SHARDS_MAX))?;
-        self.range(
-            "snapshot_interval_seconds",
-            c.snapshot_interval_seconds,
-            &SNAPSHOT_INTERVAL_SECONDS_RANGE,
-        )?;
-        self.range(
-            "passivate_after_seconds",
-            c.passivate_after_seconds,
-            &PASSIVATE_AFTER_SECONDS_RANGE,
-        )?;
-        self.range(
-            "idempotency_retention_hours",
-            c.idempotency_retention_hours,
-            &IDEMPOTENCY_RETENTION_HOURS_RANGE,
-        )?;
-        self.range(
-            "reservation_retention_hours",
-            c.reservation_retention_hours,
-            &RESERVATION_RETENTION_HOURS_RANGE,
-        )?;
-        self.range(
-            "transfer_overdue_seconds",
-            c.transfer_overdue_seconds,
-            &TRANSFER_OVERDUE_SECONDS_RANGE,
-        )?;
-        self.range(
-            "transfer_retention_hours",
-            c.transfer_retention_hours,
-            &TRANSFER_RETENTION_HOURS_RANGE,
-        )?;
-        self.range(
-            "journal_queue_max",
-            c.journal_queue_max,
-            &JOURNAL_QUEUE_MAX_RANGE,
-        )?;
-        self.range(
-            "journal_batch_max",
-            c.journal_batch_max,
-            &JOURNAL_BATCH_MAX_RANGE,
-        )?;
+        Ok(())
+    }
+
+    pub(super) fn journal_batch_within_queue(&self, c: &Config) -> Result<(), ConfigError> {
         if c.journal_batch_max > c.journal_queue_max {
             return self.fail(
                 "journal_batch_max",
@@ -232,55 +197,14 @@ impl Validator<'_> {
                 ),
             );
         }
-        self.range(
-            "batch_events_max",
-            c.batch_events_max,
-            &BATCH_EVENTS_MAX_RANGE,
-        )?;
-        self.range("query_skus_max", c.query_skus_max, &QUERY_SKUS_MAX_RANGE)?;
-        self.range(
-            "reservation_lines_max",
-            c.reservation_lines_max,
-            &RESERVATION_LINES_MAX_RANGE,
-        )?;
-        self.range("events_page_max", c.events_page_max, &EVENTS_PAGE_MAX_RANGE)?;
-        self.range(
-            "sse_connections_max",
-            c.sse_connections_max,
-            &SSE_CONNECTIONS_MAX_RANGE,
-        )?;
-        self.range(
-            "sse_connections_per_key_max",
-            c.sse_connections_per_key_max,
-            &SSE_CONNECTIONS_PER_KEY_MAX_RANGE,
-        )?;
-        self.range("connections_max", c.connections_max, &CONNECTIONS_MAX_RANGE)?;
-        self.range(
-            "max_header_bytes",
-            c.max_header_bytes,
-            &MAX_HEADER_BYTES_RANGE,
-        )?;
-        self.range(
-            "reconciliation_max_bytes",
-            c.reconciliation_max_bytes,
-            &RECONCILIATION_MAX_BYTES_RANGE,
-        )?;
-        self.range(
-            "reconciliation_rows_max",
-            c.reconciliation_rows_max,
-            &RECONCILIATION_ROWS_MAX_RANGE,
-        )?;
-        self.rate_limit("default_rate_limit", &c.default_rate_limit)?;
-        self.range(
-            "publish_pending_max",
-            c.publish_pending_max,
-            &PUBLISH_PENDING_MAX_RANGE,
-        )?;
-        self.range(
-            "drift_check_seconds",
-            c.drift_check_seconds,
-            &DRIFT_CHECK_SECONDS_RANGE,
-        )?;
+        Ok(())
+    }
+
+    pub(super) fn default_rate_limit(&self, c: &Config) -> Result<(), ConfigError> {
+        self.rate_limit("default_rate_limit", &c.default_rate_limit)
+    }
+
+    pub(super) fn log_filter(&self, c: &Config) -> Result<(), ConfigError> {
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
             return self.fail("log_level", format!("not a log filter: {error}"));
         }
