@@ -19,7 +19,7 @@
 //! `crate::config::Name`):
 //! - `settings.rs`: the table of top-level settings, one row each (the fields of
 //!   [`Config`], defaults, ranges, env overrides), and every other limit;
-//! - `table.rs`: the macro that turns the table of `settings.rs` into code;
+//! - `table.rs`: the two macros that turn the tables of `settings.rs` into code;
 //! - `types.rs`: the parts of the file (locations, keys, channels, sinks, inbox, source
 //!   authority) and the id and secret helpers;
 //! - `env.rs`: `STOCKWIRE_*` overrides of top-level keys;

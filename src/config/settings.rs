@@ -2,13 +2,14 @@
 //! once. A tunable limit is a config key with a `*_DEFAULT` and the `*_RANGE` it is
 //! checked against at start-up; a fixed limit is a plain `*_MAX`.
 //!
-//! The table of top-level settings below is read by the macro of `table.rs`: a row is
-//! a top-level key (its field of [`Config`], default, range and environment override).
+//! The two tables below are read by the macros of `table.rs`: a row of the first one is
+//! a top-level key (its field of [`Config`], default, range and environment override), a
+//! row of the second one is a defaulted number inside a section.
 
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
-use super::table::top_level_settings;
+use super::table::{section_limits, top_level_settings};
 use super::{
     ChannelConfig, Durability, InboxConfig, KeyConfig, LocationConfig, LogFormat, RateLimit,
     SourceAuthorityConfig,
@@ -69,6 +70,11 @@ pub const SHARDS_MAX: u32 = 256;
 /// Per-key rate limit bounds (requests per second and burst).
 pub const RATE_LIMIT_PER_SECOND_RANGE: RangeInclusive<u32> = 1..=1_000_000;
 pub const RATE_LIMIT_BURST_RANGE: RangeInclusive<u32> = 1..=1_000_000;
+
+/// Channel publication policy bounds (SPEC §4): a share is a percentage, a coalescing
+/// window at most an hour.
+pub const MAX_SHARE_PCT_MAX: u8 = 100;
+pub const COALESCE_MS_MAX: u64 = 3_600_000;
 
 // ---------------------------------------------------------------------------------------
 // Top-level settings
@@ -210,70 +216,46 @@ const _: () = assert!(*JOURNAL_BATCH_MAX_RANGE.end() <= *JOURNAL_QUEUE_MAX_RANGE
 // Defaulted numbers inside sections
 // ---------------------------------------------------------------------------------------
 
-/// Channel publication policy (SPEC §4).
-pub const MAX_SHARE_PCT_DEFAULT: u8 = 100;
-pub const MAX_SHARE_PCT_MAX: u8 = 100;
-pub const COALESCE_MS_DEFAULT: u64 = 1000;
-pub const COALESCE_MS_MAX: u64 = 3_600_000;
-
-/// Webhook sink delivery (SPEC §4).
-pub const WEBHOOK_TIMEOUT_MS_DEFAULT: u64 = 2000;
-pub const WEBHOOK_TIMEOUT_MS_RANGE: RangeInclusive<u64> = 1..=300_000;
-pub const WEBHOOK_MAX_ATTEMPTS_DEFAULT: u32 = 12;
-pub const WEBHOOK_MAX_ATTEMPTS_RANGE: RangeInclusive<u32> = 1..=100;
-pub const WEBHOOK_BATCH_MAX_DEFAULT: usize = 500;
-pub const WEBHOOK_BATCH_MAX_RANGE: RangeInclusive<usize> = 1..=10_000;
-
-/// Retry back-off of every sink: the first retry waits about `backoff_ms`, each next one
-/// twice as long (with jitter), never more than `backoff_max_ms`.
-pub const SINK_BACKOFF_MS_DEFAULT: u64 = 250;
-pub const SINK_BACKOFF_MS_RANGE: RangeInclusive<u64> = 1..=600_000;
-pub const SINK_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
-pub const SINK_BACKOFF_MAX_MS_RANGE: RangeInclusive<u64> = 1..=3_600_000;
-
-/// How often an inbox directory is scanned. The scan is the fallback for the directory
-/// watcher (and catches anything it misses); with no watcher it is the only trigger.
-pub const INBOX_POLL_INTERVAL_MS_DEFAULT: u64 = 1000;
-pub const INBOX_POLL_INTERVAL_MS_RANGE: RangeInclusive<u64> = 10..=3_600_000;
-
-/// A file is read only once two looks at least this far apart saw the same size and
-/// modification time (a partner that writes in place is done writing).
-pub const INBOX_STABLE_MS_DEFAULT: u64 = 1000;
-pub const INBOX_STABLE_MS_RANGE: RangeInclusive<u64> = 0..=3_600_000;
-
-/// Larger files are rejected whole, unread.
-pub const INBOX_FILE_BYTES_MAX_DEFAULT: u64 = 256 * 1024 * 1024;
-pub const INBOX_FILE_BYTES_MAX_RANGE: RangeInclusive<u64> = 1..=64 * 1024 * 1024 * 1024;
-
-const fn in_range_u64(value: u64, range: &RangeInclusive<u64>) -> bool {
-    value >= *range.start() && value <= *range.end()
+// Each row: the serde default function of the key, its type and default, and the names
+// of its default and range. `validate.rs` checks each key against its range.
+section_limits! {
+    /// `channels[].max_share_pct` (SPEC §4): publish at most this share of the view.
+    fn default_max_share_pct() -> u8 = 100,
+        const MAX_SHARE_PCT_DEFAULT, MAX_SHARE_PCT_RANGE = 0..=MAX_SHARE_PCT_MAX;
+    /// `channels[].coalesce_ms` (SPEC §4): the latest value per SKU wins within this
+    /// window.
+    fn default_coalesce_ms() -> u64 = 1000,
+        const COALESCE_MS_DEFAULT, COALESCE_MS_RANGE = 0..=COALESCE_MS_MAX;
+    /// `channels[].sink.timeout_ms` of a webhook: the timeout of one POST.
+    fn default_webhook_timeout_ms() -> u64 = 2000,
+        const WEBHOOK_TIMEOUT_MS_DEFAULT, WEBHOOK_TIMEOUT_MS_RANGE = 1..=300_000;
+    /// `channels[].sink.max_attempts` of a webhook or file sink: after this many failed
+    /// attempts the update is parked in the DLQ.
+    fn default_webhook_max_attempts() -> u32 = 12,
+        const WEBHOOK_MAX_ATTEMPTS_DEFAULT, WEBHOOK_MAX_ATTEMPTS_RANGE = 1..=100;
+    /// `channels[].sink.batch_max`: most updates per webhook POST or per file.
+    fn default_webhook_batch_max() -> usize = 500,
+        const WEBHOOK_BATCH_MAX_DEFAULT, WEBHOOK_BATCH_MAX_RANGE = 1..=10_000;
+    /// `channels[].sink.backoff_ms`, the retry back-off of every sink: the first retry
+    /// waits about `backoff_ms`, each next one twice as long (with jitter), never more
+    /// than `backoff_max_ms`.
+    fn default_sink_backoff_ms() -> u64 = 250,
+        const SINK_BACKOFF_MS_DEFAULT, SINK_BACKOFF_MS_RANGE = 1..=600_000;
+    /// `channels[].sink.backoff_max_ms`: the longest wait between two attempts.
+    fn default_sink_backoff_max_ms() -> u64 = 30_000,
+        const SINK_BACKOFF_MAX_MS_DEFAULT, SINK_BACKOFF_MAX_MS_RANGE = 1..=3_600_000;
+    /// `inbox[].poll_interval_ms`: how often an inbox directory is scanned. The scan is
+    /// the fallback for the directory watcher (and catches anything it misses); with no
+    /// watcher it is the only trigger.
+    fn default_inbox_poll_interval_ms() -> u64 = 1000,
+        const INBOX_POLL_INTERVAL_MS_DEFAULT, INBOX_POLL_INTERVAL_MS_RANGE = 10..=3_600_000;
+    /// `inbox[].stable_ms`: a file is read only once two looks at least this far apart
+    /// saw the same size and modification time (a partner that writes in place is done
+    /// writing).
+    fn default_inbox_stable_ms() -> u64 = 1000,
+        const INBOX_STABLE_MS_DEFAULT, INBOX_STABLE_MS_RANGE = 0..=3_600_000;
+    /// `inbox[].file_bytes_max`: larger files are rejected whole, unread.
+    fn default_inbox_file_bytes_max() -> u64 = 256 * 1024 * 1024,
+        const INBOX_FILE_BYTES_MAX_DEFAULT,
+        INBOX_FILE_BYTES_MAX_RANGE = 1..=64 * 1024 * 1024 * 1024;
 }
-const fn in_range_usize(value: usize, range: &RangeInclusive<usize>) -> bool {
-    value >= *range.start() && value <= *range.end()
-}
-
-// Defaults must be valid on their own: an empty file is a valid config.
-const _: () = assert!(MAX_SHARE_PCT_DEFAULT <= MAX_SHARE_PCT_MAX);
-const _: () = assert!(COALESCE_MS_DEFAULT <= COALESCE_MS_MAX);
-const _: () = assert!(in_range_u64(
-    WEBHOOK_TIMEOUT_MS_DEFAULT,
-    &WEBHOOK_TIMEOUT_MS_RANGE
-));
-const _: () = assert!(WEBHOOK_MAX_ATTEMPTS_DEFAULT >= *WEBHOOK_MAX_ATTEMPTS_RANGE.start());
-const _: () = assert!(WEBHOOK_MAX_ATTEMPTS_DEFAULT <= *WEBHOOK_MAX_ATTEMPTS_RANGE.end());
-const _: () = assert!(in_range_usize(
-    WEBHOOK_BATCH_MAX_DEFAULT,
-    &WEBHOOK_BATCH_MAX_RANGE
-));
-const _: () = assert!(in_range_u64(
-    INBOX_POLL_INTERVAL_MS_DEFAULT,
-    &INBOX_POLL_INTERVAL_MS_RANGE
-));
-const _: () = assert!(in_range_u64(
-    INBOX_STABLE_MS_DEFAULT,
-    &INBOX_STABLE_MS_RANGE
-));
-const _: () = assert!(in_range_u64(
-    INBOX_FILE_BYTES_MAX_DEFAULT,
-    &INBOX_FILE_BYTES_MAX_RANGE
-));

@@ -1,9 +1,8 @@
-//! The macro that turns the table of top-level settings in `settings.rs` into code.
-//! Without it each setting was written six times (field, `Default`, `*_DEFAULT`,
-//! `*_RANGE`, the compile-time range check, the env table and the validator); with it a
-//! setting is one row. It generates only what a reader could write out by hand, and
-//! nothing else goes through it: rules that are not a plain range stay explicit in
-//! `validate.rs`.
+//! The two macros that turn the tables of `settings.rs` into code. Without them each
+//! setting was written six times (field, `Default`, `*_DEFAULT`, `*_RANGE`, the
+//! compile-time range check, the env table and the validator); with them a setting is
+//! one row. They generate only what a reader could write out by hand, and nothing else
+//! goes through them: rules that are not a plain range stay explicit in `validate.rs`.
 
 /// The table of top-level settings. One row per key, in the order of the file's keys:
 ///
@@ -112,6 +111,36 @@ macro_rules! top_level_settings {
     };
 }
 
+/// The defaulted numbers inside sections (`[[channels]]`, their `sink`, `[[inbox]]`).
+/// One row per number:
+///
+/// ```text
+/// /// Doc comment of the default.
+/// fn serde_default_fn() -> Type = default, const NAME_DEFAULT, NAME_RANGE = range;
+/// ```
+///
+/// generates `pub const NAME_DEFAULT`, `pub const NAME_RANGE`, the compile-time assertion
+/// that the default is in the range, and `fn serde_default_fn()` for the section's
+/// `#[serde(default = "serde_default_fn")]`. `validate.rs` checks the key against
+/// `NAME_RANGE`.
+macro_rules! section_limits {
+    ($(
+        $(#[doc = $doc:literal])*
+        fn $default_fn:ident() -> $ty:ty = $default:expr,
+            const $DEFAULT:ident, $RANGE:ident = $range:expr;
+    )*) => {$(
+        $(#[doc = $doc])*
+        pub const $DEFAULT: $ty = $default;
+        #[doc = concat!("Range of the key that defaults to [`", stringify!($DEFAULT), "`].")]
+        pub const $RANGE: std::ops::RangeInclusive<$ty> = $range;
+        const _: () = assert!($DEFAULT >= *$RANGE.start() && $DEFAULT <= *$RANGE.end());
+        pub(super) fn $default_fn() -> $ty {
+            $DEFAULT
+        }
+    )*};
+}
+
+pub(super) use section_limits;
 pub(super) use top_level_settings;
 
 /// One row of the top-level table as data (tests only): its key, how the environment

@@ -10,12 +10,14 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{
-    COALESCE_MS_DEFAULT, INBOX_FILE_BYTES_MAX_DEFAULT, INBOX_POLL_INTERVAL_MS_DEFAULT,
-    INBOX_STABLE_MS_DEFAULT, MAX_ID_LEN, MAX_SHARE_PCT_DEFAULT, SINK_BACKOFF_MAX_MS_DEFAULT,
-    SINK_BACKOFF_MS_DEFAULT, WEBHOOK_BATCH_MAX_DEFAULT, WEBHOOK_MAX_ATTEMPTS_DEFAULT,
-    WEBHOOK_TIMEOUT_MS_DEFAULT,
+// The serde defaults of the numbers in sections (their table is in `settings.rs`).
+use super::settings::{
+    default_coalesce_ms, default_inbox_file_bytes_max, default_inbox_poll_interval_ms,
+    default_inbox_stable_ms, default_max_share_pct, default_sink_backoff_max_ms,
+    default_sink_backoff_ms, default_webhook_batch_max, default_webhook_max_attempts,
+    default_webhook_timeout_ms,
 };
+use super::MAX_ID_LEN;
 
 /// True when `s` is a valid id (SPEC §1): 1..=64 characters from `[A-Za-z0-9._:-]`.
 pub fn is_valid_id(s: &str) -> bool {
@@ -453,27 +455,6 @@ pub struct SourceAuthorityConfig {
     pub types: Vec<String>,
 }
 
-fn default_max_share_pct() -> u8 {
-    MAX_SHARE_PCT_DEFAULT
-}
-fn default_coalesce_ms() -> u64 {
-    COALESCE_MS_DEFAULT
-}
-fn default_webhook_timeout_ms() -> u64 {
-    WEBHOOK_TIMEOUT_MS_DEFAULT
-}
-fn default_webhook_max_attempts() -> u32 {
-    WEBHOOK_MAX_ATTEMPTS_DEFAULT
-}
-fn default_webhook_batch_max() -> usize {
-    WEBHOOK_BATCH_MAX_DEFAULT
-}
-fn default_sink_backoff_ms() -> u64 {
-    SINK_BACKOFF_MS_DEFAULT
-}
-fn default_sink_backoff_max_ms() -> u64 {
-    SINK_BACKOFF_MAX_MS_DEFAULT
-}
 fn default_edi_sender() -> String {
     "STOCKWIRE".to_owned()
 }
@@ -485,13 +466,4 @@ fn default_inbox_format() -> String {
 }
 fn default_inbox_delimiter() -> String {
     ",".to_owned()
-}
-fn default_inbox_poll_interval_ms() -> u64 {
-    INBOX_POLL_INTERVAL_MS_DEFAULT
-}
-fn default_inbox_stable_ms() -> u64 {
-    INBOX_STABLE_MS_DEFAULT
-}
-fn default_inbox_file_bytes_max() -> u64 {
-    INBOX_FILE_BYTES_MAX_DEFAULT
 }

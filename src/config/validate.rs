@@ -240,12 +240,12 @@ impl Validator<'_> {
         self.range(
             &format!("{path}.max_share_pct"),
             channel.max_share_pct,
-            &(0..=MAX_SHARE_PCT_MAX),
+            &MAX_SHARE_PCT_RANGE,
         )?;
         self.range(
             &format!("{path}.coalesce_ms"),
             channel.coalesce_ms,
-            &(0..=COALESCE_MS_MAX),
+            &COALESCE_MS_RANGE,
         )?;
         if let Some(sink) = &channel.sink {
             self.sink(&format!("{path}.sink"), sink)?;
