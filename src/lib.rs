@@ -7,14 +7,16 @@
 //! - [`engine`]: what the API and the inbox call: reservations, events,
 //!   transfers, reconciliation, the exception queue, recovery, snapshots.
 //! - [`storage`]: the store (RocksDB, in memory), the journal, the codec, records.
-//! - [`channels`]: publication: broadcaster, publishers, sinks, ledger.
+//! - [`channels`]: publication: broadcaster, publishers, sinks (the ledger's
+//!   records are in `storage::ledger`, written through the engine).
 //! - [`api`]: actix-web routes, access, errors, OpenAPI, the console.
 //! - [`ingest`]: the 3PL file inbox.
 //! - [`input`]: input checks shared by the API and the inbox.
 //! - [`codes`]: the one table of error codes.
 //! - [`clock`]: the one place time is read (system, or manual for simulated-time tests).
-//! - [`config`], [`metrics`], [`logging`]: config file and limits, Prometheus
-//!   registry, buffered logging.
+//! - [`config`]: the config file (top-level settings, sections, env overrides,
+//!   validation) and every limit with its range.
+//! - [`metrics`], [`logging`]: Prometheus registry, buffered logging.
 pub mod actors;
 pub mod api;
 pub mod channels;
