@@ -123,7 +123,7 @@ where
     let result = handler(Some(keyed)).await;
     let (status, bytes) = match &result {
         Ok((status, value)) => (*status, encode(value)?),
-        Err(error) => (error.status_code(), error.body().to_string().into_bytes()),
+        Err(error) => (error.status_code(), error.body()),
     };
     let stored = result.is_ok() && stored.load(std::sync::atomic::Ordering::Acquire);
     // Server-side failures are not remembered: a retry may succeed.

@@ -21,26 +21,34 @@ use super::{
     reservations, transfers,
 };
 
+// Built by `ApiError::problem`.
 /// Every error body: `application/problem+json` with a stable `code`.
 #[derive(Serialize, ToSchema)]
-pub struct Problem {
+pub struct Problem<'a> {
     #[serde(rename = "type")]
     pub kind: String,
-    pub title: String,
+    pub title: &'static str,
     pub status: u16,
     pub detail: String,
     /// Stable snake_case code (SPEC §2).
-    pub code: String,
+    pub code: &'static str,
     /// `insufficient_available` only: the short lines.
-    pub shortages: Option<Vec<Shortage>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub shortages: Option<Vec<Shortage<'a>>>,
     /// `rate_limited` only (also in `Retry-After`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub retry_after_seconds: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct Shortage {
-    pub sku: String,
-    pub location: Option<String>,
+pub struct Shortage<'a> {
+    pub sku: &'a str,
+    /// Absent for a line that named no location.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub location: Option<&'a str>,
     pub requested: u64,
     pub available: i64,
 }
