@@ -87,12 +87,14 @@ impl IntoResponses for Errors {
 
 #[derive(Serialize, ToSchema)]
 pub struct Health {
-    pub status: String,
+    /// `ok`
+    pub status: &'static str,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct Ready {
-    pub status: String,
+    /// `ready`
+    pub status: &'static str,
     pub journal_head_seq: u64,
 }
 
