@@ -20,6 +20,7 @@ use super::{
     availability, channels, console, events, exceptions, ops, positions, reconciliations,
     reservations, transfers,
 };
+use crate::domain::{AdjustReason, QuarantineAction};
 
 // Built by `ApiError::problem`.
 /// Every error body: `application/problem+json` with a stable `code`.
@@ -205,13 +206,22 @@ pub struct Reservation<'a> {
     pub lines: Vec<ReservationLine<'a>>,
 }
 
+/// What became of one posted event (fields without a value are absent).
 #[derive(Serialize, ToSchema)]
 pub struct EventResult {
     pub event_id: String,
     /// applied | duplicate | rejected
-    pub status: String,
+    pub status: &'static str,
+    /// The log entry of an applied event.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub seq: Option<u64>,
-    pub code: Option<String>,
+    /// Why it was rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub code: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub detail: Option<String>,
 }
 
@@ -220,31 +230,73 @@ pub struct EventResults {
     pub results: Vec<EventResult>,
 }
 
-/// One entry of the ordered event log.
+/// A position's counters after a log entry's change.
 #[derive(Serialize, ToSchema)]
-pub struct LogEntry {
+pub struct LogPosition {
+    pub on_hand: u64,
+    pub reserved: u64,
+    pub allocated: u64,
+    pub quarantined: u64,
+    pub in_transit: u64,
+    pub backordered: u64,
+    pub safety_stock: u64,
+    pub backorder_limit: u64,
+    /// May be negative: an oversold position.
+    pub available: i64,
+    pub version: u64,
+}
+
+/// One entry of the ordered event log (`GET /v1/events`, and each SSE
+/// `data:`), borrowed from the journal record. Fields that do not apply to
+/// the entry's type are absent.
+#[derive(Serialize, ToSchema)]
+pub struct LogEntry<'a> {
     pub seq: u64,
-    pub event_id: String,
+    pub event_id: &'a str,
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: &'static str,
     pub schema_version: u32,
     pub occurred_at: String,
     pub recorded_at: String,
-    pub source: String,
-    pub correlation_id: String,
-    pub sku: String,
-    pub location: String,
-    pub reservation_id: Option<String>,
-    pub channel: Option<String>,
-    /// Counter name -> change.
-    pub delta: BTreeMap<String, i64>,
-    /// Counter name -> value after the change (`available` may be negative).
-    pub position: BTreeMap<String, i64>,
+    pub source: &'a str,
+    pub correlation_id: &'a str,
+    pub sku: &'a str,
+    pub location: &'a str,
+    /// A transfer's entries name the transfer (not its hold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub transfer_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub reservation_id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub channel: Option<&'a str>,
+    /// Counter name -> change (the counters that changed).
+    #[schema(value_type = BTreeMap<String, i64>)]
+    pub delta: BTreeMap<&'static str, i64>,
+    pub position: LogPosition,
+    /// Adjustments: damage | shrink | found | correction | short_pick
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false)]
+    pub reason: Option<AdjustReason>,
+    /// Quarantine entries: hold | release | scrap
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, nullable = false)]
+    pub action: Option<QuarantineAction>,
+    /// Returns only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub restockable: Option<bool>,
+    /// Commitment entries: the channel's new ring-fenced quantity.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub commitment: Option<u64>,
 }
 
 #[derive(Serialize, ToSchema)]
-pub struct EventPage {
-    pub events: Vec<LogEntry>,
+pub struct EventPage<'a> {
+    pub events: Vec<LogEntry<'a>>,
     pub head: u64,
 }
 
