@@ -9,7 +9,7 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
@@ -343,10 +343,11 @@ pub struct ExceptionPage {
 
 #[derive(Serialize, ToSchema)]
 pub struct ChannelStatus {
-    pub id: String,
-    pub sink: String,
+    #[schema(value_type = String)]
+    pub id: Arc<str>,
+    pub sink: &'static str,
     /// healthy | degraded | down | paused
-    pub state: String,
+    pub state: &'static str,
     pub lag_seconds: f64,
     pub pending: u64,
     pub dlq_depth: u64,
@@ -361,22 +362,34 @@ pub struct ChannelList {
     pub channels: Vec<ChannelStatus>,
 }
 
+/// What a resync or replay queued (fields that do not apply are absent).
 #[derive(Serialize, ToSchema)]
 pub struct Queued {
     pub channel: String,
+    /// A log replay: where it starts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub from_seq: Option<u64>,
-    pub from: Option<String>,
+    /// `dead_letters`: a replay of the dead-letter queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub from: Option<&'static str>,
+    /// A resync or a dead-letter replay: the SKUs queued.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub queued_skus: Option<u64>,
 }
 
+/// What the channel last acknowledged for a SKU (all null before its first).
 #[derive(Serialize, ToSchema)]
 pub struct Published {
     pub channel: String,
     pub sku: String,
-    pub available: Option<i64>,
+    pub available: Option<u64>,
     pub seq: Option<u64>,
     pub at: Option<String>,
-    pub current: i64,
+    /// The value the channel should have now.
+    pub current: u64,
     pub in_sync: bool,
 }
 
