@@ -401,9 +401,15 @@ pub struct PositionSettings {
     pub backorder_limit: u64,
     pub available: i64,
     pub version: u64,
+    /// The change's log entry (null when nothing changed).
     pub seq: Option<u64>,
     /// Commitment routes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub channel: Option<String>,
+    /// Commitment routes only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub commitment: Option<u64>,
 }
 
