@@ -422,15 +422,19 @@ pub struct ReconciliationDifference {
     pub diff: i64,
     pub applied: bool,
     /// The correction's log entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub seq: Option<u64>,
     /// Why it was not corrected (`source_not_authoritative`, `version_conflict`).
-    pub code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub code: Option<&'static str>,
 }
 
 #[derive(Serialize, ToSchema)]
 pub struct RowProblem {
     pub row: u64,
-    pub code: String,
+    pub code: &'static str,
     pub detail: String,
 }
 
