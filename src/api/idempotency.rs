@@ -17,9 +17,9 @@ use crate::storage::records::IdempotencyRecord;
 
 const KEY_LEN_MAX: usize = 255;
 
-/// A JSON answer: status and body (a `serde_json::Value`, or a typed
-/// response struct that the hot routes serialize without building a tree).
-pub type Reply<B = serde_json::Value> = (StatusCode, B);
+/// A JSON answer: status and body (one of the response structs in
+/// `openapi.rs`, serialized without building a `serde_json::Value` tree).
+pub type Reply<B> = (StatusCode, B);
 
 fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value)
