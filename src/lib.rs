@@ -9,7 +9,10 @@
 //! - [`storage`]: the store (RocksDB, in memory), the journal, the codec, records.
 //! - [`channels`]: publication: broadcaster, publishers, sinks, ledger.
 //! - [`api`]: actix-web routes, access, errors, OpenAPI, the console.
-//! - [`ingest`]: the 3PL file inbox.
+//! - [`ingest`]: the 3PL file inbox: per inbox a poll loop (worker), per file
+//!   a job that reads rows (reader), applies them chunk by chunk with a
+//!   durable progress record (progress) and writes the rejected rows
+//!   (rejects); partner layouts (layout), directories and moves (files).
 //! - [`input`]: input checks shared by the API and the inbox.
 //! - [`codes`]: the one table of error codes.
 //! - [`config`], [`metrics`], [`logging`]: config file and limits, Prometheus
