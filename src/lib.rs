@@ -10,7 +10,10 @@
 //! - [`channels`]: publication: broadcaster, publishers, sinks (the ledger's
 //!   records are in `storage::ledger`, written through the engine).
 //! - [`api`]: actix-web routes, access, errors, OpenAPI, the console.
-//! - [`ingest`]: the 3PL file inbox.
+//! - [`ingest`]: the 3PL file inbox: per inbox a poll loop (worker), per file
+//!   a job that reads rows (reader), applies them chunk by chunk with a
+//!   durable progress record (progress) and writes the rejected rows
+//!   (rejects); partner layouts (layout), directories and moves (files).
 //! - [`input`]: input checks shared by the API and the inbox.
 //! - [`codes`]: the one table of error codes.
 //! - [`clock`]: the one place time is read (system, or manual for simulated-time tests).

@@ -4,31 +4,33 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, read_body, reject_body};
+use super::openapi::{ChannelList, ChannelStatus, Published, Queued};
 use super::AppState;
 use crate::channels::runtime::ChannelReport;
 use crate::channels::sink::rfc3339_ms;
 use crate::channels::{ChannelError, Channels, ReplayFrom};
 use crate::engine::EngineError;
 
-fn report_json(report: &ChannelReport) -> serde_json::Value {
-    json!({
-        "id": &*report.id,
-        "sink": report.sink,
-        "state": report.state,
-        "lag_seconds": report.lag_seconds,
-        "pending": report.pending,
-        "dlq_depth": report.dlq_depth,
-        "cursor_seq": report.cursor_seq,
-        "drift": report.drift,
-        "last_error": report.last_error,
-        "last_delivery_at": (report.last_delivery_ms > 0).then(|| rfc3339_ms(report.last_delivery_ms)),
-    })
+/// A channel's status, as OpenAPI describes it.
+fn status(report: ChannelReport) -> ChannelStatus {
+    ChannelStatus {
+        id: report.id,
+        sink: report.sink,
+        state: report.state,
+        lag_seconds: report.lag_seconds,
+        pending: report.pending as u64,
+        dlq_depth: report.dlq_depth,
+        cursor_seq: report.cursor_seq,
+        drift: report.drift,
+        last_error: report.last_error,
+        last_delivery_at: (report.last_delivery_ms > 0)
+            .then(|| rfc3339_ms(report.last_delivery_ms)),
+    }
 }
 
 impl From<ChannelError> for ApiError {
@@ -54,20 +56,20 @@ fn channels(state: &AppState) -> Result<&Channels, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/channels", tag = "channels",
-    responses((status = 200, description = "every channel (a channel key: its own)", body = super::openapi::ChannelList), super::openapi::Errors))]
+    responses((status = 200, description = "every channel (a channel key: its own)", body = ChannelList), super::openapi::Errors))]
 /// A channel key sees only its own channel.
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let reports = channels(&state)?.reports();
-    let list: Vec<_> = reports
-        .iter()
+    let channels = reports
+        .into_iter()
         .filter(|report| caller.may_act_for(&report.id).is_ok())
-        .map(report_json)
+        .map(status)
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "channels": list })))
+    Ok(HttpResponse::Ok().json(ChannelList { channels }))
 }
 
 #[utoipa::path(get, path = "/v1/channels/{id}", tag = "channels", params(("id" = String, Path, description = "channel id")),
-    responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
+    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -77,7 +79,7 @@ pub async fn get(
     check_id("channel", &id)?;
     caller.may_act_for(&id)?;
     let report = channels(&state)?.report(&id)?;
-    Ok(HttpResponse::Ok().json(report_json(&report)))
+    Ok(HttpResponse::Ok().json(status(report)))
 }
 
 async fn control(
@@ -95,14 +97,14 @@ async fn control(
     idempotency::run(engine, &request, &body, |_| async {
         reject_body(&body)?;
         let report = channels.set_paused(&id, paused).await?;
-        Ok::<Reply, ApiError>((StatusCode::OK, report_json(&report)))
+        Ok::<Reply<ChannelStatus>, ApiError>((StatusCode::OK, status(report)))
     })
     .await
 }
 
 #[utoipa::path(post, path = "/v1/channels/{id}/pause", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
+    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::openapi::Errors))]
 pub async fn pause(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -115,7 +117,7 @@ pub async fn pause(
 
 #[utoipa::path(post, path = "/v1/channels/{id}/resume", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "the channel's status", body = super::openapi::ChannelStatus), super::openapi::Errors))]
+    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::openapi::Errors))]
 pub async fn resume(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -128,7 +130,7 @@ pub async fn resume(
 
 #[utoipa::path(post, path = "/v1/channels/{id}/resync", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 202, description = "every SKU's view queued for publication", body = super::openapi::Queued), super::openapi::Errors))]
+    responses((status = 202, description = "every SKU's view queued for publication", body = Queued), super::openapi::Errors))]
 pub async fn resync(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -144,9 +146,14 @@ pub async fn resync(
     idempotency::run(engine, &request, &body, |_| async {
         reject_body(&body)?;
         let queued = channels.resync(&id).await?;
-        Ok::<Reply, ApiError>((
+        Ok::<Reply<Queued>, ApiError>((
             StatusCode::ACCEPTED,
-            json!({ "channel": id, "queued_skus": queued }),
+            Queued {
+                channel: id.clone(),
+                from_seq: None,
+                from: None,
+                queued_skus: Some(queued as u64),
+            },
         ))
     })
     .await
@@ -164,7 +171,7 @@ pub(super) struct ReplayBody {
 
 #[utoipa::path(post, path = "/v1/channels/{id}/replay", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body = ReplayBody,
-    responses((status = 202, description = "re-delivery queued", body = super::openapi::Queued), super::openapi::Errors))]
+    responses((status = 202, description = "re-delivery queued", body = Queued), super::openapi::Errors))]
 pub async fn replay(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -198,12 +205,20 @@ pub async fn replay(
         };
         let queued = channels.replay(&id, from).await?;
         let body = match from {
-            ReplayFrom::Seq(seq) => json!({ "channel": id, "from_seq": seq }),
-            ReplayFrom::DeadLetters => {
-                json!({ "channel": id, "from": "dead_letters", "queued_skus": queued })
-            }
+            ReplayFrom::Seq(seq) => Queued {
+                channel: id.clone(),
+                from_seq: Some(seq),
+                from: None,
+                queued_skus: None,
+            },
+            ReplayFrom::DeadLetters => Queued {
+                channel: id.clone(),
+                from_seq: None,
+                from: Some("dead_letters"),
+                queued_skus: queued.map(|skus| skus as u64),
+            },
         };
-        Ok::<Reply, ApiError>((StatusCode::ACCEPTED, body))
+        Ok::<Reply<Queued>, ApiError>((StatusCode::ACCEPTED, body))
     })
     .await
 }
@@ -216,7 +231,7 @@ pub struct PublishedQuery {
 }
 
 #[utoipa::path(get, path = "/v1/channels/{id}/published", tag = "channels", params(("id" = String, Path, description = "channel id"), PublishedQuery),
-    responses((status = 200, description = "the last value the channel acknowledged", body = super::openapi::Published), super::openapi::Errors))]
+    responses((status = 200, description = "the last value the channel acknowledged", body = Published), super::openapi::Errors))]
 pub async fn published(
     state: web::Data<AppState>,
     caller: Caller,
@@ -230,25 +245,15 @@ pub async fn published(
     check_id("sku", &query.sku)?;
     let record = channels.published(&id, &query.sku)?;
     let current = channels.current_value(&id, &query.sku).await?;
-    let body = match record {
-        Some(record) => json!({
-            "channel": id,
-            "sku": query.sku,
-            "available": record.available,
-            "seq": record.seq,
-            "at": rfc3339_ms(record.acked_at_ms),
-            "current": current,
-            "in_sync": record.available == current,
-        }),
-        None => json!({
-            "channel": id,
-            "sku": query.sku,
-            "available": null,
-            "seq": null,
-            "at": null,
-            "current": current,
-            "in_sync": current == 0,
-        }),
-    };
-    Ok(HttpResponse::Ok().json(body))
+    let query = query.into_inner();
+    Ok(HttpResponse::Ok().json(Published {
+        channel: id,
+        sku: query.sku,
+        available: record.as_ref().map(|record| record.available),
+        seq: record.as_ref().map(|record| record.seq),
+        at: record.as_ref().map(|record| rfc3339_ms(record.acked_at_ms)),
+        current,
+        // Nothing acknowledged yet: in sync while there is nothing to publish.
+        in_sync: record.as_ref().map_or(0, |record| record.available) == current,
+    }))
 }

@@ -81,6 +81,7 @@ pub struct WhoAmI {
     pub role: String,
     /// `channel` keys: the channel they act for.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub channel: Option<String>,
     /// `system` keys: the locations they may touch (empty: none listed).
     pub locations: Vec<String>,

@@ -3,8 +3,8 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
-use serde_json::json;
 
+use super::openapi::Problem;
 use crate::codes::Code;
 use crate::engine::{error_code, EngineError, Shortage};
 
@@ -86,25 +86,33 @@ impl ApiError {
         (status, code.as_str())
     }
 
-    pub fn body(&self) -> serde_json::Value {
+    /// The problem+json answer, as OpenAPI describes it.
+    pub fn problem(&self) -> Problem<'_> {
         let (status, code) = self.status_and_code();
-        let mut body = json!({
-            "type": format!("https://stockwire.dev/problems/{code}"),
-            "title": status.canonical_reason().unwrap_or("error"),
-            "status": status.as_u16(),
-            "detail": self.to_string(),
-            "code": code,
-        });
-        match self {
-            ApiError::Engine(EngineError::Insufficient(shortages)) => {
-                body["shortages"] = shortages.iter().map(shortage_json).collect();
-            }
-            ApiError::RateLimited { .. } => {
-                body["retry_after_seconds"] = json!(self.retry_after_seconds());
-            }
-            _ => {}
+        Problem {
+            kind: format!("https://stockwire.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("error"),
+            status: status.as_u16(),
+            detail: self.to_string(),
+            code,
+            shortages: match self {
+                ApiError::Engine(EngineError::Insufficient(shortages)) => {
+                    Some(shortages.iter().map(shortage).collect())
+                }
+                _ => None,
+            },
+            retry_after_seconds: match self {
+                ApiError::RateLimited { .. } => Some(self.retry_after_seconds()),
+                _ => None,
+            },
         }
-        body
+    }
+
+    /// The JSON of [`ApiError::problem`], as sent (and stored under an
+    /// `Idempotency-Key`).
+    pub fn body(&self) -> Vec<u8> {
+        // Strings and integers: encoding it cannot fail.
+        serde_json::to_vec(&self.problem()).unwrap_or_default()
     }
 }
 
@@ -121,16 +129,13 @@ impl ApiError {
     }
 }
 
-fn shortage_json(shortage: &Shortage) -> serde_json::Value {
-    let mut value = json!({
-        "sku": shortage.sku,
-        "requested": shortage.requested,
-        "available": shortage.available,
-    });
-    if let Some(location) = &shortage.location {
-        value["location"] = json!(location);
+fn shortage(shortage: &Shortage) -> super::openapi::Shortage<'_> {
+    super::openapi::Shortage {
+        sku: &shortage.sku,
+        location: shortage.location.as_deref(),
+        requested: shortage.requested,
+        available: shortage.available,
     }
-    value
 }
 
 impl ResponseError for ApiError {
@@ -150,7 +155,7 @@ impl ResponseError for ApiError {
             }
             _ => {}
         }
-        response.body(self.body().to_string())
+        response.body(self.body())
     }
 }
 
@@ -161,5 +166,57 @@ pub fn from_json_error(error: serde_json::Error) -> ApiError {
         ApiError::UnknownField(message)
     } else {
         ApiError::BadRequest(format!("invalid JSON body: {message}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    fn keys(error: &ApiError) -> Vec<String> {
+        let body: Value = serde_json::from_slice(&error.body()).expect("JSON");
+        let mut keys: Vec<String> = body.as_object().expect("object").keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// The optional members are absent, not null, where they do not apply.
+    #[test]
+    fn problem_members_are_present_only_where_they_apply() {
+        let plain = ["code", "detail", "status", "title", "type"];
+        assert_eq!(keys(&ApiError::NotFound("gone".to_string())), plain);
+        let limited = ApiError::RateLimited {
+            key: std::sync::Arc::from("k"),
+            retry_after: std::time::Duration::from_millis(1500),
+        };
+        let mut expected = plain.to_vec();
+        expected.insert(2, "retry_after_seconds");
+        assert_eq!(keys(&limited), expected);
+        let body: Value = serde_json::from_slice(&limited.body()).expect("JSON");
+        assert_eq!(body["retry_after_seconds"], 2);
+        assert_eq!(body["status"], 429);
+        assert_eq!(body["type"], "https://stockwire.dev/problems/rate_limited");
+
+        let short = |location: Option<&str>| Shortage {
+            sku: "sku-a".to_string(),
+            location: location.map(str::to_string),
+            requested: 3,
+            available: -1,
+            absent: false,
+        };
+        let insufficient = ApiError::Engine(EngineError::Insufficient(vec![
+            short(None),
+            short(Some("wh-east")),
+        ]));
+        let body: Value = serde_json::from_slice(&insufficient.body()).expect("JSON");
+        assert!(body.get("retry_after_seconds").is_none(), "{body}");
+        assert_eq!(
+            body["shortages"],
+            serde_json::json!([
+                {"sku": "sku-a", "requested": 3, "available": -1},
+                {"sku": "sku-a", "location": "wh-east", "requested": 3, "available": -1},
+            ])
+        );
     }
 }

@@ -9,12 +9,16 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::access::Caller;
 use super::error::{from_json_error, ApiError};
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, parse_rfc3339, read_body, rfc3339};
+use super::openapi::{
+    EventPage, EventResult, EventResults, ExceptionItem, ExceptionPage, LogEntry, LogPosition,
+    Resolution,
+};
 use super::{correlation_id, AppState};
 use crate::codes::Code;
 use crate::config::EVENT_TYPES;
@@ -144,23 +148,19 @@ pub(super) fn decode(raw: Value) -> Result<WarehouseEvent, Box<Undecodable>> {
     validate_event(fields).map_err(|error| fail(error.into()))
 }
 
-pub(super) fn outcome_json(outcome: &EventOutcome) -> Value {
-    let status = match outcome.status {
-        EventStatus::Applied => "applied",
-        EventStatus::Duplicate => "duplicate",
-        EventStatus::Rejected => "rejected",
-    };
-    let mut value = json!({"event_id": outcome.event_id, "status": status});
-    if let Some(seq) = outcome.seq {
-        value["seq"] = json!(seq);
+/// The answer for one event, as OpenAPI describes it.
+pub(super) fn event_result(outcome: EventOutcome) -> EventResult {
+    EventResult {
+        status: match outcome.status {
+            EventStatus::Applied => "applied",
+            EventStatus::Duplicate => "duplicate",
+            EventStatus::Rejected => "rejected",
+        },
+        event_id: outcome.event_id,
+        seq: outcome.seq,
+        code: outcome.code,
+        detail: outcome.detail,
     }
-    if let Some(code) = outcome.code {
-        value["code"] = json!(code);
-    }
-    if let Some(detail) = &outcome.detail {
-        value["detail"] = json!(detail);
-    }
-    value
 }
 
 /// A system key posts only at its locations (and, with `sources`, only as one
@@ -189,7 +189,7 @@ async fn apply_batch(
     body: &[u8],
     max: usize,
     correlation: Arc<str>,
-) -> Result<Reply, ApiError> {
+) -> Result<Reply<EventResults>, ApiError> {
     let batch: BatchBody = parse_json(body)?;
     if batch.events.is_empty() || batch.events.len() > max {
         return Err(ApiError::BadRequest(format!(
@@ -253,13 +253,13 @@ async fn apply_batch(
     for (index, outcome) in valid_index.into_iter().zip(outcomes) {
         slots[index] = Some(outcome);
     }
-    let results: Vec<Value> = slots.iter().flatten().map(outcome_json).collect();
-    Ok((StatusCode::OK, json!({ "results": results })))
+    let results = slots.into_iter().flatten().map(event_result).collect();
+    Ok((StatusCode::OK, EventResults { results }))
 }
 
 #[utoipa::path(post, path = "/v1/events", tag = "events",
     request_body = EventsBody, params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
-    responses((status = 200, description = "one result per event, in order", body = super::openapi::EventResults), super::openapi::Errors))]
+    responses((status = 200, description = "one result per event, in order", body = EventResults), super::openapi::Errors))]
 pub async fn post(
     state: web::Data<AppState>,
     caller: Caller,
@@ -276,60 +276,64 @@ pub async fn post(
     .await
 }
 
-/// One event-log entry as subscribers see it (SPEC §2 "Subscribers").
-pub fn log_entry_json(seq: u64, record: &JournalRecord) -> Value {
-    let mut delta = Map::new();
-    for (name, change) in record.event.delta.nonzero() {
-        delta.insert(name.to_string(), json!(change));
-    }
+/// One event-log entry as subscribers see it (SPEC §2 "Subscribers"), as
+/// OpenAPI describes it.
+pub fn log_entry(seq: u64, record: &JournalRecord) -> LogEntry<'_> {
+    let event = &record.event;
     let c = &record.counters;
-    let mut entry = json!({
-        "seq": seq,
-        "event_id": record.event_id,
-        "type": record.event.kind.type_name(),
-        "schema_version": 1,
-        "occurred_at": rfc3339(record.occurred_at_ms),
-        "recorded_at": rfc3339(record.recorded_at_ms),
-        "source": record.source,
-        "correlation_id": record.correlation_id,
-        "sku": record.sku,
-        "location": record.location,
-        "delta": delta,
-        "position": {
-            "on_hand": c.on_hand,
-            "reserved": c.reserved,
-            "allocated": c.allocated,
-            "quarantined": c.quarantined,
-            "in_transit": c.in_transit,
-            "backordered": c.backordered,
-            "safety_stock": c.safety_stock,
-            "backorder_limit": c.backorder_limit,
-            "available": c.available(),
-            "version": record.version,
-        },
-    });
     // A transfer's entries name the transfer; its hold's internal id and
     // channel are not shown.
-    let event = &record.event;
-    match event.reservation_id.as_deref().and_then(transfer_of) {
-        Some(transfer) => entry["transfer_id"] = json!(transfer),
-        None => {
-            if let Some(id) = &event.reservation_id {
-                entry["reservation_id"] = json!(id);
-            }
-            if let Some(channel) = &event.channel {
-                entry["channel"] = json!(channel);
-            }
-        }
+    let transfer_id = event.reservation_id.as_deref().and_then(transfer_of);
+    let (reservation_id, channel) = match transfer_id {
+        Some(_) => (None, None),
+        None => (event.reservation_id.as_deref(), event.channel.as_deref()),
+    };
+    LogEntry {
+        seq,
+        event_id: &record.event_id,
+        kind: event.kind.type_name(),
+        schema_version: 1,
+        occurred_at: rfc3339(record.occurred_at_ms),
+        recorded_at: rfc3339(record.recorded_at_ms),
+        source: &record.source,
+        correlation_id: &record.correlation_id,
+        sku: &record.sku,
+        location: &record.location,
+        transfer_id,
+        reservation_id,
+        channel,
+        delta: event.delta.nonzero().collect(),
+        position: LogPosition {
+            on_hand: c.on_hand,
+            reserved: c.reserved,
+            allocated: c.allocated,
+            quarantined: c.quarantined,
+            in_transit: c.in_transit,
+            backordered: c.backordered,
+            safety_stock: c.safety_stock,
+            backorder_limit: c.backorder_limit,
+            available: c.available(),
+            version: record.version,
+        },
+        reason: match event.kind {
+            EventKind::Adjusted(reason) => Some(reason),
+            _ => None,
+        },
+        action: match event.kind {
+            EventKind::Quarantined(action) => Some(action),
+            _ => None,
+        },
+        restockable: match event.kind {
+            EventKind::Returned { restockable } => Some(restockable),
+            _ => None,
+        },
+        // A commitment entry always has its quantity (recovery refuses one
+        // without), so `None` here is only ever "not a commitment entry".
+        commitment: match event.kind {
+            EventKind::CommitmentSet => event.commitment_qty,
+            _ => None,
+        },
     }
-    match record.event.kind {
-        EventKind::Adjusted(reason) => entry["reason"] = json!(reason),
-        EventKind::Quarantined(action) => entry["action"] = json!(action),
-        EventKind::Returned { restockable } => entry["restockable"] = json!(restockable),
-        EventKind::CommitmentSet => entry["commitment"] = json!(record.event.commitment_qty),
-        _ => {}
-    }
-    entry
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -341,7 +345,7 @@ pub struct LogQuery {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(LogQuery),
-    responses((status = 200, description = "log entries after `after`", body = super::openapi::EventPage), super::openapi::Errors))]
+    responses((status = 200, description = "log entries after `after`", body = EventPage), super::openapi::Errors))]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -353,11 +357,14 @@ pub async fn list(
         .unwrap_or(100)
         .clamp(1, state.config.events_page_max);
     let entries = engine.read_log(query.after.unwrap_or(0), limit)?;
-    let events: Vec<Value> = entries
+    let events = entries
         .iter()
-        .map(|(seq, r)| log_entry_json(*seq, r))
+        .map(|(seq, record)| log_entry(*seq, record))
         .collect();
-    Ok(HttpResponse::Ok().json(json!({ "events": events, "head": engine.journal().head() })))
+    Ok(HttpResponse::Ok().json(EventPage {
+        events,
+        head: engine.journal().head(),
+    }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -445,13 +452,21 @@ pub async fn stream(
                 };
                 if let Some((last, _)) = page.last() {
                     let last = *last;
-                    let mut text = String::new();
+                    let mut text = Vec::new();
                     for (seq, record) in &page {
-                        text.push_str(&format!(
-                            "id: {seq}\nevent: {}\ndata: {}\n\n",
-                            record.event.kind.type_name(),
-                            log_entry_json(*seq, record)
-                        ));
+                        text.extend_from_slice(
+                            format!(
+                                "id: {seq}\nevent: {}\ndata: ",
+                                record.event.kind.type_name()
+                            )
+                            .as_bytes(),
+                        );
+                        let entry = log_entry(*seq, record);
+                        if let Err(error) = serde_json::to_writer(&mut text, &entry) {
+                            // Strings and integers: not expected to happen.
+                            tracing::warn!(%error, seq, "event log entry did not encode");
+                        }
+                        text.extend_from_slice(b"\n\n");
                     }
                     let chunk = web::Bytes::from(text);
                     return Some((Ok::<_, actix_web::Error>(chunk), (engine, head, last, slot)));
@@ -494,8 +509,8 @@ pub struct ExceptionQuery {
 pub(super) fn exception_item(
     record: &ExceptionRecord,
     resolution: Option<&ExceptionResolution>,
-) -> super::openapi::ExceptionItem {
-    super::openapi::ExceptionItem {
+) -> ExceptionItem {
+    ExceptionItem {
         id: record.id,
         kind: record.kind.clone(),
         status: record.status.clone(),
@@ -511,7 +526,7 @@ pub(super) fn exception_item(
             .and_then(|p| serde_json::from_str::<Value>(p).ok()),
         correlation_id: record.correlation_id.clone(),
         created_at: rfc3339(record.created_at_ms),
-        resolution: resolution.map(|r| super::openapi::Resolution {
+        resolution: resolution.map(|r| Resolution {
             note: r.note.clone(),
             by: r.by.clone(),
             at: rfc3339(r.at_ms),
@@ -522,16 +537,8 @@ pub(super) fn exception_item(
     }
 }
 
-/// [`exception_item`] as JSON, for answers that hold it.
-pub(super) fn exception_json(
-    record: &ExceptionRecord,
-    resolution: Option<&ExceptionResolution>,
-) -> Value {
-    serde_json::to_value(exception_item(record, resolution)).unwrap_or(Value::Null)
-}
-
 #[utoipa::path(get, path = "/v1/exceptions", tag = "events", params(ExceptionQuery),
-    responses((status = 200, description = "the exception queue", body = super::openapi::ExceptionPage), super::openapi::Errors))]
+    responses((status = 200, description = "the exception queue", body = ExceptionPage), super::openapi::Errors))]
 pub async fn exceptions(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -559,5 +566,5 @@ pub async fn exceptions(
         };
         items.push(exception_item(record, resolution.as_ref()));
     }
-    Ok(HttpResponse::Ok().json(super::openapi::ExceptionPage { exceptions: items }))
+    Ok(HttpResponse::Ok().json(ExceptionPage { exceptions: items }))
 }

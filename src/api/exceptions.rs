@@ -6,13 +6,14 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::access::Caller;
 use super::error::ApiError;
-use super::events::{decode, exception_json, outcome_json};
+use super::events::{decode, event_result, exception_item};
 use super::idempotency::{self, Reply};
 use super::input::{parse_json, parse_optional_json, read_body};
+use super::openapi::{ExceptionItem, RetryOutcome};
 use super::{correlation_id, AppState};
 use crate::codes::Code;
 use crate::engine::{Engine, EngineError, EventStatus};
@@ -77,7 +78,7 @@ fn load(
 
 #[utoipa::path(get, path = "/v1/exceptions/{id}", tag = "exceptions",
     params(("id" = u64, Path, description = "exception id")),
-    responses((status = 200, description = "the exception and how it was resolved", body = super::openapi::ExceptionItem), super::openapi::Errors))]
+    responses((status = 200, description = "the exception and how it was resolved", body = ExceptionItem), super::openapi::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -85,13 +86,13 @@ pub async fn get(
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
     let (record, resolution) = load(engine, &caller, parse_id(&id)?)?;
-    Ok(HttpResponse::Ok().json(exception_json(&record, resolution.as_ref())))
+    Ok(HttpResponse::Ok().json(exception_item(&record, resolution.as_ref())))
 }
 
 #[utoipa::path(post, path = "/v1/exceptions/{id}/resolve", tag = "exceptions",
     params(("id" = u64, Path, description = "exception id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries")),
     request_body = ResolveBody,
-    responses((status = 200, description = "resolved (already resolved: unchanged)", body = super::openapi::ExceptionItem), super::openapi::Errors))]
+    responses((status = 200, description = "resolved (already resolved: unchanged)", body = ExceptionItem), super::openapi::Errors))]
 pub async fn resolve(
     state: web::Data<AppState>,
     caller: Caller,
@@ -126,7 +127,10 @@ pub async fn resolve(
                 },
             )
             .await?;
-        Ok::<Reply, ApiError>((StatusCode::OK, exception_json(&record, resolution.as_ref())))
+        Ok::<Reply<ExceptionItem>, ApiError>((
+            StatusCode::OK,
+            exception_item(&record, resolution.as_ref()),
+        ))
     })
     .await
 }
@@ -134,7 +138,7 @@ pub async fn resolve(
 #[utoipa::path(post, path = "/v1/exceptions/{id}/retry", tag = "exceptions",
     params(("id" = u64, Path, description = "exception id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries")),
     request_body(content = Option<RetryBody>, description = "the corrected event, or nothing to re-submit the original"),
-    responses((status = 200, description = "what became of the event; applied (or already applied) resolves the exception", body = super::openapi::RetryOutcome), super::openapi::Errors))]
+    responses((status = 200, description = "what became of the event; applied (or already applied) resolves the exception", body = RetryOutcome), super::openapi::Errors))]
 pub async fn retry(
     state: web::Data<AppState>,
     caller: Caller,
@@ -194,7 +198,7 @@ pub async fn retry(
         }
         let exception = if outcome.status == EventStatus::Rejected {
             // Still wrong: the exception stays open, the answer says why.
-            exception_json(&record, None)
+            exception_item(&record, None)
         } else {
             let (record, resolution) = engine
                 .resolve_exception(
@@ -209,11 +213,14 @@ pub async fn retry(
                     },
                 )
                 .await?;
-            exception_json(&record, resolution.as_ref())
+            exception_item(&record, resolution.as_ref())
         };
-        Ok::<Reply, ApiError>((
+        Ok::<Reply<RetryOutcome>, ApiError>((
             StatusCode::OK,
-            json!({"exception": exception, "result": outcome_json(&outcome)}),
+            RetryOutcome {
+                exception,
+                result: event_result(outcome),
+            },
         ))
     })
     .await

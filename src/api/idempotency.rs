@@ -16,9 +16,9 @@ use crate::storage::records::IdempotencyRecord;
 
 const KEY_LEN_MAX: usize = 255;
 
-/// A JSON answer: status and body (a `serde_json::Value`, or a typed
-/// response struct that the hot routes serialize without building a tree).
-pub type Reply<B = serde_json::Value> = (StatusCode, B);
+/// A JSON answer: status and body (one of the response structs in
+/// `openapi.rs`, serialized without building a `serde_json::Value` tree).
+pub type Reply<B> = (StatusCode, B);
 
 fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {
     serde_json::to_vec(value)
@@ -122,7 +122,7 @@ where
     let result = handler(Some(keyed)).await;
     let (status, bytes) = match &result {
         Ok((status, value)) => (*status, encode(value)?),
-        Err(error) => (error.status_code(), error.body().to_string().into_bytes()),
+        Err(error) => (error.status_code(), error.body()),
     };
     let stored = result.is_ok() && stored.load(std::sync::atomic::Ordering::Acquire);
     // Server-side failures are not remembered: a retry may succeed.

@@ -1,27 +1,27 @@
 //! Operational routes: liveness, readiness, metrics, and the 404 fallback.
 
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use super::error::ApiError;
+use super::openapi::{Health, Ready};
 use super::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
-    responses((status = 200, description = "alive", body = super::openapi::Health)))]
+    responses((status = 200, description = "alive", body = Health)))]
 pub async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(json!({"status": "ok"}))
+    HttpResponse::Ok().json(Health { status: "ok" })
 }
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
-    responses((status = 200, description = "recovered and able to journal", body = super::openapi::Ready),
+    responses((status = 200, description = "recovered and able to journal", body = Ready),
         (status = 503, description = "recovering, or the journal failed", body = super::openapi::Problem, content_type = "application/problem+json")))]
 /// 200 once recovered and able to journal, 503 before (or after a journal failure).
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
-    Ok(HttpResponse::Ok().json(json!({
-        "status": "ready",
-        "journal_head_seq": engine.journal().head(),
-    })))
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready",
+        journal_head_seq: engine.journal().head(),
+    }))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("api_key" = [])),

@@ -3,12 +3,12 @@
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
-use serde_json::json;
 
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
+use super::openapi::PositionSettings;
 use super::{correlation_id, AppState};
 use crate::actors::{ExecOutcome, Meta};
 use crate::domain::Command;
@@ -30,17 +30,21 @@ pub(super) struct CommitmentBody {
     qty: serde_json::Number,
 }
 
-fn outcome_json(sku: &str, location: &str, outcome: &ExecOutcome) -> serde_json::Value {
+/// The position after a change, as OpenAPI describes it (the commitment
+/// route adds its channel and quantity).
+fn settings_answer(sku: String, location: String, outcome: &ExecOutcome) -> PositionSettings {
     let c = &outcome.counters;
-    json!({
-        "sku": sku,
-        "location": location,
-        "safety_stock": c.safety_stock,
-        "backorder_limit": c.backorder_limit,
-        "available": c.available(),
-        "version": outcome.version,
-        "seq": outcome.first_seq,
-    })
+    PositionSettings {
+        sku,
+        location,
+        safety_stock: c.safety_stock,
+        backorder_limit: c.backorder_limit,
+        available: c.available(),
+        version: outcome.version,
+        seq: outcome.first_seq,
+        channel: None,
+        commitment: None,
+    }
 }
 
 async fn apply(
@@ -70,7 +74,7 @@ async fn apply(
 
 #[utoipa::path(put, path = "/v1/positions/{sku}/{location}/settings", tag = "positions",
     params(("sku" = String, Path, description = "SKU id"), ("location" = String, Path, description = "location id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")), request_body = SettingsBody,
-    responses((status = 200, description = "the position's settings after the change", body = super::openapi::PositionSettings), super::openapi::Errors))]
+    responses((status = 200, description = "the position's settings after the change", body = PositionSettings), super::openapi::Errors))]
 pub async fn settings(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -103,14 +107,17 @@ pub async fn settings(
                 .transpose()?,
         };
         let outcome = apply(engine, &request, &sku, &location, command).await?;
-        Ok::<Reply, ApiError>((StatusCode::OK, outcome_json(&sku, &location, &outcome)))
+        Ok::<Reply<PositionSettings>, ApiError>((
+            StatusCode::OK,
+            settings_answer(sku.clone(), location.clone(), &outcome),
+        ))
     })
     .await
 }
 
 #[utoipa::path(put, path = "/v1/positions/{sku}/{location}/commitments/{channel}", tag = "positions",
     params(("sku" = String, Path, description = "SKU id"), ("location" = String, Path, description = "location id"), ("channel" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")), request_body = CommitmentBody,
-    responses((status = 200, description = "the position after the change", body = super::openapi::PositionSettings), super::openapi::Errors))]
+    responses((status = 200, description = "the position after the change", body = PositionSettings), super::openapi::Errors))]
 pub async fn commitment(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -135,10 +142,12 @@ pub async fn commitment(
             qty,
         };
         let outcome = apply(engine, &request, &sku, &location, command).await?;
-        let mut body = outcome_json(&sku, &location, &outcome);
-        body["channel"] = json!(channel);
-        body["commitment"] = json!(qty);
-        Ok::<Reply, ApiError>((StatusCode::OK, body))
+        let body = PositionSettings {
+            channel: Some(channel.clone()),
+            commitment: Some(qty),
+            ..settings_answer(sku.clone(), location.clone(), &outcome)
+        };
+        Ok::<Reply<PositionSettings>, ApiError>((StatusCode::OK, body))
     })
     .await
 }

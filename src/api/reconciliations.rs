@@ -9,12 +9,12 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde::Deserialize;
-use serde_json::{json, Value};
 
 use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
+use super::openapi::{ReconciliationDifference, ReconciliationReport, RowProblem};
 use super::{correlation_id, AppState};
 use crate::codes::Code;
 use crate::engine::{Engine, ReconReport, Reconciliation, SnapshotRow, RECONCILE_CHUNK};
@@ -49,48 +49,44 @@ pub struct CsvQuery {
     apply: Option<bool>,
 }
 
-fn report_json(run: &Reconciliation) -> Value {
-    let report: &ReconReport = &run.report;
-    let exceptions: Vec<Value> = report
-        .exceptions
-        .iter()
-        .map(|d| {
-            let mut value = json!({
-                "sku": d.sku,
-                "location": d.location,
-                "engine_on_hand": d.engine_on_hand,
-                "source_on_hand": d.source_on_hand,
-                "diff": d.diff,
-                "applied": d.applied,
-            });
-            if let Some(seq) = d.seq {
-                value["seq"] = json!(seq);
-            }
-            if let Some(code) = d.code {
-                value["code"] = json!(code);
-            }
-            value
-        })
-        .collect();
-    let errors: Vec<Value> = report
-        .errors
-        .iter()
-        .map(|e| json!({"row": e.row, "code": e.code, "detail": e.detail}))
-        .collect();
-    let truncated = (report.exceptions.len() as u64) < report.differences
-        || (report.errors.len() as u64) < report.rejected_rows;
-    json!({
-        "source": run.source,
-        "apply": run.apply,
-        "checked": report.checked,
-        "matched": report.matched,
-        "differences": report.differences,
-        "applied": report.applied,
-        "exceptions": exceptions,
-        "rejected_rows": report.rejected_rows,
-        "errors": errors,
-        "truncated": truncated,
-    })
+/// The run's report, as OpenAPI describes it.
+fn report(run: Reconciliation) -> ReconciliationReport {
+    let found: ReconReport = run.report;
+    let truncated = (found.exceptions.len() as u64) < found.differences
+        || (found.errors.len() as u64) < found.rejected_rows;
+    ReconciliationReport {
+        source: run.source,
+        apply: run.apply,
+        checked: found.checked,
+        matched: found.matched,
+        differences: found.differences,
+        applied: found.applied,
+        exceptions: found
+            .exceptions
+            .into_iter()
+            .map(|d| ReconciliationDifference {
+                sku: d.sku,
+                location: d.location,
+                engine_on_hand: d.engine_on_hand,
+                source_on_hand: d.source_on_hand,
+                diff: d.diff,
+                applied: d.applied,
+                seq: d.seq,
+                code: d.code,
+            })
+            .collect(),
+        rejected_rows: found.rejected_rows,
+        errors: found
+            .errors
+            .into_iter()
+            .map(|e| RowProblem {
+                row: e.row,
+                code: e.code,
+                detail: e.detail,
+            })
+            .collect(),
+        truncated,
+    }
 }
 
 /// Checks one row (ids, the caller's scope) and adds it to `chunk`, or records
@@ -130,7 +126,7 @@ async fn reconcile_json(
     caller: &Caller,
     body: &[u8],
     correlation: std::sync::Arc<str>,
-) -> Result<Reply, ApiError> {
+) -> Result<Reply<ReconciliationReport>, ApiError> {
     let parsed: ReconciliationBody = parse_json(body)?;
     check_id("source", &parsed.source)?;
     caller.may_claim(&parsed.source)?;
@@ -164,7 +160,7 @@ async fn reconcile_json(
         }
     }
     flush(engine, &mut run, &mut chunk).await?;
-    Ok((StatusCode::OK, report_json(&run)))
+    Ok((StatusCode::OK, report(run)))
 }
 
 /// Column positions of `sku`, `location` and `on_hand` in the header row.
@@ -367,7 +363,7 @@ async fn reconcile_csv(
             "empty CSV: expected a header row sku,location,on_hand".to_string(),
         ));
     }
-    Ok(HttpResponse::Ok().json(report_json(&upload.run)))
+    Ok(HttpResponse::Ok().json(report(upload.run)))
 }
 
 /// Largest CSV record (its fields' bytes) and most fields per record.
@@ -380,7 +376,7 @@ const RECORD_FIELDS_MAX: usize = 256;
         (ReconciliationBody = "application/json"),
         (String = "text/csv", example = "sku,location,on_hand\nsku-1,wh-east,10\n"),
     )),
-    responses((status = 200, description = "what differs (with apply: what was corrected)", body = super::openapi::ReconciliationReport), super::openapi::Errors))]
+    responses((status = 200, description = "what differs (with apply: what was corrected)", body = ReconciliationReport), super::openapi::Errors))]
 pub async fn post(
     state: web::Data<AppState>,
     caller: Caller,

@@ -14,11 +14,22 @@
 //! position other than through [`Engine::apply_events_in_order`], or hold a
 //! whole file in memory (rows are read in chunks of `batch_events_max`).
 //!
+//! The modules: `worker` (one inbox's poll loop), `job` (one file from
+//! `processing/` to filed), `reader` (the file as the partner's CSV, row by
+//! row), `progress` (a chunk's rows to a durable outcome, and the file's
+//! progress record), `rejects` (the rejected-rows file), `layout` (columns
+//! and mappings) and `files` (the directories, settling, fingerprints,
+//! durable moves).
+//!
 //! `docs/INBOX.md` is the operator's description: conventions, ids, result
 //! files, guarantees.
 
 mod files;
+mod job;
 mod layout;
+mod progress;
+mod reader;
+mod rejects;
 mod worker;
 
 use std::sync::Arc;
