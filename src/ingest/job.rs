@@ -19,25 +19,13 @@ use crossbeam_channel::TryRecvError;
 use serde_json::{json, Value};
 
 use super::files::{self, RESULT_SUFFIX};
-use super::progress::rows_of;
+use super::progress::{rows_of, FileState};
 use super::reader::{Next, Opened, RowReader, Source};
 use super::rejects::{rejects_name, RejectsFile};
 use super::worker::{Halt, Worker};
 use crate::codes::Code;
 use crate::input::rfc3339;
 use crate::storage::records::{ExceptionKind, ExceptionRecord, InboxFileRecord, InboxFinish};
-
-/// The file being processed.
-pub(super) struct FileState {
-    pub(super) name: String,
-    pub(super) key: [u8; 32],
-    /// `inbox-<20 hex>`: the event id prefix and every event's correlation id.
-    pub(super) file_id: String,
-    pub(super) correlation: Arc<str>,
-    pub(super) digest_hex: String,
-    pub(super) bytes: u64,
-    pub(super) record: InboxFileRecord,
-}
 
 impl Worker {
     /// Processes `processing/<name>` to the end: filed in `processed/` or

@@ -16,8 +16,8 @@
 //! or move the progress record past a row without a durable outcome.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
-use super::job::FileState;
 use super::reader::Row;
 use super::rejects::RejectsFile;
 use super::worker::{Halt, Worker};
@@ -29,6 +29,18 @@ use crate::storage::records::InboxFileRecord;
 /// The rows a progress record accounts for.
 pub(super) fn rows_of(record: &InboxFileRecord) -> u64 {
     record.applied + record.already_applied + record.rejected
+}
+
+/// The file being processed.
+pub(super) struct FileState {
+    pub(super) name: String,
+    pub(super) key: [u8; 32],
+    /// `inbox-<20 hex>`: the event id prefix and every event's correlation id.
+    pub(super) file_id: String,
+    pub(super) correlation: Arc<str>,
+    pub(super) digest_hex: String,
+    pub(super) bytes: u64,
+    pub(super) record: InboxFileRecord,
 }
 
 impl Worker {
