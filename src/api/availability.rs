@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::access::Caller;
 use super::error::ApiError;
 use super::input::{check_id, parse_json, read_body};
-use super::openapi::{
+use super::schema::{
     Availability, AvailabilityItems, ChannelAvailability, ChannelAvailable, FullAvailability,
     LocationAvailable, LocationCounters, Totals,
 };
@@ -126,7 +126,7 @@ fn channel_of<'a>(
 
 #[utoipa::path(get, path = "/v1/availability/{sku}", tag = "availability",
     params(("sku" = String, Path, description = "SKU id"), ChannelQuery),
-    responses((status = 200, description = "the SKU's availability", body = Availability), super::openapi::Errors))]
+    responses((status = 200, description = "the SKU's availability", body = Availability), super::schema::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -149,7 +149,7 @@ pub async fn get(
 
 #[utoipa::path(post, path = "/v1/availability/query", tag = "availability",
     request_body = QueryBody,
-    responses((status = 200, description = "one item per SKU, in order", body = AvailabilityItems), super::openapi::Errors))]
+    responses((status = 200, description = "one item per SKU, in order", body = AvailabilityItems), super::schema::Errors))]
 pub async fn query(
     state: web::Data<AppState>,
     caller: Caller,

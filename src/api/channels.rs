@@ -9,7 +9,7 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, read_body, reject_body};
-use super::openapi::{ChannelList, ChannelStatus, Published, Queued};
+use super::schema::{ChannelList, ChannelStatus, Published, Queued};
 use super::AppState;
 use crate::channels::runtime::ChannelReport;
 use crate::channels::sink::rfc3339_ms;
@@ -56,7 +56,7 @@ fn channels(state: &AppState) -> Result<&Channels, ApiError> {
 }
 
 #[utoipa::path(get, path = "/v1/channels", tag = "channels",
-    responses((status = 200, description = "every channel (a channel key: its own)", body = ChannelList), super::openapi::Errors))]
+    responses((status = 200, description = "every channel (a channel key: its own)", body = ChannelList), super::schema::Errors))]
 /// A channel key sees only its own channel.
 pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResponse, ApiError> {
     let reports = channels(&state)?.reports();
@@ -69,7 +69,7 @@ pub async fn list(state: web::Data<AppState>, caller: Caller) -> Result<HttpResp
 }
 
 #[utoipa::path(get, path = "/v1/channels/{id}", tag = "channels", params(("id" = String, Path, description = "channel id")),
-    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::openapi::Errors))]
+    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::schema::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -104,7 +104,7 @@ async fn control(
 
 #[utoipa::path(post, path = "/v1/channels/{id}/pause", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::openapi::Errors))]
+    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::schema::Errors))]
 pub async fn pause(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -117,7 +117,7 @@ pub async fn pause(
 
 #[utoipa::path(post, path = "/v1/channels/{id}/resume", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::openapi::Errors))]
+    responses((status = 200, description = "the channel's status", body = ChannelStatus), super::schema::Errors))]
 pub async fn resume(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -130,7 +130,7 @@ pub async fn resume(
 
 #[utoipa::path(post, path = "/v1/channels/{id}/resync", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 202, description = "every SKU's view queued for publication", body = Queued), super::openapi::Errors))]
+    responses((status = 202, description = "every SKU's view queued for publication", body = Queued), super::schema::Errors))]
 pub async fn resync(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -171,7 +171,7 @@ pub(super) struct ReplayBody {
 
 #[utoipa::path(post, path = "/v1/channels/{id}/replay", tag = "channels", params(("id" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body = ReplayBody,
-    responses((status = 202, description = "re-delivery queued", body = Queued), super::openapi::Errors))]
+    responses((status = 202, description = "re-delivery queued", body = Queued), super::schema::Errors))]
 pub async fn replay(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -231,7 +231,7 @@ pub struct PublishedQuery {
 }
 
 #[utoipa::path(get, path = "/v1/channels/{id}/published", tag = "channels", params(("id" = String, Path, description = "channel id"), PublishedQuery),
-    responses((status = 200, description = "the last value the channel acknowledged", body = Published), super::openapi::Errors))]
+    responses((status = 200, description = "the last value the channel acknowledged", body = Published), super::schema::Errors))]
 pub async fn published(
     state: web::Data<AppState>,
     caller: Caller,

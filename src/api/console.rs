@@ -62,7 +62,7 @@ pub async fn page() -> HttpResponse {
 #[utoipa::path(get, path = "/console/{asset}", tag = "operations", security(()),
     params(("asset" = String, Path, description = "`console.js` or `console.css`")),
     responses((status = 200, description = "an embedded asset of the console", body = String, content_type = "text/plain"),
-        (status = 404, description = "no such asset", body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 404, description = "no such asset", body = super::schema::Problem, content_type = "application/problem+json")))]
 pub async fn asset(path: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let name = path.into_inner();
     ASSETS
@@ -90,7 +90,7 @@ pub struct WhoAmI {
 }
 
 #[utoipa::path(get, path = "/v1/whoami", tag = "operations",
-    responses((status = 200, description = "the calling key's name, role and scope", body = WhoAmI), super::openapi::Errors))]
+    responses((status = 200, description = "the calling key's name, role and scope", body = WhoAmI), super::schema::Errors))]
 pub async fn whoami(caller: Caller) -> web::Json<WhoAmI> {
     web::Json(WhoAmI {
         key: caller.name.to_string(),

@@ -4,7 +4,7 @@
 use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 
-use super::openapi::Problem;
+use super::schema::Problem;
 use crate::codes::Code;
 use crate::engine::{error_code, EngineError, Shortage};
 
@@ -129,8 +129,8 @@ impl ApiError {
     }
 }
 
-fn shortage(shortage: &Shortage) -> super::openapi::Shortage<'_> {
-    super::openapi::Shortage {
+fn shortage(shortage: &Shortage) -> super::schema::Shortage<'_> {
+    super::schema::Shortage {
         sku: &shortage.sku,
         location: shortage.location.as_deref(),
         requested: shortage.requested,

@@ -15,7 +15,7 @@ use super::access::Caller;
 use super::error::{from_json_error, ApiError};
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, parse_rfc3339, read_body, rfc3339};
-use super::openapi::{
+use super::schema::{
     EventPage, EventResult, EventResults, ExceptionItem, ExceptionPage, LogEntry, LogPosition,
     Resolution,
 };
@@ -259,7 +259,7 @@ async fn apply_batch(
 
 #[utoipa::path(post, path = "/v1/events", tag = "events",
     request_body = EventsBody, params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
-    responses((status = 200, description = "one result per event, in order", body = EventResults), super::openapi::Errors))]
+    responses((status = 200, description = "one result per event, in order", body = EventResults), super::schema::Errors))]
 pub async fn post(
     state: web::Data<AppState>,
     caller: Caller,
@@ -345,7 +345,7 @@ pub struct LogQuery {
 }
 
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(LogQuery),
-    responses((status = 200, description = "log entries after `after`", body = EventPage), super::openapi::Errors))]
+    responses((status = 200, description = "log entries after `after`", body = EventPage), super::schema::Errors))]
 pub async fn list(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -422,7 +422,7 @@ impl Drop for SseSlot {
 
 #[utoipa::path(get, path = "/v1/events/stream", tag = "events", params(StreamQuery,
         ("Last-Event-ID" = Option<u64>, Header, description = "resume after this seq")),
-    responses((status = 200, description = "Server-Sent Events: `id: seq`, `event: type`, `data: log entry`", body = String, content_type = "text/event-stream"), super::openapi::Errors))]
+    responses((status = 200, description = "Server-Sent Events: `id: seq`, `event: type`, `data: log entry`", body = String, content_type = "text/event-stream"), super::schema::Errors))]
 /// Server-Sent Events: the log after `after` (or `Last-Event-ID`), then live.
 pub async fn stream(
     state: web::Data<AppState>,
@@ -538,7 +538,7 @@ pub(super) fn exception_item(
 }
 
 #[utoipa::path(get, path = "/v1/exceptions", tag = "events", params(ExceptionQuery),
-    responses((status = 200, description = "the exception queue", body = ExceptionPage), super::openapi::Errors))]
+    responses((status = 200, description = "the exception queue", body = ExceptionPage), super::schema::Errors))]
 pub async fn exceptions(
     state: web::Data<AppState>,
     _caller: Caller,

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::events::{decode, event_result, exception_item};
 use super::idempotency::{self, Reply};
 use super::input::{parse_json, parse_optional_json, read_body};
-use super::openapi::{ExceptionItem, RetryOutcome};
+use super::schema::{ExceptionItem, RetryOutcome};
 use super::{correlation_id, AppState};
 use crate::codes::Code;
 use crate::engine::{Engine, EngineError, EventStatus};
@@ -78,7 +78,7 @@ fn load(
 
 #[utoipa::path(get, path = "/v1/exceptions/{id}", tag = "exceptions",
     params(("id" = u64, Path, description = "exception id")),
-    responses((status = 200, description = "the exception and how it was resolved", body = ExceptionItem), super::openapi::Errors))]
+    responses((status = 200, description = "the exception and how it was resolved", body = ExceptionItem), super::schema::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -92,7 +92,7 @@ pub async fn get(
 #[utoipa::path(post, path = "/v1/exceptions/{id}/resolve", tag = "exceptions",
     params(("id" = u64, Path, description = "exception id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries")),
     request_body = ResolveBody,
-    responses((status = 200, description = "resolved (already resolved: unchanged)", body = ExceptionItem), super::openapi::Errors))]
+    responses((status = 200, description = "resolved (already resolved: unchanged)", body = ExceptionItem), super::schema::Errors))]
 pub async fn resolve(
     state: web::Data<AppState>,
     caller: Caller,
@@ -138,7 +138,7 @@ pub async fn resolve(
 #[utoipa::path(post, path = "/v1/exceptions/{id}/retry", tag = "exceptions",
     params(("id" = u64, Path, description = "exception id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries")),
     request_body(content = Option<RetryBody>, description = "the corrected event, or nothing to re-submit the original"),
-    responses((status = 200, description = "what became of the event; applied (or already applied) resolves the exception", body = RetryOutcome), super::openapi::Errors))]
+    responses((status = 200, description = "what became of the event; applied (or already applied) resolves the exception", body = RetryOutcome), super::schema::Errors))]
 pub async fn retry(
     state: web::Data<AppState>,
     caller: Caller,

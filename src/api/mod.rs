@@ -19,6 +19,7 @@ mod positions;
 mod reconciliations;
 mod reservations;
 mod route_metrics;
+mod schema;
 mod transfers;
 
 pub use reservations::{answer as reservation_answer, decode_create};
@@ -186,7 +187,7 @@ route_table! {
     get "/healthz" => ops::healthz, Policy::Open;
     get "/readyz" => ops::readyz, Policy::Open;
     get "/metrics" => ops::metrics, Policy::Metrics;
-    get "/v1/openapi.json" => ops::openapi, Policy::Open;
+    get "/v1/openapi.json" => openapi::openapi, Policy::Open;
     post "/v1/availability/query" => availability::query, Policy::Roles(AVAILABILITY);
     get "/v1/availability/{sku}" => availability::get, Policy::Roles(AVAILABILITY);
     post "/v1/reservations" => reservations::create, Policy::Roles(SELLERS);

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use super::openapi::{Health, Ready};
+use super::schema::{Health, Ready};
 use super::AppState;
 
 #[utoipa::path(get, path = "/healthz", tag = "operations", security(()),
@@ -14,7 +14,7 @@ pub async fn healthz() -> HttpResponse {
 
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, description = "recovered and able to journal", body = Ready),
-        (status = 503, description = "recovering, or the journal failed", body = super::openapi::Problem, content_type = "application/problem+json")))]
+        (status = 503, description = "recovering, or the journal failed", body = super::schema::Problem, content_type = "application/problem+json")))]
 /// 200 once recovered and able to journal, 503 before (or after a journal failure).
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?;
@@ -25,7 +25,7 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("api_key" = [])),
-    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), super::openapi::Errors))]
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"), super::schema::Errors))]
 pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest) -> HttpResponse {
     // The middleware admitted a key when `protect_metrics` is on; without one
     // (a request it could not match) refuse rather than serve.
@@ -58,13 +58,4 @@ pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest
 
 pub async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::NotFound("no such route".to_string()))
-}
-
-#[utoipa::path(get, path = "/v1/openapi.json", tag = "operations", security(()),
-    responses((status = 200, description = "this document", body = Object)))]
-/// `GET /v1/openapi.json`: the API description, generated from the handlers.
-pub async fn openapi() -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type("application/json")
-        .body(super::openapi::document())
 }

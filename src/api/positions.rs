@@ -8,7 +8,7 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
-use super::openapi::PositionSettings;
+use super::schema::PositionSettings;
 use super::{correlation_id, AppState};
 use crate::actors::{ExecOutcome, Meta};
 use crate::domain::Command;
@@ -74,7 +74,7 @@ async fn apply(
 
 #[utoipa::path(put, path = "/v1/positions/{sku}/{location}/settings", tag = "positions",
     params(("sku" = String, Path, description = "SKU id"), ("location" = String, Path, description = "location id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")), request_body = SettingsBody,
-    responses((status = 200, description = "the position's settings after the change", body = PositionSettings), super::openapi::Errors))]
+    responses((status = 200, description = "the position's settings after the change", body = PositionSettings), super::schema::Errors))]
 pub async fn settings(
     state: web::Data<AppState>,
     _caller: Caller,
@@ -117,7 +117,7 @@ pub async fn settings(
 
 #[utoipa::path(put, path = "/v1/positions/{sku}/{location}/commitments/{channel}", tag = "positions",
     params(("sku" = String, Path, description = "SKU id"), ("location" = String, Path, description = "location id"), ("channel" = String, Path, description = "channel id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")), request_body = CommitmentBody,
-    responses((status = 200, description = "the position after the change", body = PositionSettings), super::openapi::Errors))]
+    responses((status = 200, description = "the position after the change", body = PositionSettings), super::schema::Errors))]
 pub async fn commitment(
     state: web::Data<AppState>,
     _caller: Caller,

@@ -14,7 +14,7 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{amount, check_id, parse_json, read_body};
-use super::openapi::{ReconciliationDifference, ReconciliationReport, RowProblem};
+use super::schema::{ReconciliationDifference, ReconciliationReport, RowProblem};
 use super::{correlation_id, AppState};
 use crate::codes::Code;
 use crate::engine::{Engine, ReconReport, Reconciliation, SnapshotRow, RECONCILE_CHUNK};
@@ -376,7 +376,7 @@ const RECORD_FIELDS_MAX: usize = 256;
         (ReconciliationBody = "application/json"),
         (String = "text/csv", example = "sku,location,on_hand\nsku-1,wh-east,10\n"),
     )),
-    responses((status = 200, description = "what differs (with apply: what was corrected)", body = ReconciliationReport), super::openapi::Errors))]
+    responses((status = 200, description = "what differs (with apply: what was corrected)", body = ReconciliationReport), super::schema::Errors))]
 pub async fn post(
     state: web::Data<AppState>,
     caller: Caller,

@@ -10,7 +10,7 @@ use super::idempotency::{self, Reply};
 use super::input::{
     check_id, parse_json, parse_optional_json, qty, read_body, reject_body, rfc3339,
 };
-use super::openapi::{Reservation, ReservationLine};
+use super::schema::{Reservation, ReservationLine};
 use super::{correlation_id, AppState};
 use crate::engine::{LineRequest, NewReservation, RememberAnswer, ReservationView, ShipLine};
 
@@ -164,7 +164,7 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
     request_body = CreateBody, params(("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     responses((status = 201, description = "held", body = Reservation),
         (status = 200, description = "this reservation_id exists with the same content", body = Reservation),
-        super::openapi::Errors))]
+        super::schema::Errors))]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
@@ -201,7 +201,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/v1/reservations/{id}", tag = "reservations",
     params(("id" = String, Path, description = "reservation id")),
-    responses((status = 200, description = "the reservation", body = Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "the reservation", body = Reservation), super::schema::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -281,7 +281,7 @@ async fn transition(
 #[utoipa::path(post, path = "/v1/reservations/{id}/release", tag = "reservations",
     params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "released (a no-op when already released or expired)", body = Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "released (a no-op when already released or expired)", body = Reservation), super::schema::Errors))]
 pub async fn release(
     state: web::Data<AppState>,
     caller: Caller,
@@ -295,7 +295,7 @@ pub async fn release(
 #[utoipa::path(post, path = "/v1/reservations/{id}/allocate", tag = "reservations",
     params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "allocated: no more expiry", body = Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "allocated: no more expiry", body = Reservation), super::schema::Errors))]
 pub async fn allocate(
     state: web::Data<AppState>,
     caller: Caller,
@@ -309,7 +309,7 @@ pub async fn allocate(
 #[utoipa::path(post, path = "/v1/reservations/{id}/ship", tag = "reservations",
     params(("id" = String, Path, description = "reservation id"), ("Idempotency-Key" = Option<String>, Header, description = "replay-safe retries: the same key and body answer the first response again")),
     request_body(content = Option<ShipBody>, description = "no body ships everything"),
-    responses((status = 200, description = "shipped (a short shipment releases the rest)", body = Reservation), super::openapi::Errors))]
+    responses((status = 200, description = "shipped (a short shipment releases the rest)", body = Reservation), super::schema::Errors))]
 pub async fn ship(
     state: web::Data<AppState>,
     caller: Caller,

@@ -10,7 +10,7 @@ use super::access::Caller;
 use super::error::ApiError;
 use super::idempotency::{self, Reply};
 use super::input::{check_id, parse_json, qty, read_body, reject_body, rfc3339};
-use super::openapi::{Transfer, TransferStep};
+use super::schema::{Transfer, TransferStep};
 use super::{correlation_id, AppState};
 use crate::engine::{NewTransfer, TransferView};
 
@@ -108,7 +108,7 @@ const IDEMPOTENCY: &str =
     params(("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY)),
     responses((status = 201, description = "stock held at the source", body = Transfer),
         (status = 200, description = "this transfer_id exists with the same content", body = Transfer),
-        super::openapi::Errors))]
+        super::schema::Errors))]
 pub async fn create(
     state: web::Data<AppState>,
     caller: Caller,
@@ -136,7 +136,7 @@ pub async fn create(
 
 #[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers",
     params(("id" = String, Path, description = "transfer id")),
-    responses((status = 200, description = "its state and history", body = Transfer), super::openapi::Errors))]
+    responses((status = 200, description = "its state and history", body = Transfer), super::schema::Errors))]
 pub async fn get(
     state: web::Data<AppState>,
     caller: Caller,
@@ -153,7 +153,7 @@ pub async fn get(
 #[utoipa::path(post, path = "/v1/transfers/{id}/cancel", tag = "transfers",
     params(("id" = String, Path, description = "transfer id"), ("Idempotency-Key" = Option<String>, Header, description = IDEMPOTENCY)),
     request_body(content = Object, description = "no body, or `{}`"),
-    responses((status = 200, description = "cancelled: the hold is released", body = Transfer), super::openapi::Errors))]
+    responses((status = 200, description = "cancelled: the hold is released", body = Transfer), super::schema::Errors))]
 pub async fn cancel(
     state: web::Data<AppState>,
     caller: Caller,
