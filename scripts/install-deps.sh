@@ -4,8 +4,9 @@
 # use to check the metrics exposition and the alert rules, schemathesis
 # (PyPI), which scripts/schemathesis.sh runs against /v1/openapi.json, and what
 # the docs' commands use (jq, curl, redis-server, wrk; scripts/doc-commands.py),
-# and Chromium for the browser tests (scripts/browser-tests.sh; they bring
-# playwright-core from npm and need the machine's Node.js 20+).
+# Chromium for the browser tests (scripts/browser-tests.sh; they bring
+# playwright-core from npm and need the machine's Node.js 20+), and
+# nats-server for the nats sink's tests (tests/integration/nats.rs).
 # Debian/Ubuntu only; other platforms build the bundled RocksDB (see README).
 set -euo pipefail
 SCHEMATHESIS_VERSION=4.32.5
@@ -18,6 +19,7 @@ if [ "${1:-}" = "--test" ]; then
   command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v curl >/dev/null 2>&1 || need+=(curl)
+  command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # Chromium's recommended fonts (skipped by --no-install-recommends): text in
   # the browser tests' screenshots.

@@ -29,6 +29,9 @@ mod crash;
 #[path = "integration/channels.rs"]
 mod channels;
 
+#[path = "integration/nats.rs"]
+mod nats;
+
 #[path = "integration/ops.rs"]
 mod ops;
 

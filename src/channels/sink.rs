@@ -2,7 +2,9 @@
 //! the channel took it; publishers know nothing else about sinks, so another transport
 //! (NATS, say) is one more implementation of this trait and a config variant.
 
+use std::cell::RefCell;
 use std::path::PathBuf;
+use std::rc::Rc;
 use std::time::Duration;
 
 use futures_util::future::LocalBoxFuture;
@@ -59,7 +61,7 @@ pub trait Sink {
 /// Checks a sink's config can run here (creates a file sink's directory) and returns
 /// its retry settings.
 pub fn prepare(config: &SinkConfig) -> Result<Retry, String> {
-    match config {
+    let (max_attempts, batch_max, backoff_ms, backoff_max_ms) = match config {
         SinkConfig::Webhook {
             max_attempts,
             batch_max,
@@ -67,28 +69,32 @@ pub fn prepare(config: &SinkConfig) -> Result<Retry, String> {
             backoff_max_ms,
             ..
         }
-        | SinkConfig::File {
+        | SinkConfig::Nats {
+            max_attempts,
+            batch_max,
+            backoff_ms,
+            backoff_max_ms,
+            ..
+        } => (max_attempts, batch_max, backoff_ms, backoff_max_ms),
+        SinkConfig::File {
+            dir,
             max_attempts,
             batch_max,
             backoff_ms,
             backoff_max_ms,
             ..
         } => {
-            if let SinkConfig::File { dir, .. } = config {
-                std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            }
-            Ok(Retry {
-                max_attempts: *max_attempts,
-                backoff: Duration::from_millis(*backoff_ms),
-                backoff_max: Duration::from_millis(*backoff_max_ms),
-                batch_max: *batch_max,
-            })
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            (max_attempts, batch_max, backoff_ms, backoff_max_ms)
         }
-        SinkConfig::Nats { .. } => Err(NATS_MISSING.into()),
-    }
+    };
+    Ok(Retry {
+        max_attempts: *max_attempts,
+        backoff: Duration::from_millis(*backoff_ms),
+        backoff_max: Duration::from_millis(*backoff_max_ms),
+        batch_max: *batch_max,
+    })
 }
-
-const NATS_MISSING: &str = "the nats sink is not built into this version";
 
 /// Builds the sink (on the thread that will use it: HTTP clients are thread-local).
 pub fn build(config: &SinkConfig, clock: Clock) -> Box<dyn Sink> {
@@ -116,16 +122,21 @@ pub fn build(config: &SinkConfig, clock: Clock) -> Box<dyn Sink> {
             receiver_id: receiver_id.clone(),
             clock,
         }),
-        SinkConfig::Nats { .. } => Box::new(Unavailable),
-    }
-}
-
-/// A sink this build cannot deliver to (refused by config validation before this).
-struct Unavailable;
-
-impl Sink for Unavailable {
-    fn deliver(&self, _batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
-        Box::pin(async { Err(NATS_MISSING.to_string()) })
+        SinkConfig::Nats {
+            url,
+            subject,
+            jetstream,
+            secret,
+            timeout_ms,
+            ..
+        } => Box::new(NatsSink {
+            url: url.clone(),
+            subject: subject.clone(),
+            jetstream: *jetstream,
+            secret: secret.clone(),
+            timeout: Duration::from_millis(*timeout_ms),
+            connection: Rc::new(RefCell::new(None)),
+        }),
     }
 }
 
@@ -349,5 +360,104 @@ mod tests {
                 {"sku": "sku-1", "available": 7, "seq": 42, "at": "1970-01-01T00:00:00.000Z"}
             ]})
         );
+    }
+}
+
+/// Header naming the batch of a NATS message: `<channel>:<batch id>`. JetStream drops
+/// a retried batch it already stored (within the stream's duplicate window).
+pub const NATS_MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Publishes each batch, the webhook's JSON body, to one subject. One batch at a time
+/// (the publisher waits for each), so a SKU's updates arrive in `seq` order.
+struct NatsSink {
+    url: String,
+    subject: String,
+    jetstream: bool,
+    secret: Option<String>,
+    /// Of one attempt: connecting, publishing and the flush or acknowledgement.
+    timeout: Duration,
+    /// Connected on first use and kept; the client reconnects by itself.
+    connection: Rc<RefCell<Option<NatsConnection>>>,
+}
+
+#[derive(Clone)]
+struct NatsConnection {
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl NatsSink {
+    async fn connect(url: &str, timeout: Duration) -> Result<NatsConnection, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("stockwire")
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout))
+            // Back within a second of the server's return (the default waits up to
+            // several seconds between tries); the publisher's own back-off paces
+            // the batches meanwhile.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
+            })
+            .connect(url)
+            .await
+            .map_err(|e| format!("nats connect {url}: {e}"))?;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        Ok(NatsConnection { client, jetstream })
+    }
+}
+
+impl Sink for NatsSink {
+    fn deliver(&self, batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
+        let body = webhook_body(&batch);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            NATS_MSG_ID_HEADER,
+            format!("{}:{}", batch.channel, batch.id).as_str(),
+        );
+        if let Some(secret) = &self.secret {
+            headers.insert(SIGNATURE_HEADER, signature(secret, &body).as_str());
+        }
+        let (url, subject, jetstream, timeout) = (
+            self.url.clone(),
+            self.subject.clone(),
+            self.jetstream,
+            self.timeout,
+        );
+        let connection = self.connection.clone();
+        Box::pin(async move {
+            let attempt = async {
+                let cached = connection.borrow().clone();
+                let nats = match cached {
+                    Some(nats) => nats,
+                    None => {
+                        let nats = NatsSink::connect(&url, timeout).await?;
+                        *connection.borrow_mut() = Some(nats.clone());
+                        nats
+                    }
+                };
+                if jetstream {
+                    let ack = nats
+                        .jetstream
+                        .publish_with_headers(subject, headers, body.into())
+                        .await
+                        .map_err(|e| format!("jetstream publish: {e}"))?;
+                    ack.await.map_err(|e| format!("jetstream ack: {e}"))?;
+                } else {
+                    nats.client
+                        .publish_with_headers(subject, headers, body.into())
+                        .await
+                        .map_err(|e| format!("nats publish: {e}"))?;
+                    nats.client
+                        .flush()
+                        .await
+                        .map_err(|e| format!("nats flush: {e}"))?;
+                }
+                Ok(())
+            };
+            match tokio::time::timeout(timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("nats: no answer within {} ms", timeout.as_millis())),
+            }
+        })
     }
 }

@@ -232,12 +232,79 @@ fn full_example_parses() {
             .and_then(|c| c.sink.as_ref().map(SinkConfig::kind)),
         Some("file")
     );
-    // SPEC §4 names a nats sink; this build refuses it clearly at start-up.
-    let nats = FULL.replace(
-        r#"sink = { kind = "file", dir = "./feeds/b2b", format = "csv" }"#,
-        r#"sink = { kind = "nats", url = "nats://127.0.0.1:4222", subject = "stock.b2b" }"#,
+    // The nats sink (SPEC §4): its defaults, and what it refuses.
+    let nats_sink = |sink: &str| {
+        FULL.replace(
+            r#"sink = { kind = "file", dir = "./feeds/b2b", format = "csv" }"#,
+            &format!("sink = {{ kind = \"nats\", {sink} }}"),
+        )
+    };
+    let nats = Config::from_toml_str(
+        &nats_sink(r#"url = "nats://127.0.0.1:4222", subject = "stock.b2b""#),
+        "test",
+        &[],
+    )
+    .expect("a nats sink is valid");
+    assert_eq!(
+        nats.channel("b2b").and_then(|c| c.sink.clone()),
+        Some(SinkConfig::Nats {
+            url: "nats://127.0.0.1:4222".to_owned(),
+            subject: "stock.b2b".to_owned(),
+            jetstream: false,
+            secret: None,
+            timeout_ms: WEBHOOK_TIMEOUT_MS_DEFAULT,
+            max_attempts: WEBHOOK_MAX_ATTEMPTS_DEFAULT,
+            batch_max: WEBHOOK_BATCH_MAX_DEFAULT,
+            backoff_ms: SINK_BACKOFF_MS_DEFAULT,
+            backoff_max_ms: SINK_BACKOFF_MAX_MS_DEFAULT,
+        })
     );
-    assert!(error(&nats).contains(".sink.kind: nats is not built into this version"));
+    Config::from_toml_str(
+        &nats_sink(
+            r#"url = "nats://127.0.0.1:4222, nats://127.0.0.1:4223", subject = "stock.b2b", jetstream = true, secret = "s""#,
+        ),
+        "test",
+        &[],
+    )
+    .expect("a cluster's servers, JetStream, signed");
+    let refused = [
+        (
+            r#"url = "", subject = "s""#,
+            ".sink.url: must name at least one server",
+        ),
+        (
+            r#"url = "nats://a:b:c", subject = "s""#,
+            ".sink.url: invalid server",
+        ),
+        (
+            r#"url = "nats://127.0.0.1:4222", subject = "stock.*""#,
+            ".sink.subject: invalid subject",
+        ),
+        (
+            r#"url = "nats://127.0.0.1:4222", subject = "stock..b2b""#,
+            ".sink.subject: invalid subject",
+        ),
+        (
+            r#"url = "nats://127.0.0.1:4222", subject = "s", secret = "" "#,
+            ".sink.secret: must not be empty",
+        ),
+        (
+            r#"url = "nats://127.0.0.1:4222", subject = "s", max_attempts = 0"#,
+            ".sink.max_attempts: must be at least 1",
+        ),
+        (
+            r#"url = "nats://127.0.0.1:4222", subject = "s", timeout_ms = 0"#,
+            ".sink.timeout_ms: must be at least 1",
+        ),
+        (
+            r#"url = "nats://127.0.0.1:4222", subject = "s", stream = "x""#,
+            "unknown field",
+        ),
+    ];
+    for (sink, expected) in refused {
+        let found = error(&nats_sink(sink));
+        assert!(found.contains(expected), "{sink}: {found}");
+    }
     let https = FULL.replace("http://127.0.0.1:9101/stock", "https://hooks.example/stock");
     assert!(error(&https).contains("plain http"));
 

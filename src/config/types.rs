@@ -263,9 +263,31 @@ pub enum SinkConfig {
         #[serde(default = "default_edi_receiver")]
         receiver_id: String,
     },
+    /// Publishes each batch (the webhook's JSON body) to `subject` on a NATS server.
     Nats {
+        /// `nats://host:port`; several servers of one cluster separated by commas.
         url: String,
         subject: String,
+        /// Publish through JetStream and wait for the stream's acknowledgement (the
+        /// subject must belong to a stream; `Nats-Msg-Id` dedupes a retried batch).
+        /// Otherwise core NATS: delivered once the server has it (a flush).
+        #[serde(default)]
+        jetstream: bool,
+        /// HMAC key for the `X-Stockwire-Signature` header; unsigned when absent.
+        #[serde(default)]
+        secret: Option<String>,
+        /// One attempt (connect, publish, flush or acknowledgement) gives up after this.
+        #[serde(default = "default_webhook_timeout_ms")]
+        timeout_ms: u64,
+        #[serde(default = "default_webhook_max_attempts")]
+        max_attempts: u32,
+        /// Most updates per message.
+        #[serde(default = "default_webhook_batch_max")]
+        batch_max: usize,
+        #[serde(default = "default_sink_backoff_ms")]
+        backoff_ms: u64,
+        #[serde(default = "default_sink_backoff_max_ms")]
+        backoff_max_ms: u64,
     },
 }
 
@@ -321,10 +343,27 @@ impl fmt::Debug for SinkConfig {
                 .field("sender_id", sender_id)
                 .field("receiver_id", receiver_id)
                 .finish(),
-            SinkConfig::Nats { url, subject } => f
+            SinkConfig::Nats {
+                url,
+                subject,
+                jetstream,
+                secret,
+                timeout_ms,
+                max_attempts,
+                batch_max,
+                backoff_ms,
+                backoff_max_ms,
+            } => f
                 .debug_struct("Nats")
                 .field("url", url)
                 .field("subject", subject)
+                .field("jetstream", jetstream)
+                .field("secret", &secret.as_ref().map(|_| "<redacted>"))
+                .field("timeout_ms", timeout_ms)
+                .field("max_attempts", max_attempts)
+                .field("batch_max", batch_max)
+                .field("backoff_ms", backoff_ms)
+                .field("backoff_max_ms", backoff_max_ms)
                 .finish(),
         }
     }

@@ -340,9 +340,33 @@ impl Validator<'_> {
                     }
                 }
             }
-            SinkConfig::Nats { url, subject } => {
-                if url.trim().is_empty() {
-                    return self.fail(format!("{path}.url"), "must not be empty");
+            SinkConfig::Nats {
+                url,
+                subject,
+                secret,
+                timeout_ms,
+                max_attempts,
+                batch_max,
+                backoff_ms,
+                backoff_max_ms,
+                ..
+            } => {
+                let servers: Vec<&str> = url.split(',').map(str::trim).collect();
+                if servers.iter().any(|server| server.is_empty()) {
+                    return self.fail(
+                        format!("{path}.url"),
+                        "must name at least one server, none empty",
+                    );
+                }
+                for server in servers {
+                    if let Err(error) = server.parse::<async_nats::ServerAddr>() {
+                        return self.fail(
+                            format!("{path}.url"),
+                            format!(
+                                "invalid server {server:?}: {error} (expected nats://host:port)"
+                            ),
+                        );
+                    }
                 }
                 let valid_subject = !subject.is_empty()
                     && subject.split('.').all(|token| {
@@ -357,10 +381,28 @@ impl Validator<'_> {
                         format!("invalid subject {subject:?}: dot-separated tokens without spaces or wildcards"),
                     );
                 }
-                return self.fail(
-                    format!("{path}.kind"),
-                    "nats is not built into this version (the sink trait is ready for it); use webhook or file",
-                );
+                if secret.as_deref() == Some("") {
+                    return self.fail(
+                        format!("{path}.secret"),
+                        "must not be empty (omit it for unsigned messages)",
+                    );
+                }
+                self.range(
+                    &format!("{path}.timeout_ms"),
+                    *timeout_ms,
+                    &WEBHOOK_TIMEOUT_MS_RANGE,
+                )?;
+                self.range(
+                    &format!("{path}.max_attempts"),
+                    *max_attempts,
+                    &WEBHOOK_MAX_ATTEMPTS_RANGE,
+                )?;
+                self.range(
+                    &format!("{path}.batch_max"),
+                    *batch_max,
+                    &WEBHOOK_BATCH_MAX_RANGE,
+                )?;
+                self.backoff(path, *backoff_ms, *backoff_max_ms)?;
             }
         }
         Ok(())

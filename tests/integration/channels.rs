@@ -19,12 +19,12 @@ use serde_json::{json, Value};
 use crate::harness::{call, head, metric, rand_suffix, Server};
 
 /// How long any wait for convergence may take on a noisy machine.
-const CONVERGE: Duration = Duration::from_secs(30);
+pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
 
 /// How long a "wait until it shows" may take.
-const SHOWS: Duration = Duration::from_secs(20);
+pub(crate) const SHOWS: Duration = Duration::from_secs(20);
 
-const SECRET: &str = "test-secret-0123";
+pub(crate) const SECRET: &str = "test-secret-0123";
 
 // ---------------------------------------------------------------------------------------
 // A webhook receiver on 127.0.0.1:0
@@ -93,7 +93,7 @@ struct Shared {
     close_after: Mutex<Option<Duration>>,
 }
 
-struct Receiver {
+pub(crate) struct Receiver {
     addr: SocketAddr,
     shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
@@ -344,7 +344,7 @@ fn serve(mut stream: TcpStream, shared: &Shared) {
 }
 
 /// HMAC-SHA256, computed here independently of the server's code.
-fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
+pub(crate) fn hmac_sha256_hex(key: &[u8], message: &[u8]) -> String {
     use hmac::{Hmac, Mac};
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key).expect("any key length");
     mac.update(message);
@@ -373,7 +373,7 @@ name = "North"
 "#;
 
 /// A server with `top` (top-level keys) and `channels` (`[[channels]]` tables).
-fn start(top: &str, channels: &str) -> Server {
+pub(crate) fn start(top: &str, channels: &str) -> Server {
     let base = format!(
         "durability = \"wal\"\ndefault_ttl_seconds = 900\nsnapshot_interval_seconds = 3600\n\
          drift_check_seconds = 1\n{top}\n{LOCATIONS}\n{channels}\n"
@@ -424,13 +424,13 @@ impl Policy {
     }
 }
 
-fn report(server: &Server, channel: &str) -> Value {
+pub(crate) fn report(server: &Server, channel: &str) -> Value {
     let (status, body) = server.get(&format!("/v1/channels/{channel}"));
     assert_eq!(status, 200, "{body}");
     body
 }
 
-fn published(server: &Server, channel: &str, sku: &str) -> Value {
+pub(crate) fn published(server: &Server, channel: &str, sku: &str) -> Value {
     let (status, body) = server.get(&format!("/v1/channels/{channel}/published?sku={sku}"));
     assert_eq!(status, 200, "{body}");
     body
@@ -467,7 +467,7 @@ fn adjustment(sku: &str, location: &str, delta: i64) -> Value {
 }
 
 /// Reserves `qty` of `sku` at `location` for `channel`; the answer must come within a second.
-fn reserve_quickly(server: &Server, channel: &str, sku: &str, location: &str, qty: u64) {
+pub(crate) fn reserve_quickly(server: &Server, channel: &str, sku: &str, location: &str, qty: u64) {
     let started = Instant::now();
     let (status, body) = server.post(
         "/v1/reservations",
@@ -484,7 +484,7 @@ fn reserve_quickly(server: &Server, channel: &str, sku: &str, location: &str, qt
 /// Waits until `channel` has nothing pending, the ledger is in sync for every SKU of
 /// `skus` at the engine's current value, and (with a receiver) the receiver's last
 /// acknowledged value of each SKU is that value. Returns the current values.
-fn wait_converged(
+pub(crate) fn wait_converged(
     server: &Server,
     channel: &str,
     receiver: Option<&Receiver>,
@@ -548,7 +548,7 @@ fn converged(
 }
 
 /// Polls `check` until it returns `Some` or `limit` passes.
-fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+pub(crate) fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
         if let Some(value) = check() {
@@ -559,7 +559,7 @@ fn wait_for<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>
     }
 }
 
-fn skus(prefix: &str, n: usize) -> Vec<String> {
+pub(crate) fn skus(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}-{i:02}")).collect()
 }
 

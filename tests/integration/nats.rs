@@ -1,0 +1,412 @@
+//! The `nats` sink (SPEC §4) against Debian's real `nats-server` on a loopback
+//! port: core NATS (signed batches, per-SKU `seq` order, the batch's
+//! `Nats-Msg-Id`), JetStream through a `kill -9` of the server (reservations
+//! never wait for it; the channel converges once it is back, the stream's last
+//! message of each SKU is the engine's value), and dead letters while no server
+//! is there, replayed once one is.
+
+use std::collections::BTreeMap;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use crate::channels::{
+    hmac_sha256_hex, published, report, reserve_quickly, skus, start, wait_converged, wait_for,
+    SECRET, SHOWS,
+};
+use crate::harness::{free_port, Server};
+
+const SIGNATURE: &str = "X-Stockwire-Signature";
+
+/// A `nats-server` child on 127.0.0.1, stopped (killed) when dropped.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    /// The JetStream store, kept across a restart.
+    store: tempfile::TempDir,
+    jetstream: bool,
+}
+
+fn nats_binary() -> PathBuf {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("nats-server"))
+}
+
+impl NatsServer {
+    fn start(jetstream: bool) -> NatsServer {
+        let mut server = NatsServer {
+            child: None,
+            port: free_port(),
+            store: tempfile::tempdir().expect("temp dir"),
+            jetstream,
+        };
+        server.run();
+        server
+    }
+
+    fn run(&mut self) {
+        let log = self.store.path().join("nats.log");
+        let mut command = Command::new(nats_binary());
+        command
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .arg("-l")
+            .arg(&log)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if self.jetstream {
+            command
+                .arg("-js")
+                .arg("-sd")
+                .arg(self.store.path().join("js"));
+        }
+        let child = command
+            .spawn()
+            .expect("nats-server runs (install-deps.sh --test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("nats-server exited with {status}: {}", read_log(&log));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not listen: {}",
+                read_log(&log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// `kill -9`: no goodbye to its clients.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn read_log(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// A message as a subscriber or the stream saw it.
+#[derive(Debug, Clone)]
+struct Message {
+    headers: BTreeMap<String, String>,
+    body: Vec<u8>,
+}
+
+impl Message {
+    fn of(headers: Option<&async_nats::HeaderMap>, body: &[u8]) -> Message {
+        let headers = headers
+            .map(|map| {
+                map.iter()
+                    .map(|(name, values)| {
+                        let value = values.first().map(|v| v.as_str().to_string());
+                        (name.to_string(), value.unwrap_or_default())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Message {
+            headers,
+            body: body.to_vec(),
+        }
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("a JSON body")
+    }
+
+    /// `(sku, available, seq)` of each update.
+    fn updates(&self) -> Vec<(String, u64, u64)> {
+        self.json()["updates"]
+            .as_array()
+            .expect("updates")
+            .iter()
+            .map(|u| {
+                (
+                    u["sku"].as_str().expect("sku").to_string(),
+                    u["available"].as_u64().expect("available"),
+                    u["seq"].as_u64().expect("seq"),
+                )
+            })
+            .collect()
+    }
+
+    /// Signed with the channel's secret, named `<channel>:<batch>`, for `channel`.
+    fn check(&self, channel: &str) {
+        let expected = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), &self.body));
+        assert_eq!(self.headers.get(SIGNATURE), Some(&expected), "{self:?}");
+        let id = self.headers.get("Nats-Msg-Id").expect("Nats-Msg-Id");
+        let batch = id
+            .strip_prefix(&format!("{channel}:"))
+            .expect("<channel>:<batch>");
+        assert!(batch.parse::<u64>().is_ok_and(|n| n > 0), "{id}");
+        assert_eq!(self.json()["channel"], channel);
+    }
+}
+
+/// The last value and seq each SKU was published with, checking that each SKU's
+/// `seq`s only grow from message to message.
+fn last_values(messages: &[Message]) -> BTreeMap<String, (u64, u64)> {
+    let mut last: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for message in messages {
+        for (sku, available, seq) in message.updates() {
+            if let Some((_, before)) = last.get(&sku) {
+                assert!(seq >= *before, "{sku}: seq {seq} after {before}");
+            }
+            last.insert(sku, (available, seq));
+        }
+    }
+    last
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// A core NATS subscription, read on its own thread into a list.
+struct Subscriber {
+    messages: Arc<Mutex<Vec<Message>>>,
+}
+
+impl Subscriber {
+    fn start(url: &str, subject: &str) -> Subscriber {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (url, subject, into) = (url.to_string(), subject.to_string(), messages.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let client = async_nats::connect(url).await.expect("subscriber connects");
+                let mut subscription = client.subscribe(subject).await.expect("subscribes");
+                client.flush().await.expect("subscription registered");
+                let _ = ready_tx.send(());
+                while let Some(message) = subscription.next().await {
+                    let seen = Message::of(message.headers.as_ref(), &message.payload);
+                    into.lock().expect("lock").push(seen);
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the subscriber is ready");
+        Subscriber { messages }
+    }
+
+    fn messages(&self) -> Vec<Message> {
+        self.messages.lock().expect("lock").clone()
+    }
+}
+
+/// A `[[channels]]` table with a nats sink.
+fn nats_channel(id: &str, url: &str, subject: &str, sink: &str) -> String {
+    format!(
+        "[[channels]]\nid = \"{id}\"\nlocations = [\"wh-east\", \"wh-west\"]\ncoalesce_ms = 0\n\
+         replay_dead_letters_on_recovery = false\n\
+         sink = {{ kind = \"nats\", url = \"{url}\", subject = \"{subject}\", secret = \"{SECRET}\", {sink} }}\n"
+    )
+}
+
+/// Every message of `stream`, oldest first.
+fn stream_messages(url: &str, stream: &str) -> Vec<Message> {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connects");
+        let jetstream = async_nats::jetstream::new(client);
+        let mut stream = jetstream.get_stream(stream).await.expect("stream");
+        let info = stream.info().await.expect("info").clone();
+        let mut out = Vec::new();
+        for seq in info.state.first_sequence..=info.state.last_sequence {
+            if let Ok(raw) = stream.get_raw_message(seq).await {
+                out.push(Message::of(Some(&raw.headers), &raw.payload));
+            }
+        }
+        out
+    })
+}
+
+fn create_stream(url: &str, name: &str, subjects: &[&str]) {
+    runtime().block_on(async {
+        let client = async_nats::connect(url).await.expect("connects");
+        let jetstream = async_nats::jetstream::new(client);
+        jetstream
+            .create_stream(async_nats::jetstream::stream::Config {
+                name: name.to_string(),
+                subjects: subjects.iter().map(|s| s.to_string()).collect(),
+                ..Default::default()
+            })
+            .await
+            .expect("stream created");
+    });
+}
+
+fn channel_state(server: &Server, channel: &str) -> String {
+    report(server, channel)["state"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_nats_channel_publishes_signed_batches_in_seq_order() {
+    let nats = NatsServer::start(false);
+    let subscriber = Subscriber::start(&nats.url(), "stock.web");
+    let server = start(
+        "",
+        &nats_channel("nw", &nats.url(), "stock.web", "batch_max = 2"),
+    );
+    let all = skus("n", 5);
+    for (i, sku) in all.iter().enumerate() {
+        server.receive(sku, "wh-east", 3 + i as u64);
+    }
+    server.receive("n-00", "wh-west", 10);
+    let values = wait_converged(&server, "nw", None, &all);
+    assert_eq!(values["n-00"], 13);
+    let messages = wait_for("every value on the subject", SHOWS, || {
+        let messages = subscriber.messages();
+        let last = last_values(&messages);
+        all.iter()
+            .all(|sku| last.get(sku).map(|(available, _)| *available) == Some(values[sku]))
+            .then_some(messages)
+    });
+    for message in &messages {
+        message.check("nw");
+        assert!(message.updates().len() <= 2, "batch_max: {message:?}");
+    }
+    let ledger = published(&server, "nw", "n-04");
+    assert_eq!(ledger["available"], 7, "{ledger}");
+    assert_eq!(channel_state(&server, "nw"), "healthy");
+}
+
+#[test]
+fn a_jetstream_channel_rides_out_a_killed_nats_server_and_converges() {
+    let mut nats = NatsServer::start(true);
+    create_stream(&nats.url(), "STOCK", &["stock.>"]);
+    let server = start(
+        "",
+        &nats_channel(
+            "js",
+            &nats.url(),
+            "stock.marketplace",
+            "jetstream = true, timeout_ms = 500, max_attempts = 100, backoff_ms = 20, backoff_max_ms = 200",
+        ),
+    );
+    let all = skus("j", 4);
+    for (i, sku) in all.iter().enumerate() {
+        server.receive(sku, "wh-east", 10 + i as u64);
+    }
+    wait_converged(&server, "js", None, &all);
+
+    nats.kill();
+    // Reservations do not wait for the channel, and changes keep coming.
+    for sku in &all {
+        reserve_quickly(&server, "js", sku, "wh-east", 2);
+    }
+    server.receive("j-01", "wh-west", 5);
+    wait_for("the channel to notice", SHOWS, || {
+        ["degraded", "down"]
+            .contains(&channel_state(&server, "js").as_str())
+            .then_some(())
+    });
+    assert!(
+        report(&server, "js")["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nats") || e.contains("jetstream")),
+        "{}",
+        report(&server, "js")
+    );
+
+    nats.run();
+    let values = wait_converged(&server, "js", None, &all);
+    assert_eq!(values["j-00"], 8);
+    assert_eq!(values["j-01"], 14);
+    let messages = stream_messages(&nats.url(), "STOCK");
+    for message in &messages {
+        message.check("js");
+    }
+    let last = last_values(&messages);
+    for sku in &all {
+        assert_eq!(
+            last.get(sku).map(|(available, _)| *available),
+            Some(values[sku]),
+            "the stream's last value of {sku}"
+        );
+    }
+    assert_eq!(channel_state(&server, "js"), "healthy");
+}
+
+#[test]
+fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let server = start(
+        "",
+        &nats_channel(
+            "dl",
+            &url,
+            "stock.dl",
+            "timeout_ms = 300, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 50",
+        ),
+    );
+    let all = skus("q", 3);
+    for (i, sku) in all.iter().enumerate() {
+        server.receive(sku, "wh-east", 4 + i as u64);
+    }
+    let parked = wait_for("everything parked", SHOWS, || {
+        let status = report(&server, "dl");
+        (status["dlq_depth"].as_u64().is_some_and(|d| d > 0) && status["pending"] == 0)
+            .then_some(status)
+    });
+    assert!(
+        parked["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("nats")),
+        "{parked}"
+    );
+
+    let mut nats = NatsServer {
+        child: None,
+        port,
+        store: tempfile::tempdir().expect("temp dir"),
+        jetstream: false,
+    };
+    nats.run();
+    let subscriber = Subscriber::start(&url, "stock.dl");
+    let (status, body) = server.post("/v1/channels/dl/replay", json!({"from": "dead_letters"}));
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["queued_skus"], all.len(), "{body}");
+    let values = wait_converged(&server, "dl", None, &all);
+    wait_for("the replayed values on the subject", SHOWS, || {
+        let last = last_values(&subscriber.messages());
+        all.iter()
+            .all(|sku| last.get(sku).map(|(available, _)| *available) == Some(values[sku]))
+            .then_some(())
+    });
+    assert_eq!(report(&server, "dl")["dlq_depth"], 0);
+}
