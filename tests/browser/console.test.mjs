@@ -62,9 +62,24 @@ test('a bad key gets a clear 401; keys out of scope or over their rate get 403 a
   await screenshot(page, 'console-403');
   await page.click('#sign-out');
 
-  // One request a second, burst 2: the console's own polling runs into the limit.
+  // One request a second, burst 2. Once signed in, the test spends the key's
+  // tokens itself (on a slow host the console's polling alone may stay under
+  // the limit), so the console's next poll is refused.
   await signIn(page, KEYS.slow);
-  await page.waitForSelector('.error[data-status="429"]:not([hidden])', { timeout: 15_000 });
+  await page.waitForSelector('#who:has-text("Signed in as")');
+  let spending = true;
+  const spend = (async () => {
+    while (spending) {
+      await api(server, 'GET', '/v1/whoami', undefined, KEYS.slow);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  })();
+  try {
+    await page.waitForSelector('.error[data-status="429"]:not([hidden])', { timeout: 15_000 });
+  } finally {
+    spending = false;
+    await spend;
+  }
   const limited = await page.textContent('.error[data-status="429"]:not([hidden])');
   assert.match(limited, /Rate limited \(429 rate_limited\): retry in \d+ s/);
   await page.click('#sign-out');
