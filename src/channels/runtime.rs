@@ -573,8 +573,8 @@ impl Channels {
 /// every timeout.
 fn retry_budget_ms(retry: &Retry, sink: &SinkConfig) -> i64 {
     let timeout = match sink {
-        SinkConfig::Webhook { timeout_ms, .. } => *timeout_ms,
-        _ => 0,
+        SinkConfig::Webhook { timeout_ms, .. } | SinkConfig::Nats { timeout_ms, .. } => *timeout_ms,
+        SinkConfig::File { .. } => 0,
     };
     let mut total = Duration::ZERO;
     for attempt in 1..retry.max_attempts {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::future::LocalBoxFuture;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 use super::feed::{self, Envelope, FeedLine};
 use super::Update;
@@ -130,7 +130,10 @@ pub fn build(config: &SinkConfig, clock: Clock) -> Box<dyn Sink> {
             timeout_ms,
             ..
         } => Box::new(NatsSink {
-            url: url.clone(),
+            // Validated with the config: an error here would be a bug; it then
+            // fails every attempt with the reason.
+            servers: nats_servers(url),
+            shown: redacted(url),
             subject: subject.clone(),
             jetstream: *jetstream,
             secret: secret.clone(),
@@ -308,6 +311,188 @@ fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(
     result.map_err(|e| format!("{}: {e}", dir.join(name).display()))
 }
 
+/// Header naming the batch of a NATS message: `<channel>:<batch id>:<digest>`, the
+/// digest being the first 16 hex digits of the body's SHA-256. JetStream drops a
+/// message whose id it stored within its duplicate window: a retry of the same batch
+/// with the same values; a retry carrying newer values has a new id and is stored.
+pub const NATS_MSG_ID_HEADER: &str = "Nats-Msg-Id";
+
+/// Subject of the round trip that confirms core NATS publishes: nobody answers it, and
+/// the server's "no responders" comes back only after it processed what was sent before.
+const NATS_CONFIRM_SUBJECT: &str = "_STOCKWIRE.confirm";
+
+/// The servers of a `nats` sink's `url` (comma-separated).
+pub fn nats_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    url.split(',')
+        .map(str::trim)
+        .map(|server| {
+            if server.is_empty() {
+                return Err("must name at least one server, none empty".to_string());
+            }
+            server.parse::<async_nats::ServerAddr>().map_err(|error| {
+                format!(
+                    "invalid server {:?}: {error} (expected nats://host:port)",
+                    redacted(server)
+                )
+            })
+        })
+        .collect()
+}
+
+/// `url` with any `user:password@` replaced by `***@`, for messages and logs.
+pub fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|server| {
+            let (scheme, rest) = match server.find("://") {
+                Some(at) => server.split_at(at + 3),
+                None => ("", server),
+            };
+            let host_end = rest.find('/').unwrap_or(rest.len());
+            match rest[..host_end].rfind('@') {
+                Some(at) => format!("{scheme}***{}", &rest[at..]),
+                None => server.to_string(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Publishes each batch, the webhook's JSON body, to one subject. One batch at a time
+/// (the publisher waits for each), so a SKU's updates arrive in `seq` order.
+struct NatsSink {
+    servers: Result<Vec<async_nats::ServerAddr>, String>,
+    /// The url without credentials.
+    shown: String,
+    subject: String,
+    jetstream: bool,
+    secret: Option<String>,
+    /// Of one attempt: connecting, publishing and the confirmation or acknowledgement.
+    timeout: Duration,
+    /// Connected on first use and kept while attempts succeed; a failed attempt
+    /// drops it, so what that attempt left queued in the client is not sent later.
+    connection: Rc<RefCell<Option<NatsConnection>>>,
+}
+
+#[derive(Clone)]
+struct NatsConnection {
+    client: async_nats::Client,
+    jetstream: async_nats::jetstream::Context,
+}
+
+impl NatsSink {
+    async fn connect(
+        servers: Vec<async_nats::ServerAddr>,
+        shown: &str,
+        timeout: Duration,
+    ) -> Result<NatsConnection, String> {
+        let client = async_nats::ConnectOptions::new()
+            .name("stockwire")
+            .connection_timeout(timeout)
+            .request_timeout(Some(timeout))
+            // Back within a second of the server's return (the default waits up to
+            // several seconds between tries); the publisher's own back-off paces
+            // the batches meanwhile.
+            .reconnect_delay_callback(|attempts| {
+                Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
+            })
+            .connect(servers)
+            .await
+            .map_err(|e| format!("nats connect {shown}: {e}"))?;
+        let jetstream = async_nats::jetstream::context::ContextBuilder::new()
+            .timeout(timeout)
+            .ack_timeout(timeout)
+            .build(client.clone());
+        Ok(NatsConnection { client, jetstream })
+    }
+
+    /// One attempt: publish `body` and wait until the server (core) or the
+    /// stream (JetStream) has it.
+    async fn attempt(
+        nats: &NatsConnection,
+        subject: String,
+        headers: async_nats::HeaderMap,
+        body: Vec<u8>,
+        jetstream: bool,
+    ) -> Result<(), String> {
+        let max_payload = nats.client.server_info().max_payload;
+        if max_payload > 0 && body.len() > max_payload {
+            return Err(format!(
+                "a batch of {} bytes is over the server's max_payload of {max_payload}: lower batch_max",
+                body.len()
+            ));
+        }
+        if jetstream {
+            let ack = nats
+                .jetstream
+                .publish_with_headers(subject, headers, body.into())
+                .await
+                .map_err(|e| format!("jetstream publish: {e}"))?;
+            // `duplicate`: the stream already holds this very message.
+            ack.await.map_err(|e| format!("jetstream ack: {e}"))?;
+            return Ok(());
+        }
+        nats.client
+            .publish_with_headers(subject, headers, body.into())
+            .await
+            .map_err(|e| format!("nats publish: {e}"))?;
+        // A flush only writes to the socket; the round trip shows the server has it.
+        match nats
+            .client
+            .request(NATS_CONFIRM_SUBJECT, bytes::Bytes::new())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+            Err(error) => Err(format!("nats confirm: {error}")),
+        }
+    }
+}
+
+impl Sink for NatsSink {
+    fn deliver(&self, batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
+        let body = webhook_body(&batch);
+        let mut headers = async_nats::HeaderMap::new();
+        let digest = hex::encode(&Sha256::digest(&body)[..8]);
+        headers.insert(
+            NATS_MSG_ID_HEADER,
+            format!("{}:{}:{digest}", batch.channel, batch.id).as_str(),
+        );
+        if let Some(secret) = &self.secret {
+            headers.insert(SIGNATURE_HEADER, signature(secret, &body).as_str());
+        }
+        let servers = self.servers.clone();
+        let (shown, subject, jetstream, timeout) = (
+            self.shown.clone(),
+            self.subject.clone(),
+            self.jetstream,
+            self.timeout,
+        );
+        let connection = self.connection.clone();
+        Box::pin(async move {
+            let attempt = async {
+                let cached = connection.borrow().clone();
+                let nats = match cached {
+                    Some(nats) => nats,
+                    None => {
+                        let nats = NatsSink::connect(servers?, &shown, timeout).await?;
+                        *connection.borrow_mut() = Some(nats.clone());
+                        nats
+                    }
+                };
+                NatsSink::attempt(&nats, subject, headers, body, jetstream).await
+            };
+            let result = match tokio::time::timeout(timeout, attempt).await {
+                Ok(result) => result,
+                Err(_) => Err(format!("nats: no answer within {} ms", timeout.as_millis())),
+            };
+            if result.is_err() {
+                connection.borrow_mut().take();
+            }
+            result
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,103 +546,22 @@ mod tests {
             ]})
         );
     }
-}
 
-/// Header naming the batch of a NATS message: `<channel>:<batch id>`. JetStream drops
-/// a retried batch it already stored (within the stream's duplicate window).
-pub const NATS_MSG_ID_HEADER: &str = "Nats-Msg-Id";
-
-/// Publishes each batch, the webhook's JSON body, to one subject. One batch at a time
-/// (the publisher waits for each), so a SKU's updates arrive in `seq` order.
-struct NatsSink {
-    url: String,
-    subject: String,
-    jetstream: bool,
-    secret: Option<String>,
-    /// Of one attempt: connecting, publishing and the flush or acknowledgement.
-    timeout: Duration,
-    /// Connected on first use and kept; the client reconnects by itself.
-    connection: Rc<RefCell<Option<NatsConnection>>>,
-}
-
-#[derive(Clone)]
-struct NatsConnection {
-    client: async_nats::Client,
-    jetstream: async_nats::jetstream::Context,
-}
-
-impl NatsSink {
-    async fn connect(url: &str, timeout: Duration) -> Result<NatsConnection, String> {
-        let client = async_nats::ConnectOptions::new()
-            .name("stockwire")
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout))
-            // Back within a second of the server's return (the default waits up to
-            // several seconds between tries); the publisher's own back-off paces
-            // the batches meanwhile.
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
-            })
-            .connect(url)
-            .await
-            .map_err(|e| format!("nats connect {url}: {e}"))?;
-        let jetstream = async_nats::jetstream::new(client.clone());
-        Ok(NatsConnection { client, jetstream })
-    }
-}
-
-impl Sink for NatsSink {
-    fn deliver(&self, batch: Batch) -> LocalBoxFuture<'static, Result<(), String>> {
-        let body = webhook_body(&batch);
-        let mut headers = async_nats::HeaderMap::new();
-        headers.insert(
-            NATS_MSG_ID_HEADER,
-            format!("{}:{}", batch.channel, batch.id).as_str(),
+    #[test]
+    fn nats_urls_are_parsed_per_server_and_shown_without_credentials() {
+        assert_eq!(
+            nats_servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223").map(|s| s.len()),
+            Ok(2)
         );
-        if let Some(secret) = &self.secret {
-            headers.insert(SIGNATURE_HEADER, signature(secret, &body).as_str());
-        }
-        let (url, subject, jetstream, timeout) = (
-            self.url.clone(),
-            self.subject.clone(),
-            self.jetstream,
-            self.timeout,
+        assert!(nats_servers("nats://a:4222,").is_err());
+        assert!(nats_servers("nats://a:b:c").is_err());
+        assert_eq!(
+            redacted("nats://u:p@h:4222,nats://h2:4222"),
+            "nats://***@h:4222,nats://h2:4222"
         );
-        let connection = self.connection.clone();
-        Box::pin(async move {
-            let attempt = async {
-                let cached = connection.borrow().clone();
-                let nats = match cached {
-                    Some(nats) => nats,
-                    None => {
-                        let nats = NatsSink::connect(&url, timeout).await?;
-                        *connection.borrow_mut() = Some(nats.clone());
-                        nats
-                    }
-                };
-                if jetstream {
-                    let ack = nats
-                        .jetstream
-                        .publish_with_headers(subject, headers, body.into())
-                        .await
-                        .map_err(|e| format!("jetstream publish: {e}"))?;
-                    ack.await.map_err(|e| format!("jetstream ack: {e}"))?;
-                } else {
-                    nats.client
-                        .publish_with_headers(subject, headers, body.into())
-                        .await
-                        .map_err(|e| format!("nats publish: {e}"))?;
-                    nats.client
-                        .flush()
-                        .await
-                        .map_err(|e| format!("nats flush: {e}"))?;
-                }
-                Ok(())
-            };
-            match tokio::time::timeout(timeout, attempt).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("nats: no answer within {} ms", timeout.as_millis())),
-            }
-        })
+        assert_eq!(redacted("tls://token@h"), "tls://***@h");
+        assert_eq!(redacted("h:4222"), "h:4222");
+        let shown = nats_servers("nats://user:secret@a:b:c").unwrap_err();
+        assert!(!shown.contains("secret"), "{shown}");
     }
 }

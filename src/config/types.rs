@@ -269,8 +269,8 @@ pub enum SinkConfig {
         url: String,
         subject: String,
         /// Publish through JetStream and wait for the stream's acknowledgement (the
-        /// subject must belong to a stream; `Nats-Msg-Id` dedupes a retried batch).
-        /// Otherwise core NATS: delivered once the server has it (a flush).
+        /// subject must belong to a stream; `Nats-Msg-Id` dedupes a repeated batch).
+        /// Otherwise core NATS: delivered once a round trip shows the server has it.
         #[serde(default)]
         jetstream: bool,
         /// HMAC key for the `X-Stockwire-Signature` header; unsigned when absent.
@@ -355,7 +355,7 @@ impl fmt::Debug for SinkConfig {
                 backoff_max_ms,
             } => f
                 .debug_struct("Nats")
-                .field("url", url)
+                .field("url", &crate::channels::sink::redacted(url))
                 .field("subject", subject)
                 .field("jetstream", jetstream)
                 .field("secret", &secret.as_ref().map(|_| "<redacted>"))

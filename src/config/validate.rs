@@ -351,22 +351,8 @@ impl Validator<'_> {
                 backoff_max_ms,
                 ..
             } => {
-                let servers: Vec<&str> = url.split(',').map(str::trim).collect();
-                if servers.iter().any(|server| server.is_empty()) {
-                    return self.fail(
-                        format!("{path}.url"),
-                        "must name at least one server, none empty",
-                    );
-                }
-                for server in servers {
-                    if let Err(error) = server.parse::<async_nats::ServerAddr>() {
-                        return self.fail(
-                            format!("{path}.url"),
-                            format!(
-                                "invalid server {server:?}: {error} (expected nats://host:port)"
-                            ),
-                        );
-                    }
+                if let Err(message) = crate::channels::sink::nats_servers(url) {
+                    return self.fail(format!("{path}.url"), message);
                 }
                 let valid_subject = !subject.is_empty()
                     && subject.split('.').all(|token| {

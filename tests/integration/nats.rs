@@ -1,9 +1,10 @@
 //! The `nats` sink (SPEC §4) against Debian's real `nats-server` on a loopback
 //! port: core NATS (signed batches, per-SKU `seq` order, the batch's
-//! `Nats-Msg-Id`), JetStream through a `kill -9` of the server (reservations
-//! never wait for it; the channel converges once it is back, the stream's last
-//! message of each SKU is the engine's value), and dead letters while no server
-//! is there, replayed once one is.
+//! `Nats-Msg-Id`, a `url` of two servers of which one is down), JetStream
+//! through a `kill -9` of the server (reservations never wait for it; the
+//! channel converges once it is back, the stream's last message of each SKU is
+//! the engine's value), and dead letters while no server is there, replayed
+//! once one is.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
@@ -157,15 +158,19 @@ impl Message {
             .collect()
     }
 
-    /// Signed with the channel's secret, named `<channel>:<batch>`, for `channel`.
+    /// Signed with the channel's secret, named `<channel>:<batch>:<digest>`, for
+    /// `channel`.
     fn check(&self, channel: &str) {
         let expected = format!("sha256={}", hmac_sha256_hex(SECRET.as_bytes(), &self.body));
         assert_eq!(self.headers.get(SIGNATURE), Some(&expected), "{self:?}");
         let id = self.headers.get("Nats-Msg-Id").expect("Nats-Msg-Id");
-        let batch = id
+        let rest = id
             .strip_prefix(&format!("{channel}:"))
-            .expect("<channel>:<batch>");
+            .expect("<channel>:...");
+        let (batch, digest) = rest.split_once(':').expect("<batch>:<digest>");
         assert!(batch.parse::<u64>().is_ok_and(|n| n > 0), "{id}");
+        assert_eq!(digest.len(), 16, "{id}");
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
         assert_eq!(self.json()["channel"], channel);
     }
 }
@@ -277,9 +282,11 @@ fn channel_state(server: &Server, channel: &str) -> String {
 fn a_nats_channel_publishes_signed_batches_in_seq_order() {
     let nats = NatsServer::start(false);
     let subscriber = Subscriber::start(&nats.url(), "stock.web");
+    // Two servers of a cluster, the first one not there: the client finds the other.
+    let servers = format!("nats://127.0.0.1:{}, {}", free_port(), nats.url());
     let server = start(
         "",
-        &nats_channel("nw", &nats.url(), "stock.web", "batch_max = 2"),
+        &nats_channel("nw", &servers, "stock.web", "batch_max = 2"),
     );
     let all = skus("n", 5);
     for (i, sku) in all.iter().enumerate() {
