@@ -3,7 +3,8 @@
 //! system, so tests can run on simulated time: a manual clock stands still
 //! until the test moves it, and an engine on one runs none of its timer loops
 //! (expiry, transfer timers, snapshots, retention, passivation checks): the
-//! test calls those steps itself, so a run is a deterministic sequence.
+//! test calls those steps itself, so what time it is, and when timers fire,
+//! is decided by the test alone.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

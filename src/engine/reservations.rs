@@ -22,7 +22,7 @@ use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{
     IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord, ReservationStatus,
 };
-use crate::storage::{codec, Space, WriteBatch};
+use crate::storage::{codec, Space, StorageError, WriteBatch};
 
 /// Reservations kept in memory (open, plus closed ones within retention).
 /// At ~1 KiB each this bounds the registry to about 10 GiB; beyond it new
@@ -148,9 +148,7 @@ impl LineHold {
                     location: location.to_string(),
                     qty: qty.get(),
                 }];
-                let mut batch = WriteBatch::default();
-                let encoded = codec::encode(&finished).map_err(ExecError::Storage)?;
-                batch.put(Space::Reservations, finished.id.as_bytes(), encoded);
+                let batch = record_batch(&finished).map_err(ExecError::Storage)?;
                 if let Some(remember) = self.remember.clone() {
                     finish = Some(remember_answer(remember, finished, self.now_ms));
                 }
@@ -258,7 +256,7 @@ fn new_reservation_id(idempotency_key: Option<&str>, now_ms: i64) -> String {
     }
 }
 
-fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, EngineError> {
+fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, StorageError> {
     let mut batch = WriteBatch::default();
     batch.put(
         Space::Reservations,
@@ -515,7 +513,7 @@ impl Engine {
                 finished.lines = record_lines(&taken);
                 let written = match record_batch(&finished) {
                     Ok(batch) => self.write(batch).await,
-                    Err(error) => Err(error),
+                    Err(error) => Err(error.into()),
                 };
                 if let Err(error) = written {
                     let undone = self
@@ -644,7 +642,7 @@ impl Engine {
             correlation_id: request.correlation_id.clone(),
             remember: request.remember.as_ref().filter(|_| single).cloned(),
             pending: pending.cloned(),
-            now_ms: self.now_ms(),
+            now_ms: record.created_at_ms,
         };
         let hold = |location: Arc<str>, qty: u64, mode: HoldMode| {
             let exec = line_hold.exec(
