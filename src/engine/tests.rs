@@ -155,6 +155,32 @@ async fn idle_positions_passivate_and_come_back_unchanged() {
     engine.stop(false).await;
 }
 
+/// The one test on the system clock: the actors' own passivation timers and the
+/// engine's loops run by themselves there (every other engine test drives them).
+#[actix::test]
+async fn on_the_system_clock_idle_positions_passivate_by_themselves() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_with(store, CONFIG, Clock::system()).await;
+    engine
+        .apply_events(vec![receipt("sku-0", 3)], Arc::from("t"))
+        .await;
+    assert_eq!(engine.stats().await.0, 1);
+    let mut passivated = false;
+    for _ in 0..100 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        if engine.stats().await.0 == 0 {
+            passivated = true;
+            break;
+        }
+    }
+    assert!(
+        passivated,
+        "not passivated within 5 s of passivate_after_seconds = 1"
+    );
+    assert_eq!(counters(&engine, "sku-0").await.on_hand, 3);
+    engine.stop(false).await;
+}
+
 #[actix::test]
 async fn recovery_from_snapshot_plus_journal_equals_live_state() {
     let store = Arc::new(MemoryStore::new());
