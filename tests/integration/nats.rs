@@ -417,3 +417,126 @@ fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
     });
     assert_eq!(report(&server, "dl")["dlq_depth"], 0);
 }
+
+/// A 3-server JetStream cluster on loopback (what `scripts/nats-cluster.sh` starts),
+/// killed when dropped.
+struct NatsCluster {
+    children: Vec<Child>,
+    urls: Vec<String>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    fn start() -> NatsCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<String> = route
+            .iter()
+            .map(|p| format!("nats-route://127.0.0.1:{p}"))
+            .collect();
+        let mut children = Vec::new();
+        for i in 0..3 {
+            let conf = dir.path().join(format!("n{i}.conf"));
+            let store = dir.path().join(format!("n{i}"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    client[i],
+                    store.display(),
+                    route[i],
+                    routes.join(", ")
+                ),
+            )
+            .expect("config written");
+            let child = Command::new(nats_binary())
+                .arg("-c")
+                .arg(&conf)
+                .arg("-l")
+                .arg(dir.path().join(format!("n{i}.log")))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("nats-server runs");
+            children.push(child);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in &client {
+            while TcpStream::connect(("127.0.0.1", *port)).is_err() {
+                assert!(Instant::now() < deadline, "the cluster did not listen");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        NatsCluster {
+            children,
+            urls: client
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect(),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Cluster mode's fence (issue 13), on the nats-server this machine has: two
+/// writers that both believe they own a partition race each append with the same
+/// `Nats-Expected-Last-Sequence` on an R3 stream; exactly one wins every round,
+/// so a stale owner can never write past the owner it lost to.
+#[test]
+fn on_an_r3_stream_two_writers_with_one_expectation_never_both_land() {
+    const ROUNDS: u64 = 100;
+    let cluster = NatsCluster::start();
+    let urls = cluster.urls.clone();
+    runtime().block_on(async move {
+        let servers: Vec<async_nats::ServerAddr> =
+            urls.iter().map(|u| u.parse().expect("url")).collect();
+        let connect = || async_nats::connect(servers.clone());
+        let (a, b) = (connect().await.expect("a"), connect().await.expect("b"));
+        let (a, b) = (async_nats::jetstream::new(a), async_nats::jetstream::new(b));
+        // The meta leader is elected a moment after the servers listen.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut stream = loop {
+            let created = a
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "P0".to_string(),
+                    subjects: vec!["p0".to_string()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(stream) => break stream,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "no R3 stream: {error}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        let write = |js: async_nats::jetstream::Context, last: u64, who: &'static str| async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
+            match js.publish_with_headers("p0", headers, who.into()).await {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        for round in 0..ROUNDS {
+            let (won_a, won_b) =
+                tokio::join!(write(a.clone(), round, "a"), write(b.clone(), round, "b"));
+            assert!(won_a ^ won_b, "round {round}: a {won_a}, b {won_b}");
+        }
+        let info = stream.info().await.expect("info");
+        assert_eq!(info.state.messages, ROUNDS, "one write per round, no more");
+    });
+}
