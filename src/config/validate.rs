@@ -286,21 +286,7 @@ impl Validator<'_> {
                         "must not be empty (omit it for unsigned posts)",
                     );
                 }
-                self.range(
-                    &format!("{path}.timeout_ms"),
-                    *timeout_ms,
-                    &WEBHOOK_TIMEOUT_MS_RANGE,
-                )?;
-                self.range(
-                    &format!("{path}.max_attempts"),
-                    *max_attempts,
-                    &WEBHOOK_MAX_ATTEMPTS_RANGE,
-                )?;
-                self.range(
-                    &format!("{path}.batch_max"),
-                    *batch_max,
-                    &WEBHOOK_BATCH_MAX_RANGE,
-                )?;
+                self.delivery(path, *timeout_ms, *max_attempts, *batch_max)?;
             }
             SinkConfig::File {
                 dir,
@@ -373,25 +359,36 @@ impl Validator<'_> {
                         "must not be empty (omit it for unsigned messages)",
                     );
                 }
-                self.range(
-                    &format!("{path}.timeout_ms"),
-                    *timeout_ms,
-                    &WEBHOOK_TIMEOUT_MS_RANGE,
-                )?;
-                self.range(
-                    &format!("{path}.max_attempts"),
-                    *max_attempts,
-                    &WEBHOOK_MAX_ATTEMPTS_RANGE,
-                )?;
-                self.range(
-                    &format!("{path}.batch_max"),
-                    *batch_max,
-                    &WEBHOOK_BATCH_MAX_RANGE,
-                )?;
+                self.delivery(path, *timeout_ms, *max_attempts, *batch_max)?;
                 self.backoff(path, *backoff_ms, *backoff_max_ms)?;
             }
         }
         Ok(())
+    }
+
+    /// A webhook's or nats sink's timeout, attempts and batch size.
+    fn delivery(
+        &self,
+        path: &str,
+        timeout_ms: u64,
+        max_attempts: u32,
+        batch_max: usize,
+    ) -> Result<(), ConfigError> {
+        self.range(
+            &format!("{path}.timeout_ms"),
+            timeout_ms,
+            &WEBHOOK_TIMEOUT_MS_RANGE,
+        )?;
+        self.range(
+            &format!("{path}.max_attempts"),
+            max_attempts,
+            &WEBHOOK_MAX_ATTEMPTS_RANGE,
+        )?;
+        self.range(
+            &format!("{path}.batch_max"),
+            batch_max,
+            &WEBHOOK_BATCH_MAX_RANGE,
+        )
     }
 
     fn backoff(&self, path: &str, backoff_ms: u64, backoff_max_ms: u64) -> Result<(), ConfigError> {

@@ -69,19 +69,24 @@ impl Post {
 
     /// `(sku, available, seq)` of every update.
     fn updates(&self) -> Vec<(String, u64, u64)> {
-        self.json()["updates"]
-            .as_array()
-            .unwrap_or_else(|| panic!("no updates in {}", self.json()))
-            .iter()
-            .map(|u| {
-                (
-                    u["sku"].as_str().expect("sku").to_string(),
-                    u["available"].as_u64().expect("available"),
-                    u["seq"].as_u64().expect("seq"),
-                )
-            })
-            .collect()
+        updates_of(&self.json())
     }
+}
+
+/// `(sku, available, seq)` of each update of a sink's JSON body (webhook, nats).
+pub(crate) fn updates_of(body: &Value) -> Vec<(String, u64, u64)> {
+    body["updates"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no updates in {body}"))
+        .iter()
+        .map(|u| {
+            (
+                u["sku"].as_str().expect("sku").to_string(),
+                u["available"].as_u64().expect("available"),
+                u["seq"].as_u64().expect("seq"),
+            )
+        })
+        .collect()
 }
 
 struct Shared {

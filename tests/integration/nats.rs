@@ -17,8 +17,8 @@ use futures_util::StreamExt;
 use serde_json::{json, Value};
 
 use crate::channels::{
-    hmac_sha256_hex, published, report, reserve_quickly, skus, start, wait_converged, wait_for,
-    SECRET, SHOWS,
+    hmac_sha256_hex, published, report, reserve_quickly, skus, start, updates_of, wait_converged,
+    wait_for, SECRET, SHOWS,
 };
 use crate::harness::{free_port, Server};
 
@@ -144,18 +144,7 @@ impl Message {
 
     /// `(sku, available, seq)` of each update.
     fn updates(&self) -> Vec<(String, u64, u64)> {
-        self.json()["updates"]
-            .as_array()
-            .expect("updates")
-            .iter()
-            .map(|u| {
-                (
-                    u["sku"].as_str().expect("sku").to_string(),
-                    u["available"].as_u64().expect("available"),
-                    u["seq"].as_u64().expect("seq"),
-                )
-            })
-            .collect()
+        updates_of(&self.json())
     }
 
     /// Signed with the channel's secret, named `<channel>:<batch>:<digest>`, for
