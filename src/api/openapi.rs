@@ -106,6 +106,32 @@ mod tests {
     use super::super::ROUTES;
     use serde_json::Value;
 
+    /// Each create route's body is its own schema (two structs of one name would
+    /// share a component, and one route would describe the other's body).
+    #[test]
+    fn each_request_body_names_its_own_schema() {
+        let doc: Value = serde_json::from_str(super::document()).expect("valid JSON");
+        let body_fields = |path: &str| -> Vec<String> {
+            let reference = doc["paths"][path]["post"]["requestBody"]["content"]
+                ["application/json"]["schema"]["$ref"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{path}: no body schema"))
+                .rsplit('/')
+                .next()
+                .expect("a name")
+                .to_string();
+            let schema = &doc["components"]["schemas"][&reference]["properties"];
+            schema
+                .as_object()
+                .expect("properties")
+                .keys()
+                .cloned()
+                .collect()
+        };
+        assert!(body_fields("/v1/reservations").contains(&"lines".to_string()));
+        assert!(body_fields("/v1/transfers").contains(&"transfer_id".to_string()));
+    }
+
     #[test]
     fn every_route_has_an_operation_and_every_operation_a_route() {
         let doc: Value = serde_json::from_str(super::document()).expect("valid JSON");

@@ -30,6 +30,8 @@ pub(super) struct LineBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// Named apart: both routes' bodies are `CreateBody` here, one component there.
+#[schema(as = NewReservation)]
 pub(super) struct CreateBody {
     reservation_id: Option<String>,
     channel: String,

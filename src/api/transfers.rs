@@ -16,6 +16,8 @@ use crate::engine::{NewTransfer, TransferView};
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// Named apart: both routes' bodies are `CreateBody` here, one component there.
+#[schema(as = NewTransfer)]
 pub(super) struct CreateBody {
     transfer_id: String,
     sku: String,
