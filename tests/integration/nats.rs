@@ -359,7 +359,10 @@ fn a_jetstream_channel_rides_out_a_killed_nats_server_and_converges() {
 
 #[test]
 fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
-    let port = free_port();
+    // The port is held (never answering) until the server takes it, so no other
+    // test's process can take it meanwhile: until then every connect times out.
+    let placeholder = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("a port");
+    let port = placeholder.local_addr().expect("bound").port();
     let url = format!("nats://127.0.0.1:{port}");
     let server = start(
         "",
@@ -392,6 +395,7 @@ fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
         store: tempfile::tempdir().expect("temp dir"),
         jetstream: false,
     };
+    drop(placeholder);
     nats.run();
     let subscriber = Subscriber::start(&url, "stock.dl");
     let (status, body) = server.post("/v1/channels/dl/replay", json!({"from": "dead_letters"}));
