@@ -145,16 +145,19 @@ async fn main() {
     report("jetstream", latencies, started.elapsed());
 
     // The fence: a write expecting an older last sequence is refused.
+    // (The stream holds at least one message, so expecting 0 is stale.)
     let mut stale = HeaderMap::new();
-    stale.insert("Nats-Expected-Last-Sequence", "1");
-    let refused = match js
+    stale.insert("Nats-Expected-Last-Sequence", "0");
+    let refusal = match js
         .publish_with_headers(subjects[0].clone(), stale, payload.clone())
         .await
     {
-        Ok(ack) => ack.await.is_err(),
-        Err(_) => true,
+        Ok(ack) => ack.await.err().map(|e| e.to_string()),
+        Err(error) => Some(error.to_string()),
     };
-    println!("a write with a stale expected sequence is refused: {refused}");
+    let refusal = refusal.expect("a write with a stale expected sequence must be refused");
+    assert!(refusal.contains("wrong last sequence"), "{refusal}");
+    println!("a write with a stale expected sequence is refused: {refusal}");
     for p in 0..args.partitions {
         let _ = js.delete_stream(format!("SW_LATENCY_P{p}")).await;
     }

@@ -8,8 +8,10 @@
 #
 # `start` writes one config per server under DIR, starts Debian's nats-server three
 # times (cluster routes on BASE_PORT+100.., monitoring on BASE_PORT+200..), waits
-# until JetStream has a meta leader, and prints the client URL list. Everything
-# listens on 127.0.0.1. `stop` kills the three servers (their data stays in DIR).
+# until each of the three answers on its monitoring port and JetStream has a meta
+# leader, and prints the client URL list. It refuses a DIR whose cluster still runs
+# and ports another process holds. Everything listens on 127.0.0.1. `stop` stops
+# the three servers and waits for them (their data stays in DIR).
 set -euo pipefail
 
 usage() { echo "usage: $0 start DIR [BASE_PORT] | stop DIR" >&2; exit 2; }
@@ -26,17 +28,53 @@ nats_server() {
   exit 1
 }
 
+# ours PID_FILE: the pid in it, when that process is still one of our nats-servers.
+ours() {
+  local pid
+  [ -e "$1" ] || return 1
+  pid=$(cat "$1")
+  [ -r "/proc/$pid/cmdline" ] && tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "nats-server.*$dir/" || return 1
+  echo "$pid"
+}
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+stop_all() {
+  local pid_file pid
+  for pid_file in "$dir"/n*.pid; do
+    [ -e "$pid_file" ] || continue
+    if pid=$(ours "$pid_file"); then
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$pid_file"
+  done
+}
+
 case $action in
   start)
     bin=$(nats_server)
     mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)
+    for i in 1 2 3; do
+      if ours "$dir/n$i.pid" >/dev/null; then
+        echo "a cluster from $dir is running: $0 stop $dir first" >&2
+        exit 1
+      fi
+    done
+    for i in 0 1 2; do
+      for port in $((base + i)) $((base + 100 + i)) $((base + 200 + i)); do
+        port_free "$port" || { echo "port $port is taken: choose another BASE_PORT" >&2; exit 1; }
+      done
+    done
     routes=""
     for i in 0 1 2; do
       routes+="${routes:+, }nats-route://127.0.0.1:$((base + 100 + i))"
     done
     for i in 0 1 2; do
       name="n$((i + 1))"
-      cat >"$dir/$name.conf" <<EOF
+      cat >"$dir/$name.conf" <<CONF
 server_name: $name
 listen: 127.0.0.1:$((base + i))
 http: 127.0.0.1:$((base + 200 + i))
@@ -46,28 +84,32 @@ cluster {
   listen: 127.0.0.1:$((base + 100 + i))
   routes: [ $routes ]
 }
-EOF
-      "$bin" -c "$dir/$name.conf" -l "$dir/$name.log" &
+CONF
+      # Its own stdio, so a caller reading this script's output is not held open.
+      "$bin" -c "$dir/$name.conf" -l "$dir/$name.log" </dev/null >>"$dir/$name.out" 2>&1 &
       echo $! >"$dir/$name.pid"
     done
-    # JetStream is usable once the servers elected a meta leader.
+    # Up: each of the three answers as itself, and JetStream has a meta leader.
     for _ in $(seq 200); do
-      if curl -sf "http://127.0.0.1:$((base + 200))/jsz" 2>/dev/null | grep -q '"leader"'; then
+      up=0
+      for i in 0 1 2; do
+        ours "$dir/n$((i + 1)).pid" >/dev/null || { echo "n$((i + 1)) exited; see $dir/n$((i + 1)).log" >&2; stop_all; exit 1; }
+        curl -sf "http://127.0.0.1:$((base + 200 + i))/jsz" 2>/dev/null | grep -q '"leader"' && up=$((up + 1))
+      done
+      if [ "$up" = 3 ]; then
         echo "nats://127.0.0.1:$base,nats://127.0.0.1:$((base + 1)),nats://127.0.0.1:$((base + 2))"
         exit 0
       fi
       sleep 0.1
     done
     echo "no JetStream meta leader after 20 s; logs in $dir" >&2
-    "$0" stop "$dir"
+    stop_all
     exit 1
     ;;
   stop)
-    for pid_file in "$dir"/n*.pid; do
-      [ -e "$pid_file" ] || continue
-      kill "$(cat "$pid_file")" 2>/dev/null || true
-      rm -f "$pid_file"
-    done
+    [ -d "$dir" ] || exit 0
+    dir=$(cd "$dir" && pwd)
+    stop_all
     ;;
   *)
     usage

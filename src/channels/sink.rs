@@ -132,7 +132,7 @@ pub fn build(config: &SinkConfig, clock: Clock) -> Box<dyn Sink> {
         } => Box::new(NatsSink {
             // Validated with the config: an error here would be a bug; it then
             // fails every attempt with the reason.
-            servers: nats_servers(url),
+            target: nats_target(url),
             shown: redacted(url),
             subject: subject.clone(),
             jetstream: *jetstream,
@@ -317,29 +317,108 @@ fn write_atomically(dir: &std::path::Path, name: &str, bytes: &[u8]) -> Result<(
 /// with the same values; a retry carrying newer values has a new id and is stored.
 pub const NATS_MSG_ID_HEADER: &str = "Nats-Msg-Id";
 
-/// Subject of the round trip that confirms core NATS publishes: nobody answers it, and
-/// the server's "no responders" comes back only after it processed what was sent before.
-const NATS_CONFIRM_SUBJECT: &str = "_STOCKWIRE.confirm";
+/// Room left for the headers when a body is held to the server's `max_payload`.
+const NATS_HEADER_ALLOWANCE: usize = 512;
 
-/// The servers of a `nats` sink's `url` (comma-separated).
-pub fn nats_servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
-    url.split(',')
-        .map(str::trim)
-        .map(|server| {
-            if server.is_empty() {
-                return Err("must name at least one server, none empty".to_string());
-            }
-            server.parse::<async_nats::ServerAddr>().map_err(|error| {
-                format!(
-                    "invalid server {:?}: {error} (expected nats://host:port)",
-                    redacted(server)
-                )
-            })
-        })
-        .collect()
+/// How a `nats` sink signs in: taken out of its `url`, because the client does not
+/// read credentials from a URL.
+#[derive(Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    None,
+    Token(String),
+    UserPassword(String, String),
 }
 
-/// `url` with any `user:password@` replaced by `***@`, for messages and logs.
+/// A `nats` sink's servers (without credentials) and how it signs in.
+#[derive(Clone)]
+pub struct NatsTarget {
+    pub servers: Vec<async_nats::ServerAddr>,
+    pub auth: NatsAuth,
+}
+
+/// Credentials are not shown.
+impl std::fmt::Debug for NatsTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let auth = match self.auth {
+            NatsAuth::None => "none",
+            NatsAuth::Token(_) => "token",
+            NatsAuth::UserPassword(..) => "user and password",
+        };
+        f.debug_struct("NatsTarget")
+            .field("servers", &self.servers)
+            .field("auth", &auth)
+            .finish()
+    }
+}
+
+/// `%XX` sequences of a URL's user or password, decoded.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |at: usize| {
+            bytes
+                .get(at)
+                .and_then(|b| (*b as char).to_digit(16))
+                .map(|d| d as u8)
+        };
+        match (bytes[i], hex(i + 1), hex(i + 2)) {
+            (b'%', Some(high), Some(low)) => {
+                out.push(high * 16 + low);
+                i += 3;
+            }
+            (byte, ..) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The servers of a `nats` sink's `url` (comma-separated `nats://` or `tls://`
+/// addresses) and its credentials (`user:password@` or `token@`, the same on every
+/// server that has them).
+pub fn nats_target(url: &str) -> Result<NatsTarget, String> {
+    let mut servers = Vec::new();
+    let mut auth = NatsAuth::None;
+    for server in url.split(',').map(str::trim) {
+        if server.is_empty() {
+            return Err("must name at least one server, none empty".to_string());
+        }
+        let invalid = |why: String| format!("invalid server {:?}: {why}", redacted(server));
+        let addr = server
+            .parse::<async_nats::ServerAddr>()
+            .map_err(|e| invalid(format!("{e} (expected nats://host:port)")))?;
+        if addr.is_websocket() {
+            return Err(invalid(
+                "websockets are not built in: use nats:// or tls://".into(),
+            ));
+        }
+        let found = match (addr.username(), addr.password()) {
+            (None, _) => NatsAuth::None,
+            (Some(token), None) => NatsAuth::Token(percent_decoded(token)),
+            (Some(user), Some(password)) => {
+                NatsAuth::UserPassword(percent_decoded(user), percent_decoded(password))
+            }
+        };
+        if found != NatsAuth::None {
+            if auth != NatsAuth::None && auth != found {
+                return Err(invalid("other credentials than an earlier server's".into()));
+            }
+            auth = found;
+        }
+        let mut bare = addr.into_inner();
+        let _ = bare.set_username("");
+        let _ = bare.set_password(None);
+        servers.push(async_nats::ServerAddr::from_url(bare).map_err(|e| invalid(e.to_string()))?);
+    }
+    Ok(NatsTarget { servers, auth })
+}
+
+/// `url` with whatever stands between `://` and the last `@` of each server replaced
+/// by `***` (it may hold a password, with any characters in it), for messages and logs.
 pub fn redacted(url: &str) -> String {
     url.split(',')
         .map(|server| {
@@ -347,8 +426,7 @@ pub fn redacted(url: &str) -> String {
                 Some(at) => server.split_at(at + 3),
                 None => ("", server),
             };
-            let host_end = rest.find('/').unwrap_or(rest.len());
-            match rest[..host_end].rfind('@') {
+            match rest.rfind('@') {
                 Some(at) => format!("{scheme}***{}", &rest[at..]),
                 None => server.to_string(),
             }
@@ -360,7 +438,7 @@ pub fn redacted(url: &str) -> String {
 /// Publishes each batch, the webhook's JSON body, to one subject. One batch at a time
 /// (the publisher waits for each), so a SKU's updates arrive in `seq` order.
 struct NatsSink {
-    servers: Result<Vec<async_nats::ServerAddr>, String>,
+    target: Result<NatsTarget, String>,
     /// The url without credentials.
     shown: String,
     subject: String,
@@ -368,8 +446,9 @@ struct NatsSink {
     secret: Option<String>,
     /// Of one attempt: connecting, publishing and the confirmation or acknowledgement.
     timeout: Duration,
-    /// Connected on first use and kept while attempts succeed; a failed attempt
-    /// drops it, so what that attempt left queued in the client is not sent later.
+    /// Connected on first use and kept, also across failed attempts: one connection
+    /// sends in order, so whatever a failed attempt left queued in the client goes out
+    /// before the retry, never after it. The client reconnects by itself.
     connection: Rc<RefCell<Option<NatsConnection>>>,
 }
 
@@ -377,32 +456,85 @@ struct NatsSink {
 struct NatsConnection {
     client: async_nats::Client,
     jetstream: async_nats::jetstream::Context,
+    /// The round trip that confirms core publishes (see [`Confirm`]).
+    confirm: Rc<tokio::sync::Mutex<Confirm>>,
+}
+
+/// A subscription to this connection's own inbox: a message sent there comes back
+/// only after the server processed everything this connection sent before it. No
+/// other subscriber, permission on other subjects or server setting changes that.
+struct Confirm {
+    inbox: String,
+    subscriber: async_nats::Subscriber,
+    /// Number of the next round trip; echoes of earlier ones (an attempt that gave
+    /// up) are skipped.
+    next: u64,
+}
+
+impl Confirm {
+    async fn round_trip(&mut self, client: &async_nats::Client) -> Result<(), String> {
+        use futures_util::StreamExt;
+        let number = self.next;
+        self.next += 1;
+        client
+            .publish(self.inbox.clone(), number.to_string().into())
+            .await
+            .map_err(|e| format!("nats confirm: {e}"))?;
+        while let Some(echo) = self.subscriber.next().await {
+            if echo.payload.as_ref() == number.to_string().as_bytes() {
+                return Ok(());
+            }
+        }
+        Err("nats confirm: the subscription closed".to_string())
+    }
 }
 
 impl NatsSink {
     async fn connect(
-        servers: Vec<async_nats::ServerAddr>,
+        target: NatsTarget,
         shown: &str,
         timeout: Duration,
     ) -> Result<NatsConnection, String> {
-        let client = async_nats::ConnectOptions::new()
+        // Per server, so one that does not answer leaves time for the next.
+        let per_server =
+            (timeout / target.servers.len().max(1) as u32).max(Duration::from_millis(50));
+        let mut options = async_nats::ConnectOptions::new()
             .name("stockwire")
-            .connection_timeout(timeout)
+            .connection_timeout(per_server)
             .request_timeout(Some(timeout))
             // Back within a second of the server's return (the default waits up to
             // several seconds between tries); the publisher's own back-off paces
             // the batches meanwhile.
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
-            })
-            .connect(servers)
+            });
+        options = match target.auth {
+            NatsAuth::None => options,
+            NatsAuth::Token(token) => options.token(token),
+            NatsAuth::UserPassword(user, password) => options.user_and_password(user, password),
+        };
+        let client = options
+            .connect(target.servers)
             .await
             .map_err(|e| format!("nats connect {shown}: {e}"))?;
+        let inbox = client.new_inbox();
+        let subscriber = client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(|e| format!("nats subscribe {shown}: {e}"))?;
         let jetstream = async_nats::jetstream::context::ContextBuilder::new()
             .timeout(timeout)
             .ack_timeout(timeout)
             .build(client.clone());
-        Ok(NatsConnection { client, jetstream })
+        Ok(NatsConnection {
+            client,
+            jetstream,
+            confirm: Rc::new(tokio::sync::Mutex::new(Confirm {
+                inbox,
+                subscriber,
+                next: 0,
+            })),
+        })
     }
 
     /// One attempt: publish `body` and wait until the server (core) or the
@@ -415,9 +547,9 @@ impl NatsSink {
         jetstream: bool,
     ) -> Result<(), String> {
         let max_payload = nats.client.server_info().max_payload;
-        if max_payload > 0 && body.len() > max_payload {
+        if max_payload > 0 && body.len() + NATS_HEADER_ALLOWANCE > max_payload {
             return Err(format!(
-                "a batch of {} bytes is over the server's max_payload of {max_payload}: lower batch_max",
+                "a batch of {} bytes is too large for the server's max_payload of {max_payload}: lower batch_max",
                 body.len()
             ));
         }
@@ -435,16 +567,7 @@ impl NatsSink {
             .publish_with_headers(subject, headers, body.into())
             .await
             .map_err(|e| format!("nats publish: {e}"))?;
-        // A flush only writes to the socket; the round trip shows the server has it.
-        match nats
-            .client
-            .request(NATS_CONFIRM_SUBJECT, bytes::Bytes::new())
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(error) if error.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
-            Err(error) => Err(format!("nats confirm: {error}")),
-        }
+        nats.confirm.lock().await.round_trip(&nats.client).await
     }
 }
 
@@ -460,7 +583,7 @@ impl Sink for NatsSink {
         if let Some(secret) = &self.secret {
             headers.insert(SIGNATURE_HEADER, signature(secret, &body).as_str());
         }
-        let servers = self.servers.clone();
+        let target = self.target.clone();
         let (shown, subject, jetstream, timeout) = (
             self.shown.clone(),
             self.subject.clone(),
@@ -474,21 +597,17 @@ impl Sink for NatsSink {
                 let nats = match cached {
                     Some(nats) => nats,
                     None => {
-                        let nats = NatsSink::connect(servers?, &shown, timeout).await?;
+                        let nats = NatsSink::connect(target?, &shown, timeout).await?;
                         *connection.borrow_mut() = Some(nats.clone());
                         nats
                     }
                 };
                 NatsSink::attempt(&nats, subject, headers, body, jetstream).await
             };
-            let result = match tokio::time::timeout(timeout, attempt).await {
+            match tokio::time::timeout(timeout, attempt).await {
                 Ok(result) => result,
                 Err(_) => Err(format!("nats: no answer within {} ms", timeout.as_millis())),
-            };
-            if result.is_err() {
-                connection.borrow_mut().take();
             }
-            result
         })
     }
 }
@@ -549,19 +668,42 @@ mod tests {
 
     #[test]
     fn nats_urls_are_parsed_per_server_and_shown_without_credentials() {
+        let target = nats_target("nats://127.0.0.1:4222, nats://127.0.0.1:4223").expect("valid");
         assert_eq!(
-            nats_servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223").map(|s| s.len()),
-            Ok(2)
+            (target.servers.len(), target.auth == NatsAuth::None),
+            (2, true)
         );
-        assert!(nats_servers("nats://a:4222,").is_err());
-        assert!(nats_servers("nats://a:b:c").is_err());
+        assert!(nats_target("nats://a:4222,").is_err());
+        assert!(nats_target("nats://a:b:c").is_err());
+        assert!(nats_target("ws://a:4222")
+            .unwrap_err()
+            .contains("websockets"));
+        assert!(nats_target("nats://[::1]:4222").is_ok());
+        let signed = nats_target("nats://u:p%40ss@a:4222,b:4223").expect("valid");
+        assert!(signed.auth == NatsAuth::UserPassword("u".into(), "p@ss".into()));
+        assert!(signed
+            .servers
+            .iter()
+            .all(|s| !s.as_url_str().contains('u') || !s.as_url_str().contains("p%40ss")));
+        assert!(signed.servers.iter().all(|s| s.username().is_none()));
+        assert!(nats_target("tls://tok@a").expect("valid").auth == NatsAuth::Token("tok".into()));
+        assert!(nats_target("nats://u:p@a,nats://v:q@b")
+            .unwrap_err()
+            .contains("other credentials"));
         assert_eq!(
             redacted("nats://u:p@h:4222,nats://h2:4222"),
             "nats://***@h:4222,nats://h2:4222"
         );
         assert_eq!(redacted("tls://token@h"), "tls://***@h");
+        assert_eq!(redacted("nats://u:se/cr#et@h:4222"), "nats://***@h:4222");
         assert_eq!(redacted("h:4222"), "h:4222");
-        let shown = nats_servers("nats://user:secret@a:b:c").unwrap_err();
-        assert!(!shown.contains("secret"), "{shown}");
+        for bad in [
+            "nats://user:secret@a:b:c",
+            "ws://u:secret@h",
+            "nats://u:se/cret@[x",
+        ] {
+            let shown = nats_target(bad).unwrap_err();
+            assert!(!shown.contains("secret"), "{shown}");
+        }
     }
 }

@@ -337,7 +337,7 @@ impl Validator<'_> {
                 backoff_max_ms,
                 ..
             } => {
-                if let Err(message) = crate::channels::sink::nats_servers(url) {
+                if let Err(message) = crate::channels::sink::nats_target(url) {
                     return self.fail(format!("{path}.url"), message);
                 }
                 let valid_subject = !subject.is_empty()

@@ -31,6 +31,8 @@ struct NatsServer {
     /// The JetStream store, kept across a restart.
     store: tempfile::TempDir,
     jetstream: bool,
+    /// More command-line arguments (e.g. `--user`, `--pass`).
+    args: Vec<String>,
 }
 
 fn nats_binary() -> PathBuf {
@@ -43,11 +45,16 @@ fn nats_binary() -> PathBuf {
 
 impl NatsServer {
     fn start(jetstream: bool) -> NatsServer {
+        NatsServer::start_with(jetstream, &[])
+    }
+
+    fn start_with(jetstream: bool, args: &[&str]) -> NatsServer {
         let mut server = NatsServer {
             child: None,
             port: free_port(),
             store: tempfile::tempdir().expect("temp dir"),
             jetstream,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         server.run();
         server
@@ -68,6 +75,7 @@ impl NatsServer {
                 .arg("-sd")
                 .arg(self.store.path().join("js"));
         }
+        command.args(&self.args);
         let child = command
             .spawn()
             .expect("nats-server runs (install-deps.sh --test installs it)");
@@ -107,6 +115,12 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Hex SHA-256 of `body`.
+fn hmac_free_sha256_hex(body: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(body))
 }
 
 fn read_log(path: &Path) -> String {
@@ -158,8 +172,8 @@ impl Message {
             .expect("<channel>:...");
         let (batch, digest) = rest.split_once(':').expect("<batch>:<digest>");
         assert!(batch.parse::<u64>().is_ok_and(|n| n > 0), "{id}");
-        assert_eq!(digest.len(), 16, "{id}");
-        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()), "{id}");
+        let sha = hmac_free_sha256_hex(&self.body);
+        assert_eq!(digest, &sha[..16], "{id}: the body's digest");
         assert_eq!(self.json()["channel"], channel);
     }
 }
@@ -271,6 +285,8 @@ fn channel_state(server: &Server, channel: &str) -> String {
 fn a_nats_channel_publishes_signed_batches_in_seq_order() {
     let nats = NatsServer::start(false);
     let subscriber = Subscriber::start(&nats.url(), "stock.web");
+    // Someone listening to everything, answering nothing, changes nothing.
+    let _everything = Subscriber::start(&nats.url(), ">");
     // Two servers of a cluster, the first one not there: the client finds the other.
     let servers = format!("nats://127.0.0.1:{}, {}", free_port(), nats.url());
     let server = start(
@@ -394,6 +410,7 @@ fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
         port,
         store: tempfile::tempdir().expect("temp dir"),
         jetstream: false,
+        args: Vec::new(),
     };
     drop(placeholder);
     nats.run();
@@ -421,17 +438,25 @@ struct NatsCluster {
 
 impl NatsCluster {
     fn start() -> NatsCluster {
-        let dir = tempfile::tempdir().expect("temp dir");
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<String> = route
             .iter()
             .map(|p| format!("nats-route://127.0.0.1:{p}"))
             .collect();
-        let mut children = Vec::new();
+        // Each child is in `cluster` as soon as it runs: a failure later kills it.
+        let mut cluster = NatsCluster {
+            children: Vec::new(),
+            urls: client
+                .iter()
+                .map(|p| format!("nats://127.0.0.1:{p}"))
+                .collect(),
+            _dir: tempfile::tempdir().expect("temp dir"),
+        };
+        let dir = cluster._dir.path().to_path_buf();
         for i in 0..3 {
-            let conf = dir.path().join(format!("n{i}.conf"));
-            let store = dir.path().join(format!("n{i}"));
+            let conf = dir.join(format!("n{i}.conf"));
+            let store = dir.join(format!("n{i}"));
             std::fs::write(
                 &conf,
                 format!(
@@ -448,12 +473,12 @@ impl NatsCluster {
                 .arg("-c")
                 .arg(&conf)
                 .arg("-l")
-                .arg(dir.path().join(format!("n{i}.log")))
+                .arg(dir.join(format!("n{i}.log")))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("nats-server runs");
-            children.push(child);
+            cluster.children.push(child);
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         for port in &client {
@@ -462,14 +487,7 @@ impl NatsCluster {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        NatsCluster {
-            children,
-            urls: client
-                .iter()
-                .map(|p| format!("nats://127.0.0.1:{p}"))
-                .collect(),
-            _dir: dir,
-        }
+        cluster
     }
 }
 
@@ -484,8 +502,9 @@ impl Drop for NatsCluster {
 
 /// Cluster mode's fence (issue 13), on the nats-server this machine has: two
 /// writers that both believe they own a partition race each append with the same
-/// `Nats-Expected-Last-Sequence` on an R3 stream; exactly one wins every round,
-/// so a stale owner can never write past the owner it lost to.
+/// `Nats-Expected-Last-Sequence` on an R3 stream; exactly one wins every round and
+/// the other is refused by the stream for the wrong last sequence (compare-and-set
+/// under concurrent writers; a leader failover in the middle is not exercised here).
 #[test]
 fn on_an_r3_stream_two_writers_with_one_expectation_never_both_land() {
     const ROUNDS: u64 = 100;
@@ -516,20 +535,97 @@ fn on_an_r3_stream_two_writers_with_one_expectation_never_both_land() {
                 }
             }
         };
+        // `Ok` when the write landed, else the stream's reason.
         let write = |js: async_nats::jetstream::Context, last: u64, who: &'static str| async move {
             let mut headers = async_nats::HeaderMap::new();
             headers.insert("Nats-Expected-Last-Sequence", last.to_string().as_str());
             match js.publish_with_headers("p0", headers, who.into()).await {
-                Ok(ack) => ack.await.is_ok(),
-                Err(_) => false,
+                Ok(ack) => ack.await.map(drop).map_err(|e| e.to_string()),
+                Err(error) => Err(error.to_string()),
             }
         };
         for round in 0..ROUNDS {
-            let (won_a, won_b) =
+            let (a_wrote, b_wrote) =
                 tokio::join!(write(a.clone(), round, "a"), write(b.clone(), round, "b"));
-            assert!(won_a ^ won_b, "round {round}: a {won_a}, b {won_b}");
+            let refusal = match (&a_wrote, &b_wrote) {
+                (Ok(()), Err(why)) | (Err(why), Ok(())) => why.clone(),
+                _ => panic!("round {round}: a {a_wrote:?}, b {b_wrote:?}"),
+            };
+            // The stream's own refusal (10071), not a lost connection or a timeout.
+            assert!(
+                refusal.contains("wrong last sequence"),
+                "round {round}: {refusal}"
+            );
         }
         let info = stream.info().await.expect("info");
         assert_eq!(info.state.messages, ROUNDS, "one write per round, no more");
+        assert_eq!(info.config.num_replicas, 3);
+        let replicas = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
+        assert_eq!(replicas, 2, "a leader and two replicas");
     });
+}
+
+/// A server that wants a user and password: the sink signs in with the ones in
+/// its `url` (percent-encoded there), and a wrong password is never shown.
+#[test]
+fn a_nats_server_with_a_password_is_signed_into_and_the_password_never_shown() {
+    let nats = NatsServer::start_with(false, &["--user", "stock", "--pass", "s3/cr@t"]);
+    let with = |password: &str| format!("nats://stock:{password}@127.0.0.1:{}", nats.port);
+    let subscriber = {
+        // The test's own subscriber signs in with the client's options.
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (url, into) = (nats.url(), messages.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let client = async_nats::ConnectOptions::new()
+                    .user_and_password("stock".into(), "s3/cr@t".into())
+                    .connect(url)
+                    .await
+                    .expect("subscriber signs in");
+                let mut subscription = client.subscribe("stock.pw").await.expect("subscribes");
+                client.flush().await.expect("registered");
+                let _ = ready_tx.send(());
+                while let Some(message) = subscription.next().await {
+                    let seen = Message::of(message.headers.as_ref(), &message.payload);
+                    into.lock().expect("lock").push(seen);
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("ready");
+        Subscriber { messages }
+    };
+    let channels = format!(
+        "{}{}",
+        nats_channel("pw", &with("s3%2Fcr%40t"), "stock.pw", "timeout_ms = 500"),
+        nats_channel(
+            "wrong",
+            &with("not-the-s3cret"),
+            "stock.wrong",
+            "timeout_ms = 300, max_attempts = 100, backoff_ms = 20, backoff_max_ms = 50"
+        ),
+    );
+    let server = start("", &channels);
+    let all = skus("w", 2);
+    for sku in &all {
+        server.receive(sku, "wh-east", 6);
+    }
+    let values = wait_converged(&server, "pw", None, &all);
+    wait_for("the values on the subject", SHOWS, || {
+        let last = last_values(&subscriber.messages());
+        all.iter()
+            .all(|sku| last.get(sku).map(|(available, _)| *available) == Some(values[sku]))
+            .then_some(())
+    });
+    let refused = wait_for("the wrong password refused", SHOWS, || {
+        let status = report(&server, "wrong");
+        status["last_error"].is_string().then_some(status)
+    });
+    let (_, every) = server.get("/v1/channels");
+    for shown in [refused.to_string(), every.to_string()] {
+        assert!(!shown.contains("not-the-s3cret"), "{shown}");
+        assert!(!shown.contains("s3%2Fcr"), "{shown}");
+    }
 }
