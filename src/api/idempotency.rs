@@ -17,7 +17,7 @@ use crate::storage::records::IdempotencyRecord;
 const KEY_LEN_MAX: usize = 255;
 
 /// A JSON answer: status and body (one of the response structs in
-/// `openapi.rs`, serialized without building a `serde_json::Value` tree).
+/// `schema.rs`, serialized without building a `serde_json::Value` tree).
 pub type Reply<B> = (StatusCode, B);
 
 fn encode(value: &impl serde::Serialize) -> Result<Vec<u8>, ApiError> {

@@ -360,20 +360,18 @@ impl Engine {
             )));
         }
         let hash = request_hash(&request);
+        let now = self.now_ms();
         let id: Arc<str> = Arc::from(
             request
                 .reservation_id
                 .clone()
-                .unwrap_or_else(|| {
-                    new_reservation_id(request.idempotency_key.as_deref(), self.now_ms())
-                })
+                .unwrap_or_else(|| new_reservation_id(request.idempotency_key.as_deref(), now))
                 .as_str(),
         );
         let ttl_ms = request
             .ttl_seconds
             .unwrap_or(self.config.default_ttl_seconds)
             .saturating_mul(1000) as i64;
-        let now = self.now_ms();
         let record = ReservationRecord {
             id: id.to_string(),
             channel: channel.id.to_string(),
