@@ -24,6 +24,7 @@ pub mod actors;
 pub mod api;
 pub mod channels;
 pub mod clock;
+pub mod cluster;
 pub mod codes;
 pub mod config;
 pub mod domain;

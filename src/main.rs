@@ -250,6 +250,9 @@ fn init_logging(
 /// process's last threads have let go of its files.
 const LOCK_WAIT: Duration = Duration::from_secs(10);
 
+/// How long start-up waits for the NATS servers and the journal stream.
+const CLUSTER_CONNECT_WAIT: Duration = Duration::from_secs(30);
+
 fn open_store(dir: &std::path::Path) -> Result<RocksStore, stockwire::storage::StorageError> {
     let deadline = Instant::now() + LOCK_WAIT;
     loop {
@@ -364,11 +367,38 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     let metrics = Arc::new(Metrics::new());
     metrics.count_log_drops_from(move || log.dropped_lines());
     metrics.prepare(&config);
-    let store: Arc<dyn Store> = Arc::new(
+    let local = Arc::new(
         open_store(&config.data_dir)
             .with_context(|| format!("opening data dir {}", config.data_dir.display()))?,
     );
     let state = web::Data::new(AppState::new(config.clone(), metrics.clone()));
+    // Cluster mode: the engine starts only once this node owns the journal; until
+    // then it follows the stream and forwards requests to the owner.
+    let (store, ownership): (Arc<dyn Store>, _) = match &config.cluster {
+        None => (local, None),
+        Some(cluster) => {
+            let applied = stockwire::cluster::applied_of(&local).map_err(|e| anyhow::anyhow!(e))?;
+            let link = Arc::new(
+                stockwire::cluster::link::Link::start(cluster, CLUSTER_CONNECT_WAIT)
+                    .map_err(|e| anyhow::anyhow!("cluster: {e}"))?,
+            );
+            let node = Arc::new(stockwire::cluster::Node::new(
+                cluster.clone(),
+                local.clone(),
+                applied,
+            ));
+            let replicated = Arc::new(stockwire::cluster::store::ReplicatedStore::new(
+                local.clone(),
+                link.clone(),
+                node.clone(),
+            ));
+            let granted = stockwire::cluster::start(node.clone(), link, local);
+            let _ = state.cluster.set(node.clone());
+            metrics.watch_cluster(node.clone());
+            tracing::info!(node = %cluster.node, applied, "cluster mode: following the journal stream");
+            (replicated.clone() as Arc<dyn Store>, Some((granted, replicated, node)))
+        }
+    };
     if state.keys.is_open() {
         tracing::warn!(
             "no [[keys]] configured: the API is open, every caller acts as admin (development only)"
@@ -382,11 +412,17 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     let placement = Arc::new(Placement::new(workers));
     let app_state = state.clone();
     let for_workers = placement.clone();
+    let clustered = config.cluster.is_some();
     let server = HttpServer::new(move || {
         for_workers.register_this_thread();
         App::new()
             .app_data(app_state.clone())
             .wrap(from_fn(edge_middleware))
+            // Outermost: a follower forwards before anything else looks at the call.
+            .wrap(actix_web::middleware::Condition::new(
+                clustered,
+                from_fn(stockwire::api::forward::middleware),
+            ))
             .configure(routes)
     })
     .on_connect({
@@ -418,6 +454,19 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     let recovery_handle = handle.clone();
     let recovery = actix_web::rt::spawn(async move {
         let handle = recovery_handle;
+        let mut serving = None;
+        if let Some((granted, replicated, node)) = ownership {
+            match granted.await {
+                Ok(epoch) => {
+                    replicated.grant(epoch);
+                    serving = Some(node);
+                }
+                Err(_) => {
+                    handle.stop(false).await;
+                    return Err(anyhow::anyhow!("cluster: this node can no longer take over"));
+                }
+            }
+        }
         let for_recovery = store.clone();
         let recovered = web::block(move || recover(&*for_recovery)).await;
         let recovered = match recovered {
@@ -463,6 +512,10 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
         };
         let _ = recovery_state.channels.set(channels);
         let _ = recovery_state.engine.set(engine);
+        if let Some(node) = serving {
+            node.serving();
+            tracing::info!(node = %node.config.node, "cluster mode: this node owns the journal and serves");
+        }
         Ok(inboxes)
     });
 

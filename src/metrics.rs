@@ -75,6 +75,20 @@ pub struct Metrics {
     scrape: std::sync::Mutex<()>,
     /// Where the count of dropped log lines comes from (the logging thread).
     log_drops: std::sync::OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
+    /// Cluster mode only: registered by [`Metrics::watch_cluster`].
+    cluster: std::sync::OnceLock<ClusterMetrics>,
+}
+
+/// `stockwire_cluster_*`, copied from the node at scrape time.
+struct ClusterMetrics {
+    node: std::sync::Arc<crate::cluster::Node>,
+    owner: IntGauge,
+    owned_partitions: IntGauge,
+    applied_seq: IntGauge,
+    lag: IntGauge,
+    peers: IntGauge,
+    failovers_total: IntCounter,
+    forwarded_total: IntCounter,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -290,6 +304,7 @@ impl Metrics {
             ),
             scrape: std::sync::Mutex::new(()),
             log_drops: std::sync::OnceLock::new(),
+            cluster: std::sync::OnceLock::new(),
             registry,
         }
     }
@@ -355,6 +370,51 @@ impl Metrics {
         };
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         raise_to(&self.log_lines_dropped_total, source());
+    }
+
+    /// Cluster mode: registers `stockwire_cluster_*` and reads them from `node`
+    /// at each scrape.
+    #[allow(clippy::expect_used)]
+    pub fn watch_cluster(&self, node: std::sync::Arc<crate::cluster::Node>) {
+        let r = &self.registry;
+        let metrics = ClusterMetrics {
+            node,
+            owner: gauge(r, "stockwire_cluster_owner", "1 if this node owns the journal (and every partition) and serves"),
+            owned_partitions: gauge(r, "stockwire_cluster_owned_partitions", "Partitions this node owns"),
+            applied_seq: gauge(r, "stockwire_cluster_applied_seq", "Last journal stream sequence in this node's store"),
+            lag: gauge(r, "stockwire_cluster_lag", "Journal stream messages this node has not applied yet"),
+            peers: gauge(r, "stockwire_cluster_peers", "Other nodes heard within the takeover window"),
+            failovers_total: plain_counter(r, "stockwire_cluster_failovers_total", "Ownership changes of the journal seen by this node"),
+            forwarded_total: plain_counter(r, "stockwire_cluster_forwarded_total", "Requests this node forwarded to the owner"),
+        };
+        let _ = self.cluster.set(metrics);
+    }
+
+    /// Copies the cluster node's state (at scrape time).
+    pub fn observe_cluster(&self, partitions: u32) {
+        use std::sync::atomic::Ordering;
+        let Some(m) = self.cluster.get() else {
+            return;
+        };
+        let node = &m.node;
+        let owner = node.is_owner();
+        m.owner.set(i64::from(owner));
+        m.owned_partitions
+            .set(if owner { i64::from(partitions) } else { 0 });
+        let applied = node.applied.load(Ordering::Acquire);
+        m.applied_seq.set(applied as i64);
+        let last = node.stream_last.load(Ordering::Acquire).max(applied);
+        m.lag.set((last - applied) as i64);
+        let window = std::time::Duration::from_millis(node.config.takeover_after_ms);
+        m.peers.set(
+            node.peers()
+                .iter()
+                .filter(|peer| peer.heard.elapsed() < window)
+                .count() as i64,
+        );
+        let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
+        raise_to(&m.failovers_total, node.failovers.load(Ordering::Relaxed));
+        raise_to(&m.forwarded_total, node.forwarded.load(Ordering::Relaxed));
     }
 
     /// The Prometheus text exposition of every metric.

@@ -5,10 +5,12 @@
 pub mod access;
 mod availability;
 mod channels;
+mod cluster;
 mod console;
 mod error;
 mod events;
 mod exceptions;
+pub mod forward;
 #[cfg(test)]
 mod fuzz_tests;
 mod idempotency;
@@ -56,6 +58,8 @@ pub struct AppState {
     pub engine: OnceLock<Arc<Engine>>,
     /// Channel publication, started right after recovery.
     pub channels: OnceLock<Arc<Channels>>,
+    /// Cluster mode: this node's part (absent without `[cluster]`).
+    pub cluster: OnceLock<Arc<crate::cluster::Node>>,
     pub config: Arc<Config>,
     pub metrics: Arc<Metrics>,
     /// Open event streams (bounded by `sse_connections_max`).
@@ -82,6 +86,7 @@ impl AppState {
         AppState {
             engine: OnceLock::new(),
             channels: OnceLock::new(),
+            cluster: OnceLock::new(),
             keys: Keys::new(&config),
             route_metrics: route_metrics::RouteMetrics::new(),
             config,
@@ -187,6 +192,7 @@ route_table! {
     get "/healthz" => ops::healthz, Policy::Open;
     get "/readyz" => ops::readyz, Policy::Open;
     get "/metrics" => ops::metrics, Policy::Metrics;
+    get "/v1/cluster" => cluster::get, Policy::Roles(READERS);
     get "/v1/openapi.json" => openapi::openapi, Policy::Open;
     post "/v1/availability/query" => availability::query, Policy::Roles(AVAILABILITY);
     get "/v1/availability/{sku}" => availability::get, Policy::Roles(AVAILABILITY);

@@ -11,8 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    availability, channels, console, events, exceptions, ops, positions, reconciliations,
-    reservations, transfers,
+    availability, channels, cluster, console, events, exceptions, ops, positions,
+    reconciliations, reservations, transfers,
 };
 
 struct BearerAuth;
@@ -44,6 +44,7 @@ impl Modify for BearerAuth {
         ops::healthz,
         ops::readyz,
         ops::metrics,
+        cluster::get,
         openapi,
         console::page,
         console::asset,

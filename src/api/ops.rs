@@ -16,11 +16,29 @@ pub async fn healthz() -> HttpResponse {
     responses((status = 200, description = "recovered and able to journal", body = Ready),
         (status = 503, description = "recovering, or the journal failed", body = super::schema::Problem, content_type = "application/problem+json")))]
 /// 200 once recovered and able to journal, 503 before (or after a journal failure).
+/// In cluster mode a follower is ready once it knows a live owner to forward to.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if let Some(node) = state.cluster.get() {
+        if !node.is_owner() {
+            if node.owner_address().is_none() {
+                return Err(ApiError::Unavailable(format!(
+                    "cluster node {} is {} and knows no live owner",
+                    node.config.node,
+                    node.role().as_str()
+                )));
+            }
+            return Ok(HttpResponse::Ok().json(Ready {
+                status: "ready",
+                journal_head_seq: node.journal_head(),
+                role: Some("follower"),
+            }));
+        }
+    }
     let engine = state.engine()?;
     Ok(HttpResponse::Ok().json(Ready {
         status: "ready",
         journal_head_seq: engine.journal().head(),
+        role: state.cluster.get().map(|_| "owner"),
     }))
 }
 
@@ -40,6 +58,7 @@ pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest
     }
     state.metrics.ready.set(i64::from(state.engine().is_ok()));
     state.metrics.observe_log_drops();
+    state.metrics.observe_cluster(state.config.partitions);
     if let Some(engine) = state.engine.get() {
         state
             .metrics

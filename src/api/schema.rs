@@ -89,6 +89,52 @@ pub struct Ready {
     /// `ready`
     pub status: &'static str,
     pub journal_head_seq: u64,
+    /// Cluster mode only: `owner` or `follower` (a follower forwards to the owner).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub role: Option<&'static str>,
+}
+
+/// `GET /v1/cluster`.
+#[derive(Serialize, ToSchema)]
+pub struct ClusterView {
+    pub node: String,
+    /// `starting`, `follower`, `recovering`, `owner`, `stepped_down` or `behind`.
+    pub role: &'static str,
+    /// The JetStream stream holding the journal.
+    pub stream: String,
+    pub replicas: usize,
+    /// The fixed partition count; one owner holds them all (docs/CLUSTER.md).
+    pub partitions: u32,
+    /// Partitions this node owns and serves.
+    pub owned_partitions: u32,
+    /// The owner's node id, if one is known.
+    pub owner: Option<String>,
+    /// Stream sequence of the owner's takeover marker.
+    pub epoch: u64,
+    /// Last stream sequence in this node's store.
+    pub applied_seq: u64,
+    /// The stream's last sequence, when last asked.
+    pub stream_last_seq: u64,
+    /// `stream_last_seq - applied_seq`: how far this node is behind.
+    pub lag: u64,
+    /// Ownership changes seen since this node started.
+    pub failovers: u64,
+    /// Requests this node forwarded to the owner.
+    pub forwarded: u64,
+    /// This node's last takeover, from deciding to owning (ms; 0: none).
+    pub last_takeover_ms: u64,
+    /// The other nodes heard in the last minute.
+    pub peers: Vec<ClusterPeer>,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct ClusterPeer {
+    pub node: String,
+    pub advertise: String,
+    pub role: &'static str,
+    pub applied_seq: u64,
+    pub heard_ms_ago: u64,
 }
 
 // The availability answers borrow from the readouts and are serialized

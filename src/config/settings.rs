@@ -11,8 +11,8 @@ use std::path::PathBuf;
 
 use super::table::{section_limits, top_level_settings};
 use super::{
-    ChannelConfig, Durability, InboxConfig, KeyConfig, LocationConfig, LogFormat, RateLimit,
-    SourceAuthorityConfig,
+    ChannelConfig, ClusterConfig, Durability, InboxConfig, KeyConfig, LocationConfig, LogFormat,
+    RateLimit, SourceAuthorityConfig,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -203,6 +203,9 @@ top_level_settings! {
     inbox: Vec<InboxConfig> = Vec::new();
     /// `[[source_authority]]`: which source may post what, where.
     source_authority: Vec<SourceAuthorityConfig> = Vec::new();
+    /// `[cluster]`: opt-in cluster mode on NATS JetStream (docs/CLUSTER.md). Absent: one
+    /// process, nothing else changes.
+    cluster: Option<ClusterConfig> = None, check cluster;
 }
 
 // SPEC §2: idempotency keys are remembered for at least 24 h, whatever the config says.
@@ -258,4 +261,26 @@ section_limits! {
     fn default_inbox_file_bytes_max() -> u64 = 256 * 1024 * 1024,
         const INBOX_FILE_BYTES_MAX_DEFAULT,
         INBOX_FILE_BYTES_MAX_RANGE = 1..=64 * 1024 * 1024 * 1024;
+    /// `cluster.replicas`: servers each journal stream is stored on (JetStream R).
+    fn default_cluster_replicas() -> usize = 3,
+        const CLUSTER_REPLICAS_DEFAULT, CLUSTER_REPLICAS_RANGE = 1..=5;
+    /// `cluster.heartbeat_ms`: how often a node says it is alive (core NATS).
+    fn default_cluster_heartbeat_ms() -> u64 = 200,
+        const CLUSTER_HEARTBEAT_MS_DEFAULT, CLUSTER_HEARTBEAT_MS_RANGE = 10..=10_000;
+    /// `cluster.takeover_after_ms`: an owner unheard this long is taken over by its
+    /// successor. It decides only *when*: the stream's sequence fence decides whether a
+    /// write lands.
+    fn default_cluster_takeover_after_ms() -> u64 = 1000,
+        const CLUSTER_TAKEOVER_AFTER_MS_DEFAULT,
+        CLUSTER_TAKEOVER_AFTER_MS_RANGE = 100..=600_000;
+    /// `cluster.append_timeout_ms`: how long one journal append keeps retrying its
+    /// stream write (a JetStream leader election takes 4-9 s) before it is refused
+    /// (503) and the node steps down.
+    fn default_cluster_append_timeout_ms() -> u64 = 15_000,
+        const CLUSTER_APPEND_TIMEOUT_MS_DEFAULT,
+        CLUSTER_APPEND_TIMEOUT_MS_RANGE = 100..=600_000;
+    /// `cluster.stream_keep`: journal messages the stream keeps (older ones are purged
+    /// by the owner; a node further behind must be re-seeded from a copy of a data dir).
+    fn default_cluster_stream_keep() -> u64 = 1_000_000,
+        const CLUSTER_STREAM_KEEP_DEFAULT, CLUSTER_STREAM_KEEP_RANGE = 1000..=1_000_000_000;
 }

@@ -12,7 +12,8 @@ use sha2::{Digest, Sha256};
 
 // The serde defaults of the numbers in sections (their table is in `settings.rs`).
 use super::settings::{
-    default_coalesce_ms, default_inbox_file_bytes_max, default_inbox_poll_interval_ms,
+    default_cluster_append_timeout_ms, default_cluster_heartbeat_ms, default_cluster_replicas,
+    default_cluster_stream_keep, default_cluster_takeover_after_ms, default_coalesce_ms, default_inbox_file_bytes_max, default_inbox_poll_interval_ms,
     default_inbox_stable_ms, default_max_share_pct, default_sink_backoff_max_ms,
     default_sink_backoff_ms, default_webhook_batch_max, default_webhook_max_attempts,
     default_webhook_timeout_ms,
@@ -505,4 +506,54 @@ fn default_inbox_format() -> String {
 }
 fn default_inbox_delimiter() -> String {
     ",".to_owned()
+}
+
+/// `[cluster]`: this node's part in a cluster on NATS JetStream (docs/CLUSTER.md). The
+/// nodes of one cluster share `url` and `stream`; each has its own `node` and
+/// `advertise`. `Debug` redacts credentials in `url`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id, unique in the cluster (an id as in SPEC §1). Successors are
+    /// chosen in id order.
+    pub node: String,
+    /// The NATS servers, comma-separated `nats://[user:password@]host:port` (as a
+    /// `nats` sink's `url`).
+    pub url: String,
+    /// The JetStream stream holding the journal; its subject is `<stream>.journal`.
+    #[serde(default = "default_cluster_stream")]
+    pub stream: String,
+    /// Where the other nodes reach this node's HTTP listener to forward requests
+    /// (`http://host:port`).
+    pub advertise: String,
+    #[serde(default = "default_cluster_replicas")]
+    pub replicas: usize,
+    #[serde(default = "default_cluster_heartbeat_ms")]
+    pub heartbeat_ms: u64,
+    #[serde(default = "default_cluster_takeover_after_ms")]
+    pub takeover_after_ms: u64,
+    #[serde(default = "default_cluster_append_timeout_ms")]
+    pub append_timeout_ms: u64,
+    #[serde(default = "default_cluster_stream_keep")]
+    pub stream_keep: u64,
+}
+
+fn default_cluster_stream() -> String {
+    "STOCKWIRE".to_owned()
+}
+
+impl fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node", &self.node)
+            .field("url", &crate::channels::sink::redacted(&self.url))
+            .field("stream", &self.stream)
+            .field("advertise", &self.advertise)
+            .field("replicas", &self.replicas)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("takeover_after_ms", &self.takeover_after_ms)
+            .field("append_timeout_ms", &self.append_timeout_ms)
+            .field("stream_keep", &self.stream_keep)
+            .finish()
+    }
 }

@@ -204,6 +204,71 @@ impl Validator<'_> {
         self.rate_limit("default_rate_limit", &c.default_rate_limit)
     }
 
+    pub(super) fn cluster(&self, c: &Config) -> Result<(), ConfigError> {
+        let Some(cluster) = &c.cluster else {
+            return Ok(());
+        };
+        self.id("cluster.node", &cluster.node)?;
+        if let Err(message) = crate::channels::sink::nats_target(&cluster.url) {
+            return self.fail("cluster.url", message);
+        }
+        let stream_ok = !cluster.stream.is_empty()
+            && cluster.stream.len() <= 64
+            && cluster
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !stream_ok {
+            return self.fail(
+                "cluster.stream",
+                "must be 1 to 64 characters from [A-Za-z0-9_-] (a JetStream stream name)",
+            );
+        }
+        let advertise = cluster.advertise.strip_prefix("http://").unwrap_or("");
+        let authority_ok = !advertise.is_empty()
+            && !advertise.contains(['/', '?', '#', '@', ' '])
+            && advertise.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|port| port > 0)
+            });
+        if !authority_ok {
+            return self.fail(
+                "cluster.advertise",
+                format!(
+                    "{:?} is not http://host:port (how the other nodes reach this node's listener)",
+                    cluster.advertise
+                ),
+            );
+        }
+        self.range("cluster.replicas", cluster.replicas, &CLUSTER_REPLICAS_RANGE)?;
+        self.range(
+            "cluster.heartbeat_ms",
+            cluster.heartbeat_ms,
+            &CLUSTER_HEARTBEAT_MS_RANGE,
+        )?;
+        self.range(
+            "cluster.takeover_after_ms",
+            cluster.takeover_after_ms,
+            &CLUSTER_TAKEOVER_AFTER_MS_RANGE,
+        )?;
+        if cluster.takeover_after_ms < 3 * cluster.heartbeat_ms {
+            return self.fail(
+                "cluster.takeover_after_ms",
+                "must be at least 3 heartbeats (cluster.heartbeat_ms), or one late heartbeat starts a takeover",
+            );
+        }
+        self.range(
+            "cluster.append_timeout_ms",
+            cluster.append_timeout_ms,
+            &CLUSTER_APPEND_TIMEOUT_MS_RANGE,
+        )?;
+        self.range(
+            "cluster.stream_keep",
+            cluster.stream_keep,
+            &CLUSTER_STREAM_KEEP_RANGE,
+        )?;
+        Ok(())
+    }
+
     pub(super) fn log_filter(&self, c: &Config) -> Result<(), ConfigError> {
         if let Err(error) = tracing_subscriber::EnvFilter::try_new(&c.log_level) {
             return self.fail("log_level", format!("not a log filter: {error}"));

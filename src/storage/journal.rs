@@ -171,6 +171,9 @@ struct Committer {
     queue_max: usize,
     batch_max: usize,
     sync: bool,
+    /// Every batch goes to the writer thread (`fsync` mode, or a store whose
+    /// writes wait on the network).
+    offload: bool,
     on_write: Option<Box<dyn Fn(f64) + Send + Sync>>,
     epoch: Instant,
 }
@@ -363,6 +366,7 @@ impl Journal {
         let queue_max = options.queue_max.max(1);
         let (sender, receiver) = bounded(queue_max + 1);
         let (head_sender, head_receiver) = watch::channel(head);
+        let store_waits = store.waits_on_network();
         let committer = Arc::new(Committer {
             store,
             state: Mutex::new(CommitState {
@@ -376,6 +380,7 @@ impl Journal {
             queue_max,
             batch_max: options.batch_max.max(1),
             sync: options.sync,
+            offload: options.sync || store_waits,
             on_write: options.on_write,
             epoch: Instant::now(),
         });
@@ -550,7 +555,7 @@ async fn flush_tick(committer: Arc<Committer>, sender: Sender<Message>) {
         if requests.is_empty() {
             return;
         }
-        let requests = if committer.sync || handed_over.load(Ordering::Acquire) > 0 {
+        let requests = if committer.offload || handed_over.load(Ordering::Acquire) > 0 {
             Some(requests)
         } else {
             let left = committer.try_commit(requests);

@@ -143,6 +143,11 @@ pub trait Store: Send + Sync + 'static {
     fn slowdowns(&self) -> u64 {
         0
     }
+    /// True for a store whose writes wait on the network (cluster mode): the
+    /// journal then commits on its writer thread only, never on an event loop.
+    fn waits_on_network(&self) -> bool {
+        false
+    }
 }
 
 pub fn seq_key(seq: u64) -> [u8; 8] {

@@ -1,0 +1,128 @@
+//! Every route works on every node: a follower forwards each request (but its
+//! own operations routes) to the owner's HTTP listener and streams the answer
+//! back as it came, status, headers and body. The owner checks the key, the rate
+//! limit and the role, as for a request of its own.
+
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse, ResponseError};
+
+use super::error::ApiError;
+use super::AppState;
+
+/// Set on a forwarded request: its receiver never forwards it again, so two
+/// nodes that each take the other for the owner cannot bounce a request.
+pub const FORWARDED_HEADER: &str = "x-stockwire-forwarded-by";
+
+/// Routes a follower answers itself: its own health, metrics and cluster view.
+fn is_local(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics" | "/v1/cluster")
+}
+
+/// Headers of one hop, not of the request (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+            | "host"
+            | "content-length"
+    )
+}
+
+thread_local! {
+    /// One client per worker thread (awc's client is not `Send`); its pool
+    /// keeps connections to the owner open.
+    static CLIENT: awc::Client = awc::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .disable_redirects()
+        .finish();
+}
+
+pub async fn middleware(
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let node = request
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.cluster.get().cloned());
+    let Some(node) = node else {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    };
+    if node.is_owner() || is_local(request.path()) {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    }
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        let refused = ApiError::Unavailable(format!(
+            "forwarded here, but node {} does not own the journal",
+            node.config.node
+        ));
+        return Ok(request.into_response(refused.error_response()));
+    }
+    let Some((owner, address)) = node.owner_address() else {
+        let refused = ApiError::Unavailable(
+            "no node owns the journal yet (a takeover is under way)".to_string(),
+        );
+        return Ok(request.into_response(refused.error_response()));
+    };
+    node.forwarded
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let path_and_query = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    let url = format!("{address}{path_and_query}");
+    let (http_request, payload) = request.into_parts();
+    let outgoing = CLIENT.with(|client| {
+        let mut outgoing = client.request(http_request.method().clone(), &url);
+        for (name, value) in http_request.headers() {
+            if !is_hop_by_hop(name) {
+                outgoing = outgoing.append_header((name.clone(), value.clone()));
+            }
+        }
+        outgoing.insert_header((FORWARDED_HEADER, node.config.node.as_str()))
+    });
+    let has_body = http_request.headers().contains_key(header::CONTENT_LENGTH)
+        || http_request.headers().contains_key(header::TRANSFER_ENCODING);
+    let sent = if has_body {
+        outgoing.send_stream(payload).await
+    } else {
+        outgoing.send().await
+    };
+    let answer = match sent {
+        Ok(answer) => answer,
+        Err(error) => {
+            // Each failed call is answered 503; a log line each would flood the log
+            // while an owner is down (the failover itself is logged).
+            tracing::debug!(%owner, %error, "forwarding to the owner failed");
+            let refused = ApiError::Unavailable(format!("the owner ({owner}) did not answer"));
+            return Ok(ServiceResponse::new(http_request, refused.error_response()));
+        }
+    };
+    let mut response = HttpResponse::build(answer.status());
+    for (name, value) in answer.headers() {
+        if !is_hop_by_hop(name) {
+            response.append_header((name.clone(), value.clone()));
+        }
+    }
+    let length = answer
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(length) = length {
+        response.no_chunking(length);
+    }
+    Ok(ServiceResponse::new(http_request, response.streaming(answer)))
+}

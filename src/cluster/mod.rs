@@ -1,0 +1,664 @@
+//! Cluster mode (`[cluster]`, docs/CLUSTER.md): several stockwire nodes over one
+//! journal, a JetStream stream replicated on `replicas` NATS servers.
+//!
+//! One node at a time owns the journal, and with it every partition: it runs the
+//! engine, and its store ([`store::ReplicatedStore`]) writes each group commit to
+//! the stream, fenced by `Nats-Expected-Last-Sequence`, before its local RocksDB
+//! and before any caller is answered. The other nodes follow the stream into their
+//! own RocksDB and forward every request to the owner (`api::forward`). When the
+//! owner goes unheard for `takeover_after_ms`, the successor (the live follower
+//! with the lowest node id) catches up to the stream's end and appends a takeover
+//! marker expecting that end: if it lands, it owns the journal, recovers from its
+//! RocksDB (the same store, replicated) and serves; if another write landed
+//! first, it goes on following. Heartbeats decide only *when* to try; the fence
+//! decides whether a write lands, so a stale owner's next write is refused and it
+//! steps down (exits, to be restarted as a follower).
+
+pub mod frame;
+pub mod link;
+pub mod store;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use crate::config::ClusterConfig;
+use crate::storage::{RocksStore, Space, StorageError, Store, WriteBatch};
+use frame::{NODE_HEADER, PART_HEADER, TAKEOVER_HEADER};
+use link::{AppendFailure, Link};
+
+/// `Space::Meta` key: the last stream sequence the local store holds.
+pub const APPLIED_KEY: &[u8] = b"cluster_applied_seq";
+
+/// The exit status of a node that lost ownership (its supervisor restarts it,
+/// and it rejoins as a follower).
+pub const STEPPED_DOWN_EXIT: i32 = 3;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Connecting, or following before it knows the cluster.
+    Starting,
+    Follower,
+    /// Took over; recovering its engine from the local store.
+    Recovering,
+    Owner,
+    /// Lost ownership (fenced, or the stream unavailable); exiting.
+    SteppedDown,
+    /// Further behind than the stream keeps: needs a copy of a data dir.
+    Behind,
+}
+
+impl Role {
+    const ALL: [Role; 6] = [
+        Role::Starting,
+        Role::Follower,
+        Role::Recovering,
+        Role::Owner,
+        Role::SteppedDown,
+        Role::Behind,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Starting => "starting",
+            Role::Follower => "follower",
+            Role::Recovering => "recovering",
+            Role::Owner => "owner",
+            Role::SteppedDown => "stepped_down",
+            Role::Behind => "behind",
+        }
+    }
+}
+
+/// What a node says every `heartbeat_ms` on `stockwire.<stream>.nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub node: String,
+    pub advertise: String,
+    pub role: Role,
+    /// The stream sequence of the takeover marker this node knows as the last.
+    pub epoch: u64,
+    pub applied: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub beat: Heartbeat,
+    pub heard: Instant,
+}
+
+/// The owner as this node knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub node: String,
+    pub epoch: u64,
+}
+
+/// This node's part in the cluster: shared by the controller (on the link's
+/// thread), the store, the forwarding middleware and `GET /v1/cluster`.
+pub struct Node {
+    pub config: ClusterConfig,
+    /// `<node>.<random>`: this process's message ids can never be taken for an
+    /// earlier run's.
+    pub incarnation: String,
+    role: AtomicU8,
+    /// Last stream sequence whose write is in the local store.
+    pub applied: AtomicU64,
+    /// Last stream sequence received (parts of an unfinished write included).
+    pub seen: AtomicU64,
+    /// The stream's last sequence when last asked.
+    pub stream_last: AtomicU64,
+    /// Ownership changes (takeover markers) seen since start.
+    pub failovers: AtomicU64,
+    /// Requests forwarded to the owner.
+    pub forwarded: AtomicU64,
+    /// How long this node's last takeover took, from deciding to serving (ms).
+    pub last_takeover_ms: AtomicU64,
+    owner: Mutex<Option<Owner>>,
+    peers: Mutex<BTreeMap<String, Peer>>,
+    started: Instant,
+    /// When this node last heard its own heartbeat back (ms since `started`): an
+    /// owner that cannot reach NATS for a takeover window steps down, since the
+    /// others will take over; it does not go on answering reads meanwhile.
+    self_heard_ms: AtomicU64,
+    local: Arc<RocksStore>,
+}
+
+impl Node {
+    pub fn new(config: ClusterConfig, local: Arc<RocksStore>, applied: u64) -> Node {
+        let incarnation = format!("{}.{:016x}", config.node, rand::random::<u64>());
+        Node {
+            config,
+            incarnation,
+            role: AtomicU8::new(0),
+            applied: AtomicU64::new(applied),
+            seen: AtomicU64::new(applied),
+            stream_last: AtomicU64::new(0),
+            failovers: AtomicU64::new(0),
+            forwarded: AtomicU64::new(0),
+            last_takeover_ms: AtomicU64::new(0),
+            owner: Mutex::new(None),
+            peers: Mutex::new(BTreeMap::new()),
+            started: Instant::now(),
+            self_heard_ms: AtomicU64::new(0),
+            local,
+        }
+    }
+
+    /// The last journal `seq` in the local store (a follower's is the owner's,
+    /// as far as it has applied).
+    pub fn journal_head(&self) -> u64 {
+        match self.local.last_key(Space::Journal) {
+            Ok(Some(key)) => crate::storage::seq_from_key(&key).unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    pub fn role(&self) -> Role {
+        Role::ALL[usize::from(self.role.load(Ordering::Acquire)).min(Role::ALL.len() - 1)]
+    }
+
+    fn set_role(&self, role: Role) {
+        let index = Role::ALL.iter().position(|r| *r == role).unwrap_or(0);
+        self.role.store(index as u8, Ordering::Release);
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.role() == Role::Owner
+    }
+
+    /// Owns the journal: serving, or recovering its engine after the takeover.
+    pub fn may_write(&self) -> bool {
+        matches!(self.role(), Role::Owner | Role::Recovering)
+    }
+
+    /// The engine recovered: this node serves.
+    pub fn serving(&self) {
+        if self.role() == Role::Recovering {
+            self.set_role(Role::Owner);
+        }
+    }
+
+    /// The owner as last known: from the stream's markers and the heartbeats.
+    pub fn owner(&self) -> Option<Owner> {
+        self.owner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn learn_owner(&self, node: &str, epoch: u64) {
+        let mut owner = self.owner.lock().unwrap_or_else(|p| p.into_inner());
+        if owner.as_ref().is_none_or(|known| epoch > known.epoch) {
+            *owner = Some(Owner {
+                node: node.to_string(),
+                epoch,
+            });
+        }
+    }
+
+    /// Where the owner's HTTP listener is, if it was heard within the takeover
+    /// window (and is not this node).
+    pub fn owner_address(&self) -> Option<(String, String)> {
+        let owner = self.owner()?;
+        if owner.node == self.config.node {
+            return None;
+        }
+        let window = Duration::from_millis(self.config.takeover_after_ms);
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let peer = peers.get(&owner.node)?;
+        (peer.heard.elapsed() < window && peer.beat.role == Role::Owner)
+            .then(|| (owner.node.clone(), peer.beat.advertise.clone()))
+    }
+
+    pub fn peers(&self) -> Vec<Peer> {
+        self.peers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Stops being the owner: refuses every write from now on, and exits the
+    /// process shortly (answers to the writes in flight, 503, go out first).
+    pub fn step_down(&self, why: &str) {
+        if self.role() == Role::SteppedDown {
+            return;
+        }
+        self.set_role(Role::SteppedDown);
+        tracing::error!(node = %self.config.node, why, "lost ownership of the journal: stepping down");
+        std::thread::spawn(|| {
+            std::thread::sleep(Duration::from_millis(500));
+            std::process::exit(STEPPED_DOWN_EXIT);
+        });
+    }
+
+    fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            node: self.config.node.clone(),
+            advertise: self.config.advertise.clone(),
+            role: self.role(),
+            epoch: self.owner().map_or(0, |owner| owner.epoch),
+            applied: self.applied.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// The local store's last applied stream sequence (0 for a new node). A data dir
+/// with a journal but no applied sequence was not made in cluster mode: refused,
+/// since its history is not in the stream.
+pub fn applied_of(store: &RocksStore) -> Result<u64, String> {
+    let applied = match store.get(Space::Meta, APPLIED_KEY) {
+        Ok(Some(bytes)) => {
+            let bytes: [u8; 8] = bytes
+                .as_slice()
+                .try_into()
+                .map_err(|_| "corrupt cluster_applied_seq".to_string())?;
+            u64::from_be_bytes(bytes)
+        }
+        Ok(None) => 0,
+        Err(error) => return Err(error.to_string()),
+    };
+    if applied == 0 {
+        let journal = store
+            .last_key(Space::Journal)
+            .map_err(|e| e.to_string())?;
+        if journal.is_some() {
+            return Err(
+                "the data dir holds a journal written outside cluster mode; start a cluster node with an empty data_dir"
+                    .to_string(),
+            );
+        }
+    }
+    Ok(applied)
+}
+
+/// Starts following the stream, heartbeats and the controller on the link's
+/// thread. The receiver resolves with the epoch once this node owns the journal.
+pub fn start(
+    node: Arc<Node>,
+    link: Arc<Link>,
+    local: Arc<RocksStore>,
+) -> tokio::sync::oneshot::Receiver<u64> {
+    let (granted, receiver) = tokio::sync::oneshot::channel();
+    let runtime = link.runtime().clone();
+    runtime.spawn(heartbeats(node.clone(), link.clone()));
+    runtime.spawn(control(node, link, local, granted));
+    receiver
+}
+
+/// Publishes this node's heartbeat and listens to everyone's.
+async fn heartbeats(node: Arc<Node>, link: Arc<Link>) {
+    let subject = link::nodes_subject(&link.stream);
+    let mut subscriber = loop {
+        match link.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => break subscriber,
+            Err(error) => {
+                tracing::warn!(%error, "cluster heartbeat subscription failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        }
+    };
+    let every = Duration::from_millis(node.config.heartbeat_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Ok(body) = serde_json::to_vec(&node.heartbeat()) {
+                    let _ = link.client.publish(subject.clone(), body.into()).await;
+                }
+                let heard = node.self_heard_ms.load(Ordering::Acquire);
+                let now = node.started.elapsed().as_millis() as u64;
+                if node.is_owner() && now.saturating_sub(heard) > node.config.takeover_after_ms {
+                    node.step_down("its own heartbeats have not come back for a takeover window (cut off from NATS)");
+                }
+            }
+            message = subscriber.next() => {
+                let Some(message) = message else { return };
+                let Ok(beat) = serde_json::from_slice::<Heartbeat>(&message.payload) else {
+                    continue;
+                };
+                if beat.node == node.config.node {
+                    let now = node.started.elapsed().as_millis() as u64;
+                    node.self_heard_ms.store(now, Ordering::Release);
+                    continue;
+                }
+                if beat.role == Role::Owner {
+                    node.learn_owner(&beat.node, beat.epoch);
+                    let mine = node.owner().map_or(0, |owner| owner.epoch);
+                    if node.is_owner() && beat.epoch > mine {
+                        node.step_down("another node owns a later epoch");
+                    }
+                }
+                let mut peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
+                // Bounded: a node unheard for a minute is forgotten.
+                peers.retain(|_, peer| peer.heard.elapsed() < Duration::from_secs(60));
+                if peers.len() < 256 || peers.contains_key(&beat.node) {
+                    peers.insert(beat.node.clone(), Peer { beat, heard: Instant::now() });
+                }
+            }
+        }
+    }
+}
+
+/// Follows the stream until this node is the successor of an unheard owner,
+/// then takes over.
+async fn control(
+    node: Arc<Node>,
+    link: Arc<Link>,
+    local: Arc<RocksStore>,
+    granted: tokio::sync::oneshot::Sender<u64>,
+) {
+    let window = Duration::from_millis(node.config.takeover_after_ms);
+    let every = Duration::from_millis(node.config.heartbeat_ms);
+    let mut follower = Some(tokio::spawn(follow(
+        node.clone(),
+        link.clone(),
+        local.clone(),
+    )));
+    loop {
+        tokio::time::sleep(every).await;
+        if matches!(node.role(), Role::Behind | Role::SteppedDown) {
+            if let Some(task) = follower.take() {
+                task.abort();
+            }
+            return;
+        }
+        if node.role() == Role::Starting && node.started.elapsed() >= window {
+            node.set_role(Role::Follower);
+        }
+        // Not before a whole window since start: the other nodes must have been
+        // heard before this one can tell whether it is the successor.
+        if node.role() != Role::Follower
+            || node.started.elapsed() < window
+            || !is_successor(&node, window)
+        {
+            continue;
+        }
+        let decided = Instant::now();
+        match take_over(&node, &link, &local, &mut follower).await {
+            Ok(epoch) => {
+                node.last_takeover_ms
+                    .store(decided.elapsed().as_millis() as u64, Ordering::Relaxed);
+                tracing::info!(node = %node.config.node, epoch, "took over the journal");
+                let _ = granted.send(epoch);
+                tokio::spawn(purge(node.clone(), link.clone()));
+                return;
+            }
+            Err(why) => {
+                tracing::info!(node = %node.config.node, why, "takeover not made; following");
+                if follower.is_none() {
+                    follower = Some(tokio::spawn(follow(
+                        node.clone(),
+                        link.clone(),
+                        local.clone(),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// No owner heard within `window`, and this node has the lowest id of the live
+/// followers (the successor is deterministic: id order).
+fn is_successor(node: &Node, window: Duration) -> bool {
+    let peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
+    let live = |peer: &&Peer| peer.heard.elapsed() < window;
+    if peers
+        .values()
+        .filter(live)
+        .any(|peer| peer.beat.role == Role::Owner || peer.beat.role == Role::Recovering)
+    {
+        return false;
+    }
+    !peers
+        .values()
+        .filter(live)
+        .filter(|peer| peer.beat.role == Role::Follower)
+        .any(|peer| peer.beat.node < node.config.node)
+}
+
+async fn stream_last(link: &Link) -> Result<(u64, u64), String> {
+    let mut stream = link
+        .js
+        .get_stream(&link.stream)
+        .await
+        .map_err(|e| e.to_string())?;
+    let info = stream.info().await.map_err(|e| e.to_string())?;
+    Ok((info.state.first_sequence, info.state.last_sequence))
+}
+
+/// Catches up to the stream's end, stops following and appends the takeover
+/// marker expecting that end.
+async fn take_over(
+    node: &Arc<Node>,
+    link: &Arc<Link>,
+    local: &Arc<RocksStore>,
+    follower: &mut Option<tokio::task::JoinHandle<()>>,
+) -> Result<u64, String> {
+    let deadline = Instant::now() + Duration::from_millis(node.config.append_timeout_ms);
+    let last = loop {
+        let (_, last) = stream_last(link).await?;
+        node.stream_last.store(last, Ordering::Release);
+        if node.seen.load(Ordering::Acquire) >= last {
+            break last;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("still catching up to {last}"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    if let Some(task) = follower.take() {
+        task.abort();
+        let _ = task.await;
+    }
+    if node.seen.load(Ordering::Acquire) != last {
+        return Err("the stream moved while stopping the follower".to_string());
+    }
+    node.set_role(Role::Recovering);
+    let mut headers = HeaderMap::new();
+    headers.insert(NODE_HEADER, node.config.node.as_str());
+    headers.insert(TAKEOVER_HEADER, node.config.node.as_str());
+    let landed = link::append(
+        link.js.clone(),
+        link.subject.clone(),
+        headers,
+        bytes::Bytes::new(),
+        last,
+        format!("{}:{}", node.incarnation, last + 1),
+        deadline,
+    )
+    .await;
+    let epoch = match landed {
+        Ok(epoch) => epoch,
+        Err(AppendFailure::Fenced(why)) | Err(AppendFailure::Unavailable(why)) => {
+            node.set_role(Role::Follower);
+            return Err(why);
+        }
+    };
+    let mut batch = WriteBatch::default();
+    batch.put(Space::Meta, APPLIED_KEY, epoch.to_be_bytes().to_vec());
+    if let Err(error) = local.write(batch, false) {
+        node.step_down(&format!("local store: {error}"));
+        return Err(error.to_string());
+    }
+    node.applied.store(epoch, Ordering::Release);
+    node.seen.store(epoch, Ordering::Release);
+    node.failovers.fetch_add(1, Ordering::Relaxed);
+    node.learn_owner(&node.config.node, epoch);
+    Ok(epoch)
+}
+
+/// Applies the stream to the local store from `applied + 1`, reconnecting after
+/// errors, until aborted (takeover) or hopelessly behind.
+async fn follow(node: Arc<Node>, link: Arc<Link>, local: Arc<RocksStore>) {
+    loop {
+        match follow_once(&node, &link, &local).await {
+            Ok(()) => {}
+            Err(FollowError::Behind(why)) => {
+                tracing::error!(node = %node.config.node, why, "this node is behind what the journal stream keeps: copy a data dir from a live node");
+                node.set_role(Role::Behind);
+                return;
+            }
+            Err(FollowError::Retry(why)) => {
+                tracing::warn!(why, "following the journal stream; retrying");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+enum FollowError {
+    Behind(String),
+    Retry(String),
+}
+
+/// A write being received in parts: its operations so far and its part count.
+struct Partial {
+    batch: WriteBatch,
+    next: u32,
+    count: u32,
+}
+
+async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(), FollowError> {
+    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    let retry = |e: &dyn std::fmt::Display| FollowError::Retry(e.to_string());
+    let applied = node.applied.load(Ordering::Acquire);
+    let (first, last) = stream_last(link).await.map_err(|e| retry(&e))?;
+    node.stream_last.store(last, Ordering::Release);
+    if applied > last {
+        return Err(FollowError::Behind(format!(
+            "the local store holds sequence {applied}, the stream ends at {last} (a different stream?)"
+        )));
+    }
+    if last > applied && first > applied + 1 {
+        return Err(FollowError::Behind(format!(
+            "the stream starts at {first}, this node has {applied}"
+        )));
+    }
+    node.seen.store(applied, Ordering::Release);
+    if node.role() == Role::Starting && last == applied {
+        node.set_role(Role::Follower);
+    }
+    let stream = link
+        .js
+        .get_stream(&link.stream)
+        .await
+        .map_err(|e| retry(&e))?;
+    let consumer = stream
+        .create_consumer(OrderedConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: applied + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| retry(&e))?;
+    let mut messages = consumer.messages().await.map_err(|e| retry(&e))?;
+    let mut partial: Option<Partial> = None;
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|e| retry(&e))?;
+        let seq = message.info().map_err(|e| retry(&e))?.stream_sequence;
+        let expected = node.seen.load(Ordering::Acquire) + 1;
+        if seq != expected {
+            return Err(if seq > expected && seq < first.max(1) {
+                FollowError::Behind(format!("sequence {seq} after {}", expected - 1))
+            } else {
+                FollowError::Retry(format!("sequence {seq}, expected {expected}"))
+            });
+        }
+        let header = |name: &str| {
+            message
+                .headers
+                .as_ref()
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_string())
+        };
+        let mut batch = WriteBatch::default();
+        if let Some(owner) = header(TAKEOVER_HEADER) {
+            // A write left in parts by the previous owner never completed.
+            partial = None;
+            node.learn_owner(&owner, seq);
+            node.failovers.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let mut decoded = WriteBatch::default();
+            frame::decode_into(&message.payload, &mut decoded)
+                .map_err(|e| FollowError::Behind(format!("undecodable message {seq}: {e}")))?;
+            match header(PART_HEADER).as_deref().map(frame::parse_part) {
+                None => {
+                    partial = None;
+                    batch = decoded;
+                }
+                Some(None) => {
+                    return Err(FollowError::Behind(format!("bad part header at {seq}")));
+                }
+                Some(Some((index, count))) => {
+                    let mut current = match partial.take() {
+                        Some(current) if index == current.next && count == current.count => {
+                            current
+                        }
+                        _ if index == 1 => Partial {
+                            batch: WriteBatch::default(),
+                            next: 1,
+                            count,
+                        },
+                        _ => {
+                            // A part without its beginning: a torn write; skip it.
+                            node.seen.store(seq, Ordering::Release);
+                            continue;
+                        }
+                    };
+                    current.batch.append(decoded);
+                    current.next += 1;
+                    if index < count {
+                        partial = Some(current);
+                        node.seen.store(seq, Ordering::Release);
+                        continue;
+                    }
+                    batch = current.batch;
+                }
+            }
+        }
+        batch.put(Space::Meta, APPLIED_KEY, seq.to_be_bytes().to_vec());
+        local
+            .write(batch, false)
+            .map_err(|e: StorageError| FollowError::Retry(format!("local store: {e}")))?;
+        node.applied.store(seq, Ordering::Release);
+        node.seen.store(seq, Ordering::Release);
+        if node.role() == Role::Starting {
+            node.set_role(Role::Follower);
+        }
+    }
+    Ok(())
+}
+
+/// The owner keeps the stream to `stream_keep` messages.
+async fn purge(node: Arc<Node>, link: Arc<Link>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        if !node.is_owner() {
+            return;
+        }
+        let Ok(stream) = link.js.get_stream(&link.stream).await else {
+            continue;
+        };
+        let mut stream = stream;
+        let Ok(info) = stream.info().await else {
+            continue;
+        };
+        if info.state.messages > node.config.stream_keep {
+            match stream.purge().keep(node.config.stream_keep).await {
+                Ok(done) => tracing::info!(purged = done.purged, "journal stream purged"),
+                Err(error) => tracing::warn!(%error, "journal stream purge failed"),
+            }
+        }
+    }
+}

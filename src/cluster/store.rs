@@ -1,0 +1,136 @@
+//! The store of an owner in cluster mode: every write goes to the journal stream
+//! first, fenced by the stream's last sequence, and into the local RocksDB only
+//! once the stream acknowledged it. The local store is then always a prefix of the
+//! stream, so a node that loses ownership (or crashes) rejoins as a follower of it,
+//! and a successor's RocksDB is the same store, replicated.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_nats::HeaderMap;
+
+use super::frame::{self, NODE_HEADER, PART_HEADER};
+use super::link::{self, AppendFailure, Link};
+use super::{Node, APPLIED_KEY};
+use crate::storage::{RocksStore, Space, StorageError, Store, WriteBatch};
+
+pub struct ReplicatedStore {
+    local: Arc<RocksStore>,
+    link: Arc<Link>,
+    node: Arc<Node>,
+    /// The stream's last sequence as this owner wrote it (0: not the owner yet).
+    /// Held across the stream write and the local one, so both see writes in one
+    /// order.
+    last: Mutex<u64>,
+}
+
+impl ReplicatedStore {
+    pub fn new(local: Arc<RocksStore>, link: Arc<Link>, node: Arc<Node>) -> ReplicatedStore {
+        ReplicatedStore {
+            local,
+            link,
+            node,
+            last: Mutex::new(0),
+        }
+    }
+
+    /// Ownership granted: the takeover marker landed at `epoch`.
+    pub fn grant(&self, epoch: u64) {
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
+    }
+
+    fn refuse(&self, failure: AppendFailure) -> StorageError {
+        match failure {
+            AppendFailure::Fenced(why) => {
+                self.node.step_down(&format!("journal append fenced: {why}"));
+                StorageError::Io(format!(
+                    "another node owns the journal now ({why}); this node steps down"
+                ))
+            }
+            AppendFailure::Unavailable(why) => {
+                // Whether it landed is unknown: the node cannot go on writing on
+                // top of it. It steps down; its successor (or itself, restarted)
+                // reads the stream to find out.
+                self.node
+                    .step_down(&format!("journal stream unavailable: {why}"));
+                StorageError::Io(format!("journal stream unavailable: {why}"))
+            }
+        }
+    }
+}
+
+impl Store for ReplicatedStore {
+    fn write(&self, mut batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if *last == 0 || !self.node.may_write() {
+            return Err(StorageError::Io(
+                "this node does not own the journal".to_string(),
+            ));
+        }
+        let parts = frame::encode(&batch.ops, self.link.part_bytes)?;
+        let count = parts.len();
+        let timeout = Duration::from_millis(self.node.config.append_timeout_ms);
+        let deadline = Instant::now() + timeout;
+        for (index, part) in parts.into_iter().enumerate() {
+            let mut headers = HeaderMap::new();
+            headers.insert(NODE_HEADER, self.node.config.node.as_str());
+            if count > 1 {
+                headers.insert(PART_HEADER, format!("{}/{count}", index + 1).as_str());
+            }
+            let expected = *last;
+            let msg_id = format!("{}:{}", self.node.incarnation, expected + 1);
+            let append = link::append(
+                self.link.js.clone(),
+                self.link.subject.clone(),
+                headers,
+                part.into(),
+                expected,
+                msg_id,
+                deadline,
+            );
+            let outcome = self
+                .link
+                .block_on(append, timeout + Duration::from_secs(1))
+                .unwrap_or_else(|| {
+                    Err(AppendFailure::Unavailable(
+                        "no answer from the cluster thread".to_string(),
+                    ))
+                });
+            match outcome {
+                Ok(sequence) => *last = sequence,
+                Err(failure) => return Err(self.refuse(failure)),
+            }
+        }
+        batch.put(Space::Meta, APPLIED_KEY, last.to_be_bytes().to_vec());
+        self.local.write(batch, sync)?;
+        self.node.applied.store(*last, Ordering::Release);
+        self.node.seen.store(*last, Ordering::Release);
+        Ok(())
+    }
+
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        self.local.get(space, key)
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        self.local.scan(space, from, visit)
+    }
+
+    fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>, StorageError> {
+        self.local.last_key(space)
+    }
+
+    fn slowdowns(&self) -> u64 {
+        self.local.slowdowns()
+    }
+
+    fn waits_on_network(&self) -> bool {
+        true
+    }
+}
