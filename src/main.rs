@@ -396,7 +396,10 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
             let _ = state.cluster.set(node.clone());
             metrics.watch_cluster(node.clone());
             tracing::info!(node = %cluster.node, applied, "cluster mode: following the journal stream");
-            (replicated.clone() as Arc<dyn Store>, Some((granted, replicated, node)))
+            (
+                replicated.clone() as Arc<dyn Store>,
+                Some((granted, replicated, node)),
+            )
         }
     };
     if state.keys.is_open() {
@@ -463,7 +466,9 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
                 }
                 Err(_) => {
                     handle.stop(false).await;
-                    return Err(anyhow::anyhow!("cluster: this node can no longer take over"));
+                    return Err(anyhow::anyhow!(
+                        "cluster: this node can no longer take over"
+                    ));
                 }
             }
         }

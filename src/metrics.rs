@@ -379,13 +379,41 @@ impl Metrics {
         let r = &self.registry;
         let metrics = ClusterMetrics {
             node,
-            owner: gauge(r, "stockwire_cluster_owner", "1 if this node owns the journal (and every partition) and serves"),
-            owned_partitions: gauge(r, "stockwire_cluster_owned_partitions", "Partitions this node owns"),
-            applied_seq: gauge(r, "stockwire_cluster_applied_seq", "Last journal stream sequence in this node's store"),
-            lag: gauge(r, "stockwire_cluster_lag", "Journal stream messages this node has not applied yet"),
-            peers: gauge(r, "stockwire_cluster_peers", "Other nodes heard within the takeover window"),
-            failovers_total: plain_counter(r, "stockwire_cluster_failovers_total", "Ownership changes of the journal seen by this node"),
-            forwarded_total: plain_counter(r, "stockwire_cluster_forwarded_total", "Requests this node forwarded to the owner"),
+            owner: gauge(
+                r,
+                "stockwire_cluster_owner",
+                "1 if this node owns the journal (and every partition) and serves",
+            ),
+            owned_partitions: gauge(
+                r,
+                "stockwire_cluster_owned_partitions",
+                "Partitions this node owns",
+            ),
+            applied_seq: gauge(
+                r,
+                "stockwire_cluster_applied_seq",
+                "Last journal stream sequence in this node's store",
+            ),
+            lag: gauge(
+                r,
+                "stockwire_cluster_lag",
+                "Journal stream messages this node has not applied yet",
+            ),
+            peers: gauge(
+                r,
+                "stockwire_cluster_peers",
+                "Other nodes heard within the takeover window",
+            ),
+            failovers_total: plain_counter(
+                r,
+                "stockwire_cluster_failovers_total",
+                "Ownership changes of the journal seen by this node",
+            ),
+            forwarded_total: plain_counter(
+                r,
+                "stockwire_cluster_forwarded_total",
+                "Requests this node forwarded to the owner",
+            ),
         };
         let _ = self.cluster.set(metrics);
     }

@@ -32,6 +32,9 @@ mod channels;
 #[path = "integration/nats.rs"]
 mod nats;
 
+#[path = "integration/cluster.rs"]
+mod cluster;
+
 #[path = "integration/ops.rs"]
 mod ops;
 

@@ -94,7 +94,9 @@ pub async fn middleware(
         outgoing.insert_header((FORWARDED_HEADER, node.config.node.as_str()))
     });
     let has_body = http_request.headers().contains_key(header::CONTENT_LENGTH)
-        || http_request.headers().contains_key(header::TRANSFER_ENCODING);
+        || http_request
+            .headers()
+            .contains_key(header::TRANSFER_ENCODING);
     let sent = if has_body {
         outgoing.send_stream(payload).await
     } else {
@@ -124,5 +126,8 @@ pub async fn middleware(
     if let Some(length) = length {
         response.no_chunking(length);
     }
-    Ok(ServiceResponse::new(http_request, response.streaming(answer)))
+    Ok(ServiceResponse::new(
+        http_request,
+        response.streaming(answer),
+    ))
 }

@@ -11,8 +11,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    availability, channels, cluster, console, events, exceptions, ops, positions,
-    reconciliations, reservations, transfers,
+    availability, channels, cluster, console, events, exceptions, ops, positions, reconciliations,
+    reservations, transfers,
 };
 
 struct BearerAuth;

@@ -90,9 +90,7 @@ impl Link {
             options = match target.auth {
                 NatsAuth::None => options,
                 NatsAuth::Token(token) => options.token(token),
-                NatsAuth::UserPassword(user, password) => {
-                    options.user_and_password(user, password)
-                }
+                NatsAuth::UserPassword(user, password) => options.user_and_password(user, password),
             };
             let client = options
                 .connect(target.servers)
@@ -143,8 +141,9 @@ impl Link {
             let max_payload = client.server_info().max_payload.max(64 * 1024);
             Ok::<_, String>((client, js, max_payload))
         };
-        let (client, js, max_payload) = block_on(&runtime, connect, wait)
-            .ok_or_else(|| format!("nats {}: no answer within {wait:?}", redacted(&config.url)))??;
+        let (client, js, max_payload) = block_on(&runtime, connect, wait).ok_or_else(|| {
+            format!("nats {}: no answer within {wait:?}", redacted(&config.url))
+        })??;
         Ok(Link {
             runtime,
             client,

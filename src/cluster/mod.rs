@@ -187,10 +187,7 @@ impl Node {
 
     /// The owner as last known: from the stream's markers and the heartbeats.
     pub fn owner(&self) -> Option<Owner> {
-        self.owner
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.owner.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn learn_owner(&self, node: &str, epoch: u64) {
@@ -267,9 +264,7 @@ pub fn applied_of(store: &RocksStore) -> Result<u64, String> {
         Err(error) => return Err(error.to_string()),
     };
     if applied == 0 {
-        let journal = store
-            .last_key(Space::Journal)
-            .map_err(|e| e.to_string())?;
+        let journal = store.last_key(Space::Journal).map_err(|e| e.to_string())?;
         if journal.is_some() {
             return Err(
                 "the data dir holds a journal written outside cluster mode; start a cluster node with an empty data_dir"
@@ -602,9 +597,7 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
                 }
                 Some(Some((index, count))) => {
                     let mut current = match partial.take() {
-                        Some(current) if index == current.next && count == current.count => {
-                            current
-                        }
+                        Some(current) if index == current.next && count == current.count => current,
                         _ if index == 1 => Partial {
                             batch: WriteBatch::default(),
                             next: 1,

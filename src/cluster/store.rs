@@ -43,7 +43,8 @@ impl ReplicatedStore {
     fn refuse(&self, failure: AppendFailure) -> StorageError {
         match failure {
             AppendFailure::Fenced(why) => {
-                self.node.step_down(&format!("journal append fenced: {why}"));
+                self.node
+                    .step_down(&format!("journal append fenced: {why}"));
                 StorageError::Io(format!(
                     "another node owns the journal now ({why}); this node steps down"
                 ))

@@ -13,10 +13,10 @@ use sha2::{Digest, Sha256};
 // The serde defaults of the numbers in sections (their table is in `settings.rs`).
 use super::settings::{
     default_cluster_append_timeout_ms, default_cluster_heartbeat_ms, default_cluster_replicas,
-    default_cluster_stream_keep, default_cluster_takeover_after_ms, default_coalesce_ms, default_inbox_file_bytes_max, default_inbox_poll_interval_ms,
-    default_inbox_stable_ms, default_max_share_pct, default_sink_backoff_max_ms,
-    default_sink_backoff_ms, default_webhook_batch_max, default_webhook_max_attempts,
-    default_webhook_timeout_ms,
+    default_cluster_stream_keep, default_cluster_takeover_after_ms, default_coalesce_ms,
+    default_inbox_file_bytes_max, default_inbox_poll_interval_ms, default_inbox_stable_ms,
+    default_max_share_pct, default_sink_backoff_max_ms, default_sink_backoff_ms,
+    default_webhook_batch_max, default_webhook_max_attempts, default_webhook_timeout_ms,
 };
 use super::MAX_ID_LEN;
 

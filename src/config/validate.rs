@@ -239,7 +239,11 @@ impl Validator<'_> {
                 ),
             );
         }
-        self.range("cluster.replicas", cluster.replicas, &CLUSTER_REPLICAS_RANGE)?;
+        self.range(
+            "cluster.replicas",
+            cluster.replicas,
+            &CLUSTER_REPLICAS_RANGE,
+        )?;
         self.range(
             "cluster.heartbeat_ms",
             cluster.heartbeat_ms,

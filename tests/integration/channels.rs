@@ -105,6 +105,11 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
+    /// A receiver that answers 200 to every post.
+    pub(crate) fn ok() -> Receiver {
+        Receiver::start(Mode::Ok, Duration::from_secs(1))
+    }
+
     /// A receiver whose `Hang` mode holds a request for `hang` before dropping it.
     fn start(mode: Mode, hang: Duration) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the receiver");
@@ -135,7 +140,7 @@ impl Receiver {
         }
     }
 
-    fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
 
@@ -387,7 +392,7 @@ pub(crate) fn start(top: &str, channels: &str) -> Server {
 }
 
 /// A `[[channels]]` table with a webhook sink to `receiver`'s `/hook/{id}`.
-fn webhook_channel(id: &str, receiver: &Receiver, policy: &str, sink: &str) -> String {
+pub(crate) fn webhook_channel(id: &str, receiver: &Receiver, policy: &str, sink: &str) -> String {
     format!(
         "[[channels]]\nid = \"{id}\"\nlocations = [\"wh-east\", \"wh-west\"]\n{policy}\n\
          sink = {{ kind = \"webhook\", url = \"{}\", secret = \"{SECRET}\", {sink} }}\n",

@@ -324,6 +324,24 @@ impl Server {
         server
     }
 
+    /// A server not started yet: its port picked, `config(port, data_dir)` written
+    /// as its config file. [`Server::spawn`] starts it.
+    pub fn prepare(config: impl FnOnce(u16, &Path) -> String) -> Server {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let data = dir.path().join("data");
+        let config_path = dir.path().join("stockwire.toml");
+        let port = free_port();
+        std::fs::write(&config_path, config(port, &data)).expect("write config");
+        Server {
+            child: None,
+            port,
+            data,
+            config_path,
+            token: None,
+            _dir: Some(dir),
+        }
+    }
+
     /// Every entry of the event log, read page by page (`limit` per page),
     /// plus the `head` the last page reported (the last seq when absent).
     pub fn event_log(&self, limit: usize) -> (Vec<Value>, u64) {

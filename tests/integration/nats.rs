@@ -430,14 +430,34 @@ fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
 
 /// A 3-server JetStream cluster on loopback (what `scripts/nats-cluster.sh` starts),
 /// killed when dropped.
-struct NatsCluster {
+pub(crate) struct NatsCluster {
     children: Vec<Child>,
-    urls: Vec<String>,
+    pub(crate) urls: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
-    fn start() -> NatsCluster {
+    /// `kill -9` of server `i`.
+    pub(crate) fn kill(&mut self, i: usize) {
+        let _ = self.children[i].kill();
+        let _ = self.children[i].wait();
+    }
+
+    /// Starts server `i` again on its config and store (after [`NatsCluster::kill`]).
+    pub(crate) fn restart(&mut self, i: usize) {
+        let dir = self._dir.path();
+        self.children[i] = Command::new(nats_binary())
+            .arg("-c")
+            .arg(dir.join(format!("n{i}.conf")))
+            .arg("-l")
+            .arg(dir.join(format!("n{i}.log")))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs");
+    }
+
+    pub(crate) fn start() -> NatsCluster {
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<String> = route
