@@ -6,7 +6,7 @@ export ROCKSDB_LIB_DIR ?= $(SYSLIB)
 export SNAPPY_LIB_DIR ?= $(SYSLIB)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 
-.PHONY: deps run test build bench bench-peers bench-open-loop lint docs-check browser-test
+.PHONY: deps run test build bench bench-peers bench-open-loop lint docs-check browser-test cluster cluster-soak
 
 deps:
 	@./scripts/install-deps.sh
@@ -51,6 +51,23 @@ bench-peers: deps
 # OPEN_RATES ("2000 5000 10000 20000"), OPEN_SECONDS (15), OPEN_ROUNDS (1)
 bench-open-loop: deps
 	./scripts/bench-open-loop.sh
+
+# Cluster mode on this machine (docs/CLUSTER.md): 3 nats-servers with JetStream and
+# 3 stockwire nodes (127.0.0.1:8081-8083), each restarted by a supervisor loop; data
+# in ./data-cluster; Ctrl-C stops it all.
+cluster: deps
+	@./scripts/install-deps.sh --test
+	cargo build --release
+	./scripts/cluster.sh run ./data-cluster
+
+# The long cluster soak: 20 kill -9 of the owner, 5 of them after a kill -9 of the
+# stream's leader nats-server, under reservation load. Its last line:
+# kills K, acknowledged A, lost L, oversold O, failover p50 X s max Y s
+cluster-soak: deps
+	@./scripts/install-deps.sh --test
+	CLUSTER_SOAK_NODE_KILLS=20 CLUSTER_SOAK_NATS_KILLS=5 cargo test --test integration \
+		cluster::three_nodes_keep -- --nocapture --test-threads 1 2>&1 | tee cluster-soak.log | grep -v '^test result'
+	@grep '^kills ' cluster-soak.log | tail -1
 
 lint: deps
 	cargo fmt --all -- --check
