@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use crate::channels::{wait_converged, wait_for, webhook_channel, Receiver};
 use crate::harness::{call, rand_suffix, try_call, Server};
 use crate::nats::NatsCluster;
+use crate::ops::{families, names_in, scrape};
 
 /// Stock of each SKU at each location; the first SKU's is small, so its stock runs
 /// out under the load and it stays contended (never oversold) through the kills.
@@ -289,11 +290,9 @@ fn soak(node_kills: usize, nats_kills: usize) {
         .collect();
     let mut failovers = Vec::new();
     let mut nats_outages = Vec::new();
-    let nats_every = if nats_kills == 0 {
-        usize::MAX
-    } else {
-        (node_kills / nats_kills).max(1)
-    };
+    let nats_every = node_kills
+        .checked_div(nats_kills)
+        .map_or(usize::MAX, |every| every.max(1));
     let mut nats_done = 0;
     for round in 0..node_kills {
         std::thread::sleep(Duration::from_millis(1500));
@@ -391,6 +390,24 @@ fn a_stale_owner_is_fenced_and_steps_down() {
         node.spawn();
     }
     assert_eq!(owner(&nodes), 0);
+    // The cluster metrics: each one the alerts query is exposed, owner 1 on the owner.
+    let alerts = std::fs::read_to_string(crate::harness::repo("config/prometheus/alerts.yml"))
+        .expect("alerts");
+    for (i, node) in nodes.iter().enumerate() {
+        let text = scrape(node);
+        let exposed: BTreeSet<String> = families(&text).into_iter().map(|(name, _)| name).collect();
+        for name in names_in(&alerts)
+            .iter()
+            .filter(|n| n.starts_with("stockwire_cluster_"))
+        {
+            assert!(exposed.contains(name), "{name} not exposed by node {i}");
+        }
+        let owner_line = format!("stockwire_cluster_owner {}", u8::from(i == 0));
+        assert!(
+            text.lines().any(|l| l == owner_line),
+            "no {owner_line:?} in {text}"
+        );
+    }
     let (status, body) = nodes[1].post(
         "/v1/events",
         json!({"events": [{"event_id": "rcv-f", "type": "receipt", "source": "wms",
