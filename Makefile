@@ -6,7 +6,7 @@ export ROCKSDB_LIB_DIR ?= $(SYSLIB)
 export SNAPPY_LIB_DIR ?= $(SYSLIB)
 export ROCKSDB_INCLUDE_DIR ?= /usr/include
 
-.PHONY: deps run test build bench bench-peers bench-open-loop lint docs-check browser-test cluster cluster-soak
+.PHONY: deps run test build bench bench-peers bench-open-loop lint docs-check browser-test cluster cluster-soak bench-cluster
 
 deps:
 	@./scripts/install-deps.sh
@@ -59,6 +59,12 @@ cluster: deps
 	@./scripts/install-deps.sh --test
 	cargo build --release
 	./scripts/cluster.sh run ./data-cluster
+
+# Cluster mode's latency and CPU per reservation next to a single node, at one
+# offered rate (CLUSTER_RATE 2000, CLUSTER_SECONDS 15, CLUSTER_ROUNDS 1); minutes.
+bench-cluster: deps
+	@./scripts/install-deps.sh --test
+	./scripts/bench-cluster.sh
 
 # The long cluster soak: 20 kill -9 of the owner, 5 of them after a kill -9 of the
 # stream's leader nats-server, under reservation load. Its last line:

@@ -465,10 +465,10 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
                     serving = Some(node);
                 }
                 Err(_) => {
-                    handle.stop(false).await;
-                    return Err(anyhow::anyhow!(
-                        "cluster: this node can no longer take over"
-                    ));
+                    // Behind what the stream keeps (or stepped down): it never owns,
+                    // but goes on forwarding; /readyz and /v1/cluster say why.
+                    tracing::error!("cluster: this node can no longer take over; it only forwards");
+                    return Ok(None);
                 }
             }
         }
@@ -521,7 +521,7 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
             node.serving();
             tracing::info!(node = %node.config.node, "cluster mode: this node owns the journal and serves");
         }
-        Ok(inboxes)
+        Ok(Some(inboxes))
     });
 
     // Polled on its own: the server answers `handle` commands (pause, stop)
@@ -544,9 +544,14 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     // the shards (on the workers' threads) are still there, then stop HTTP.
     tracing::info!("signal received: stop accepting, drain in-flight requests");
     handle.pause().await;
-    let mut inboxes = match recovery.await {
+    // A cluster follower waits for ownership that may never come: it stops now.
+    if state.cluster.get().is_some_and(|node| !node.may_write()) {
+        recovery.abort();
+    }
+    let inboxes = match recovery.await {
         Ok(Ok(inboxes)) => inboxes,
         Ok(Err(error)) => return Err(error),
+        Err(error) if error.is_cancelled() => None,
         Err(error) => return Err(anyhow::anyhow!("recovery task: {error}")),
     };
     drain(&state).await;
@@ -559,7 +564,11 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     }
     // Ingest stops before the engine: each worker finishes the chunk of rows
     // it is on (its outcomes recorded), so a restart resumes after it.
-    if web::block(move || inboxes.stop()).await.is_err() {
+    let stopped = match inboxes {
+        Some(mut inboxes) => web::block(move || inboxes.stop()).await.is_ok(),
+        None => true,
+    };
+    if !stopped {
         tracing::error!("inbox workers did not stop cleanly");
     }
     if let Some(channels) = state.channels.get() {

@@ -46,6 +46,11 @@ thread_local! {
     static CLIENT: awc::Client = awc::Client::builder()
         .timeout(Duration::from_secs(60))
         .disable_redirects()
+        // No pool limit of its own: each forwarded call holds one incoming
+        // connection, which `connections_max` bounds (an SSE stream holds its
+        // connection for as long as it runs; awc's default of 100 would make
+        // the 101st wait).
+        .connector(awc::Connector::new().limit(0))
         .finish();
 }
 
@@ -91,7 +96,11 @@ pub async fn middleware(
                 outgoing = outgoing.append_header((name.clone(), value.clone()));
             }
         }
-        outgoing.insert_header((FORWARDED_HEADER, node.config.node.as_str()))
+        let outgoing = outgoing.insert_header((FORWARDED_HEADER, node.config.node.as_str()));
+        match http_request.peer_addr() {
+            Some(peer) => outgoing.insert_header(("x-forwarded-for", peer.ip().to_string())),
+            None => outgoing,
+        }
     });
     let has_body = http_request.headers().contains_key(header::CONTENT_LENGTH)
         || http_request

@@ -85,6 +85,10 @@ pub struct Heartbeat {
     /// The stream sequence of the takeover marker this node knows as the last.
     pub epoch: u64,
     pub applied: u64,
+    /// A follower whose takeover attempt failed (it cannot reach the stream, or
+    /// cannot catch up): the next one in id order tries instead, for a while.
+    #[serde(default)]
+    pub yielding: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -127,6 +131,13 @@ pub struct Node {
     /// owner that cannot reach NATS for a takeover window steps down, since the
     /// others will take over; it does not go on answering reads meanwhile.
     self_heard_ms: AtomicU64,
+    /// The epoch of this node's own takeover (0: none): an owner that hears a
+    /// later one steps down.
+    my_epoch: AtomicU64,
+    /// A stream append of this owner is in flight (its lease check then waits).
+    pub appending: std::sync::atomic::AtomicBool,
+    /// Until when (ms since `started`) this node yields its turn as successor.
+    yield_until_ms: AtomicU64,
     local: Arc<RocksStore>,
 }
 
@@ -147,6 +158,9 @@ impl Node {
             peers: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             self_heard_ms: AtomicU64::new(0),
+            my_epoch: AtomicU64::new(0),
+            appending: std::sync::atomic::AtomicBool::new(false),
+            yield_until_ms: AtomicU64::new(0),
             local,
         }
     }
@@ -237,13 +251,27 @@ impl Node {
         });
     }
 
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    fn yielding(&self) -> bool {
+        self.now_ms() < self.yield_until_ms.load(Ordering::Acquire)
+    }
+
     fn heartbeat(&self) -> Heartbeat {
+        let role = self.role();
         Heartbeat {
             node: self.config.node.clone(),
             advertise: self.config.advertise.clone(),
-            role: self.role(),
-            epoch: self.owner().map_or(0, |owner| owner.epoch),
+            role,
+            // An owner says its own epoch; a follower the latest it knows.
+            epoch: match role {
+                Role::Owner | Role::Recovering => self.my_epoch.load(Ordering::Acquire),
+                _ => self.owner().map_or(0, |owner| owner.epoch),
+            },
             applied: self.applied.load(Ordering::Acquire),
+            yielding: self.yielding(),
         }
     }
 }
@@ -289,16 +317,25 @@ pub fn start(
     receiver
 }
 
-/// Publishes this node's heartbeat and listens to everyone's.
+/// Publishes this node's heartbeat and listens to everyone's, subscribing again
+/// if the subscription ends.
 async fn heartbeats(node: Arc<Node>, link: Arc<Link>) {
+    loop {
+        beat(&node, &link).await;
+        if node.may_write() {
+            node.step_down("the heartbeat subscription ended");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+async fn beat(node: &Arc<Node>, link: &Arc<Link>) {
     let subject = link::nodes_subject(&link.stream);
-    let mut subscriber = loop {
-        match link.client.subscribe(subject.clone()).await {
-            Ok(subscriber) => break subscriber,
-            Err(error) => {
-                tracing::warn!(%error, "cluster heartbeat subscription failed; retrying");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
+    let mut subscriber = match link.client.subscribe(subject.clone()).await {
+        Ok(subscriber) => subscriber,
+        Err(error) => {
+            tracing::warn!(%error, "cluster heartbeat subscription failed; retrying");
+            return;
         }
     };
     let every = Duration::from_millis(node.config.heartbeat_ms);
@@ -310,10 +347,11 @@ async fn heartbeats(node: Arc<Node>, link: Arc<Link>) {
                 if let Ok(body) = serde_json::to_vec(&node.heartbeat()) {
                     let _ = link.client.publish(subject.clone(), body.into()).await;
                 }
-                let heard = node.self_heard_ms.load(Ordering::Acquire);
-                let now = node.started.elapsed().as_millis() as u64;
-                if node.is_owner() && now.saturating_sub(heard) > node.config.takeover_after_ms {
-                    node.step_down("its own heartbeats have not come back for a takeover window (cut off from NATS)");
+                if node.is_owner() {
+                    let heard = node.self_heard_ms.load(Ordering::Acquire);
+                    if node.now_ms().saturating_sub(heard) > node.config.takeover_after_ms {
+                        node.step_down("its own heartbeats have not come back for a takeover window (cut off from NATS)");
+                    }
                 }
             }
             message = subscriber.next() => {
@@ -322,16 +360,15 @@ async fn heartbeats(node: Arc<Node>, link: Arc<Link>) {
                     continue;
                 };
                 if beat.node == node.config.node {
-                    let now = node.started.elapsed().as_millis() as u64;
-                    node.self_heard_ms.store(now, Ordering::Release);
+                    node.self_heard_ms.store(node.now_ms(), Ordering::Release);
                     continue;
                 }
                 if beat.role == Role::Owner {
-                    node.learn_owner(&beat.node, beat.epoch);
-                    let mine = node.owner().map_or(0, |owner| owner.epoch);
-                    if node.is_owner() && beat.epoch > mine {
+                    let mine = node.my_epoch.load(Ordering::Acquire);
+                    if node.may_write() && beat.epoch > mine {
                         node.step_down("another node owns a later epoch");
                     }
+                    node.learn_owner(&beat.node, beat.epoch);
                 }
                 let mut peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
                 // Bounded: a node unheard for a minute is forgotten.
@@ -340,6 +377,63 @@ async fn heartbeats(node: Arc<Node>, link: Arc<Link>) {
                     peers.insert(beat.node.clone(), Peer { beat, heard: Instant::now() });
                 }
             }
+        }
+    }
+}
+
+/// The owner's check that the stream is still its own: the stream's last
+/// sequence must be the last this owner wrote (unless an append is in flight),
+/// and the stream must answer within `append_timeout_ms`. Whatever lands on the
+/// stream is fenced anyway; this stops an idle stale owner from answering reads.
+#[derive(Default)]
+struct Lease {
+    /// When the stream last answered this check (ms since the node started).
+    answered_ms: u64,
+}
+
+/// The owner's lease checks, every heartbeat, on a task of their own (a slow
+/// stream answer must not hold up the heartbeats).
+async fn keep_lease(node: Arc<Node>, link: Arc<Link>) {
+    let every = Duration::from_millis(node.config.heartbeat_ms);
+    let mut lease = Lease::default();
+    while node.may_write() {
+        tokio::time::sleep(every).await;
+        if node.is_owner() {
+            lease.check(&node, &link).await;
+        }
+    }
+}
+
+impl Lease {
+    async fn check(&mut self, node: &Node, link: &Link) {
+        let now = node.now_ms();
+        if self.answered_ms == 0 {
+            self.answered_ms = now;
+        }
+        let before = node.appending.load(Ordering::Acquire);
+        let wait = Duration::from_millis(node.config.append_timeout_ms);
+        match tokio::time::timeout(wait, stream_last(link)).await {
+            Ok(Ok((_, last))) => {
+                self.answered_ms = node.now_ms();
+                node.stream_last.store(last, Ordering::Release);
+                let applied = node.applied.load(Ordering::Acquire);
+                let after = node.appending.load(Ordering::Acquire);
+                if !before
+                    && !after
+                    && last != applied
+                    && node.applied.load(Ordering::Acquire) == applied
+                {
+                    node.step_down(&format!(
+                        "the stream's last sequence is {last}, this owner wrote {applied}: another node wrote"
+                    ));
+                }
+            }
+            // As long as an append retries: a stream without a leader (an election
+            // takes 4-9 s) stops every node alike, and stepping down would not help.
+            _ if node.now_ms().saturating_sub(self.answered_ms) > node.config.append_timeout_ms => {
+                node.step_down("the journal stream has not answered for append_timeout_ms");
+            }
+            _ => {}
         }
     }
 }
@@ -386,10 +480,14 @@ async fn control(
                 tracing::info!(node = %node.config.node, epoch, "took over the journal");
                 let _ = granted.send(epoch);
                 tokio::spawn(purge(node.clone(), link.clone()));
+                tokio::spawn(keep_lease(node.clone(), link.clone()));
                 return;
             }
             Err(why) => {
                 tracing::info!(node = %node.config.node, why, "takeover not made; following");
+                // Let the next node in id order try for the next three windows.
+                let until = node.now_ms() + 3 * node.config.takeover_after_ms;
+                node.yield_until_ms.store(until, Ordering::Release);
                 if follower.is_none() {
                     follower = Some(tokio::spawn(follow(
                         node.clone(),
@@ -405,19 +503,23 @@ async fn control(
 /// No owner heard within `window`, and this node has the lowest id of the live
 /// followers (the successor is deterministic: id order).
 fn is_successor(node: &Node, window: Duration) -> bool {
+    if node.yielding() {
+        return false;
+    }
+    let latest = node.owner().map_or(0, |owner| owner.epoch);
     let peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
     let live = |peer: &&Peer| peer.heard.elapsed() < window;
-    if peers
-        .values()
-        .filter(live)
-        .any(|peer| peer.beat.role == Role::Owner || peer.beat.role == Role::Recovering)
-    {
+    // An owner of an older epoch is stale (it will be fenced): it does not count.
+    if peers.values().filter(live).any(|peer| {
+        (peer.beat.role == Role::Owner && peer.beat.epoch >= latest)
+            || peer.beat.role == Role::Recovering
+    }) {
         return false;
     }
     !peers
         .values()
         .filter(live)
-        .filter(|peer| peer.beat.role == Role::Follower)
+        .filter(|peer| peer.beat.role == Role::Follower && !peer.beat.yielding)
         .any(|peer| peer.beat.node < node.config.node)
 }
 
@@ -488,6 +590,7 @@ async fn take_over(
     node.applied.store(epoch, Ordering::Release);
     node.seen.store(epoch, Ordering::Release);
     node.failovers.fetch_add(1, Ordering::Relaxed);
+    node.my_epoch.store(epoch, Ordering::Release);
     node.learn_owner(&node.config.node, epoch);
     Ok(epoch)
 }
@@ -528,7 +631,7 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
     let retry = |e: &dyn std::fmt::Display| FollowError::Retry(e.to_string());
     let applied = node.applied.load(Ordering::Acquire);
     let (first, last) = stream_last(link).await.map_err(|e| retry(&e))?;
-    node.stream_last.store(last, Ordering::Release);
+    node.stream_last.fetch_max(last, Ordering::AcqRel);
     if applied > last {
         return Err(FollowError::Behind(format!(
             "the local store holds sequence {applied}, the stream ends at {last} (a different stream?)"
@@ -561,14 +664,17 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
     let mut partial: Option<Partial> = None;
     while let Some(message) = messages.next().await {
         let message = message.map_err(|e| retry(&e))?;
-        let seq = message.info().map_err(|e| retry(&e))?.stream_sequence;
+        let info = message.info().map_err(|e| retry(&e))?;
+        let seq = info.stream_sequence;
+        // What the stream holds beyond this message: the lag the metrics show.
+        node.stream_last
+            .fetch_max(seq.saturating_add(info.pending), Ordering::AcqRel);
         let expected = node.seen.load(Ordering::Acquire) + 1;
         if seq != expected {
-            return Err(if seq > expected && seq < first.max(1) {
-                FollowError::Behind(format!("sequence {seq} after {}", expected - 1))
-            } else {
-                FollowError::Retry(format!("sequence {seq}, expected {expected}"))
-            });
+            // A gap (purged meanwhile) shows as Behind on the next pass.
+            return Err(FollowError::Retry(format!(
+                "sequence {seq}, expected {expected}"
+            )));
         }
         let header = |name: &str| {
             message
@@ -604,9 +710,11 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
                             count,
                         },
                         _ => {
-                            // A part without its beginning: a torn write; skip it.
-                            node.seen.store(seq, Ordering::Release);
-                            continue;
+                            // A part without its first part: following starts at
+                            // a write's first part, so this is a corrupt stream.
+                            return Err(FollowError::Behind(format!(
+                                "part {index}/{count} at {seq} without the parts before it"
+                            )));
                         }
                     };
                     current.batch.append(decoded);
@@ -647,8 +755,19 @@ async fn purge(node: Arc<Node>, link: Arc<Link>) {
         let Ok(info) = stream.info().await else {
             continue;
         };
-        if info.state.messages > node.config.stream_keep {
-            match stream.purge().keep(node.config.stream_keep).await {
+        // Keep at least `stream_keep`, and everything a live follower has not
+        // applied yet (a follower unheard for a minute is not waited for).
+        let last = info.state.last_sequence;
+        let slowest = node
+            .peers()
+            .iter()
+            .filter(|peer| peer.heard.elapsed() < Duration::from_secs(60))
+            .map(|peer| peer.beat.applied)
+            .min()
+            .unwrap_or(last);
+        let keep = node.config.stream_keep.max(last.saturating_sub(slowest));
+        if info.state.messages > keep {
+            match stream.purge().keep(keep).await {
                 Ok(done) => tracing::info!(purged = done.purged, "journal stream purged"),
                 Err(error) => tracing::warn!(%error, "journal stream purge failed"),
             }

@@ -40,30 +40,26 @@ impl ReplicatedStore {
         *self.last.lock().unwrap_or_else(|p| p.into_inner()) = epoch;
     }
 
-    fn refuse(&self, failure: AppendFailure) -> StorageError {
+    fn refusal(failure: AppendFailure) -> StorageError {
         match failure {
-            AppendFailure::Fenced(why) => {
-                self.node
-                    .step_down(&format!("journal append fenced: {why}"));
-                StorageError::Io(format!(
-                    "another node owns the journal now ({why}); this node steps down"
-                ))
-            }
+            AppendFailure::Fenced(why) => StorageError::Io(format!(
+                "another node owns the journal now ({why}); this node steps down"
+            )),
+            // Whether it landed is unknown: the node cannot go on writing on top
+            // of it. It steps down; its successor (or itself, restarted) reads the
+            // stream to find out.
             AppendFailure::Unavailable(why) => {
-                // Whether it landed is unknown: the node cannot go on writing on
-                // top of it. It steps down; its successor (or itself, restarted)
-                // reads the stream to find out.
-                self.node
-                    .step_down(&format!("journal stream unavailable: {why}"));
                 StorageError::Io(format!("journal stream unavailable: {why}"))
             }
         }
     }
-}
 
-impl Store for ReplicatedStore {
-    fn write(&self, mut batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+    fn write_locked(
+        &self,
+        last: &mut u64,
+        mut batch: WriteBatch,
+        sync: bool,
+    ) -> Result<(), StorageError> {
         if *last == 0 || !self.node.may_write() {
             return Err(StorageError::Io(
                 "this node does not own the journal".to_string(),
@@ -100,7 +96,7 @@ impl Store for ReplicatedStore {
                 });
             match outcome {
                 Ok(sequence) => *last = sequence,
-                Err(failure) => return Err(self.refuse(failure)),
+                Err(failure) => return Err(Self::refusal(failure)),
             }
         }
         batch.put(Space::Meta, APPLIED_KEY, last.to_be_bytes().to_vec());
@@ -108,6 +104,24 @@ impl Store for ReplicatedStore {
         self.node.applied.store(*last, Ordering::Release);
         self.node.seen.store(*last, Ordering::Release);
         Ok(())
+    }
+}
+
+impl Store for ReplicatedStore {
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        self.node.appending.store(true, Ordering::Release);
+        let result = self.write_locked(&mut last, batch, sync);
+        self.node.appending.store(false, Ordering::Release);
+        if let Err(error) = &result {
+            // The journal refuses everything after a failed write: an owner that
+            // cannot write must let a follower take over.
+            if self.node.may_write() {
+                self.node
+                    .step_down(&format!("journal write failed: {error}"));
+            }
+        }
+        result
     }
 
     fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {

@@ -214,6 +214,8 @@ const _: () = assert!(*IDEMPOTENCY_RETENTION_HOURS_RANGE.start() >= 24);
 // than the whole queue.
 const _: () = assert!(JOURNAL_BATCH_MAX_DEFAULT <= JOURNAL_QUEUE_MAX_DEFAULT);
 const _: () = assert!(*JOURNAL_BATCH_MAX_RANGE.end() <= *JOURNAL_QUEUE_MAX_RANGE.end());
+// The cluster defaults pass their own rule (a takeover window of at least 3 heartbeats).
+const _: () = assert!(CLUSTER_TAKEOVER_AFTER_MS_DEFAULT >= 3 * CLUSTER_HEARTBEAT_MS_DEFAULT);
 
 // ---------------------------------------------------------------------------------------
 // Defaulted numbers inside sections

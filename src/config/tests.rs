@@ -572,6 +572,7 @@ fn env_keys_are_exactly_the_top_level_scalars() {
                 "inbox",
                 "source_authority",
                 "default_rate_limit",
+                "cluster",
             ]
             .contains(field)
         })
@@ -1081,4 +1082,81 @@ fn the_rules_the_settings_table_names_run_after_their_range() {
         .contains("journal_batch_max: must be at most journal_queue_max (16)"));
     assert!(error("journal_batch_max = 0\njournal_queue_max = 0")
         .contains("journal_queue_max: must be at least 16"));
+}
+
+#[test]
+fn cluster_section_defaults_and_rules() {
+    let section = |keys: &str| {
+        format!(
+            "[cluster]\nnode = \"n1\"\nurl = \"nats://u:p%40ss@127.0.0.1:4222,nats://127.0.0.1:4223\"\n\
+             advertise = \"http://10.0.0.1:8080\"\n{keys}\n"
+        )
+    };
+    assert!(
+        parse("").unwrap().cluster.is_none(),
+        "cluster mode is opt-in"
+    );
+    let config = parse(&section("")).expect("a minimal [cluster] is valid");
+    let cluster = config.cluster.expect("cluster");
+    assert_eq!(cluster.node, "n1");
+    assert_eq!(cluster.stream, "STOCKWIRE");
+    assert_eq!(cluster.replicas, CLUSTER_REPLICAS_DEFAULT);
+    assert_eq!(cluster.heartbeat_ms, CLUSTER_HEARTBEAT_MS_DEFAULT);
+    assert_eq!(cluster.takeover_after_ms, CLUSTER_TAKEOVER_AFTER_MS_DEFAULT);
+    assert_eq!(cluster.append_timeout_ms, CLUSTER_APPEND_TIMEOUT_MS_DEFAULT);
+    assert_eq!(cluster.stream_keep, CLUSTER_STREAM_KEEP_DEFAULT);
+    let shown = format!("{cluster:?}");
+    assert!(
+        !shown.contains("p%40ss") && shown.contains("***"),
+        "{shown}"
+    );
+
+    let refused = [
+        (section("replicas = 0"), "cluster.replicas"),
+        (section("replicas = 6"), "cluster.replicas"),
+        (section("heartbeat_ms = 5"), "cluster.heartbeat_ms"),
+        (
+            section("takeover_after_ms = 500\nheartbeat_ms = 200"),
+            "at least 3 heartbeats",
+        ),
+        (
+            section("append_timeout_ms = 10"),
+            "cluster.append_timeout_ms",
+        ),
+        (section("stream_keep = 10"), "cluster.stream_keep"),
+        (section("stream = \"a.b\""), "cluster.stream"),
+        (section("stream = \"\""), "cluster.stream"),
+        (section("color = \"red\""), "unknown field"),
+        (
+            "[cluster]\nnode = \"n 1\"\nurl = \"nats://h:1\"\nadvertise = \"http://h:1\"\n"
+                .to_owned(),
+            "cluster.node",
+        ),
+        (
+            "[cluster]\nnode = \"n1\"\nurl = \"ws://h:1\"\nadvertise = \"http://h:1\"\n".to_owned(),
+            "cluster.url",
+        ),
+        (
+            "[cluster]\nnode = \"n1\"\nurl = \"nats://h:1\"\n".to_owned(),
+            "advertise",
+        ),
+    ];
+    for advertise in [
+        "https://h:1",
+        "http://h",
+        "http://h:0",
+        "http://h:1/x",
+        "h:1",
+        "http://u@h:1",
+    ] {
+        let text = format!(
+            "[cluster]\nnode = \"n1\"\nurl = \"nats://h:1\"\nadvertise = \"{advertise}\"\n"
+        );
+        let found = error(&text);
+        assert!(found.contains("cluster.advertise"), "{advertise}: {found}");
+    }
+    for (text, expected) in refused {
+        let found = error(&text);
+        assert!(found.contains(expected), "{text}: {found}");
+    }
 }

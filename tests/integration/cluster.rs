@@ -416,6 +416,13 @@ fn a_stale_owner_is_fenced_and_steps_down() {
                             "sku": "f-1", "location": "wh-west", "qty": 10}]}),
     );
     assert_eq!(status, 200, "{body}");
+    // A reservation through the follower, held by the owner before it stops.
+    let (status, body) = nodes[1].post(
+        "/v1/reservations",
+        json!({"reservation_id": "f-order", "channel": "web",
+               "lines": [{"sku": "f-1", "location": "wh-east", "qty": 2}]}),
+    );
+    assert_eq!(status, 201, "{body}");
     // The owner stops (as in a long pause) while still holding its connections.
     let pid = nodes[0].child.as_ref().unwrap().id().to_string();
     let signal = |name: &str| {
@@ -452,5 +459,11 @@ fn a_stale_owner_is_fenced_and_steps_down() {
         .map(|e| e["event_id"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(ids.contains("rcv-f"));
-    assert_eq!(reserved, 0, "{body}");
+    assert_eq!(reserved, 2, "the reservation held before the pause: {body}");
+    let (status, body) = nodes[1].get("/v1/reservations/f-order");
+    assert_eq!(
+        (status, body["status"].as_str()),
+        (200, Some("held")),
+        "{body}"
+    );
 }

@@ -577,8 +577,40 @@ fn on_an_r3_stream_two_writers_with_one_expectation_never_both_land() {
                 "round {round}: {refusal}"
             );
         }
+        // A retry of a write that landed (its ack lost): the same Nats-Msg-Id and the
+        // same, now stale, expectation. The stream checks the id first and answers
+        // it as a duplicate with the sequence it landed at; cluster mode's appends
+        // rely on that. Another write with that expectation is still refused.
+        let append = |id: &'static str| {
+            let js = a.clone();
+            async move {
+                let mut headers = async_nats::HeaderMap::new();
+                headers.insert("Nats-Expected-Last-Sequence", ROUNDS.to_string().as_str());
+                headers.insert("Nats-Msg-Id", id);
+                match js.publish_with_headers("p0", headers, id.into()).await {
+                    Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                    Err(error) => Err(error.to_string()),
+                }
+            }
+        };
+        let first = append("retry-1").await.expect("the first write lands");
+        assert_eq!((first.sequence, first.duplicate), (ROUNDS + 1, false));
+        let again = append("retry-1").await.expect("the retry is answered");
+        assert_eq!(
+            (again.sequence, again.duplicate),
+            (ROUNDS + 1, true),
+            "{again:?}"
+        );
+        let other = append("other")
+            .await
+            .expect_err("a stale expectation is refused");
+        assert!(other.contains("wrong last sequence"), "{other}");
         let info = stream.info().await.expect("info");
-        assert_eq!(info.state.messages, ROUNDS, "one write per round, no more");
+        assert_eq!(
+            info.state.messages,
+            ROUNDS + 1,
+            "one write per round and the retried one"
+        );
         assert_eq!(info.config.num_replicas, 3);
         let replicas = info.cluster.as_ref().map_or(0, |c| c.replicas.len());
         assert_eq!(replicas, 2, "a leader and two replicas");

@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# `make bench-cluster`: what cluster mode adds, at the same offered load, side by
+# side in one run (docs/PERFORMANCE.md, "Cluster mode").
+#
+#   single       one node without [cluster] (RocksDB only)
+#   cluster-N    N = 1, 2, 3 nodes in cluster mode on a 3-server NATS cluster (R3
+#                journal stream); the load goes to the owner
+#   forwarded    3 nodes; the load goes to a follower, which forwards to the owner
+#
+# CPU columns (µs per reservation): the owner; a follower that only follows (mean);
+# the follower the load went to (forwarded only); the three nats-servers together.
+#
+# Each: the release server on config/stockwire.toml (durability = "wal",
+# log_level = "info", auth on), fresh data dirs and a fresh stream, one SKU with
+# 10^8 units, POST /v1/reservations (one located line of 1) at a fixed rate, open
+# loop, by oha with one client thread and coordinated-omission correction. CPU per
+# reservation of each process kind: its utime+stime over the run (/proc) divided by
+# the reservations answered 201.
+#
+# Settings: CLUSTER_RATE (default 2000), CLUSTER_SECONDS (15), CLUSTER_ROUNDS (1),
+# STOCKWIRE_BIN (default: build the release server), OHA (as bench-open-loop.sh).
+# Loopback only; everything started here is stopped on exit. The last lines are the
+# table of medians.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT=$PWD
+RATE=${CLUSTER_RATE:-2000}
+SECONDS_EACH=${CLUSTER_SECONDS:-15}
+ROUNDS=${CLUSTER_ROUNDS:-1}
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+TOKEN=dev-admin-secret
+BODY='{"channel":"web","lines":[{"sku":"hot-1","location":"wh-east","qty":1}],"ttl_seconds":3600}'
+NATS_BASE=${CLUSTER_NATS_BASE:-27222}
+HTTP_BASE=${CLUSTER_HTTP_BASE:-19181}
+
+die() {
+  echo "bench-cluster: $*" >&2
+  exit 1
+}
+
+OHA_BIN=${OHA:-$(command -v oha || true)}
+if [ -z "$OHA_BIN" ]; then
+  OHA_BIN=$HOME/.cache/stockwire-tools/bin/oha
+  if [ ! -x "$OHA_BIN" ]; then
+    echo "bench-cluster: installing oha 1.16.0 (once)" >&2
+    cargo install --quiet --locked oha@1.16.0 --root "$HOME/.cache/stockwire-tools"
+  fi
+fi
+if [ -z "${STOCKWIRE_BIN:-}" ]; then
+  cargo build --quiet --release --bin stockwire
+  SW_BIN=$TARGET_DIR/release/stockwire
+else
+  SW_BIN=$STOCKWIRE_BIN
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/bench-cluster.XXXXXX")
+PIDS=()
+stop_nodes() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  PIDS=()
+}
+cleanup() {
+  stop_nodes
+  "$ROOT/scripts/nats-cluster.sh" stop "$WORK/nats" >/dev/null 2>&1 || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+NATS_URLS=$("$ROOT/scripts/nats-cluster.sh" start "$WORK/nats" "$NATS_BASE")
+
+# cpu PID: utime+stime of PID in clock ticks.
+cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+nats_pids() { cat "$WORK/nats"/n*.pid; }
+
+# start_node I CLUSTERED STREAM: node I in the background; its pid in PIDS.
+start_node() {
+  local i=$1 clustered=$2 stream=$3 port=$((HTTP_BASE + i - 1)) config=$WORK/n$i.toml
+  rm -rf "$WORK/n$i"
+  grep -v -E '^(listen|data_dir)[[:space:]]*=' "$ROOT/config/stockwire.toml" >"$WORK/body.toml"
+  {
+    echo "listen = \"127.0.0.1:$port\""
+    echo "data_dir = \"$WORK/n$i/data\""
+    cat "$WORK/body.toml"
+    if [ "$clustered" = yes ]; then
+      printf '\n[cluster]\nnode = "n%s"\nurl = "%s"\nstream = "%s"\nadvertise = "http://127.0.0.1:%s"\n' \
+        "$i" "$NATS_URLS" "$stream" "$port"
+    fi
+  } >"$config"
+  env -u STOCKWIRE_BIN "$SW_BIN" serve --config "$config" >"$WORK/n$i.log" 2>&1 &
+  PIDS+=($!)
+  for _ in $(seq 300); do
+    curl -sf "http://127.0.0.1:$port/readyz" >/dev/null && return 0
+    sleep 0.1
+  done
+  die "node $i not ready (log in $WORK/n$i.log)"
+}
+
+# run NAME NODES CLUSTERED TARGET_NODE: one measurement, one line in results.
+run() {
+  local name=$1 nodes=$2 clustered=$3 target=$4 stream="BENCH$RANDOM$RANDOM" i out
+  for i in $(seq "$nodes"); do start_node "$i" "$clustered" "$stream"; done
+  local port=$((HTTP_BASE + target - 1))
+  curl -sSf "http://127.0.0.1:$HTTP_BASE/v1/events" -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' \
+    -d '{"events":[{"event_id":"cluster-seed","type":"receipt","source":"bench","sku":"hot-1","location":"wh-east","qty":100000000}]}' \
+    >/dev/null || die "seeding failed"
+  sleep 1
+  local before=() nats_before=0 pid
+  for pid in "${PIDS[@]}"; do before+=("$(cpu "$pid")"); done
+  for pid in $(nats_pids); do nats_before=$((nats_before + $(cpu "$pid"))); done
+  out=$WORK/$name.json
+  "$OHA_BIN" --no-tui --latency-correction --worker-threads 1 -z "${SECONDS_EACH}s" \
+    -c 8 -q "$RATE" -m POST -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' -d "$BODY" --output-format json \
+    "http://127.0.0.1:$port/v1/reservations" >"$out"
+  local after=() nats_after=0
+  for pid in "${PIDS[@]}"; do after+=("$(cpu "$pid")"); done
+  for pid in $(nats_pids); do nats_after=$((nats_after + $(cpu "$pid"))); done
+  # Per node: ticks used; the owner is n1 (it started first), the target is named.
+  local ticks=""
+  for i in $(seq 0 $((nodes - 1))); do ticks+="$(( ${after[$i]} - ${before[$i]} )),"; done
+  stop_nodes
+  python3 - "$name" "$out" "$ticks" "$((nats_after - nats_before))" "$(getconf CLK_TCK)" "$target" <<'PY' | tee -a "$WORK/results.txt"
+import json, sys
+name, path, ticks, nats, hz, target = sys.argv[1:]
+d = json.load(open(path))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+ok = codes.get("201", 0) or 1
+us = lambda t: int(t) / int(hz) * 1e6 / ok
+nodes = [us(t) for t in ticks.strip(",").split(",")]
+t = int(target) - 1
+owner = nodes[0]
+forwarder = nodes[t] if t != 0 else 0.0
+followers = [n for i, n in enumerate(nodes) if i not in (0, t)]
+follower = sum(followers) / len(followers) if followers else 0.0
+print(f"{name} {p['p50']*1000:.3f} {p['p99']*1000:.3f} {s['requestsPerSec']:.0f} {ok} "
+      f"{owner:.1f} {follower:.1f} {forwarder:.1f} {us(nats):.1f} {sum(nodes) + us(nats):.1f}")
+PY
+}
+
+echo "bench-cluster: oha (1 thread), ${RATE}/s, ${SECONDS_EACH}s each, $ROUNDS round(s); nats $NATS_URLS"
+echo "name p50_ms p99_ms rps ok owner_us follower_us forwarder_us nats_us total_us (CPU per reservation)"
+for round in $(seq "$ROUNDS"); do
+  run single 1 no 1
+  run cluster-1 1 yes 1
+  run cluster-2 2 yes 1
+  run cluster-3 3 yes 1
+  run forwarded 3 yes 2
+done
+echo
+echo "medians over $ROUNDS round(s), ${RATE}/s open loop, CPU µs per reservation:"
+python3 - "$WORK/results.txt" <<'PY'
+import statistics, sys
+rows = {}
+order = []
+for line in open(sys.argv[1]):
+    f = line.split()
+    if f[0] not in rows:
+        order.append(f[0])
+    rows.setdefault(f[0], []).append([float(x) for x in f[1:]])
+print(f"{'setup':>10} {'p50 ms':>8} {'p99 ms':>8} {'rps':>6} {'owner':>7} {'follower':>9} {'forwarder':>10} {'nats (3)':>9} {'total':>7}")
+for name in order:
+    v = rows[name]
+    med = lambda i: statistics.median(x[i] for x in v)
+    print(f"{name:>10} {med(0):>8.3f} {med(1):>8.3f} {med(2):>6.0f} {med(4):>7.1f} {med(5):>9.1f} {med(6):>10.1f} {med(7):>9.1f} {med(8):>7.1f}")
+PY
