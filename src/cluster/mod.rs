@@ -134,8 +134,10 @@ pub struct Node {
     /// The epoch of this node's own takeover (0: none): an owner that hears a
     /// later one steps down.
     my_epoch: AtomicU64,
-    /// A stream append of this owner is in flight (its lease check then waits).
-    pub appending: std::sync::atomic::AtomicBool,
+    /// Counts this owner's store writes twice, at their start and at their end
+    /// (odd: one is in flight). The lease check trusts a stream answer only when
+    /// no write began or ended around it.
+    pub writes: AtomicU64,
     /// Until when (ms since `started`) this node yields its turn as successor.
     yield_until_ms: AtomicU64,
     local: Arc<RocksStore>,
@@ -159,7 +161,7 @@ impl Node {
             started: Instant::now(),
             self_heard_ms: AtomicU64::new(0),
             my_epoch: AtomicU64::new(0),
-            appending: std::sync::atomic::AtomicBool::new(false),
+            writes: AtomicU64::new(0),
             yield_until_ms: AtomicU64::new(0),
             local,
         }
@@ -410,19 +412,15 @@ impl Lease {
         if self.answered_ms == 0 {
             self.answered_ms = now;
         }
-        let before = node.appending.load(Ordering::Acquire);
+        let before = node.writes.load(Ordering::Acquire);
         let wait = Duration::from_millis(node.config.append_timeout_ms);
         match tokio::time::timeout(wait, stream_last(link)).await {
             Ok(Ok((_, last))) => {
                 self.answered_ms = node.now_ms();
                 node.stream_last.store(last, Ordering::Release);
                 let applied = node.applied.load(Ordering::Acquire);
-                let after = node.appending.load(Ordering::Acquire);
-                if !before
-                    && !after
-                    && last != applied
-                    && node.applied.load(Ordering::Acquire) == applied
-                {
+                let after = node.writes.load(Ordering::Acquire);
+                if before == after && before % 2 == 0 && last != applied {
                     node.step_down(&format!(
                         "the stream's last sequence is {last}, this owner wrote {applied}: another node wrote"
                     ));

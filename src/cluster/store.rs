@@ -110,9 +110,9 @@ impl ReplicatedStore {
 impl Store for ReplicatedStore {
     fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        self.node.appending.store(true, Ordering::Release);
+        self.node.writes.fetch_add(1, Ordering::AcqRel);
         let result = self.write_locked(&mut last, batch, sync);
-        self.node.appending.store(false, Ordering::Release);
+        self.node.writes.fetch_add(1, Ordering::AcqRel);
         if let Err(error) = &result {
             // The journal refuses everything after a failed write: an owner that
             // cannot write must let a follower take over.
