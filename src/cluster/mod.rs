@@ -420,7 +420,7 @@ impl Lease {
                 node.stream_last.store(last, Ordering::Release);
                 let applied = node.applied.load(Ordering::Acquire);
                 let after = node.writes.load(Ordering::Acquire);
-                if before == after && before % 2 == 0 && last != applied {
+                if before == after && before.is_multiple_of(2) && last != applied {
                     node.step_down(&format!(
                         "the stream's last sequence is {last}, this owner wrote {applied}: another node wrote"
                     ));
