@@ -120,10 +120,15 @@ run() {
   # Per node: ticks used; the owner is n1 (it started first), the target is named.
   local ticks=""
   for i in $(seq 0 $((nodes - 1))); do ticks+="$(( ${after[$i]} - ${before[$i]} )),"; done
+  # Appends per journal commit on the owner (per stream message in cluster mode).
+  local batch
+  batch=$(curl -s "http://127.0.0.1:$HTTP_BASE/metrics" | awk '
+    /^stockwire_journal_appends_total / {a=$2} /^stockwire_journal_commits_total / {c=$2}
+    END {if (c > 0) printf "%.2f", a / c; else print "0"}')
   stop_nodes
-  python3 - "$name" "$out" "$ticks" "$((nats_after - nats_before))" "$(getconf CLK_TCK)" "$target" <<'PY' | tee -a "$WORK/results.txt"
+  python3 - "$name" "$out" "$ticks" "$((nats_after - nats_before))" "$(getconf CLK_TCK)" "$target" "$batch" <<'PY' | tee -a "$WORK/results.txt"
 import json, sys
-name, path, ticks, nats, hz, target = sys.argv[1:]
+name, path, ticks, nats, hz, target, batch = sys.argv[1:]
 d = json.load(open(path))
 s, p = d["summary"], d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
@@ -136,12 +141,12 @@ forwarder = nodes[t] if t != 0 else 0.0
 followers = [n for i, n in enumerate(nodes) if i not in (0, t)]
 follower = sum(followers) / len(followers) if followers else 0.0
 print(f"{name} {p['p50']*1000:.3f} {p['p99']*1000:.3f} {s['requestsPerSec']:.0f} {ok} "
-      f"{owner:.1f} {follower:.1f} {forwarder:.1f} {us(nats):.1f} {sum(nodes) + us(nats):.1f}")
+      f"{owner:.1f} {follower:.1f} {forwarder:.1f} {us(nats):.1f} {sum(nodes) + us(nats):.1f} {batch}")
 PY
 }
 
 echo "bench-cluster: oha (1 thread), ${RATE}/s, ${SECONDS_EACH}s each, $ROUNDS round(s); nats $NATS_URLS"
-echo "name p50_ms p99_ms rps ok owner_us follower_us forwarder_us nats_us total_us (CPU per reservation)"
+echo "name p50_ms p99_ms rps ok owner_us follower_us forwarder_us nats_us total_us appends_per_commit (CPU per reservation)"
 for round in $(seq "$ROUNDS"); do
   run single 1 no 1
   run cluster-1 1 yes 1
@@ -160,9 +165,9 @@ for line in open(sys.argv[1]):
     if f[0] not in rows:
         order.append(f[0])
     rows.setdefault(f[0], []).append([float(x) for x in f[1:]])
-print(f"{'setup':>10} {'p50 ms':>8} {'p99 ms':>8} {'rps':>6} {'owner':>7} {'follower':>9} {'forwarder':>10} {'nats (3)':>9} {'total':>7}")
+print(f"{'setup':>10} {'p50 ms':>8} {'p99 ms':>8} {'rps':>6} {'owner':>7} {'follower':>9} {'forwarder':>10} {'nats (3)':>9} {'total':>7} {'batch':>6}")
 for name in order:
     v = rows[name]
     med = lambda i: statistics.median(x[i] for x in v)
-    print(f"{name:>10} {med(0):>8.3f} {med(1):>8.3f} {med(2):>6.0f} {med(4):>7.1f} {med(5):>9.1f} {med(6):>10.1f} {med(7):>9.1f} {med(8):>7.1f}")
+    print(f"{name:>10} {med(0):>8.3f} {med(1):>8.3f} {med(2):>6.0f} {med(4):>7.1f} {med(5):>9.1f} {med(6):>10.1f} {med(7):>9.1f} {med(8):>7.1f} {med(9):>6.2f}")
 PY
