@@ -108,7 +108,8 @@ pub struct ClusterView {
     pub partitions: u32,
     /// Partitions this node owns and serves.
     pub owned_partitions: u32,
-    /// The owner's node id, if one is known.
+    /// The owner's node id; null while none is known.
+    #[schema(required = true)]
     pub owner: Option<String>,
     /// Stream sequence of the owner's takeover marker.
     pub epoch: u64,
