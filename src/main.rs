@@ -544,9 +544,14 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     // the shards (on the workers' threads) are still there, then stop HTTP.
     tracing::info!("signal received: stop accepting, drain in-flight requests");
     handle.pause().await;
-    // A cluster follower waits for ownership that may never come: it stops now.
-    if state.cluster.get().is_some_and(|node| !node.may_write()) {
-        recovery.abort();
+    // A cluster follower waits for ownership that may never come: it takes over no
+    // more, and stops waiting now. A takeover under way ends without granting
+    // ownership (the recovery task then ends), or, if it already did, recovers.
+    if let Some(node) = state.cluster.get() {
+        node.stop_taking_over();
+        if !node.may_write() {
+            recovery.abort();
+        }
     }
     let inboxes = match recovery.await {
         Ok(Ok(inboxes)) => inboxes,

@@ -97,8 +97,15 @@ pub async fn middleware(
             }
         }
         let outgoing = outgoing.insert_header((FORWARDED_HEADER, node.config.node.as_str()));
+        // Appended to what the client sent (the header's own convention).
         match http_request.peer_addr() {
-            Some(peer) => outgoing.insert_header(("x-forwarded-for", peer.ip().to_string())),
+            Some(peer) => {
+                let chain = match http_request.headers().get("x-forwarded-for") {
+                    Some(sent) => format!("{}, {}", sent.to_str().unwrap_or(""), peer.ip()),
+                    None => peer.ip().to_string(),
+                };
+                outgoing.insert_header(("x-forwarded-for", chain))
+            }
             None => outgoing,
         }
     });

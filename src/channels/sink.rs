@@ -417,6 +417,29 @@ pub fn nats_target(url: &str) -> Result<NatsTarget, String> {
     Ok(NatsTarget { servers, auth })
 }
 
+/// The client options stockwire connects with (a `nats` sink, cluster mode): signed
+/// in with `auth`, and back within a second of a server's return (the client's
+/// default waits up to several seconds between tries).
+pub fn nats_options(
+    name: &str,
+    auth: NatsAuth,
+    connection_timeout: Duration,
+    request_timeout: Duration,
+) -> async_nats::ConnectOptions {
+    let options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(connection_timeout)
+        .request_timeout(Some(request_timeout))
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
+        });
+    match auth {
+        NatsAuth::None => options,
+        NatsAuth::Token(token) => options.token(token),
+        NatsAuth::UserPassword(user, password) => options.user_and_password(user, password),
+    }
+}
+
 /// `url` with whatever stands between `://` and the last `@` of each server replaced
 /// by `***` (it may hold a password, with any characters in it), for messages and logs.
 pub fn redacted(url: &str) -> String {
@@ -498,22 +521,8 @@ impl NatsSink {
         // Per server, so one that does not answer leaves time for the next.
         let per_server =
             (timeout / target.servers.len().max(1) as u32).max(Duration::from_millis(50));
-        let mut options = async_nats::ConnectOptions::new()
-            .name("stockwire")
-            .connection_timeout(per_server)
-            .request_timeout(Some(timeout))
-            // Back within a second of the server's return (the default waits up to
-            // several seconds between tries); the publisher's own back-off paces
-            // the batches meanwhile.
-            .reconnect_delay_callback(|attempts| {
-                Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
-            });
-        options = match target.auth {
-            NatsAuth::None => options,
-            NatsAuth::Token(token) => options.token(token),
-            NatsAuth::UserPassword(user, password) => options.user_and_password(user, password),
-        };
-        let client = options
+        // The publisher's own back-off paces the batches while it reconnects.
+        let client = nats_options("stockwire", target.auth, per_server, timeout)
             .connect(target.servers)
             .await
             .map_err(|e| format!("nats connect {shown}: {e}"))?;

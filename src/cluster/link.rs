@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, stream};
 use async_nats::HeaderMap;
 
-use crate::channels::sink::{nats_target, redacted, NatsAuth};
+use crate::channels::sink::{nats_options, nats_target, redacted};
 use crate::config::ClusterConfig;
 
 /// The stream's subject for journal messages.
@@ -79,23 +79,17 @@ impl Link {
         let replicas = config.replicas;
         let timeout = Duration::from_millis(config.append_timeout_ms);
         let connect = async move {
-            let mut options = async_nats::ConnectOptions::new()
-                .name("stockwire-cluster")
-                .connection_timeout(Duration::from_secs(2))
-                .request_timeout(Some(Duration::from_secs(5)))
-                .retry_on_initial_connect()
-                .reconnect_delay_callback(|attempts| {
-                    Duration::from_millis((attempts as u64).saturating_mul(100).min(1000))
-                });
-            options = match target.auth {
-                NatsAuth::None => options,
-                NatsAuth::Token(token) => options.token(token),
-                NatsAuth::UserPassword(user, password) => options.user_and_password(user, password),
-            };
-            let client = options
-                .connect(target.servers)
-                .await
-                .map_err(|e| format!("nats connect {shown}: {e}"))?;
+            let client = nats_options(
+                "stockwire-cluster",
+                target.auth,
+                Duration::from_secs(2),
+                Duration::from_secs(5),
+            )
+            // Started before the servers: it connects once they are up.
+            .retry_on_initial_connect()
+            .connect(target.servers)
+            .await
+            .map_err(|e| format!("nats connect {shown}: {e}"))?;
             let js = jetstream::context::ContextBuilder::new()
                 .timeout(Duration::from_secs(5))
                 .ack_timeout(timeout.min(Duration::from_secs(5)))

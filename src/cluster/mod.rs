@@ -140,6 +140,8 @@ pub struct Node {
     pub writes: AtomicU64,
     /// Until when (ms since `started`) this node yields its turn as successor.
     yield_until_ms: AtomicU64,
+    /// Set on SIGTERM: this node takes over no more.
+    stopping: std::sync::atomic::AtomicBool,
     local: Arc<RocksStore>,
 }
 
@@ -163,6 +165,7 @@ impl Node {
             my_epoch: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             yield_until_ms: AtomicU64::new(0),
+            stopping: std::sync::atomic::AtomicBool::new(false),
             local,
         }
     }
@@ -237,6 +240,16 @@ impl Node {
             .values()
             .cloned()
             .collect()
+    }
+
+    /// SIGTERM: no more takeovers. A takeover under way ends as a follower's (the
+    /// ownership is not granted), so nobody waits on it.
+    pub fn stop_taking_over(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
     }
 
     /// Stops being the owner: refuses every write from now on, and exits the
@@ -366,8 +379,10 @@ async fn beat(node: &Arc<Node>, link: &Arc<Link>) {
                     continue;
                 }
                 if beat.role == Role::Owner {
+                    // Before its marker lands a successor has no epoch: the fence,
+                    // not a heartbeat, decides then.
                     let mine = node.my_epoch.load(Ordering::Acquire);
-                    if node.may_write() && beat.epoch > mine {
+                    if node.may_write() && mine != 0 && beat.epoch > mine {
                         node.step_down("another node owns a later epoch");
                     }
                     node.learn_owner(&beat.node, beat.epoch);
@@ -420,7 +435,9 @@ impl Lease {
                 node.stream_last.store(last, Ordering::Release);
                 let applied = node.applied.load(Ordering::Acquire);
                 let after = node.writes.load(Ordering::Acquire);
-                if before == after && before.is_multiple_of(2) && last != applied {
+                // Only another writer moves the stream past what this owner wrote
+                // (a lagging replica's answer could be behind it: not a reason).
+                if before == after && before.is_multiple_of(2) && last > applied {
                     node.step_down(&format!(
                         "the stream's last sequence is {last}, this owner wrote {applied}: another node wrote"
                     ));
@@ -453,7 +470,7 @@ async fn control(
     )));
     loop {
         tokio::time::sleep(every).await;
-        if matches!(node.role(), Role::Behind | Role::SteppedDown) {
+        if node.is_stopping() || matches!(node.role(), Role::Behind | Role::SteppedDown) {
             if let Some(task) = follower.take() {
                 task.abort();
             }
@@ -475,17 +492,29 @@ async fn control(
             Ok(epoch) => {
                 node.last_takeover_ms
                     .store(decided.elapsed().as_millis() as u64, Ordering::Relaxed);
+                if node.is_stopping() || granted.send(epoch).is_err() {
+                    // SIGTERM came during the takeover: the marker landed, but this
+                    // node will not serve. Saying so lets the next one take over now.
+                    node.set_role(Role::SteppedDown);
+                    tracing::info!(node = %node.config.node, epoch, "took over while stopping; handing on");
+                    return;
+                }
                 tracing::info!(node = %node.config.node, epoch, "took over the journal");
-                let _ = granted.send(epoch);
                 tokio::spawn(purge(node.clone(), link.clone()));
                 tokio::spawn(keep_lease(node.clone(), link.clone()));
                 return;
             }
-            Err(why) => {
+            Err(missed) => {
+                let why = match missed {
+                    Missed::Local(why) => {
+                        // Let the next node in id order try for three windows.
+                        let until = node.now_ms() + 3 * node.config.takeover_after_ms;
+                        node.yield_until_ms.store(until, Ordering::Release);
+                        why
+                    }
+                    Missed::Shared(why) => why,
+                };
                 tracing::info!(node = %node.config.node, why, "takeover not made; following");
-                // Let the next node in id order try for the next three windows.
-                let until = node.now_ms() + 3 * node.config.takeover_after_ms;
-                node.yield_until_ms.store(until, Ordering::Release);
                 if follower.is_none() {
                     follower = Some(tokio::spawn(follow(
                         node.clone(),
@@ -501,12 +530,17 @@ async fn control(
 /// No owner heard within `window`, and this node has the lowest id of the live
 /// followers (the successor is deterministic: id order).
 fn is_successor(node: &Node, window: Duration) -> bool {
-    if node.yielding() {
-        return false;
-    }
     let latest = node.owner().map_or(0, |owner| owner.epoch);
     let peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
     let live = |peer: &&Peer| peer.heard.elapsed() < window;
+    // A yielding node leaves its turn to another candidate, if there is one.
+    let other_candidate = peers
+        .values()
+        .filter(live)
+        .any(|peer| peer.beat.role == Role::Follower && !peer.beat.yielding);
+    if node.yielding() && other_candidate {
+        return false;
+    }
     // An owner of an older epoch is stale (it will be fenced): it does not count.
     if peers.values().filter(live).any(|peer| {
         (peer.beat.role == Role::Owner && peer.beat.epoch >= latest)
@@ -521,42 +555,64 @@ fn is_successor(node: &Node, window: Duration) -> bool {
         .any(|peer| peer.beat.node < node.config.node)
 }
 
+/// The stream's first and last sequence (one STREAM.INFO request).
 async fn stream_last(link: &Link) -> Result<(u64, u64), String> {
-    let mut stream = link
+    let stream = link
         .js
         .get_stream(&link.stream)
         .await
         .map_err(|e| e.to_string())?;
-    let info = stream.info().await.map_err(|e| e.to_string())?;
-    Ok((info.state.first_sequence, info.state.last_sequence))
+    let state = &stream.cached_info().state;
+    Ok((state.first_sequence, state.last_sequence))
 }
 
 /// Catches up to the stream's end, stops following and appends the takeover
 /// marker expecting that end.
+/// Why a takeover was not made.
+enum Missed {
+    /// Something about this node (it could not catch up in time): the next
+    /// follower in id order should try.
+    Local(String),
+    /// The stream did not answer, or another node wrote first: any node would
+    /// have missed alike.
+    Shared(String),
+}
+
 async fn take_over(
     node: &Arc<Node>,
     link: &Arc<Link>,
     local: &Arc<RocksStore>,
     follower: &mut Option<tokio::task::JoinHandle<()>>,
-) -> Result<u64, String> {
+) -> Result<u64, Missed> {
     let deadline = Instant::now() + Duration::from_millis(node.config.append_timeout_ms);
     let last = loop {
-        let (_, last) = stream_last(link).await?;
-        node.stream_last.store(last, Ordering::Release);
-        if node.seen.load(Ordering::Acquire) >= last {
-            break last;
+        match stream_last(link).await {
+            Ok((_, last)) => {
+                node.stream_last.fetch_max(last, Ordering::AcqRel);
+                if node.seen.load(Ordering::Acquire) >= last {
+                    break last;
+                }
+                if Instant::now() >= deadline {
+                    return Err(Missed::Local(format!("still catching up to {last}")));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            // Through a stream leader's election: retried until the deadline.
+            Err(why) if Instant::now() >= deadline => return Err(Missed::Shared(why)),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
         }
-        if Instant::now() >= deadline {
-            return Err(format!("still catching up to {last}"));
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     };
+    if node.is_stopping() {
+        return Err(Missed::Shared("stopping".to_string()));
+    }
     if let Some(task) = follower.take() {
         task.abort();
         let _ = task.await;
     }
     if node.seen.load(Ordering::Acquire) != last {
-        return Err("the stream moved while stopping the follower".to_string());
+        return Err(Missed::Shared(
+            "the stream moved while stopping the follower".to_string(),
+        ));
     }
     node.set_role(Role::Recovering);
     let mut headers = HeaderMap::new();
@@ -576,14 +632,14 @@ async fn take_over(
         Ok(epoch) => epoch,
         Err(AppendFailure::Fenced(why)) | Err(AppendFailure::Unavailable(why)) => {
             node.set_role(Role::Follower);
-            return Err(why);
+            return Err(Missed::Shared(why));
         }
     };
     let mut batch = WriteBatch::default();
     batch.put(Space::Meta, APPLIED_KEY, epoch.to_be_bytes().to_vec());
     if let Err(error) = local.write(batch, false) {
         node.step_down(&format!("local store: {error}"));
-        return Err(error.to_string());
+        return Err(Missed::Local(error.to_string()));
     }
     node.applied.store(epoch, Ordering::Release);
     node.seen.store(epoch, Ordering::Release);
@@ -756,10 +812,15 @@ async fn purge(node: Arc<Node>, link: Arc<Link>) {
         // Keep at least `stream_keep`, and everything a live follower has not
         // applied yet (a follower unheard for a minute is not waited for).
         let last = info.state.last_sequence;
+        let first = info.state.first_sequence;
+        // A node already behind what the stream holds (or not following) cannot be
+        // helped by keeping more; it would stop every purge.
         let slowest = node
             .peers()
             .iter()
             .filter(|peer| peer.heard.elapsed() < Duration::from_secs(60))
+            .filter(|peer| matches!(peer.beat.role, Role::Follower | Role::Starting))
+            .filter(|peer| peer.beat.applied.saturating_add(1) >= first)
             .map(|peer| peer.beat.applied)
             .min()
             .unwrap_or(last);

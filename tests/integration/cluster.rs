@@ -116,6 +116,15 @@ fn time_to_serve(via: &Server, sku: &str) -> Duration {
     })
 }
 
+/// One location of a `GET /v1/availability/{sku}` answer.
+fn location(body: &Value, id: &str) -> Value {
+    body["locations"]
+        .as_array()
+        .and_then(|l| l.iter().find(|l| l["location"] == id))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {id} in {body}"))
+}
+
 /// What the final reading found.
 struct Verdict {
     lost: usize,
@@ -149,11 +158,7 @@ fn verdict(via: &Server, nodes: &[Server], skus: &[String], attempts: &Attempts)
         for sku in skus {
             let (status, body) = node.get(&format!("/v1/availability/{sku}"));
             assert_eq!(status, 200, "{body}");
-            let east = body["locations"]
-                .as_array()
-                .and_then(|l| l.iter().find(|l| l["location"] == "wh-east"))
-                .cloned()
-                .expect("wh-east");
+            let east = location(&body, "wh-east");
             let reserved = east["reserved"].as_u64().expect("reserved");
             let on_hand = east["on_hand"].as_u64().expect("on_hand");
             if reserved > on_hand || east["available"].as_i64().unwrap_or(-1) < 0 {
@@ -446,11 +451,7 @@ fn a_stale_owner_is_fenced_and_steps_down() {
     // Everything acknowledged is there on the new owner.
     let (status, body) = call(nodes[1].request("GET", "/v1/availability/f-1"), None);
     assert_eq!(status, 200, "{body}");
-    let east = body["locations"]
-        .as_array()
-        .and_then(|l| l.iter().find(|l| l["location"] == "wh-east"))
-        .cloned()
-        .expect("wh-east");
+    let east = location(&body, "wh-east");
     let reserved = east["reserved"].as_u64().unwrap();
     let (events, head) = nodes[1].event_log(100);
     assert_eq!(events.len() as u64, head);
@@ -465,5 +466,20 @@ fn a_stale_owner_is_fenced_and_steps_down() {
         (status, body["status"].as_str()),
         (200, Some("held")),
         "{body}"
+    );
+    // Restarted, it follows; SIGTERM stops a follower at once (it waits for no
+    // ownership), with status 0.
+    nodes[0].spawn();
+    assert_eq!(cluster_view(&nodes[0]).unwrap()["role"], "follower");
+    let asked = Instant::now();
+    assert_eq!(
+        nodes[0].terminate(),
+        Some(0),
+        "a follower stops cleanly on SIGTERM"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        asked.elapsed()
     );
 }

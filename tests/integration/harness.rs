@@ -303,23 +303,12 @@ impl Server {
     /// Like [`Server::start`], but with `base` in place of `BASE_CONFIG`
     /// (e.g. `BASE_CONFIG` with one setting changed).
     pub fn start_with_base(base: &str, extra: &str) -> Server {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let data = dir.path().join("data");
-        let config_path = dir.path().join("stockwire.toml");
-        let port = free_port();
-        let config = format!(
-            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{base}\n{extra}\n",
-            data.display()
-        );
-        std::fs::write(&config_path, config).expect("write config");
-        let mut server = Server {
-            child: None,
-            port,
-            data,
-            config_path,
-            token: None,
-            _dir: Some(dir),
-        };
+        let mut server = Server::prepare(|port, data| {
+            format!(
+                "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\n{base}\n{extra}\n",
+                data.display()
+            )
+        });
         server.spawn();
         server
     }

@@ -445,8 +445,12 @@ impl NatsCluster {
 
     /// Starts server `i` again on its config and store (after [`NatsCluster::kill`]).
     pub(crate) fn restart(&mut self, i: usize) {
-        let dir = self._dir.path();
-        self.children[i] = Command::new(nats_binary())
+        self.children[i] = NatsCluster::spawn(self._dir.path(), i);
+    }
+
+    /// Server `i` on `dir/n<i>.conf`, logging to `dir/n<i>.log`.
+    fn spawn(dir: &Path, i: usize) -> Child {
+        Command::new(nats_binary())
             .arg("-c")
             .arg(dir.join(format!("n{i}.conf")))
             .arg("-l")
@@ -454,7 +458,7 @@ impl NatsCluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("nats-server runs");
+            .expect("nats-server runs")
     }
 
     pub(crate) fn start() -> NatsCluster {
@@ -489,16 +493,7 @@ impl NatsCluster {
                 ),
             )
             .expect("config written");
-            let child = Command::new(nats_binary())
-                .arg("-c")
-                .arg(&conf)
-                .arg("-l")
-                .arg(dir.join(format!("n{i}.log")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("nats-server runs");
-            cluster.children.push(child);
+            cluster.children.push(NatsCluster::spawn(&dir, i));
         }
         let deadline = Instant::now() + Duration::from_secs(20);
         for port in &client {
