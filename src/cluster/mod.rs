@@ -468,6 +468,8 @@ async fn control(
         link.clone(),
         local.clone(),
     )));
+    let mut stall = Stall::new(&node);
+    let mut ticks = 0u64;
     loop {
         tokio::time::sleep(every).await;
         if node.is_stopping() || matches!(node.role(), Role::Behind | Role::SteppedDown) {
@@ -475,6 +477,18 @@ async fn control(
                 task.abort();
             }
             return;
+        }
+        // About once a second: is the follower keeping up with the stream?
+        ticks += 1;
+        if follower.is_some() && ticks.is_multiple_of((1000 / node.config.heartbeat_ms).max(1)) {
+            if let Ok(Ok((_, last))) = tokio::time::timeout(window, stream_last(&link)).await {
+                node.stream_last.fetch_max(last, Ordering::AcqRel);
+                if stall.check(&node, last, STALL_RESTART) {
+                    tracing::warn!(node = %node.config.node, last, seen = node.seen.load(Ordering::Acquire), "following stalled; restarting the consumer");
+                    restart(&node, &link, &local, &mut follower);
+                    stall = Stall::new(&node);
+                }
+            }
         }
         if node.role() == Role::Starting && node.started.elapsed() >= window {
             node.set_role(Role::Follower);
@@ -585,6 +599,7 @@ async fn take_over(
     follower: &mut Option<tokio::task::JoinHandle<()>>,
 ) -> Result<u64, Missed> {
     let deadline = Instant::now() + Duration::from_millis(node.config.append_timeout_ms);
+    let mut stall = Stall::new(node);
     let last = loop {
         match stream_last(link).await {
             Ok((_, last)) => {
@@ -594,6 +609,12 @@ async fn take_over(
                 }
                 if Instant::now() >= deadline {
                     return Err(Missed::Local(format!("still catching up to {last}")));
+                }
+                // A consumer that stopped delivering is recreated at once here:
+                // the cluster is waiting for this node.
+                if stall.check(node, last, Duration::from_millis(500)) {
+                    restart(node, link, local, follower);
+                    stall = Stall::new(node);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -647,6 +668,54 @@ async fn take_over(
     node.my_epoch.store(epoch, Ordering::Release);
     node.learn_owner(&node.config.node, epoch);
     Ok(epoch)
+}
+
+/// How long a follower may stand still while the stream is ahead of it before its
+/// consumer is recreated (an ordered consumer whose server died can stall without
+/// an error).
+const STALL_RESTART: Duration = Duration::from_secs(2);
+
+/// Watches a follower's progress (`seen`) against the stream's last sequence.
+struct Stall {
+    seen: u64,
+    since: Instant,
+}
+
+impl Stall {
+    fn new(node: &Node) -> Stall {
+        Stall {
+            seen: node.seen.load(Ordering::Acquire),
+            since: Instant::now(),
+        }
+    }
+
+    /// True when the follower has not moved for `limit` while `last` is ahead of it.
+    fn check(&mut self, node: &Node, last: u64, limit: Duration) -> bool {
+        let seen = node.seen.load(Ordering::Acquire);
+        if seen != self.seen || seen >= last {
+            self.seen = seen;
+            self.since = Instant::now();
+            return false;
+        }
+        self.since.elapsed() >= limit
+    }
+}
+
+/// Replaces the follower task with a new one (a new consumer from `applied + 1`).
+fn restart(
+    node: &Arc<Node>,
+    link: &Arc<Link>,
+    local: &Arc<RocksStore>,
+    follower: &mut Option<tokio::task::JoinHandle<()>>,
+) {
+    if let Some(task) = follower.take() {
+        task.abort();
+    }
+    *follower = Some(tokio::spawn(follow(
+        node.clone(),
+        link.clone(),
+        local.clone(),
+    )));
 }
 
 /// Applies the stream to the local store from `applied + 1`, reconnecting after
