@@ -425,21 +425,13 @@ impl Metrics {
             return;
         };
         let node = &m.node;
-        let owner = node.is_owner();
-        m.owner.set(i64::from(owner));
+        m.owner.set(i64::from(node.is_owner()));
         m.owned_partitions
-            .set(if owner { i64::from(partitions) } else { 0 });
-        let applied = node.applied.load(Ordering::Acquire);
+            .set(i64::from(node.owned_partitions(partitions)));
+        let (applied, _, lag) = node.lag();
         m.applied_seq.set(applied as i64);
-        let last = node.stream_last.load(Ordering::Acquire).max(applied);
-        m.lag.set((last - applied) as i64);
-        let window = std::time::Duration::from_millis(node.config.takeover_after_ms);
-        m.peers.set(
-            node.peers()
-                .iter()
-                .filter(|peer| peer.heard.elapsed() < window)
-                .count() as i64,
-        );
+        m.lag.set(lag as i64);
+        m.peers.set(node.live_peer_count() as i64);
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         raise_to(&m.failovers_total, node.failovers.load(Ordering::Relaxed));
         raise_to(&m.forwarded_total, node.forwarded.load(Ordering::Relaxed));

@@ -20,10 +20,8 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         ));
     };
     let owner = node.owner();
-    let applied = node.applied.load(Ordering::Acquire);
-    let stream_last = node.stream_last.load(Ordering::Acquire).max(applied);
+    let (applied, stream_last, lag) = node.lag();
     let partitions = state.config.partitions;
-    let owned = if node.is_owner() { partitions } else { 0 };
     let mut peers: Vec<ClusterPeer> = node
         .peers()
         .into_iter()
@@ -42,12 +40,12 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         stream: node.config.stream.clone(),
         replicas: node.config.replicas,
         partitions,
-        owned_partitions: owned,
+        owned_partitions: node.owned_partitions(partitions),
         owner: owner.as_ref().map(|owner| owner.node.clone()),
         epoch: owner.as_ref().map_or(0, |owner| owner.epoch),
         applied_seq: applied,
         stream_last_seq: stream_last,
-        lag: stream_last - applied,
+        lag,
         failovers: node.failovers.load(Ordering::Relaxed),
         forwarded: node.forwarded.load(Ordering::Relaxed),
         last_takeover_ms: node.last_takeover_ms.load(Ordering::Relaxed),

@@ -35,6 +35,24 @@ use link::{AppendFailure, Link};
 /// `Space::Meta` key: the last stream sequence the local store holds.
 pub const APPLIED_KEY: &[u8] = b"cluster_applied_seq";
 
+/// Most parts one write may be cut into (each at most the server's `max_payload`):
+/// the owner refuses a larger write, a follower a longer run of parts.
+pub const PARTS_MAX: u32 = 1024;
+
+/// Longest heartbeat read; a longer message on the subject is not one of ours.
+const HEARTBEAT_BYTES_MAX: usize = 4096;
+
+/// Adds to `batch` that the store holds the stream up to `seq`, so the marker and
+/// the write it came with land together.
+pub fn mark_applied(batch: &mut WriteBatch, seq: u64) -> Result<(), StorageError> {
+    batch.put(
+        Space::Meta,
+        APPLIED_KEY,
+        crate::storage::codec::encode(&seq)?,
+    );
+    Ok(())
+}
+
 /// The exit status of a node that lost ownership (its supervisor restarts it,
 /// and it rejoins as a follower).
 pub const STEPPED_DOWN_EXIT: i32 = 3;
@@ -179,6 +197,44 @@ impl Node {
         }
     }
 
+    /// The local store now holds the stream up to `seq`, whole writes only.
+    fn applied_to(&self, seq: u64) {
+        self.applied.store(seq, Ordering::Release);
+        self.seen.store(seq, Ordering::Release);
+    }
+
+    /// How far this node's store is behind the stream, as last seen.
+    pub fn lag(&self) -> (u64, u64, u64) {
+        let applied = self.applied.load(Ordering::Acquire);
+        let last = self.stream_last.load(Ordering::Acquire).max(applied);
+        (applied, last, last - applied)
+    }
+
+    /// Partitions this node serves: every one on the owner, none elsewhere.
+    pub fn owned_partitions(&self, partitions: u32) -> u32 {
+        if self.is_owner() {
+            partitions
+        } else {
+            0
+        }
+    }
+
+    /// The other nodes heard within `window`.
+    fn live_peers(&self, window: Duration) -> Vec<Peer> {
+        let peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .values()
+            .filter(|peer| peer.heard.elapsed() < window)
+            .cloned()
+            .collect()
+    }
+
+    /// Other nodes heard within the takeover window.
+    pub fn live_peer_count(&self) -> usize {
+        self.live_peers(Duration::from_millis(self.config.takeover_after_ms))
+            .len()
+    }
+
     pub fn role(&self) -> Role {
         Role::ALL[usize::from(self.role.load(Ordering::Acquire)).min(Role::ALL.len() - 1)]
     }
@@ -295,14 +351,9 @@ impl Node {
 /// with a journal but no applied sequence was not made in cluster mode: refused,
 /// since its history is not in the stream.
 pub fn applied_of(store: &RocksStore) -> Result<u64, String> {
-    let applied = match store.get(Space::Meta, APPLIED_KEY) {
-        Ok(Some(bytes)) => {
-            let bytes: [u8; 8] = bytes
-                .as_slice()
-                .try_into()
-                .map_err(|_| "corrupt cluster_applied_seq".to_string())?;
-            u64::from_be_bytes(bytes)
-        }
+    let applied: u64 = match store.get(Space::Meta, APPLIED_KEY) {
+        Ok(Some(bytes)) => crate::storage::codec::decode(&bytes)
+            .map_err(|e| format!("cluster_applied_seq: {e}"))?,
         Ok(None) => 0,
         Err(error) => return Err(error.to_string()),
     };
@@ -371,6 +422,9 @@ async fn beat(node: &Arc<Node>, link: &Arc<Link>) {
             }
             message = subscriber.next() => {
                 let Some(message) = message else { return };
+                if message.payload.len() > HEARTBEAT_BYTES_MAX {
+                    continue;
+                }
                 let Ok(beat) = serde_json::from_slice::<Heartbeat>(&message.payload) else {
                     continue;
                 };
@@ -657,13 +711,12 @@ async fn take_over(
         }
     };
     let mut batch = WriteBatch::default();
-    batch.put(Space::Meta, APPLIED_KEY, epoch.to_be_bytes().to_vec());
-    if let Err(error) = local.write(batch, false) {
+    let written = mark_applied(&mut batch, epoch).and_then(|()| local.write(batch, false));
+    if let Err(error) = written {
         node.step_down(&format!("local store: {error}"));
         return Err(Missed::Local(error.to_string()));
     }
-    node.applied.store(epoch, Ordering::Release);
-    node.seen.store(epoch, Ordering::Release);
+    node.applied_to(epoch);
     node.failovers.fetch_add(1, Ordering::Relaxed);
     node.my_epoch.store(epoch, Ordering::Release);
     node.learn_owner(&node.config.node, epoch);
@@ -827,6 +880,11 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
                 Some(Some((index, count))) => {
                     let mut current = match partial.take() {
                         Some(current) if index == current.next && count == current.count => current,
+                        _ if count > PARTS_MAX => {
+                            return Err(FollowError::Behind(format!(
+                                "a write of {count} parts at {seq} (at most {PARTS_MAX})"
+                            )));
+                        }
                         _ if index == 1 => Partial {
                             batch: WriteBatch::default(),
                             next: 1,
@@ -851,12 +909,10 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
                 }
             }
         }
-        batch.put(Space::Meta, APPLIED_KEY, seq.to_be_bytes().to_vec());
-        local
-            .write(batch, false)
-            .map_err(|e: StorageError| FollowError::Retry(format!("local store: {e}")))?;
-        node.applied.store(seq, Ordering::Release);
-        node.seen.store(seq, Ordering::Release);
+        mark_applied(&mut batch, seq)
+            .and_then(|()| local.write(batch, false))
+            .map_err(|e| FollowError::Retry(format!("local store: {e}")))?;
+        node.applied_to(seq);
         if node.role() == Role::Starting {
             node.set_role(Role::Follower);
         }
@@ -885,9 +941,8 @@ async fn purge(node: Arc<Node>, link: Arc<Link>) {
         // A node already behind what the stream holds (or not following) cannot be
         // helped by keeping more; it would stop every purge.
         let slowest = node
-            .peers()
+            .live_peers(Duration::from_secs(60))
             .iter()
-            .filter(|peer| peer.heard.elapsed() < Duration::from_secs(60))
             .filter(|peer| matches!(peer.beat.role, Role::Follower | Role::Starting))
             .filter(|peer| peer.beat.applied.saturating_add(1) >= first)
             .map(|peer| peer.beat.applied)

@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 
 use super::frame::{self, NODE_HEADER, PART_HEADER};
 use super::link::{self, AppendFailure, Link};
-use super::{Node, APPLIED_KEY};
+use super::{mark_applied, Node, PARTS_MAX};
 use crate::storage::{RocksStore, Space, StorageError, Store, WriteBatch};
 
 pub struct ReplicatedStore {
@@ -67,6 +67,11 @@ impl ReplicatedStore {
         }
         let parts = frame::encode(&batch.ops, self.link.part_bytes)?;
         let count = parts.len();
+        if count > PARTS_MAX as usize {
+            return Err(StorageError::Io(format!(
+                "a write of {count} stream messages is more than the {PARTS_MAX} a follower takes"
+            )));
+        }
         let timeout = Duration::from_millis(self.node.config.append_timeout_ms);
         let deadline = Instant::now() + timeout;
         for (index, part) in parts.into_iter().enumerate() {
@@ -99,10 +104,9 @@ impl ReplicatedStore {
                 Err(failure) => return Err(Self::refusal(failure)),
             }
         }
-        batch.put(Space::Meta, APPLIED_KEY, last.to_be_bytes().to_vec());
+        mark_applied(&mut batch, *last)?;
         self.local.write(batch, sync)?;
-        self.node.applied.store(*last, Ordering::Release);
-        self.node.seen.store(*last, Ordering::Release);
+        self.node.applied_to(*last);
         Ok(())
     }
 }

@@ -540,8 +540,9 @@ impl Journal {
 /// Commits this thread's tick batch: yields once, so every task already
 /// runnable in this tick adds its appends first, then writes them in batches of
 /// `batch_max`: inline in `wal` mode when the commit lock is free; else (another
-/// thread is writing, or `fsync` mode, whose group commit shares one fsync
-/// among every thread's batches) handed to the writer thread.
+/// thread is writing; `fsync` mode, whose group commit shares one fsync among
+/// every thread's batches; or a store that waits on the network) handed to the
+/// writer thread.
 async fn flush_tick(committer: Arc<Committer>, sender: Sender<Message>) {
     tokio::task::yield_now().await;
     loop {
