@@ -448,9 +448,12 @@ impl NatsCluster {
         self.children[i] = NatsCluster::spawn(self._dir.path(), i);
     }
 
-    /// Server `i` on `dir/n<i>.conf`, logging to `dir/n<i>.log`.
+    /// Server `i` on `dir/n<i>.conf`, logging to `dir/n<i>.log`, on its third of
+    /// the cores (as `scripts/nats-cluster.sh` runs them).
     fn spawn(dir: &Path, i: usize) -> Child {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         Command::new(nats_binary())
+            .env("GOMAXPROCS", (cores / 3).max(1).to_string())
             .arg("-c")
             .arg(dir.join(format!("n{i}.conf")))
             .arg("-l")
