@@ -387,11 +387,14 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
                 local.clone(),
                 applied,
             ));
-            let replicated = Arc::new(stockwire::cluster::store::ReplicatedStore::new(
+            let appends =
+                stockwire::cluster::link::WriteLink::connect(cluster, &link, CLUSTER_CONNECT_WAIT)
+                    .map_err(|e| anyhow::anyhow!("cluster: {e}"))?;
+            let replicated = stockwire::cluster::store::ReplicatedStore::new(
                 local.clone(),
-                link.clone(),
+                appends,
                 node.clone(),
-            ));
+            );
             let granted = stockwire::cluster::start(node.clone(), link, local);
             let _ = state.cluster.set(node.clone());
             metrics.watch_cluster(node.clone());

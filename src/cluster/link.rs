@@ -1,7 +1,12 @@
-//! The node's connection to NATS, on a thread of its own: a current-thread tokio
-//! runtime that runs the client, the follower, the heartbeats and the controller.
-//! The journal's writer thread (a plain thread) hands it appends and blocks for
-//! the answer; nothing on an HTTP worker's event loop waits on the network.
+//! The node's connections to NATS.
+//!
+//! - [`Link`], on a thread of its own: a current-thread tokio runtime that runs
+//!   the client, the follower, the heartbeats and the controller.
+//! - [`WriteLink`], the owner's journal appends: a second connection whose
+//!   runtime the journal's writer thread (a plain thread) drives itself while it
+//!   waits for an acknowledgement.
+//!
+//! Nothing on an HTTP worker's event loop waits on the network.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -72,28 +77,12 @@ impl Link {
         let runtime = ready_rx
             .recv()
             .map_err(|_| "cluster thread did not start".to_string())??;
-        let target = nats_target(&config.url)?;
-        let shown = redacted(&config.url);
         let stream_name = config.stream.clone();
         let subject = journal_subject(&config.stream);
         let replicas = config.replicas;
-        let timeout = Duration::from_millis(config.append_timeout_ms);
+        let connecting = connect(config, "stockwire-cluster")?;
         let connect = async move {
-            let client = nats_options(
-                "stockwire-cluster",
-                target.auth,
-                Duration::from_secs(2),
-                Duration::from_secs(5),
-            )
-            // Started before the servers: it connects once they are up.
-            .retry_on_initial_connect()
-            .connect(target.servers)
-            .await
-            .map_err(|e| format!("nats connect {shown}: {e}"))?;
-            let js = jetstream::context::ContextBuilder::new()
-                .timeout(Duration::from_secs(5))
-                .ack_timeout(timeout.min(Duration::from_secs(5)))
-                .build(client.clone());
+            let (client, js) = connecting.await?;
             // A stream's creation is retried through a leader election.
             let deadline = Instant::now() + wait;
             loop {
@@ -152,15 +141,147 @@ impl Link {
     pub fn runtime(&self) -> &tokio::runtime::Handle {
         &self.runtime
     }
+}
 
-    /// Runs `future` on the link's thread and waits for it from this one (any
-    /// thread but the link's own; an HTTP worker must not call it).
-    pub fn block_on<F>(&self, future: F, wait: Duration) -> Option<F::Output>
-    where
-        F: Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        block_on(&self.runtime, future, wait)
+/// Connects to `config.url` (once its servers are up) as `name`, with the
+/// JetStream context a journal append uses.
+fn connect(
+    config: &ClusterConfig,
+    name: &'static str,
+) -> Result<impl Future<Output = Result<(async_nats::Client, jetstream::Context), String>>, String>
+{
+    let target = nats_target(&config.url)?;
+    let shown = redacted(&config.url);
+    let timeout = Duration::from_millis(config.append_timeout_ms);
+    Ok(async move {
+        let client = nats_options(
+            name,
+            target.auth,
+            Duration::from_secs(2),
+            Duration::from_secs(5),
+        )
+        // Started before the servers: it connects once they are up.
+        .retry_on_initial_connect()
+        .connect(target.servers)
+        .await
+        .map_err(|e| format!("nats connect {shown}: {e}"))?;
+        let js = jetstream::context::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .ack_timeout(timeout.min(Duration::from_secs(5)))
+            .build(client.clone());
+        Ok((client, js))
+    })
+}
+
+/// The owner's connection for journal appends, with a current-thread runtime of
+/// its own that the writing thread drives while it waits (the journal's writer
+/// thread). An append's publish and its acknowledgement then stay on that one
+/// thread: no hand-over to the link's thread and back, two wake-ups fewer per
+/// group commit (−17% of the owner's CPU per reservation at 2,000/s). Between
+/// writes, [`WriteLink::drive`] keeps it alive.
+pub struct WriteLink {
+    /// Always `Some` until dropped.
+    runtime: Option<tokio::runtime::Runtime>,
+    js: jetstream::Context,
+    subject: String,
+    pub part_bytes: usize,
+}
+
+impl WriteLink {
+    /// A second connection next to `link`'s, for appends (waiting up to `wait`).
+    pub fn connect(
+        config: &ClusterConfig,
+        link: &Link,
+        wait: Duration,
+    ) -> Result<WriteLink, String> {
+        let connecting = connect(config, "stockwire-journal")?;
+        let shown = redacted(&config.url);
+        // Built and first driven on a plain thread: the caller may be on an event loop.
+        let (runtime, js) = std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| format!("journal append runtime: {e}"))?;
+                    let connected = async move {
+                        let (client, js) = connecting.await?;
+                        client
+                            .flush()
+                            .await
+                            .map_err(|e| format!("nats flush: {e}"))?;
+                        Ok::<_, String>(js)
+                    };
+                    let js = runtime
+                        .block_on(async { tokio::time::timeout(wait, connected).await })
+                        .map_err(|_| format!("nats {shown}: no answer within {wait:?}"))??;
+                    Ok::<_, String>((runtime, js))
+                })
+                .join()
+                .map_err(|_| "journal append connection: its thread panicked".to_string())?
+        })?;
+        Ok(WriteLink {
+            runtime: Some(runtime),
+            js,
+            subject: link.subject.clone(),
+            part_bytes: link.part_bytes,
+        })
+    }
+
+    /// [`append`] on this thread, within `wait`. Refused on a thread that runs an
+    /// async runtime (an event loop must not wait on the network).
+    pub fn append(
+        &self,
+        headers: HeaderMap,
+        payload: bytes::Bytes,
+        expected: u64,
+        msg_id: String,
+        deadline: Instant,
+        wait: Duration,
+    ) -> Result<u64, AppendFailure> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(AppendFailure::Unavailable(
+                "a journal append from inside an event loop".to_string(),
+            ));
+        }
+        let append = append(
+            self.js.clone(),
+            self.subject.clone(),
+            headers,
+            payload,
+            expected,
+            msg_id,
+            deadline,
+        );
+        let Some(runtime) = &self.runtime else {
+            return Err(AppendFailure::Unavailable("closed".to_string()));
+        };
+        runtime
+            .block_on(async { tokio::time::timeout(wait, append).await })
+            .unwrap_or_else(|_| {
+                Err(AppendFailure::Unavailable(format!(
+                    "no acknowledgement within {wait:?}"
+                )))
+            })
+    }
+
+    /// Lets the connection do what it has to between appends (answer the
+    /// server's pings, reconnect) for `span`, on this thread.
+    pub fn drive(&self, span: Duration) {
+        if let (Err(_), Some(runtime)) = (tokio::runtime::Handle::try_current(), &self.runtime) {
+            // The timer is made inside the runtime (it needs its time driver).
+            runtime.block_on(async { tokio::time::sleep(span).await });
+        }
+    }
+}
+
+impl Drop for WriteLink {
+    /// Dropped at shutdown, on an event loop: there a runtime may only be shut
+    /// down in the background.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
     }
 }
 

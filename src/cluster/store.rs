@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use async_nats::HeaderMap;
 
 use super::frame::{self, NODE_HEADER, PART_HEADER};
-use super::link::{self, AppendFailure, Link};
+use super::link::{AppendFailure, WriteLink};
 use super::{mark_applied, Node, PARTS_MAX};
 use crate::storage::{RocksStore, Space, StorageError, Store, WriteBatch};
 
 pub struct ReplicatedStore {
     local: Arc<RocksStore>,
-    link: Arc<Link>,
+    link: WriteLink,
     node: Arc<Node>,
     /// The stream's last sequence as this owner wrote it (0: not the owner yet).
     /// Held across the stream write and the local one, so both see writes in one
@@ -26,13 +26,26 @@ pub struct ReplicatedStore {
 }
 
 impl ReplicatedStore {
-    pub fn new(local: Arc<RocksStore>, link: Arc<Link>, node: Arc<Node>) -> ReplicatedStore {
-        ReplicatedStore {
+    /// The store, and a thread that keeps its append connection alive while
+    /// nothing writes (a follower's, or an idle owner's): the connection's
+    /// runtime runs only while a thread drives it.
+    pub fn new(local: Arc<RocksStore>, link: WriteLink, node: Arc<Node>) -> Arc<ReplicatedStore> {
+        let store = Arc::new(ReplicatedStore {
             local,
             link,
             node,
             last: Mutex::new(0),
+        });
+        let weak = Arc::downgrade(&store);
+        let kept = std::thread::Builder::new()
+            .name("journal-link".to_string())
+            .spawn(move || keep_alive(weak));
+        if let Err(error) = kept {
+            // Appends still work: a dead connection reconnects within the
+            // append's retries.
+            tracing::warn!(%error, "the journal connection's keep-alive thread did not start");
         }
+        store
     }
 
     /// Ownership granted: the takeover marker landed at `epoch`.
@@ -82,23 +95,14 @@ impl ReplicatedStore {
             }
             let expected = *last;
             let msg_id = format!("{}:{}", self.node.incarnation, expected + 1);
-            let append = link::append(
-                self.link.js.clone(),
-                self.link.subject.clone(),
+            let outcome = self.link.append(
                 headers,
                 part.into(),
                 expected,
                 msg_id,
                 deadline,
+                timeout + Duration::from_secs(1),
             );
-            let outcome = self
-                .link
-                .block_on(append, timeout + Duration::from_secs(1))
-                .unwrap_or_else(|| {
-                    Err(AppendFailure::Unavailable(
-                        "no answer from the cluster thread".to_string(),
-                    ))
-                });
             match outcome {
                 Ok(sequence) => *last = sequence,
                 Err(failure) => return Err(Self::refusal(failure)),
@@ -108,6 +112,28 @@ impl ReplicatedStore {
         self.local.write(batch, sync)?;
         self.node.applied_to(*last);
         Ok(())
+    }
+}
+
+/// How often an idle append connection is driven, and for how long.
+const KEEP_EVERY: Duration = Duration::from_millis(250);
+const KEEP_FOR: Duration = Duration::from_millis(1);
+
+/// Drives the store's append connection for [`KEEP_FOR`] every [`KEEP_EVERY`]
+/// in which no write started (a write drives it itself), until the store is
+/// dropped.
+fn keep_alive(store: std::sync::Weak<ReplicatedStore>) {
+    let mut seen = u64::MAX;
+    loop {
+        std::thread::sleep(KEEP_EVERY);
+        let Some(store) = store.upgrade() else { return };
+        let writes = store.node.writes.load(Ordering::Acquire);
+        if writes == seen {
+            if let Ok(_writing) = store.last.try_lock() {
+                store.link.drive(KEEP_FOR);
+            }
+        }
+        seen = writes;
     }
 }
 

@@ -384,6 +384,63 @@ fn three_nodes_keep_every_acknowledged_reservation_through_node_and_nats_server_
     );
 }
 
+/// The `(server, cid)` of each connection named `name` on `nats`, open or
+/// (`state = "closed"`) closed, with the reason a closed one gave.
+fn connections(nats: &NatsCluster, name: &str, state: &str) -> Vec<(usize, u64, String)> {
+    let mut found = Vec::new();
+    for (server, port) in nats.monitors.iter().enumerate() {
+        let url = format!("http://127.0.0.1:{port}/connz?state={state}&limit=1024");
+        let body: Value = ureq::get(&url)
+            .timeout(Duration::from_secs(5))
+            .call()
+            .expect("connz answers")
+            .into_json()
+            .expect("connz is JSON");
+        for connection in body["connections"].as_array().into_iter().flatten() {
+            if connection["name"] == name {
+                let reason = connection["reason"].as_str().unwrap_or("").to_string();
+                found.push((server, connection["cid"].as_u64().unwrap_or(0), reason));
+            }
+        }
+    }
+    found
+}
+
+/// The owner's journal appends have a connection of their own that only a
+/// writing thread drives (docs/CLUSTER.md): while the owner is idle, a keeper
+/// drives it, so it answers the servers' pings and is not dropped as stale. The
+/// servers here ping every second and drop a client after two unanswered pings.
+#[test]
+fn an_idle_owners_journal_connection_stays_up() {
+    let nats = NatsCluster::start_with("ping_interval: \"1s\"\nping_max: 2");
+    let receiver = Receiver::ok();
+    let stream = format!("SWI{}", rand_suffix());
+    let mut nodes = vec![node(1, &nats.urls.join(","), &stream, &receiver)];
+    nodes[0].spawn();
+    assert_eq!(owner(&nodes), 0);
+    let reserve = |id: &str| {
+        let body = json!({"reservation_id": id, "channel": "web",
+                          "lines": [{"sku": "idle-1", "location": "wh-east", "qty": 1}]});
+        call(nodes[0].request("POST", "/v1/reservations"), Some(body))
+    };
+    call(
+        nodes[0].request("POST", "/v1/events"),
+        Some(
+            json!({"events": [{"event_id": "idle-rcv", "type": "receipt", "source": "wms",
+                                "sku": "idle-1", "location": "wh-east", "qty": 10}]}),
+        ),
+    );
+    assert_eq!(reserve("idle-a").0, 201);
+    let before = connections(&nats, "stockwire-journal", "open");
+    assert_eq!(before.len(), 1, "one journal connection: {before:?}");
+    // Five ping intervals with nothing to write.
+    std::thread::sleep(Duration::from_secs(5));
+    let closed = connections(&nats, "stockwire-journal", "closed");
+    assert!(closed.is_empty(), "journal connection dropped: {closed:?}");
+    assert_eq!(connections(&nats, "stockwire-journal", "open"), before);
+    assert_eq!(reserve("idle-b").0, 201);
+}
+
 #[test]
 fn a_stale_owner_is_fenced_and_steps_down() {
     let nats = NatsCluster::start();

@@ -433,6 +433,8 @@ fn with_no_nats_server_batches_are_dead_lettered_then_replayed_once_it_is_up() {
 pub(crate) struct NatsCluster {
     children: Vec<Child>,
     pub(crate) urls: Vec<String>,
+    /// Each server's monitoring port (`/connz`, `/jsz`).
+    pub(crate) monitors: Vec<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -465,7 +467,13 @@ impl NatsCluster {
     }
 
     pub(crate) fn start() -> NatsCluster {
+        NatsCluster::start_with("")
+    }
+
+    /// With `extra` added to each server's config.
+    pub(crate) fn start_with(extra: &str) -> NatsCluster {
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let routes: Vec<String> = route
             .iter()
@@ -478,6 +486,7 @@ impl NatsCluster {
                 .iter()
                 .map(|p| format!("nats://127.0.0.1:{p}"))
                 .collect(),
+            monitors: monitors.clone(),
             _dir: tempfile::tempdir().expect("temp dir"),
         };
         let dir = cluster._dir.path().to_path_buf();
@@ -487,9 +496,11 @@ impl NatsCluster {
             std::fs::write(
                 &conf,
                 format!(
-                    "server_name: n{i}\nlisten: 127.0.0.1:{}\njetstream {{ store_dir: \"{}\" }}\n\
-                     cluster {{ name: test, listen: 127.0.0.1:{}, routes: [{}] }}\n",
+                    "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{ name: test, listen: 127.0.0.1:{}, routes: [{}] }}\n{extra}\n",
                     client[i],
+                    monitors[i],
                     store.display(),
                     route[i],
                     routes.join(", ")
