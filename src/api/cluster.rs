@@ -49,6 +49,7 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         failovers: node.failovers.load(Ordering::Relaxed),
         forwarded: node.forwarded.load(Ordering::Relaxed),
         last_takeover_ms: node.last_takeover_ms.load(Ordering::Relaxed),
+        seeds: node.seeds.load(Ordering::Relaxed),
         peers,
     }))
 }

@@ -99,7 +99,8 @@ pub struct Ready {
 #[derive(Serialize, ToSchema)]
 pub struct ClusterView {
     pub node: String,
-    /// `starting`, `follower`, `recovering`, `owner`, `stepped_down` or `behind`.
+    /// `starting`, `follower`, `recovering`, `owner`, `stepped_down`, `behind` or
+    /// `seeding`.
     pub role: &'static str,
     /// The JetStream stream holding the journal.
     pub stream: String,
@@ -125,6 +126,9 @@ pub struct ClusterView {
     pub forwarded: u64,
     /// This node's last takeover, from deciding to owning (ms; 0: none).
     pub last_takeover_ms: u64,
+    /// Copies of the owner's store this node made since it started (the stream
+    /// had been purged past its own).
+    pub seeds: u64,
     /// The other nodes heard in the last minute.
     pub peers: Vec<ClusterPeer>,
 }

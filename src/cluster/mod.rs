@@ -16,6 +16,7 @@
 
 pub mod frame;
 pub mod link;
+pub mod seed;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -68,18 +69,22 @@ pub enum Role {
     Owner,
     /// Lost ownership (fenced, or the stream unavailable); exiting.
     SteppedDown,
-    /// Further behind than the stream keeps: needs a copy of a data dir.
+    /// Its store does not fit the stream (it holds a later sequence than the
+    /// stream's last: another stream's data dir); it stops following.
     Behind,
+    /// The stream was purged past its store: copying the owner's (`seed`).
+    Seeding,
 }
 
 impl Role {
-    const ALL: [Role; 6] = [
+    const ALL: [Role; 7] = [
         Role::Starting,
         Role::Follower,
         Role::Recovering,
         Role::Owner,
         Role::SteppedDown,
         Role::Behind,
+        Role::Seeding,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -90,6 +95,7 @@ impl Role {
             Role::Owner => "owner",
             Role::SteppedDown => "stepped_down",
             Role::Behind => "behind",
+            Role::Seeding => "seeding",
         }
     }
 }
@@ -142,6 +148,9 @@ pub struct Node {
     pub forwarded: AtomicU64,
     /// How long this node's last takeover took, from deciding to serving (ms).
     pub last_takeover_ms: AtomicU64,
+    /// Copies of the owner's store this node made (the stream had been purged
+    /// past its own).
+    pub seeds: AtomicU64,
     owner: Mutex<Option<Owner>>,
     peers: Mutex<BTreeMap<String, Peer>>,
     started: Instant,
@@ -176,6 +185,7 @@ impl Node {
             failovers: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
             last_takeover_ms: AtomicU64::new(0),
+            seeds: AtomicU64::new(0),
             owner: Mutex::new(None),
             peers: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
@@ -351,6 +361,11 @@ impl Node {
 /// with a journal but no applied sequence was not made in cluster mode: refused,
 /// since its history is not in the stream.
 pub fn applied_of(store: &RocksStore) -> Result<u64, String> {
+    // A copy of the owner's store left unfinished: whatever it holds, following
+    // from 0 (the stream purged: copying again) makes it exact.
+    if let Ok(Some(_)) = store.get(Space::Meta, seed::SEEDING_KEY) {
+        return Ok(0);
+    }
     let applied: u64 = match store.get(Space::Meta, APPLIED_KEY) {
         Ok(Some(bytes)) => crate::storage::codec::decode(&bytes)
             .map_err(|e| format!("cluster_applied_seq: {e}"))?,
@@ -379,6 +394,7 @@ pub fn start(
     let (granted, receiver) = tokio::sync::oneshot::channel();
     let runtime = link.runtime().clone();
     runtime.spawn(heartbeats(node.clone(), link.clone()));
+    runtime.spawn(seed::serve(node.clone(), link.clone(), local.clone()));
     runtime.spawn(control(node, link, local, granted));
     receiver
 }
@@ -534,7 +550,11 @@ async fn control(
         }
         // About once a second: is the follower keeping up with the stream?
         ticks += 1;
-        if follower.is_some() && ticks.is_multiple_of((1000 / node.config.heartbeat_ms).max(1)) {
+        // (A copy of the owner's store stands still on the stream by design.)
+        if follower.is_some()
+            && node.role() != Role::Seeding
+            && ticks.is_multiple_of((1000 / node.config.heartbeat_ms).max(1))
+        {
             if let Ok(Ok((_, last))) = tokio::time::timeout(window, stream_last(&link)).await {
                 node.stream_last.fetch_max(last, Ordering::AcqRel);
                 if stall.check(&node, last, STALL_RESTART) {
@@ -772,15 +792,32 @@ fn restart(
 }
 
 /// Applies the stream to the local store from `applied + 1`, reconnecting after
-/// errors, until aborted (takeover) or hopelessly behind.
+/// errors, until aborted (takeover) or its store does not fit the stream. When
+/// the stream was purged past it, it copies the owner's store first.
 async fn follow(node: Arc<Node>, link: Arc<Link>, local: Arc<RocksStore>) {
     loop {
         match follow_once(&node, &link, &local).await {
             Ok(()) => {}
             Err(FollowError::Behind(why)) => {
-                tracing::error!(node = %node.config.node, why, "this node is behind what the journal stream keeps: copy a data dir from a live node");
+                tracing::error!(node = %node.config.node, why, "this node's store does not fit the journal stream: start it on an empty data dir");
                 node.set_role(Role::Behind);
                 return;
+            }
+            Err(FollowError::Purged(why)) => {
+                tracing::warn!(node = %node.config.node, why, "the journal stream no longer holds what this node needs: copying the owner's store");
+                node.set_role(Role::Seeding);
+                match seed::reseed(&node, &link, &local).await {
+                    Ok(applied) => {
+                        node.applied_to(applied);
+                        node.seeds.fetch_add(1, Ordering::Relaxed);
+                        node.set_role(Role::Starting);
+                        continue;
+                    }
+                    Err(why) => {
+                        tracing::warn!(node = %node.config.node, why, "copying the owner's store failed; starting over");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
             Err(FollowError::Retry(why)) => {
                 tracing::warn!(why, "following the journal stream; retrying");
@@ -791,7 +828,10 @@ async fn follow(node: Arc<Node>, link: Arc<Link>, local: Arc<RocksStore>) {
 }
 
 enum FollowError {
+    /// The local store does not fit the stream.
     Behind(String),
+    /// The stream starts after what the local store holds.
+    Purged(String),
     Retry(String),
 }
 
@@ -814,7 +854,7 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         )));
     }
     if last > applied && first > applied + 1 {
-        return Err(FollowError::Behind(format!(
+        return Err(FollowError::Purged(format!(
             "the stream starts at {first}, this node has {applied}"
         )));
     }
@@ -847,7 +887,7 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
             .fetch_max(seq.saturating_add(info.pending), Ordering::AcqRel);
         let expected = node.seen.load(Ordering::Acquire) + 1;
         if seq != expected {
-            // A gap (purged meanwhile) shows as Behind on the next pass.
+            // A gap (purged meanwhile) shows as Purged on the next pass.
             return Err(FollowError::Retry(format!(
                 "sequence {seq}, expected {expected}"
             )));

@@ -229,6 +229,29 @@ fn stream_leader(nats: &NatsCluster, stream: &str) -> Option<usize> {
     })
 }
 
+/// Purges `stream` down to its last `keep` messages, as an operator (or a purge
+/// that did not wait for a node that was down) would.
+fn purge_stream(nats: &NatsCluster, stream: &str, keep: u64) -> u64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let servers: Vec<async_nats::ServerAddr> =
+            nats.urls.iter().filter_map(|u| u.parse().ok()).collect();
+        let client = async_nats::connect(servers).await.expect("nats connects");
+        let js = async_nats::jetstream::new(client);
+        let mut found = js.get_stream(stream).await.expect("the journal stream");
+        found.purge().keep(keep).await.expect("purged");
+        found
+            .info()
+            .await
+            .expect("stream info")
+            .state
+            .first_sequence
+    })
+}
+
 fn median(values: &mut [Duration]) -> Duration {
     values.sort();
     values.get(values.len() / 2).copied().unwrap_or_default()
@@ -539,4 +562,107 @@ fn a_stale_owner_is_fenced_and_steps_down() {
         "took {:?}",
         asked.elapsed()
     );
+}
+
+/// A node that was down while the stream was purged past its store copies the
+/// owner's store when it starts again (docs/CLUSTER.md, "Re-seeding"), in many
+/// chunks (the servers' `max_payload` is small) while reservations go on landing,
+/// follows the stream from where the copy began, and can then take over with
+/// everything.
+#[test]
+fn a_node_the_stream_was_purged_past_copies_the_owners_store_and_can_take_over() {
+    let nats = NatsCluster::start_with("max_payload: 65536");
+    let receiver = Receiver::ok();
+    let url = nats.urls.join(",");
+    let stream = format!("SWS{}", rand_suffix());
+    let mut nodes: Vec<Server> = (1..=2).map(|i| node(i, &url, &stream, &receiver)).collect();
+    for node in &mut nodes {
+        node.spawn();
+    }
+    assert_eq!(owner(&nodes), 0);
+    let skus = vec!["seed-1".to_string(), "seed-2".to_string()];
+    let events: Vec<Value> = skus
+        .iter()
+        .map(|sku| {
+            json!({"event_id": format!("rcv-{sku}"), "type": "receipt", "source": "wms",
+                          "sku": sku, "location": "wh-east", "qty": ON_HAND})
+        })
+        .collect();
+    call(
+        nodes[0].request("POST", "/v1/events"),
+        Some(json!({ "events": events })),
+    );
+    let attempts = Arc::new(Mutex::new(Attempts::default()));
+    let run = |ports: Vec<u16>, thread: usize, until: &mut dyn FnMut() -> bool| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = load(ports, skus.clone(), stop.clone(), attempts.clone(), thread);
+        until();
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+    };
+    let acknowledged = || attempts.lock().unwrap().acknowledged.len();
+    // Through n2 (forwarded), then through n1 while n2 is down.
+    run(vec![nodes[1].port], 1, &mut || {
+        wait_for("reservations", Duration::from_secs(30), || {
+            (acknowledged() >= 50).then_some(())
+        });
+        true
+    });
+    followers_caught_up(&nodes);
+    let held_by_n2 = cluster_view(&nodes[1]).unwrap()["applied_seq"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(nodes[1].terminate(), Some(0));
+    run(vec![nodes[0].port], 2, &mut || {
+        wait_for("reservations", Duration::from_secs(60), || {
+            (acknowledged() >= 1_500).then_some(())
+        });
+        true
+    });
+    let first = purge_stream(&nats, &stream, 5);
+    assert!(
+        first > held_by_n2 + 1,
+        "purged to {first}, n2 holds {held_by_n2}"
+    );
+    // n2 starts and copies while reservations go on landing on n1.
+    let n1 = nodes[0].port;
+    let (before, copied) = (acknowledged(), Mutex::new(None));
+    run(vec![n1], 3, &mut || {
+        nodes[1].spawn();
+        let view = wait_for(
+            "n2 copied the owner's store",
+            Duration::from_secs(60),
+            || {
+                cluster_view(&nodes[1])
+                    .filter(|view| view["seeds"] == 1 && view["role"] == "follower")
+            },
+        );
+        *copied.lock().unwrap() = Some(view);
+        true
+    });
+    assert!(
+        acknowledged() > before,
+        "reservations landed during the copy"
+    );
+    eprintln!("cluster: re-seeded n2: {:?}", copied.lock().unwrap());
+    // It follows the stream from where its copy began, and forwards.
+    run(vec![nodes[1].port], 4, &mut || {
+        let target = acknowledged() + 50;
+        wait_for("reservations", Duration::from_secs(30), || {
+            (acknowledged() >= target).then_some(())
+        });
+        true
+    });
+    followers_caught_up(&nodes);
+    // And it holds everything: the owner goes, n2 takes over and serves it all.
+    nodes[0].kill();
+    assert_eq!(owner(&nodes), 1);
+    let attempts = attempts.lock().unwrap();
+    let verdict = verdict(&nodes[1], &nodes, &skus, &attempts);
+    assert_eq!(
+        (verdict.lost, verdict.oversold, verdict.miscounted),
+        (0, 0, 0),
+        "lost, oversold, miscounted"
+    );
+    gap_free(&nodes[1]);
 }
