@@ -50,6 +50,8 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         forwarded: node.forwarded.load(Ordering::Relaxed),
         last_takeover_ms: node.last_takeover_ms.load(Ordering::Relaxed),
         seeds: node.seeds.load(Ordering::Relaxed),
+        seed_chunks: node.seed_chunks.load(Ordering::Relaxed),
+        seeded_from: node.seeded_from.load(Ordering::Relaxed),
         peers,
     }))
 }

@@ -129,6 +129,11 @@ pub struct ClusterView {
     /// Copies of the owner's store this node made since it started (the stream
     /// had been purged past its own).
     pub seeds: u64,
+    /// Chunks of the owner's store those copies took.
+    pub seed_chunks: u64,
+    /// The stream sequence the last finished copy started from: the node
+    /// applied every write after it from the stream (0: no copy).
+    pub seeded_from: u64,
     /// The other nodes heard in the last minute.
     pub peers: Vec<ClusterPeer>,
 }

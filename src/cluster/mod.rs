@@ -151,6 +151,12 @@ pub struct Node {
     /// Copies of the owner's store this node made (the stream had been purged
     /// past its own).
     pub seeds: AtomicU64,
+    /// Chunks of the owner's store copied, over all copies.
+    pub seed_chunks: AtomicU64,
+    /// The stream sequence the last finished copy started from (0: none).
+    pub seeded_from: AtomicU64,
+    /// The latest copy's generation, locked while a copy writes (`seed`).
+    pub(crate) copies: Mutex<u64>,
     owner: Mutex<Option<Owner>>,
     peers: Mutex<BTreeMap<String, Peer>>,
     started: Instant,
@@ -186,6 +192,9 @@ impl Node {
             forwarded: AtomicU64::new(0),
             last_takeover_ms: AtomicU64::new(0),
             seeds: AtomicU64::new(0),
+            seed_chunks: AtomicU64::new(0),
+            seeded_from: AtomicU64::new(0),
+            copies: Mutex::new(0),
             owner: Mutex::new(None),
             peers: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
@@ -361,10 +370,9 @@ impl Node {
 /// with a journal but no applied sequence was not made in cluster mode: refused,
 /// since its history is not in the stream.
 pub fn applied_of(store: &RocksStore) -> Result<u64, String> {
-    // A copy of the owner's store left unfinished: whatever it holds, following
-    // from 0 (the stream purged: copying again) makes it exact.
-    if let Ok(Some(_)) = store.get(Space::Meta, seed::SEEDING_KEY) {
-        return Ok(0);
+    // A copy of the owner's store left unfinished: the node starts as a new one.
+    if seed::discard_unfinished(store).map_err(|e| format!("discarding an unfinished copy: {e}"))? {
+        tracing::warn!("discarded an unfinished copy of the owner's store");
     }
     let applied: u64 = match store.get(Space::Meta, APPLIED_KEY) {
         Ok(Some(bytes)) => crate::storage::codec::decode(&bytes)
@@ -675,6 +683,14 @@ async fn take_over(
     let deadline = Instant::now() + Duration::from_millis(node.config.append_timeout_ms);
     let mut stall = Stall::new(node);
     let last = loop {
+        // The follower found the stream purged past it while this waited: a
+        // copy under way is not a store to take over with (nor to restart).
+        if node.role() != Role::Follower {
+            return Err(Missed::Local(format!(
+                "{:?} while catching up",
+                node.role()
+            )));
+        }
         match stream_last(link).await {
             Ok((_, last)) => {
                 node.stream_last.fetch_max(last, Ordering::AcqRel);
@@ -983,7 +999,12 @@ async fn purge(node: Arc<Node>, link: Arc<Link>) {
         let slowest = node
             .live_peers(Duration::from_secs(60))
             .iter()
-            .filter(|peer| matches!(peer.beat.role, Role::Follower | Role::Starting))
+            .filter(|peer| {
+                matches!(
+                    peer.beat.role,
+                    Role::Follower | Role::Starting | Role::Seeding
+                )
+            })
             .filter(|peer| peer.beat.applied.saturating_add(1) >= first)
             .map(|peer| peer.beat.applied)
             .min()

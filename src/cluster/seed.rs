@@ -36,7 +36,7 @@ pub const SEEDING_KEY: &[u8] = b"cluster_seeding";
 /// starts its copy over.
 const CHUNK_PATIENCE: Duration = Duration::from_secs(30);
 
-/// Chunks refused in a row for coming from a store behind the copy's start
+/// Chunks refused in a row (for coming from a store behind the copy's start)
 /// before the copy starts over.
 const STALE_MAX: u32 = 60;
 
@@ -96,16 +96,21 @@ fn read_chunk(
         };
         let mut full = None;
         local.scan(space, &from, &mut |key, value| {
-            if bytes >= limit && !chunk.entries.is_empty() {
+            if own_key(space, key) {
+                return true;
+            }
+            // Checked before the entry goes in, so a chunk stays within `limit`;
+            // an entry larger than that goes alone (every value landed in one
+            // stream message once, so it fits in one).
+            let size = key.len() + value.len() + 16;
+            if bytes + size > limit && !chunk.entries.is_empty() {
                 full = Some(());
                 return false;
             }
-            if !own_key(space, key) {
-                bytes += key.len() + value.len() + 16;
-                chunk
-                    .entries
-                    .push((index as u8, key.to_vec(), value.to_vec()));
-            }
+            bytes += size;
+            chunk
+                .entries
+                .push((index as u8, key.to_vec(), value.to_vec()));
             true
         })?;
         if full.is_some() {
@@ -153,7 +158,9 @@ pub async fn serve(node: Arc<Node>, link: Arc<Link>, local: Arc<RocksStore>) {
             match read {
                 Ok(Ok(chunk)) => match codec::encode(&chunk) {
                     Ok(bytes) => {
-                        let _ = link.client.publish(reply, bytes.into()).await;
+                        if let Err(error) = link.client.publish(reply, bytes.into()).await {
+                            tracing::warn!(%error, "seed chunk not sent");
+                        }
                     }
                     Err(error) => tracing::warn!(%error, "seed chunk not encoded"),
                 },
@@ -171,17 +178,19 @@ fn wipe(local: &RocksStore) -> Result<(), StorageError> {
     batch.delete(Space::Meta, APPLIED_KEY);
     local.write(batch, false)?;
     for space in Space::ALL {
+        // Each pass starts after the last key deleted, not over its tombstones.
+        let mut from = Vec::new();
         loop {
             let mut keys = Vec::new();
-            local.scan(space, &[], &mut |key, _| {
+            local.scan(space, &from, &mut |key, _| {
                 if !own_key(space, key) {
                     keys.push(key.to_vec());
                 }
                 keys.len() < WIPE_BATCH
             })?;
-            if keys.is_empty() {
-                break;
-            }
+            let Some(last) = keys.last() else { break };
+            from = last.clone();
+            from.push(0);
             let mut batch = WriteBatch::default();
             for key in keys {
                 batch.delete(space, key);
@@ -190,6 +199,20 @@ fn wipe(local: &RocksStore) -> Result<(), StorageError> {
         }
     }
     Ok(())
+}
+
+/// A copy left unfinished by a crash: emptied, mark and all, so the node starts
+/// as a new one. Following a stream that was never purged from 0 onto the rest
+/// of a half copy would keep keys no write in that stream made.
+pub fn discard_unfinished(local: &RocksStore) -> Result<bool, StorageError> {
+    if local.get(Space::Meta, SEEDING_KEY)?.is_none() {
+        return Ok(false);
+    }
+    wipe(local)?;
+    let mut batch = WriteBatch::default();
+    batch.delete(Space::Meta, SEEDING_KEY);
+    local.write(batch, false)?;
+    Ok(true)
 }
 
 /// Asks the owner for one chunk, through a failover, for up to [`CHUNK_PATIENCE`].
@@ -257,15 +280,42 @@ impl Copy {
     }
 }
 
+/// Runs `write` on a blocking thread if `generation` is still the latest copy's,
+/// under the lock a new copy takes to start: the write of a copy aborted while it
+/// was on its way (its task cancelled) cannot land inside the next copy.
+async fn write_for<T: Send + 'static>(
+    node: &Arc<Node>,
+    generation: u64,
+    write: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, String> {
+    let node = node.clone();
+    tokio::task::spawn_blocking(move || {
+        let latest = node.copies.lock().unwrap_or_else(|p| p.into_inner());
+        if *latest != generation {
+            return Err("a later copy has started".to_string());
+        }
+        write().map_err(|e| format!("local store: {e}"))
+    })
+    .await
+    .map_err(|e| format!("local store: {e}"))?
+}
+
 /// Replaces the local store with a copy of the owner's; the stream sequence the
 /// copy holds every write up to (the node follows the stream from after it).
-pub async fn reseed(node: &Node, link: &Link, local: &Arc<RocksStore>) -> Result<u64, String> {
+pub async fn reseed(node: &Arc<Node>, link: &Link, local: &Arc<RocksStore>) -> Result<u64, String> {
     node.applied_to(0);
-    let store = local.clone();
-    tokio::task::spawn_blocking(move || wipe(&store))
+    let generation = {
+        let node = node.clone();
+        let store = local.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut latest = node.copies.lock().unwrap_or_else(|p| p.into_inner());
+            *latest += 1;
+            wipe(&store).map(|()| *latest)
+        })
         .await
         .map_err(|e| format!("wipe: {e}"))?
-        .map_err(|e| format!("wipe: {e}"))?;
+        .map_err(|e| format!("wipe: {e}"))?
+    };
     let mut request = Request {
         space: 0,
         after: None,
@@ -286,11 +336,14 @@ pub async fn reseed(node: &Node, link: &Link, local: &Arc<RocksStore>) -> Result
                 continue;
             }
         };
+        stale = 0;
         let store = local.clone();
-        tokio::task::spawn_blocking(move || store.write(batch, false))
-            .await
-            .map_err(|e| format!("local store: {e}"))?
-            .map_err(|e| format!("local store: {e}"))?;
+        write_for(node, generation, move || store.write(batch, false)).await?;
+        node.seed_chunks.fetch_add(1, Ordering::Relaxed);
+        // The copy's start, in the heartbeat: the owner's purge keeps the stream
+        // from there while this node copies.
+        let start = copy.start.unwrap_or(0);
+        node.applied_to(start);
         match next {
             Some((space, after)) => {
                 request = Request {
@@ -299,9 +352,9 @@ pub async fn reseed(node: &Node, link: &Link, local: &Arc<RocksStore>) -> Result
                 }
             }
             None => {
-                let applied = copy.start.unwrap_or(0);
-                tracing::info!(node = %node.config.node, applied, keys = copy.keys, "copied the owner's store");
-                return Ok(applied);
+                node.seeded_from.store(start, Ordering::Relaxed);
+                tracing::info!(node = %node.config.node, applied = start, keys = copy.keys, "copied the owner's store");
+                return Ok(start);
             }
         }
     }
@@ -374,6 +427,48 @@ mod tests {
             assert_eq!(a, b, "{space:?}");
         }
         assert_eq!(target.get(Space::Meta, APPLIED_KEY).unwrap(), None);
+    }
+
+    #[test]
+    fn a_chunk_stays_within_its_limit_and_a_large_value_goes_alone() {
+        let (_dir, source) = store();
+        let mut batch = WriteBatch::default();
+        for i in 0..40u32 {
+            // Every seventh value is larger than a whole chunk.
+            let size = if i % 7 == 3 { 5_000 } else { 300 };
+            batch.put(Space::Reservations, format!("r{i:04}"), vec![7; size]);
+        }
+        source.write(batch, false).unwrap();
+        let mut request = Request {
+            space: 0,
+            after: None,
+        };
+        let (mut keys, mut alone) = (0, 0);
+        loop {
+            let chunk = read_chunk(&source, &request, 2_000, 1).unwrap();
+            let bytes: usize = chunk
+                .entries
+                .iter()
+                .map(|(_, k, v)| k.len() + v.len() + 16)
+                .sum();
+            assert!(
+                bytes <= 2_000 || chunk.entries.len() == 1,
+                "{bytes} bytes in {} entries",
+                chunk.entries.len()
+            );
+            alone += usize::from(bytes > 2_000);
+            keys += chunk.entries.len();
+            match chunk.next {
+                Some((space, after)) => {
+                    request = Request {
+                        space,
+                        after: Some(after),
+                    }
+                }
+                None => break,
+            }
+        }
+        assert_eq!((keys, alone), (40, 6));
     }
 
     /// Every key of `store` but the node's own, in order.
@@ -485,6 +580,16 @@ mod tests {
         assert_eq!(local.last_key(Space::Journal).unwrap(), None);
         assert_eq!(local.get(Space::Meta, APPLIED_KEY).unwrap(), None);
         assert!(local.get(Space::Meta, SEEDING_KEY).unwrap().is_some());
+        // A node starting on an unfinished copy (a crash mid-copy) discards it.
+        let mut batch = WriteBatch::default();
+        batch.put(Space::Reservations, b"half-copied", vec![1]);
+        local.write(batch, false).unwrap();
         assert_eq!(super::super::applied_of(&local), Ok(0));
+        assert_eq!(local.get(Space::Meta, SEEDING_KEY).unwrap(), None);
+        assert_eq!(
+            local.get(Space::Reservations, b"half-copied").unwrap(),
+            None
+        );
+        assert!(!discard_unfinished(&local).unwrap());
     }
 }

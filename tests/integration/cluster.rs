@@ -644,7 +644,21 @@ fn a_node_the_stream_was_purged_past_copies_the_owners_store_and_can_take_over()
         acknowledged() > before,
         "reservations landed during the copy"
     );
-    eprintln!("cluster: re-seeded n2: {:?}", copied.lock().unwrap());
+    let copied = copied.into_inner().unwrap().unwrap();
+    eprintln!("cluster: re-seeded n2: {copied}");
+    // In many chunks (max_payload 64 KiB), with writes after the copy began
+    // that n2 then took from the stream.
+    let chunks = copied["seed_chunks"].as_u64().unwrap();
+    assert!(chunks >= 5, "{chunks} chunks");
+    let from = copied["seeded_from"].as_u64().unwrap();
+    assert!(
+        from >= first,
+        "copied from {from}, the stream starts at {first}"
+    );
+    assert!(
+        copied["applied_seq"].as_u64().unwrap() > from,
+        "writes after the copy's start: {copied}"
+    );
     // It follows the stream from where its copy began, and forwards.
     run(vec![nodes[1].port], 4, &mut || {
         let target = acknowledged() + 50;
