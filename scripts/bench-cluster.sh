@@ -18,6 +18,7 @@
 # the reservations answered 201.
 #
 # Settings: CLUSTER_RATE (default 2000), CLUSTER_SECONDS (15), CLUSTER_ROUNDS (1),
+# CLUSTER_SETUPS (default "single cluster-1 cluster-2 cluster-3 forwarded"),
 # STOCKWIRE_BIN (default: build the release server), OHA (as bench-open-loop.sh).
 # Loopback only; everything started here is stopped on exit. The last lines are the
 # table of medians.
@@ -147,12 +148,16 @@ PY
 
 echo "bench-cluster: oha (1 thread), ${RATE}/s, ${SECONDS_EACH}s each, $ROUNDS round(s); nats $NATS_URLS"
 echo "name p50_ms p99_ms rps ok owner_us follower_us forwarder_us nats_us total_us appends_per_commit (CPU per reservation)"
+SETUPS=${CLUSTER_SETUPS:-single cluster-1 cluster-2 cluster-3 forwarded}
 for round in $(seq "$ROUNDS"); do
-  run single 1 no 1
-  run cluster-1 1 yes 1
-  run cluster-2 2 yes 1
-  run cluster-3 3 yes 1
-  run forwarded 3 yes 2
+  for setup in $SETUPS; do
+    case $setup in
+      single) run single 1 no 1 ;;
+      cluster-[123]) run "$setup" "${setup#cluster-}" yes 1 ;;
+      forwarded) run forwarded 3 yes 2 ;;
+      *) die "unknown setup $setup (single, cluster-1, cluster-2, cluster-3, forwarded)" ;;
+    esac
+  done
 done
 echo
 echo "medians over $ROUNDS round(s), ${RATE}/s open loop, CPU µs per reservation:"

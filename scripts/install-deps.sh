@@ -20,6 +20,8 @@ if [ "${1:-}" = "--test" ]; then
   command -v wrk >/dev/null 2>&1 || need+=(wrk)
   command -v curl >/dev/null 2>&1 || need+=(curl)
   command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+  # The TLS test's CA and server certificate.
+  command -v openssl >/dev/null 2>&1 || need+=(openssl)
   [ -x /usr/bin/chromium ] || need+=(chromium)
   # Chromium's recommended fonts (skipped by --no-install-recommends): text in
   # the browser tests' screenshots.

@@ -282,7 +282,7 @@ section_limits! {
         const CLUSTER_APPEND_TIMEOUT_MS_DEFAULT,
         CLUSTER_APPEND_TIMEOUT_MS_RANGE = 100..=600_000;
     /// `cluster.stream_keep`: journal messages the stream keeps (older ones are purged
-    /// by the owner; a node further behind must be re-seeded from a copy of a data dir).
+    /// by the owner; a node further behind copies the owner's store, docs/CLUSTER.md).
     fn default_cluster_stream_keep() -> u64 = 1_000_000,
         const CLUSTER_STREAM_KEEP_DEFAULT, CLUSTER_STREAM_KEEP_RANGE = 1000..=1_000_000_000;
 }

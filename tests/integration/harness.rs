@@ -106,6 +106,8 @@ pub struct Server {
     pub config_path: PathBuf,
     /// API key the helpers below send (`None`: the server has no `[[keys]]`).
     pub token: Option<String>,
+    /// More environment for the process.
+    pub env: Vec<(String, String)>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -128,6 +130,7 @@ impl Server {
             .arg("--config")
             .arg(&self.config_path)
             .env("STOCKWIRE_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -327,6 +330,7 @@ impl Server {
             data,
             config_path,
             token: None,
+            env: Vec::new(),
             _dir: Some(dir),
         }
     }

@@ -690,3 +690,155 @@ fn a_nats_server_with_a_password_is_signed_into_and_the_password_never_shown() {
         assert!(!shown.contains("s3%2Fcr"), "{shown}");
     }
 }
+
+/// A CA, and a certificate for 127.0.0.1 it signed, made by openssl in `dir`:
+/// (CA, certificate, key).
+fn tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs (install-deps.sh --test installs it)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("write server.ext");
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=stockwire test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server.key"),
+    )
+}
+
+/// A nats-server that speaks TLS only: a node whose `url` is `tls://` journals
+/// through it in cluster mode and its `nats` sink publishes through it, trusting
+/// the CA named by `SSL_CERT_FILE` (rustls-native-certs reads it); a client
+/// that does not trust that CA is refused.
+#[test]
+fn over_tls_a_cluster_node_journals_and_its_nats_sink_publishes() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (ca, cert, key) = tls_files(certs.path());
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let nats = NatsServer::start_with(true, &["--tls", "--tlscert", &cert, "--tlskey", &key]);
+    let url = format!("tls://127.0.0.1:{}", nats.port);
+    // Without the CA the server's certificate is not trusted.
+    let refused = runtime().block_on(async_nats::connect(url.clone()));
+    assert!(refused.is_err(), "a client without the CA connected");
+    let subscriber = {
+        let messages = Arc::new(Mutex::new(Vec::new()));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (url, ca, into) = (url.clone(), ca.clone(), messages.clone());
+        std::thread::spawn(move || {
+            runtime().block_on(async move {
+                let client = async_nats::ConnectOptions::new()
+                    .add_root_certificates(ca)
+                    .require_tls(true)
+                    .connect(url)
+                    .await
+                    .expect("the subscriber connects over TLS");
+                let mut subscription = client.subscribe("stock.tls").await.expect("subscribes");
+                client.flush().await.expect("registered");
+                let _ = ready_tx.send(());
+                while let Some(message) = subscription.next().await {
+                    let seen = Message::of(message.headers.as_ref(), &message.payload);
+                    into.lock().expect("lock").push(seen);
+                }
+            });
+        });
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("ready");
+        Subscriber { messages }
+    };
+    let stream = format!("SWTLS{}", crate::harness::rand_suffix().replace('-', ""));
+    let channel = nats_channel("tls", &url, "stock.tls", "timeout_ms = 2000");
+    let mut server = Server::prepare(|port, data| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ndurability = \"wal\"\n\
+             drift_check_seconds = 1\n\
+             [[locations]]\nid = \"wh-east\"\nkind = \"warehouse\"\n\
+             [[locations]]\nid = \"wh-west\"\nkind = \"warehouse\"\n\
+             {channel}\n\
+             [cluster]\nnode = \"n1\"\nurl = \"{url}\"\nstream = \"{stream}\"\nreplicas = 1\n\
+             advertise = \"http://127.0.0.1:{port}\"\nheartbeat_ms = 100\ntakeover_after_ms = 1000\n",
+            data.display()
+        )
+    });
+    server
+        .env
+        .push(("SSL_CERT_FILE".into(), ca.display().to_string()));
+    server.spawn();
+    let all = skus("t", 3);
+    for (i, sku) in all.iter().enumerate() {
+        server.receive(sku, "wh-east", 4 + i as u64);
+    }
+    let (status, body) = server.post(
+        "/v1/reservations",
+        json!({"channel": "tls", "lines": [{"sku": "t-00", "location": "wh-east", "qty": 1}]}),
+    );
+    assert_eq!(status, 201, "{body}");
+    let values = wait_converged(&server, "tls", None, &all);
+    assert_eq!(values["t-00"], 3);
+    wait_for("every value on the TLS subject", SHOWS, || {
+        let last = last_values(&subscriber.messages());
+        all.iter()
+            .all(|sku| last.get(sku).map(|(available, _)| *available) == Some(values[sku]))
+            .then_some(())
+    });
+    // The journal went to the stream over the same TLS connection.
+    let (_, view) = server.get("/v1/cluster");
+    assert_eq!(view["role"], "owner", "{view}");
+    assert!(view["applied_seq"].as_u64().unwrap_or(0) >= 5, "{view}");
+}
