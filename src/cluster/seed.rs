@@ -56,6 +56,16 @@ struct Request {
     after: Option<Vec<u8>>,
 }
 
+impl Request {
+    /// The request for the chunk after one whose `next` this is (`None`: done).
+    fn after(next: Option<(u8, Vec<u8>)>) -> Option<Request> {
+        next.map(|(space, after)| Request {
+            space,
+            after: Some(after),
+        })
+    }
+}
+
 /// The owner's answer: its applied sequence before reading, keys in order, and
 /// where the next chunk starts (`None`: that was the last).
 #[derive(Debug, Serialize, Deserialize)]
@@ -344,13 +354,8 @@ pub async fn reseed(node: &Arc<Node>, link: &Link, local: &Arc<RocksStore>) -> R
         // from there while this node copies.
         let start = copy.start.unwrap_or(0);
         node.applied_to(start);
-        match next {
-            Some((space, after)) => {
-                request = Request {
-                    space,
-                    after: Some(after),
-                }
-            }
+        match Request::after(next) {
+            Some(next) => request = next,
             None => {
                 node.seeded_from.store(start, Ordering::Relaxed);
                 tracing::info!(node = %node.config.node, applied = start, keys = copy.keys, "copied the owner's store");
@@ -396,13 +401,8 @@ mod tests {
                 batch.put(Space::ALL[usize::from(space)], key, value);
             }
             target.write(batch, false).unwrap();
-            match chunk.next {
-                Some((space, after)) => {
-                    request = Request {
-                        space,
-                        after: Some(after),
-                    }
-                }
+            match Request::after(chunk.next) {
+                Some(next) => request = next,
                 None => break,
             }
         }
@@ -458,13 +458,8 @@ mod tests {
             );
             alone += usize::from(bytes > 2_000);
             keys += chunk.entries.len();
-            match chunk.next {
-                Some((space, after)) => {
-                    request = Request {
-                        space,
-                        after: Some(after),
-                    }
-                }
+            match Request::after(chunk.next) {
+                Some(next) => request = next,
                 None => break,
             }
         }
@@ -538,13 +533,8 @@ mod tests {
             batch.delete(Space::Reservations, format!("r{:04}", 5 + round));
             batch.put(Space::Exceptions, round.to_be_bytes(), b"new".to_vec());
             write(&owner, batch, &mut writes);
-            match next {
-                Some((space, after)) => {
-                    request = Request {
-                        space,
-                        after: Some(after),
-                    }
-                }
+            match Request::after(next) {
+                Some(next) => request = next,
                 None => break,
             }
         }

@@ -207,12 +207,17 @@ struct Subscriber {
 
 impl Subscriber {
     fn start(url: &str, subject: &str) -> Subscriber {
+        Subscriber::start_with(async_nats::ConnectOptions::new(), url, subject)
+    }
+
+    /// Signed in (or trusting a CA) by `options`.
+    fn start_with(options: async_nats::ConnectOptions, url: &str, subject: &str) -> Subscriber {
         let messages = Arc::new(Mutex::new(Vec::new()));
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (url, subject, into) = (url.to_string(), subject.to_string(), messages.clone());
         std::thread::spawn(move || {
             runtime().block_on(async move {
-                let client = async_nats::connect(url).await.expect("subscriber connects");
+                let client = options.connect(url).await.expect("subscriber connects");
                 let mut subscription = client.subscribe(subject).await.expect("subscribes");
                 client.flush().await.expect("subscription registered");
                 let _ = ready_tx.send(());
@@ -632,32 +637,11 @@ fn on_an_r3_stream_two_writers_with_one_expectation_never_both_land() {
 fn a_nats_server_with_a_password_is_signed_into_and_the_password_never_shown() {
     let nats = NatsServer::start_with(false, &["--user", "stock", "--pass", "s3/cr@t"]);
     let with = |password: &str| format!("nats://stock:{password}@127.0.0.1:{}", nats.port);
-    let subscriber = {
-        // The test's own subscriber signs in with the client's options.
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (url, into) = (nats.url(), messages.clone());
-        std::thread::spawn(move || {
-            runtime().block_on(async move {
-                let client = async_nats::ConnectOptions::new()
-                    .user_and_password("stock".into(), "s3/cr@t".into())
-                    .connect(url)
-                    .await
-                    .expect("subscriber signs in");
-                let mut subscription = client.subscribe("stock.pw").await.expect("subscribes");
-                client.flush().await.expect("registered");
-                let _ = ready_tx.send(());
-                while let Some(message) = subscription.next().await {
-                    let seen = Message::of(message.headers.as_ref(), &message.payload);
-                    into.lock().expect("lock").push(seen);
-                }
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("ready");
-        Subscriber { messages }
-    };
+    let subscriber = Subscriber::start_with(
+        async_nats::ConnectOptions::new().user_and_password("stock".into(), "s3/cr@t".into()),
+        &nats.url(),
+        "stock.pw",
+    );
     let channels = format!(
         "{}{}",
         nats_channel("pw", &with("s3%2Fcr%40t"), "stock.pw", "timeout_ms = 500"),
@@ -776,32 +760,13 @@ fn over_tls_a_cluster_node_journals_and_its_nats_sink_publishes() {
     // Without the CA the server's certificate is not trusted.
     let refused = runtime().block_on(async_nats::connect(url.clone()));
     assert!(refused.is_err(), "a client without the CA connected");
-    let subscriber = {
-        let messages = Arc::new(Mutex::new(Vec::new()));
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (url, ca, into) = (url.clone(), ca.clone(), messages.clone());
-        std::thread::spawn(move || {
-            runtime().block_on(async move {
-                let client = async_nats::ConnectOptions::new()
-                    .add_root_certificates(ca)
-                    .require_tls(true)
-                    .connect(url)
-                    .await
-                    .expect("the subscriber connects over TLS");
-                let mut subscription = client.subscribe("stock.tls").await.expect("subscribes");
-                client.flush().await.expect("registered");
-                let _ = ready_tx.send(());
-                while let Some(message) = subscription.next().await {
-                    let seen = Message::of(message.headers.as_ref(), &message.payload);
-                    into.lock().expect("lock").push(seen);
-                }
-            });
-        });
-        ready_rx
-            .recv_timeout(Duration::from_secs(10))
-            .expect("ready");
-        Subscriber { messages }
-    };
+    let subscriber = Subscriber::start_with(
+        async_nats::ConnectOptions::new()
+            .add_root_certificates(ca.clone())
+            .require_tls(true),
+        &url,
+        "stock.tls",
+    );
     let stream = format!("SWTLS{}", crate::harness::rand_suffix().replace('-', ""));
     let channel = nats_channel("tls", &url, "stock.tls", "timeout_ms = 2000");
     let mut server = Server::prepare(|port, data| {
