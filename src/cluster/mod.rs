@@ -175,6 +175,11 @@ pub struct Node {
     yield_until_ms: AtomicU64,
     /// Set on SIGTERM: this node takes over no more.
     stopping: std::sync::atomic::AtomicBool,
+    /// Set while this node catches up for a takeover: its follower asks for more
+    /// at once instead of every [`FOLLOW_EVERY`].
+    hurry: std::sync::atomic::AtomicBool,
+    /// Wakes a follower waiting out [`FOLLOW_EVERY`] when `hurry` is set.
+    hurried: tokio::sync::Notify,
     local: Arc<RocksStore>,
 }
 
@@ -203,6 +208,8 @@ impl Node {
             writes: AtomicU64::new(0),
             yield_until_ms: AtomicU64::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            hurry: std::sync::atomic::AtomicBool::new(false),
+            hurried: tokio::sync::Notify::new(),
             local,
         }
     }
@@ -682,6 +689,7 @@ async fn take_over(
 ) -> Result<u64, Missed> {
     let deadline = Instant::now() + Duration::from_millis(node.config.append_timeout_ms);
     let mut stall = Stall::new(node);
+    let _hurry = Hurry::on(node);
     let last = loop {
         // The follower found the stream purged past it while this waited: a
         // copy under way is not a store to take over with (nor to restart).
@@ -719,6 +727,14 @@ async fn take_over(
     if let Some(task) = follower.take() {
         task.abort();
         let _ = task.await;
+    }
+    // The follower may have found the stream purged past it, or a message it
+    // cannot apply, just before it stopped: no store to take over with.
+    let role = node.role();
+    if role != Role::Follower {
+        return Err(Missed::Local(format!(
+            "{role:?} while stopping the follower"
+        )));
     }
     if node.seen.load(Ordering::Acquire) != last {
         return Err(Missed::Shared(
@@ -759,9 +775,27 @@ async fn take_over(
     Ok(epoch)
 }
 
+/// While alive, the node's follower fetches without pausing (a takeover waits
+/// for it to reach the stream's end).
+struct Hurry<'a>(&'a Node);
+
+impl<'a> Hurry<'a> {
+    fn on(node: &'a Node) -> Hurry<'a> {
+        node.hurry.store(true, Ordering::Release);
+        node.hurried.notify_one();
+        Hurry(node)
+    }
+}
+
+impl Drop for Hurry<'_> {
+    fn drop(&mut self) {
+        self.0.hurry.store(false, Ordering::Release);
+    }
+}
+
 /// How long a follower may stand still while the stream is ahead of it before its
-/// consumer is recreated (an ordered consumer whose server died can stall without
-/// an error).
+/// consumer is recreated (a consumer whose server died can stall without an
+/// error).
 const STALL_RESTART: Duration = Duration::from_secs(2);
 
 /// Watches a follower's progress (`seen`) against the stream's last sequence.
@@ -843,6 +877,7 @@ async fn follow(node: Arc<Node>, link: Arc<Link>, local: Arc<RocksStore>) {
     }
 }
 
+#[derive(Debug)]
 enum FollowError {
     /// The local store does not fit the stream.
     Behind(String),
@@ -858,8 +893,148 @@ struct Partial {
     count: u32,
 }
 
+/// How long a follower that has caught up waits before asking for more. The
+/// messages that land meanwhile come in one answer and go to RocksDB in one
+/// write: a follower costs the stream's leader one delivery burst, and itself one
+/// wake-up and one write, per interval instead of per message. A successor
+/// catching up for a takeover does not wait ([`Node::hurry`]).
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+
+/// Most messages one fetch asks for; and bytes, unless one message may be larger
+/// (then twice the largest part).
+const FETCH_MESSAGES: usize = 1024;
+const FETCH_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a fetch may go without its next message, or an idle follower's
+/// long poll past its expiry, before the consumer is made anew.
+const FETCH_WAIT: Duration = Duration::from_secs(2);
+
+/// How long an idle follower's request waits for the next message (a follower
+/// whose last fetch found nothing waits on the server instead of asking again
+/// every [`FOLLOW_EVERY`]).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// What a follower has received and not yet written: whole writes merged into one
+/// local write (puts and deletes of whole keys, in stream order), and the write
+/// whose parts are still coming.
+struct Received {
+    /// Whole writes up to `whole` (0: none yet), merged.
+    batch: WriteBatch,
+    whole: u64,
+    partial: Option<Partial>,
+    /// Takeover markers among them: (owner, sequence).
+    markers: Vec<(String, u64)>,
+    /// The last sequence taken in, whole or part.
+    last: u64,
+}
+
+impl Received {
+    fn new(seen: u64) -> Received {
+        Received {
+            batch: WriteBatch::default(),
+            whole: 0,
+            partial: None,
+            markers: Vec::new(),
+            last: seen,
+        }
+    }
+
+    /// Takes in message `seq`: a takeover marker, a whole write, or a part of one.
+    /// A message refused here is not taken in: `last` stays before it.
+    fn take(
+        &mut self,
+        seq: u64,
+        headers: Option<&HeaderMap>,
+        payload: &[u8],
+    ) -> Result<(), FollowError> {
+        let header = |name: &str| {
+            headers
+                .and_then(|headers| headers.get(name))
+                .map(|value| value.as_str().to_string())
+        };
+        if let Some(owner) = header(TAKEOVER_HEADER) {
+            // A write left in parts by the previous owner never completed.
+            self.partial = None;
+            self.markers.push((owner, seq));
+            self.whole = seq;
+            self.last = seq;
+            return Ok(());
+        }
+        let mut decoded = WriteBatch::default();
+        frame::decode_into(payload, &mut decoded)
+            .map_err(|e| FollowError::Behind(format!("undecodable message {seq}: {e}")))?;
+        match header(PART_HEADER).as_deref().map(frame::parse_part) {
+            None => {
+                self.partial = None;
+                self.batch.append(decoded);
+                self.whole = seq;
+            }
+            Some(None) => {
+                return Err(FollowError::Behind(format!("bad part header at {seq}")));
+            }
+            Some(Some((index, count))) => {
+                let mut current = match self.partial.take() {
+                    Some(current) if index == current.next && count == current.count => current,
+                    _ if count > PARTS_MAX => {
+                        return Err(FollowError::Behind(format!(
+                            "a write of {count} parts at {seq} (at most {PARTS_MAX})"
+                        )));
+                    }
+                    _ if index == 1 => Partial {
+                        batch: WriteBatch::default(),
+                        next: 1,
+                        count,
+                    },
+                    _ => {
+                        // A part without its first part: following starts at a
+                        // write's first part, so this is a corrupt stream.
+                        return Err(FollowError::Behind(format!(
+                            "part {index}/{count} at {seq} without the parts before it"
+                        )));
+                    }
+                };
+                current.batch.append(decoded);
+                current.next += 1;
+                if index < count {
+                    self.partial = Some(current);
+                } else {
+                    self.batch.append(current.batch);
+                    self.whole = seq;
+                }
+            }
+        }
+        self.last = seq;
+        Ok(())
+    }
+
+    /// Writes the whole writes taken in to `local` in one write, with the last
+    /// one's sequence; then `seen` says what else came (parts of a write still
+    /// coming). Nothing awaits in here: a follower stopped for a takeover stops
+    /// between awaits, never between this write and what `seen` says, so `seen`
+    /// never claims a whole write the store lacks.
+    fn flush(&mut self, node: &Node, local: &RocksStore) -> Result<(), FollowError> {
+        if self.whole != 0 {
+            let mut batch = std::mem::take(&mut self.batch);
+            mark_applied(&mut batch, self.whole)
+                .and_then(|()| local.write(batch, false))
+                .map_err(|e| FollowError::Retry(format!("local store: {e}")))?;
+            node.applied_to(self.whole);
+            self.whole = 0;
+            for (owner, epoch) in self.markers.drain(..) {
+                node.learn_owner(&owner, epoch);
+                node.failovers.fetch_add(1, Ordering::Relaxed);
+            }
+            if node.role() == Role::Starting {
+                node.set_role(Role::Follower);
+            }
+        }
+        node.seen.fetch_max(self.last, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
 async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(), FollowError> {
-    use async_nats::jetstream::consumer::{pull::OrderedConfig, DeliverPolicy};
+    use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
     let retry = |e: &dyn std::fmt::Display| FollowError::Retry(e.to_string());
     let applied = node.applied.load(Ordering::Acquire);
     let (first, last) = stream_last(link).await.map_err(|e| retry(&e))?;
@@ -883,97 +1058,126 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         .get_stream(&link.stream)
         .await
         .map_err(|e| retry(&e))?;
+    // Ephemeral, unacknowledged, in memory: the follower keeps its own place (its
+    // store's sequence) and makes a new one from there after any error.
     let consumer = stream
-        .create_consumer(OrderedConfig {
+        .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
                 start_sequence: applied + 1,
             },
+            ack_policy: AckPolicy::None,
+            inactive_threshold: Duration::from_secs(10),
+            num_replicas: 1,
+            memory_storage: true,
             ..Default::default()
         })
         .await
         .map_err(|e| retry(&e))?;
-    let mut messages = consumer.messages().await.map_err(|e| retry(&e))?;
-    let mut partial: Option<Partial> = None;
-    while let Some(message) = messages.next().await {
-        let message = message.map_err(|e| retry(&e))?;
-        let info = message.info().map_err(|e| retry(&e))?;
-        let seq = info.stream_sequence;
-        // What the stream holds beyond this message: the lag the metrics show.
-        node.stream_last
-            .fetch_max(seq.saturating_add(info.pending), Ordering::AcqRel);
-        let expected = node.seen.load(Ordering::Acquire) + 1;
-        if seq != expected {
-            // A gap (purged meanwhile) shows as Purged on the next pass.
-            return Err(FollowError::Retry(format!(
-                "sequence {seq}, expected {expected}"
-            )));
-        }
-        let header = |name: &str| {
-            message
-                .headers
-                .as_ref()
-                .and_then(|headers| headers.get(name))
-                .map(|value| value.as_str().to_string())
-        };
-        let mut batch = WriteBatch::default();
-        if let Some(owner) = header(TAKEOVER_HEADER) {
-            // A write left in parts by the previous owner never completed.
-            partial = None;
-            node.learn_owner(&owner, seq);
-            node.failovers.fetch_add(1, Ordering::Relaxed);
+    // A fetch ends at a message that does not fit its bytes: one always fits.
+    let bytes = FETCH_BYTES.max(2 * (link.part_bytes + 64 * 1024));
+    let mut received = Received::new(applied);
+    let mut idle = false;
+    loop {
+        let asked = if idle {
+            consumer
+                .batch()
+                .max_messages(1)
+                .expires(IDLE_POLL)
+                .messages()
+                .await
         } else {
-            let mut decoded = WriteBatch::default();
-            frame::decode_into(&message.payload, &mut decoded)
-                .map_err(|e| FollowError::Behind(format!("undecodable message {seq}: {e}")))?;
-            match header(PART_HEADER).as_deref().map(frame::parse_part) {
-                None => {
-                    partial = None;
-                    batch = decoded;
-                }
-                Some(None) => {
-                    return Err(FollowError::Behind(format!("bad part header at {seq}")));
-                }
-                Some(Some((index, count))) => {
-                    let mut current = match partial.take() {
-                        Some(current) if index == current.next && count == current.count => current,
-                        _ if count > PARTS_MAX => {
-                            return Err(FollowError::Behind(format!(
-                                "a write of {count} parts at {seq} (at most {PARTS_MAX})"
-                            )));
-                        }
-                        _ if index == 1 => Partial {
-                            batch: WriteBatch::default(),
-                            next: 1,
-                            count,
-                        },
-                        _ => {
-                            // A part without its first part: following starts at
-                            // a write's first part, so this is a corrupt stream.
-                            return Err(FollowError::Behind(format!(
-                                "part {index}/{count} at {seq} without the parts before it"
-                            )));
-                        }
-                    };
-                    current.batch.append(decoded);
-                    current.next += 1;
-                    if index < count {
-                        partial = Some(current);
-                        node.seen.store(seq, Ordering::Release);
-                        continue;
+            consumer
+                .fetch()
+                .max_messages(FETCH_MESSAGES)
+                .max_bytes(bytes)
+                .messages()
+                .await
+        };
+        let fetched = match asked {
+            Ok(messages) => fetch(node, messages, &mut received).await,
+            Err(error) => Fetched {
+                count: 0,
+                ended: Err(retry(&error)),
+            },
+        };
+        // What came before an error is whole and in order: written either way.
+        received.flush(node, local)?;
+        let hurry = node.hurry.load(Ordering::Acquire);
+        match fetched.ended {
+            // Ended by the server (full bytes, a lost leader) or by silence: what
+            // came is kept and the next fetch asks at once; with nothing, the
+            // consumer is made anew.
+            Err(error) if fetched.count == 0 => return Err(error),
+            Err(_) => idle = false,
+            // Nothing there: wait on the server for the next message.
+            Ok(()) if fetched.count == 0 => idle = true,
+            Ok(()) if fetched.count == FETCH_MESSAGES && !idle => {}
+            // Caught up: let the next messages gather (an idle wait's first
+            // message came alone; the rest of its burst is fetched together).
+            Ok(()) => {
+                idle = false;
+                if !hurry {
+                    tokio::select! {
+                        _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                        _ = node.hurried.notified() => {}
                     }
-                    batch = current.batch;
                 }
             }
         }
-        mark_applied(&mut batch, seq)
-            .and_then(|()| local.write(batch, false))
-            .map_err(|e| FollowError::Retry(format!("local store: {e}")))?;
-        node.applied_to(seq);
-        if node.role() == Role::Starting {
-            node.set_role(Role::Follower);
-        }
     }
-    Ok(())
+}
+
+/// What one fetch brought: how many messages were taken in, and how it ended.
+struct Fetched {
+    count: usize,
+    ended: Result<(), FollowError>,
+}
+
+/// Takes in the messages of one fetch, in order, until it ends.
+async fn fetch(
+    node: &Node,
+    mut messages: async_nats::jetstream::consumer::pull::Batch,
+    received: &mut Received,
+) -> Fetched {
+    let mut count = 0;
+    let ended = loop {
+        let next = match tokio::time::timeout(FETCH_WAIT + IDLE_POLL, messages.next()).await {
+            Ok(Some(next)) => next,
+            Ok(None) => break Ok(()),
+            Err(_) => break Err(FollowError::Retry("a fetch went unanswered".to_string())),
+        };
+        let taken = next
+            .map_err(|e| FollowError::Retry(e.to_string()))
+            .and_then(|message| {
+                let info = message
+                    .info()
+                    .map_err(|e| FollowError::Retry(e.to_string()))?;
+                let seq = info.stream_sequence;
+                // What the stream holds beyond this message: the lag the metrics show.
+                node.stream_last
+                    .fetch_max(seq.saturating_add(info.pending), Ordering::AcqRel);
+                let expected = received.last + 1;
+                if seq != expected {
+                    // A gap (purged meanwhile) shows as Purged on the next pass.
+                    return Err(FollowError::Retry(format!(
+                        "sequence {seq}, expected {expected}"
+                    )));
+                }
+                received.take(seq, message.headers.as_ref(), &message.payload)
+            });
+        match taken {
+            Ok(()) => count += 1,
+            // A refused message ends following at once, whatever came before.
+            Err(error @ FollowError::Behind(_)) => {
+                return Fetched {
+                    count: 0,
+                    ended: Err(error),
+                }
+            }
+            Err(error) => break Err(error),
+        }
+    };
+    Fetched { count, ended }
 }
 
 /// The owner keeps the stream to `stream_keep` messages.
@@ -1016,5 +1220,120 @@ async fn purge(node: Arc<Node>, link: Arc<Link>) {
                 Err(error) => tracing::warn!(%error, "journal stream purge failed"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> (tempfile::TempDir, Arc<RocksStore>, Node) {
+        let dir = tempfile::tempdir().unwrap();
+        let local = Arc::new(RocksStore::open(dir.path()).unwrap());
+        let config = ClusterConfig {
+            node: "n1".to_string(),
+            url: "nats://127.0.0.1:4222".to_string(),
+            stream: "TEST".to_string(),
+            advertise: "http://127.0.0.1:8080".to_string(),
+            replicas: 3,
+            heartbeat_ms: 200,
+            takeover_after_ms: 1000,
+            append_timeout_ms: 15000,
+            stream_keep: 1000,
+        };
+        let node = Node::new(config, local.clone(), 0);
+        (dir, local, node)
+    }
+
+    /// One write putting `key` = `value` in the journal space, as a message body.
+    fn write(key: &str, value: u8) -> Vec<u8> {
+        let mut batch = WriteBatch::default();
+        batch.put(Space::Journal, key.as_bytes(), vec![value]);
+        let mut parts = frame::encode(&batch.ops, 1 << 20).unwrap();
+        assert_eq!(parts.len(), 1);
+        parts.remove(0)
+    }
+
+    fn part(index: u32, count: u32) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(PART_HEADER, format!("{index}/{count}").as_str());
+        headers
+    }
+
+    fn marker(owner: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(TAKEOVER_HEADER, owner);
+        headers
+    }
+
+    fn value(local: &RocksStore, key: &str) -> Option<Vec<u8>> {
+        local.get(Space::Journal, key.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn whole_writes_land_in_one_write_and_a_write_in_parts_only_when_whole() {
+        let (_dir, local, node) = node();
+        let mut received = Received::new(0);
+        received.take(1, None, &write("a", 1)).unwrap();
+        received.take(2, None, &write("a", 2)).unwrap();
+        received.take(3, Some(&part(1, 2)), &write("b", 3)).unwrap();
+        received.flush(&node, &local).unwrap();
+        // The later write to one key wins; the first part of `b` waits.
+        assert_eq!(value(&local, "a"), Some(vec![2]));
+        assert_eq!(value(&local, "b"), None);
+        assert_eq!(applied_of(&local).unwrap(), 2);
+        assert_eq!(node.applied.load(Ordering::Acquire), 2);
+        assert_eq!(node.seen.load(Ordering::Acquire), 3);
+        // Its last part comes with the next fetch.
+        received.take(4, Some(&part(2, 2)), &write("c", 4)).unwrap();
+        received.flush(&node, &local).unwrap();
+        assert_eq!(value(&local, "b"), Some(vec![3]));
+        assert_eq!(value(&local, "c"), Some(vec![4]));
+        assert_eq!(applied_of(&local).unwrap(), 4);
+        assert_eq!(node.seen.load(Ordering::Acquire), 4);
+    }
+
+    #[test]
+    fn a_takeover_marker_drops_an_unfinished_write_and_counts_once_written() {
+        let (_dir, local, node) = node();
+        let mut received = Received::new(0);
+        received.take(1, Some(&part(1, 2)), &write("x", 1)).unwrap();
+        received.take(2, Some(&marker("n2")), &[]).unwrap();
+        // Not counted nor learned before it is in the store.
+        assert_eq!(node.failovers.load(Ordering::Acquire), 0);
+        assert_eq!(node.owner(), None);
+        received.flush(&node, &local).unwrap();
+        assert_eq!(value(&local, "x"), None);
+        assert_eq!(applied_of(&local).unwrap(), 2);
+        assert_eq!(node.failovers.load(Ordering::Acquire), 1);
+        assert_eq!(
+            node.owner().map(|owner| (owner.node, owner.epoch)),
+            Some(("n2".to_string(), 2))
+        );
+        // A second part of the dropped write is a corrupt stream now.
+        assert!(matches!(
+            received.take(3, Some(&part(2, 2)), &write("x", 3)),
+            Err(FollowError::Behind(_))
+        ));
+    }
+
+    #[test]
+    fn a_refused_message_is_not_claimed_as_seen() {
+        let (_dir, local, node) = node();
+        let mut received = Received::new(0);
+        received.take(1, None, &write("a", 1)).unwrap();
+        assert!(matches!(
+            received.take(2, None, b"not a frame"),
+            Err(FollowError::Behind(_))
+        ));
+        assert!(matches!(
+            received.take(2, Some(&part(2, 3)), &write("b", 2)),
+            Err(FollowError::Behind(_))
+        ));
+        received.flush(&node, &local).unwrap();
+        // What came before it is written; it is not.
+        assert_eq!(value(&local, "a"), Some(vec![1]));
+        assert_eq!(node.applied.load(Ordering::Acquire), 1);
+        assert_eq!(node.seen.load(Ordering::Acquire), 1);
     }
 }
