@@ -1102,28 +1102,49 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         };
         // What came before an error is whole and in order: written either way.
         received.flush(node, local)?;
-        let hurry = node.hurry.load(Ordering::Acquire);
-        match fetched.ended {
-            // Ended by the server (full bytes, a lost leader) or by silence: what
-            // came is kept and the next fetch asks at once; with nothing, the
-            // consumer is made anew.
-            Err(error) if fetched.count == 0 => return Err(error),
-            Err(_) => idle = false,
-            // Nothing there: wait on the server for the next message.
-            Ok(()) if fetched.count == 0 => idle = true,
-            Ok(()) if fetched.count == FETCH_MESSAGES && !idle => {}
-            // Caught up: let the next messages gather (an idle wait's first
-            // message came alone; the rest of its burst is fetched together).
-            Ok(()) => {
+        match after_fetch(&fetched, idle, node.hurry.load(Ordering::Acquire)) {
+            Then::Fail => return fetched.ended,
+            Then::AskNow => idle = false,
+            Then::AwaitNext => idle = true,
+            Then::Gather => {
                 idle = false;
-                if !hurry {
-                    tokio::select! {
-                        _ = tokio::time::sleep(FOLLOW_EVERY) => {}
-                        _ = node.hurried.notified() => {}
-                    }
+                tokio::select! {
+                    _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+                    _ = node.hurried.notified() => {}
                 }
             }
         }
+    }
+}
+
+/// What a follower does after a fetch.
+#[derive(Debug, PartialEq, Eq)]
+enum Then {
+    /// Makes a new consumer (the fetch's error, with nothing taken in).
+    Fail,
+    /// Fetches again at once.
+    AskNow,
+    /// Waits on the server for the next message (nothing was there).
+    AwaitNext,
+    /// Lets the next messages gather for [`FOLLOW_EVERY`], then fetches.
+    Gather,
+}
+
+/// `fetched` ended a fetch, asked while `idle` (a long poll for one message) or
+/// not, while this node does or does not `hurry` to a takeover.
+fn after_fetch(fetched: &Fetched, idle: bool, hurry: bool) -> Then {
+    match fetched.ended {
+        // With nothing taken in, an error makes the consumer anew.
+        Err(_) if fetched.count == 0 => Then::Fail,
+        // Ended by the server (the fetch's bytes full, a lost leader) or by
+        // silence: what came is kept, and the next fetch asks at once.
+        Err(_) => Then::AskNow,
+        Ok(()) if fetched.count == 0 => Then::AwaitNext,
+        Ok(()) if fetched.count == FETCH_MESSAGES && !idle => Then::AskNow,
+        Ok(()) if hurry => Then::AskNow,
+        // Caught up: an idle wait's first message came alone; the rest of its
+        // burst is fetched together.
+        Ok(()) => Then::Gather,
     }
 }
 
@@ -1315,6 +1336,45 @@ mod tests {
             received.take(3, Some(&part(2, 2)), &write("x", 3)),
             Err(FollowError::Behind(_))
         ));
+    }
+
+    #[test]
+    fn after_a_fetch_a_follower_gathers_asks_at_once_or_waits_on_the_server() {
+        let fetched = |count, failed: bool| Fetched {
+            count,
+            ended: if failed {
+                Err(FollowError::Retry(
+                    "409 Message Size Exceeds MaxBytes".to_string(),
+                ))
+            } else {
+                Ok(())
+            },
+        };
+        // Caught up: gather for a while, unless a takeover waits.
+        assert_eq!(after_fetch(&fetched(10, false), false, false), Then::Gather);
+        assert_eq!(after_fetch(&fetched(10, false), false, true), Then::AskNow);
+        // A full fetch: more is there.
+        assert_eq!(
+            after_fetch(&fetched(FETCH_MESSAGES, false), false, false),
+            Then::AskNow
+        );
+        // Ended by its byte cap (or a lost leader) after some messages: they are
+        // kept and the next fetch goes on from them, on the same consumer.
+        assert_eq!(after_fetch(&fetched(3, true), false, false), Then::AskNow);
+        // An error with nothing taken in: a new consumer.
+        assert_eq!(after_fetch(&fetched(0, true), false, false), Then::Fail);
+        assert_eq!(after_fetch(&fetched(0, true), true, true), Then::Fail);
+        // Nothing there: wait on the server; its first message, then gather.
+        assert_eq!(
+            after_fetch(&fetched(0, false), false, false),
+            Then::AwaitNext
+        );
+        assert_eq!(
+            after_fetch(&fetched(0, false), true, false),
+            Then::AwaitNext
+        );
+        assert_eq!(after_fetch(&fetched(1, false), true, false), Then::Gather);
+        assert_eq!(after_fetch(&fetched(1, false), true, true), Then::AskNow);
     }
 
     #[test]
