@@ -138,8 +138,14 @@ pub struct Node {
     role: AtomicU8,
     /// Last stream sequence whose write is in the local store.
     pub applied: AtomicU64,
-    /// Last stream sequence received (parts of an unfinished write included).
+    /// Last stream sequence in the local store, or past it by the parts of a
+    /// write whose last part has not come yet: never past a whole write the local
+    /// store lacks (a takeover starts from `seen`).
     pub seen: AtomicU64,
+    /// Last stream sequence the follower has received, written or not: its
+    /// progress, which the watchdog watches (a large fetch is written only once
+    /// whole).
+    pub received: AtomicU64,
     /// The stream's last sequence when last asked.
     pub stream_last: AtomicU64,
     /// Ownership changes (takeover markers) seen since start.
@@ -192,6 +198,7 @@ impl Node {
             role: AtomicU8::new(0),
             applied: AtomicU64::new(applied),
             seen: AtomicU64::new(applied),
+            received: AtomicU64::new(applied),
             stream_last: AtomicU64::new(0),
             failovers: AtomicU64::new(0),
             forwarded: AtomicU64::new(0),
@@ -227,6 +234,7 @@ impl Node {
     fn applied_to(&self, seq: u64) {
         self.applied.store(seq, Ordering::Release);
         self.seen.store(seq, Ordering::Release);
+        self.received.store(seq, Ordering::Release);
     }
 
     /// How far this node's store is behind the stream, as last seen.
@@ -669,8 +677,6 @@ async fn stream_last(link: &Link) -> Result<(u64, u64), String> {
     Ok((state.first_sequence, state.last_sequence))
 }
 
-/// Catches up to the stream's end, stops following and appends the takeover
-/// marker expecting that end.
 /// Why a takeover was not made.
 enum Missed {
     /// Something about this node (it could not catch up in time): the next
@@ -681,6 +687,8 @@ enum Missed {
     Shared(String),
 }
 
+/// Catches up to the stream's end, stops following and appends the takeover
+/// marker expecting that end.
 async fn take_over(
     node: &Arc<Node>,
     link: &Arc<Link>,
@@ -798,25 +806,26 @@ impl Drop for Hurry<'_> {
 /// error).
 const STALL_RESTART: Duration = Duration::from_secs(2);
 
-/// Watches a follower's progress (`seen`) against the stream's last sequence.
+/// Watches a follower's progress (`received`: message by message, not fetch by
+/// fetch) against the stream's last sequence.
 struct Stall {
-    seen: u64,
+    received: u64,
     since: Instant,
 }
 
 impl Stall {
     fn new(node: &Node) -> Stall {
         Stall {
-            seen: node.seen.load(Ordering::Acquire),
+            received: node.received.load(Ordering::Acquire),
             since: Instant::now(),
         }
     }
 
     /// True when the follower has not moved for `limit` while `last` is ahead of it.
     fn check(&mut self, node: &Node, last: u64, limit: Duration) -> bool {
-        let seen = node.seen.load(Ordering::Acquire);
-        if seen != self.seen || seen >= last {
-            self.seen = seen;
+        let received = node.received.load(Ordering::Acquire);
+        if received != self.received || received >= last {
+            self.received = received;
             self.since = Instant::now();
             return false;
         }
@@ -900,13 +909,16 @@ struct Partial {
 /// catching up for a takeover does not wait ([`Node::hurry`]).
 const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
-/// Most messages one fetch asks for; and bytes, unless one message may be larger
-/// (then twice the largest part).
+/// Most messages one fetch asks for, and bytes (unless one message may be
+/// larger: then twice the largest part), each lowered to the server's limits
+/// for a consumer. A fetch that comes back full, or cut short by its bytes, is
+/// followed by the next one at once.
 const FETCH_MESSAGES: usize = 1024;
 const FETCH_BYTES: usize = 16 * 1024 * 1024;
 
-/// How long a fetch may go without its next message, or an idle follower's
-/// long poll past its expiry, before the consumer is made anew.
+/// How long a fetch may go without its next message (an idle follower's long
+/// poll: this past its expiry). It then ends; with nothing taken in, the
+/// consumer is made anew.
 const FETCH_WAIT: Duration = Duration::from_secs(2);
 
 /// How long an idle follower's request waits for the next message (a follower
@@ -1019,6 +1031,7 @@ impl Received {
                 .and_then(|()| local.write(batch, false))
                 .map_err(|e| FollowError::Retry(format!("local store: {e}")))?;
             node.applied_to(self.whole);
+            node.received.fetch_max(self.last, Ordering::AcqRel);
             self.whole = 0;
             for (owner, epoch) in self.markers.drain(..) {
                 node.learn_owner(&owner, epoch);
@@ -1050,6 +1063,7 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         )));
     }
     node.seen.store(applied, Ordering::Release);
+    node.received.store(applied, Ordering::Release);
     if node.role() == Role::Starting && last == applied {
         node.set_role(Role::Follower);
     }
@@ -1059,7 +1073,8 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         .await
         .map_err(|e| retry(&e))?;
     // Ephemeral, unacknowledged, in memory: the follower keeps its own place (its
-    // store's sequence) and makes a new one from there after any error.
+    // store's sequence) and makes a new one from there after an error that
+    // brought nothing.
     let consumer = stream
         .create_consumer(pull::Config {
             deliver_policy: DeliverPolicy::ByStartSequence {
@@ -1074,7 +1089,18 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         .await
         .map_err(|e| retry(&e))?;
     // A fetch ends at a message that does not fit its bytes: one always fits.
-    let bytes = FETCH_BYTES.max(2 * (link.part_bytes + 64 * 1024));
+    // The server's limits for a request (`max_request_batch` and
+    // `max_request_max_bytes`, copied into the consumer) refuse a larger one.
+    let limits = &consumer.cached_info().config;
+    let lowered = |ours: usize, server: i64| match usize::try_from(server) {
+        Ok(server) if server > 0 => ours.min(server),
+        _ => ours,
+    };
+    let batch = lowered(FETCH_MESSAGES, limits.max_batch);
+    let bytes = lowered(
+        FETCH_BYTES.max(2 * (link.part_bytes + 64 * 1024)),
+        limits.max_bytes,
+    );
     let mut received = Received::new(applied);
     let mut idle = false;
     loop {
@@ -1088,13 +1114,18 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         } else {
             consumer
                 .fetch()
-                .max_messages(FETCH_MESSAGES)
+                .max_messages(batch)
                 .max_bytes(bytes)
                 .messages()
                 .await
         };
+        let wait = if idle {
+            IDLE_POLL + FETCH_WAIT
+        } else {
+            FETCH_WAIT
+        };
         let fetched = match asked {
-            Ok(messages) => fetch(node, messages, &mut received).await,
+            Ok(messages) => receive(node, messages, wait, &mut received).await,
             Err(error) => Fetched {
                 count: 0,
                 ended: Err(retry(&error)),
@@ -1102,7 +1133,8 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
         };
         // What came before an error is whole and in order: written either way.
         received.flush(node, local)?;
-        match after_fetch(&fetched, idle, node.hurry.load(Ordering::Acquire)) {
+        let full = !idle && fetched.count == batch;
+        match after_fetch(&fetched, full, node.hurry.load(Ordering::Acquire)) {
             Then::Fail => return fetched.ended,
             Then::AskNow => idle = false,
             Then::AwaitNext => idle = true,
@@ -1120,7 +1152,8 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
 /// What a follower does after a fetch.
 #[derive(Debug, PartialEq, Eq)]
 enum Then {
-    /// Makes a new consumer (the fetch's error, with nothing taken in).
+    /// Ends this consumer with the fetch's error (`follow` decides what next: a
+    /// new consumer, a copy of the owner's store, or no more following).
     Fail,
     /// Fetches again at once.
     AskNow,
@@ -1130,17 +1163,21 @@ enum Then {
     Gather,
 }
 
-/// `fetched` ended a fetch, asked while `idle` (a long poll for one message) or
-/// not, while this node does or does not `hurry` to a takeover.
-fn after_fetch(fetched: &Fetched, idle: bool, hurry: bool) -> Then {
+/// `fetched` ended a fetch, `full` (as many messages as a fetch asks for; never
+/// an idle follower's long poll for one) or not, while this node does or does
+/// not `hurry` to a takeover.
+fn after_fetch(fetched: &Fetched, full: bool, hurry: bool) -> Then {
     match fetched.ended {
+        // A message this node cannot apply: following ends (what came before it
+        // is written).
+        Err(FollowError::Behind(_)) => Then::Fail,
         // With nothing taken in, an error makes the consumer anew.
         Err(_) if fetched.count == 0 => Then::Fail,
         // Ended by the server (the fetch's bytes full, a lost leader) or by
         // silence: what came is kept, and the next fetch asks at once.
         Err(_) => Then::AskNow,
         Ok(()) if fetched.count == 0 => Then::AwaitNext,
-        Ok(()) if fetched.count == FETCH_MESSAGES && !idle => Then::AskNow,
+        Ok(()) if full => Then::AskNow,
         Ok(()) if hurry => Then::AskNow,
         // Caught up: an idle wait's first message came alone; the rest of its
         // burst is fetched together.
@@ -1154,15 +1191,17 @@ struct Fetched {
     ended: Result<(), FollowError>,
 }
 
-/// Takes in the messages of one fetch, in order, until it ends.
-async fn fetch(
+/// Takes in the messages of one fetch, in order, until it ends or goes `wait`
+/// without a message.
+async fn receive(
     node: &Node,
     mut messages: async_nats::jetstream::consumer::pull::Batch,
+    wait: Duration,
     received: &mut Received,
 ) -> Fetched {
     let mut count = 0;
     let ended = loop {
-        let next = match tokio::time::timeout(FETCH_WAIT + IDLE_POLL, messages.next()).await {
+        let next = match tokio::time::timeout(wait, messages.next()).await {
             Ok(Some(next)) => next,
             Ok(None) => break Ok(()),
             Err(_) => break Err(FollowError::Retry("a fetch went unanswered".to_string())),
@@ -1184,17 +1223,12 @@ async fn fetch(
                         "sequence {seq}, expected {expected}"
                     )));
                 }
-                received.take(seq, message.headers.as_ref(), &message.payload)
+                received.take(seq, message.headers.as_ref(), &message.payload)?;
+                node.received.fetch_max(seq, Ordering::AcqRel);
+                Ok(())
             });
         match taken {
             Ok(()) => count += 1,
-            // A refused message ends following at once, whatever came before.
-            Err(error @ FollowError::Behind(_)) => {
-                return Fetched {
-                    count: 0,
-                    ended: Err(error),
-                }
-            }
             Err(error) => break Err(error),
         }
     };
@@ -1354,27 +1388,27 @@ mod tests {
         assert_eq!(after_fetch(&fetched(10, false), false, false), Then::Gather);
         assert_eq!(after_fetch(&fetched(10, false), false, true), Then::AskNow);
         // A full fetch: more is there.
-        assert_eq!(
-            after_fetch(&fetched(FETCH_MESSAGES, false), false, false),
-            Then::AskNow
-        );
+        assert_eq!(after_fetch(&fetched(10, false), true, false), Then::AskNow);
         // Ended by its byte cap (or a lost leader) after some messages: they are
         // kept and the next fetch goes on from them, on the same consumer.
         assert_eq!(after_fetch(&fetched(3, true), false, false), Then::AskNow);
         // An error with nothing taken in: a new consumer.
         assert_eq!(after_fetch(&fetched(0, true), false, false), Then::Fail);
-        assert_eq!(after_fetch(&fetched(0, true), true, true), Then::Fail);
-        // Nothing there: wait on the server; its first message, then gather.
+        assert_eq!(after_fetch(&fetched(0, true), false, true), Then::Fail);
+        // A message this node cannot apply ends following, whatever came before.
+        let refused = Fetched {
+            count: 5,
+            ended: Err(FollowError::Behind("undecodable".to_string())),
+        };
+        assert_eq!(after_fetch(&refused, false, false), Then::Fail);
+        // Nothing there: wait on the server. The long poll's one message is never
+        // full: gather the rest of its burst.
         assert_eq!(
             after_fetch(&fetched(0, false), false, false),
             Then::AwaitNext
         );
-        assert_eq!(
-            after_fetch(&fetched(0, false), true, false),
-            Then::AwaitNext
-        );
-        assert_eq!(after_fetch(&fetched(1, false), true, false), Then::Gather);
-        assert_eq!(after_fetch(&fetched(1, false), true, true), Then::AskNow);
+        assert_eq!(after_fetch(&fetched(1, false), false, false), Then::Gather);
+        assert_eq!(after_fetch(&fetched(1, false), false, true), Then::AskNow);
     }
 
     #[test]
