@@ -54,6 +54,17 @@ pub fn mark_applied(batch: &mut WriteBatch, seq: u64) -> Result<(), StorageError
     Ok(())
 }
 
+/// Writes `batch` to `local` with the mark that it holds the stream up to `seq`.
+pub fn write_applied(
+    local: &RocksStore,
+    mut batch: WriteBatch,
+    seq: u64,
+    sync: bool,
+) -> Result<(), StorageError> {
+    mark_applied(&mut batch, seq)?;
+    local.write(batch, sync)
+}
+
 /// The exit status of a node that lost ownership (its supervisor restarts it,
 /// and it rejoins as a follower).
 pub const STEPPED_DOWN_EXIT: i32 = 3;
@@ -770,8 +781,7 @@ async fn take_over(
             return Err(Missed::Shared(why));
         }
     };
-    let mut batch = WriteBatch::default();
-    let written = mark_applied(&mut batch, epoch).and_then(|()| local.write(batch, false));
+    let written = write_applied(local, WriteBatch::default(), epoch, false);
     if let Err(error) = written {
         node.step_down(&format!("local store: {error}"));
         return Err(Missed::Local(error.to_string()));
@@ -1026,9 +1036,8 @@ impl Received {
     /// never claims a whole write the store lacks.
     fn flush(&mut self, node: &Node, local: &RocksStore) -> Result<(), FollowError> {
         if self.whole != 0 {
-            let mut batch = std::mem::take(&mut self.batch);
-            mark_applied(&mut batch, self.whole)
-                .and_then(|()| local.write(batch, false))
+            let batch = std::mem::take(&mut self.batch);
+            write_applied(local, batch, self.whole, false)
                 .map_err(|e| FollowError::Retry(format!("local store: {e}")))?;
             node.applied_to(self.whole);
             node.received.fetch_max(self.last, Ordering::AcqRel);

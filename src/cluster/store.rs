@@ -12,7 +12,7 @@ use async_nats::HeaderMap;
 
 use super::frame::{self, NODE_HEADER, PART_HEADER};
 use super::link::{AppendFailure, WriteLink};
-use super::{mark_applied, Node, PARTS_MAX};
+use super::{write_applied, Node, PARTS_MAX};
 use crate::storage::{RocksStore, Space, StorageError, Store, WriteBatch};
 
 pub struct ReplicatedStore {
@@ -70,7 +70,7 @@ impl ReplicatedStore {
     fn write_locked(
         &self,
         last: &mut u64,
-        mut batch: WriteBatch,
+        batch: WriteBatch,
         sync: bool,
     ) -> Result<(), StorageError> {
         if *last == 0 || !self.node.may_write() {
@@ -108,8 +108,7 @@ impl ReplicatedStore {
                 Err(failure) => return Err(Self::refusal(failure)),
             }
         }
-        mark_applied(&mut batch, *last)?;
-        self.local.write(batch, sync)?;
+        write_applied(&self.local, batch, *last, sync)?;
         self.node.applied_to(*last);
         Ok(())
     }
