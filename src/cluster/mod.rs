@@ -1113,25 +1113,12 @@ async fn follow_once(node: &Node, link: &Link, local: &RocksStore) -> Result<(),
     let mut received = Received::new(applied);
     let mut idle = false;
     loop {
-        let asked = if idle {
-            consumer
-                .batch()
-                .max_messages(1)
-                .expires(IDLE_POLL)
-                .messages()
-                .await
+        let (asked, wait) = if idle {
+            let poll = consumer.batch().max_messages(1).expires(IDLE_POLL);
+            (poll.messages().await, IDLE_POLL + FETCH_WAIT)
         } else {
-            consumer
-                .fetch()
-                .max_messages(batch)
-                .max_bytes(bytes)
-                .messages()
-                .await
-        };
-        let wait = if idle {
-            IDLE_POLL + FETCH_WAIT
-        } else {
-            FETCH_WAIT
+            let fetch = consumer.fetch().max_messages(batch).max_bytes(bytes);
+            (fetch.messages().await, FETCH_WAIT)
         };
         let fetched = match asked {
             Ok(messages) => receive(node, messages, wait, &mut received).await,
