@@ -631,6 +631,134 @@ fn on_an_r3_stream_two_writers_with_one_expectation_never_both_land() {
     });
 }
 
+/// Cluster mode's pipelined appends (issue 13): an owner sends a second write
+/// before the first's ack, expecting the sequence the first will land at and
+/// naming the first's `Nats-Msg-Id` in `Nats-Expected-Last-Msg-Id`. Two writers
+/// race such chains on an R3 stream: exactly one first lands each round, and no
+/// second ever lands unless its own first is right before it, even when the
+/// sequence it expects is the one the rival's first landed at.
+#[test]
+fn on_an_r3_stream_a_pipelined_second_write_lands_only_right_after_its_first() {
+    const ROUNDS: u64 = 100;
+    let cluster = NatsCluster::start();
+    let urls = cluster.urls.clone();
+    runtime().block_on(async move {
+        // Each writer on a server of its own: their writes meet at the leader.
+        let connect = |url: String| async move {
+            let server: async_nats::ServerAddr = url.parse().expect("url");
+            async_nats::jetstream::new(async_nats::connect(server).await.expect("connect"))
+        };
+        let (a, b) = (connect(urls[0].clone()).await, connect(urls[1].clone()).await);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let stream = loop {
+            let created = a
+                .create_stream(async_nats::jetstream::stream::Config {
+                    name: "P1".to_string(),
+                    subjects: vec!["p1".to_string()],
+                    num_replicas: 3,
+                    ..Default::default()
+                })
+                .await;
+            match created {
+                Ok(stream) => break stream,
+                Err(error) => {
+                    assert!(Instant::now() < deadline, "no R3 stream: {error}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        };
+        // Sends one write (not waiting for its ack).
+        let send = |js: async_nats::jetstream::Context,
+                    expected: u64,
+                    after: Option<String>,
+                    id: String| async move {
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Expected-Last-Sequence", expected.to_string().as_str());
+            headers.insert("Nats-Msg-Id", id.as_str());
+            if let Some(after) = &after {
+                headers.insert("Nats-Expected-Last-Msg-Id", after.as_str());
+            }
+            js.publish_with_headers("p1", headers, id.into_bytes().into())
+                .await
+                .map_err(|e| e.to_string())
+        };
+        let landed = |sent: Result<async_nats::jetstream::context::PublishAckFuture, String>| async move {
+            match sent {
+                Ok(ack) => ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+                Err(error) => Err(error),
+            }
+        };
+        // Both writes of a chain are sent before either ack is awaited.
+        let chain = |js: async_nats::jetstream::Context, last: u64, who: &'static str, round: u64| async move {
+            let first = format!("{who}-{round}-1");
+            let sent_first = send(js.clone(), last, None, first.clone()).await;
+            let sent_second = send(js, last + 1, Some(first), format!("{who}-{round}-2")).await;
+            (landed(sent_first).await, landed(sent_second).await)
+        };
+        let mut last = 0;
+        let (mut seconds_refused_spuriously, mut a_won) = (0, 0);
+        for round in 0..ROUNDS {
+            let (a_wrote, b_wrote) = tokio::join!(
+                chain(a.clone(), last, "a", round),
+                chain(b.clone(), last, "b", round)
+            );
+            let (winner, loser) = match (&a_wrote.0, &b_wrote.0) {
+                (Ok(_), Err(_)) => {
+                    a_won += 1;
+                    (a_wrote, b_wrote)
+                }
+                (Err(_), Ok(_)) => (b_wrote, a_wrote),
+                _ => panic!("round {round}: a {a_wrote:?}, b {b_wrote:?}"),
+            };
+            assert_eq!(winner.0, Ok(last + 1), "round {round}");
+            let refused = loser.1.expect_err("a second without its first never lands");
+            assert!(refused.contains("wrong last"), "round {round}: {refused}");
+            match winner.1 {
+                Ok(sequence) => {
+                    assert_eq!(sequence, last + 2, "round {round}");
+                    last += 2;
+                }
+                // The rival's second may have been counted in flight when the
+                // winner's came: a refusal, never a wrong landing.
+                Err(why) => {
+                    assert!(why.contains("wrong last"), "round {round}: {why}");
+                    seconds_refused_spuriously += 1;
+                    last += 1;
+                }
+            }
+        }
+        // The deterministic case, as after a takeover: another writer's one
+        // write lands; the old writer's first is refused, and its second,
+        // expecting just the sequence that write landed at, is refused too.
+        let marker = landed(send(b.clone(), last, None, "marker".to_string()).await).await;
+        assert_eq!(marker, Ok(last + 1));
+        let stale_first = landed(send(a.clone(), last, None, "stale-1".to_string()).await);
+        let stale_second = landed(
+            send(a.clone(), last + 1, Some("stale-1".to_string()), "stale-2".to_string()).await,
+        );
+        let (stale_first, stale_second) = (stale_first.await, stale_second.await);
+        assert!(stale_first.expect_err("stale").contains("wrong last sequence"));
+        assert!(
+            stale_second.as_ref().expect_err("stale").contains("wrong last message id"),
+            "{stale_second:?}"
+        );
+        last += 1;
+        // The stream: each second right after its own first.
+        let mut before = String::new();
+        for sequence in 1..=last {
+            let message = stream.get_raw_message(sequence).await.expect("message");
+            let id = String::from_utf8(message.payload.to_vec()).expect("utf-8");
+            if let Some(first) = id.strip_suffix("-2") {
+                assert_eq!(before, format!("{first}-1"), "at {sequence}");
+            }
+            before = id;
+        }
+        eprintln!(
+            "{ROUNDS} rounds: a won {a_won}; a winner's second refused {seconds_refused_spuriously} times"
+        );
+    });
+}
+
 /// A server that wants a user and password: the sink signs in with the ones in
 /// its `url` (percent-encoded there), and a wrong password is never shown.
 #[test]
