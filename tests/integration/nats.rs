@@ -475,8 +475,19 @@ impl NatsCluster {
         NatsCluster::start_with("")
     }
 
-    /// With `extra` added to each server's config.
+    /// With `extra` added to each server's config. Started again on other
+    /// ports when a server exits before it listens: a port picked free can be
+    /// taken before the server binds it (by another test's connection).
     pub(crate) fn start_with(extra: &str) -> NatsCluster {
+        for _ in 0..3 {
+            if let Some(cluster) = NatsCluster::try_start(extra) {
+                return cluster;
+            }
+        }
+        panic!("the NATS cluster did not start three times");
+    }
+
+    fn try_start(extra: &str) -> Option<NatsCluster> {
         let client: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let monitors: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let route: Vec<u16> = (0..3).map(|_| free_port()).collect();
@@ -515,13 +526,18 @@ impl NatsCluster {
             cluster.children.push(NatsCluster::spawn(&dir, i));
         }
         let deadline = Instant::now() + Duration::from_secs(20);
-        for port in &client {
+        for (i, port) in client.iter().enumerate() {
             while TcpStream::connect(("127.0.0.1", *port)).is_err() {
                 assert!(Instant::now() < deadline, "the cluster did not listen");
+                if !matches!(cluster.children[i].try_wait(), Ok(None)) {
+                    let log = std::fs::read_to_string(dir.join(format!("n{i}.log")));
+                    eprintln!("nats-server n{i} exited: {}", log.unwrap_or_default());
+                    return None;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
-        cluster
+        Some(cluster)
     }
 }
 
