@@ -265,45 +265,6 @@ impl WriteLink {
             })
     }
 
-    /// Publishes one message (with its expectations already in `headers`)
-    /// without waiting for the stream's answer, on this thread: the answer is
-    /// awaited through [`WriteLink::wait`]. A publish the connection refused is
-    /// an error at once.
-    pub fn send(&self, headers: HeaderMap, payload: bytes::Bytes) -> Result<AckFuture, String> {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return Err("a journal append from inside an event loop".to_string());
-        }
-        let Some(runtime) = &self.runtime else {
-            return Err("closed".to_string());
-        };
-        let sent = runtime.block_on(self.js.publish_with_headers(
-            self.subject.clone(),
-            headers,
-            payload,
-        ));
-        match sent {
-            Ok(ack) => Ok(AckFuture(std::future::IntoFuture::into_future(ack))),
-            Err(error) => Err(error.to_string()),
-        }
-    }
-
-    /// Drives the connection on this thread until the stream answers `ack` or
-    /// `wait` has passed (`None`: no answer yet).
-    pub fn wait(
-        &self,
-        ack: &mut AckFuture,
-        wait: Duration,
-    ) -> Option<Result<u64, jetstream::context::PublishError>> {
-        let runtime = self.runtime.as_ref()?;
-        if tokio::runtime::Handle::try_current().is_ok() {
-            return None;
-        }
-        runtime
-            .block_on(async { tokio::time::timeout(wait, &mut ack.0).await })
-            .ok()
-            .map(|answer| answer.map(|ack| ack.sequence))
-    }
-
     /// Lets the connection do what it has to between appends (answer the
     /// server's pings, reconnect) for `span`, on this thread.
     pub fn drive(&self, span: Duration) {
@@ -322,31 +283,6 @@ impl Drop for WriteLink {
             runtime.shutdown_background();
         }
     }
-}
-
-/// The stream's answer to a message sent by [`WriteLink::send`].
-pub struct AckFuture(
-    std::pin::Pin<
-        Box<
-            dyn Future<
-                    Output = Result<
-                        jetstream::publish::PublishAck,
-                        jetstream::context::PublishError,
-                    >,
-                > + Send,
-        >,
-    >,
-);
-
-/// True for the stream's refusals of a write whose expectation another
-/// writer's write broke: the last sequence, or (a pipelined write) the last
-/// message id.
-pub fn is_fence(error: &jetstream::context::PublishError) -> bool {
-    use async_nats::jetstream::context::PublishErrorKind;
-    matches!(
-        error.kind(),
-        PublishErrorKind::WrongLastSequence | PublishErrorKind::WrongLastMessageId
-    )
 }
 
 fn block_on<F>(runtime: &tokio::runtime::Handle, future: F, wait: Duration) -> Option<F::Output>
@@ -389,7 +325,7 @@ pub async fn append(
             Ok(ack) => return Ok(ack.sequence),
             Err(error) => error,
         };
-        if is_fence(&error) {
+        if error.kind() == PublishErrorKind::WrongLastSequence {
             return Err(AppendFailure::Fenced(error.to_string()));
         }
         if error.kind() == PublishErrorKind::MaxPayloadExceeded {

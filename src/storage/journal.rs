@@ -36,7 +36,7 @@ use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendErro
 use tokio::sync::{oneshot, watch};
 
 use super::records::{EntrySummary, JournalRecord};
-use super::{seq_key, Pipeline, Space, StorageError, Store, WriteBatch};
+use super::{seq_key, Space, StorageError, Store, WriteBatch};
 
 pub type AppendError = StorageError;
 
@@ -45,16 +45,6 @@ pub const STALL_AFTER: Duration = Duration::from_millis(500);
 
 /// How often the watchdog looks at the write in progress.
 const WATCHDOG_EVERY: Duration = Duration::from_millis(100);
-
-/// On a pipelined store: how long the oldest write in flight waits for its
-/// answer before the appends queued meanwhile are begun behind it. The
-/// stream's median answer is about half a millisecond; a write slower than
-/// this would otherwise hold every append behind it for its whole tail.
-const OVERLAP_AFTER: Duration = Duration::from_millis(1);
-/// How often, past [`OVERLAP_AFTER`], the writer looks for appends to begin.
-const OVERLAP_POLL: Duration = Duration::from_micros(200);
-/// Writes in flight at most on a pipelined store.
-const IN_FLIGHT_MAX: usize = 2;
 
 /// Resolves to the first `seq` of the append's entries once they are durable.
 /// The only way to an append's outcome: drop it and the outcome is lost (the
@@ -201,17 +191,13 @@ impl Committer {
         }
     }
 
-    fn lock_state(&self) -> std::sync::MutexGuard<'_, CommitState> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// Numbers, writes and answers `requests` as one atomic batch, waiting
     /// for the commit lock.
     fn commit(&self, requests: Vec<AppendRequest>) {
         if requests.is_empty() {
             return;
         }
-        let state = self.lock_state();
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.commit_locked(state, requests);
     }
 
@@ -234,7 +220,7 @@ impl Committer {
 
     fn commit_locked(
         &self,
-        state: std::sync::MutexGuard<'_, CommitState>,
+        mut state: std::sync::MutexGuard<'_, CommitState>,
         requests: Vec<AppendRequest>,
     ) {
         if self.poisoned.load(Ordering::Acquire) {
@@ -242,33 +228,30 @@ impl Committer {
             self.refuse(requests, &StorageError::Poisoned);
             return;
         }
-        let mut numbered = Numbered::of(state.next_seq, requests);
-        let batch = std::mem::take(&mut numbered.batch);
+        let mut batch = WriteBatch::default();
+        let mut replies = Vec::with_capacity(requests.len());
+        let mut seq = state.next_seq;
+        let mut entries = 0u64;
+        let mut summaries = Vec::new();
+        let count = requests.len();
+        for mut request in requests {
+            replies.push((seq, request.reply));
+            for entry in request.entries.drain(..) {
+                batch.put(Space::Journal, seq_key(seq), entry.bytes);
+                summaries.push((seq, entry.summary));
+                seq += 1;
+                entries += 1;
+            }
+            batch.append(std::mem::take(&mut request.extra));
+        }
         let started = Instant::now();
-        self.write_started(Some(started));
+        self.stats.write_started_ms.store(
+            self.epoch.elapsed().as_millis() as u64 + 1,
+            Ordering::Release,
+        );
         let result = self.store.write(batch, self.sync);
-        self.write_started(None);
-        self.settle(state, numbered, result, started.elapsed());
-    }
-
-    /// Marks when the write in progress started (`None`: none is), for the
-    /// watchdog.
-    fn write_started(&self, at: Option<Instant>) {
-        let ms = at.map_or(0, |at| {
-            at.saturating_duration_since(self.epoch).as_millis() as u64 + 1
-        });
-        self.stats.write_started_ms.store(ms, Ordering::Release);
-    }
-
-    /// Answers a batch that was written (or failed to be), in `took`: the head
-    /// moves past it, or the journal is poisoned.
-    fn settle(
-        &self,
-        mut state: std::sync::MutexGuard<'_, CommitState>,
-        numbered: Numbered,
-        result: Result<(), StorageError>,
-        took: Duration,
-    ) {
+        self.stats.write_started_ms.store(0, Ordering::Release);
+        let took = started.elapsed();
         if let Some(observe) = &self.on_write {
             observe(took.as_secs_f64());
         }
@@ -276,20 +259,12 @@ impl Committer {
             self.stats.stalls.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(took_ms = took.as_millis() as u64, "journal write stalled");
         }
-        let Numbered {
-            replies,
-            summaries,
-            next_seq,
-            count,
-            entries,
-            ..
-        } = numbered;
         self.queued.fetch_sub(count, Ordering::AcqRel);
         match result {
             Ok(()) => {
-                state.next_seq = next_seq;
+                state.next_seq = seq;
                 let evicted = self.remember(summaries);
-                state.head_sender.send_replace(next_seq - 1);
+                state.head_sender.send_replace(seq - 1);
                 drop(state);
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
                 self.stats
@@ -305,11 +280,9 @@ impl Committer {
             Err(error) => {
                 // Poisoned before the lock is released: no later batch, on any
                 // thread, is written on top of the one that failed.
-                let first = !self.poisoned.swap(true, Ordering::AcqRel);
+                self.poisoned.store(true, Ordering::Release);
                 drop(state);
-                if first {
-                    tracing::error!(%error, "journal write failed, refusing further appends");
-                }
+                tracing::error!(%error, "journal write failed, refusing further appends");
                 for (_, reply) in replies {
                     let _ = reply.send(Err(error.clone()));
                 }
@@ -338,49 +311,6 @@ impl Committer {
             }
         }
         evicted
-    }
-}
-
-/// Appends numbered for one atomic write: the write, and whom to answer.
-struct Numbered {
-    batch: WriteBatch,
-    /// Each append's first `seq`, and its reply.
-    replies: Vec<(u64, oneshot::Sender<Result<u64, StorageError>>)>,
-    summaries: Vec<(u64, Option<Arc<EntrySummary>>)>,
-    /// The `seq` after the last entry.
-    next_seq: u64,
-    /// Appends.
-    count: usize,
-    entries: u64,
-}
-
-impl Numbered {
-    /// Numbers `requests`' entries from `first` on, into one batch.
-    fn of(first: u64, requests: Vec<AppendRequest>) -> Numbered {
-        let mut batch = WriteBatch::default();
-        let mut replies = Vec::with_capacity(requests.len());
-        let mut seq = first;
-        let mut entries = 0u64;
-        let mut summaries = Vec::new();
-        let count = requests.len();
-        for mut request in requests {
-            replies.push((seq, request.reply));
-            for entry in request.entries.drain(..) {
-                batch.put(Space::Journal, seq_key(seq), entry.bytes);
-                summaries.push((seq, entry.summary));
-                seq += 1;
-                entries += 1;
-            }
-            batch.append(std::mem::take(&mut request.extra));
-        }
-        Numbered {
-            batch,
-            replies,
-            summaries,
-            next_seq: seq,
-            count,
-            entries,
-        }
     }
 }
 
@@ -693,20 +623,8 @@ struct Writer {
     receiver: Receiver<Message>,
 }
 
-/// A batch begun on a pipelined store and not yet finished.
-struct Begun {
-    numbered: Numbered,
-    /// The sending threads' counts of batches handed over.
-    counts: Vec<Arc<AtomicUsize>>,
-    started: Instant,
-}
-
 impl Writer {
     fn run(self) {
-        let committer = self.committer.clone();
-        if let Some(pipeline) = committer.store.pipeline() {
-            return self.run_pipelined(pipeline);
-        }
         let mut stalled_seen = false;
         loop {
             let mut requests = Vec::new();
@@ -748,161 +666,6 @@ impl Writer {
                     }
                 }
                 return;
-            }
-        }
-    }
-
-    /// The writer on a store whose writes may overlap (cluster mode): group
-    /// commit as in [`Writer::run`], and when the oldest write in flight has
-    /// waited [`OVERLAP_AFTER`] for its answer, what has queued meanwhile is
-    /// begun behind it ([`IN_FLIGHT_MAX`] in flight at most). Batches are
-    /// numbered, finished and answered in the order begun.
-    fn run_pipelined(self, pipeline: &dyn Pipeline) {
-        let mut in_flight: VecDeque<Begun> = VecDeque::new();
-        let mut stop = false;
-        let mut stalled_seen = false;
-        loop {
-            let Some(front) = in_flight.front() else {
-                if stop {
-                    self.refuse_the_rest();
-                    return;
-                }
-                match self.receiver.recv_timeout(WATCHDOG_EVERY) {
-                    Ok(message) => {
-                        let (requests, counts, stopped) = self.gather(Some(message));
-                        stop = stopped;
-                        self.begin(pipeline, &mut in_flight, requests, counts);
-                    }
-                    Err(RecvTimeoutError::Disconnected) => stop = true,
-                    Err(RecvTimeoutError::Timeout) => stalled_seen = self.watch(stalled_seen),
-                }
-                continue;
-            };
-            let age = front.started.elapsed();
-            let overlap = !stop && in_flight.len() < IN_FLIGHT_MAX;
-            let wait = match OVERLAP_AFTER.checked_sub(age) {
-                _ if !overlap => WATCHDOG_EVERY,
-                Some(left) if !left.is_zero() => left,
-                _ => OVERLAP_POLL,
-            };
-            if pipeline.poll(wait) {
-                self.finish(pipeline, &mut in_flight);
-                continue;
-            }
-            stalled_seen = self.watch(stalled_seen);
-            if overlap && age + wait >= OVERLAP_AFTER {
-                let (requests, counts, stopped) = self.gather(None);
-                stop = stopped;
-                self.begin(pipeline, &mut in_flight, requests, counts);
-            }
-        }
-    }
-
-    /// What is queued (after `first`, if given), up to `batch_max` appends,
-    /// without waiting; and whether Stop came.
-    fn gather(&self, first: Option<Message>) -> (Vec<AppendRequest>, Vec<Arc<AtomicUsize>>, bool) {
-        let mut requests = Vec::new();
-        let mut counts = Vec::new();
-        let mut next = first;
-        loop {
-            let message = match next.take() {
-                Some(message) => message,
-                None if requests.len() >= self.committer.batch_max => break,
-                None => match self.receiver.try_recv() {
-                    Ok(message) => message,
-                    Err(_) => break,
-                },
-            };
-            match message {
-                Message::Appends(more, count) => {
-                    requests.extend(more);
-                    counts.extend(count);
-                }
-                Message::Stop => return (requests, counts, true),
-            }
-        }
-        (requests, counts, false)
-    }
-
-    /// Numbers `requests` after the batches in flight and begins them behind
-    /// those; a batch that cannot overlap them waits until they are finished.
-    fn begin(
-        &self,
-        pipeline: &dyn Pipeline,
-        in_flight: &mut VecDeque<Begun>,
-        requests: Vec<AppendRequest>,
-        counts: Vec<Arc<AtomicUsize>>,
-    ) {
-        let committer = &self.committer;
-        if requests.is_empty() || committer.poisoned.load(Ordering::Acquire) {
-            committer.refuse(requests, &StorageError::Poisoned);
-            Self::handed(counts);
-            return;
-        }
-        let first = match in_flight.back() {
-            Some(last) => last.numbered.next_seq,
-            None => committer.lock_state().next_seq,
-        };
-        let mut numbered = Numbered::of(first, requests);
-        let mut batch = std::mem::take(&mut numbered.batch);
-        let started = Instant::now();
-        if in_flight.is_empty() {
-            committer.write_started(Some(started));
-        }
-        if let Some(back) = pipeline.begin(batch, committer.sync) {
-            while !in_flight.is_empty() {
-                self.finish(pipeline, in_flight);
-            }
-            batch = back;
-            if committer.poisoned.load(Ordering::Acquire) {
-                let state = committer.lock_state();
-                committer.settle(state, numbered, Err(StorageError::Poisoned), Duration::ZERO);
-                Self::handed(counts);
-                return;
-            }
-            committer.write_started(Some(started));
-            if pipeline.begin(batch, committer.sync).is_some() {
-                let state = committer.lock_state();
-                let refused =
-                    StorageError::Io("the store refused a write with none in flight".into());
-                committer.settle(state, numbered, Err(refused), Duration::ZERO);
-                Self::handed(counts);
-                return;
-            }
-        }
-        in_flight.push_back(Begun {
-            numbered,
-            counts,
-            started,
-        });
-    }
-
-    /// Finishes the oldest batch in flight and answers it.
-    fn finish(&self, pipeline: &dyn Pipeline, in_flight: &mut VecDeque<Begun>) {
-        let Some(begun) = in_flight.pop_front() else {
-            return;
-        };
-        let result = pipeline.finish();
-        let took = begun.started.elapsed();
-        let committer = &self.committer;
-        committer.write_started(in_flight.front().map(|next| next.started));
-        let state = committer.lock_state();
-        committer.settle(state, begun.numbered, result, took);
-        Self::handed(begun.counts);
-    }
-
-    fn handed(counts: Vec<Arc<AtomicUsize>>) {
-        for count in counts {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-
-    /// After Stop: anything that raced in is refused, not dropped silently.
-    fn refuse_the_rest(&self) {
-        while let Ok(message) = self.receiver.try_recv() {
-            if let Message::Appends(requests, count) = message {
-                self.committer.refuse(requests, &StorageError::Closed);
-                Self::handed(count.into_iter().collect());
             }
         }
     }
@@ -1093,193 +856,6 @@ mod tests {
             Err(StorageError::Poisoned)
         ));
         assert_eq!(journal.head(), 1);
-        journal.shutdown();
-    }
-
-    /// A store whose writes overlap and are answered only when the test says
-    /// (the journal stream's stand-in): `answer(n)` lets the oldest `n` be.
-    #[derive(Default)]
-    struct Held {
-        inner: MemoryStore,
-        state: Mutex<HeldState>,
-    }
-
-    #[derive(Default)]
-    struct HeldState {
-        in_flight: VecDeque<WriteBatch>,
-        begun: usize,
-        answered: usize,
-        finished: usize,
-        /// The first write (counted from 0) that fails; every later one fails too.
-        fail_from: Option<usize>,
-    }
-
-    /// A batch of more operations than this cannot overlap others (like a
-    /// write in parts).
-    const HELD_ONE_MESSAGE: usize = 4;
-
-    impl Held {
-        fn state(&self) -> std::sync::MutexGuard<'_, HeldState> {
-            self.state.lock().unwrap()
-        }
-
-        fn answer(&self, writes: usize) {
-            self.state().answered += writes;
-        }
-
-        fn begun(&self) -> usize {
-            self.state().begun
-        }
-
-        fn wait_until_begun(&self, writes: usize) {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while self.begun() < writes {
-                assert!(
-                    Instant::now() < deadline,
-                    "{} begun, not {writes}",
-                    self.begun()
-                );
-                std::thread::sleep(Duration::from_millis(1));
-            }
-        }
-    }
-
-    impl Store for Held {
-        fn write(&self, batch: WriteBatch, sync: bool) -> Result<(), StorageError> {
-            self.inner.write(batch, sync)
-        }
-        fn get(&self, space: Space, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-            self.inner.get(space, key)
-        }
-        fn scan(
-            &self,
-            space: Space,
-            from: &[u8],
-            visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-        ) -> Result<(), StorageError> {
-            self.inner.scan(space, from, visit)
-        }
-        fn last_key(&self, space: Space) -> Result<Option<Vec<u8>>, StorageError> {
-            self.inner.last_key(space)
-        }
-        fn waits_on_network(&self) -> bool {
-            true
-        }
-        fn pipeline(&self) -> Option<&dyn Pipeline> {
-            Some(self)
-        }
-    }
-
-    impl Pipeline for Held {
-        fn begin(&self, batch: WriteBatch, _sync: bool) -> Option<WriteBatch> {
-            let mut state = self.state();
-            if batch.ops.len() > HELD_ONE_MESSAGE && !state.in_flight.is_empty() {
-                return Some(batch);
-            }
-            state.in_flight.push_back(batch);
-            state.begun += 1;
-            None
-        }
-
-        fn poll(&self, wait: Duration) -> bool {
-            {
-                let state = self.state();
-                if state.answered > state.finished {
-                    return true;
-                }
-            }
-            std::thread::sleep(wait.min(Duration::from_millis(1)));
-            false
-        }
-
-        fn finish(&self) -> Result<(), StorageError> {
-            while !self.poll(Duration::from_millis(1)) {}
-            let mut state = self.state();
-            let batch = state.in_flight.pop_front().expect("a write in flight");
-            let index = state.finished;
-            state.finished += 1;
-            if state.fail_from.is_some_and(|from| index >= from) {
-                return Err(StorageError::Io("refused".to_string()));
-            }
-            self.inner.write(batch, false)
-        }
-    }
-
-    fn entries(store: &dyn Store) -> Vec<(u64, Vec<u8>)> {
-        let mut found = Vec::new();
-        store
-            .scan(Space::Journal, &seq_key(0), &mut |key, value| {
-                found.push((crate::storage::seq_from_key(key).unwrap(), value.to_vec()));
-                true
-            })
-            .unwrap();
-        found
-    }
-
-    #[tokio::test]
-    async fn appends_behind_an_unanswered_write_are_begun_before_it_is_answered() {
-        let store = Arc::new(Held::default());
-        let journal = Journal::start(store.clone(), 0, options());
-        let first = journal.append(vec![vec![1].into()], WriteBatch::default());
-        store.wait_until_begun(1);
-        let second = journal.append(vec![vec![2].into(), vec![3].into()], WriteBatch::default());
-        // Begun behind the first, which has not been answered.
-        store.wait_until_begun(2);
-        // Two in flight at most: the third waits.
-        let third = journal.append(vec![vec![4].into()], WriteBatch::default());
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(store.begun(), 2);
-        assert_eq!(journal.head(), 0, "nothing is durable before its answer");
-        store.answer(3);
-        assert_eq!(first.unwrap().await.unwrap(), 1);
-        assert_eq!(second.unwrap().await.unwrap(), 2);
-        assert_eq!(third.unwrap().await.unwrap(), 4);
-        assert_eq!(journal.head(), 4);
-        let seqs: Vec<u64> = entries(&*store).into_iter().map(|(seq, _)| seq).collect();
-        assert_eq!(seqs, vec![1, 2, 3, 4]);
-        journal.shutdown();
-    }
-
-    #[tokio::test]
-    async fn a_failed_write_fails_the_one_begun_behind_it() {
-        let store = Arc::new(Held::default());
-        store.state().fail_from = Some(0);
-        let journal = Journal::start(store.clone(), 0, options());
-        let first = journal.append(vec![vec![1].into()], WriteBatch::default());
-        store.wait_until_begun(1);
-        let second = journal.append(vec![vec![2].into()], WriteBatch::default());
-        store.wait_until_begun(2);
-        store.answer(2);
-        assert!(first.unwrap().await.is_err());
-        assert!(second.unwrap().await.is_err());
-        assert!(journal.is_poisoned());
-        assert!(matches!(
-            journal.append(vec![vec![3].into()], WriteBatch::default()),
-            Err(StorageError::Poisoned)
-        ));
-        assert_eq!(journal.head(), 0);
-        assert!(entries(&*store).is_empty());
-        journal.shutdown();
-    }
-
-    #[tokio::test]
-    async fn a_write_that_cannot_overlap_waits_for_the_one_in_flight() {
-        let store = Arc::new(Held::default());
-        let journal = Journal::start(store.clone(), 0, options());
-        let first = journal.append(vec![vec![1].into()], WriteBatch::default());
-        store.wait_until_begun(1);
-        let big: Vec<Entry> = (0..=HELD_ONE_MESSAGE as u8)
-            .map(|i| vec![i].into())
-            .collect();
-        let second = journal.append(big, WriteBatch::default());
-        std::thread::sleep(Duration::from_millis(30));
-        assert_eq!(store.begun(), 1, "handed back: it waits for the first");
-        store.answer(1);
-        assert_eq!(first.unwrap().await.unwrap(), 1);
-        store.wait_until_begun(2);
-        store.answer(1);
-        assert_eq!(second.unwrap().await.unwrap(), 2);
-        assert_eq!(journal.head(), 2 + HELD_ONE_MESSAGE as u64);
         journal.shutdown();
     }
 

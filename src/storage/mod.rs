@@ -148,28 +148,6 @@ pub trait Store: Send + Sync + 'static {
     fn waits_on_network(&self) -> bool {
         false
     }
-    /// The store's overlapping writes, if it has them (cluster mode's).
-    fn pipeline(&self) -> Option<&dyn Pipeline> {
-        None
-    }
-}
-
-/// A store whose writes wait on the network and may overlap (cluster mode):
-/// a write is begun while earlier ones are still unanswered, and they are
-/// finished in the order begun. Each lands right after the one begun before
-/// it, or not at all; a write that fails fails every write begun after it.
-/// One thread (the journal's writer) begins and finishes them.
-pub trait Pipeline: Send + Sync {
-    /// Begins `batch`, or hands it back when it cannot overlap the writes in
-    /// flight: finish them, then begin it again (with none in flight it is
-    /// always begun). Its outcome is [`Pipeline::finish`]'s.
-    fn begin(&self, batch: WriteBatch, sync: bool) -> Option<WriteBatch>;
-    /// Waits up to `wait` for the oldest write in flight to be answered; true
-    /// once it has been (or when finishing it would not wait on an answer).
-    fn poll(&self, wait: std::time::Duration) -> bool;
-    /// Finishes the oldest write in flight: waits for its answer if need be
-    /// (retrying it until its deadline), then applies it locally.
-    fn finish(&self) -> Result<(), StorageError>;
 }
 
 pub fn seq_key(seq: u64) -> [u8; 8] {
