@@ -18,6 +18,17 @@ pub async fn healthz() -> HttpResponse {
 /// 200 once recovered and able to journal, 503 before (or after a journal failure).
 /// In cluster mode a follower is ready once it knows a live owner to forward to.
 pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let (head, role) = readiness(&state)?;
+    Ok(HttpResponse::Ok().json(Ready {
+        status: "ready",
+        journal_head_seq: head,
+        role,
+    }))
+}
+
+/// What `/readyz` answers and `stockwire_ready` says: the journal head and the
+/// cluster role, or why the node is not ready.
+fn readiness(state: &AppState) -> Result<(u64, Option<&'static str>), ApiError> {
     if let Some(node) = state.cluster.get() {
         if !node.is_owner() {
             if node.owner_address().is_none() {
@@ -27,19 +38,15 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
                     node.role().as_str()
                 )));
             }
-            return Ok(HttpResponse::Ok().json(Ready {
-                status: "ready",
-                journal_head_seq: node.journal_head(),
-                role: Some("follower"),
-            }));
+            // A follower's store holds the owner's journal as far as it applied.
+            return Ok((node.journal_head(), Some("follower")));
         }
     }
     let engine = state.engine()?;
-    Ok(HttpResponse::Ok().json(Ready {
-        status: "ready",
-        journal_head_seq: engine.journal().head(),
-        role: state.cluster.get().map(|_| "owner"),
-    }))
+    Ok((
+        engine.journal().head(),
+        state.cluster.get().map(|_| "owner"),
+    ))
 }
 
 #[utoipa::path(get, path = "/metrics", tag = "operations", security((), ("api_key" = [])),
@@ -56,17 +63,17 @@ pub async fn metrics(state: web::Data<AppState>, request: actix_web::HttpRequest
             "/metrics needs an admin or observer key".to_string(),
         ));
     }
-    state.metrics.ready.set(i64::from(state.engine().is_ok()));
+    let ready = readiness(&state);
+    state.metrics.ready.set(i64::from(ready.is_ok()));
+    if let Ok((head, _)) = ready {
+        state.metrics.journal_head_seq.set(head as i64);
+    }
     state.metrics.observe_log_drops();
     state.metrics.observe_cluster(state.config.partitions);
     if let Some(engine) = state.engine.get() {
         state
             .metrics
             .observe_journal(engine.journal(), engine.store_slowdowns());
-        state
-            .metrics
-            .journal_head_seq
-            .set(engine.journal().head() as i64);
         let (live, _) = engine.stats().await;
         state.metrics.live_position_actors.set(live as i64);
     }
