@@ -67,18 +67,21 @@ pub async fn middleware(
     if node.is_owner() || is_local(request.path()) {
         return Ok(next.call(request).await?.map_into_boxed_body());
     }
+    // The owner gets the same id (generated here if need be), and an answer
+    // made here carries it too.
+    let id = super::correlation_of(request.headers());
     if request.headers().contains_key(FORWARDED_HEADER) {
         let refused = ApiError::Unavailable(format!(
             "forwarded here, but node {} does not own the journal",
             node.config.node
         ));
-        return Ok(request.into_response(refused.error_response()));
+        return Ok(request.into_response(refusal(&refused, &id)));
     }
     let Some((owner, address)) = node.owner_address() else {
         let refused = ApiError::Unavailable(
             "no node owns the journal yet (a takeover is under way)".to_string(),
         );
-        return Ok(request.into_response(refused.error_response()));
+        return Ok(request.into_response(refusal(&refused, &id)));
     };
     node.forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -96,7 +99,9 @@ pub async fn middleware(
                 outgoing = outgoing.append_header((name.clone(), value.clone()));
             }
         }
-        let outgoing = outgoing.insert_header((FORWARDED_HEADER, node.config.node.as_str()));
+        let outgoing = outgoing
+            .insert_header((FORWARDED_HEADER, node.config.node.as_str()))
+            .insert_header((super::CORRELATION_HEADER, id.as_str()));
         // Appended to what the client sent (the header's own convention).
         match http_request.peer_addr() {
             Some(peer) => {
@@ -125,7 +130,7 @@ pub async fn middleware(
             // while an owner is down (the failover itself is logged).
             tracing::debug!(%owner, %error, "forwarding to the owner failed");
             let refused = ApiError::Unavailable(format!("the owner ({owner}) did not answer"));
-            return Ok(ServiceResponse::new(http_request, refused.error_response()));
+            return Ok(ServiceResponse::new(http_request, refusal(&refused, &id)));
         }
     };
     let mut response = HttpResponse::build(answer.status());
@@ -146,4 +151,15 @@ pub async fn middleware(
         http_request,
         response.streaming(answer),
     ))
+}
+
+/// An answer this node makes itself, with the request's correlation id.
+fn refusal(error: &ApiError, id: &str) -> HttpResponse {
+    let mut response = error.error_response();
+    if let Ok(value) = header::HeaderValue::from_str(id) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(super::CORRELATION_HEADER), value);
+    }
+    response
 }
