@@ -137,6 +137,14 @@ pub async fn commitment(
             .channel(&channel)
             .ok_or_else(|| EngineError::UnknownChannel(format!("unknown channel {channel}")))?;
         let qty = amount("qty", &parsed.qty)?;
+        // Ring-fenced stock only a channel's own locations can sell from;
+        // clearing one is always allowed.
+        if qty > 0 && !channel_info.locations.iter().any(|l| **l == *location) {
+            return Err(EngineError::UnknownLocation(format!(
+                "location {location} is not one of channel {channel}'s"
+            ))
+            .into());
+        }
         let command = Command::SetCommitment {
             channel: channel_info.id.clone(),
             qty,

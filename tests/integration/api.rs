@@ -436,6 +436,20 @@ fn a_commitment_ring_fences_units_for_one_channel() {
         3
     );
     assert_eq!(channel_view(&server, "sku-c", "web")["available"], 3);
+
+    // Only at one of the channel's locations: the marketplace does not sell
+    // from 3pl-north (422, nothing changed); clearing is always allowed.
+    let (status, body) = server.put(
+        "/v1/positions/sku-c/3pl-north/commitments/marketplace",
+        json!({"qty": 2}),
+    );
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "unknown_location", "{body}");
+    let (status, body) = server.put(
+        "/v1/positions/sku-c/3pl-north/commitments/marketplace",
+        json!({"qty": 0}),
+    );
+    assert_eq!(status, 200, "{body}");
 }
 
 #[test]
