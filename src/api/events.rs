@@ -31,8 +31,10 @@ use crate::storage::records::{
 
 /// Entries per SSE read from the journal.
 const SSE_PAGE: usize = 500;
-/// A comment line keeps idle streams (and proxies) alive.
-const SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+/// A comment line keeps idle streams (and proxies) alive. It is also how a
+/// stream whose client has gone is noticed (the write fails), and its slot
+/// freed: a closed connection is not otherwise seen while a response streams.
+const SSE_KEEPALIVE: Duration = Duration::from_secs(5);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -401,9 +403,16 @@ impl SseSlot {
         }
         let mine = state.sse_per_key.get(&key).map_or(0, |n| *n);
         if mine > state.config.sse_connections_per_key_max {
+            state
+                .metrics
+                .rate_limited_total
+                .with_label_values(&[&key])
+                .inc();
             return Err(ApiError::RateLimited {
                 key,
-                retry_after: Duration::from_secs(SSE_KEEPALIVE.as_secs()),
+                // A stream its client closed is let go of when a write to it
+                // fails: within about two keep-alives.
+                retry_after: 2 * SSE_KEEPALIVE,
             });
         }
         Ok(slot)

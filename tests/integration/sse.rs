@@ -1,6 +1,7 @@
 //! `GET /v1/events/stream`: Server-Sent Events, replay then live.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -248,4 +249,72 @@ fn streams_beyond_the_limit_are_refused_with_503() {
     server.receive("sku-lim", "wh-west", 1);
     assert_entry(&first.take(1)[0], 2, "inventory.received");
     assert_entry(&second.take(1)[0], 2, "inventory.received");
+}
+
+/// A stream whose client has gone gives its slot back once the server notices
+/// (its next keep-alive write fails), and every stream refused meanwhile for the
+/// key's allowance is counted in `stockwire_rate_limited_total`.
+#[test]
+fn a_closed_streams_slot_is_given_back_and_the_refusals_are_counted() {
+    let server = Server::start_with_base(
+        &format!("sse_connections_per_key_max = 1\n{BASE_CONFIG}"),
+        "",
+    );
+    let mut client = TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    client
+        .write_all(b"GET /v1/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .expect("request sent");
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut head = Vec::new();
+    let mut byte = [0u8];
+    while !head.ends_with(b"\r\n\r\n") {
+        client.read_exact(&mut byte).expect("the answer's head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(client);
+
+    let rate_limited = || -> u64 {
+        let metrics = ureq::get(&server.url("/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text");
+        metrics
+            .lines()
+            .filter(|line| line.starts_with("stockwire_rate_limited_total{"))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let before = rate_limited();
+    // Nothing is written to an idle stream before its first keep-alive, so
+    // the first try is refused; a bounded number of tries later one opens.
+    let mut refused = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match ureq::get(&server.url("/v1/events/stream"))
+            .timeout(Duration::from_secs(5))
+            .call()
+        {
+            Ok(response) => {
+                assert_eq!(response.status(), 200);
+                break;
+            }
+            Err(ureq::Error::Status(429, response)) => {
+                assert!(response.header("retry-after").is_some());
+                refused += 1;
+            }
+            Err(error) => panic!("{error}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the closed stream's slot was never given back"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(refused >= 1, "the slot was free at once");
+    assert_eq!(rate_limited() - before, refused);
 }
