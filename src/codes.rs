@@ -26,6 +26,7 @@ pub enum Code {
     VersionConflict,
     IdempotencyKeyReused,
     PayloadTooLarge,
+    RequestTimeout,
     HeadersTooLarge,
     RateLimited,
     Unavailable,
@@ -141,6 +142,12 @@ pub const TABLE: &[Entry] = &[
         "payload_too_large",
         Some(413),
         "a body over max_body_bytes",
+    ),
+    entry(
+        Code::RequestTimeout,
+        "request_timeout",
+        Some(408),
+        "a body not received within 30 s of the request's head",
     ),
     entry(
         Code::Unauthorized,

@@ -24,6 +24,8 @@ pub enum ApiError {
     NotFound(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("request body not received within {} s", super::BODY_TIMEOUT.as_secs())]
+    RequestTimeout,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,
     #[error("{0}")]
@@ -65,6 +67,7 @@ impl ApiError {
             ApiError::QuantityOutOfRange(_) => Code::QuantityOutOfRange,
             ApiError::NotFound(_) => Code::NotFound,
             ApiError::PayloadTooLarge(_) => Code::PayloadTooLarge,
+            ApiError::RequestTimeout => Code::RequestTimeout,
             ApiError::IdempotencyKeyReused => Code::IdempotencyKeyReused,
             ApiError::Unavailable(_) => Code::Unavailable,
             ApiError::HeadersTooLarge(_) => Code::HeadersTooLarge,

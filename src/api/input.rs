@@ -14,16 +14,25 @@ pub use crate::input::{amount, check_id, parse_rfc3339, qty, rfc3339};
 pub async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::Bytes, ApiError> {
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|e| match e {
-            actix_web::error::PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
-            other => ApiError::BadRequest(format!("could not read body: {other}")),
-        })?;
+        let chunk = chunk.map_err(|e| body_error(e, limit))?;
         if body.len() + chunk.len() > limit {
             return Err(ApiError::PayloadTooLarge(limit));
         }
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// What a body that could not be read is answered with.
+pub fn body_error(error: actix_web::error::PayloadError, limit: usize) -> ApiError {
+    use actix_web::error::PayloadError;
+    match error {
+        PayloadError::Overflow => ApiError::PayloadTooLarge(limit),
+        PayloadError::Io(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+            ApiError::RequestTimeout
+        }
+        other => ApiError::BadRequest(format!("could not read body: {other}")),
+    }
 }
 
 /// Strict JSON: unknown fields are `unknown_field`, anything else malformed `bad_request`.

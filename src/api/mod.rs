@@ -30,7 +30,7 @@ pub use error::ApiError;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix_web::body::EitherBody;
 use actix_web::body::MessageBody;
@@ -151,6 +151,83 @@ pub fn correlation_id(request: &HttpRequest) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(new_correlation_id().as_str()))
 }
 
+/// How long a request's body may take to arrive after its head (408
+/// `request_timeout` after that). A cluster follower forwards a body as it
+/// comes and waits 60 s for the owner's answer, longer than this.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A request body that must arrive by `deadline`. The timer is set only when
+/// the body is not all there when first read (most are: they come with the
+/// head).
+struct BodyDeadline {
+    body: actix_web::dev::Payload,
+    deadline: tokio::time::Instant,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    expired: bool,
+}
+
+impl futures_util::Stream for BodyDeadline {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.expired {
+            return Poll::Ready(None);
+        }
+        if let Poll::Ready(part) = std::pin::Pin::new(&mut this.body).poll_next(cx) {
+            return Poll::Ready(part);
+        }
+        let deadline = this.deadline;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.as_mut().poll(cx).is_ready() {
+            this.expired = true;
+            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body too slow");
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(late))));
+        }
+        Poll::Pending
+    }
+}
+
+/// Puts [`BODY_TIMEOUT`] on `request`'s body, if it has one.
+fn limit_body_time(request: &mut ServiceRequest) {
+    use actix_web::http::header;
+    let headers = request.headers();
+    let has_body = headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|length| length.as_bytes() != b"0");
+    if !has_body {
+        return;
+    }
+    let body = actix_web::HttpMessage::take_payload(request);
+    let limited: std::pin::Pin<
+        Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
+    > = Box::pin(BodyDeadline {
+        body,
+        deadline: tokio::time::Instant::now() + BODY_TIMEOUT,
+        timer: None,
+        expired: false,
+    });
+    request.set_payload(actix_web::dev::Payload::from(limited));
+}
+
+/// The correlation id a request carries, if acceptable, else a new one.
+pub fn correlation_of(headers: &actix_web::http::header::HeaderMap) -> String {
+    headers
+        .get(CORRELATION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_correlation_id(v))
+        .map(str::to_string)
+        .unwrap_or_else(new_correlation_id)
+}
+
 fn new_correlation_id() -> String {
     hex::encode(rand::random::<[u8; 16]>())
 }
@@ -258,13 +335,9 @@ pub async fn edge_middleware(
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
-    let id = request
-        .headers()
-        .get(CORRELATION_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable_correlation_id(v))
-        .map(str::to_string)
-        .unwrap_or_else(new_correlation_id);
+    let mut request = request;
+    limit_body_time(&mut request);
+    let id = correlation_of(request.headers());
     request
         .extensions_mut()
         .insert(CorrelationId(Arc::from(id.as_str())));

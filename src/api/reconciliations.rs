@@ -347,7 +347,7 @@ async fn reconcile_csv(
     };
     let mut received = 0usize;
     while let Some(part) = payload.next().await {
-        let part = part.map_err(|e| ApiError::BadRequest(format!("could not read body: {e}")))?;
+        let part = part.map_err(|e| super::input::body_error(e, bytes_max))?;
         received += part.len();
         if received > bytes_max {
             return Err(ApiError::PayloadTooLarge(bytes_max));

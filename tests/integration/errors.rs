@@ -585,6 +585,23 @@ fn a_reused_idempotency_key_is_422() {
     assert_eq!(position(&server, "sku-a", "wh-east")["reserved"], 1);
 }
 
+/// A body that stops arriving is answered `408 request_timeout` 30 s after the
+/// request's head, instead of holding its connection open for ever; the
+/// server goes on answering.
+#[test]
+fn a_body_that_stops_arriving_is_408() {
+    let server = Server::start("");
+    let request = b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+        Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"events\": [";
+    let sent = std::time::Instant::now();
+    let (status, body) = raw_exchange_within(&server, request, std::time::Duration::from_secs(90));
+    assert!(status.contains(" 408 "), "{status} {body}");
+    let problem: Value = serde_json::from_str(&body).expect("problem+json");
+    assert_eq!(problem["code"], "request_timeout", "{problem}");
+    assert!(sent.elapsed() >= std::time::Duration::from_secs(29));
+    assert_still_up(&server);
+}
+
 #[test]
 fn a_body_over_the_limit_is_413() {
     let server = Server::start("");
@@ -707,11 +724,18 @@ fn a_bad_query_string_is_a_problem_answer() {
 
 /// Sends raw bytes and returns the status line and body of the answer.
 fn raw_exchange(server: &Server, request: &[u8]) -> (String, String) {
+    raw_exchange_within(server, request, std::time::Duration::from_secs(10))
+}
+
+/// [`raw_exchange`], waiting up to `wait` for the answer.
+fn raw_exchange_within(
+    server: &Server,
+    request: &[u8],
+    wait: std::time::Duration,
+) -> (String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    stream
-        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .expect("timeout");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
     stream.write_all(request).expect("write");
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
