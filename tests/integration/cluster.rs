@@ -492,7 +492,33 @@ fn a_stale_owner_is_fenced_and_steps_down() {
             text.lines().any(|l| l == owner_line),
             "no {owner_line:?} in {text}"
         );
+        // Ready as /readyz says: a follower that knows the owner is.
+        assert_eq!(call(node.request("GET", "/readyz"), None).0, 200);
+        assert!(
+            text.lines().any(|l| l == "stockwire_ready 1"),
+            "node {i} not ready in {text}"
+        );
     }
+    // Answers a follower makes itself carry the request's correlation id, and
+    // a forwarded call reaches the owner with it.
+    let refused = nodes[1]
+        .request("GET", "/v1/availability/f-1")
+        .set("X-Stockwire-Forwarded-By", "n9")
+        .set("X-Correlation-Id", "cid-refused")
+        .call();
+    let Err(ureq::Error::Status(503, refused)) = refused else {
+        panic!("a forwarded call to a follower is refused: {refused:?}")
+    };
+    assert_eq!(refused.header("x-correlation-id"), Some("cid-refused"));
+    let forwarded = match nodes[1]
+        .request("GET", "/v1/availability/no-such-sku")
+        .set("X-Correlation-Id", "cid-forwarded")
+        .call()
+    {
+        Err(ureq::Error::Status(404, answer)) => answer,
+        other => panic!("the owner's 404 through the follower: {other:?}"),
+    };
+    assert_eq!(forwarded.header("x-correlation-id"), Some("cid-forwarded"));
     let (status, body) = nodes[1].post(
         "/v1/events",
         json!({"events": [{"event_id": "rcv-f", "type": "receipt", "source": "wms",
