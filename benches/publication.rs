@@ -45,6 +45,7 @@ fn exec(sku: &Arc<str>, location: &Arc<str>, n: u64, command: Command) -> Exec {
         extra: WriteBatch::default(),
         finish: None,
         dedupe: false,
+        content: None,
         create: n == 0,
     }
 }

@@ -199,6 +199,7 @@ fn hold(sku: &Arc<str>, location: &Arc<str>, n: u64) -> Exec {
         extra: WriteBatch::default(),
         finish: None,
         dedupe: false,
+        content: None,
         create: false,
     }
 }

@@ -90,6 +90,7 @@ fn write(
                     extra: WriteBatch::default(),
                     finish: None,
                     dedupe: false,
+                    content: None,
                     create: true,
                 };
                 let engine = engine.clone();

@@ -34,6 +34,10 @@ pub struct Exec {
     pub finish: Option<Finish>,
     /// Refuse the command as a duplicate if `meta.event_id` was applied before.
     pub dedupe: bool,
+    /// With `dedupe`: a fingerprint of the event's content, kept with its id.
+    /// The same id again with another fingerprint is not a duplicate but a
+    /// reused id (`invalid_state`).
+    pub content: Option<u64>,
     /// Create the position when it does not exist yet.
     pub create: bool,
 }

@@ -18,7 +18,7 @@ use actix::prelude::*;
 use super::messages::{Exec, ExecError, ExecOutcome, Finish, PositionReadout};
 
 use super::{PositionKey, Shared};
-use crate::domain::{EventKind, Position, ReservationId};
+use crate::domain::{EventKind, Position, Reject, ReservationId};
 use crate::storage::records::{
     position_key, EntrySummary, ExceptionKind, ExceptionRecord, JournalRecord,
 };
@@ -155,7 +155,11 @@ impl PositionActor {
             self.dirty = true;
         }
         if exec.dedupe {
-            let marker = codec::encode(&(self.key.location.to_string(), self.position.version))?;
+            let marker = codec::encode(&EventIdMarker {
+                location: self.key.location.to_string(),
+                version: self.position.version,
+                content: exec.content,
+            })?;
             exec.extra
                 .put(Space::EventIds, exec.meta.event_id.as_bytes(), marker);
         }
@@ -234,13 +238,34 @@ impl PositionActor {
         Ok(())
     }
 
-    fn is_duplicate(&self, exec: &Exec) -> Result<bool, StorageError> {
-        Ok(exec.dedupe
-            && self
-                .shared
-                .store
-                .get(Space::EventIds, exec.meta.event_id.as_bytes())?
-                .is_some())
+    /// True when `exec`'s event id was applied before with the same content
+    /// (or content not known then); a refusal when it was applied with other
+    /// content.
+    fn is_duplicate(&self, exec: &Exec) -> Result<bool, ExecError> {
+        if !exec.dedupe {
+            return Ok(false);
+        }
+        let Some(marker) = self
+            .shared
+            .store
+            .get(Space::EventIds, exec.meta.event_id.as_bytes())?
+        else {
+            return Ok(false);
+        };
+        // Markers written before fingerprints were kept do not decode as one
+        // with a fingerprint: their content is not known.
+        let before = codec::decode::<EventIdMarker>(&marker)
+            .ok()
+            .and_then(|m| m.content);
+        match (before, exec.content) {
+            (Some(before), Some(now)) if before != now => {
+                Err(ExecError::Reject(Reject::InvalidState(format!(
+                    "event id {} was applied before with other content",
+                    exec.meta.event_id
+                ))))
+            }
+            _ => Ok(true),
+        }
     }
 
     fn unchanged(&self) -> ExecOutcome {
@@ -323,6 +348,15 @@ impl Handler<CheckIdle> for PositionActor {
     fn handle(&mut self, _: CheckIdle, ctx: &mut Context<Self>) {
         self.passivate_if_idle(ctx);
     }
+}
+
+/// What `Space::EventIds` keeps for an applied event id: where and at which
+/// version it was applied, and its content's fingerprint (`None`: not kept).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct EventIdMarker {
+    location: String,
+    version: u64,
+    content: Option<u64>,
 }
 
 /// An [`Exec`] routed by the shard: answered at once with the decided outcome

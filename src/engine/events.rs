@@ -35,6 +35,23 @@ pub struct WarehouseEvent {
     pub payload: String,
 }
 
+impl WarehouseEvent {
+    /// A fingerprint of what the event says (type, source, SKU, location and
+    /// what it does; not its id or when it occurred), kept with its id so the
+    /// same id with other content is told from a repeat.
+    pub fn content_fingerprint(&self) -> u64 {
+        use sha2::{Digest, Sha256};
+        let content = format!(
+            "{}\0{}\0{}\0{}\0{:?}",
+            self.type_name, self.source, self.sku, self.location, self.command
+        );
+        let digest = Sha256::digest(content.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+}
+
 /// What a warehouse event does: change its position, or take a transfer one
 /// step (at `location`: the source for `TransferOut`, the destination for
 /// `TransferIn`).
@@ -320,6 +337,7 @@ impl Engine {
                     extra: WriteBatch::default(),
                     finish: None,
                     dedupe: true,
+                    content: Some(event.content_fingerprint()),
                     create: true,
                 };
                 self.exec(exec)

@@ -394,6 +394,7 @@ impl Engine {
             extra: WriteBatch::default(),
             finish: None,
             dedupe: false,
+            content: None,
             create,
         })
         .await

@@ -181,6 +181,7 @@ impl LineHold {
             extra,
             finish,
             dedupe: false,
+            content: None,
             create: false,
         })
     }
@@ -580,6 +581,7 @@ impl Engine {
                 extra: WriteBatch::default(),
                 finish: None,
                 dedupe: false,
+                content: None,
                 create: false,
             };
             if let Err(error) = self.exec_retrying(make).await {
@@ -946,7 +948,16 @@ impl Engine {
                 ))
             }
             Some(ship) => {
+                let mut named = std::collections::HashSet::new();
                 for wanted in ship {
+                    // As for a new reservation: a repeated line is a client's
+                    // mistake, not a second shipment.
+                    if !named.insert((wanted.sku.as_str(), wanted.location.as_str())) {
+                        return Err(EngineError::BadRequest(format!(
+                            "two lines for {} at {}",
+                            wanted.sku, wanted.location
+                        )));
+                    }
                     if !record
                         .lines
                         .iter()
@@ -1076,6 +1087,7 @@ impl Engine {
                 extra,
                 finish: None,
                 dedupe: false,
+                content: None,
                 create: false,
             };
             match self.exec(exec).await {

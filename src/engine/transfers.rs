@@ -258,6 +258,7 @@ impl Engine {
                 extra: batch,
                 finish: None,
                 dedupe,
+                content: None,
                 // The destination may see this SKU for the first time; the
                 // source has the stock, so it exists.
                 create: location == updated.to,

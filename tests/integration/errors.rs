@@ -544,6 +544,26 @@ fn conflicts_are_409_with_their_code() {
         409,
         "invalid_state",
     );
+    // A ship that names one line twice is refused, not summed: nothing ships.
+    let (status, body) = server.post(&format!("/v1/reservations/{id}/allocate"), json!({}));
+    assert_eq!(status, 200, "{body}");
+    let twice = json!({"lines": [{"sku": "sku-a", "location": "wh-east", "qty": 1},
+                                 {"sku": "sku-a", "location": "wh-east", "qty": 1}]});
+    problem(
+        send(
+            &server,
+            "POST",
+            &format!("/v1/reservations/{id}/ship"),
+            Some(twice.to_string().as_bytes()),
+        ),
+        400,
+        "bad_request",
+    );
+    let (_, body) = server.get(&format!("/v1/reservations/{id}"));
+    assert_eq!(body["status"], "allocated", "{body}");
+    assert_eq!(position(&server, "sku-a", "wh-east")["on_hand"], 5);
+    let (status, body) = server.post(&format!("/v1/reservations/{id}/release"), json!({}));
+    assert_eq!(status, 200, "{body}");
 
     // version_conflict: reported per event in the results.
     let version = position(&server, "sku-a", "wh-east")["version"]

@@ -338,22 +338,40 @@ fn a_duplicate_event_id_changes_nothing() {
     let result = post_event(&server, event);
     assert_eq!(result["status"], "duplicate", "{result}");
     assert_eq!(result["event_id"], "dup-1");
-    // Even with other content, the event id wins.
+    // The same content sent again later (another occurred_at) is a repeat too.
+    let result = post_event(
+        &server,
+        json!({"event_id": "dup-1", "type": "receipt", "source": "wms",
+               "sku": "sku-d", "location": "wh-east", "qty": 5,
+               "occurred_at": "2026-01-02T03:04:05Z"}),
+    );
+    assert_eq!(result["status"], "duplicate", "{result}");
+    // The id with other content is not a repeat: refused and queued, so the
+    // change it carries is not lost unseen.
     let result = post_event(
         &server,
         json!({"event_id": "dup-1", "type": "receipt", "source": "wms",
                "sku": "sku-d", "location": "wh-east", "qty": 50}),
     );
-    assert_eq!(result["status"], "duplicate", "{result}");
+    assert_rejected(&result, "invalid_state");
     // Also at another position.
     let result = post_event(
         &server,
         json!({"event_id": "dup-1", "type": "receipt", "source": "wms",
                "sku": "sku-d2", "location": "wh-west", "qty": 50}),
     );
-    assert_eq!(result["status"], "duplicate", "{result}");
+    assert_rejected(&result, "invalid_state");
     let (status, _) = server.get("/v1/availability/sku-d2");
-    assert_eq!(status, 404, "the duplicate created no position");
+    assert_eq!(status, 404, "the refused event created no position");
+    let (status, queued) = server.get("/v1/exceptions?kind=rejected_event&sku=sku-d");
+    assert_eq!(status, 200, "{queued}");
+    let codes: Vec<&str> = queued["exceptions"]
+        .as_array()
+        .expect("exceptions")
+        .iter()
+        .filter_map(|e| e["code"].as_str())
+        .collect();
+    assert_eq!(codes, vec!["invalid_state"], "{queued}");
 
     // Twice in one batch at the same position: the second is the duplicate.
     let (status, body) = server.post(

@@ -341,6 +341,20 @@ fn an_exception_can_be_retried_with_the_corrected_event_or_resolved_with_a_note(
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["result"]["status"], "rejected", "{answer}");
     assert_eq!(answer["exception"]["status"], "open", "{answer}");
+    // A retry under an event id already applied with other content applies
+    // nothing, so it does not close the exception either.
+    let seed = post(
+        json!({"event_id": "ex-seed", "type": "receipt", "source": "wms",
+                          "sku": "ex-other", "location": "wh-east", "qty": 1}),
+    );
+    assert_eq!(seed["status"], "applied", "{seed}");
+    let reused = json!({"event": {"event_id": "ex-seed", "type": "receipt", "source": "wms",
+                                  "sku": "ex-other", "location": "wh-east", "qty": 55}});
+    let (status, answer) = server.post(&format!("/v1/exceptions/{first}/retry"), reused);
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["result"]["status"], "rejected", "{answer}");
+    assert_eq!(answer["result"]["code"], "invalid_state", "{answer}");
+    assert_eq!(answer["exception"]["status"], "open", "{answer}");
     // The corrected event is applied and closes it.
     let corrected = json!({"event": {"event_id": "ex-1-fixed", "type": "receipt", "source": "wms",
                                      "sku": "ex", "location": "wh-east", "qty": 4}});
