@@ -80,6 +80,11 @@ struct Channel {
     publisher: Option<(Addr<Publisher>, usize)>,
     /// How long a difference may last before it counts as drift.
     drift_grace_ms: i64,
+    /// When (engine ms) its dead letters were last sent as a probe while it was
+    /// down or degraded with nothing else to send, and how often they may be
+    /// (its sink's `backoff_max_ms`).
+    probed_ms: std::sync::atomic::AtomicI64,
+    probe_every_ms: i64,
 }
 
 /// Publication, started once the engine has recovered.
@@ -105,12 +110,15 @@ impl Channels {
             let kind = channel.sink.as_ref().map_or("none", SinkConfig::kind);
             let status = Arc::new(ChannelStatus::new(id.clone(), kind));
             let mut drift_grace_ms = i64::try_from(channel.coalesce_ms).unwrap_or(i64::MAX);
+            let mut probe_every_ms = 0;
             let publisher = match &channel.sink {
                 None => None,
                 Some(sink_config) => {
                     let retry = sink::prepare(sink_config).map_err(ChannelError::Unavailable)?;
                     drift_grace_ms =
                         drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
+                    probe_every_ms =
+                        i64::try_from(retry.backoff_max.as_millis()).unwrap_or(i64::MAX);
                     let stored_cursor = engine.channel_cursor(&id)?;
                     let cursor = stored_cursor.unwrap_or_default();
                     // Shown at once: the publisher starts on its own arbiter a
@@ -155,6 +163,8 @@ impl Channels {
                 status,
                 publisher,
                 drift_grace_ms,
+                probed_ms: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
+                probe_every_ms,
             });
         }
         let broadcaster = if targets.is_empty() {
@@ -224,15 +234,25 @@ impl Channels {
     /// Once a channel that parked batches is healthy again (or at start-up, with
     /// letters from before), its dead letters are replayed, a slice per tick, so it
     /// converges without an operator.
+    ///
+    /// A channel that is not healthy only becomes healthy by a delivery that
+    /// succeeds, and one with nothing new to send would never try one: its dead
+    /// letters are then replayed as the probe, once per `backoff_max_ms` (they
+    /// park again if it is still down).
     async fn replay_after_recovery(&self) {
         for channel in &self.channels {
             let status = &channel.status;
             if channel.publisher.is_none()
                 || !channel.config.replay_dead_letters_on_recovery
-                || status.state() != ChannelState::Healthy
                 || status.is_paused()
-                || !status.parked_since_replay.load(Ordering::Relaxed)
             {
+                continue;
+            }
+            if status.state() != ChannelState::Healthy {
+                self.probe_with_dead_letters(channel).await;
+                continue;
+            }
+            if !status.parked_since_replay.load(Ordering::Relaxed) {
                 continue;
             }
             if status.dlq_depth() == 0 {
@@ -252,6 +272,34 @@ impl Channels {
                 Err(error) => {
                     tracing::warn!(channel = %status.id, %error, "dead-letter replay failed")
                 }
+            }
+        }
+    }
+
+    /// Replays `channel`'s dead letters when it is not healthy, has nothing
+    /// else to send and was not probed so within its `backoff_max_ms`.
+    async fn probe_with_dead_letters(&self, channel: &Channel) {
+        let status = &channel.status;
+        let now = self.engine.now_ms();
+        if status.dlq_depth() == 0
+            || status.pending() > 0
+            || now - channel.probed_ms.load(Ordering::Relaxed) < channel.probe_every_ms
+        {
+            return;
+        }
+        channel.probed_ms.store(now, Ordering::Relaxed);
+        match self
+            .replay(&channel.config.id, ReplayFrom::DeadLetters)
+            .await
+        {
+            Ok(count) => tracing::info!(
+                channel = %status.id,
+                skus = count.unwrap_or(0),
+                "channel down with nothing to send: its dead letters are the probe"
+            ),
+            Err(ChannelError::Busy(_)) => {}
+            Err(error) => {
+                tracing::warn!(channel = %status.id, %error, "dead-letter probe failed")
             }
         }
     }

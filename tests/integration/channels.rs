@@ -1771,6 +1771,39 @@ fn a_recovered_channel_replays_its_dead_letters_by_itself() {
     receiver.check_every_post("ar");
 }
 
+/// The same with nothing changing after the outage: no new delivery would ever
+/// find the endpoint back, so the parked letters themselves are sent as the
+/// probe (once per `backoff_max_ms`), and the channel converges.
+#[test]
+fn a_recovered_channel_with_nothing_new_to_send_converges_by_itself() {
+    let receiver = Receiver::start(Mode::Fail, Duration::from_secs(1));
+    let channels = webhook_channel(
+        "aq",
+        &receiver,
+        "coalesce_ms = 0",
+        "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 200",
+    );
+    let server = start("", &channels);
+    let all = skus("q", 4);
+    post_events(
+        &server,
+        all.iter().map(|s| receipt(s, "wh-east", 6)).collect(),
+    );
+    wait_for("everything parked", SHOWS, || {
+        let status = report(&server, "aq");
+        (status["dlq_depth"].as_u64().is_some_and(|d| d > 0) && status["pending"] == 0)
+            .then_some(())
+    });
+    receiver.set_mode(Mode::Ok);
+    let values = wait_converged(&server, "aq", Some(&receiver), &all);
+    assert!(all.iter().all(|s| values[s] == 6), "{values:?}");
+    wait_for("the dead-letter queue empty and the channel healthy", SHOWS, || {
+        let status = report(&server, "aq");
+        (status["dlq_depth"] == 0 && status["state"] == "healthy").then_some(())
+    });
+    receiver.check_every_post("aq");
+}
+
 /// X12 can carry SKUs of at most 48 characters: a longer one (valid for stockwire)
 /// is left out of the 846 and the rest of its batch is still written. After a
 /// kill -9, batch numbers (file names and control numbers) go on without repeating.
