@@ -440,11 +440,20 @@ pub async fn stream(
     query: web::Query<StreamQuery>,
 ) -> Result<HttpResponse, ApiError> {
     let engine = state.engine()?.clone();
-    let resume = request
-        .headers()
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    // What the stream sent as an `id`, or a client's mistake: not a silent
+    // replay from the start.
+    let resume = match request.headers().get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| {
+                    ApiError::BadRequest("Last-Event-ID must be an event seq".to_string())
+                })?,
+        ),
+    };
     let after = query.after.or(resume).unwrap_or(0);
     let slot = SseSlot::take(&state, caller.name.clone())?;
     let head = engine.journal().subscribe();

@@ -1797,10 +1797,14 @@ fn a_recovered_channel_with_nothing_new_to_send_converges_by_itself() {
     receiver.set_mode(Mode::Ok);
     let values = wait_converged(&server, "aq", Some(&receiver), &all);
     assert!(all.iter().all(|s| values[s] == 6), "{values:?}");
-    wait_for("the dead-letter queue empty and the channel healthy", SHOWS, || {
-        let status = report(&server, "aq");
-        (status["dlq_depth"] == 0 && status["state"] == "healthy").then_some(())
-    });
+    wait_for(
+        "the dead-letter queue empty and the channel healthy",
+        SHOWS,
+        || {
+            let status = report(&server, "aq");
+            (status["dlq_depth"] == 0 && status["state"] == "healthy").then_some(())
+        },
+    );
     receiver.check_every_post("aq");
 }
 

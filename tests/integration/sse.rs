@@ -165,6 +165,18 @@ fn the_stream_resumes_after_a_seq_or_last_event_id() {
     let resumed = open(&server, "/v1/events/stream", &[("Last-Event-ID", "3")]);
     let events = resumed.take(1);
     assert_entry(&events[0], 4, "inventory.received");
+    // An id the stream never sent is refused, not a replay from the start.
+    match ureq::get(&server.url("/v1/events/stream"))
+        .set("Last-Event-ID", "abc")
+        .timeout(Duration::from_secs(5))
+        .call()
+    {
+        Err(ureq::Error::Status(400, response)) => {
+            let body: Value = response.into_json().expect("a problem body");
+            assert_eq!(body["code"], "bad_request", "{body}");
+        }
+        other => panic!("Last-Event-ID abc: {other:?}"),
+    }
 
     // Both streams see the next entry.
     server.receive("sku-resume", "wh-west", 1);
