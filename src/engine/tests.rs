@@ -409,10 +409,10 @@ async fn a_refused_creation_leaves_nothing_and_a_repeat_answers_the_same_transfe
     let store = Arc::new(MemoryStore::new());
     let clock = Clock::manual(T0);
     let engine = transfer_engine_on(store.clone(), &clock).await;
-    let short = engine.create_transfer(new_transfer("t1", "none", 1)).await;
+    let unknown = engine.create_transfer(new_transfer("t1", "none", 1)).await;
     assert!(
-        matches!(&short, Err(EngineError::Insufficient(s)) if s[0].available == 0),
-        "{short:?}"
+        matches!(&unknown, Err(EngineError::UnknownSku(sku)) if sku == "none"),
+        "{unknown:?}"
     );
     assert!(matches!(
         engine.get_transfer("t1").await,

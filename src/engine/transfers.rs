@@ -372,8 +372,14 @@ impl Engine {
             .await
         {
             Ok(_) => Ok(held),
-            // No position at the source: nothing to hold.
-            Err(EngineError::NotFound(_)) => Err(short(0)),
+            // No position at the source: nothing to hold; and a SKU with no
+            // position anywhere is `unknown_sku`, as for a reservation line.
+            Err(EngineError::NotFound(_)) => match self.read_sku(&record.sku, None, None).await {
+                Ok(readouts) if readouts.is_empty() => {
+                    Err(EngineError::UnknownSku(record.sku.clone()))
+                }
+                _ => Err(short(0)),
+            },
             Err(EngineError::Insufficient(shortages)) => {
                 Err(short(shortages.first().map_or(0, |s| s.available)))
             }

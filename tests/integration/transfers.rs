@@ -543,10 +543,17 @@ fn creation_is_validated_and_honours_idempotency_keys() {
             409,
             "insufficient_available",
         ),
+        // Known elsewhere, absent at the source: short there.
         (
-            json!({"transfer_id": "v", "sku": "other", "from": "wh-east", "to": "wh-west", "qty": 1}),
+            json!({"transfer_id": "v", "sku": "sku-v", "from": "wh-west", "to": "wh-east", "qty": 1}),
             409,
             "insufficient_available",
+        ),
+        // No position anywhere: a catalogue mismatch, as for a reservation line.
+        (
+            json!({"transfer_id": "v", "sku": "other", "from": "wh-east", "to": "wh-west", "qty": 1}),
+            404,
+            "unknown_sku",
         ),
     ];
     for (body, status, code) in cases {
