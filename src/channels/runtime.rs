@@ -259,19 +259,22 @@ impl Channels {
                 status.parked_since_replay.store(false, Ordering::Relaxed);
                 continue;
             }
-            match self
-                .replay(&channel.config.id, ReplayFrom::DeadLetters)
-                .await
-            {
-                Ok(count) => tracing::info!(
-                    channel = %status.id,
-                    skus = count.unwrap_or(0),
-                    "channel healthy: replaying its dead letters"
-                ),
-                Err(ChannelError::Busy(_)) => {}
-                Err(error) => {
-                    tracing::warn!(channel = %status.id, %error, "dead-letter replay failed")
-                }
+            self.replay_dead_letters(channel, "channel healthy: replaying its dead letters")
+                .await;
+        }
+    }
+
+    /// Replays a slice of `channel`'s dead letters, saying `why` in the log.
+    async fn replay_dead_letters(&self, channel: &Channel, why: &str) {
+        let status = &channel.status;
+        match self
+            .replay(&channel.config.id, ReplayFrom::DeadLetters)
+            .await
+        {
+            Ok(count) => tracing::info!(channel = %status.id, skus = count.unwrap_or(0), "{why}"),
+            Err(ChannelError::Busy(_)) => {}
+            Err(error) => {
+                tracing::warn!(channel = %status.id, %error, "dead-letter replay failed")
             }
         }
     }
@@ -288,20 +291,11 @@ impl Channels {
             return;
         }
         channel.probed_ms.store(now, Ordering::Relaxed);
-        match self
-            .replay(&channel.config.id, ReplayFrom::DeadLetters)
-            .await
-        {
-            Ok(count) => tracing::info!(
-                channel = %status.id,
-                skus = count.unwrap_or(0),
-                "channel down with nothing to send: its dead letters are the probe"
-            ),
-            Err(ChannelError::Busy(_)) => {}
-            Err(error) => {
-                tracing::warn!(channel = %status.id, %error, "dead-letter probe failed")
-            }
-        }
+        self.replay_dead_letters(
+            channel,
+            "channel not healthy with nothing to send: its dead letters are the probe",
+        )
+        .await;
     }
 
     /// Runs `refresh` as the channel's one resync or dead-letter replay: refused while

@@ -1735,29 +1735,39 @@ fn an_accepted_resync_or_replay_survives_a_crash_before_delivery() {
     receiver.check_every_post("rc");
 }
 
+/// A server whose channel `id` posts to the failing `receiver`, and four SKUs
+/// (prefix `prefix`) received at 6 each whose every delivery has been parked.
+fn parked_during_an_outage(
+    receiver: &Receiver,
+    id: &str,
+    prefix: &str,
+    backoff_max_ms: u64,
+) -> (Server, Vec<String>) {
+    let retry = format!(
+        "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = {backoff_max_ms}"
+    );
+    let channels = webhook_channel(id, receiver, "coalesce_ms = 0", &retry);
+    let server = start("", &channels);
+    let all = skus(prefix, 4);
+    post_events(
+        &server,
+        all.iter().map(|s| receipt(s, "wh-east", 6)).collect(),
+    );
+    wait_for("everything parked", SHOWS, || {
+        let status = report(&server, id);
+        (status["dlq_depth"].as_u64().is_some_and(|d| d > 0) && status["pending"] == 0)
+            .then_some(())
+    });
+    (server, all)
+}
+
 /// After an outage long enough to park batches, the channel converges by itself once
 /// its endpoint is back: the first success replays its dead letters (SPEC §4: after
 /// an outage every channel converges to the engine's current values).
 #[test]
 fn a_recovered_channel_replays_its_dead_letters_by_itself() {
     let receiver = Receiver::start(Mode::Fail, Duration::from_secs(1));
-    let channels = webhook_channel(
-        "ar",
-        &receiver,
-        "coalesce_ms = 0",
-        "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 50",
-    );
-    let server = start("", &channels);
-    let all = skus("a", 4);
-    post_events(
-        &server,
-        all.iter().map(|s| receipt(s, "wh-east", 6)).collect(),
-    );
-    wait_for("everything parked", SHOWS, || {
-        let status = report(&server, "ar");
-        (status["dlq_depth"].as_u64().is_some_and(|d| d > 0) && status["pending"] == 0)
-            .then_some(())
-    });
+    let (server, all) = parked_during_an_outage(&receiver, "ar", "a", 50);
     receiver.set_mode(Mode::Ok);
     // One live change: its delivery is the first success.
     server.receive("a-new", "wh-east", 1);
@@ -1777,23 +1787,7 @@ fn a_recovered_channel_replays_its_dead_letters_by_itself() {
 #[test]
 fn a_recovered_channel_with_nothing_new_to_send_converges_by_itself() {
     let receiver = Receiver::start(Mode::Fail, Duration::from_secs(1));
-    let channels = webhook_channel(
-        "aq",
-        &receiver,
-        "coalesce_ms = 0",
-        "timeout_ms = 1000, max_attempts = 2, backoff_ms = 20, backoff_max_ms = 200",
-    );
-    let server = start("", &channels);
-    let all = skus("q", 4);
-    post_events(
-        &server,
-        all.iter().map(|s| receipt(s, "wh-east", 6)).collect(),
-    );
-    wait_for("everything parked", SHOWS, || {
-        let status = report(&server, "aq");
-        (status["dlq_depth"].as_u64().is_some_and(|d| d > 0) && status["pending"] == 0)
-            .then_some(())
-    });
+    let (server, all) = parked_during_an_outage(&receiver, "aq", "q", 200);
     receiver.set_mode(Mode::Ok);
     let values = wait_converged(&server, "aq", Some(&receiver), &all);
     assert!(all.iter().all(|s| values[s] == 6), "{values:?}");
