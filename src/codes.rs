@@ -147,7 +147,7 @@ pub const TABLE: &[Entry] = &[
         Code::RequestTimeout,
         "request_timeout",
         Some(408),
-        "a body not received within 30 s of the request's head",
+        "a request body that stalled: nothing of it for 30 s",
     ),
     entry(
         Code::Unauthorized,

@@ -24,7 +24,7 @@ pub enum ApiError {
     NotFound(String),
     #[error("request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("request body not received within {} s", super::BODY_TIMEOUT.as_secs())]
+    #[error("request body stalled: nothing of it for {} s", super::BODY_TIMEOUT.as_secs())]
     RequestTimeout,
     #[error("this Idempotency-Key was used with a different request")]
     IdempotencyKeyReused,

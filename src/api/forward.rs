@@ -3,6 +3,7 @@
 //! back as it came, status, headers and body. The owner checks the key, the rate
 //! limit and the role, as for a request of its own.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use actix_web::body::{BoxBody, MessageBody};
@@ -91,6 +92,10 @@ pub async fn middleware(
         .map_or("/", |p| p.as_str())
         .to_string();
     let url = format!("{address}{path_and_query}");
+    // The body's stall limit applies here too: the owner's 408 would come
+    // only after the follower had sent the whole body.
+    let mut request = request;
+    let stalled = super::limit_body_time(&mut request);
     let (http_request, payload) = request.into_parts();
     let outgoing = CLIENT.with(|client| {
         let mut outgoing = client.request(http_request.method().clone(), &url);
@@ -125,6 +130,13 @@ pub async fn middleware(
     };
     let answer = match sent {
         Ok(answer) => answer,
+        Err(_) if stalled.is_some_and(|stalled| stalled.load(Ordering::Relaxed)) => {
+            let mut answer = refusal(&ApiError::RequestTimeout, &id);
+            answer
+                .head_mut()
+                .set_connection_type(actix_web::http::ConnectionType::Close);
+            return Ok(ServiceResponse::new(http_request, answer));
+        }
         Err(error) => {
             // Each failed call is answered 503; a log line each would flood the log
             // while an owner is down (the failover itself is logged).

@@ -151,19 +151,21 @@ pub fn correlation_id(request: &HttpRequest) -> Arc<str> {
         .unwrap_or_else(|| Arc::from(new_correlation_id().as_str()))
 }
 
-/// How long a request's body may take to arrive after its head (408
-/// `request_timeout` after that). A cluster follower forwards a body as it
-/// comes and waits 60 s for the owner's answer, longer than this.
+/// How long a request's body may stall: no byte for this long and it is
+/// answered 408 `request_timeout` (and the connection closed). An idle limit,
+/// not a total one: a large CSV reconciliation is read as fast as its rows are
+/// applied.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A request body that must arrive by `deadline`. The timer is set only when
-/// the body is not all there when first read (most are: they come with the
+/// A request body that must not stall for [`BODY_TIMEOUT`]. The timer is set
+/// only when the body is not all there when read (most are: they come with the
 /// head).
 struct BodyDeadline {
     body: actix_web::dev::Payload,
-    deadline: tokio::time::Instant,
+    /// When the head or the last part came.
+    moved: tokio::time::Instant,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    expired: bool,
+    expired: Arc<AtomicBool>,
 }
 
 impl futures_util::Stream for BodyDeadline {
@@ -176,27 +178,44 @@ impl futures_util::Stream for BodyDeadline {
         use std::future::Future;
         use std::task::Poll;
         let this = &mut *self;
-        if this.expired {
+        if this.expired.load(Ordering::Relaxed) {
             return Poll::Ready(None);
         }
-        if let Poll::Ready(part) = std::pin::Pin::new(&mut this.body).poll_next(cx) {
-            return Poll::Ready(part);
+        match std::pin::Pin::new(&mut this.body).poll_next(cx) {
+            Poll::Ready(Some(Ok(part))) => {
+                this.moved = tokio::time::Instant::now();
+                return Poll::Ready(Some(Ok(part)));
+            }
+            Poll::Ready(other) => return Poll::Ready(other),
+            Poll::Pending => {}
         }
-        let deadline = this.deadline;
+        let due = this.moved + BODY_TIMEOUT;
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+        if timer.deadline() != due {
+            timer.as_mut().reset(due);
+        }
         if timer.as_mut().poll(cx).is_ready() {
-            this.expired = true;
-            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body too slow");
-            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(late))));
+            this.expired.store(true, Ordering::Relaxed);
+            // actix drains the rest of a chunked body whose reader is gone before
+            // it closes; held a moment longer, the reader makes it close right
+            // after the 408 instead of waiting on a silent client.
+            let body = std::mem::replace(&mut this.body, actix_web::dev::Payload::None);
+            actix_web::rt::spawn(async move {
+                actix_web::rt::time::sleep(Duration::from_secs(1)).await;
+                drop(body);
+            });
+            let stalled = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body stalled");
+            return Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(stalled))));
         }
         Poll::Pending
     }
 }
 
-/// Puts [`BODY_TIMEOUT`] on `request`'s body, if it has one.
-fn limit_body_time(request: &mut ServiceRequest) {
+/// Puts [`BODY_TIMEOUT`] on `request`'s body, if it has one; the flag says
+/// whether it ran out.
+pub(crate) fn limit_body_time(request: &mut ServiceRequest) -> Option<Arc<AtomicBool>> {
     use actix_web::http::header;
     let headers = request.headers();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
@@ -204,18 +223,20 @@ fn limit_body_time(request: &mut ServiceRequest) {
             .get(header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
     if !has_body {
-        return;
+        return None;
     }
+    let expired = Arc::new(AtomicBool::new(false));
     let body = actix_web::HttpMessage::take_payload(request);
     let limited: std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
     > = Box::pin(BodyDeadline {
         body,
-        deadline: tokio::time::Instant::now() + BODY_TIMEOUT,
+        moved: tokio::time::Instant::now(),
         timer: None,
-        expired: false,
+        expired: expired.clone(),
     });
     request.set_payload(actix_web::dev::Payload::from(limited));
+    Some(expired)
 }
 
 /// The correlation id a request carries, if acceptable, else a new one.
@@ -336,7 +357,7 @@ pub async fn edge_middleware(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
     let mut request = request;
-    limit_body_time(&mut request);
+    let _ = limit_body_time(&mut request);
     let id = correlation_of(request.headers());
     request
         .extensions_mut()
@@ -418,7 +439,10 @@ pub async fn edge_middleware(
             .headers_mut()
             .insert(HeaderName::from_static(CORRELATION_HEADER), value);
     }
-    if state.draining.load(Ordering::Acquire) {
+    // Draining; or a stalled body, whose rest (if it ever comes) is not read.
+    if state.draining.load(Ordering::Acquire)
+        || response.status() == actix_web::http::StatusCode::REQUEST_TIMEOUT
+    {
         response
             .response_mut()
             .head_mut()

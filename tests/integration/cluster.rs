@@ -519,6 +519,28 @@ fn a_stale_owner_is_fenced_and_steps_down() {
         other => panic!("the owner's 404 through the follower: {other:?}"),
     };
     assert_eq!(forwarded.header("x-correlation-id"), Some("cid-forwarded"));
+    // A body that stalls through a follower is 408 from the follower itself
+    // (the owner's would come only after the whole body), and closed.
+    {
+        use std::io::{Read, Write};
+        let mut client =
+            std::net::TcpStream::connect(("127.0.0.1", nodes[1].port)).expect("connect");
+        client
+            .set_read_timeout(Some(Duration::from_secs(90)))
+            .expect("timeout");
+        client
+            .write_all(
+                b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                  Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"events\"",
+            )
+            .expect("write");
+        let mut answer = Vec::new();
+        let closed = client.read_to_end(&mut answer).is_ok();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("request_timeout"), "{answer}");
+        assert!(closed, "{answer}");
+    }
     let (status, body) = nodes[1].post(
         "/v1/events",
         json!({"events": [{"event_id": "rcv-f", "type": "receipt", "source": "wms",

@@ -605,21 +605,86 @@ fn a_reused_idempotency_key_is_422() {
     assert_eq!(position(&server, "sku-a", "wh-east")["reserved"], 1);
 }
 
-/// A body that stops arriving is answered `408 request_timeout` 30 s after the
-/// request's head, instead of holding its connection open for ever; the
-/// server goes on answering.
+/// A body that stops arriving is answered `408 request_timeout` once nothing of
+/// it has come for 30 s, instead of holding its connection open for ever, and
+/// the connection is closed (also for a chunked body, whose rest actix would
+/// otherwise wait for); the server goes on answering.
 #[test]
-fn a_body_that_stops_arriving_is_408() {
+fn a_body_that_stops_arriving_is_408_and_its_connection_closed() {
+    use std::io::{Read, Write};
     let server = Server::start("");
-    let request = b"POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\
-        Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"events\": [";
-    let sent = std::time::Instant::now();
-    let (status, body) = raw_exchange_within(&server, request, std::time::Duration::from_secs(90));
-    assert!(status.contains(" 408 "), "{status} {body}");
-    let problem: Value = serde_json::from_str(&body).expect("problem+json");
-    assert_eq!(problem["code"], "request_timeout", "{problem}");
-    assert!(sent.elapsed() >= std::time::Duration::from_secs(29));
+    let heads = [
+        "Content-Length: 100\r\n\r\n{\"events\": [",
+        "Transfer-Encoding: chunked\r\n\r\nc\r\n{\"events\": [\r\n",
+    ];
+    let port = server.port;
+    let stall = move |head: &str| {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(90)))
+            .expect("timeout");
+        let request = format!(
+            "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+             Content-Type: application/json\r\n{head}"
+        );
+        stream.write_all(request.as_bytes()).expect("write");
+        let sent = std::time::Instant::now();
+        // Everything the server sends until it closes.
+        let mut answer = Vec::new();
+        let closed = stream.read_to_end(&mut answer).is_ok();
+        (
+            sent.elapsed(),
+            String::from_utf8_lossy(&answer).to_string(),
+            closed,
+        )
+    };
+    // Both at once.
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let running: Vec<_> = heads
+            .iter()
+            .map(|head| scope.spawn(move || stall(head)))
+            .collect();
+        running
+            .into_iter()
+            .map(|client| client.join().expect("client thread"))
+            .collect()
+    });
+    for (took, answer, closed) in answers {
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("\"code\":\"request_timeout\""), "{answer}");
+        assert!(closed, "the connection was not closed: {answer}");
+        assert!(took >= std::time::Duration::from_secs(29), "{took:?}");
+    }
     assert_still_up(&server);
+}
+
+/// The limit is on a stall, not on the whole body: a body whose parts keep
+/// coming, 12 s apart, 36 s in all, is read and applied.
+#[test]
+fn a_slow_body_that_keeps_coming_is_read() {
+    use std::io::Write;
+    let server = Server::start("");
+    let body = r#"{"events": [{"event_id": "slow-1", "type": "receipt", "source": "wms", "sku": "slow", "location": "wh-east", "qty": 3}]}"#;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .expect("timeout");
+    let head = format!(
+        "POST /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    stream.write_all(head.as_bytes()).expect("head");
+    let third = body.len() / 3;
+    for part in [&body[..third], &body[third..2 * third], &body[2 * third..]] {
+        std::thread::sleep(std::time::Duration::from_secs(12));
+        stream.write_all(part.as_bytes()).expect("part");
+    }
+    let mut reader = std::io::BufReader::new(stream);
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut reader, &mut status).expect("status line");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(position(&server, "slow", "wh-east")["on_hand"], 3);
 }
 
 #[test]
@@ -744,18 +809,11 @@ fn a_bad_query_string_is_a_problem_answer() {
 
 /// Sends raw bytes and returns the status line and body of the answer.
 fn raw_exchange(server: &Server, request: &[u8]) -> (String, String) {
-    raw_exchange_within(server, request, std::time::Duration::from_secs(10))
-}
-
-/// [`raw_exchange`], waiting up to `wait` for the answer.
-fn raw_exchange_within(
-    server: &Server,
-    request: &[u8],
-    wait: std::time::Duration,
-) -> (String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port)).expect("connect");
-    stream.set_read_timeout(Some(wait)).expect("timeout");
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
     stream.write_all(request).expect("write");
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
