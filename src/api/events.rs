@@ -443,6 +443,8 @@ pub async fn stream(
     // What the stream sent as an `id`, or a client's mistake: not a silent
     // replay from the start.
     let resume = match request.headers().get("last-event-id") {
+        // `?after=` wins over it.
+        _ if query.after.is_some() => None,
         None => None,
         Some(value) => Some(
             value

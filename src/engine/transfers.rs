@@ -378,7 +378,8 @@ impl Engine {
                 Ok(readouts) if readouts.is_empty() => {
                     Err(EngineError::UnknownSku(record.sku.clone()))
                 }
-                _ => Err(short(0)),
+                Ok(_) => Err(short(0)),
+                Err(error) => Err(error),
             },
             Err(EngineError::Insufficient(shortages)) => {
                 Err(short(shortages.first().map_or(0, |s| s.available)))
