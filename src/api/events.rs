@@ -442,11 +442,9 @@ pub async fn stream(
     let engine = state.engine()?.clone();
     // What the stream sent as an `id`, or a client's mistake: not a silent
     // replay from the start.
-    let resume = match request.headers().get("last-event-id") {
-        // `?after=` wins over it.
-        _ if query.after.is_some() => None,
-        None => None,
-        Some(value) => Some(
+    // (`?after=` wins over it.)
+    let resume = match (query.after, request.headers().get("last-event-id")) {
+        (None, Some(value)) => Some(
             value
                 .to_str()
                 .ok()
@@ -455,6 +453,7 @@ pub async fn stream(
                     ApiError::BadRequest("Last-Event-ID must be an event seq".to_string())
                 })?,
         ),
+        _ => None,
     };
     let after = query.after.or(resume).unwrap_or(0);
     let slot = SseSlot::take(&state, caller.name.clone())?;

@@ -95,7 +95,7 @@ pub async fn middleware(
     // The body's stall limit applies here too: the owner's 408 would come
     // only after the follower had sent the whole body.
     let mut request = request;
-    let stalled = super::limit_body_time(&mut request);
+    let stalled = super::limit_forwarded_body_time(&mut request);
     let (http_request, payload) = request.into_parts();
     let outgoing = CLIENT.with(|client| {
         let mut outgoing = client.request(http_request.method().clone(), &url);

@@ -165,7 +165,9 @@ struct BodyDeadline {
     /// When the head or the last part came.
     moved: tokio::time::Instant,
     timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
-    expired: Arc<AtomicBool>,
+    expired: bool,
+    /// Told of the expiry: a cluster follower, which must answer it itself.
+    watcher: Option<Arc<AtomicBool>>,
 }
 
 impl futures_util::Stream for BodyDeadline {
@@ -178,7 +180,7 @@ impl futures_util::Stream for BodyDeadline {
         use std::future::Future;
         use std::task::Poll;
         let this = &mut *self;
-        if this.expired.load(Ordering::Relaxed) {
+        if this.expired {
             return Poll::Ready(None);
         }
         match std::pin::Pin::new(&mut this.body).poll_next(cx) {
@@ -197,7 +199,10 @@ impl futures_util::Stream for BodyDeadline {
             timer.as_mut().reset(due);
         }
         if timer.as_mut().poll(cx).is_ready() {
-            this.expired.store(true, Ordering::Relaxed);
+            this.expired = true;
+            if let Some(watcher) = &this.watcher {
+                watcher.store(true, Ordering::Relaxed);
+            }
             // actix drains the rest of a chunked body whose reader is gone before
             // it closes; held a moment longer, the reader makes it close right
             // after the 408 instead of waiting on a silent client.
@@ -213,9 +218,8 @@ impl futures_util::Stream for BodyDeadline {
     }
 }
 
-/// Puts [`BODY_TIMEOUT`] on `request`'s body, if it has one; the flag says
-/// whether it ran out.
-pub(crate) fn limit_body_time(request: &mut ServiceRequest) -> Option<Arc<AtomicBool>> {
+/// Puts [`BODY_TIMEOUT`] on `request`'s body, if it has one (true).
+fn limit_body_time(request: &mut ServiceRequest, watcher: Option<Arc<AtomicBool>>) -> bool {
     use actix_web::http::header;
     let headers = request.headers();
     let has_body = headers.contains_key(header::TRANSFER_ENCODING)
@@ -223,9 +227,8 @@ pub(crate) fn limit_body_time(request: &mut ServiceRequest) -> Option<Arc<Atomic
             .get(header::CONTENT_LENGTH)
             .is_some_and(|length| length.as_bytes() != b"0");
     if !has_body {
-        return None;
+        return false;
     }
-    let expired = Arc::new(AtomicBool::new(false));
     let body = actix_web::HttpMessage::take_payload(request);
     let limited: std::pin::Pin<
         Box<dyn futures_util::Stream<Item = Result<web::Bytes, actix_web::error::PayloadError>>>,
@@ -233,10 +236,18 @@ pub(crate) fn limit_body_time(request: &mut ServiceRequest) -> Option<Arc<Atomic
         body,
         moved: tokio::time::Instant::now(),
         timer: None,
-        expired: expired.clone(),
+        expired: false,
+        watcher,
     });
     request.set_payload(actix_web::dev::Payload::from(limited));
-    Some(expired)
+    true
+}
+
+/// [`limit_body_time`] for a body this node forwards: the flag says whether
+/// it ran out.
+pub(crate) fn limit_forwarded_body_time(request: &mut ServiceRequest) -> Option<Arc<AtomicBool>> {
+    let expired = Arc::new(AtomicBool::new(false));
+    limit_body_time(request, Some(expired.clone())).then_some(expired)
 }
 
 /// The correlation id a request carries, if acceptable, else a new one.
@@ -357,7 +368,7 @@ pub async fn edge_middleware(
 ) -> Result<ServiceResponse<EitherBody<impl MessageBody>>, actix_web::Error> {
     let started = Instant::now();
     let mut request = request;
-    let _ = limit_body_time(&mut request);
+    limit_body_time(&mut request, None);
     let id = correlation_of(request.headers());
     request
         .extensions_mut()
