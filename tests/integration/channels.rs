@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::harness::{call, head, metric, rand_suffix, Server};
+use crate::harness::{call, head, metric, rand_suffix, texts, Server};
 
 /// How long any wait for convergence may take on a noisy machine.
 pub(crate) const CONVERGE: Duration = Duration::from_secs(30);
@@ -769,13 +769,7 @@ fn webhook_posts_are_signed_and_carry_the_policy_values() {
     assert!(status["last_delivery_at"].is_string(), "{status}");
     let (code, list) = server.get("/v1/channels");
     assert_eq!(code, 200, "{list}");
-    let ids: Vec<&str> = list["channels"]
-        .as_array()
-        .expect("channels")
-        .iter()
-        .filter_map(|c| c["id"].as_str())
-        .collect();
-    assert_eq!(ids, ["mp", "other"]);
+    assert_eq!(texts(&list["channels"], "id"), ["mp", "other"]);
     assert!(
         metric(
             &server,

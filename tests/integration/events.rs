@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-use crate::harness::{exceptions, head, num, position, Server};
+use crate::harness::{exceptions, head, num, position, texts, Server};
 
 /// Posts one event; returns its result.
 fn post_event(server: &Server, event: Value) -> Value {
@@ -365,13 +365,11 @@ fn a_duplicate_event_id_changes_nothing() {
     assert_eq!(status, 404, "the refused event created no position");
     let (status, queued) = server.get("/v1/exceptions?kind=rejected_event&sku=sku-d");
     assert_eq!(status, 200, "{queued}");
-    let codes: Vec<&str> = queued["exceptions"]
-        .as_array()
-        .expect("exceptions")
-        .iter()
-        .filter_map(|e| e["code"].as_str())
-        .collect();
-    assert_eq!(codes, vec!["invalid_state"], "{queued}");
+    assert_eq!(
+        texts(&queued["exceptions"], "code"),
+        ["invalid_state"],
+        "{queued}"
+    );
 
     // Twice in one batch at the same position: the second is the duplicate.
     let (status, body) = server.post(
@@ -407,12 +405,7 @@ fn one_event_id_at_two_positions_in_one_batch_applies_once() {
             ]}),
         );
         assert_eq!(status, 200, "{body}");
-        let statuses: Vec<&str> = body["results"]
-            .as_array()
-            .expect("results")
-            .iter()
-            .filter_map(|r| r["status"].as_str())
-            .collect();
+        let statuses = texts(&body["results"], "status");
         let applied = statuses.iter().filter(|s| **s == "applied").count();
         assert_eq!(applied, 1, "round {round}: {body}");
     }
@@ -441,10 +434,7 @@ fn rejected_events_are_kept_in_the_exception_queue_with_their_code() {
     assert_eq!(status, 200, "{body}");
     let results = body["results"].as_array().expect("results");
     assert_eq!(results.len(), 6, "one result per event, in order: {body}");
-    let ids: Vec<&str> = results
-        .iter()
-        .filter_map(|r| r["event_id"].as_str())
-        .collect();
+    let ids = texts(&body["results"], "event_id");
     assert_eq!(
         ids,
         [

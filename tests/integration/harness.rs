@@ -290,6 +290,20 @@ pub fn call(request: ureq::Request, body: Option<Value>) -> (u16, Value) {
     }
 }
 
+/// The text `field` of each item of the array `items` (items without it are
+/// left out).
+pub fn texts<'a>(items: &'a Value, field: &str) -> Vec<&'a str> {
+    items
+        .as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item[field].as_str())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// One position's counters from the full availability view.
 pub fn position(server: &Server, sku: &str, location: &str) -> Value {
     let (status, body) = server.get(&format!("/v1/availability/{sku}"));
