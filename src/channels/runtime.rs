@@ -23,6 +23,11 @@ use crate::storage::StorageError;
 /// How often lag, pending and dead-letter gauges are refreshed.
 const GAUGE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The shortest quiet before a channel that is not healthy sends its dead
+/// letters as the probe: they stay parked (and `dlq_depth` shows them) at
+/// least this long between tries, however short the sink's back-off.
+const PROBE_QUIET_MIN: Duration = Duration::from_secs(10);
+
 /// SKUs read concurrently by a drift check.
 const DRIFT_READS: usize = 64;
 
@@ -80,9 +85,9 @@ struct Channel {
     publisher: Option<(Addr<Publisher>, usize)>,
     /// How long a difference may last before it counts as drift.
     drift_grace_ms: i64,
-    /// When (engine ms) its dead letters were last sent as a probe while it was
-    /// down or degraded with nothing else to send, and how often they may be
-    /// (its sink's `backoff_max_ms`).
+    /// When (engine ms) it was last busy or probed while not healthy, and how
+    /// long it must then be quiet before its dead letters are the probe (its
+    /// sink's `backoff_max_ms`, at least [`PROBE_QUIET_MIN`]).
     probed_ms: std::sync::atomic::AtomicI64,
     probe_every_ms: i64,
 }
@@ -118,7 +123,8 @@ impl Channels {
                     drift_grace_ms =
                         drift_grace_ms.saturating_add(retry_budget_ms(&retry, sink_config));
                     probe_every_ms =
-                        i64::try_from(retry.backoff_max.as_millis()).unwrap_or(i64::MAX);
+                        i64::try_from(retry.backoff_max.max(PROBE_QUIET_MIN).as_millis())
+                            .unwrap_or(i64::MAX);
                     let stored_cursor = engine.channel_cursor(&id)?;
                     let cursor = stored_cursor.unwrap_or_default();
                     // Shown at once: the publisher starts on its own arbiter a
@@ -163,7 +169,7 @@ impl Channels {
                 status,
                 publisher,
                 drift_grace_ms,
-                probed_ms: std::sync::atomic::AtomicI64::new(i64::MIN / 2),
+                probed_ms: std::sync::atomic::AtomicI64::new(engine.now_ms()),
                 probe_every_ms,
             });
         }
@@ -237,8 +243,9 @@ impl Channels {
     ///
     /// A channel that is not healthy only becomes healthy by a delivery that
     /// succeeds, and one with nothing new to send would never try one: its dead
-    /// letters are then replayed as the probe, once per `backoff_max_ms` (they
-    /// park again if it is still down).
+    /// letters are then replayed as the probe once it has been quiet for its
+    /// `backoff_max_ms`, at least [`PROBE_QUIET_MIN`] (they park again if it is
+    /// still down).
     async fn replay_after_recovery(&self) {
         for channel in &self.channels {
             let status = &channel.status;
@@ -279,13 +286,17 @@ impl Channels {
         }
     }
 
-    /// Replays `channel`'s dead letters when it is not healthy, has nothing
-    /// else to send and was not probed so within its `backoff_max_ms`.
+    /// Replays `channel`'s dead letters when it is not healthy and has been
+    /// quiet (nothing to send, nothing probed) for its probe interval.
     async fn probe_with_dead_letters(&self, channel: &Channel) {
         let status = &channel.status;
         let now = self.engine.now_ms();
+        if status.pending() > 0 {
+            // Still trying what it has: the quiet starts when that is parked.
+            channel.probed_ms.store(now, Ordering::Relaxed);
+            return;
+        }
         if status.dlq_depth() == 0
-            || status.pending() > 0
             || now - channel.probed_ms.load(Ordering::Relaxed) < channel.probe_every_ms
         {
             return;

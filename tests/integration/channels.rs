@@ -1777,7 +1777,8 @@ fn a_recovered_channel_replays_its_dead_letters_by_itself() {
 
 /// The same with nothing changing after the outage: no new delivery would ever
 /// find the endpoint back, so the parked letters themselves are sent as the
-/// probe (once per `backoff_max_ms`), and the channel converges.
+/// probe (once the channel has been quiet for 10 s, however short its
+/// `backoff_max_ms`), and the channel converges.
 #[test]
 fn a_recovered_channel_with_nothing_new_to_send_converges_by_itself() {
     let receiver = Receiver::start(Mode::Fail, Duration::from_secs(1));
