@@ -35,6 +35,9 @@ mod nats;
 #[path = "integration/cluster.rs"]
 mod cluster;
 
+#[path = "integration/groups.rs"]
+mod groups;
+
 #[path = "integration/ops.rs"]
 mod ops;
 

@@ -78,6 +78,11 @@ pub enum ExecError {
     Storage(#[from] StorageError),
     #[error("shard unavailable")]
     Mailbox,
+    /// The SKU's partition is in another partition group (cluster mode): a
+    /// request that missed dispatch, refused rather than served from the
+    /// wrong group's store.
+    #[error("the SKU's partition is in partition group {0}, not this node's")]
+    OtherGroup(u32),
 }
 
 /// A position's counters and channel commitments, for reads.

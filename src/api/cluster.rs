@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use actix_web::{web, HttpResponse};
 
 use super::error::ApiError;
-use super::schema::{ClusterPeer, ClusterView};
+use super::schema::{ClusterPeer, ClusterView, GroupOwner};
 use super::AppState;
 
 #[utoipa::path(get, path = "/v1/cluster", tag = "operations",
@@ -34,12 +34,30 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         })
         .collect();
     peers.sort_by(|a, b| a.node.cmp(&b.node));
+    let config = &node.config;
+    let group_owners = (0..config.groups)
+        .map(|group| {
+            let owner = if group == config.group && node.is_owner() {
+                Some((config.node.clone(), config.advertise.clone()))
+            } else {
+                node.group_owner_address(group)
+            };
+            GroupOwner {
+                group,
+                partitions: crate::cluster::group_partitions(partitions, config.groups, group),
+                owner: owner.as_ref().map(|(node, _)| node.clone()),
+                advertise: owner.map(|(_, advertise)| advertise),
+            }
+        })
+        .collect();
     Ok(HttpResponse::Ok().json(ClusterView {
         node: node.config.node.clone(),
         role: node.role().as_str(),
-        stream: node.config.stream.clone(),
+        stream: node.config.own_stream(),
         replicas: node.config.replicas,
         partitions,
+        groups: config.groups,
+        group: config.group,
         owned_partitions: node.owned_partitions(partitions),
         owner: owner.as_ref().map(|owner| owner.node.clone()),
         epoch: owner.as_ref().map_or(0, |owner| owner.epoch),
@@ -53,5 +71,6 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         seed_chunks: node.seed_chunks.load(Ordering::Relaxed),
         seeded_from: node.seeded_from.load(Ordering::Relaxed),
         peers,
+        group_owners,
     }))
 }

@@ -14,6 +14,7 @@ use actix_web::{web, HttpResponse, ResponseError};
 
 use super::error::ApiError;
 use super::AppState;
+use crate::cluster::Node;
 
 /// Set on a forwarded request: its receiver never forwards it again, so two
 /// nodes that each take the other for the owner cannot bounce a request.
@@ -65,13 +66,21 @@ pub async fn middleware(
     let Some(node) = node else {
         return Ok(next.call(request).await?.map_into_boxed_body());
     };
-    if node.is_owner() || is_local(request.path()) {
+    if is_local(request.path()) {
         return Ok(next.call(request).await?.map_into_boxed_body());
     }
     // The owner gets the same id (generated here if need be), and an answer
     // made here carries it too.
+    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
+    if node.config.groups > 1 && !forwarded {
+        let id = super::correlation_of(request.headers());
+        return super::dispatch::route(request, next, node, id).await;
+    }
+    if node.is_owner() {
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    }
     let id = super::correlation_of(request.headers());
-    if request.headers().contains_key(FORWARDED_HEADER) {
+    if forwarded {
         let refused = ApiError::Unavailable(format!(
             "forwarded here, but node {} does not own the journal",
             node.config.node
@@ -84,6 +93,19 @@ pub async fn middleware(
         );
         return Ok(request.into_response(refusal(&refused, &id)));
     };
+    Ok(forward(request, &node, &id, &owner, &address, None).await)
+}
+
+/// Sends `request` to `address` (the owner `owner`'s listener) and streams its
+/// answer back. `body` is the request's body when it was read already.
+pub(super) async fn forward(
+    request: ServiceRequest,
+    node: &Node,
+    id: &str,
+    owner: &str,
+    address: &str,
+    body: Option<web::Bytes>,
+) -> ServiceResponse<BoxBody> {
     node.forwarded
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path_and_query = request
@@ -95,54 +117,37 @@ pub async fn middleware(
     // The body's stall limit applies here too: the owner's 408 would come
     // only after the follower had sent the whole body.
     let mut request = request;
-    let stalled = super::limit_forwarded_body_time(&mut request);
+    let stalled = if body.is_none() {
+        super::limit_forwarded_body_time(&mut request)
+    } else {
+        None
+    };
     let (http_request, payload) = request.into_parts();
-    let outgoing = CLIENT.with(|client| {
-        let mut outgoing = client.request(http_request.method().clone(), &url);
-        for (name, value) in http_request.headers() {
-            if !is_hop_by_hop(name) {
-                outgoing = outgoing.append_header((name.clone(), value.clone()));
-            }
-        }
-        let outgoing = outgoing
-            .insert_header((FORWARDED_HEADER, node.config.node.as_str()))
-            .insert_header((super::CORRELATION_HEADER, id.as_str()));
-        // Appended to what the client sent (the header's own convention).
-        match http_request.peer_addr() {
-            Some(peer) => {
-                let chain = match http_request.headers().get("x-forwarded-for") {
-                    Some(sent) => format!("{}, {}", sent.to_str().unwrap_or(""), peer.ip()),
-                    None => peer.ip().to_string(),
-                };
-                outgoing.insert_header(("x-forwarded-for", chain))
-            }
-            None => outgoing,
-        }
-    });
+    let outgoing = outgoing(&http_request, http_request.method(), &url, node, id);
     let has_body = http_request.headers().contains_key(header::CONTENT_LENGTH)
         || http_request
             .headers()
             .contains_key(header::TRANSFER_ENCODING);
-    let sent = if has_body {
-        outgoing.send_stream(payload).await
-    } else {
-        outgoing.send().await
+    let sent = match body {
+        Some(body) => outgoing.send_body(body).await,
+        None if has_body => outgoing.send_stream(payload).await,
+        None => outgoing.send().await,
     };
     let answer = match sent {
         Ok(answer) => answer,
         Err(_) if stalled.is_some_and(|stalled| stalled.load(Ordering::Relaxed)) => {
-            let mut answer = refusal(&ApiError::RequestTimeout, &id);
+            let mut answer = refusal(&ApiError::RequestTimeout, id);
             answer
                 .head_mut()
                 .set_connection_type(actix_web::http::ConnectionType::Close);
-            return Ok(ServiceResponse::new(http_request, answer));
+            return ServiceResponse::new(http_request, answer);
         }
         Err(error) => {
             // Each failed call is answered 503; a log line each would flood the log
             // while an owner is down (the failover itself is logged).
             tracing::debug!(%owner, %error, "forwarding to the owner failed");
             let refused = ApiError::Unavailable(format!("the owner ({owner}) did not answer"));
-            return Ok(ServiceResponse::new(http_request, refusal(&refused, &id)));
+            return ServiceResponse::new(http_request, refusal(&refused, id));
         }
     };
     let mut response = HttpResponse::build(answer.status());
@@ -159,14 +164,44 @@ pub async fn middleware(
     if let Some(length) = length {
         response.no_chunking(length);
     }
-    Ok(ServiceResponse::new(
-        http_request,
-        response.streaming(answer),
-    ))
+    ServiceResponse::new(http_request, response.streaming(answer))
+}
+
+/// A request to `url` with `request`'s end-to-end headers, marked forwarded by
+/// this node, with the correlation id `id`.
+pub(super) fn outgoing(
+    request: &actix_web::HttpRequest,
+    method: &actix_web::http::Method,
+    url: &str,
+    node: &Node,
+    id: &str,
+) -> awc::ClientRequest {
+    CLIENT.with(|client| {
+        let mut outgoing = client.request(method.clone(), url);
+        for (name, value) in request.headers() {
+            if !is_hop_by_hop(name) {
+                outgoing = outgoing.append_header((name.clone(), value.clone()));
+            }
+        }
+        let outgoing = outgoing
+            .insert_header((FORWARDED_HEADER, node.config.node.as_str()))
+            .insert_header((super::CORRELATION_HEADER, id));
+        // Appended to what the client sent (the header's own convention).
+        match request.peer_addr() {
+            Some(peer) => {
+                let chain = match request.headers().get("x-forwarded-for") {
+                    Some(sent) => format!("{}, {}", sent.to_str().unwrap_or(""), peer.ip()),
+                    None => peer.ip().to_string(),
+                };
+                outgoing.insert_header(("x-forwarded-for", chain))
+            }
+            None => outgoing,
+        }
+    })
 }
 
 /// An answer this node makes itself, with the request's correlation id.
-fn refusal(error: &ApiError, id: &str) -> HttpResponse {
+pub(super) fn refusal(error: &ApiError, id: &str) -> HttpResponse {
     let mut response = error.error_response();
     if let Ok(value) = header::HeaderValue::from_str(id) {
         response

@@ -7,6 +7,7 @@ mod availability;
 mod channels;
 mod cluster;
 mod console;
+pub mod dispatch;
 mod error;
 mod events;
 mod exceptions;

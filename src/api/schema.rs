@@ -105,8 +105,14 @@ pub struct ClusterView {
     /// The JetStream stream holding the journal.
     pub stream: String,
     pub replicas: usize,
-    /// The fixed partition count; one owner holds them all (docs/CLUSTER.md).
+    /// The fixed partition count, spread over `groups` partition groups
+    /// (partition `p` is in group `p % groups`), each with its own owner
+    /// (docs/CLUSTER.md).
     pub partitions: u32,
+    /// Partition groups (`[cluster] groups`; 1: one owner holds every partition).
+    pub groups: u32,
+    /// The group this node is a member of.
+    pub group: u32,
     /// Partitions this node owns and serves.
     pub owned_partitions: u32,
     /// The owner's node id; null while none is known.
@@ -134,8 +140,25 @@ pub struct ClusterView {
     /// The stream sequence the last finished copy started from: the node
     /// applied every write after it from the stream (0: no copy).
     pub seeded_from: u64,
-    /// The other nodes heard in the last minute.
+    /// The other nodes of this node's group heard in the last minute.
     pub peers: Vec<ClusterPeer>,
+    /// Every partition group's owner as this node knows it, its own group's
+    /// included (`groups` entries).
+    pub group_owners: Vec<GroupOwner>,
+}
+
+/// One partition group's owner, in `GET /v1/cluster`.
+#[derive(Serialize, ToSchema)]
+pub struct GroupOwner {
+    pub group: u32,
+    /// Partitions of the group.
+    pub partitions: u32,
+    /// The owner's node id; null while none is heard (a takeover under way).
+    #[schema(required = true)]
+    pub owner: Option<String>,
+    /// Where the owner's listener is (its `advertise`).
+    #[schema(required = true)]
+    pub advertise: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]

@@ -251,8 +251,21 @@ impl Publisher {
             .filter_map(|(_, sku)| self.pending.remove(&sku))
             .collect();
         self.cursor.batches += 1;
+        // With partition groups each group's owner publishes its own SKUs and
+        // counts its own batches: group g of G numbers them n * G + g, so two
+        // groups never send one id (file names, X12 control numbers).
+        let (groups, group) = self
+            .engine
+            .config
+            .cluster
+            .as_ref()
+            .map_or((1, 0), |c| (u64::from(c.groups.max(1)), u64::from(c.group)));
         Batch {
-            id: self.cursor.batches,
+            id: self
+                .cursor
+                .batches
+                .saturating_mul(groups)
+                .saturating_add(group),
             channel: self.status.id.to_string(),
             updates,
         }

@@ -77,8 +77,8 @@ impl Link {
         let runtime = ready_rx
             .recv()
             .map_err(|_| "cluster thread did not start".to_string())??;
-        let stream_name = config.stream.clone();
-        let subject = journal_subject(&config.stream);
+        let stream_name = config.own_stream();
+        let subject = journal_subject(&stream_name);
         let replicas = config.replicas;
         let connecting = connect(config, "stockwire-cluster")?;
         let connect = async move {
@@ -131,7 +131,7 @@ impl Link {
             runtime,
             client,
             js,
-            stream: config.stream.clone(),
+            stream: config.own_stream(),
             subject,
             part_bytes: max_payload.saturating_sub(4096).max(16 * 1024),
             _stop: stop_tx,

@@ -176,6 +176,9 @@ pub struct Node {
     pub(crate) copies: Mutex<u64>,
     owner: Mutex<Option<Owner>>,
     peers: Mutex<BTreeMap<String, Peer>>,
+    /// The owner heard last of each other partition group (`groups > 1`): its
+    /// heartbeat, from that group's subject.
+    group_owners: Mutex<BTreeMap<u32, Peer>>,
     started: Instant,
     /// When this node last heard its own heartbeat back (ms since `started`): an
     /// owner that cannot reach NATS for a takeover window steps down, since the
@@ -220,6 +223,7 @@ impl Node {
             copies: Mutex::new(0),
             owner: Mutex::new(None),
             peers: Mutex::new(BTreeMap::new()),
+            group_owners: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             self_heard_ms: AtomicU64::new(0),
             my_epoch: AtomicU64::new(0),
@@ -255,10 +259,10 @@ impl Node {
         (applied, last, last - applied)
     }
 
-    /// Partitions this node serves: every one on the owner, none elsewhere.
+    /// Partitions this node serves: its group's on the owner, none elsewhere.
     pub fn owned_partitions(&self, partitions: u32) -> u32 {
         if self.is_owner() {
-            partitions
+            group_partitions(partitions, self.config.groups, self.config.group)
         } else {
             0
         }
@@ -334,6 +338,48 @@ impl Node {
             .then(|| (owner.node.clone(), peer.beat.advertise.clone()))
     }
 
+    /// Where partition group `group`'s owner listens, if it was heard within
+    /// the takeover window; `None` for this node's own group when this node
+    /// owns it.
+    pub fn group_owner_address(&self, group: u32) -> Option<(String, String)> {
+        if group == self.config.group {
+            return self.owner_address();
+        }
+        let window = Duration::from_millis(self.config.takeover_after_ms);
+        let owners = self.group_owners.lock().unwrap_or_else(|p| p.into_inner());
+        let owner = owners.get(&group)?;
+        (owner.heard.elapsed() < window)
+            .then(|| (owner.beat.node.clone(), owner.beat.advertise.clone()))
+    }
+
+    /// The owner of each other group, as last heard.
+    pub fn group_owners(&self) -> Vec<(u32, Peer)> {
+        let owners = self.group_owners.lock().unwrap_or_else(|p| p.into_inner());
+        owners.iter().map(|(g, peer)| (*g, peer.clone())).collect()
+    }
+
+    /// An owner's heartbeat on another group's subject.
+    fn heard_group_owner(&self, group: u32, beat: Heartbeat) {
+        let window = Duration::from_millis(self.config.takeover_after_ms);
+        let mut owners = self.group_owners.lock().unwrap_or_else(|p| p.into_inner());
+        // A stale owner (an older epoch, still heard) does not displace the
+        // latest; once the latest is unheard for a window, anyone heard wins.
+        let keep = owners.get(&group).is_some_and(|known| {
+            known.beat.node != beat.node
+                && known.beat.epoch > beat.epoch
+                && known.heard.elapsed() < window
+        });
+        if !keep {
+            owners.insert(
+                group,
+                Peer {
+                    beat,
+                    heard: Instant::now(),
+                },
+            );
+        }
+    }
+
     pub fn peers(&self) -> Vec<Peer> {
         self.peers
             .lock()
@@ -392,6 +438,13 @@ impl Node {
     }
 }
 
+/// How many of `partitions` fall in `group` of `groups` (partition `p` is in
+/// group `p % groups`).
+pub fn group_partitions(partitions: u32, groups: u32, group: u32) -> u32 {
+    let groups = groups.max(1);
+    partitions / groups + u32::from(group < partitions % groups)
+}
+
 /// The local store's last applied stream sequence (0 for a new node). A data dir
 /// with a journal but no applied sequence was not made in cluster mode: refused,
 /// since its history is not in the stream.
@@ -428,6 +481,9 @@ pub fn start(
     let (granted, receiver) = tokio::sync::oneshot::channel();
     let runtime = link.runtime().clone();
     runtime.spawn(heartbeats(node.clone(), link.clone()));
+    for group in (0..node.config.groups).filter(|g| *g != node.config.group) {
+        runtime.spawn(other_group(node.clone(), link.clone(), group));
+    }
     runtime.spawn(seed::serve(node.clone(), link.clone(), local.clone()));
     runtime.spawn(control(node, link, local, granted));
     receiver
@@ -499,6 +555,34 @@ async fn beat(node: &Arc<Node>, link: &Arc<Link>) {
                 }
             }
         }
+    }
+}
+
+/// Listens to another partition group's heartbeats for its owner, so that a
+/// request for that group's SKUs can be sent there (`api::dispatch`).
+async fn other_group(node: Arc<Node>, link: Arc<Link>, group: u32) {
+    let subject = link::nodes_subject(&node.config.group_stream(group));
+    loop {
+        let mut subscriber = match link.client.subscribe(subject.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(error) => {
+                tracing::warn!(%error, group, "partition group heartbeat subscription failed; retrying");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+        };
+        while let Some(message) = subscriber.next().await {
+            if message.payload.len() > HEARTBEAT_BYTES_MAX {
+                continue;
+            }
+            let Ok(beat) = serde_json::from_slice::<Heartbeat>(&message.payload) else {
+                continue;
+            };
+            if beat.role == Role::Owner {
+                node.heard_group_owner(group, beat);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
@@ -670,11 +754,24 @@ fn is_successor(node: &Node, window: Duration) -> bool {
     }) {
         return false;
     }
-    !peers
+    let mut candidates: Vec<&str> = peers
         .values()
         .filter(live)
         .filter(|peer| peer.beat.role == Role::Follower && !peer.beat.yielding)
-        .any(|peer| peer.beat.node < node.config.node)
+        .map(|peer| peer.beat.node.as_str())
+        .collect();
+    candidates.push(&node.config.node);
+    successor_of(&mut candidates, node.config.group) == node.config.node
+}
+
+/// The successor among `candidates` (live followers' ids, this node's among
+/// them) for group `group`: the ids in order, rotated by the group, so that with
+/// as many nodes as groups each node owns one group at rest. Group 0 (and a
+/// cluster of one group) takes the lowest id.
+fn successor_of<'a>(candidates: &mut Vec<&'a str>, group: u32) -> &'a str {
+    candidates.sort_unstable();
+    candidates.dedup();
+    candidates[group as usize % candidates.len()]
 }
 
 /// The stream's first and last sequence (one STREAM.INFO request).
@@ -1291,9 +1388,43 @@ mod tests {
             takeover_after_ms: 1000,
             append_timeout_ms: 15000,
             stream_keep: 1000,
+            groups: 1,
+            group: 0,
         };
         let node = Node::new(config, local.clone(), 0);
         (dir, local, node)
+    }
+
+    /// Group 0 (and a cluster of one group) takes the lowest live id; group g
+    /// the g-th, wrapping, so with as many nodes as groups each owns one.
+    #[test]
+    fn successors_rotate_by_group() {
+        let pick = |ids: &[&'static str], group| successor_of(&mut ids.to_vec(), group);
+        assert_eq!(pick(&["n3", "n1", "n2"], 0), "n1");
+        assert_eq!(pick(&["n3", "n1", "n2"], 1), "n2");
+        assert_eq!(pick(&["n3", "n1", "n2"], 2), "n3");
+        assert_eq!(pick(&["n3", "n1", "n2"], 3), "n1");
+        // n2 gone: group 1 goes to the next in order.
+        assert_eq!(pick(&["n3", "n1"], 1), "n3");
+        assert_eq!(pick(&["n1", "n1"], 1), "n1");
+    }
+
+    #[test]
+    fn every_partition_is_in_exactly_one_group() {
+        for (partitions, groups) in [(64, 1), (64, 2), (64, 3), (7, 7), (10, 4)] {
+            let counts: Vec<u32> = (0..groups)
+                .map(|g| group_partitions(partitions, groups, g))
+                .collect();
+            assert_eq!(
+                counts.iter().sum::<u32>(),
+                partitions,
+                "{partitions}/{groups}"
+            );
+            for (g, count) in counts.iter().enumerate() {
+                let members = (0..partitions).filter(|p| p % groups == g as u32).count();
+                assert_eq!(*count as usize, members, "{partitions}/{groups} group {g}");
+            }
+        }
     }
 
     /// One write putting `key` = `value` in the journal space, as a message body.

@@ -285,4 +285,8 @@ section_limits! {
     /// by the owner; a node further behind copies the owner's store, docs/CLUSTER.md).
     fn default_cluster_stream_keep() -> u64 = 1_000_000,
         const CLUSTER_STREAM_KEEP_DEFAULT, CLUSTER_STREAM_KEEP_RANGE = 1000..=1_000_000_000;
+    /// `cluster.groups`: partition groups, each with its own stream and owner; at most
+    /// `partitions` (a group with no partition would own nothing).
+    fn default_cluster_groups() -> u32 = 1,
+        const CLUSTER_GROUPS_DEFAULT, CLUSTER_GROUPS_RANGE = 1..=64;
 }

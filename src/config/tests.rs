@@ -1126,6 +1126,11 @@ fn cluster_section_defaults_and_rules() {
         (section("stream_keep = 10"), "cluster.stream_keep"),
         (section("stream = \"a.b\""), "cluster.stream"),
         (section("stream = \"\""), "cluster.stream"),
+        (section("groups = 0"), "cluster.groups"),
+        (section("groups = 65"), "cluster.groups"),
+        (section("groups = 2\ngroup = 2"), "cluster.group"),
+        (section("groups = 2\nstream = \"S23456789012345678901234567890123456789012345678901234567890123\""), "cluster.stream"),
+        (format!("partitions = 4\n{}", section("groups = 5")), "at most partitions"),
         (section("color = \"red\""), "unknown field"),
         (
             "[cluster]\nnode = \"n 1\"\nurl = \"nats://h:1\"\nadvertise = \"http://h:1\"\n"

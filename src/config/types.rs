@@ -12,11 +12,12 @@ use sha2::{Digest, Sha256};
 
 // The serde defaults of the numbers in sections (their table is in `settings.rs`).
 use super::settings::{
-    default_cluster_append_timeout_ms, default_cluster_heartbeat_ms, default_cluster_replicas,
-    default_cluster_stream_keep, default_cluster_takeover_after_ms, default_coalesce_ms,
-    default_inbox_file_bytes_max, default_inbox_poll_interval_ms, default_inbox_stable_ms,
-    default_max_share_pct, default_sink_backoff_max_ms, default_sink_backoff_ms,
-    default_webhook_batch_max, default_webhook_max_attempts, default_webhook_timeout_ms,
+    default_cluster_append_timeout_ms, default_cluster_groups, default_cluster_heartbeat_ms,
+    default_cluster_replicas, default_cluster_stream_keep, default_cluster_takeover_after_ms,
+    default_coalesce_ms, default_inbox_file_bytes_max, default_inbox_poll_interval_ms,
+    default_inbox_stable_ms, default_max_share_pct, default_sink_backoff_max_ms,
+    default_sink_backoff_ms, default_webhook_batch_max, default_webhook_max_attempts,
+    default_webhook_timeout_ms,
 };
 use super::MAX_ID_LEN;
 
@@ -536,6 +537,36 @@ pub struct ClusterConfig {
     pub append_timeout_ms: u64,
     #[serde(default = "default_cluster_stream_keep")]
     pub stream_keep: u64,
+    /// Partition groups the partitions are spread over (docs/CLUSTER.md, "Partition
+    /// groups"): partition `p` belongs to group `p % groups`. 1: one group, one
+    /// stream, today's cluster.
+    #[serde(default = "default_cluster_groups")]
+    pub groups: u32,
+    /// The group this process is a member of (`0..groups`).
+    #[serde(default)]
+    pub group: u32,
+}
+
+impl ClusterConfig {
+    /// Group `g`'s journal stream: `stream` itself with one group, else
+    /// `<stream>-g<g>`.
+    pub fn group_stream(&self, group: u32) -> String {
+        if self.groups <= 1 {
+            self.stream.clone()
+        } else {
+            format!("{}-g{group}", self.stream)
+        }
+    }
+
+    /// This process's journal stream.
+    pub fn own_stream(&self) -> String {
+        self.group_stream(self.group)
+    }
+
+    /// The group a SKU's partition belongs to.
+    pub fn group_of_partition(&self, partition: u32) -> u32 {
+        partition % self.groups.max(1)
+    }
 }
 
 fn default_cluster_stream() -> String {
@@ -554,6 +585,8 @@ impl fmt::Debug for ClusterConfig {
             .field("takeover_after_ms", &self.takeover_after_ms)
             .field("append_timeout_ms", &self.append_timeout_ms)
             .field("stream_keep", &self.stream_keep)
+            .field("groups", &self.groups)
+            .field("group", &self.group)
             .finish()
     }
 }

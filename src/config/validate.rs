@@ -213,7 +213,7 @@ impl Validator<'_> {
             return self.fail("cluster.url", message);
         }
         let stream_ok = !cluster.stream.is_empty()
-            && cluster.stream.len() <= 64
+            && cluster.own_stream().len() <= 64
             && cluster
                 .stream
                 .bytes()
@@ -221,7 +221,7 @@ impl Validator<'_> {
         if !stream_ok {
             return self.fail(
                 "cluster.stream",
-                "must be 1 to 64 characters from [A-Za-z0-9_-] (a JetStream stream name)",
+                "must be 1 to 64 characters from [A-Za-z0-9_-], with its group's -g<g> (a JetStream stream name)",
             );
         }
         let advertise = cluster.advertise.strip_prefix("http://").unwrap_or("");
@@ -270,6 +270,22 @@ impl Validator<'_> {
             cluster.stream_keep,
             &CLUSTER_STREAM_KEEP_RANGE,
         )?;
+        self.range("cluster.groups", cluster.groups, &CLUSTER_GROUPS_RANGE)?;
+        if cluster.groups > c.partitions {
+            return self.fail(
+                "cluster.groups",
+                format!(
+                    "must be at most partitions ({}): a group with no partition owns nothing",
+                    c.partitions
+                ),
+            );
+        }
+        if cluster.group >= cluster.groups {
+            return self.fail(
+                "cluster.group",
+                format!("must be below cluster.groups ({})", cluster.groups),
+            );
+        }
         Ok(())
     }
 

@@ -90,6 +90,7 @@ impl From<ExecError> for EngineError {
             }
             ExecError::Storage(error) => EngineError::Unavailable(error.to_string()),
             ExecError::Mailbox => EngineError::Unavailable("shard unavailable".to_string()),
+            error @ ExecError::OtherGroup(_) => EngineError::Unavailable(error.to_string()),
         }
     }
 }
@@ -166,6 +167,9 @@ pub struct Engine {
     /// After a failed snapshot write, the next snapshot writes every position.
     snapshot_full_next: AtomicBool,
     ready: AtomicBool,
+    /// `(groups, group)` in cluster mode with partition groups: only SKUs of
+    /// `group`'s partitions are served here.
+    group: Option<(u32, u32)>,
 }
 
 impl Engine {
@@ -294,6 +298,11 @@ impl Engine {
                 (c.id.clone(), info)
             })
             .collect();
+        let group = config
+            .cluster
+            .as_ref()
+            .filter(|cluster| cluster.groups > 1)
+            .map(|cluster| (cluster.groups, cluster.group));
         let engine = Arc::new(Engine {
             config,
             shared,
@@ -313,6 +322,7 @@ impl Engine {
             source_labels: DashMap::new(),
             snapshot_full_next: AtomicBool::new(false),
             ready: AtomicBool::new(false),
+            group,
         });
         engine.install_reservations(recovered.reservations);
         engine.install_transfers(recovered.transfers);
@@ -364,14 +374,21 @@ impl Engine {
         self.locations.get(id)
     }
 
-    fn shard_of(&self, sku: &str) -> &Addr<ShardActor> {
-        let partition = partition_of(sku, self.config.partitions) as usize;
-        &self.shards[partition % self.shards.len()]
+    /// The shard of `sku`'s partition; refused when the partition is in another
+    /// partition group than this node's (cluster mode with `groups > 1`).
+    fn shard_of(&self, sku: &str) -> Result<&Addr<ShardActor>, ExecError> {
+        let partition = partition_of(sku, self.config.partitions);
+        if let Some((groups, group)) = self.group {
+            if partition % groups != group {
+                return Err(ExecError::OtherGroup(partition % groups));
+            }
+        }
+        Ok(&self.shards[partition as usize % self.shards.len()])
     }
 
     /// Runs one command on one position.
     pub async fn exec(&self, exec: Exec) -> Result<ExecOutcome, ExecError> {
-        self.shard_of(&exec.sku)
+        self.shard_of(&exec.sku)?
             .send(exec)
             .await
             .unwrap_or(Err(ExecError::Mailbox))
@@ -409,7 +426,7 @@ impl Engine {
         hold_of: Option<Arc<str>>,
     ) -> Result<Vec<PositionReadout>, EngineError> {
         let locations = locations.unwrap_or(&self.location_order).to_vec();
-        self.shard_of(sku)
+        self.shard_of(sku)?
             .send(ReadSku {
                 sku: Arc::from(sku),
                 locations,

@@ -723,7 +723,10 @@ impl Engine {
                     })
                 },
             };
-            let held = self.shard_of(&line.sku).send(first_fit).await;
+            let shard = self
+                .shard_of(&line.sku)
+                .map_err(|error| (Vec::new(), error.into()))?;
+            let held = shard.send(first_fit).await;
             if let Ok(Ok(Some((location, outcome)))) = held {
                 return Ok(vec![Taken::of(location, &outcome)]);
             }

@@ -1,0 +1,698 @@
+//! Partition groups (docs/CLUSTER.md, "Partition groups"): with `[cluster]
+//! groups > 1` the partitions are spread over several owners, one per group,
+//! each with its own journal stream. Every process takes every route. This
+//! module sends a request, or each part of it, to the owner of the group its
+//! SKUs are in, and merges the parts' answers in request order.
+//!
+//! - A route of one SKU (availability, positions, `published?sku=`, a transfer,
+//!   a cart whose lines are all in one group) goes to that group's owner.
+//! - `POST /v1/events` and `POST /v1/availability/query` are split by group and
+//!   their results merged back in request order. A cart over several groups is
+//!   held in each group, under the cart's id, and released again where it was
+//!   held if any part is refused.
+//! - A reservation or transfer by id is asked of every group; the answer of the
+//!   groups that have it is returned (a cart's parts merged).
+//! - A channel's pause, resume, resync and replay go to every group.
+//! - Everything else (the event log and its stream, exceptions, channel state,
+//!   reconciliations) is one group's: the one `X-Stockwire-Group` names, else
+//!   this process's own.
+//!
+//! Parts carry `X-Stockwire-Forwarded-By`, so their receiver serves them if it
+//! owns its group and refuses them (503) if it does not; they are never sent on.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::forward::{forward, outgoing, refusal};
+use super::AppState;
+use crate::actors::partition_of;
+use crate::cluster::Node;
+
+/// Names the group a request of no SKU is for (the event log, exceptions,
+/// channel state, reconciliations); without it, this process's own group.
+pub const GROUP_HEADER: &str = "x-stockwire-group";
+
+/// The most a part's answer may hold (a merged answer is the parts' sum): an
+/// events batch of 1,000 results or a query of 1,000 SKUs is far below it.
+const PART_ANSWER_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// How a request is sent on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plan {
+    /// One group's owner answers it.
+    Group(u32),
+    /// `POST /v1/events`: split by the events' SKUs.
+    Events,
+    /// `POST /v1/availability/query`: split by SKU.
+    Query,
+    /// `POST /v1/reservations`: to the group of its lines, split if several.
+    Reservation,
+    /// `POST /v1/transfers`: to the group of its SKU.
+    Transfer,
+    /// By id: asked of every group, answered by those that have it.
+    Find,
+    /// Sent to every group; all must succeed.
+    Every,
+}
+
+/// Sends `request` where its SKUs are owned (see the module's doc).
+pub async fn route(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    node: Arc<Node>,
+    id: String,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let plan = match plan(&request, &node) {
+        Ok(plan) => plan,
+        Err(error) => return Ok(request.into_response(refusal(&error, &id))),
+    };
+    let max_body = request
+        .app_data::<web::Data<AppState>>()
+        .map_or(1024 * 1024, |state| state.config.max_body_bytes);
+    if let Plan::Group(group) = plan {
+        return to_group(request, next, &node, &id, group, None).await;
+    }
+    let body = match read_body(&mut request, max_body).await {
+        Ok(body) => body,
+        Err(error) => return Ok(request.into_response(refusal(&error, &id))),
+    };
+    let parsed = || serde_json::from_slice::<Value>(&body).ok();
+    let (config, partitions) = (&node.config, partitions(&request));
+    let group_of = |sku: &str| config.group_of_partition(partition_of(sku, partitions));
+    let single = match plan {
+        Plan::Transfer => Some(
+            parsed()
+                .as_ref()
+                .and_then(|v| v.get("sku"))
+                .and_then(Value::as_str)
+                .map_or(node.config.group, group_of),
+        ),
+        Plan::Events | Plan::Query | Plan::Reservation => {
+            let (field, sku_of): (&str, fn(&Value) -> Option<&str>) = match plan {
+                Plan::Events => ("events", |item| item.get("sku").and_then(Value::as_str)),
+                Plan::Query => ("skus", Value::as_str),
+                _ => ("lines", |item| item.get("sku").and_then(Value::as_str)),
+            };
+            match parsed()
+                .as_ref()
+                .and_then(|v| v.get(field))
+                .and_then(Value::as_array)
+            {
+                // Not the shape the route takes: the own group's handler says why.
+                None => Some(node.config.group),
+                Some(items) => {
+                    let mut groups = items
+                        .iter()
+                        .map(|item| sku_of(item).map_or(node.config.group, group_of));
+                    let first = groups.next().unwrap_or(node.config.group);
+                    groups.all(|g| g == first).then_some(first)
+                }
+            }
+        }
+        Plan::Group(group) => Some(group),
+        Plan::Find | Plan::Every => None,
+    };
+    if let Some(group) = single {
+        return to_group(request, next, &node, &id, group, Some(body)).await;
+    }
+    let (http_request, _) = request.into_parts();
+    let parts = Parts {
+        request: &http_request,
+        node: &node,
+        id: &id,
+    };
+    let response = match plan {
+        Plan::Events => {
+            parts
+                .split(&body, "events", "results", |item| {
+                    item.get("sku").and_then(Value::as_str).map(group_of)
+                })
+                .await
+        }
+        Plan::Query => {
+            parts
+                .split(&body, "skus", "items", |item| item.as_str().map(group_of))
+                .await
+        }
+        Plan::Reservation => parts.cart(&body, group_of).await,
+        Plan::Find => Ok(parts.find(&body).await),
+        Plan::Every => Ok(parts.every(&body).await),
+        Plan::Group(_) | Plan::Transfer => unreachable!("sent to one group above"),
+    };
+    let response = response.unwrap_or_else(|error| refusal(&error, &id));
+    Ok(ServiceResponse::new(http_request, response))
+}
+
+fn partitions(request: &ServiceRequest) -> u32 {
+    request
+        .app_data::<web::Data<AppState>>()
+        .map_or(1, |state| state.config.partitions)
+}
+
+/// Which plan a request takes, from its method and path (and, for a route of no
+/// SKU, the group header).
+fn plan(request: &ServiceRequest, node: &Node) -> Result<Plan, ApiError> {
+    let config = &node.config;
+    let partitions = partitions(request);
+    let group_of = |sku: &str| config.group_of_partition(partition_of(sku, partitions));
+    // The decoded path, as actix routes on it.
+    let path = request.match_info().as_str();
+    let segments: Vec<&str> = path
+        .strip_prefix("/v1/")
+        .map(|rest| rest.split('/').collect())
+        .unwrap_or_default();
+    let post = request.method() == Method::POST;
+    let plan = match (segments.as_slice(), post) {
+        (["availability", "query"], true) => Plan::Query,
+        (["availability", sku], false) => Plan::Group(group_of(sku)),
+        (["positions", sku, ..], _) => Plan::Group(group_of(sku)),
+        (["reservations"], true) => Plan::Reservation,
+        (["reservations", _, ..], _) => Plan::Find,
+        (["transfers"], true) => Plan::Transfer,
+        (["transfers", _, ..], _) => Plan::Find,
+        (["events"], true) => Plan::Events,
+        (["channels", _, "pause" | "resume" | "resync" | "replay"], true) => Plan::Every,
+        (["channels", _, "published"], false) => {
+            let sku = web::Query::<BTreeMap<String, String>>::from_query(request.query_string())
+                .ok()
+                .and_then(|query| query.get("sku").cloned());
+            match sku {
+                Some(sku) => Plan::Group(group_of(&sku)),
+                None => Plan::Group(named_group(request, node)?),
+            }
+        }
+        _ => Plan::Group(named_group(request, node)?),
+    };
+    Ok(plan)
+}
+
+/// The group `X-Stockwire-Group` names, else this process's own.
+fn named_group(request: &ServiceRequest, node: &Node) -> Result<u32, ApiError> {
+    let Some(value) = request.headers().get(GROUP_HEADER) else {
+        return Ok(node.config.group);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|g| *g < node.config.groups)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{GROUP_HEADER} must be a partition group, 0 to {}",
+                node.config.groups - 1
+            ))
+        })
+}
+
+/// Reads the whole body, at most `max` bytes (413 above), within the body's
+/// stall limit (408).
+async fn read_body(request: &mut ServiceRequest, max: usize) -> Result<web::Bytes, ApiError> {
+    let stalled = super::limit_forwarded_body_time(request);
+    let mut payload = actix_web::HttpMessage::take_payload(request);
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|error| {
+            if stalled
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed))
+            {
+                ApiError::RequestTimeout
+            } else {
+                ApiError::BadRequest(format!("reading the body: {error}"))
+            }
+        })?;
+        if body.len() + chunk.len() > max {
+            return Err(ApiError::PayloadTooLarge(max));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// One group's request: served here if this process owns the group, else sent
+/// to the group's owner.
+async fn to_group(
+    mut request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    node: &Node,
+    id: &str,
+    group: u32,
+    body: Option<web::Bytes>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    if group == node.config.group && node.is_owner() {
+        if let Some(body) = body {
+            request.set_payload(actix_web::dev::Payload::from(body));
+        }
+        return Ok(next.call(request).await?.map_into_boxed_body());
+    }
+    Ok(match node.group_owner_address(group) {
+        Some((owner, address)) => forward(request, node, id, &owner, &address, body).await,
+        None => request.into_response(refusal(&no_owner(group), id)),
+    })
+}
+
+fn no_owner(group: u32) -> ApiError {
+    ApiError::Unavailable(format!(
+        "no node owns partition group {group} yet (a takeover is under way)"
+    ))
+}
+
+/// A part's answer, read whole.
+struct Answer {
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    body: web::Bytes,
+}
+
+impl Answer {
+    fn json(&self) -> Option<Value> {
+        serde_json::from_slice(&self.body).ok()
+    }
+
+    /// The part's answer as this request's.
+    fn relay(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status);
+        for (name, value) in &self.headers {
+            if *name != header::CONTENT_LENGTH && *name != header::TRANSFER_ENCODING {
+                response.append_header((name.clone(), value.clone()));
+            }
+        }
+        response.body(self.body.clone())
+    }
+
+    /// A refusal made here, as an answer among the parts'.
+    fn of(error: &ApiError, id: &str) -> Answer {
+        let response = refusal(error, id);
+        Answer {
+            status: response.status(),
+            headers: response
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            body: web::Bytes::from(error.body()),
+        }
+    }
+}
+
+/// Sends the parts of one request to their groups' owners.
+struct Parts<'a> {
+    request: &'a HttpRequest,
+    node: &'a Node,
+    id: &'a str,
+}
+
+impl Parts<'_> {
+    /// Where group `group` is served: this process, if it owns it (over its own
+    /// listener, as any part), else the group's owner.
+    fn target(&self, group: u32) -> Result<(String, String), ApiError> {
+        let config = &self.node.config;
+        if group == config.group && self.node.is_owner() {
+            return Ok((config.node.clone(), config.advertise.clone()));
+        }
+        self.node
+            .group_owner_address(group)
+            .ok_or_else(|| no_owner(group))
+    }
+
+    /// Sends one part: this request's method, path and headers, with `body`. An
+    /// `Idempotency-Key` becomes the part's own, `<key>:g<group>`.
+    async fn send(&self, group: u32, method: &Method, path: &str, body: web::Bytes) -> Answer {
+        let (owner, address) = match self.target(group) {
+            Ok(target) => target,
+            Err(error) => return Answer::of(&error, self.id),
+        };
+        let url = format!("{address}{path}");
+        let mut outgoing = outgoing(self.request, method, &url, self.node, self.id);
+        if let Some(key) = self
+            .request
+            .headers()
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+        {
+            outgoing = outgoing.insert_header(("idempotency-key", format!("{key}:g{group}")));
+        }
+        let unanswered = || {
+            ApiError::Unavailable(format!(
+                "the owner of partition group {group} ({owner}) did not answer"
+            ))
+        };
+        let mut answer = match outgoing.send_body(body).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                tracing::debug!(%owner, %error, group, "a part's owner did not answer");
+                return Answer::of(&unanswered(), self.id);
+            }
+        };
+        let Ok(bytes) = answer.body().limit(PART_ANSWER_BYTES_MAX).await else {
+            return Answer::of(&unanswered(), self.id);
+        };
+        Answer {
+            status: answer.status(),
+            headers: answer
+                .headers()
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect(),
+            body: bytes,
+        }
+    }
+
+    fn path(&self) -> String {
+        self.request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string()
+    }
+
+    /// Every group's answer to this request, in group order.
+    async fn all(&self, body: &web::Bytes) -> Vec<Answer> {
+        let path = self.path();
+        let method = self.request.method().clone();
+        let groups = 0..self.node.config.groups;
+        futures_util::future::join_all(
+            groups.map(|group| self.send(group, &method, &path, body.clone())),
+        )
+        .await
+    }
+
+    /// `body[field]` split by group (`group_of` an item; `None`: this
+    /// process's group), each part sent, and the parts' `answer_field`s merged
+    /// back in request order. A part that is not 200 is the answer.
+    async fn split(
+        &self,
+        body: &web::Bytes,
+        field: &str,
+        answer_field: &str,
+        group_of: impl Fn(&Value) -> Option<u32>,
+    ) -> Result<HttpResponse, ApiError> {
+        let mut value: Value = serde_json::from_slice(body)
+            .map_err(|error| ApiError::BadRequest(format!("body: {error}")))?;
+        let items = value
+            .get_mut(field)
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .ok_or_else(|| ApiError::BadRequest(format!("body: no {field} array")))?;
+        let count = items.len();
+        let mut by_group: BTreeMap<u32, (Vec<usize>, Vec<Value>)> = BTreeMap::new();
+        for (index, item) in items.into_iter().enumerate() {
+            let group = group_of(&item).unwrap_or(self.node.config.group);
+            let part = by_group.entry(group).or_default();
+            part.0.push(index);
+            part.1.push(item);
+        }
+        let path = self.path();
+        let method = self.request.method().clone();
+        let mut sends = Vec::with_capacity(by_group.len());
+        let mut indices = Vec::with_capacity(by_group.len());
+        for (group, (index, part)) in by_group {
+            value[field] = Value::Array(part);
+            let part_body = web::Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+            sends.push(self.send(group, &method, &path, part_body));
+            indices.push(index);
+        }
+        let answers = futures_util::future::join_all(sends).await;
+        if let Some(refused) = answers.iter().find(|a| a.status != StatusCode::OK) {
+            return Ok(refused.relay());
+        }
+        let mut merged = vec![Value::Null; count];
+        for (answer, index) in answers.iter().zip(indices) {
+            let results = answer
+                .json()
+                .and_then(|mut v| v.get_mut(answer_field).map(Value::take))
+                .and_then(|v| match v {
+                    Value::Array(items) => Some(items),
+                    _ => None,
+                })
+                .filter(|items| items.len() == index.len())
+                .ok_or_else(|| {
+                    ApiError::Unavailable(format!(
+                        "a partition group answered without its {answer_field}"
+                    ))
+                })?;
+            for (at, result) in index.into_iter().zip(results) {
+                merged[at] = result;
+            }
+        }
+        let mut object = serde_json::Map::new();
+        object.insert(answer_field.to_string(), Value::Array(merged));
+        Ok(json(StatusCode::OK, &Value::Object(object), self.id))
+    }
+
+    /// A reservation or transfer by id: asked of every group. The groups that
+    /// have it answer (a cart's parts merged); else the most telling refusal.
+    async fn find(&self, body: &web::Bytes) -> HttpResponse {
+        let ship_lines = self.request.path().ends_with("/ship")
+            && serde_json::from_slice::<Value>(body)
+                .ok()
+                .is_some_and(|v| v.get("lines").is_some_and(Value::is_array));
+        let answers = if ship_lines {
+            // A ship names lines: each group gets its own (none named: that
+            // group's part ships nothing, as for any line not named).
+            let partitions = self
+                .request
+                .app_data::<web::Data<AppState>>()
+                .map_or(1, |state| state.config.partitions);
+            let config = &self.node.config;
+            let value: Value = serde_json::from_slice(body).unwrap_or_default();
+            let path = self.path();
+            let method = self.request.method().clone();
+            let sends = (0..config.groups).map(|group| {
+                let mut part = value.clone();
+                if let Some(lines) = part.get_mut("lines").and_then(Value::as_array_mut) {
+                    lines.retain(|line| {
+                        line.get("sku")
+                            .and_then(Value::as_str)
+                            .map_or(group == config.group, |sku| {
+                                config.group_of_partition(partition_of(sku, partitions)) == group
+                            })
+                    });
+                }
+                let part = web::Bytes::from(serde_json::to_vec(&part).unwrap_or_default());
+                let (method, path) = (&method, &path);
+                async move { self.send(group, method, path, part).await }
+            });
+            futures_util::future::join_all(sends).await
+        } else {
+            self.all(body).await
+        };
+        let found: Vec<&Answer> = answers.iter().filter(|a| a.status.is_success()).collect();
+        match found.as_slice() {
+            [] => {}
+            [one] => return one.relay(),
+            parts => return merge_reservations(parts, self.id),
+        }
+        // Refused by a group that has it (409, 400, ...) before "unavailable",
+        // and "unavailable" before "not found": a group that did not answer
+        // may hold it.
+        let rank = |a: &&Answer| match a.status {
+            StatusCode::NOT_FOUND => 2,
+            status if status.is_server_error() => 1,
+            _ => 0,
+        };
+        answers
+            .iter()
+            .min_by_key(rank)
+            .map_or_else(|| refusal(&no_owner(0), self.id), Answer::relay)
+    }
+
+    /// Sent to every group: the own group's answer when all succeed, else the
+    /// first refusal.
+    async fn every(&self, body: &web::Bytes) -> HttpResponse {
+        let answers = self.all(body).await;
+        match answers.iter().find(|a| !a.status.is_success()) {
+            Some(refused) => refused.relay(),
+            None => answers[self.node.config.group as usize].relay(),
+        }
+    }
+
+    /// A cart whose lines are in several groups: each group holds its lines
+    /// under the cart's id, all at once. If any part is refused, the parts
+    /// held are released and the refusals are the answer (their shortages
+    /// together).
+    async fn cart(
+        &self,
+        body: &web::Bytes,
+        group_of: impl Fn(&str) -> u32,
+    ) -> Result<HttpResponse, ApiError> {
+        let mut value: Value = serde_json::from_slice(body)
+            .map_err(|error| ApiError::BadRequest(format!("body: {error}")))?;
+        // Every part has the cart's id: one is made here if the cart has none,
+        // from its Idempotency-Key as a single group would (so a retry makes the
+        // same), else new.
+        if value.get("reservation_id").is_none() {
+            let key = self
+                .request
+                .headers()
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok());
+            value["reservation_id"] = Value::String(cart_id(key));
+        }
+        let id = value["reservation_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError::BadRequest("reservation_id must be a string".into()))?;
+        let lines = value
+            .get_mut("lines")
+            .and_then(Value::as_array_mut)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        let mut by_group: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
+        for line in lines {
+            let group = line
+                .get("sku")
+                .and_then(Value::as_str)
+                .map_or(self.node.config.group, &group_of);
+            by_group.entry(group).or_default().push(line);
+        }
+        let path = self.path();
+        let method = self.request.method().clone();
+        let mut sends = Vec::with_capacity(by_group.len());
+        let mut groups = Vec::with_capacity(by_group.len());
+        for (group, part) in by_group {
+            value["lines"] = Value::Array(part);
+            let part_body = web::Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
+            sends.push(self.send(group, &method, &path, part_body));
+            groups.push(group);
+        }
+        let answers = futures_util::future::join_all(sends).await;
+        if answers.iter().all(|a| a.status.is_success()) {
+            let parts: Vec<&Answer> = answers.iter().collect();
+            return Ok(merge_reservations(&parts, self.id));
+        }
+        // Undo what was held. A part that did not answer may have been held:
+        // its release is tried too (a release of what does not exist is 404).
+        let release = format!("/v1/reservations/{}/release", urlencode(&id));
+        let undo = groups
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.status.is_success() || a.status.is_server_error())
+            .map(|(group, _)| self.send(*group, &Method::POST, &release, web::Bytes::new()));
+        let undone = futures_util::future::join_all(undo).await;
+        if let Some(failed) = undone
+            .iter()
+            .find(|a| !a.status.is_success() && a.status != StatusCode::NOT_FOUND)
+        {
+            tracing::warn!(reservation = %id, status = %failed.status,
+                "a cart part could not be released after another part was refused; it expires at its TTL");
+        }
+        let refused: Vec<&Answer> = answers.iter().filter(|a| !a.status.is_success()).collect();
+        Ok(merge_refusals(&refused))
+    }
+}
+
+/// A reservation of several groups: the first part's fields, every part's
+/// lines; 201 if any part was created now.
+fn merge_reservations(parts: &[&Answer], id: &str) -> HttpResponse {
+    let Some(mut merged) = parts[0].json() else {
+        return parts[0].relay();
+    };
+    let mut lines = Vec::new();
+    let mut statuses = Vec::new();
+    for part in parts {
+        let Some(mut value) = part.json() else {
+            return part.relay();
+        };
+        if let Some(Value::Array(part_lines)) = value.get_mut("lines").map(Value::take) {
+            lines.extend(part_lines);
+        }
+        if let Some(status) = value.get("status").cloned() {
+            if !statuses.contains(&status) {
+                statuses.push(status);
+            }
+        }
+    }
+    merged["lines"] = Value::Array(lines);
+    // Parts move together; one that has not (a ship stopped part-way in one
+    // group) is shown: every part's status, in group order.
+    if statuses.len() > 1 {
+        merged["part_statuses"] = Value::Array(statuses);
+    }
+    let status = if parts.iter().any(|p| p.status == StatusCode::CREATED) {
+        StatusCode::CREATED
+    } else {
+        parts[0].status
+    };
+    json(status, &merged, id)
+}
+
+/// The refusals of a cart's parts: one is relayed; several 409s with
+/// shortages become one 409 with all of them.
+fn merge_refusals(refused: &[&Answer]) -> HttpResponse {
+    let shortages: Option<Vec<Value>> = refused
+        .iter()
+        .map(|a| {
+            (a.status == StatusCode::CONFLICT)
+                .then(|| a.json())
+                .flatten()
+                .and_then(|v| v.get("shortages").and_then(Value::as_array).cloned())
+        })
+        .collect::<Option<Vec<Vec<Value>>>>()
+        .map(|all| all.into_iter().flatten().collect());
+    match (shortages, refused.first()) {
+        (Some(shortages), Some(first)) if refused.len() > 1 => {
+            let mut problem = first.json().unwrap_or_default();
+            problem["shortages"] = Value::Array(shortages);
+            let id = first
+                .headers
+                .iter()
+                .find(|(n, _)| n.as_str() == super::CORRELATION_HEADER)
+                .and_then(|(_, v)| v.to_str().ok())
+                .unwrap_or("");
+            let mut response = json(StatusCode::CONFLICT, &problem, id);
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/problem+json"),
+            );
+            response
+        }
+        (_, Some(first)) => first.relay(),
+        (_, None) => HttpResponse::InternalServerError().finish(),
+    }
+}
+
+fn json(status: StatusCode, value: &Value, id: &str) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    if let Ok(value) = header::HeaderValue::from_str(id) {
+        response.insert_header((
+            header::HeaderName::from_static(super::CORRELATION_HEADER),
+            value,
+        ));
+    }
+    response
+        .content_type("application/json")
+        .body(serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A cart's id, made as the engine makes one: from the `Idempotency-Key`, so a
+/// retry gets the same, else new.
+fn cart_id(key: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    match key {
+        Some(key) => format!("res_{}", hex::encode(&Sha256::digest(key.as_bytes())[..12])),
+        None => format!("res_{}", hex::encode(rand::random::<[u8; 12]>())),
+    }
+}
+
+/// `id` as one path segment.
+fn urlencode(id: &str) -> String {
+    id.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,249 @@
+//! Partition groups (docs/CLUSTER.md, "Partition groups"): the partitions
+//! spread over two owners, each group with its own R3 stream, on a 3-server
+//! nats-server cluster on loopback. Two "machines", `a` and `b`, each run one
+//! process per group; `a` owns group 0 and `b` group 1. Every route is taken
+//! by every process: a SKU's requests reach its group's owner, an events batch
+//! and an availability query are split and merged, a cart over both groups is
+//! held in both (and released in both when a part is short), and after a
+//! `kill -9` of a group's owner its other member serves that group, with every
+//! acknowledged hold still there and the channel converged.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::channels::{wait_converged, wait_for, webhook_channel, Receiver};
+use crate::harness::{rand_suffix, try_call, Server};
+use crate::nats::NatsCluster;
+
+const PARTITIONS: u32 = 64;
+
+/// The process of partition group `group` on machine `machine` (its node id).
+fn member(machine: &str, group: u32, nats: &str, stream: &str, receiver: &Receiver) -> Server {
+    let channel = webhook_channel("web", receiver, "coalesce_ms = 50", "batch_max = 500");
+    Server::prepare(|port, data| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ndurability = \"wal\"\n\
+             partitions = {PARTITIONS}\n\
+             [[locations]]\nid = \"wh-east\"\nkind = \"warehouse\"\n\
+             [[locations]]\nid = \"wh-west\"\nkind = \"warehouse\"\n\
+             {channel}\n\
+             [cluster]\nnode = \"{machine}\"\nurl = \"{nats}\"\nstream = \"{stream}\"\n\
+             advertise = \"http://127.0.0.1:{port}\"\nheartbeat_ms = 100\ntakeover_after_ms = 1000\n\
+             groups = 2\ngroup = {group}\n",
+            data.display()
+        )
+    })
+}
+
+fn view(server: &Server) -> Option<Value> {
+    match try_call(server.request("GET", "/v1/cluster"), None) {
+        Ok((200, body)) => Some(body),
+        _ => None,
+    }
+}
+
+/// A SKU of partition group `group`, named after `prefix`.
+fn sku_in(group: u32, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|sku| stockwire::actors::partition_of(sku, PARTITIONS) % 2 == group)
+        .expect("a SKU of the group")
+}
+
+fn send(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    try_call(server.request(method, path), body).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn reserved(server: &Server, sku: &str) -> u64 {
+    let (status, body) = send(server, "GET", &format!("/v1/availability/{sku}"), None);
+    assert_eq!(status, 200, "{body}");
+    body["total"]["reserved"].as_u64().expect("reserved")
+}
+
+#[test]
+fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
+    let nats = NatsCluster::start();
+    let receiver = Receiver::ok();
+    let stream = format!("SWG{}", rand_suffix());
+    let url = nats.urls.join(",");
+    // Started in this order, `a` owns group 0 and `b` group 1.
+    let mut a0 = member("a", 0, &url, &stream, &receiver);
+    let mut b1 = member("b", 1, &url, &stream, &receiver);
+    let mut b0 = member("b", 0, &url, &stream, &receiver);
+    let mut a1 = member("a", 1, &url, &stream, &receiver);
+    for server in [&mut a0, &mut b1, &mut b0, &mut a1] {
+        server.spawn();
+    }
+    // Every process knows both groups' owners.
+    for server in [&a0, &b1, &b0, &a1] {
+        let owners = wait_for("both groups' owners", Duration::from_secs(20), || {
+            let view = view(server)?;
+            let owners: Vec<String> = view["group_owners"]
+                .as_array()?
+                .iter()
+                .map(|g| g["owner"].as_str().map(str::to_owned))
+                .collect::<Option<_>>()?;
+            (owners.len() == 2).then_some(owners)
+        });
+        assert_eq!(owners, ["a", "b"], "group 0 on a, group 1 on b");
+    }
+    let (va0, vb1) = (view(&a0).unwrap(), view(&b1).unwrap());
+    assert_eq!(va0["owned_partitions"], 32);
+    assert_eq!(vb1["owned_partitions"], 32);
+    assert_eq!(view(&b0).unwrap()["owned_partitions"], 0);
+    assert_ne!(va0["stream"], vb1["stream"], "a stream per group");
+
+    let (s0, s1) = (sku_in(0, "g"), sku_in(1, "g"));
+    // One batch over both groups, through a follower: split, answered in order.
+    let events: Vec<Value> = [(&s1, 10), (&s0, 20), (&s1, 5)]
+        .iter()
+        .enumerate()
+        .map(|(i, (sku, qty))| {
+            json!({"event_id": format!("rcv-{i}"), "type": "receipt", "source": "wms",
+                   "sku": sku, "location": "wh-east", "qty": qty})
+        })
+        .collect();
+    let (status, body) = send(&b0, "POST", "/v1/events", Some(json!({ "events": events })));
+    assert_eq!(status, 200, "{body}");
+    let results = body["results"].as_array().expect("results");
+    let ids: Vec<&str> = results
+        .iter()
+        .filter_map(|r| r["event_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["rcv-0", "rcv-1", "rcv-2"], "{body}");
+    assert!(results.iter().all(|r| r["status"] == "applied"), "{body}");
+    // Each group's journal has its own events: group 1's first two, group 0's one.
+    assert_eq!(results[0]["seq"], 1, "{body}");
+    assert_eq!(results[1]["seq"], 1, "{body}");
+    assert_eq!(results[2]["seq"], 2, "{body}");
+
+    // A SKU's read from every process, whichever group it is in.
+    for server in [&a0, &b1, &b0, &a1] {
+        let (status, body) = send(server, "GET", &format!("/v1/availability/{s1}"), None);
+        assert_eq!(
+            (status, &body["total"]["on_hand"]),
+            (200, &json!(15)),
+            "{body}"
+        );
+        let (status, body) = send(
+            server,
+            "POST",
+            "/v1/availability/query",
+            Some(json!({"skus": [s1, "never-seen", s0]})),
+        );
+        assert_eq!(status, 200, "{body}");
+        let skus: Vec<&str> = body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|i| i["sku"].as_str())
+            .collect();
+        assert_eq!(skus, [s1.as_str(), "never-seen", s0.as_str()], "{body}");
+    }
+
+    // A request that reaches the wrong group's owner without dispatch (as a
+    // forwarded one) is refused, not served from the wrong store.
+    let misdirected = a0
+        .request("GET", &format!("/v1/availability/{s1}"))
+        .set("X-Stockwire-Forwarded-By", "test");
+    let (status, body) = try_call(misdirected, None).expect("answer");
+    assert_eq!(status, 503, "{body}");
+    assert!(body["detail"].as_str().unwrap_or("").contains("partition group 1"), "{body}");
+
+    // A cart over both groups, through group 1's follower: held in both.
+    let cart = json!({"reservation_id": "cart-1", "channel": "web", "lines": [
+        {"sku": s0, "location": "wh-east", "qty": 2},
+        {"sku": s1, "location": "wh-east", "qty": 3}]});
+    let (status, body) = send(&a1, "POST", "/v1/reservations", Some(cart.clone()));
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["lines"].as_array().map(Vec::len), Some(2), "{body}");
+    // Retried: the same answer, nothing held twice.
+    let (status, body) = send(&b0, "POST", "/v1/reservations", Some(cart));
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (2, 3));
+    for server in [&a0, &b1, &b0, &a1] {
+        let (status, body) = send(server, "GET", "/v1/reservations/cart-1", None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "held", "{body}");
+        assert_eq!(body["lines"].as_array().map(Vec::len), Some(2), "{body}");
+    }
+    // A single-group reservation is that group's alone.
+    let (status, body) = send(
+        &a0,
+        "POST",
+        "/v1/reservations",
+        Some(json!({"reservation_id": "one-1", "channel": "web",
+                    "lines": [{"sku": s1, "location": "wh-east", "qty": 1}]})),
+    );
+    assert_eq!(status, 201, "{body}");
+
+    // A cart short in one group: refused, and the other group's part released.
+    let (status, body) = send(
+        &b1,
+        "POST",
+        "/v1/reservations",
+        Some(
+            json!({"reservation_id": "cart-2", "channel": "web", "lines": [
+            {"sku": s0, "location": "wh-east", "qty": 1},
+            {"sku": s1, "location": "wh-east", "qty": 100}]}),
+        ),
+    );
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "insufficient_available", "{body}");
+    assert_eq!(body["shortages"][0]["sku"], s1.as_str(), "{body}");
+    assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
+    let (_, body) = send(&a1, "GET", "/v1/reservations/cart-2", None);
+    assert_eq!(body["status"], "released", "{body}");
+
+    // The event log is each group's own (X-Stockwire-Group), gap-free.
+    for (group, expected) in [(0, vec!["rcv-1"]), (1, vec!["rcv-0", "rcv-2"])] {
+        let request = b0
+            .request("GET", "/v1/events?after=0")
+            .set("X-Stockwire-Group", &group.to_string());
+        let (status, body) = try_call(request, None).expect("events");
+        assert_eq!(status, 200, "{body}");
+        let receipts: Vec<&str> = body["events"]
+            .as_array()
+            .expect("events")
+            .iter()
+            .filter(|e| e["type"] == "inventory.received")
+            .filter_map(|e| e["event_id"].as_str())
+            .collect();
+        assert_eq!(receipts, expected, "group {group}: {body}");
+    }
+
+    // kill -9 of group 1's owner: its other member serves group 1, from every
+    // process; what was held in group 1 is still held.
+    b1.kill();
+    wait_for("group 1 served again", Duration::from_secs(20), || {
+        let body = json!({"reservation_id": format!("after-{}", rand_suffix()), "channel": "web",
+                          "lines": [{"sku": s1, "location": "wh-east", "qty": 1}]});
+        matches!(
+            try_call(a0.request("POST", "/v1/reservations"), Some(body)),
+            Ok((201, _))
+        )
+        .then_some(())
+    });
+    let owners = view(&a0).unwrap()["group_owners"].clone();
+    assert_eq!(owners[1]["owner"], "a", "{owners}");
+    let (status, body) = send(&b0, "GET", "/v1/reservations/cart-1", None);
+    assert_eq!(
+        (status, body["lines"].as_array().map(Vec::len)),
+        (200, Some(2)),
+        "{body}"
+    );
+    let (status, body) = send(&b0, "GET", "/v1/reservations/one-1", None);
+    assert_eq!((status, &body["status"]), (200, &json!("held")), "{body}");
+    assert_eq!(reserved(&b0, &s1), 5);
+
+    // Released through any process: both parts.
+    let (status, body) = send(&b0, "POST", "/v1/reservations/cart-1/release", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "released", "{body}");
+    assert_eq!((reserved(&a1, &s0), reserved(&a1, &s1)), (0, 2));
+
+    // Each group's owner publishes its SKUs; the channel converges on both.
+    wait_converged(&a0, "web", Some(&receiver), std::slice::from_ref(&s0));
+    wait_converged(&a1, "web", Some(&receiver), std::slice::from_ref(&s1));
+}
