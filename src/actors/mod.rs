@@ -31,8 +31,11 @@ pub struct Shared {
     pub journal: Arc<Journal>,
     pub store: Arc<dyn Store>,
     pub metrics: Arc<Metrics>,
-    /// Next exception-queue id.
+    /// Next exception-queue id (see [`Shared::new_exception_id`]).
     pub next_exception_id: AtomicU64,
+    /// How far apart this process's exception ids are: the partition groups'
+    /// count (1 without them).
+    pub exception_id_step: u64,
     /// Positions with `available < 0`, kept exact by the actors.
     pub oversold_positions: AtomicI64,
     /// Positions that exist (had at least one event).
@@ -40,6 +43,26 @@ pub struct Shared {
     pub passivate_after_ms: u64,
     /// Where time is read ([`Clock::system`] in the server).
     pub clock: Clock,
+}
+
+impl Shared {
+    /// A new exception-queue id. With partition groups, group `g` of `G` numbers
+    /// its exceptions `g + 1`, `g + 1 + G`, ...: ids are unique over the groups,
+    /// and an id says its group (`(id - 1) % G`).
+    pub fn new_exception_id(&self) -> u64 {
+        self.next_exception_id
+            .fetch_add(self.exception_id_step, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// The first exception id a process of group `group` of `groups` hands out,
+/// after `last`, the last one in its store (0: none).
+pub fn first_exception_id(last: u64, groups: u32, group: u32) -> u64 {
+    if last == 0 {
+        u64::from(group) + 1
+    } else {
+        last + u64::from(groups.max(1))
+    }
 }
 
 /// A SKU-location, as actors and shards key it.

@@ -211,10 +211,7 @@ impl PositionActor {
     }
 
     fn record_oversold(&self, exec: &mut Exec, at_ms: i64) -> Result<(), StorageError> {
-        let id = self
-            .shared
-            .next_exception_id
-            .fetch_add(1, Ordering::Relaxed);
+        let id = self.shared.new_exception_id();
         let record = ExceptionRecord {
             id,
             sku: Some(self.key.sku.to_string()),

@@ -29,7 +29,7 @@ use actix_web::http::{header, Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::forward::{forward, outgoing, refusal};
@@ -60,8 +60,16 @@ enum Plan {
     Transfer,
     /// By id: asked of every group, answered by those that have it.
     Find,
-    /// Sent to every group; all must succeed.
+    /// A channel action, sent to every group; all must succeed.
     Every,
+    /// `GET /v1/exceptions`: every group's, merged in id order.
+    Exceptions,
+    /// `GET /v1/channels`, `GET /v1/channels/{id}`: every group's state of
+    /// each channel, merged.
+    Channels,
+    /// `POST /v1/reconciliations`: the body streamed to every group, each
+    /// taking its SKUs' rows; the reports summed.
+    Reconcile,
 }
 
 /// Sends `request` where its SKUs are owned (see the module's doc).
@@ -80,6 +88,9 @@ pub async fn route(
         .map_or(1024 * 1024, |state| state.config.max_body_bytes);
     if let Plan::Group(group) = plan {
         return to_group(request, next, &node, &id, group, None).await;
+    }
+    if plan == Plan::Reconcile {
+        return Ok(reconcile(request, &node, &id).await);
     }
     let body = match read_body(&mut request, max_body).await {
         Ok(body) => body,
@@ -119,11 +130,16 @@ pub async fn route(
             }
         }
         Plan::Group(group) => Some(group),
-        Plan::Find | Plan::Every => None,
+        Plan::Find | Plan::Every | Plan::Exceptions | Plan::Channels | Plan::Reconcile => None,
     };
     if let Some(group) = single {
         return to_group(request, next, &node, &id, group, Some(body)).await;
     }
+    let page_max = request
+        .app_data::<web::Data<AppState>>()
+        .map_or(1000, |state| state.config.events_page_max);
+    let query = request.query_string().to_owned();
+    let query = query.as_str();
     let (http_request, _) = request.into_parts();
     let parts = Parts {
         request: &http_request,
@@ -145,8 +161,18 @@ pub async fn route(
         }
         Plan::Reservation => parts.cart(&body, group_of).await,
         Plan::Find => Ok(parts.find(&body).await),
-        Plan::Every => Ok(parts.every(&body).await),
-        Plan::Group(_) | Plan::Transfer => unreachable!("sent to one group above"),
+        Plan::Every | Plan::Channels => Ok(parts.channels(&body).await),
+        Plan::Exceptions => {
+            let limit = web::Query::<BTreeMap<String, String>>::from_query(query)
+                .ok()
+                .and_then(|q| q.get("limit").and_then(|l| l.parse::<usize>().ok()))
+                .unwrap_or(100)
+                .clamp(1, page_max);
+            Ok(parts.exceptions(&body, limit).await)
+        }
+        Plan::Group(_) | Plan::Transfer | Plan::Reconcile => {
+            unreachable!("sent to one group, or streamed, above")
+        }
     };
     let response = response.unwrap_or_else(|error| refusal(&error, &id));
     Ok(ServiceResponse::new(http_request, response))
@@ -181,6 +207,14 @@ fn plan(request: &ServiceRequest, node: &Node) -> Result<Plan, ApiError> {
         (["transfers", _, ..], _) => Plan::Find,
         (["events"], true) => Plan::Events,
         (["channels", _, "pause" | "resume" | "resync" | "replay"], true) => Plan::Every,
+        (["channels"] | ["channels", _], false) => Plan::Channels,
+        (["exceptions"], false) => Plan::Exceptions,
+        (["reconciliations"], true) => Plan::Reconcile,
+        // An exception's id says its group (`Shared::new_exception_id`).
+        (["exceptions", id, ..], _) => match id.parse::<u64>() {
+            Ok(id) if id > 0 => Plan::Group(((id - 1) % u64::from(config.groups)) as u32),
+            _ => Plan::Group(config.group),
+        },
         (["channels", _, "published"], false) => {
             let sku = web::Query::<BTreeMap<String, String>>::from_query(request.query_string())
                 .ok()
@@ -266,6 +300,130 @@ fn no_owner(group: u32) -> ApiError {
     ))
 }
 
+/// A part's body: read whole, or streamed as it arrives.
+enum PartBody {
+    Whole(web::Bytes),
+    Stream(futures_util::stream::BoxStream<'static, Result<web::Bytes, std::io::Error>>),
+}
+
+/// How many chunks of a reconciliation's body may wait for the slowest group.
+const TEE_CHUNKS: usize = 8;
+
+/// `POST /v1/reconciliations` with partition groups: the body, as it arrives,
+/// to every group's owner at once (each takes the rows of its SKUs, a row
+/// keeping its number in the whole body), at the pace of the slowest. The
+/// reports are summed; a group's refusal is the answer (running a
+/// reconciliation again is safe).
+async fn reconcile(request: ServiceRequest, node: &Node, id: &str) -> ServiceResponse<BoxBody> {
+    let mut request = request;
+    let stalled = super::limit_forwarded_body_time(&mut request);
+    let (http_request, mut payload) = request.into_parts();
+    let parts = Parts {
+        request: &http_request,
+        node,
+        id,
+    };
+    let path = parts.path();
+    let mut senders = Vec::new();
+    let mut sends = Vec::new();
+    for group in 0..node.config.groups {
+        let (sender, receiver) = tokio::sync::mpsc::channel(TEE_CHUNKS);
+        senders.push(sender);
+        let stream = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|chunk| (chunk, receiver))
+        });
+        let (parts, path) = (&parts, &path);
+        sends.push(async move {
+            parts
+                .send_part(
+                    group,
+                    &Method::POST,
+                    path,
+                    PartBody::Stream(Box::pin(stream)),
+                )
+                .await
+        });
+    }
+    let pump = async move {
+        while let Some(chunk) = payload.next().await {
+            let chunk = chunk.map_err(|error| std::io::Error::other(error.to_string()));
+            let failed = chunk.is_err();
+            for sender in &senders {
+                // A group that stopped reading (it answered already) is left out.
+                let _ = sender
+                    .send(
+                        chunk
+                            .as_ref()
+                            .map(web::Bytes::clone)
+                            .map_err(|e| std::io::Error::other(e.to_string())),
+                    )
+                    .await;
+            }
+            if failed {
+                break;
+            }
+        }
+    };
+    let ((), answers) =
+        futures_util::future::join(pump, futures_util::future::join_all(sends)).await;
+    if stalled.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+        let mut answer = refusal(&ApiError::RequestTimeout, id);
+        answer
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        return ServiceResponse::new(http_request, answer);
+    }
+    let response = merge_reports(&answers, id);
+    ServiceResponse::new(http_request, response)
+}
+
+/// The groups' reconciliation reports as one: counts summed, differences and
+/// row errors together (row errors in row order), each list cut at the first
+/// 10,000 as one group's is.
+fn merge_reports(answers: &[Answer], id: &str) -> HttpResponse {
+    const LIST_MAX: usize = 10_000;
+    if let Some(refused) = answers.iter().find(|a| a.status != StatusCode::OK) {
+        return refused.relay();
+    }
+    let Some(reports) = answers
+        .iter()
+        .map(Answer::json)
+        .collect::<Option<Vec<Value>>>()
+    else {
+        return answers[0].relay();
+    };
+    let mut merged = reports[0].clone();
+    for field in [
+        "checked",
+        "matched",
+        "differences",
+        "applied",
+        "rejected_rows",
+    ] {
+        merged[field] = json!(reports
+            .iter()
+            .filter_map(|r| r[field].as_u64())
+            .sum::<u64>());
+    }
+    let mut truncated = reports.iter().any(|r| r["truncated"] == true);
+    for (field, by_row) in [("exceptions", false), ("errors", true)] {
+        let mut items: Vec<Value> = reports
+            .iter()
+            .flat_map(|r| r[field].as_array().cloned().unwrap_or_default())
+            .collect();
+        if by_row {
+            items.sort_by_key(|item| item["row"].as_u64().unwrap_or(0));
+        }
+        if items.len() > LIST_MAX {
+            items.truncate(LIST_MAX);
+            truncated = true;
+        }
+        merged[field] = Value::Array(items);
+    }
+    merged["truncated"] = json!(truncated);
+    json(StatusCode::OK, &merged, id)
+}
+
 /// A part's answer, read whole.
 struct Answer {
     status: StatusCode,
@@ -327,6 +485,11 @@ impl Parts<'_> {
     /// Sends one part: this request's method, path and headers, with `body`. An
     /// `Idempotency-Key` becomes the part's own, `<key>:g<group>`.
     async fn send(&self, group: u32, method: &Method, path: &str, body: web::Bytes) -> Answer {
+        self.send_part(group, method, path, PartBody::Whole(body))
+            .await
+    }
+
+    async fn send_part(&self, group: u32, method: &Method, path: &str, body: PartBody) -> Answer {
         let (owner, address) = match self.target(group) {
             Ok(target) => target,
             Err(error) => return Answer::of(&error, self.id),
@@ -346,7 +509,11 @@ impl Parts<'_> {
                 "the owner of partition group {group} ({owner}) did not answer"
             ))
         };
-        let mut answer = match outgoing.send_body(body).await {
+        let sent = match body {
+            PartBody::Whole(body) => outgoing.send_body(body).await,
+            PartBody::Stream(stream) => outgoing.send_stream(stream).await,
+        };
+        let mut answer = match sent {
             Ok(answer) => answer,
             Err(error) => {
                 tracing::debug!(%owner, %error, group, "a part's owner did not answer");
@@ -506,14 +673,53 @@ impl Parts<'_> {
             .map_or_else(|| refusal(&no_owner(0), self.id), Answer::relay)
     }
 
-    /// Sent to every group: the own group's answer when all succeed, else the
-    /// first refusal.
-    async fn every(&self, body: &web::Bytes) -> HttpResponse {
+    /// A channel read or action, from every group: each channel's states
+    /// merged (see [`merge_channel`]); the first refusal if one refused.
+    async fn channels(&self, body: &web::Bytes) -> HttpResponse {
         let answers = self.all(body).await;
-        match answers.iter().find(|a| !a.status.is_success()) {
-            Some(refused) => refused.relay(),
-            None => answers[self.node.config.group as usize].relay(),
+        if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
+            return refused.relay();
         }
+        let Some(values) = answers
+            .iter()
+            .map(Answer::json)
+            .collect::<Option<Vec<Value>>>()
+        else {
+            return answers[0].relay();
+        };
+        let merged = if values[0].get("channels").is_some() {
+            // The list: each group lists the same channels, in config order.
+            let lists: Vec<Vec<Value>> = values
+                .iter()
+                .map(|v| v["channels"].as_array().cloned().unwrap_or_default())
+                .collect();
+            let channels = (0..lists[0].len())
+                .map(|i| merge_channel(lists.iter().filter_map(|list| list.get(i)).collect()))
+                .collect();
+            json!({ "channels": Value::Array(channels) })
+        } else {
+            merge_channel(values.iter().collect())
+        };
+        json(StatusCode::OK, &merged, self.id)
+    }
+
+    /// `GET /v1/exceptions` from every group: the pages merged in id order and
+    /// cut at `limit`. Each group's page holds its first `limit` after the
+    /// cursor, so the merged page misses none (the next page starts after its
+    /// last id).
+    async fn exceptions(&self, body: &web::Bytes, limit: usize) -> HttpResponse {
+        let answers = self.all(body).await;
+        if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
+            return refused.relay();
+        }
+        let mut items: Vec<Value> = answers
+            .iter()
+            .filter_map(Answer::json)
+            .flat_map(|v| v["exceptions"].as_array().cloned().unwrap_or_default())
+            .collect();
+        items.sort_by_key(|item| item["id"].as_u64().unwrap_or(0));
+        items.truncate(limit);
+        json(StatusCode::OK, &json!({ "exceptions": items }), self.id)
     }
 
     /// A cart whose lines are in several groups: each group holds its lines
@@ -589,6 +795,65 @@ impl Parts<'_> {
         let refused: Vec<&Answer> = answers.iter().filter(|a| !a.status.is_success()).collect();
         Ok(merge_refusals(&refused))
     }
+}
+
+/// One channel as every group reports it: the worst state (down, degraded,
+/// paused, healthy), the largest lag, the summed depths, the latest delivery,
+/// and each group's own figures under `groups` (a cursor is a group's seq).
+fn merge_channel(parts: Vec<&Value>) -> Value {
+    let Some(first) = parts.first() else {
+        return Value::Null;
+    };
+    let mut merged = (*first).clone();
+    let rank = |state: &Value| match state.as_str() {
+        Some("down") => 0,
+        Some("degraded") => 1,
+        Some("paused") => 2,
+        _ => 3,
+    };
+    if let Some(worst) = parts.iter().map(|p| &p["state"]).min_by_key(|s| rank(s)) {
+        merged["state"] = worst.clone();
+    }
+    let max_f64 = |field: &str| {
+        parts
+            .iter()
+            .filter_map(|p| p[field].as_f64())
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
+    };
+    if let Some(lag) = max_f64("lag_seconds") {
+        merged["lag_seconds"] = json!(lag);
+    }
+    for field in ["pending", "dlq_depth", "drift"] {
+        if parts.iter().all(|p| p[field].is_u64()) {
+            merged[field] = json!(parts.iter().filter_map(|p| p[field].as_u64()).sum::<u64>());
+        }
+    }
+    if let Some(error) = parts
+        .iter()
+        .map(|p| &p["last_error"])
+        .find(|e| !e.is_null())
+    {
+        merged["last_error"] = error.clone();
+    }
+    if let Some(latest) = parts
+        .iter()
+        .filter_map(|p| p["last_delivery_at"].as_str())
+        .max()
+    {
+        merged["last_delivery_at"] = json!(latest);
+    }
+    merged["groups"] = Value::Array(
+        parts
+            .iter()
+            .enumerate()
+            .map(|(group, p)| {
+                json!({"group": group, "state": p["state"], "cursor_seq": p["cursor_seq"],
+                       "lag_seconds": p["lag_seconds"], "pending": p["pending"],
+                       "dlq_depth": p["dlq_depth"]})
+            })
+            .collect(),
+    );
+    merged
 }
 
 /// A reservation of several groups: the first part's fields, every part's

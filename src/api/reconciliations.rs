@@ -138,6 +138,9 @@ async fn reconcile_json(
     let mut run = Reconciliation::new(parsed.source, parsed.apply, correlation);
     let mut chunk = Vec::with_capacity(RECONCILE_CHUNK);
     for (index, position) in parsed.positions.into_iter().enumerate() {
+        if !engine.row_is_mine(Some(&position.sku)) {
+            continue;
+        }
         // A bad row is a row error, as in a CSV upload: earlier chunks may
         // already be corrected, so the run must not end in an error here.
         let on_hand = match amount("on_hand", &position.on_hand) {
@@ -276,6 +279,9 @@ impl CsvUpload<'_> {
             return Err(ApiError::PayloadTooLarge(self.rows_max as usize));
         }
         let field = |i: usize| fields.get(i).cloned().unwrap_or(Ok(""));
+        if !self.engine.row_is_mine(field(cols.sku).ok()) {
+            return Ok(());
+        }
         let (Ok(sku), Ok(location), Ok(on_hand)) =
             (field(cols.sku), field(cols.location), field(cols.on_hand))
         else {

@@ -493,10 +493,7 @@ impl Engine {
         let created_at_ms = self.now_ms();
         let mut labels = Vec::with_capacity(rejections.len());
         for rejection in rejections {
-            let id = self
-                .shared
-                .next_exception_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let id = self.shared.new_exception_id();
             labels.push((
                 rejection.type_name,
                 rejection.source.clone(),
@@ -546,10 +543,7 @@ impl Engine {
         &self,
         mut record: ExceptionRecord,
     ) -> Result<(u64, WriteBatch), EngineError> {
-        record.id = self
-            .shared
-            .next_exception_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        record.id = self.shared.new_exception_id();
         let mut batch = WriteBatch::default();
         batch.put(
             Space::Exceptions,

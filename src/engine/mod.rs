@@ -232,11 +232,20 @@ impl Engine {
         head_gauge.set(recovered.head as i64);
         metrics.positions.set(recovered.positions as i64);
         metrics.oversold_positions.set(recovered.oversold);
+        let (groups, group) = config
+            .cluster
+            .as_ref()
+            .map_or((1, 0), |cluster| (cluster.groups.max(1), cluster.group));
         let shared = Arc::new(Shared {
             journal,
             store,
             metrics: metrics.clone(),
-            next_exception_id: AtomicU64::new(recovered.next_exception_id),
+            next_exception_id: AtomicU64::new(crate::actors::first_exception_id(
+                recovered.next_exception_id.saturating_sub(1),
+                groups,
+                group,
+            )),
+            exception_id_step: u64::from(groups),
             oversold_positions: AtomicI64::new(recovered.oversold),
             positions: AtomicI64::new(recovered.positions as i64),
             passivate_after_ms: config.passivate_after_seconds.saturating_mul(1000),
@@ -372,6 +381,20 @@ impl Engine {
 
     pub fn location(&self, id: &str) -> Option<&Arc<str>> {
         self.locations.get(id)
+    }
+
+    /// Whether a row naming `sku` is this process's to handle, with partition
+    /// groups (a reconciliation's body goes to every group, each taking its
+    /// SKUs' rows). A row without a readable SKU is group 0's. Always true
+    /// without groups.
+    pub fn row_is_mine(&self, sku: Option<&str>) -> bool {
+        match (self.group, sku) {
+            (None, _) => true,
+            (Some((_, group)), None) => group == 0,
+            (Some((groups, group)), Some(sku)) => {
+                partition_of(sku, self.config.partitions) % groups == group
+            }
+        }
     }
 
     /// The shard of `sku`'s partition; refused when the partition is in another

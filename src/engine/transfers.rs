@@ -738,10 +738,7 @@ impl Engine {
         payload: Option<String>,
         at_ms: i64,
     ) -> ExceptionRecord {
-        let id = self
-            .shared
-            .next_exception_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.shared.new_exception_id();
         ExceptionRecord {
             id,
             sku: Some(record.sku.clone()),

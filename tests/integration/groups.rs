@@ -149,7 +149,13 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         .set("X-Stockwire-Forwarded-By", "test");
     let (status, body) = try_call(misdirected, None).expect("answer");
     assert_eq!(status, 503, "{body}");
-    assert!(body["detail"].as_str().unwrap_or("").contains("partition group 1"), "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("partition group 1"),
+        "{body}"
+    );
 
     // A cart over both groups, through group 1's follower: held in both.
     let cart = json!({"reservation_id": "cart-1", "channel": "web", "lines": [
@@ -212,6 +218,85 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
             .collect();
         assert_eq!(receipts, expected, "group {group}: {body}");
     }
+
+    // Exceptions: numbered apart per group, listed together, each found by
+    // its id from any process.
+    let rejected: Vec<Value> = [&s0, &s1]
+        .iter()
+        .map(|sku| {
+            json!({"event_id": format!("bad-{sku}"), "type": "receipt", "source": "wms",
+                   "sku": sku, "location": "nowhere", "qty": 1})
+        })
+        .collect();
+    let (status, body) = send(
+        &a1,
+        "POST",
+        "/v1/events",
+        Some(json!({ "events": rejected })),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = send(&b0, "GET", "/v1/exceptions?limit=10", None);
+    assert_eq!(status, 200, "{body}");
+    let listed = body["exceptions"].as_array().expect("exceptions").clone();
+    let ids: Vec<u64> = listed.iter().filter_map(|e| e["id"].as_u64()).collect();
+    assert_eq!(ids.len(), 2, "{body}");
+    assert!(
+        ids[0] < ids[1] && ids[0] % 2 != ids[1] % 2,
+        "ids apart per group: {ids:?}"
+    );
+    for exception in &listed {
+        let path = format!("/v1/exceptions/{}", exception["id"]);
+        let (status, found) = send(&a0, "GET", &path, None);
+        assert_eq!((status, &found["sku"]), (200, &exception["sku"]), "{found}");
+    }
+    let (_, page) = send(
+        &a1,
+        "GET",
+        &format!("/v1/exceptions?limit=1&after={}", ids[0]),
+        None,
+    );
+    assert_eq!(page["exceptions"][0]["id"], ids[1], "{page}");
+
+    // A reconciliation over both groups, JSON and CSV: every row checked once,
+    // a row error keeps its row number.
+    let (status, body) = send(
+        &b1,
+        "POST",
+        "/v1/reconciliations",
+        Some(json!({"source": "erp", "positions": [
+            {"sku": s0, "location": "wh-east", "on_hand": 20},
+            {"sku": s1, "location": "wh-east", "on_hand": 14},
+            {"sku": s1, "location": "nowhere", "on_hand": 1}]})),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (
+            &body["checked"],
+            &body["matched"],
+            &body["differences"],
+            &body["rejected_rows"]
+        ),
+        (&json!(2), &json!(1), &json!(1), &json!(1)),
+        "{body}"
+    );
+    assert_eq!(body["exceptions"][0]["sku"], s1.as_str(), "{body}");
+    assert_eq!(body["errors"][0]["row"], 3, "{body}");
+    let csv = format!("sku,location,on_hand\n{s1},wh-east,15\n{s0},wh-east,21\n{s0},wh-west,0\n");
+    let request = a0
+        .request("POST", "/v1/reconciliations?source=erp")
+        .set("Content-Type", "text/csv");
+    let answer = request.send_string(&csv).expect("reconciliation");
+    let body: Value = answer.into_json().expect("json");
+    assert_eq!(
+        (&body["checked"], &body["matched"], &body["differences"]),
+        (&json!(3), &json!(2), &json!(1)),
+        "{body}"
+    );
+
+    // The channel's state from every group, merged.
+    let (status, body) = send(&a1, "GET", "/v1/channels/web", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["groups"].as_array().map(Vec::len), Some(2), "{body}");
 
     // kill -9 of group 1's owner: its other member serves group 1, from every
     // process; what was held in group 1 is still held.
