@@ -87,6 +87,7 @@ struct ClusterMetrics {
     applied_seq: IntGauge,
     lag: IntGauge,
     peers: IntGauge,
+    groups_unowned: IntGauge,
     failovers_total: IntCounter,
     forwarded_total: IntCounter,
 }
@@ -382,7 +383,7 @@ impl Metrics {
             owner: gauge(
                 r,
                 "stockwire_cluster_owner",
-                "1 if this node owns the journal (and every partition) and serves",
+                "1 if this node owns its partition group's journal (every partition without groups) and serves",
             ),
             owned_partitions: gauge(
                 r,
@@ -403,6 +404,11 @@ impl Metrics {
                 r,
                 "stockwire_cluster_peers",
                 "Other nodes heard within the takeover window",
+            ),
+            groups_unowned: gauge(
+                r,
+                "stockwire_cluster_groups_unowned",
+                "Partition groups (this node's included) with no live owner this node knows of",
             ),
             failovers_total: plain_counter(
                 r,
@@ -432,6 +438,7 @@ impl Metrics {
         m.applied_seq.set(applied as i64);
         m.lag.set(lag as i64);
         m.peers.set(node.live_peer_count() as i64);
+        m.groups_unowned.set(i64::from(node.unowned_groups()));
         let _scrape = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         raise_to(&m.failovers_total, node.failovers.load(Ordering::Relaxed));
         raise_to(&m.forwarded_total, node.forwarded.load(Ordering::Relaxed));

@@ -352,6 +352,17 @@ impl Node {
             .then(|| (owner.beat.node.clone(), owner.beat.advertise.clone()))
     }
 
+    /// Partition groups (its own included) this node knows no live owner of:
+    /// their SKUs are refused (503) wherever they are asked for.
+    pub fn unowned_groups(&self) -> u32 {
+        (0..self.config.groups.max(1))
+            .filter(|group| {
+                let owned_here = *group == self.config.group && self.is_owner();
+                !owned_here && self.group_owner_address(*group).is_none()
+            })
+            .count() as u32
+    }
+
     /// The owner of each other group, as last heard.
     pub fn group_owners(&self) -> Vec<(u32, Peer)> {
         let owners = self.group_owners.lock().unwrap_or_else(|p| p.into_inner());

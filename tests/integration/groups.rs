@@ -88,6 +88,13 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         });
         assert_eq!(owners, ["a", "b"], "group 0 on a, group 1 on b");
     }
+    for server in [&a0, &b1, &b0, &a1] {
+        let text = crate::ops::scrape(server);
+        assert!(
+            text.lines().any(|l| l == "stockwire_cluster_groups_unowned 0"),
+            "{text}"
+        );
+    }
     let (va0, vb1) = (view(&a0).unwrap(), view(&b1).unwrap());
     assert_eq!(va0["owned_partitions"], 32);
     assert_eq!(vb1["owned_partitions"], 32);
