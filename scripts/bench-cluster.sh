@@ -6,6 +6,16 @@
 #   cluster-N    N = 1, 2, 3 nodes in cluster mode on a 3-server NATS cluster (R3
 #                journal stream); the load goes to the owner
 #   forwarded    3 nodes; the load goes to a follower, which forwards to the owner
+#   groups-2     partition groups ([cluster] groups = 2): two "machines", each with
+#                a process per group (4 processes), each machine owning one group;
+#                half the load (a SKU of group 0) goes to group 0's owner, half (a
+#                SKU of group 1) to group 1's, by two load generators at RATE/2
+#   groups-2-fwd the same 4 processes; all the load goes to group 0's owner, half of
+#                it (group 1's SKU) forwarded by it to group 1's owner
+#
+# In the groups setups "owner" is the mean over the two owners of the CPU each used
+# per reservation it decided (its group's 201s), and p50/p99 the worse of the two
+# load generators'.
 #
 # CPU columns (µs per reservation): the owner; a follower that only follows (mean);
 # the follower the load went to (forwarded only); the three nats-servers together.
@@ -74,9 +84,11 @@ NATS_URLS=$("$ROOT/scripts/nats-cluster.sh" start "$WORK/nats" "$NATS_BASE")
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 nats_pids() { cat "$WORK/nats"/n*.pid; }
 
-# start_node I CLUSTERED STREAM: node I in the background; its pid in PIDS.
+# start_node I CLUSTERED STREAM [GROUP MACHINE]: node I in the background; its pid
+# in PIDS. With GROUP, a member of partition group GROUP of 2, node id MACHINE.
 start_node() {
-  local i=$1 clustered=$2 stream=$3 port=$((HTTP_BASE + i - 1)) config=$WORK/n$i.toml
+  local i=$1 clustered=$2 stream=$3 group=${4:-} machine=${5:-n$1}
+  local port=$((HTTP_BASE + i - 1)) config=$WORK/n$i.toml
   rm -rf "$WORK/n$i"
   grep -v -E '^(listen|data_dir)[[:space:]]*=' "$ROOT/config/stockwire.toml" >"$WORK/body.toml"
   {
@@ -84,8 +96,9 @@ start_node() {
     echo "data_dir = \"$WORK/n$i/data\""
     cat "$WORK/body.toml"
     if [ "$clustered" = yes ]; then
-      printf '\n[cluster]\nnode = "n%s"\nurl = "%s"\nstream = "%s"\nadvertise = "http://127.0.0.1:%s"\n' \
-        "$i" "$NATS_URLS" "$stream" "$port"
+      printf '\n[cluster]\nnode = "%s"\nurl = "%s"\nstream = "%s"\nadvertise = "http://127.0.0.1:%s"\n' \
+        "$machine" "$NATS_URLS" "$stream" "$port"
+      if [ -n "$group" ]; then printf 'groups = 2\ngroup = %s\n' "$group"; fi
     fi
   } >"$config"
   env -u STOCKWIRE_BIN "$SW_BIN" serve --config "$config" >"$WORK/n$i.log" 2>&1 &
@@ -146,6 +159,71 @@ print(f"{name} {p['p50']*1000:.3f} {p['p99']*1000:.3f} {s['requestsPerSec']:.0f}
 PY
 }
 
+# load OUT PORT SKU RATE: one open-loop load generator.
+load() {
+  "$OHA_BIN" --no-tui --latency-correction --worker-threads 1 -z "${SECONDS_EACH}s" \
+    -c 8 -q "$4" -m POST -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' \
+    -d "{\"channel\":\"web\",\"lines\":[{\"sku\":\"$3\",\"location\":\"wh-east\",\"qty\":1}],\"ttl_seconds\":3600}" \
+    --output-format json "http://127.0.0.1:$2/v1/reservations" >"$1"
+}
+
+# run_groups NAME SPREAD: the 4 processes of two groups; SPREAD=yes sends each
+# group's SKU to its owner, no sends both to group 0's owner. hot-1 is in group 0,
+# hot-2 in group 1 (64 partitions).
+run_groups() {
+  local name=$1 spread=$2 stream="BENCH$RANDOM$RANDOM" pid
+  # n1 = machine a's group 0, n2 = b's group 1: started first, they own them.
+  start_node 1 yes "$stream" 0 a
+  start_node 2 yes "$stream" 1 b
+  start_node 3 yes "$stream" 0 b
+  start_node 4 yes "$stream" 1 a
+  curl -sSf "http://127.0.0.1:$HTTP_BASE/v1/events" -H "Authorization: Bearer $TOKEN" \
+    -H 'content-type: application/json' \
+    -d '{"events":[{"event_id":"g-seed-1","type":"receipt","source":"bench","sku":"hot-1","location":"wh-east","qty":100000000},
+                   {"event_id":"g-seed-2","type":"receipt","source":"bench","sku":"hot-2","location":"wh-east","qty":100000000}]}' \
+    >/dev/null || die "seeding failed"
+  sleep 1
+  local before=() nats_before=0
+  for pid in "${PIDS[@]}"; do before+=("$(cpu "$pid")"); done
+  for pid in $(nats_pids); do nats_before=$((nats_before + $(cpu "$pid"))); done
+  local second=$((HTTP_BASE + 1))
+  [ "$spread" = yes ] || second=$HTTP_BASE
+  load "$WORK/$name-0.json" "$HTTP_BASE" hot-1 $((RATE / 2)) &
+  local first_load=$!
+  load "$WORK/$name-1.json" "$second" hot-2 $((RATE / 2))
+  wait "$first_load"
+  local after=() nats_after=0
+  for pid in "${PIDS[@]}"; do after+=("$(cpu "$pid")"); done
+  for pid in $(nats_pids); do nats_after=$((nats_after + $(cpu "$pid"))); done
+  local ticks=""
+  for i in 0 1 2 3; do ticks+="$(( ${after[$i]} - ${before[$i]} )),"; done
+  local batch
+  batch=$(curl -s "http://127.0.0.1:$HTTP_BASE/metrics" | awk '
+    /^stockwire_journal_appends_total / {a=$2} /^stockwire_journal_commits_total / {c=$2}
+    END {if (c > 0) printf "%.2f", a / c; else print "0"}')
+  stop_nodes
+  python3 - "$name" "$WORK/$name-0.json" "$WORK/$name-1.json" "$ticks" "$((nats_after - nats_before))" "$(getconf CLK_TCK)" "$spread" "$batch" <<'PY' | tee -a "$WORK/results.txt"
+import json, sys
+name, p0, p1, ticks, nats, hz, spread, batch = sys.argv[1:]
+d = [json.load(open(p)) for p in (p0, p1)]
+ok = [x.get("statusCodeDistribution", {}).get("201", 0) or 1 for x in d]
+total = sum(ok)
+ticks = [int(t) for t in ticks.strip(",").split(",")]
+us = lambda t, n: t / int(hz) * 1e6 / n
+# n1 and n2 own the groups; each decided its group's reservations.
+owners = [us(ticks[0], ok[0]), us(ticks[1], ok[1])]
+# n3 follows group 0, n4 group 1: each per reservation of its group.
+followers = [us(ticks[2], ok[0]), us(ticks[3], ok[1])]
+p50 = max(x["latencyPercentiles"]["p50"] for x in d) * 1000
+p99 = max(x["latencyPercentiles"]["p99"] for x in d) * 1000
+rps = sum(x["summary"]["requestsPerSec"] for x in d)
+cluster = (sum(ticks) + int(nats)) / int(hz) * 1e6 / total
+print(f"{name} {p50:.3f} {p99:.3f} {rps:.0f} {total} {sum(owners)/2:.1f} {sum(followers)/2:.1f} "
+      f"0.0 {us(int(nats), total):.1f} {cluster:.1f} {batch}")
+PY
+}
+
 echo "bench-cluster: oha (1 thread), ${RATE}/s, ${SECONDS_EACH}s each, $ROUNDS round(s); nats $NATS_URLS"
 echo "name p50_ms p99_ms rps ok owner_us follower_us forwarder_us nats_us total_us appends_per_commit (CPU per reservation)"
 SETUPS=${CLUSTER_SETUPS:-single cluster-1 cluster-2 cluster-3 forwarded}
@@ -155,7 +233,9 @@ for round in $(seq "$ROUNDS"); do
       single) run single 1 no 1 ;;
       cluster-[123]) run "$setup" "${setup#cluster-}" yes 1 ;;
       forwarded) run forwarded 3 yes 2 ;;
-      *) die "unknown setup $setup (single, cluster-1, cluster-2, cluster-3, forwarded)" ;;
+      groups-2) run_groups groups-2 yes ;;
+      groups-2-fwd) run_groups groups-2-fwd no ;;
+      *) die "unknown setup $setup (single, cluster-1, cluster-2, cluster-3, forwarded, groups-2, groups-2-fwd)" ;;
     esac
   done
 done

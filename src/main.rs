@@ -395,13 +395,13 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
                 appends,
                 node.clone(),
             );
-            let granted = stockwire::cluster::start(node.clone(), link, local);
+            let granted = stockwire::cluster::start(node.clone(), link.clone(), local);
             let _ = state.cluster.set(node.clone());
             metrics.watch_cluster(node.clone());
             tracing::info!(node = %cluster.node, applied, "cluster mode: following the journal stream");
             (
                 replicated.clone() as Arc<dyn Store>,
-                Some((granted, replicated, node)),
+                Some((granted, replicated, node, link)),
             )
         }
     };
@@ -461,7 +461,11 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
     let recovery = actix_web::rt::spawn(async move {
         let handle = recovery_handle;
         let mut serving = None;
-        if let Some((granted, replicated, node)) = ownership {
+        let mut groups = None;
+        if let Some((granted, replicated, node, link)) = ownership {
+            if node.config.groups > 1 {
+                groups = Some((link, node.config.clone()));
+            }
             match granted.await {
                 Ok(epoch) => {
                     replicated.grant(epoch);
@@ -499,6 +503,18 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
         )
         .await;
         engine.finish_recovery().await;
+        // Partition groups: other groups' events go to their owners, this
+        // group's come here; the inboxes run on group 0's owner only (a file's
+        // rows reach every group through it).
+        let mut run_inboxes = true;
+        if let Some((link, cluster)) = groups {
+            engine.set_remote(Arc::new(stockwire::cluster::apply::Remote::new(
+                link.clone(),
+                cluster.clone(),
+            )));
+            stockwire::cluster::apply::serve(link, &cluster, engine.clone());
+            run_inboxes = cluster.group == 0;
+        }
         let channels = match Channels::start(engine.clone()) {
             Ok(channels) => channels,
             Err(error) => {
@@ -508,7 +524,12 @@ async fn serve(config: Arc<Config>, log: stockwire::logging::BatchedWriter) -> a
                 return Err(anyhow::anyhow!("channel publication: {error}"));
             }
         };
-        let inboxes = match Inboxes::start(engine.clone()) {
+        let started = if run_inboxes {
+            Inboxes::start(engine.clone())
+        } else {
+            Ok(Inboxes::none())
+        };
+        let inboxes = match started {
             Ok(inboxes) => inboxes,
             Err(error) => {
                 tracing::error!(%error, "inbox could not start");

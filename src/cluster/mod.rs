@@ -14,6 +14,7 @@
 //! decides whether a write lands, so a stale owner's next write is refused and it
 //! steps down (exits, to be restarted as a follower).
 
+pub mod apply;
 pub mod frame;
 pub mod link;
 pub mod seed;

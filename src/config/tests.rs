@@ -1131,10 +1131,6 @@ fn cluster_section_defaults_and_rules() {
         (section("groups = 2\ngroup = 2"), "cluster.group"),
         (section("groups = 2\nstream = \"S23456789012345678901234567890123456789012345678901234567890123\""), "cluster.stream"),
         (format!("partitions = 4\n{}", section("groups = 5")), "at most partitions"),
-        (
-            format!("[[inbox]]\ndir = \"in\"\nsource = \"3pl\"\n{}", section("groups = 2")),
-            "inboxes",
-        ),
         (section("color = \"red\""), "unknown field"),
         (
             "[cluster]\nnode = \"n 1\"\nurl = \"nats://h:1\"\nadvertise = \"http://h:1\"\n"

@@ -280,13 +280,6 @@ impl Validator<'_> {
                 ),
             );
         }
-        if cluster.groups > 1 && !c.inbox.is_empty() {
-            return self.fail(
-                "cluster.groups",
-                "inboxes ([[inbox]]) are not run with partition groups yet: a file's rows would \
-                 need every group's owner (docs/CLUSTER.md); post the rows to /v1/events instead",
-            );
-        }
         if cluster.group >= cluster.groups {
             return self.fail(
                 "cluster.group",

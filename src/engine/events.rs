@@ -20,6 +20,18 @@ use crate::storage::records::{
 };
 use crate::storage::{codec, seq_key, Space, WriteBatch};
 
+/// Applies events of another partition group's SKUs at that group's owner
+/// (`cluster::apply`), as [`Engine::apply_local_events_in_order`] would there:
+/// one outcome per event, `None` for one not tried after its position stopped.
+pub trait RemoteApply: Send + Sync {
+    fn apply(
+        &self,
+        group: u32,
+        events: Vec<WarehouseEvent>,
+        correlation_id: Arc<str>,
+    ) -> futures_util::future::BoxFuture<'static, Vec<Option<EventOutcome>>>;
+}
+
 /// A validated event, ready for its position.
 #[derive(Debug, Clone)]
 pub struct WarehouseEvent {
@@ -237,7 +249,49 @@ impl Engine {
     /// answered but not queued: the caller queues them ([`Engine::record_rejections`])
     /// together with its own progress. An outcome with code `unavailable` is not the
     /// event's fault; retry it.
+    ///
+    /// With partition groups, events of another group's SKUs are applied by
+    /// that group's owner ([`RemoteApply`]), each group's in order.
     pub async fn apply_events_in_order(
+        &self,
+        events: &[WarehouseEvent],
+        correlation_id: Arc<str>,
+    ) -> Vec<Option<EventOutcome>> {
+        let (Some((groups, group)), Some(remote)) = (self.group, self.remote.get()) else {
+            return self
+                .apply_local_events_in_order(events, correlation_id)
+                .await;
+        };
+        let partitions = self.config.partitions;
+        let mut by_group: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
+        for (index, event) in events.iter().enumerate() {
+            let of = crate::actors::partition_of(&event.sku, partitions) % groups;
+            by_group.entry(of).or_default().push(index);
+        }
+        let runs = by_group.into_iter().map(|(of, indices)| {
+            let part: Vec<WarehouseEvent> = indices.iter().map(|i| events[*i].clone()).collect();
+            let correlation_id = correlation_id.clone();
+            async move {
+                let outcomes = if of == group {
+                    self.apply_local_events_in_order(&part, correlation_id)
+                        .await
+                } else {
+                    remote.apply(of, part, correlation_id).await
+                };
+                indices.into_iter().zip(outcomes).collect::<Vec<_>>()
+            }
+        });
+        let mut outcomes: Vec<Option<EventOutcome>> = vec![None; events.len()];
+        for results in join_all(runs).await {
+            for (index, outcome) in results {
+                outcomes[index] = outcome;
+            }
+        }
+        outcomes
+    }
+
+    /// [`Engine::apply_events_in_order`] for this process's own SKUs only.
+    pub async fn apply_local_events_in_order(
         &self,
         events: &[WarehouseEvent],
         correlation_id: Arc<str>,

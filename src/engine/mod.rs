@@ -20,7 +20,7 @@ mod transfers;
 
 pub use events::{
     error_code, EventCommand, EventOutcome, EventStatus, ExceptionClaim, ExceptionFilter,
-    Rejection, WarehouseEvent,
+    Rejection, RemoteApply, WarehouseEvent,
 };
 pub use reconcile::{
     Difference, ReconReport, Reconciliation, RowError, SnapshotRow, RECONCILE_CHUNK,
@@ -170,6 +170,9 @@ pub struct Engine {
     /// `(groups, group)` in cluster mode with partition groups: only SKUs of
     /// `group`'s partitions are served here.
     group: Option<(u32, u32)>,
+    /// With partition groups: where events of other groups' SKUs are applied
+    /// ([`Engine::apply_events_in_order`], for the inboxes).
+    remote: std::sync::OnceLock<Arc<dyn RemoteApply>>,
 }
 
 impl Engine {
@@ -332,6 +335,7 @@ impl Engine {
             snapshot_full_next: AtomicBool::new(false),
             ready: AtomicBool::new(false),
             group,
+            remote: std::sync::OnceLock::new(),
         });
         engine.install_reservations(recovered.reservations);
         engine.install_transfers(recovered.transfers);
@@ -348,6 +352,11 @@ impl Engine {
         }
         self.ready.store(true, Ordering::Release);
         tracing::info!(head = self.journal().head(), "engine ready");
+    }
+
+    /// With partition groups: sends other groups' events to their owners.
+    pub fn set_remote(&self, remote: Arc<dyn RemoteApply>) {
+        let _ = self.remote.set(remote);
     }
 
     pub fn is_ready(&self) -> bool {

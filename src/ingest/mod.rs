@@ -70,6 +70,13 @@ struct Running {
 }
 
 impl Inboxes {
+    /// No inboxes (a partition group other than 0 in cluster mode).
+    pub fn none() -> Inboxes {
+        Inboxes {
+            workers: Vec::new(),
+        }
+    }
+
     /// Creates each inbox's directories and starts its worker. Call after
     /// recovery, once the engine is ready.
     pub fn start(engine: Arc<Engine>) -> Result<Inboxes, InboxError> {

@@ -117,7 +117,7 @@ fn time_to_serve(via: &Server, sku: &str) -> Duration {
 }
 
 /// One location of a `GET /v1/availability/{sku}` answer.
-fn location(body: &Value, id: &str) -> Value {
+pub(crate) fn location(body: &Value, id: &str) -> Value {
     body["locations"]
         .as_array()
         .and_then(|l| l.iter().find(|l| l["location"] == id))

@@ -19,15 +19,25 @@ use crate::nats::NatsCluster;
 const PARTITIONS: u32 = 64;
 
 /// The process of partition group `group` on machine `machine` (its node id).
-fn member(machine: &str, group: u32, nats: &str, stream: &str, receiver: &Receiver) -> Server {
+fn member(
+    machine: &str,
+    group: u32,
+    nats: &str,
+    stream: &str,
+    receiver: &Receiver,
+    inbox: &std::path::Path,
+) -> Server {
     let channel = webhook_channel("web", receiver, "coalesce_ms = 50", "batch_max = 500");
+    // Every member has the inbox (shared storage in real life); group 0's
+    // owner runs it.
+    let inbox = crate::inbox::inbox_config(inbox, "");
     Server::prepare(|port, data| {
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ndurability = \"wal\"\n\
              partitions = {PARTITIONS}\n\
              [[locations]]\nid = \"wh-east\"\nkind = \"warehouse\"\n\
              [[locations]]\nid = \"wh-west\"\nkind = \"warehouse\"\n\
-             {channel}\n\
+             {channel}\n{inbox}\n\
              [cluster]\nnode = \"{machine}\"\nurl = \"{nats}\"\nstream = \"{stream}\"\n\
              advertise = \"http://127.0.0.1:{port}\"\nheartbeat_ms = 100\ntakeover_after_ms = 1000\n\
              groups = 2\ngroup = {group}\n",
@@ -67,11 +77,13 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     let receiver = Receiver::ok();
     let stream = format!("SWG{}", rand_suffix());
     let url = nats.urls.join(",");
+    let inbox = tempfile::tempdir().expect("inbox dir");
+    let member = |machine, group| member(machine, group, &url, &stream, &receiver, inbox.path());
     // Started in this order, `a` owns group 0 and `b` group 1.
-    let mut a0 = member("a", 0, &url, &stream, &receiver);
-    let mut b1 = member("b", 1, &url, &stream, &receiver);
-    let mut b0 = member("b", 0, &url, &stream, &receiver);
-    let mut a1 = member("a", 1, &url, &stream, &receiver);
+    let mut a0 = member("a", 0);
+    let mut b1 = member("b", 1);
+    let mut b0 = member("b", 0);
+    let mut a1 = member("a", 1);
     for server in [&mut a0, &mut b1, &mut b0, &mut a1] {
         server.spawn();
     }
@@ -91,7 +103,8 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     for server in [&a0, &b1, &b0, &a1] {
         let text = crate::ops::scrape(server);
         assert!(
-            text.lines().any(|l| l == "stockwire_cluster_groups_unowned 0"),
+            text.lines()
+                .any(|l| l == "stockwire_cluster_groups_unowned 0"),
             "{text}"
         );
     }
@@ -304,6 +317,26 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     let (status, body) = send(&a1, "GET", "/v1/channels/web", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["groups"].as_array().map(Vec::len), Some(2), "{body}");
+
+    // A 3PL file with rows of both groups: group 0's owner reads it and has
+    // group 1's rows applied by group 1's owner.
+    let csv = format!(
+        "sku,location,type,qty,reason\n{s1},wh-west,receipt,4,\n{s0},wh-west,receipt,6,\n\
+         {s1},mars,receipt,1,\n{s1},wh-west,adjustment,-1,damage\n"
+    );
+    crate::inbox::drop_file(inbox.path(), "stock.csv", csv.as_bytes());
+    let result = crate::inbox::processed(inbox.path(), "stock.csv");
+    assert_eq!(result["status"], "processed", "{result}");
+    assert_eq!(
+        (&result["applied"], &result["rejected"]),
+        (&json!(3), &json!(1)),
+        "{result}"
+    );
+    let west = |sku: &str| {
+        let (_, body) = send(&b1, "GET", &format!("/v1/availability/{sku}"), None);
+        crate::cluster::location(&body, "wh-west")["on_hand"].clone()
+    };
+    assert_eq!((west(&s0), west(&s1)), (json!(6), json!(3)));
 
     // kill -9 of group 1's owner: its other member serves group 1, from every
     // process; what was held in group 1 is still held.

@@ -14,7 +14,7 @@ use crate::harness::{exceptions, head, metric, num, position, Server};
 
 /// An `[[inbox]]` table for `dir` (fast polling for tests: 100 ms, and 200 ms
 /// of stable size unless `extra` sets `stable_ms`) plus `extra` keys.
-fn inbox_config(dir: &Path, extra: &str) -> String {
+pub(crate) fn inbox_config(dir: &Path, extra: &str) -> String {
     let stable = if extra.contains("stable_ms") {
         ""
     } else {
@@ -27,7 +27,7 @@ fn inbox_config(dir: &Path, extra: &str) -> String {
 }
 
 /// Writes `name` into `dir` the way a careful partner does: `name.part`, then rename.
-fn drop_file(dir: &Path, name: &str, content: &[u8]) {
+pub(crate) fn drop_file(dir: &Path, name: &str, content: &[u8]) {
     let part = dir.join(format!("{name}.part"));
     fs::write(&part, content).expect("write part file");
     fs::rename(&part, dir.join(name)).expect("rename into place");
@@ -71,7 +71,7 @@ fn read_json(path: &Path) -> Value {
 }
 
 /// The processed result of `name` once it is filed.
-fn processed(dir: &Path, name: &str) -> Value {
+pub(crate) fn processed(dir: &Path, name: &str) -> Value {
     let data = dir.join("processed").join(name);
     wait_for(&data, Duration::from_secs(30));
     read_json(&dir.join("processed").join(format!("{name}.result.json")))
