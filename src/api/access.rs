@@ -318,6 +318,21 @@ impl Keys {
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
+    /// The caller `identity` is, if it may call a route with `policy` (its
+    /// role is one of the route's), without taking from its rate limit: for a
+    /// node that only passes the request on (partition groups), whose
+    /// receivers admit it.
+    pub fn caller_for(&self, policy: Option<Policy>, identity: &Identity) -> Option<Arc<Caller>> {
+        let Identity::Known(caller) = identity else {
+            return None;
+        };
+        let roles = match policy? {
+            Policy::Open | Policy::Metrics => return None,
+            Policy::Roles(roles) => roles,
+        };
+        roles.contains(&caller.role).then(|| caller.clone())
+    }
+
     /// Whether `identity` may call a route with `policy`: `Ok(Some(caller))` to
     /// go on with that caller, `Ok(None)` for an open route, or the refusal.
     pub fn admit(

@@ -4,18 +4,24 @@
 //! module sends a request, or each part of it, to the owner of the group its
 //! SKUs are in, and merges the parts' answers in request order.
 //!
+//! - A protected route goes on only for a key that may call it; otherwise the
+//!   receiving process answers (401, 403) as any node does.
 //! - A route of one SKU (availability, positions, `published?sku=`, a transfer,
 //!   a cart whose lines are all in one group) goes to that group's owner.
 //! - `POST /v1/events` and `POST /v1/availability/query` are split by group and
-//!   their results merged back in request order. A cart over several groups is
-//!   held in each group, under the cart's id, and released again where it was
-//!   held if any part is refused.
-//! - A reservation or transfer by id is asked of every group; the answer of the
-//!   groups that have it is returned (a cart's parts merged).
-//! - A channel's pause, resume, resync and replay go to every group.
-//! - Everything else (the event log and its stream, exceptions, channel state,
-//!   reconciliations) is one group's: the one `X-Stockwire-Group` names, else
-//!   this process's own.
+//!   their results merged back in request order; one refused whole (its size,
+//!   an event outside the key's scope) goes whole to one group, which refuses
+//!   it before anything is applied. A cart over several groups is held in each
+//!   group, under the cart's id, and released again where this request held it
+//!   if any part is refused.
+//! - A reservation or transfer by id is asked of every group; the groups that
+//!   have it answer (a cart's parts merged), unless one refused or did not
+//!   answer.
+//! - Exceptions go to the group their id names, and are listed merged; channel
+//!   state is merged, and its actions go to every group; a reconciliation's
+//!   body is streamed to every group, each taking its SKUs' rows.
+//! - Everything else (the event log and its stream) is one group's: the one
+//!   `X-Stockwire-Group` names, else this process's own.
 //!
 //! Parts carry `X-Stockwire-Forwarded-By`, so their receiver serves them if it
 //! owns its group and refuses them (503) if it does not; they are never sent on.
@@ -31,6 +37,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
 use serde_json::{json, Value};
 
+use super::access::{Caller, Policy};
 use super::error::ApiError;
 use super::forward::{forward, outgoing, refusal};
 use super::AppState;
@@ -40,6 +47,37 @@ use crate::cluster::Node;
 /// Names the group a request of no SKU is for (the event log, exceptions,
 /// channel state, reconciliations); without it, this process's own group.
 pub const GROUP_HEADER: &str = "x-stockwire-group";
+
+/// Marks a request as one group's part of a request this cluster split (a
+/// cart's ship may then name none of the part's lines).
+const PART_HEADER: &str = "x-stockwire-part";
+
+/// Whether `request` is a group's part of a request split by [`route`].
+pub fn is_group_part(request: &HttpRequest) -> bool {
+    let grouped = request
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.config.cluster.as_ref())
+        .is_some_and(|cluster| cluster.groups > 1);
+    grouped
+        && request.headers().contains_key(PART_HEADER)
+        && request
+            .headers()
+            .contains_key(super::forward::FORWARDED_HEADER)
+}
+
+/// A part's `Idempotency-Key`: `<key>:g<group>`, or for a key too long for
+/// that, a digest of it with the suffix (still within the 255 a key may have).
+fn part_key(key: &str, group: u32) -> String {
+    let part = format!("{key}:g{group}");
+    if part.len() <= 255 {
+        return part;
+    }
+    use sha2::{Digest, Sha256};
+    format!(
+        "sha256-{}:g{group}",
+        hex::encode(Sha256::digest(key.as_bytes()))
+    )
+}
 
 /// The most a part's answer may hold (a merged answer is the parts' sum): an
 /// events batch of 1,000 results or a query of 1,000 SKUs is far below it.
@@ -72,6 +110,9 @@ enum Plan {
     Reconcile,
 }
 
+/// Where an item of a split body names its SKU.
+type SkuOf = fn(&Value) -> Option<&str>;
+
 /// Sends `request` where its SKUs are owned (see the module's doc).
 pub async fn route(
     mut request: ServiceRequest,
@@ -79,52 +120,79 @@ pub async fn route(
     node: Arc<Node>,
     id: String,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
+        return to_group(request, next, &node, &id, node.config.group, None).await;
+    };
+    // A protected route is passed on only for a key that may call it; any
+    // other request is answered here, as any node answers it (401, 403). Its
+    // receivers admit it again, rate limit included.
+    let (_, policy) = super::route_of(request.method(), request.match_info().as_str());
+    let caller = match policy {
+        Some(Policy::Roles(_)) => {
+            let identity = state
+                .keys
+                .authenticate(request.headers().get(header::AUTHORIZATION));
+            match state.keys.caller_for(policy, &identity) {
+                Some(caller) => Some(caller),
+                None => return Ok(next.call(request).await?.map_into_boxed_body()),
+            }
+        }
+        _ => None,
+    };
     let plan = match plan(&request, &node) {
         Ok(plan) => plan,
         Err(error) => return Ok(request.into_response(refusal(&error, &id))),
     };
-    let max_body = request
-        .app_data::<web::Data<AppState>>()
-        .map_or(1024 * 1024, |state| state.config.max_body_bytes);
     if let Plan::Group(group) = plan {
         return to_group(request, next, &node, &id, group, None).await;
     }
     if plan == Plan::Reconcile {
         return Ok(reconcile(request, &node, &id).await);
     }
-    let body = match read_body(&mut request, max_body).await {
+    let body = match read_body(&mut request, state.config.max_body_bytes).await {
         Ok(body) => body,
         Err(error) => return Ok(request.into_response(refusal(&error, &id))),
     };
-    let parsed = || serde_json::from_slice::<Value>(&body).ok();
-    let (config, partitions) = (&node.config, partitions(&request));
+    let own = node.config.group;
+    let (config, partitions) = (&node.config, state.config.partitions);
     let group_of = |sku: &str| config.group_of_partition(partition_of(sku, partitions));
+    let parsed = serde_json::from_slice::<Value>(&body).ok();
     let single = match plan {
         Plan::Transfer => Some(
-            parsed()
+            parsed
                 .as_ref()
                 .and_then(|v| v.get("sku"))
                 .and_then(Value::as_str)
-                .map_or(node.config.group, group_of),
+                .map_or(own, group_of),
         ),
         Plan::Events | Plan::Query | Plan::Reservation => {
-            let (field, sku_of): (&str, fn(&Value) -> Option<&str>) = match plan {
-                Plan::Events => ("events", |item| item.get("sku").and_then(Value::as_str)),
-                Plan::Query => ("skus", Value::as_str),
-                _ => ("lines", |item| item.get("sku").and_then(Value::as_str)),
+            let (field, max, sku_of): (&str, usize, SkuOf) = match plan {
+                Plan::Events => ("events", state.config.batch_events_max, |item| {
+                    item.get("sku").and_then(Value::as_str)
+                }),
+                Plan::Query => ("skus", state.config.query_skus_max, Value::as_str),
+                _ => ("lines", state.config.reservation_lines_max, |item| {
+                    item.get("sku").and_then(Value::as_str)
+                }),
             };
-            match parsed()
+            let items = parsed
                 .as_ref()
                 .and_then(|v| v.get(field))
-                .and_then(Value::as_array)
-            {
-                // Not the shape the route takes: the own group's handler says why.
-                None => Some(node.config.group),
+                .and_then(Value::as_array);
+            // A request refused whole (its shape, its size, an event outside the
+            // key's scope) goes whole to one group, whose handler refuses it
+            // before anything is applied, as a single node does.
+            let whole_refusal = items.is_none_or(|items| items.is_empty() || items.len() > max)
+                || (plan == Plan::Events
+                    && caller.as_ref().zip(items).is_some_and(|(caller, items)| {
+                        super::events::check_scope(caller, items).is_err()
+                    }));
+            match items {
+                _ if whole_refusal => Some(own),
+                None => Some(own),
                 Some(items) => {
-                    let mut groups = items
-                        .iter()
-                        .map(|item| sku_of(item).map_or(node.config.group, group_of));
-                    let first = groups.next().unwrap_or(node.config.group);
+                    let mut groups = items.iter().map(|item| sku_of(item).map_or(own, group_of));
+                    let first = groups.next().unwrap_or(own);
                     groups.all(|g| g == first).then_some(first)
                 }
             }
@@ -159,9 +227,10 @@ pub async fn route(
                 .split(&body, "skus", "items", |item| item.as_str().map(group_of))
                 .await
         }
-        Plan::Reservation => parts.cart(&body, group_of).await,
+        Plan::Reservation => parts.cart(&body, group_of, caller.as_deref()).await,
         Plan::Find => Ok(parts.find(&body).await),
-        Plan::Every | Plan::Channels => Ok(parts.channels(&body).await),
+        Plan::Every => Ok(parts.every(&body).await),
+        Plan::Channels => Ok(parts.channels(&body).await),
         Plan::Exceptions => {
             let limit = web::Query::<BTreeMap<String, String>>::from_query(query)
                 .ok()
@@ -502,8 +571,9 @@ impl Parts<'_> {
             .get("idempotency-key")
             .and_then(|v| v.to_str().ok())
         {
-            outgoing = outgoing.insert_header(("idempotency-key", format!("{key}:g{group}")));
+            outgoing = outgoing.insert_header(("idempotency-key", part_key(key, group)));
         }
+        outgoing = outgoing.insert_header((PART_HEADER, group.to_string()));
         let unanswered = || {
             ApiError::Unavailable(format!(
                 "the owner of partition group {group} ({owner}) did not answer"
@@ -653,24 +723,54 @@ impl Parts<'_> {
         } else {
             self.all(body).await
         };
+        // A group that refused it, or did not answer, is the answer even when
+        // another group's part succeeded: a cart allocated, shipped or read
+        // only in part must not look whole. Not answering comes first (retry).
+        let failed = answers
+            .iter()
+            .filter(|a| !a.status.is_success() && a.status != StatusCode::NOT_FOUND)
+            .min_by_key(|a| !a.status.is_server_error());
+        if let Some(failed) = failed {
+            return failed.relay();
+        }
         let found: Vec<&Answer> = answers.iter().filter(|a| a.status.is_success()).collect();
         match found.as_slice() {
-            [] => {}
-            [one] => return one.relay(),
-            parts => return merge_reservations(parts, self.id),
+            [] => answers
+                .first()
+                .map_or_else(|| refusal(&no_owner(0), self.id), Answer::relay),
+            [one] => one.relay(),
+            parts => merge_reservations(parts, self.id, None),
         }
-        // Refused by a group that has it (409, 400, ...) before "unavailable",
-        // and "unavailable" before "not found": a group that did not answer
-        // may hold it.
-        let rank = |a: &&Answer| match a.status {
-            StatusCode::NOT_FOUND => 2,
-            status if status.is_server_error() => 1,
-            _ => 0,
-        };
-        answers
+    }
+
+    /// A channel action on every group: all must succeed. A status answer is
+    /// merged as a read is; a queued resync or replay (202) adds up the SKUs
+    /// each group queued.
+    async fn every(&self, body: &web::Bytes) -> HttpResponse {
+        let answers = self.all(body).await;
+        if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
+            return refused.relay();
+        }
+        let Some(values) = answers
             .iter()
-            .min_by_key(rank)
-            .map_or_else(|| refusal(&no_owner(0), self.id), Answer::relay)
+            .map(Answer::json)
+            .collect::<Option<Vec<Value>>>()
+        else {
+            return answers[0].relay();
+        };
+        if values[0].get("queued_skus").is_some() {
+            let mut merged = values[0].clone();
+            merged["queued_skus"] = json!(values
+                .iter()
+                .filter_map(|v| v["queued_skus"].as_u64())
+                .sum::<u64>());
+            return json(answers[0].status, &merged, self.id);
+        }
+        json(
+            StatusCode::OK,
+            &merge_channel(values.iter().collect()),
+            self.id,
+        )
     }
 
     /// A channel read or action, from every group: each channel's states
@@ -730,19 +830,24 @@ impl Parts<'_> {
         &self,
         body: &web::Bytes,
         group_of: impl Fn(&str) -> u32,
+        caller: Option<&Caller>,
     ) -> Result<HttpResponse, ApiError> {
         let mut value: Value = serde_json::from_slice(body)
             .map_err(|error| ApiError::BadRequest(format!("body: {error}")))?;
         // Every part has the cart's id: one is made here if the cart has none,
-        // from its Idempotency-Key as a single group would (so a retry makes the
-        // same), else new.
+        // from its Idempotency-Key (scoped to the caller) as a single group
+        // would, so a retry makes the same; else new.
         if value.get("reservation_id").is_none() {
             let key = self
                 .request
                 .headers()
                 .get("idempotency-key")
-                .and_then(|v| v.to_str().ok());
-            value["reservation_id"] = Value::String(cart_id(key));
+                .and_then(|v| v.to_str().ok())
+                .map(|key| match caller.filter(|c| c.is_configured()) {
+                    Some(caller) => format!("{}/{key}", caller.name),
+                    None => key.to_string(),
+                });
+            value["reservation_id"] = Value::String(cart_id(key.as_deref()));
         }
         let id = value["reservation_id"]
             .as_str()
@@ -753,12 +858,15 @@ impl Parts<'_> {
             .and_then(Value::as_array_mut)
             .map(std::mem::take)
             .unwrap_or_default();
+        // The SKUs in request order: the merged lines come back in it.
+        let mut order: Vec<String> = Vec::new();
         let mut by_group: BTreeMap<u32, Vec<Value>> = BTreeMap::new();
         for line in lines {
-            let group = line
-                .get("sku")
-                .and_then(Value::as_str)
-                .map_or(self.node.config.group, &group_of);
+            let sku = line.get("sku").and_then(Value::as_str);
+            if let Some(sku) = sku.filter(|sku| !order.iter().any(|o| o == sku)) {
+                order.push(sku.to_string());
+            }
+            let group = sku.map_or(self.node.config.group, &group_of);
             by_group.entry(group).or_default().push(line);
         }
         let path = self.path();
@@ -772,17 +880,30 @@ impl Parts<'_> {
             groups.push(group);
         }
         let answers = futures_util::future::join_all(sends).await;
-        if answers.iter().all(|a| a.status.is_success()) {
+        let all_held = answers.iter().all(|a| a.status.is_success());
+        // Every part answered, but not all as held (a part released after an
+        // earlier attempt of this id was refused, answered 200 as it stands):
+        // the id is spent. A single node answers a retry of a released id with
+        // the released reservation; here that would hold only some lines.
+        let mixed = all_held && {
+            let statuses: Vec<Option<Value>> = answers
+                .iter()
+                .map(|a| a.json().and_then(|v| v.get("status").cloned()))
+                .collect();
+            statuses.iter().any(|s| s != &statuses[0])
+        };
+        if all_held && !mixed {
             let parts: Vec<&Answer> = answers.iter().collect();
-            return Ok(merge_reservations(&parts, self.id));
+            return Ok(merge_reservations(&parts, self.id, Some(&order)));
         }
-        // Undo what was held. A part that did not answer may have been held:
-        // its release is tried too (a release of what does not exist is 404).
+        // Undo what this request held: the parts it created (201), and those
+        // that did not answer (they may have been held; a release of what does
+        // not exist is 404). A part that already stood (200) is left as it is.
         let release = format!("/v1/reservations/{}/release", urlencode(&id));
         let undo = groups
             .iter()
             .zip(&answers)
-            .filter(|(_, a)| a.status.is_success() || a.status.is_server_error())
+            .filter(|(_, a)| a.status == StatusCode::CREATED || a.status.is_server_error())
             .map(|(group, _)| self.send(*group, &Method::POST, &release, web::Bytes::new()));
         let undone = futures_util::future::join_all(undo).await;
         if let Some(failed) = undone
@@ -792,8 +913,16 @@ impl Parts<'_> {
             tracing::warn!(reservation = %id, status = %failed.status,
                 "a cart part could not be released after another part was refused; it expires at its TTL");
         }
+        if mixed {
+            return Err(ApiError::Engine(crate::engine::EngineError::InvalidState(
+                format!(
+                    "reservation {id} exists with parts in other states (a cart refused or \
+                 released before); use a new reservation_id"
+                ),
+            )));
+        }
         let refused: Vec<&Answer> = answers.iter().filter(|a| !a.status.is_success()).collect();
-        Ok(merge_refusals(&refused))
+        Ok(merge_refusals(&refused, &order))
     }
 }
 
@@ -857,8 +986,9 @@ fn merge_channel(parts: Vec<&Value>) -> Value {
 }
 
 /// A reservation of several groups: the first part's fields, every part's
-/// lines; 201 if any part was created now.
-fn merge_reservations(parts: &[&Answer], id: &str) -> HttpResponse {
+/// lines (in `order` of their SKUs when given: the cart's request order); 201
+/// if any part was created now.
+fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> HttpResponse {
     let Some(mut merged) = parts[0].json() else {
         return parts[0].relay();
     };
@@ -877,6 +1007,9 @@ fn merge_reservations(parts: &[&Answer], id: &str) -> HttpResponse {
             }
         }
     }
+    if let Some(order) = order {
+        sort_by_sku(&mut lines, order);
+    }
     merged["lines"] = Value::Array(lines);
     // Parts move together; one that has not (a ship stopped part-way in one
     // group) is shown: every part's status, in group order.
@@ -891,9 +1024,19 @@ fn merge_reservations(parts: &[&Answer], id: &str) -> HttpResponse {
     json(status, &merged, id)
 }
 
+/// Sorts items with a `sku` by the SKU's place in `order` (stable).
+fn sort_by_sku(items: &mut [Value], order: &[String]) {
+    items.sort_by_key(|item| {
+        item.get("sku")
+            .and_then(Value::as_str)
+            .and_then(|sku| order.iter().position(|o| o == sku))
+            .unwrap_or(usize::MAX)
+    });
+}
+
 /// The refusals of a cart's parts: one is relayed; several 409s with
 /// shortages become one 409 with all of them.
-fn merge_refusals(refused: &[&Answer]) -> HttpResponse {
+fn merge_refusals(refused: &[&Answer], order: &[String]) -> HttpResponse {
     let shortages: Option<Vec<Value>> = refused
         .iter()
         .map(|a| {
@@ -903,7 +1046,11 @@ fn merge_refusals(refused: &[&Answer]) -> HttpResponse {
                 .and_then(|v| v.get("shortages").and_then(Value::as_array).cloned())
         })
         .collect::<Option<Vec<Vec<Value>>>>()
-        .map(|all| all.into_iter().flatten().collect());
+        .map(|all| {
+            let mut shortages: Vec<Value> = all.into_iter().flatten().collect();
+            sort_by_sku(&mut shortages, order);
+            shortages
+        });
     match (shortages, refused.first()) {
         (Some(shortages), Some(first)) if refused.len() > 1 => {
             let mut problem = first.json().unwrap_or_default();
@@ -960,4 +1107,58 @@ fn urlencode(id: &str) -> String {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_keys_stay_valid_keys_and_differ_per_group() {
+        assert_eq!(part_key("order-1", 2), "order-1:g2");
+        let long = "k".repeat(255);
+        let (a, b) = (part_key(&long, 0), part_key(&long, 1));
+        assert!(a.len() <= 255 && b.len() <= 255, "{a} {b}");
+        assert_ne!(a, b);
+        assert_eq!(
+            a,
+            part_key(&long, 0),
+            "the same key gives the same part key"
+        );
+    }
+
+    #[test]
+    fn a_channel_merges_to_its_worst_state_and_summed_depths() {
+        let g0 = json!({"id": "web", "state": "healthy", "lag_seconds": 0.5, "pending": 2,
+                        "dlq_depth": 0, "drift": 0, "cursor_seq": 10, "last_error": null,
+                        "last_delivery_at": "2026-12-07T10:00:00.000Z"});
+        let g1 = json!({"id": "web", "state": "down", "lag_seconds": 7.0, "pending": 3,
+                        "dlq_depth": 4, "drift": 1, "cursor_seq": 3, "last_error": "timeout",
+                        "last_delivery_at": "2026-12-07T09:00:00.000Z"});
+        let merged = merge_channel(vec![&g0, &g1]);
+        assert_eq!(merged["state"], "down");
+        assert_eq!(merged["lag_seconds"], 7.0);
+        assert_eq!(
+            (&merged["pending"], &merged["dlq_depth"], &merged["drift"]),
+            (&json!(5), &json!(4), &json!(1))
+        );
+        assert_eq!(merged["last_error"], "timeout");
+        assert_eq!(merged["last_delivery_at"], "2026-12-07T10:00:00.000Z");
+        assert_eq!(merged["groups"][1]["cursor_seq"], 3);
+    }
+
+    #[test]
+    fn items_sort_by_their_skus_request_order() {
+        let mut items = vec![
+            json!({"sku": "a"}),
+            json!({"sku": "c"}),
+            json!({"sku": "b"}),
+        ];
+        sort_by_sku(
+            &mut items,
+            &["b".to_string(), "a".to_string(), "c".to_string()],
+        );
+        let skus: Vec<&str> = items.iter().filter_map(|i| i["sku"].as_str()).collect();
+        assert_eq!(skus, ["b", "a", "c"]);
+    }
 }

@@ -168,7 +168,7 @@ pub(super) fn event_result(outcome: EventOutcome) -> EventResult {
 /// A system key posts only at its locations (and, with `sources`, only as one
 /// of them): a batch with any event outside that is refused whole (403),
 /// before anything is applied.
-fn check_scope(caller: &Caller, events: &[Value]) -> Result<(), ApiError> {
+pub(super) fn check_scope(caller: &Caller, events: &[Value]) -> Result<(), ApiError> {
     for event in events {
         let id = || event.get("event_id").and_then(Value::as_str).unwrap_or("?");
         if let Some(location) = event.get("location").and_then(Value::as_str) {

@@ -66,20 +66,20 @@ pub async fn middleware(
     let Some(node) = node else {
         return Ok(next.call(request).await?.map_into_boxed_body());
     };
-    if is_local(request.path()) {
+    let grouped = node.config.groups > 1;
+    if (!grouped && node.is_owner()) || is_local(request.path()) {
         return Ok(next.call(request).await?.map_into_boxed_body());
     }
+    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
     // The owner gets the same id (generated here if need be), and an answer
     // made here carries it too.
-    let forwarded = request.headers().contains_key(FORWARDED_HEADER);
-    if node.config.groups > 1 && !forwarded {
-        let id = super::correlation_of(request.headers());
+    let id = super::correlation_of(request.headers());
+    if grouped && !forwarded {
         return super::dispatch::route(request, next, node, id).await;
     }
     if node.is_owner() {
         return Ok(next.call(request).await?.map_into_boxed_body());
     }
-    let id = super::correlation_of(request.headers());
     if forwarded {
         let refused = ApiError::Unavailable(format!(
             "forwarded here, but node {} does not own the journal",

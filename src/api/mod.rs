@@ -343,7 +343,7 @@ route_table! {
 /// pattern matches whatever its method (the request ends in a 404 or 405
 /// without a handler). The index is the metrics' `route` label, the pattern
 /// actix's `match_pattern()` reports; `None`: `unmatched`.
-fn route_of(method: &Method, path: &str) -> (Option<usize>, Option<Policy>) {
+pub(crate) fn route_of(method: &Method, path: &str) -> (Option<usize>, Option<Policy>) {
     static DEFS: OnceLock<Vec<ResourceDef>> = OnceLock::new();
     let defs = DEFS.get_or_init(|| ROUTES.iter().map(|r| ResourceDef::new(r.path)).collect());
     let mut other_method = None;

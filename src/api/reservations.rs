@@ -244,6 +244,7 @@ async fn transition(
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);
     let (id_ref, body_ref, correlation) = (&id, &body, &*correlation);
+    let group_part = super::dispatch::is_group_part(&request);
     idempotency::run(engine, &request, &body, |_| async move {
         let (id, body) = (id_ref, body_ref);
         let view = match action {
@@ -258,6 +259,14 @@ async fn transition(
             Action::Ship => {
                 let lines = match parse_optional_json::<ShipBody>(body)?.and_then(|b| b.lines) {
                     None => None,
+                    // Only a partition group's part of a cart's ship names none
+                    // of its lines (api::dispatch): they ship 0 and are released.
+                    Some(lines) if lines.is_empty() && !group_part => {
+                        return Err(ApiError::BadRequest(
+                            "lines, when given, names at least one line; release ships nothing"
+                                .to_string(),
+                        ))
+                    }
                     Some(lines) => {
                         let mut ship = Vec::with_capacity(lines.len());
                         for line in lines {

@@ -26,7 +26,10 @@ use crate::domain::{AdjustReason, Command, Qty, QuarantineAction};
 use crate::engine::{Engine, EventCommand, EventOutcome, EventStatus, RemoteApply, WarehouseEvent};
 
 /// How long a group's owner has to answer one request.
-const ANSWER_WAIT: Duration = Duration::from_secs(10);
+const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
+/// Requests a group's owner applies at once.
+const CONCURRENT_REQUESTS: usize = 8;
 
 /// The subject group `stream`'s owner applies events on.
 pub fn apply_subject(stream: &str) -> String {
@@ -104,6 +107,9 @@ struct WireOutcome {
 #[derive(Debug, Serialize, Deserialize)]
 struct ApplyAnswer {
     outcomes: Vec<Option<WireOutcome>>,
+    /// The request could not be read: its events are rejected with this.
+    #[serde(default)]
+    error: Option<String>,
 }
 
 fn to_wire(event: &WarehouseEvent) -> Option<WireEvent> {
@@ -261,12 +267,13 @@ fn outcome_from_wire(wire: WireOutcome) -> EventOutcome {
 }
 
 /// Serves `stockwire.<own stream>.apply` for as long as this process owns its
-/// group (it exits when it stops owning). One request at a time.
+/// group (it exits when it stops owning), a few requests at a time.
 pub fn serve(link: Arc<Link>, config: &ClusterConfig, engine: Arc<Engine>) {
     let subject = apply_subject(&config.own_stream());
     let for_task = link.clone();
     link.runtime().spawn(async move {
         let link = for_task;
+        let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENT_REQUESTS));
         loop {
             let mut requests = match link.client.subscribe(subject.clone()).await {
                 Ok(requests) => requests,
@@ -278,31 +285,65 @@ pub fn serve(link: Arc<Link>, config: &ClusterConfig, engine: Arc<Engine>) {
             };
             while let Some(message) = requests.next().await {
                 let Some(reply) = message.reply else { continue };
-                let answer = answer(&engine, &message.payload).await;
-                let body = serde_json::to_vec(&answer).unwrap_or_default();
-                let _ = link.client.publish(reply, body.into()).await;
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (engine, link) = (engine.clone(), link.clone());
+                tokio::spawn(async move {
+                    let answer = answer(&engine, &message.payload).await;
+                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    let _ = link.client.publish(reply, body.into()).await;
+                    drop(permit);
+                });
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     });
 }
 
+/// What one request's events did. An event the wire cannot carry is rejected,
+/// and its position's later events are not tried (`None`), as a rejection
+/// stops a position in the engine.
 async fn answer(engine: &Engine, payload: &[u8]) -> ApplyAnswer {
-    let Ok(request) = serde_json::from_slice::<ApplyRequest>(payload) else {
-        return ApplyAnswer {
-            outcomes: Vec::new(),
-        };
+    let request = match serde_json::from_slice::<ApplyRequest>(payload) {
+        Ok(request) => request,
+        Err(error) => {
+            return ApplyAnswer {
+                outcomes: Vec::new(),
+                error: Some(format!(
+                    "the partition group's owner could not read the events: {error}"
+                )),
+            }
+        }
     };
+    enum Slot {
+        Refused(EventOutcome),
+        Skipped,
+        Apply,
+    }
+    let mut stopped: HashSet<(String, String)> = HashSet::new();
+    let mut slots = Vec::with_capacity(request.events.len());
     let mut events = Vec::with_capacity(request.events.len());
-    let mut refused = Vec::new();
-    for (index, wire) in request.events.into_iter().enumerate() {
+    for wire in request.events {
+        let position = (wire.sku.clone(), wire.location.clone());
+        if stopped.contains(&position) {
+            slots.push(Slot::Skipped);
+            continue;
+        }
         let event_id = wire.event_id.clone();
         match from_wire(wire) {
-            Ok(event) => events.push(event),
-            Err(detail) => refused.push((
-                index,
-                EventOutcome::rejected(event_id, Code::BadRequest.as_str(), detail),
-            )),
+            Ok(event) => {
+                events.push(event);
+                slots.push(Slot::Apply);
+            }
+            Err(detail) => {
+                stopped.insert(position);
+                slots.push(Slot::Refused(EventOutcome::rejected(
+                    event_id,
+                    Code::BadRequest.as_str(),
+                    detail,
+                )));
+            }
         }
     }
     let correlation: Arc<str> = Arc::from(request.correlation_id.as_str());
@@ -310,15 +351,18 @@ async fn answer(engine: &Engine, payload: &[u8]) -> ApplyAnswer {
         .apply_local_events_in_order(&events, correlation)
         .await
         .into_iter();
-    let total = events.len() + refused.len();
-    let mut refused = refused.into_iter().peekable();
-    let outcomes = (0..total)
-        .map(|index| match refused.peek() {
-            Some((at, _)) if *at == index => refused.next().map(|(_, o)| outcome_to_wire(o)),
-            _ => applied.next().flatten().map(outcome_to_wire),
+    let outcomes = slots
+        .into_iter()
+        .map(|slot| match slot {
+            Slot::Refused(outcome) => Some(outcome_to_wire(outcome)),
+            Slot::Skipped => None,
+            Slot::Apply => applied.next().flatten().map(outcome_to_wire),
         })
         .collect();
-    ApplyAnswer { outcomes }
+    ApplyAnswer {
+        outcomes,
+        error: None,
+    }
 }
 
 /// Sends events of other groups to their owners (set on the engine in cluster
@@ -427,11 +471,29 @@ async fn send(
             Ok(Ok(message)) => serde_json::from_slice::<ApplyAnswer>(&message.payload).ok(),
             _ => None,
         };
+        if let Some(error) = answer.as_ref().and_then(|a| a.error.clone()) {
+            // Not retried: the owner cannot read what this build sends.
+            for at in &batch_at {
+                let event = &events[*at];
+                stopped.insert((event.sku.clone(), event.location.clone()));
+                outcomes.push(Some(EventOutcome::rejected(
+                    events[*at].event_id.clone(),
+                    Code::BadRequest.as_str(),
+                    error.clone(),
+                )));
+            }
+            continue;
+        }
         let answer = answer.filter(|a| a.outcomes.len() == batch_at.len());
         match answer {
             Some(answer) => {
                 for (at, outcome) in batch_at.iter().zip(answer.outcomes) {
-                    let outcome = outcome.map(outcome_from_wire);
+                    // Another group's journal sequence means nothing next to
+                    // this group's (an inbox file's first and last seq).
+                    let outcome = outcome.map(outcome_from_wire).map(|mut outcome| {
+                        outcome.seq = None;
+                        outcome
+                    });
                     if outcome
                         .as_ref()
                         .is_none_or(|o| o.status == EventStatus::Rejected)

@@ -945,11 +945,10 @@ impl Engine {
         let record = cell.lock().await;
         let quantities: Vec<Option<u64>> = match &lines {
             None => vec![None; record.lines.len()],
-            Some(ship) if ship.is_empty() => {
-                return Err(EngineError::BadRequest(
-                    "lines, when given, names at least one line; release ships nothing".to_string(),
-                ))
-            }
+            // No line named (a cart's part in a partition group whose lines the
+            // ship did not name; the API refuses it from clients): every line
+            // ships 0 and is released.
+            Some(ship) if ship.is_empty() => vec![Some(0); record.lines.len()],
             Some(ship) => {
                 let mut named = std::collections::HashSet::new();
                 for wanted in ship {

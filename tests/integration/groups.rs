@@ -17,6 +17,7 @@ use crate::harness::{rand_suffix, try_call, Server};
 use crate::nats::NatsCluster;
 
 const PARTITIONS: u32 = 64;
+const KEY: &str = "groups-admin-secret";
 
 /// The process of partition group `group` on machine `machine` (its node id).
 fn member(
@@ -31,19 +32,23 @@ fn member(
     // Every member has the inbox (shared storage in real life); group 0's
     // owner runs it.
     let inbox = crate::inbox::inbox_config(inbox, "");
-    Server::prepare(|port, data| {
+    let mut server = Server::prepare(|port, data| {
         format!(
             "listen = \"127.0.0.1:{port}\"\ndata_dir = \"{}\"\ndurability = \"wal\"\n\
              partitions = {PARTITIONS}\n\
              [[locations]]\nid = \"wh-east\"\nkind = \"warehouse\"\n\
              [[locations]]\nid = \"wh-west\"\nkind = \"warehouse\"\n\
              {channel}\n{inbox}\n\
+             [[keys]]\nname = \"admin\"\nkey = \"{KEY}\"\nrole = \"admin\"\n\
+             rate_limit = {{ per_second = 100000, burst = 100000 }}\n\
              [cluster]\nnode = \"{machine}\"\nurl = \"{nats}\"\nstream = \"{stream}\"\n\
              advertise = \"http://127.0.0.1:{port}\"\nheartbeat_ms = 100\ntakeover_after_ms = 1000\n\
              groups = 2\ngroup = {group}\n",
             data.display()
         )
-    })
+    });
+    server.token = Some(KEY.to_string());
+    server
 }
 
 fn view(server: &Server) -> Option<Value> {
@@ -222,6 +227,98 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     let (_, body) = send(&a1, "GET", "/v1/reservations/cart-2", None);
     assert_eq!(body["status"], "released", "{body}");
 
+    // Retrying that cart's id once it fits holds nothing: its first part was
+    // released, so the id is spent (a single node answers the released one).
+    let (status, body) = send(
+        &a0,
+        "POST",
+        "/v1/reservations",
+        Some(
+            json!({"reservation_id": "cart-2", "channel": "web", "lines": [
+            {"sku": s0, "location": "wh-east", "qty": 1},
+            {"sku": s1, "location": "wh-east", "qty": 2}]}),
+        ),
+    );
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("invalid_state")),
+        "{body}"
+    );
+    assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
+
+    // Allocated and shipped across groups; a ship naming only one group's line
+    // ships the other's 0 and releases it, as for any line not named.
+    let (status, body) = send(
+        &b1,
+        "POST",
+        "/v1/reservations",
+        Some(
+            json!({"reservation_id": "cart-3", "channel": "web", "lines": [
+            {"sku": s1, "location": "wh-east", "qty": 1},
+            {"sku": s0, "location": "wh-east", "qty": 1}]}),
+        ),
+    );
+    assert_eq!(status, 201, "{body}");
+    let skus: Vec<&str> = body["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|l| l["sku"].as_str())
+        .collect();
+    assert_eq!(
+        skus,
+        [s1.as_str(), s0.as_str()],
+        "lines in request order: {body}"
+    );
+    let (status, body) = send(&a1, "POST", "/v1/reservations/cart-3/allocate", None);
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("allocated")),
+        "{body}"
+    );
+    let (status, body) = send(
+        &b0,
+        "POST",
+        "/v1/reservations/cart-3/ship",
+        Some(json!({"lines": [{"sku": s0, "location": "wh-east", "qty": 1}]})),
+    );
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("shipped")),
+        "{body}"
+    );
+    assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
+    let allocated = |sku: &str| {
+        let (_, body) = send(&a0, "GET", &format!("/v1/availability/{sku}"), None);
+        body["total"]["allocated"].clone()
+    };
+    assert_eq!((allocated(&s0), allocated(&s1)), (json!(0), json!(0)));
+
+    // Refused whole, as on one node, before any group applies a part: too many
+    // events over two groups.
+    let too_many: Vec<Value> = (0..1001)
+        .map(|i| {
+            json!({"event_id": format!("many-{i}"), "type": "receipt", "source": "wms",
+                   "sku": if i % 2 == 0 { &s0 } else { &s1 }, "location": "wh-east", "qty": 1})
+        })
+        .collect();
+    let (status, body) = send(
+        &a0,
+        "POST",
+        "/v1/events",
+        Some(json!({ "events": too_many })),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (_, body) = send(&a1, "GET", &format!("/v1/availability/{s1}"), None);
+    assert_eq!(body["total"]["on_hand"], 15, "{body}");
+    // Without a key a process that is no owner answers 401 itself.
+    let anonymous = ureq::get(&format!(
+        "http://127.0.0.1:{}/v1/availability/{s1}",
+        b0.port
+    ));
+    let (status, _) = try_call(anonymous, None).expect("answer");
+    assert_eq!(status, 401);
+
     // The event log is each group's own (X-Stockwire-Group), gap-free.
     for (group, expected) in [(0, vec!["rcv-1"]), (1, vec!["rcv-0", "rcv-2"])] {
         let request = b0
@@ -277,14 +374,15 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     );
     assert_eq!(page["exceptions"][0]["id"], ids[1], "{page}");
 
-    // A reconciliation over both groups, JSON and CSV: every row checked once,
+    // A reconciliation over both groups, JSON and CSV (cart-3 shipped one of
+    // s0: 19 on hand): every row checked once,
     // a row error keeps its row number.
     let (status, body) = send(
         &b1,
         "POST",
         "/v1/reconciliations",
         Some(json!({"source": "erp", "positions": [
-            {"sku": s0, "location": "wh-east", "on_hand": 20},
+            {"sku": s0, "location": "wh-east", "on_hand": 19},
             {"sku": s1, "location": "wh-east", "on_hand": 14},
             {"sku": s1, "location": "nowhere", "on_hand": 1}]})),
     );
@@ -313,10 +411,14 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         "{body}"
     );
 
-    // The channel's state from every group, merged.
+    // The channel's state from every group, merged; a resync queues every
+    // group's SKUs.
     let (status, body) = send(&a1, "GET", "/v1/channels/web", None);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["groups"].as_array().map(Vec::len), Some(2), "{body}");
+    let (status, body) = send(&b0, "POST", "/v1/channels/web/resync", None);
+    assert_eq!(status, 202, "{body}");
+    assert!(body["queued_skus"].as_u64() >= Some(2), "{body}");
 
     // A 3PL file with rows of both groups: group 0's owner reads it and has
     // group 1's rows applied by group 1's owner.
