@@ -59,15 +59,19 @@ fn owner(nodes: &[Server]) -> usize {
 
 /// What the load threads saw: each attempt's id, SKU and answer.
 #[derive(Default)]
-struct Attempts {
-    acknowledged: BTreeMap<String, String>,
+pub(crate) struct Attempts {
+    pub(crate) acknowledged: BTreeMap<String, String>,
     /// Answered otherwise than 201 or 409, or not answered: may have landed.
     unknown: BTreeMap<String, String>,
     refused: usize,
 }
 
+/// The key the load sends: ignored by nodes that run the API open (these
+/// tests'), the admin key of `groups.rs`'s.
+pub(crate) const LOAD_KEY: &str = "groups-admin-secret";
+
 /// Reservation load through every node in turn, until `stop`.
-fn load(
+pub(crate) fn load(
     ports: Vec<u16>,
     skus: Vec<String>,
     stop: Arc<AtomicBool>,
@@ -83,6 +87,7 @@ fn load(
             let sku = skus[(n * 7 + thread) % skus.len()].clone();
             let id = format!("t{thread}-{n}");
             let request = ureq::post(&format!("http://127.0.0.1:{port}/v1/reservations"))
+                .set("Authorization", &format!("Bearer {LOAD_KEY}"))
                 .timeout(Duration::from_secs(20));
             let body = json!({"reservation_id": id, "channel": "web",
                               "lines": [{"sku": sku, "location": "wh-east", "qty": 1}]});
@@ -126,18 +131,23 @@ pub(crate) fn location(body: &Value, id: &str) -> Value {
 }
 
 /// What the final reading found.
-struct Verdict {
-    lost: usize,
-    oversold: usize,
+pub(crate) struct Verdict {
+    pub(crate) lost: usize,
+    pub(crate) oversold: usize,
     /// SKUs whose `reserved` is not the sum of the reservations that exist.
-    miscounted: usize,
+    pub(crate) miscounted: usize,
 }
 
 /// Reads every attempted reservation through `via` (a follower forwards), and each
 /// SKU's position through every node: every acknowledged reservation must be held,
 /// each SKU's `reserved` the sum of the reservations that exist (none held twice),
 /// never above on hand.
-fn verdict(via: &Server, nodes: &[Server], skus: &[String], attempts: &Attempts) -> Verdict {
+pub(crate) fn verdict(
+    via: &Server,
+    nodes: &[Server],
+    skus: &[String],
+    attempts: &Attempts,
+) -> Verdict {
     let mut lost = 0;
     for (id, sku) in &attempts.acknowledged {
         let (status, body) = via.get(&format!("/v1/reservations/{id}"));

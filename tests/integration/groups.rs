@@ -8,16 +8,19 @@
 //! `kill -9` of a group's owner its other member serves that group, with every
 //! acknowledged hold still there and the channel converged.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use crate::channels::{wait_converged, wait_for, webhook_channel, Receiver};
+use crate::cluster::{load, verdict, Attempts, Verdict};
 use crate::harness::{rand_suffix, try_call, Server};
 use crate::nats::NatsCluster;
 
 const PARTITIONS: u32 = 64;
-const KEY: &str = "groups-admin-secret";
+const KEY: &str = crate::cluster::LOAD_KEY;
 
 /// The process of partition group `group` on machine `machine` (its node id).
 fn member(
@@ -68,6 +71,11 @@ fn sku_in(group: u32, prefix: &str) -> String {
 
 fn send(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
     try_call(server.request(method, path), body).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// [`verdict`]'s position checks through `server`.
+fn verdict_via(server: &Server, skus: &[String], attempts: &Attempts) -> Verdict {
+    verdict(server, std::slice::from_ref(server), skus, attempts)
 }
 
 fn reserved(server: &Server, sku: &str) -> u64 {
@@ -440,8 +448,35 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     };
     assert_eq!((west(&s0), west(&s1)), (json!(6), json!(3)));
 
-    // kill -9 of group 1's owner: its other member serves group 1, from every
-    // process; what was held in group 1 is still held.
+    // kill -9 of group 1's owner under reservation load through all four
+    // processes, on SKUs of both groups: its other member serves group 1, from
+    // every process; what was held in group 1 is still held, nothing is held
+    // twice or oversold.
+    let load_skus: Vec<String> = (0..4).map(|i| sku_in(i % 2, &format!("load{i}"))).collect();
+    let seed: Vec<Value> = load_skus
+        .iter()
+        .map(|sku| {
+            json!({"event_id": format!("seed-{sku}"), "type": "receipt", "source": "wms",
+                   "sku": sku, "location": "wh-east", "qty": 100_000})
+        })
+        .collect();
+    let (status, body) = send(&a0, "POST", "/v1/events", Some(json!({ "events": seed })));
+    assert_eq!(status, 200, "{body}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let attempts = Arc::new(Mutex::new(Attempts::default()));
+    let ports: Vec<u16> = [&a0, &b1, &b0, &a1].iter().map(|s| s.port).collect();
+    let threads: Vec<_> = (0..2)
+        .map(|t| {
+            load(
+                ports.clone(),
+                load_skus.clone(),
+                stop.clone(),
+                attempts.clone(),
+                t,
+            )
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
     b1.kill();
     wait_for("group 1 served again", Duration::from_secs(20), || {
         let body = json!({"reservation_id": format!("after-{}", rand_suffix()), "channel": "web",
@@ -452,8 +487,29 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         )
         .then_some(())
     });
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    for thread in threads {
+        thread.join().unwrap();
+    }
     let owners = view(&a0).unwrap()["group_owners"].clone();
     assert_eq!(owners[1]["owner"], "a", "{owners}");
+    let attempts = attempts.lock().unwrap();
+    assert!(
+        attempts.acknowledged.len() > 50,
+        "load ran: {}",
+        attempts.acknowledged.len()
+    );
+    let running = [&a0, &b0, &a1];
+    let verdict = verdict(&b0, &[], &load_skus, &attempts);
+    assert_eq!(
+        (verdict.lost, verdict.oversold, verdict.miscounted),
+        (0, 0, 0)
+    );
+    for server in running {
+        let verdict = verdict_via(server, &load_skus, &attempts);
+        assert_eq!((verdict.oversold, verdict.miscounted), (0, 0));
+    }
     let (status, body) = send(&b0, "GET", "/v1/reservations/cart-1", None);
     assert_eq!(
         (status, body["lines"].as_array().map(Vec::len)),
