@@ -229,8 +229,7 @@ pub async fn route(
         }
         Plan::Reservation => parts.cart(&body, group_of, caller.as_deref()).await,
         Plan::Find => Ok(parts.find(&body).await),
-        Plan::Every => Ok(parts.every(&body).await),
-        Plan::Channels => Ok(parts.channels(&body).await),
+        Plan::Every | Plan::Channels => Ok(parts.channels(&body).await),
         Plan::Exceptions => {
             let limit = web::Query::<BTreeMap<String, String>>::from_query(query)
                 .ok()
@@ -743,10 +742,11 @@ impl Parts<'_> {
         }
     }
 
-    /// A channel action on every group: all must succeed. A status answer is
-    /// merged as a read is; a queued resync or replay (202) adds up the SKUs
-    /// each group queued.
-    async fn every(&self, body: &web::Bytes) -> HttpResponse {
+    /// A channel read or action, from every group (an action must succeed in
+    /// all): each channel's states merged (see [`merge_channel`]); a queued
+    /// resync or replay (202) adds up the SKUs each group queued; the first
+    /// refusal if one refused.
+    async fn channels(&self, body: &web::Bytes) -> HttpResponse {
         let answers = self.all(body).await;
         if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
             return refused.relay();
@@ -766,27 +766,6 @@ impl Parts<'_> {
                 .sum::<u64>());
             return json(answers[0].status, &merged, self.id);
         }
-        json(
-            StatusCode::OK,
-            &merge_channel(values.iter().collect()),
-            self.id,
-        )
-    }
-
-    /// A channel read or action, from every group: each channel's states
-    /// merged (see [`merge_channel`]); the first refusal if one refused.
-    async fn channels(&self, body: &web::Bytes) -> HttpResponse {
-        let answers = self.all(body).await;
-        if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
-            return refused.relay();
-        }
-        let Some(values) = answers
-            .iter()
-            .map(Answer::json)
-            .collect::<Option<Vec<Value>>>()
-        else {
-            return answers[0].relay();
-        };
         let merged = if values[0].get("channels").is_some() {
             // The list: each group lists the same channels, in config order.
             let lists: Vec<Vec<Value>> = values
