@@ -194,6 +194,9 @@ pub struct Node {
     pub writes: AtomicU64,
     /// Until when (ms since `started`) this node yields its turn as successor.
     yield_until_ms: AtomicU64,
+    /// Since when (ms since `started`, 0: not) this owner's group's preferred
+    /// member has been ready to be handed the group (`hand_back`).
+    hand_back_since_ms: AtomicU64,
     /// Set on SIGTERM: this node takes over no more.
     stopping: std::sync::atomic::AtomicBool,
     /// Set while this node catches up for a takeover: its follower asks for more
@@ -230,6 +233,7 @@ impl Node {
             my_epoch: AtomicU64::new(0),
             writes: AtomicU64::new(0),
             yield_until_ms: AtomicU64::new(0),
+            hand_back_since_ms: AtomicU64::new(0),
             stopping: std::sync::atomic::AtomicBool::new(false),
             hurry: std::sync::atomic::AtomicBool::new(false),
             hurried: tokio::sync::Notify::new(),
@@ -531,6 +535,7 @@ async fn beat(node: &Arc<Node>, link: &Arc<Link>) {
                 if let Ok(body) = serde_json::to_vec(&node.heartbeat()) {
                     let _ = link.client.publish(subject.clone(), body.into()).await;
                 }
+                hand_back(&node);
                 if node.is_owner() {
                     let heard = node.self_heard_ms.load(Ordering::Acquire);
                     if node.now_ms().saturating_sub(heard) > node.config.takeover_after_ms {
@@ -745,8 +750,10 @@ async fn control(
     }
 }
 
-/// No owner heard within `window`, and this node has the lowest id of the live
-/// followers (the successor is deterministic: id order).
+/// No owner heard within `window`, and this node is the successor: the group's
+/// preferred member if that is a live follower, else the live follower at the
+/// group's place in id order (the lowest id with one group). Deterministic:
+/// every node computes the same from the same heartbeats.
 fn is_successor(node: &Node, window: Duration) -> bool {
     let latest = node.owner().map_or(0, |owner| owner.epoch);
     let peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
@@ -766,14 +773,83 @@ fn is_successor(node: &Node, window: Duration) -> bool {
     }) {
         return false;
     }
+    let candidate = |peer: &&Peer| peer.beat.role == Role::Follower && !peer.beat.yielding;
+    // The group's preferred member, if it is a live candidate, takes over:
+    // so a group returns to its own machine (see `hand_back`).
+    let mut members: Vec<&str> = peers.keys().map(String::as_str).collect();
+    members.push(&node.config.node);
+    let preferred = successor_of(&mut members, node.config.group);
+    if preferred == node.config.node
+        || peers
+            .get(preferred)
+            .filter(live)
+            .is_some_and(|peer| candidate(&peer))
+    {
+        return preferred == node.config.node;
+    }
     let mut candidates: Vec<&str> = peers
         .values()
         .filter(live)
-        .filter(|peer| peer.beat.role == Role::Follower && !peer.beat.yielding)
+        .filter(candidate)
         .map(|peer| peer.beat.node.as_str())
         .collect();
     candidates.push(&node.config.node);
     successor_of(&mut candidates, node.config.group) == node.config.node
+}
+
+/// How long a group's preferred member must be a live, caught-up follower
+/// before the owner hands the group back to it.
+const HAND_BACK_AFTER: Duration = Duration::from_secs(5);
+
+/// How far behind the owner a preferred member may be and still be handed its
+/// group (it catches up to the stream's end before it takes over).
+const HAND_BACK_LAG_MAX: u64 = 10_000;
+
+/// With partition groups, an owner that is not its group's preferred member
+/// (the machine that owns the group at rest: the members heard in the last
+/// minute in id order, rotated by the group) hands the group back once that
+/// member has been a live, caught-up follower for [`HAND_BACK_AFTER`]: it steps
+/// down, and the preferred member is the successor. Without it, a machine that
+/// took a group over in a failover would own two groups until the next one.
+fn hand_back(node: &Node) {
+    if node.config.groups <= 1 || !node.is_owner() {
+        node.hand_back_since_ms.store(0, Ordering::Relaxed);
+        return;
+    }
+    let window = Duration::from_millis(node.config.takeover_after_ms);
+    let applied = node.applied.load(Ordering::Acquire);
+    let ready = {
+        let peers = node.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut members: Vec<&str> = peers.keys().map(String::as_str).collect();
+        members.push(&node.config.node);
+        let preferred = successor_of(&mut members, node.config.group);
+        peers
+            .get(preferred)
+            .filter(|peer| {
+                peer.heard.elapsed() < window
+                    && peer.beat.role == Role::Follower
+                    && !peer.beat.yielding
+                    && peer.beat.applied.saturating_add(HAND_BACK_LAG_MAX) >= applied
+            })
+            .map(|peer| peer.beat.node.clone())
+    };
+    let Some(preferred) = ready else {
+        node.hand_back_since_ms.store(0, Ordering::Relaxed);
+        return;
+    };
+    let now = node.now_ms().max(1);
+    let since = match node.hand_back_since_ms.load(Ordering::Relaxed) {
+        0 => {
+            node.hand_back_since_ms.store(now, Ordering::Relaxed);
+            now
+        }
+        since => since,
+    };
+    if now.saturating_sub(since) >= HAND_BACK_AFTER.as_millis() as u64 {
+        tracing::warn!(node = %node.config.node, group = node.config.group, %preferred,
+            "handing the partition group back to its preferred member");
+        node.step_down("handing the partition group back to its preferred member");
+    }
 }
 
 /// The successor among `candidates` (live followers' ids, this node's among
@@ -1405,6 +1481,47 @@ mod tests {
         };
         let node = Node::new(config, local.clone(), 0);
         (dir, local, node)
+    }
+
+    fn hear(node: &Node, id: &str, role: Role, ago: Duration) {
+        let beat = Heartbeat {
+            node: id.to_string(),
+            advertise: "http://127.0.0.1:1".to_string(),
+            role,
+            epoch: 0,
+            applied: 0,
+            yielding: false,
+        };
+        let heard = Instant::now().checked_sub(ago).unwrap_or_else(Instant::now);
+        let mut peers = node.peers.lock().unwrap();
+        peers.insert(id.to_string(), Peer { beat, heard });
+    }
+
+    /// The group's preferred member (members heard in the last minute, in id
+    /// order, rotated by the group) takes over when it is a live follower;
+    /// else the live followers' rotation decides.
+    #[test]
+    fn the_preferred_member_is_the_successor_when_it_is_live() {
+        let (_dir, _local, mut node) = node();
+        node.config.groups = 2;
+        node.config.group = 1;
+        let window = Duration::from_millis(node.config.takeover_after_ms);
+        // Members n1 (this node) and n2: group 1 prefers n2.
+        hear(&node, "n2", Role::Follower, Duration::ZERO);
+        assert!(!is_successor(&node, window), "n2, live, is preferred");
+        // n2 died (heard 5 s ago, still a member): n1, the only live one.
+        hear(&node, "n2", Role::Follower, Duration::from_secs(5));
+        assert!(is_successor(&node, window));
+        // n3 joins: members n1, n2, n3 prefer n2 for group 1; n2 is dead, so the
+        // live followers n1, n3 rotate: group 1 takes n3.
+        hear(&node, "n3", Role::Follower, Duration::ZERO);
+        assert!(!is_successor(&node, window));
+        // With one group the lowest live id, as always.
+        node.config.groups = 1;
+        node.config.group = 0;
+        assert!(is_successor(&node, window));
+        hear(&node, "n0", Role::Follower, Duration::ZERO);
+        assert!(!is_successor(&node, window));
     }
 
     /// Group 0 (and a cluster of one group) takes the lowest live id; group g

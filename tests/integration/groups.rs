@@ -529,4 +529,23 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     // Each group's owner publishes its SKUs; the channel converges on both.
     wait_converged(&a0, "web", Some(&receiver), std::slice::from_ref(&s0));
     wait_converged(&a1, "web", Some(&receiver), std::slice::from_ref(&s1));
+
+    // b's group-1 process comes back as a follower; once it has been caught up
+    // for a while, a hands group 1 back to it (a's process steps down and exits
+    // 3, for its supervisor to start it again as a follower).
+    b1.spawn();
+    let handed = wait_for("group 1 handed back to b", Duration::from_secs(30), || {
+        let owners = view(&a0)?["group_owners"].clone();
+        (owners[1]["owner"] == "b").then_some(owners)
+    });
+    assert_eq!(handed[0]["owner"], "a", "{handed}");
+    let status = wait_for("a's group-1 process exits", Duration::from_secs(10), || {
+        a1.child.as_mut()?.try_wait().ok().flatten()
+    });
+    assert_eq!(status.code(), Some(3), "stepped down");
+    a1.spawn();
+    let (status, body) = send(&a1, "GET", "/v1/reservations/one-1", None);
+    assert_eq!((status, &body["status"]), (200, &json!("held")), "{body}");
+    assert_eq!(view(&a1).unwrap()["role"], "follower");
+    assert_eq!(reserved(&a1, &s1), 2);
 }
