@@ -535,7 +535,7 @@ async fn beat(node: &Arc<Node>, link: &Arc<Link>) {
                 if let Ok(body) = serde_json::to_vec(&node.heartbeat()) {
                     let _ = link.client.publish(subject.clone(), body.into()).await;
                 }
-                hand_back(&node);
+                hand_back(node);
                 if node.is_owner() {
                     let heard = node.self_heard_ms.load(Ordering::Acquire);
                     if node.now_ms().saturating_sub(heard) > node.config.takeover_after_ms {
