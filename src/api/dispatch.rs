@@ -299,13 +299,21 @@ fn plan(request: &ServiceRequest, node: &Node) -> Result<Plan, ApiError> {
 
 /// The group `X-Stockwire-Group` names, else this process's own.
 fn named_group(request: &ServiceRequest, node: &Node) -> Result<u32, ApiError> {
-    let Some(value) = request.headers().get(GROUP_HEADER) else {
+    let mut values = request.headers().get_all(GROUP_HEADER);
+    let Some(value) = values.next() else {
         return Ok(node.config.group);
+    };
+    // One value, in plain decimal: "01", "+1" or a second header is refused,
+    // not read as some group.
+    let plain = |v: &&str| {
+        !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && (*v == "0" || !v.starts_with('0'))
     };
     value
         .to_str()
         .ok()
-        .and_then(|v| v.trim().parse::<u32>().ok())
+        .filter(|_| values.next().is_none())
+        .filter(plain)
+        .and_then(|v| v.parse::<u32>().ok())
         .filter(|g| *g < node.config.groups)
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
@@ -688,6 +696,9 @@ impl Parts<'_> {
     /// A reservation or transfer by id: asked of every group. The groups that
     /// have it answer (a cart's parts merged); else the most telling refusal.
     async fn find(&self, body: &web::Bytes) -> HttpResponse {
+        if let Some(refused) = self.parts_not_ready().await {
+            return refused;
+        }
         let ship_lines = self.request.path().ends_with("/ship")
             && serde_json::from_slice::<Value>(body)
                 .ok()
@@ -742,6 +753,48 @@ impl Parts<'_> {
         }
     }
 
+    /// Before a cart's allocate or ship: every part must be in a state the
+    /// action takes (allocate: held or allocated; ship: allocated or shipped),
+    /// else nothing is changed and the answer is `409 invalid_state`. Without
+    /// this, a cart whose parts differ (one released after a refused attempt)
+    /// would be allocated in one group and refused in another. `None`: go on.
+    async fn parts_not_ready(&self) -> Option<HttpResponse> {
+        let path = self.request.path();
+        let (id, allowed): (&str, &[&str]) = if let Some(id) = path
+            .strip_prefix("/v1/reservations/")
+            .and_then(|rest| rest.strip_suffix("/allocate"))
+        {
+            (id, &["held", "allocated"])
+        } else if let Some(id) = path
+            .strip_prefix("/v1/reservations/")
+            .and_then(|rest| rest.strip_suffix("/ship"))
+        {
+            (id, &["allocated", "shipped"])
+        } else {
+            return None;
+        };
+        let read = format!("/v1/reservations/{id}");
+        let reads = (0..self.node.config.groups)
+            .map(|group| self.send(group, &Method::GET, &read, web::Bytes::new()));
+        let answers = futures_util::future::join_all(reads).await;
+        if let Some(unanswered) = answers.iter().find(|a| a.status.is_server_error()) {
+            return Some(unanswered.relay());
+        }
+        let statuses: Vec<String> = answers
+            .iter()
+            .filter(|a| a.status.is_success())
+            .filter_map(|a| a.json()?.get("status")?.as_str().map(str::to_owned))
+            .collect();
+        if statuses.len() < 2 || statuses.iter().all(|s| allowed.contains(&s.as_str())) {
+            return None;
+        }
+        let refused = ApiError::Engine(crate::engine::EngineError::InvalidState(format!(
+            "reservation {id} has parts in partition groups whose states are {}: nothing was changed",
+            statuses.join(", ")
+        )));
+        Some(refusal(&refused, self.id))
+    }
+
     /// A channel read or action, from every group (an action must succeed in
     /// all): each channel's states merged (see [`merge_channel`]); a queued
     /// resync or replay (202) adds up the SKUs each group queued; the first
@@ -758,7 +811,11 @@ impl Parts<'_> {
         else {
             return answers[0].relay();
         };
-        if values[0].get("queued_skus").is_some() {
+        if answers[0].status == StatusCode::ACCEPTED {
+            // A queued resync or replay: not a channel's state.
+            if values[0].get("queued_skus").is_none() {
+                return answers[0].relay();
+            }
             let mut merged = values[0].clone();
             merged["queued_skus"] = json!(values
                 .iter()
@@ -874,6 +931,16 @@ impl Parts<'_> {
         if all_held && !mixed {
             let parts: Vec<&Answer> = answers.iter().collect();
             return Ok(merge_reservations(&parts, self.id, Some(&order)));
+        }
+        // A group that did not answer, and no part refused for good: nothing is
+        // undone, and the answer is that 503. The client's retry with the same
+        // id finds the parts held so far (200) and holds the rest; a cart never
+        // retried has its parts expire at their TTL.
+        let refused_for_good = answers.iter().any(|a| a.status.is_client_error());
+        if !mixed && !refused_for_good {
+            if let Some(unanswered) = answers.iter().find(|a| a.status.is_server_error()) {
+                return Ok(unanswered.relay());
+            }
         }
         // Undo what this request held: the parts it created (201), and those
         // that did not answer (they may have been held; a release of what does
@@ -991,8 +1058,16 @@ fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> 
     }
     merged["lines"] = Value::Array(lines);
     // Parts move together; one that has not (a ship stopped part-way in one
-    // group) is shown: every part's status, in group order.
+    // group, a part released after a refused attempt) is shown: every part's
+    // status, in group order, and as `status` the first that still holds
+    // stock (held, allocated), so a cart with stock held never reads as done.
     if statuses.len() > 1 {
+        if let Some(active) = statuses
+            .iter()
+            .find(|s| matches!(s.as_str(), Some("held" | "allocated")))
+        {
+            merged["status"] = active.clone();
+        }
         merged["part_statuses"] = Value::Array(statuses);
     }
     let status = if parts.iter().any(|p| p.status == StatusCode::CREATED) {

@@ -254,6 +254,58 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     );
     assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
 
+    // A part made later under a refused cart's id (a body with only group 1's
+    // line): the cart's parts now differ, so allocate and ship change nothing.
+    let (status, body) = send(
+        &a0,
+        "POST",
+        "/v1/reservations",
+        Some(
+            json!({"reservation_id": "cart-m", "channel": "web", "lines": [
+            {"sku": s0, "location": "wh-east", "qty": 1},
+            {"sku": s1, "location": "wh-east", "qty": 100}]}),
+        ),
+    );
+    assert_eq!(status, 409, "{body}");
+    let (status, body) = send(
+        &a0,
+        "POST",
+        "/v1/reservations",
+        Some(json!({"reservation_id": "cart-m", "channel": "web",
+                    "lines": [{"sku": s1, "location": "wh-east", "qty": 1}]})),
+    );
+    assert_eq!(status, 201, "{body}");
+    for action in ["allocate", "ship"] {
+        let (status, body) = send(
+            &b1,
+            "POST",
+            &format!("/v1/reservations/cart-2/{action}"),
+            None,
+        );
+        assert_eq!(
+            (status, &body["code"]),
+            (409, &json!("invalid_state")),
+            "{action}: {body}"
+        );
+    }
+    let (_, body) = send(&a1, "GET", "/v1/reservations/cart-m", None);
+    assert_eq!(body["status"], "held", "the part holding stock: {body}");
+    assert_eq!(body["part_statuses"], json!(["released", "held"]), "{body}");
+    let (status, body) = send(&a1, "POST", "/v1/reservations/cart-m/release", None);
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("released")),
+        "{body}"
+    );
+    assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
+    for bad in ["01", "+1", "2", "x"] {
+        let request = b0
+            .request("GET", "/v1/events")
+            .set("X-Stockwire-Group", bad);
+        let (status, body) = try_call(request, None).expect("answer");
+        assert_eq!(status, 400, "{bad}: {body}");
+    }
+
     // Allocated and shipped across groups; a ship naming only one group's line
     // ships the other's 0 and releases it, as for any line not named.
     let (status, body) = send(
@@ -476,8 +528,31 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
             )
         })
         .collect();
+    let before = (reserved(&a0, &s0), reserved(&a0, &s1));
     std::thread::sleep(Duration::from_secs(2));
     b1.kill();
+    // A cart over both groups while group 1 has no owner: answered 503 (or,
+    // once served again, 201); retried with its id until held, it holds each
+    // line once.
+    let cart = json!({"reservation_id": "cart-fo", "channel": "web", "lines": [
+        {"sku": s0, "location": "wh-east", "qty": 1},
+        {"sku": s1, "location": "wh-east", "qty": 1}]});
+    let held = wait_for(
+        "the cart held after the failover",
+        Duration::from_secs(30),
+        || match try_call(a0.request("POST", "/v1/reservations"), Some(cart.clone())) {
+            Ok((status @ (200 | 201), body)) => Some((status, body)),
+            Ok((503, _)) | Err(_) => None,
+            Ok((status, body)) => panic!("cart during failover: {status} {body}"),
+        },
+    );
+    assert_eq!(held.1["status"], "held", "{held:?}");
+    assert_eq!(
+        (reserved(&a0, &s0), reserved(&a0, &s1)),
+        (before.0 + 1, before.1 + 1)
+    );
+    let (status, body) = send(&a0, "POST", "/v1/reservations/cart-fo/release", None);
+    assert_eq!(status, 200, "{body}");
     wait_for("group 1 served again", Duration::from_secs(20), || {
         let body = json!({"reservation_id": format!("after-{}", rand_suffix()), "channel": "web",
                           "lines": [{"sku": s1, "location": "wh-east", "qty": 1}]});
