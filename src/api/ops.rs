@@ -30,6 +30,14 @@ pub async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError
 /// cluster role, or why the node is not ready.
 fn readiness(state: &AppState) -> Result<(u64, Option<&'static str>), ApiError> {
     if let Some(node) = state.cluster.get() {
+        // With partition groups, a node just started may not know the other
+        // groups' owners yet: it could not route their requests.
+        if !node.knows_groups() {
+            return Err(ApiError::Unavailable(format!(
+                "cluster node {} has not heard every partition group's owner yet",
+                node.config.node
+            )));
+        }
         if !node.is_owner() {
             if node.owner_address().is_none() {
                 return Err(ApiError::Unavailable(format!(

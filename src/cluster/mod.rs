@@ -368,6 +368,16 @@ impl Node {
             .count() as u32
     }
 
+    /// Whether this node can route every group's requests: it has heard every
+    /// group's owner, or it has waited three takeover windows since it started
+    /// (a group without an owner then is an outage of that group, which the
+    /// others' readiness must not follow). Always true without groups.
+    pub fn knows_groups(&self) -> bool {
+        self.config.groups <= 1
+            || self.unowned_groups() == 0
+            || self.started.elapsed() > Duration::from_millis(3 * self.config.takeover_after_ms)
+    }
+
     /// The owner of each other group, as last heard.
     pub fn group_owners(&self) -> Vec<(u32, Peer)> {
         let owners = self.group_owners.lock().unwrap_or_else(|p| p.into_inner());
