@@ -83,6 +83,13 @@ pub fn partition_of(sku: &str, partitions: u32) -> u32 {
     (hash % u64::from(partitions.max(1))) as u32
 }
 
+/// The partition group `sku` is in: its partition modulo `[cluster] groups`
+/// (0 without groups). The one place the rule is written.
+pub fn group_of(sku: &str, config: &crate::config::Config) -> u32 {
+    let groups = config.cluster.as_ref().map_or(1, |c| c.groups.max(1));
+    partition_of(sku, config.partitions) % groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

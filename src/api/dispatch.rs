@@ -41,8 +41,9 @@ use super::access::{Caller, Policy};
 use super::error::ApiError;
 use super::forward::{forward, outgoing, refusal};
 use super::AppState;
-use crate::actors::partition_of;
+use crate::actors::group_of;
 use crate::cluster::Node;
+use crate::config::Config;
 
 /// Names the group a request of no SKU is for (the event log, exceptions,
 /// channel state, reconciliations); without it, this process's own group.
@@ -129,9 +130,9 @@ pub async fn route(
     let (_, policy) = super::route_of(request.method(), request.match_info().as_str());
     let caller = match policy {
         Some(Policy::Roles(_)) => {
-            let identity = state
-                .keys
-                .authenticate(request.headers().get(header::AUTHORIZATION));
+            // With the connection's memo: the owner's own admission of this
+            // request then compares, without hashing the key again.
+            let identity = super::identity_of(&request, &state.keys);
             match state.keys.caller_for(policy, &identity) {
                 Some(caller) => Some(caller),
                 None => return Ok(next.call(request).await?.map_into_boxed_body()),
@@ -139,7 +140,7 @@ pub async fn route(
         }
         _ => None,
     };
-    let plan = match plan(&request, &node) {
+    let plan = match plan(&request, &node, &state.config) {
         Ok(plan) => plan,
         Err(error) => return Ok(request.into_response(refusal(&error, &id))),
     };
@@ -147,15 +148,15 @@ pub async fn route(
         return to_group(request, next, &node, &id, group, None).await;
     }
     if plan == Plan::Reconcile {
-        return Ok(reconcile(request, &node, &id).await);
+        return Ok(reconcile(request, &node, &state.config, &id).await);
     }
     let body = match read_body(&mut request, state.config.max_body_bytes).await {
         Ok(body) => body,
         Err(error) => return Ok(request.into_response(refusal(&error, &id))),
     };
     let own = node.config.group;
-    let (config, partitions) = (&node.config, state.config.partitions);
-    let group_of = |sku: &str| config.group_of_partition(partition_of(sku, partitions));
+    let config = &state.config;
+    let group_of = |sku: &str| group_of(sku, config);
     let parsed = serde_json::from_slice::<Value>(&body).ok();
     let single = match plan {
         Plan::Transfer => Some(
@@ -203,15 +204,17 @@ pub async fn route(
     if let Some(group) = single {
         return to_group(request, next, &node, &id, group, Some(body)).await;
     }
-    let page_max = request
-        .app_data::<web::Data<AppState>>()
-        .map_or(1000, |state| state.config.events_page_max);
-    let query = request.query_string().to_owned();
-    let query = query.as_str();
+    // `GET /v1/exceptions`' page, as each group clamps it.
+    let limit = web::Query::<BTreeMap<String, String>>::from_query(request.query_string())
+        .ok()
+        .and_then(|q| q.get("limit").and_then(|l| l.parse::<usize>().ok()))
+        .unwrap_or(100)
+        .clamp(1, config.events_page_max);
     let (http_request, _) = request.into_parts();
     let parts = Parts {
         request: &http_request,
         node: &node,
+        config,
         id: &id,
     };
     let response = match plan {
@@ -230,34 +233,20 @@ pub async fn route(
         Plan::Reservation => parts.cart(&body, group_of, caller.as_deref()).await,
         Plan::Find => Ok(parts.find(&body).await),
         Plan::Every | Plan::Channels => Ok(parts.channels(&body).await),
-        Plan::Exceptions => {
-            let limit = web::Query::<BTreeMap<String, String>>::from_query(query)
-                .ok()
-                .and_then(|q| q.get("limit").and_then(|l| l.parse::<usize>().ok()))
-                .unwrap_or(100)
-                .clamp(1, page_max);
-            Ok(parts.exceptions(&body, limit).await)
-        }
-        Plan::Group(_) | Plan::Transfer | Plan::Reconcile => {
-            unreachable!("sent to one group, or streamed, above")
-        }
+        Plan::Exceptions => Ok(parts.exceptions(&body, limit).await),
+        // Sent to one group, or streamed, above.
+        Plan::Group(_) | Plan::Transfer | Plan::Reconcile => Err(ApiError::Unavailable(
+            "dispatch: this route was not planned".to_string(),
+        )),
     };
     let response = response.unwrap_or_else(|error| refusal(&error, &id));
     Ok(ServiceResponse::new(http_request, response))
 }
 
-fn partitions(request: &ServiceRequest) -> u32 {
-    request
-        .app_data::<web::Data<AppState>>()
-        .map_or(1, |state| state.config.partitions)
-}
-
 /// Which plan a request takes, from its method and path (and, for a route of no
 /// SKU, the group header).
-fn plan(request: &ServiceRequest, node: &Node) -> Result<Plan, ApiError> {
-    let config = &node.config;
-    let partitions = partitions(request);
-    let group_of = |sku: &str| config.group_of_partition(partition_of(sku, partitions));
+fn plan(request: &ServiceRequest, node: &Node, config: &Config) -> Result<Plan, ApiError> {
+    let group_of = |sku: &str| group_of(sku, config);
     // The decoded path, as actix routes on it.
     let path = request.match_info().as_str();
     let segments: Vec<&str> = path
@@ -280,8 +269,8 @@ fn plan(request: &ServiceRequest, node: &Node) -> Result<Plan, ApiError> {
         (["reconciliations"], true) => Plan::Reconcile,
         // An exception's id says its group (`Shared::new_exception_id`).
         (["exceptions", id, ..], _) => match id.parse::<u64>() {
-            Ok(id) if id > 0 => Plan::Group(((id - 1) % u64::from(config.groups)) as u32),
-            _ => Plan::Group(config.group),
+            Ok(id) if id > 0 => Plan::Group(((id - 1) % u64::from(node.config.groups)) as u32),
+            _ => Plan::Group(node.config.group),
         },
         (["channels", _, "published"], false) => {
             let sku = web::Query::<BTreeMap<String, String>>::from_query(request.query_string())
@@ -390,13 +379,19 @@ const TEE_CHUNKS: usize = 8;
 /// keeping its number in the whole body), at the pace of the slowest. The
 /// reports are summed; a group's refusal is the answer (running a
 /// reconciliation again is safe).
-async fn reconcile(request: ServiceRequest, node: &Node, id: &str) -> ServiceResponse<BoxBody> {
+async fn reconcile(
+    request: ServiceRequest,
+    node: &Node,
+    config: &Config,
+    id: &str,
+) -> ServiceResponse<BoxBody> {
     let mut request = request;
     let stalled = super::limit_forwarded_body_time(&mut request);
     let (http_request, mut payload) = request.into_parts();
     let parts = Parts {
         request: &http_request,
         node,
+        config,
         id,
     };
     let path = parts.path();
@@ -542,6 +537,7 @@ impl Answer {
 struct Parts<'a> {
     request: &'a HttpRequest,
     node: &'a Node,
+    config: &'a Config,
     id: &'a str,
 }
 
@@ -699,30 +695,27 @@ impl Parts<'_> {
         if let Some(refused) = self.parts_not_ready().await {
             return refused;
         }
-        let ship_lines = self.request.path().ends_with("/ship")
-            && serde_json::from_slice::<Value>(body)
-                .ok()
-                .is_some_and(|v| v.get("lines").is_some_and(Value::is_array));
-        let answers = if ship_lines {
+        let ship = self
+            .request
+            .path()
+            .ends_with("/ship")
+            .then(|| serde_json::from_slice::<Value>(body).ok())
+            .flatten()
+            .filter(|v| v.get("lines").is_some_and(Value::is_array));
+        let answers = if let Some(ship) = ship {
             // A ship names lines: each group gets its own (none named: that
             // group's part ships nothing, as for any line not named).
-            let partitions = self
-                .request
-                .app_data::<web::Data<AppState>>()
-                .map_or(1, |state| state.config.partitions);
-            let config = &self.node.config;
-            let value: Value = serde_json::from_slice(body).unwrap_or_default();
+            let own = self.node.config.group;
             let path = self.path();
             let method = self.request.method().clone();
-            let sends = (0..config.groups).map(|group| {
-                let mut part = value.clone();
+            let sends = (0..self.node.config.groups).map(|group| {
+                let mut part = ship.clone();
                 if let Some(lines) = part.get_mut("lines").and_then(Value::as_array_mut) {
                     lines.retain(|line| {
                         line.get("sku")
                             .and_then(Value::as_str)
-                            .map_or(group == config.group, |sku| {
-                                config.group_of_partition(partition_of(sku, partitions)) == group
-                            })
+                            .map_or(own, |sku| group_of(sku, self.config))
+                            == group
                     });
                 }
                 let part = web::Bytes::from(serde_json::to_vec(&part).unwrap_or_default());

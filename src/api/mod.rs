@@ -251,6 +251,19 @@ pub(crate) fn limit_forwarded_body_time(request: &mut ServiceRequest) -> Option<
     limit_body_time(request, Some(expired.clone())).then_some(expired)
 }
 
+/// The key `request` carries, remembered per connection (see
+/// [`access::Keys::authenticate_memo`]).
+pub(crate) fn identity_of(request: &ServiceRequest, keys: &access::Keys) -> Identity {
+    keys.authenticate_memo(
+        request
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION),
+        request
+            .conn_data::<Connection>()
+            .map(|connection| &connection.token),
+    )
+}
+
 /// The correlation id a request carries, if acceptable, else a new one.
 pub fn correlation_of(headers: &actix_web::http::header::HeaderMap) -> String {
     headers
@@ -392,14 +405,7 @@ pub async fn edge_middleware(
     let identity = if too_large {
         Identity::Anonymous
     } else {
-        state.keys.authenticate_memo(
-            request
-                .headers()
-                .get(actix_web::http::header::AUTHORIZATION),
-            request
-                .conn_data::<Connection>()
-                .map(|connection| &connection.token),
-        )
+        identity_of(&request, &state.keys)
     };
     let key = identity.log_name();
     // Every line logged while handling the request carries its correlation id and

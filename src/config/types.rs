@@ -562,11 +562,6 @@ impl ClusterConfig {
     pub fn own_stream(&self) -> String {
         self.group_stream(self.group)
     }
-
-    /// The group a SKU's partition belongs to.
-    pub fn group_of_partition(&self, partition: u32) -> u32 {
-        partition % self.groups.max(1)
-    }
 }
 
 fn default_cluster_stream() -> String {

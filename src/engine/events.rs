@@ -257,15 +257,14 @@ impl Engine {
         events: &[WarehouseEvent],
         correlation_id: Arc<str>,
     ) -> Vec<Option<EventOutcome>> {
-        let (Some((groups, group)), Some(remote)) = (self.group, self.remote.get()) else {
+        let (Some((_, group)), Some(remote)) = (self.group, self.remote.get()) else {
             return self
                 .apply_local_events_in_order(events, correlation_id)
                 .await;
         };
-        let partitions = self.config.partitions;
         let mut by_group: std::collections::BTreeMap<u32, Vec<usize>> = Default::default();
         for (index, event) in events.iter().enumerate() {
-            let of = crate::actors::partition_of(&event.sku, partitions) % groups;
+            let of = crate::actors::group_of(&event.sku, &self.config);
             by_group.entry(of).or_default().push(index);
         }
         let runs = by_group.into_iter().map(|(of, indices)| {

@@ -235,10 +235,14 @@ impl Engine {
         head_gauge.set(recovered.head as i64);
         metrics.positions.set(recovered.positions as i64);
         metrics.oversold_positions.set(recovered.oversold);
-        let (groups, group) = config
+        // With partition groups: (groups, group); only that group's SKUs are
+        // served here.
+        let grouped = config
             .cluster
             .as_ref()
-            .map_or((1, 0), |cluster| (cluster.groups.max(1), cluster.group));
+            .filter(|cluster| cluster.groups > 1)
+            .map(|cluster| (cluster.groups, cluster.group));
+        let (groups, group) = grouped.unwrap_or((1, 0));
         let shared = Arc::new(Shared {
             journal,
             store,
@@ -310,11 +314,6 @@ impl Engine {
                 (c.id.clone(), info)
             })
             .collect();
-        let group = config
-            .cluster
-            .as_ref()
-            .filter(|cluster| cluster.groups > 1)
-            .map(|cluster| (cluster.groups, cluster.group));
         let engine = Arc::new(Engine {
             config,
             shared,
@@ -334,7 +333,7 @@ impl Engine {
             source_labels: DashMap::new(),
             snapshot_full_next: AtomicBool::new(false),
             ready: AtomicBool::new(false),
-            group,
+            group: grouped,
             remote: std::sync::OnceLock::new(),
         });
         engine.install_reservations(recovered.reservations);
@@ -400,9 +399,7 @@ impl Engine {
         match (self.group, sku) {
             (None, _) => true,
             (Some((_, group)), None) => group == 0,
-            (Some((groups, group)), Some(sku)) => {
-                partition_of(sku, self.config.partitions) % groups == group
-            }
+            (Some((_, group)), Some(sku)) => crate::actors::group_of(sku, &self.config) == group,
         }
     }
 
