@@ -259,6 +259,10 @@ fn plan(request: &ServiceRequest, node: &Node, config: &Config) -> Result<Plan, 
         (["availability", sku], false) => Plan::Group(group_of(sku)),
         (["positions", sku, ..], _) => Plan::Group(group_of(sku)),
         (["reservations"], true) => Plan::Reservation,
+        // The nodes' own step of a cart (reservations::confirm).
+        (["reservations", _, "confirm"], _) => {
+            return Err(ApiError::NotFound("no such route".to_string()))
+        }
         (["reservations", _, ..], _) => Plan::Find,
         (["transfers"], true) => Plan::Transfer,
         (["transfers", _, ..], _) => Plan::Find,
@@ -371,6 +375,22 @@ enum PartBody {
     Stream(futures_util::stream::BoxStream<'static, Result<web::Bytes, std::io::Error>>),
 }
 
+/// How a part is sent: with the client's `Idempotency-Key` made the part's
+/// (its own request) or with none (a step of this node's own), and how long
+/// its answer may take (`None`: the forward's own timeout).
+#[derive(Clone, Copy)]
+struct Manner {
+    client_key: bool,
+    timeout: Option<std::time::Duration>,
+}
+
+impl Manner {
+    const CLIENT: Manner = Manner {
+        client_key: true,
+        timeout: None,
+    };
+}
+
 /// How many chunks of a reconciliation's body may wait for the slowest group.
 const TEE_CHUNKS: usize = 8;
 
@@ -411,6 +431,7 @@ async fn reconcile(
                     &Method::POST,
                     path,
                     PartBody::Stream(Box::pin(stream)),
+                    Manner::CLIENT,
                 )
                 .await
         });
@@ -557,24 +578,51 @@ impl Parts<'_> {
     /// Sends one part: this request's method, path and headers, with `body`. An
     /// `Idempotency-Key` becomes the part's own, `<key>:g<group>`.
     async fn send(&self, group: u32, method: &Method, path: &str, body: web::Bytes) -> Answer {
-        self.send_part(group, method, path, PartBody::Whole(body))
+        self.send_part(group, method, path, PartBody::Whole(body), Manner::CLIENT)
             .await
     }
 
-    async fn send_part(&self, group: u32, method: &Method, path: &str, body: PartBody) -> Answer {
+    /// Sends a step of this node's own in the request's name (a cart's
+    /// confirmation or undo), without the client's `Idempotency-Key`: that key
+    /// belongs to the client's request, on another route.
+    async fn send_step(&self, group: u32, method: &Method, path: &str, body: web::Bytes) -> Answer {
+        let manner = Manner {
+            client_key: false,
+            timeout: None,
+        };
+        self.send_part(group, method, path, PartBody::Whole(body), manner)
+            .await
+    }
+
+    async fn send_part(
+        &self,
+        group: u32,
+        method: &Method,
+        path: &str,
+        body: PartBody,
+        manner: Manner,
+    ) -> Answer {
         let (owner, address) = match self.target(group) {
             Ok(target) => target,
             Err(error) => return Answer::of(&error, self.id),
         };
         let url = format!("{address}{path}");
         let mut outgoing = outgoing(self.request, method, &url, self.node, self.id);
-        if let Some(key) = self
+        let key = self
             .request
             .headers()
             .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-        {
-            outgoing = outgoing.insert_header(("idempotency-key", part_key(key, group)));
+            .and_then(|v| v.to_str().ok());
+        match key {
+            Some(key) if manner.client_key => {
+                outgoing = outgoing.insert_header(("idempotency-key", part_key(key, group)));
+            }
+            _ => {
+                outgoing.headers_mut().remove("idempotency-key");
+            }
+        }
+        if let Some(timeout) = manner.timeout {
+            outgoing = outgoing.timeout(timeout);
         }
         outgoing = outgoing.insert_header((PART_HEADER, group.to_string()));
         let unanswered = || {
@@ -768,7 +816,7 @@ impl Parts<'_> {
         };
         let read = format!("/v1/reservations/{id}");
         let reads = (0..self.node.config.groups)
-            .map(|group| self.send(group, &Method::GET, &read, web::Bytes::new()));
+            .map(|group| self.send_step(group, &Method::GET, &read, web::Bytes::new()));
         let answers = futures_util::future::join_all(reads).await;
         if let Some(unanswered) = answers.iter().find(|a| a.status.is_server_error()) {
             return Some(unanswered.relay());
@@ -852,9 +900,14 @@ impl Parts<'_> {
     }
 
     /// A cart whose lines are in several groups: each group holds its lines
-    /// under the cart's id, all at once. If any part is refused, the parts
-    /// held are released and the refusals are the answer (their shortages
-    /// together).
+    /// under the cart's id, all at once, on a short lease
+    /// (`cart_lease_seconds`); once every part is held, each is confirmed for
+    /// the cart's TTL, and only then is the cart answered. If any part is
+    /// refused, the parts held are released and the refusals are the answer
+    /// (their shortages together). A part never confirmed (this process died,
+    /// or a group did not answer and the client never retried) lets go of its
+    /// stock when its lease runs out: the lease, journaled with the part, is
+    /// the cart's durable intent.
     async fn cart(
         &self,
         body: &web::Bytes,
@@ -882,6 +935,25 @@ impl Parts<'_> {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| ApiError::BadRequest("reservation_id must be a string".into()))?;
+        // The parts hold on the lease, the confirmation gives the TTL asked
+        // for. A TTL no longer than the lease, or one the parts refuse (400),
+        // goes as sent: nothing to confirm.
+        let lease = self.node.config.cart_lease_seconds;
+        let ttl = match value.get("ttl_seconds").filter(|ttl| !ttl.is_null()) {
+            None => Some(self.config.default_ttl_seconds),
+            Some(ttl) => ttl.as_u64(),
+        };
+        let confirm_ttl =
+            ttl.filter(|ttl| *ttl > lease && *ttl <= super::reservations::TTL_SECONDS_MAX);
+        if confirm_ttl.is_some() {
+            value["ttl_seconds"] = json!(lease);
+        }
+        // A part answers within a third of its lease, or is taken as not
+        // answering: the confirmation then comes well before the lease ends.
+        let manner = Manner {
+            client_key: true,
+            timeout: Some(std::time::Duration::from_secs(lease) / 3),
+        };
         let lines = value
             .get_mut("lines")
             .and_then(Value::as_array_mut)
@@ -905,30 +977,35 @@ impl Parts<'_> {
         for (group, part) in by_group {
             value["lines"] = Value::Array(part);
             let part_body = web::Bytes::from(serde_json::to_vec(&value).unwrap_or_default());
-            sends.push(self.send(group, &method, &path, part_body));
+            sends.push(self.send_part(group, &method, &path, PartBody::Whole(part_body), manner));
             groups.push(group);
         }
-        let answers = futures_util::future::join_all(sends).await;
+        let mut answers = futures_util::future::join_all(sends).await;
         let all_held = answers.iter().all(|a| a.status.is_success());
+        let statuses: Vec<Option<Value>> = answers
+            .iter()
+            .map(|a| a.json().and_then(|v| v.get("status").cloned()))
+            .collect();
         // Every part answered, but not all as held (a part released after an
-        // earlier attempt of this id was refused, answered 200 as it stands):
-        // the id is spent. A single node answers a retry of a released id with
-        // the released reservation; here that would hold only some lines.
-        let mixed = all_held && {
-            let statuses: Vec<Option<Value>> = answers
-                .iter()
-                .map(|a| a.json().and_then(|v| v.get("status").cloned()))
-                .collect();
-            statuses.iter().any(|s| s != &statuses[0])
-        };
+        // earlier attempt of this id was refused, or whose lease ran out,
+        // answered 200 as it stands): the id is spent. A single node answers a
+        // retry of a released id with the released reservation; here that
+        // would hold only some lines.
+        let mixed = all_held && statuses.iter().any(|s| s != &statuses[0]);
         if all_held && !mixed {
+            let held = statuses[0].as_ref().and_then(Value::as_str) == Some("held");
+            if let Some(ttl) = confirm_ttl.filter(|_| held) {
+                if let Err(refused) = self.confirm(&id, &groups, ttl, manner, &mut answers).await {
+                    return Ok(refused);
+                }
+            }
             let parts: Vec<&Answer> = answers.iter().collect();
             return Ok(merge_reservations(&parts, self.id, Some(&order)));
         }
         // A group that did not answer, and no part refused for good: nothing is
         // undone, and the answer is that 503. The client's retry with the same
-        // id finds the parts held so far (200) and holds the rest; a cart never
-        // retried has its parts expire at their TTL.
+        // id within the lease finds the parts held so far (200) and holds the
+        // rest; a cart never retried has its parts let go at the lease's end.
         let refused_for_good = answers.iter().any(|a| a.status.is_client_error());
         if !mixed && !refused_for_good {
             if let Some(unanswered) = answers.iter().find(|a| a.status.is_server_error()) {
@@ -938,30 +1015,83 @@ impl Parts<'_> {
         // Undo what this request held: the parts it created (201), and those
         // that did not answer (they may have been held; a release of what does
         // not exist is 404). A part that already stood (200) is left as it is.
-        let release = format!("/v1/reservations/{}/release", urlencode(&id));
-        let undo = groups
+        let undo: Vec<u32> = groups
             .iter()
             .zip(&answers)
             .filter(|(_, a)| a.status == StatusCode::CREATED || a.status.is_server_error())
-            .map(|(group, _)| self.send(*group, &Method::POST, &release, web::Bytes::new()));
+            .map(|(group, _)| *group)
+            .collect();
+        self.release_parts(&id, &undo).await;
+        if mixed {
+            return Err(ApiError::Engine(crate::engine::EngineError::InvalidState(
+                format!(
+                    "reservation {id} exists with parts in other states (a cart refused, \
+                 released or let go before); use a new reservation_id"
+                ),
+            )));
+        }
+        let refused: Vec<&Answer> = answers.iter().filter(|a| !a.status.is_success()).collect();
+        Ok(merge_refusals(&refused, &order))
+    }
+
+    /// Confirms every part of a cart held on its lease for `ttl_seconds`; the
+    /// answers' bodies become the confirmed parts'. `Err`: the cart's answer.
+    /// A part not answering: 503, nothing undone (the client's retry confirms
+    /// again; else the leases end). A part refused (its lease ran out first):
+    /// the cart cannot be whole, so every part is released and the refusal is
+    /// the answer.
+    async fn confirm(
+        &self,
+        id: &str,
+        groups: &[u32],
+        ttl_seconds: u64,
+        manner: Manner,
+        answers: &mut [Answer],
+    ) -> Result<(), HttpResponse> {
+        let path = format!("/v1/reservations/{}/confirm", urlencode(id));
+        let body = web::Bytes::from(json!({ "ttl_seconds": ttl_seconds }).to_string());
+        let manner = Manner {
+            client_key: false,
+            ..manner
+        };
+        let confirms = groups.iter().map(|group| {
+            self.send_part(
+                *group,
+                &Method::POST,
+                &path,
+                PartBody::Whole(body.clone()),
+                manner,
+            )
+        });
+        let confirmed = futures_util::future::join_all(confirms).await;
+        if let Some(unanswered) = confirmed.iter().find(|a| a.status.is_server_error()) {
+            return Err(unanswered.relay());
+        }
+        if let Some(refused) = confirmed.iter().find(|a| !a.status.is_success()) {
+            self.release_parts(id, groups).await;
+            return Err(refused.relay());
+        }
+        for (answer, confirmed) in answers.iter_mut().zip(confirmed) {
+            answer.body = confirmed.body;
+        }
+        Ok(())
+    }
+
+    /// Releases the cart `id`'s parts in `groups` (a part not there is 404).
+    /// One that cannot be released now lets go at its lease's end.
+    async fn release_parts(&self, id: &str, groups: &[u32]) {
+        let release = format!("/v1/reservations/{}/release", urlencode(id));
+        let undo = groups
+            .iter()
+            .map(|group| self.send_step(*group, &Method::POST, &release, web::Bytes::new()));
         let undone = futures_util::future::join_all(undo).await;
         if let Some(failed) = undone
             .iter()
             .find(|a| !a.status.is_success() && a.status != StatusCode::NOT_FOUND)
         {
             tracing::warn!(reservation = %id, status = %failed.status,
-                "a cart part could not be released after another part was refused; it expires at its TTL");
+                "a cart part could not be released after another part was refused; its lease or TTL lets it go");
         }
-        if mixed {
-            return Err(ApiError::Engine(crate::engine::EngineError::InvalidState(
-                format!(
-                    "reservation {id} exists with parts in other states (a cart refused or \
-                 released before); use a new reservation_id"
-                ),
-            )));
-        }
-        let refused: Vec<&Answer> = answers.iter().filter(|a| !a.status.is_success()).collect();
-        Ok(merge_refusals(&refused, &order))
     }
 }
 

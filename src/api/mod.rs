@@ -324,6 +324,7 @@ route_table! {
     post "/v1/reservations/{id}/release" => reservations::release, Policy::Roles(SELLERS);
     post "/v1/reservations/{id}/allocate" => reservations::allocate, Policy::Roles(FULFILMENT);
     post "/v1/reservations/{id}/ship" => reservations::ship, Policy::Roles(FULFILMENT);
+    post "/v1/reservations/{id}/confirm" => reservations::confirm, Policy::Roles(SELLERS);
     post "/v1/transfers" => transfers::create, Policy::Roles(SYSTEMS);
     get "/v1/transfers/{id}" => transfers::get, Policy::Roles(&[Role::Admin, Role::System, Role::Observer]);
     post "/v1/transfers/{id}/cancel" => transfers::cancel, Policy::Roles(SYSTEMS);

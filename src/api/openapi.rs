@@ -56,6 +56,7 @@ impl Modify for BearerAuth {
         reservations::release,
         reservations::allocate,
         reservations::ship,
+        reservations::confirm,
         transfers::create,
         transfers::get,
         transfers::cancel,

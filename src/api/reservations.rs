@@ -1,4 +1,5 @@
-//! Reservation routes: create, read, release, allocate, ship.
+//! Reservation routes: create, read, release, allocate, ship, and the nodes'
+//! own confirmation of a cart part (partition groups).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -15,7 +16,7 @@ use super::{correlation_id, AppState};
 use crate::engine::{LineRequest, NewReservation, RememberAnswer, ReservationView, ShipLine};
 
 /// Longest `ttl_seconds` a hold may ask for (30 days).
-const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
+pub(super) const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
 const ORDER_REF_LEN_MAX: usize = 128;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -50,6 +51,14 @@ pub(super) struct ShipLineBody {
     location: String,
     #[schema(value_type = u64, minimum = 1, maximum = 1000000000)]
     qty: serde_json::Number,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ConfirmBody {
+    /// The cart's TTL, counted from the part's creation.
+    #[schema(value_type = u64, minimum = 1, maximum = 2592000)]
+    ttl_seconds: serde_json::Number,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -329,4 +338,40 @@ pub async fn ship(
     payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     transition(state, caller, request, id, payload, Action::Ship).await
+}
+
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", tag = "reservations",
+    params(("id" = String, Path, description = "reservation id")),
+    request_body(content = ConfirmBody, description = "the cart's TTL"),
+    responses((status = 200, description = "the part holds for the cart's TTL (docs/CLUSTER.md, \"Carts over several groups\"); only a partition group's part sent by another node: `404` otherwise", body = Reservation), super::schema::Errors))]
+pub async fn confirm(
+    state: web::Data<AppState>,
+    caller: Caller,
+    request: HttpRequest,
+    id: web::Path<String>,
+    payload: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    // The nodes' own step of a cart over several groups (api::dispatch), not a
+    // client's: a client gets what an unknown route gets.
+    if !super::dispatch::is_group_part(&request) {
+        return Err(ApiError::NotFound("no such route".to_string()));
+    }
+    let engine = state.engine()?;
+    let id = check_id("reservation id", &id)?;
+    if !caller.is_unscoped() {
+        caller.may_see(&engine.reservation_record(id).await?)?;
+    }
+    let body = read_body(payload, state.config.max_body_bytes).await?;
+    let body: ConfirmBody = parse_json(&body)?;
+    let ttl_seconds = body
+        .ttl_seconds
+        .as_u64()
+        .filter(|t| (1..=TTL_SECONDS_MAX).contains(t))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "ttl_seconds must be an integer in 1..={TTL_SECONDS_MAX}"
+            ))
+        })?;
+    let view = engine.confirm_reservation(id, ttl_seconds).await?;
+    Ok(HttpResponse::Ok().json(answer(&view)))
 }

@@ -1488,6 +1488,7 @@ mod tests {
             stream_keep: 1000,
             groups: 1,
             group: 0,
+            cart_lease_seconds: 30,
         };
         let node = Node::new(config, local.clone(), 0);
         (dir, local, node)

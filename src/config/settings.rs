@@ -289,4 +289,10 @@ section_limits! {
     /// `partitions` (a group with no partition would own nothing).
     fn default_cluster_groups() -> u32 = 1,
         const CLUSTER_GROUPS_DEFAULT, CLUSTER_GROUPS_RANGE = 1..=64;
+    /// `cluster.cart_lease_seconds`: a cart over several partition groups holds each
+    /// part on this lease until every part is held, then gives each its full TTL; a
+    /// cart whose coordinating process died, or that was answered 503 and never
+    /// retried, lets go of its parts when the lease runs out.
+    fn default_cluster_cart_lease_seconds() -> u64 = 30,
+        const CLUSTER_CART_LEASE_SECONDS_DEFAULT, CLUSTER_CART_LEASE_SECONDS_RANGE = 3..=3600;
 }

@@ -1129,6 +1129,8 @@ fn cluster_section_defaults_and_rules() {
         (section("groups = 0"), "cluster.groups"),
         (section("groups = 65"), "cluster.groups"),
         (section("groups = 2\ngroup = 2"), "cluster.group"),
+        (section("cart_lease_seconds = 2"), "cluster.cart_lease_seconds"),
+        (section("cart_lease_seconds = 3601"), "cluster.cart_lease_seconds"),
         (section("groups = 2\nstream = \"S23456789012345678901234567890123456789012345678901234567890123\""), "cluster.stream"),
         (format!("partitions = 4\n{}", section("groups = 5")), "at most partitions"),
         (section("color = \"red\""), "unknown field"),

@@ -12,12 +12,12 @@ use sha2::{Digest, Sha256};
 
 // The serde defaults of the numbers in sections (their table is in `settings.rs`).
 use super::settings::{
-    default_cluster_append_timeout_ms, default_cluster_groups, default_cluster_heartbeat_ms,
-    default_cluster_replicas, default_cluster_stream_keep, default_cluster_takeover_after_ms,
-    default_coalesce_ms, default_inbox_file_bytes_max, default_inbox_poll_interval_ms,
-    default_inbox_stable_ms, default_max_share_pct, default_sink_backoff_max_ms,
-    default_sink_backoff_ms, default_webhook_batch_max, default_webhook_max_attempts,
-    default_webhook_timeout_ms,
+    default_cluster_append_timeout_ms, default_cluster_cart_lease_seconds, default_cluster_groups,
+    default_cluster_heartbeat_ms, default_cluster_replicas, default_cluster_stream_keep,
+    default_cluster_takeover_after_ms, default_coalesce_ms, default_inbox_file_bytes_max,
+    default_inbox_poll_interval_ms, default_inbox_stable_ms, default_max_share_pct,
+    default_sink_backoff_max_ms, default_sink_backoff_ms, default_webhook_batch_max,
+    default_webhook_max_attempts, default_webhook_timeout_ms,
 };
 use super::MAX_ID_LEN;
 
@@ -545,6 +545,10 @@ pub struct ClusterConfig {
     /// The group this process is a member of (`0..groups`).
     #[serde(default)]
     pub group: u32,
+    /// How long a part of a cart over several groups is held before every part is
+    /// (docs/CLUSTER.md, "Carts over several groups").
+    #[serde(default = "default_cluster_cart_lease_seconds")]
+    pub cart_lease_seconds: u64,
 }
 
 impl ClusterConfig {
@@ -581,6 +585,7 @@ impl fmt::Debug for ClusterConfig {
             .field("append_timeout_ms", &self.append_timeout_ms)
             .field("stream_keep", &self.stream_keep)
             .field("groups", &self.groups)
+            .field("cart_lease_seconds", &self.cart_lease_seconds)
             .field("group", &self.group)
             .finish()
     }

@@ -286,6 +286,11 @@ impl Validator<'_> {
                 format!("must be below cluster.groups ({})", cluster.groups),
             );
         }
+        self.range(
+            "cluster.cart_lease_seconds",
+            cluster.cart_lease_seconds,
+            &CLUSTER_CART_LEASE_SECONDS_RANGE,
+        )?;
         Ok(())
     }
 

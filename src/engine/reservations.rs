@@ -869,6 +869,54 @@ impl Engine {
         }
     }
 
+    /// Gives a held cart part (api::dispatch, "Carts over several groups") its
+    /// full TTL, `ttl_seconds` from its creation, once every part of the cart
+    /// is held: until then it is held on a short lease. The deadline only
+    /// moves out; allocated or shipped: unchanged (a retried confirmation);
+    /// released or expired (the lease ran out first): `409 invalid_state`.
+    pub async fn confirm_reservation(
+        &self,
+        id: &str,
+        ttl_seconds: u64,
+    ) -> Result<ReservationView, EngineError> {
+        let cell = self.cell(id)?;
+        let mut record = cell.lock().await;
+        if record.pending == Some(PendingOp::Create) {
+            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        match record.status {
+            ReservationStatus::Held => {
+                if let Some(unfinished) = &record.pending {
+                    return Err(EngineError::InvalidState(format!(
+                        "reservation {id} has an unfinished {unfinished:?}; repeat that request first"
+                    )));
+                }
+                let deadline = record
+                    .created_at_ms
+                    .saturating_add(ttl_seconds.saturating_mul(1000) as i64);
+                if record.expires_at_ms.is_some_and(|at| at < deadline) {
+                    let mut confirmed = record.clone();
+                    confirmed.expires_at_ms = Some(deadline);
+                    confirmed.updated_at_ms = self.now_ms();
+                    self.write(record_batch(&confirmed)?).await?;
+                    self.unschedule_expiry(&record);
+                    self.schedule_expiry(&confirmed);
+                    *record = confirmed;
+                }
+            }
+            ReservationStatus::Allocated | ReservationStatus::Shipped => {}
+            status => {
+                return Err(EngineError::InvalidState(format!(
+                    "reservation {id} is {}: it was let go before every part of the cart was held",
+                    status.as_str()
+                )))
+            }
+        }
+        let current = record.clone();
+        drop(record);
+        Ok(self.view(current).await)
+    }
+
     async fn transition(
         &self,
         id: &str,
@@ -886,6 +934,16 @@ impl Engine {
                 self.undo_creation(&failed).await?;
             }
             return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        if transition == Transition::Expire
+            && record.pending.is_none()
+            && record.expires_at_ms.is_some_and(|at| at > self.now_ms())
+        {
+            // Its deadline moved out (a cart part confirmed) after the expiry
+            // loop took the old one: the new one is scheduled; leave it.
+            let current = record.clone();
+            drop(record);
+            return Ok(self.view(current).await);
         }
         if transition == Transition::Allocate && record.status == ReservationStatus::Held {
             // Refuse before touching any line, so a refusal changes nothing.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use super::*;
 use crate::clock::Clock;
 use crate::domain::Qty;
+use crate::storage::records::ReservationStatus;
 use crate::storage::MemoryStore;
 
 const CONFIG: &str = r#"
@@ -153,6 +154,82 @@ async fn idle_positions_passivate_and_come_back_unchanged() {
         .expect("released");
     assert_eq!(counters(&engine, "sku-0").await.reserved, 0);
     engine.stop(false).await;
+}
+
+/// A cart part held on its lease (api::dispatch) and confirmed: the deadline
+/// moves out to the cart's TTL from its creation, survives a restart, and the
+/// lease's end no longer expires it; a part whose lease ran out first is
+/// refused confirmation, and stays let go.
+#[actix::test]
+async fn a_confirmed_cart_part_keeps_its_ttl_and_an_expired_one_is_refused() {
+    let store = Arc::new(MemoryStore::new());
+    let engine = engine_on(store.clone()).await;
+    engine
+        .apply_events(vec![receipt("sku", 10)], Arc::from("t"))
+        .await;
+    let leased = |id: &str, qty| NewReservation {
+        ttl_seconds: Some(30),
+        ..hold(id, "sku", qty)
+    };
+    engine
+        .create_reservation(leased("cart", 3))
+        .await
+        .expect("held");
+    engine
+        .create_reservation(leased("late", 2))
+        .await
+        .expect("held");
+    engine.clock().advance(10_000);
+    let view = engine
+        .confirm_reservation("cart", 900)
+        .await
+        .expect("confirmed");
+    assert_eq!(view.record.expires_at_ms, Some(T0 + 900_000));
+    let again = engine
+        .confirm_reservation("cart", 900)
+        .await
+        .expect("again");
+    assert_eq!(
+        again.record, view.record,
+        "a repeated confirmation changes nothing"
+    );
+    let shorter = engine.confirm_reservation("cart", 60).await.expect("kept");
+    assert_eq!(
+        shorter.record.expires_at_ms,
+        Some(T0 + 900_000),
+        "never moved in"
+    );
+
+    // The lease's end: the unconfirmed part lets go, the confirmed one holds.
+    engine.clock().advance(20_000);
+    engine.expire_due().await;
+    let cart = engine.get_reservation("cart").await.expect("read");
+    assert_eq!(cart.record.status, ReservationStatus::Held);
+    let late = engine.get_reservation("late").await.expect("read");
+    assert_eq!(late.record.status, ReservationStatus::Expired);
+    assert_eq!(counters(&engine, "sku").await.reserved, 3);
+    let refused = engine.confirm_reservation("late", 900).await;
+    assert!(
+        matches!(refused, Err(EngineError::InvalidState(_))),
+        "{refused:?}"
+    );
+    assert_eq!(
+        counters(&engine, "sku").await.reserved,
+        3,
+        "nothing held again"
+    );
+    engine.stop(false).await;
+
+    // The confirmed deadline was journaled: a restart keeps it.
+    let again = engine_on(store.clone()).await;
+    let cart = again.get_reservation("cart").await.expect("read");
+    assert_eq!(cart.record.expires_at_ms, Some(T0 + 900_000));
+    again.clock().advance(900_000);
+    again.expire_due().await;
+    let cart = again.get_reservation("cart").await.expect("read");
+    assert_eq!(cart.record.status, ReservationStatus::Expired, "at its TTL");
+    assert_eq!(counters(&again, "sku").await.reserved, 0);
+    again.stop(false).await;
 }
 
 /// The one test on the system clock: the actors' own passivation timers and the

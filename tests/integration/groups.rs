@@ -21,6 +21,8 @@ use crate::nats::NatsCluster;
 
 const PARTITIONS: u32 = 64;
 const KEY: &str = crate::cluster::LOAD_KEY;
+/// How long a cart's part is held before the cart is whole (30 by default).
+const CART_LEASE_SECONDS: i64 = 10;
 
 /// The process of partition group `group` on machine `machine` (its node id).
 fn member(
@@ -46,7 +48,7 @@ fn member(
              rate_limit = {{ per_second = 100000, burst = 100000 }}\n\
              [cluster]\nnode = \"{machine}\"\nurl = \"{nats}\"\nstream = \"{stream}\"\n\
              advertise = \"http://127.0.0.1:{port}\"\nheartbeat_ms = 100\ntakeover_after_ms = 1000\n\
-             groups = 2\ngroup = {group}\n",
+             groups = 2\ngroup = {group}\ncart_lease_seconds = {CART_LEASE_SECONDS}\n",
             data.display()
         )
     });
@@ -76,6 +78,26 @@ fn send(server: &Server, method: &str, path: &str, body: Option<Value>) -> (u16,
 /// [`verdict`]'s position checks through `server`.
 fn verdict_via(server: &Server, skus: &[String], attempts: &Attempts) -> Verdict {
     verdict(server, std::slice::from_ref(server), skus, attempts)
+}
+
+/// A reservation's `expires_at - created_at`, in seconds.
+fn ttl_of(reservation: &Value) -> i64 {
+    let at = |field: &str| {
+        let text = reservation[field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{reservation}"));
+        chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339")
+    };
+    (at("expires_at") - at("created_at")).num_seconds()
+}
+
+/// Group 0's part of reservation `id`, read from its owner `a0` directly (as
+/// a node's part is), whatever the other group's state.
+fn part_of_group_0(a0: &Server, id: &str) -> (u16, Value) {
+    let part = a0
+        .request("GET", &format!("/v1/reservations/{id}"))
+        .set("X-Stockwire-Forwarded-By", "test");
+    try_call(part, None).expect("answer")
 }
 
 fn reserved(server: &Server, sku: &str) -> u64 {
@@ -197,6 +219,23 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     let (status, body) = send(&a1, "POST", "/v1/reservations", Some(cart.clone()));
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["lines"].as_array().map(Vec::len), Some(2), "{body}");
+    // Held on the lease until both parts were, then confirmed for the TTL.
+    assert_eq!(ttl_of(&body), 900, "{body}");
+    assert_eq!(ttl_of(&part_of_group_0(&a0, "cart-1").1), 900);
+    // That confirmation is the nodes' own step, not a client's route.
+    for server in [&a0, &b1] {
+        let (status, body) = send(
+            server,
+            "POST",
+            "/v1/reservations/cart-1/confirm",
+            Some(json!({"ttl_seconds": 5})),
+        );
+        assert_eq!(
+            (status, &body["code"]),
+            (404, &json!("not_found")),
+            "{body}"
+        );
+    }
     // Retried: the same answer, nothing held twice.
     let (status, body) = send(&b0, "POST", "/v1/reservations", Some(cart));
     assert_eq!(status, 200, "{body}");
@@ -234,6 +273,23 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
     let (_, body) = send(&a1, "GET", "/v1/reservations/cart-2", None);
     assert_eq!(body["status"], "released", "{body}");
+    // The same with an Idempotency-Key: the release of the held part is the
+    // node's own step, not a reuse of the client's key on another route.
+    let keyed = b0
+        .request("POST", "/v1/reservations")
+        .set("Idempotency-Key", "cart-k-key");
+    let cart_k = json!({"reservation_id": "cart-k", "channel": "web", "lines": [
+        {"sku": s0, "location": "wh-east", "qty": 1},
+        {"sku": s1, "location": "wh-east", "qty": 100}]});
+    let (status, body) = try_call(keyed, Some(cart_k)).expect("answer");
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("insufficient_available")),
+        "{body}"
+    );
+    let (_, body) = send(&a1, "GET", "/v1/reservations/cart-k", None);
+    assert_eq!(body["status"], "released", "{body}");
+    assert_eq!((reserved(&b0, &s0), reserved(&b0, &s1)), (2, 4));
 
     // Retrying that cart's id once it fits holds nothing: its first part was
     // released, so the id is spent (a single node answers the released one).
@@ -623,4 +679,32 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     assert_eq!((status, &body["status"]), (200, &json!("held")), "{body}");
     assert_eq!(view(&a1).unwrap()["role"], "follower");
     assert_eq!(reserved(&a1, &s1), 2);
+
+    // A cart never made whole, whose coordinator is then gone: with group 1
+    // down (both its processes killed), a cart through b0 holds group 0's
+    // part on its lease and is answered 503; b0 is killed too. Nobody confirms
+    // it: group 0's owner lets the part go when the lease runs out.
+    let before = reserved(&a0, &s0);
+    b1.kill();
+    a1.kill();
+    let cart = json!({"reservation_id": "cart-nr", "channel": "web", "lines": [
+        {"sku": s0, "location": "wh-east", "qty": 1},
+        {"sku": s1, "location": "wh-east", "qty": 1}]});
+    let (status, body) = send(&b0, "POST", "/v1/reservations", Some(cart));
+    assert_eq!(status, 503, "{body}");
+    b0.kill();
+    let (status, part) = part_of_group_0(&a0, "cart-nr");
+    assert_eq!((status, &part["status"]), (200, &json!("held")), "{part}");
+    assert_eq!(ttl_of(&part), CART_LEASE_SECONDS, "{part}");
+    assert_eq!(reserved(&a0, &s0), before + 1);
+    let (_, part) = wait_for(
+        "the unconfirmed part let go",
+        Duration::from_secs(CART_LEASE_SECONDS as u64 + 20),
+        || {
+            let (status, part) = part_of_group_0(&a0, "cart-nr");
+            (part["status"] == "expired").then_some((status, part))
+        },
+    );
+    assert_eq!(part["lines"][0]["sku"], s0.as_str(), "{part}");
+    assert_eq!(reserved(&a0, &s0), before, "the stock is free again");
 }
