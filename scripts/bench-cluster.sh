@@ -12,6 +12,9 @@
 #                SKU of group 1) to group 1's, by two load generators at RATE/2
 #   groups-2-fwd the same 4 processes; all the load goes to group 0's owner, half of
 #                it (group 1's SKU) forwarded by it to group 1's owner
+#   groups-2-cart the same 4 processes; carts of two lines, one in each group, at
+#                RATE/2 to group 0's owner, which holds its part and has group 1's
+#                owner hold the other, each on its lease, then confirms both
 #
 # In the groups setups "owner" is the mean over the two owners of the CPU each used
 # per reservation it decided (its group's 201s), and p50/p99 the worse of the two
@@ -159,18 +162,23 @@ print(f"{name} {p['p50']*1000:.3f} {p['p99']*1000:.3f} {s['requestsPerSec']:.0f}
 PY
 }
 
-# load OUT PORT SKU RATE: one open-loop load generator.
+# load OUT PORT SKU RATE: one open-loop load generator; with SKU "cart", carts of
+# hot-1 (group 0) and hot-2 (group 1).
 load() {
+  local lines="{\"sku\":\"$3\",\"location\":\"wh-east\",\"qty\":1}"
+  if [ "$3" = cart ]; then
+    lines='{"sku":"hot-1","location":"wh-east","qty":1},{"sku":"hot-2","location":"wh-east","qty":1}'
+  fi
   "$OHA_BIN" --no-tui --latency-correction --worker-threads 1 -z "${SECONDS_EACH}s" \
     -c 8 -q "$4" -m POST -H "Authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' \
-    -d "{\"channel\":\"web\",\"lines\":[{\"sku\":\"$3\",\"location\":\"wh-east\",\"qty\":1}],\"ttl_seconds\":3600}" \
+    -d "{\"channel\":\"web\",\"lines\":[$lines],\"ttl_seconds\":3600}" \
     --output-format json "http://127.0.0.1:$2/v1/reservations" >"$1"
 }
 
 # run_groups NAME SPREAD: the 4 processes of two groups; SPREAD=yes sends each
-# group's SKU to its owner, no sends both to group 0's owner. hot-1 is in group 0,
-# hot-2 in group 1 (64 partitions).
+# group's SKU to its owner, no sends both to group 0's owner, cart sends carts of
+# both to group 0's owner. hot-1 is in group 0, hot-2 in group 1 (64 partitions).
 run_groups() {
   local name=$1 spread=$2 stream="BENCH$RANDOM$RANDOM" pid
   # n1 = machine a's group 0, n2 = b's group 1: started first, they own them.
@@ -189,10 +197,16 @@ run_groups() {
   for pid in $(nats_pids); do nats_before=$((nats_before + $(cpu "$pid"))); done
   local second=$((HTTP_BASE + 1))
   [ "$spread" = yes ] || second=$HTTP_BASE
-  load "$WORK/$name-0.json" "$HTTP_BASE" hot-1 $((RATE / 2)) &
-  local first_load=$!
-  load "$WORK/$name-1.json" "$second" hot-2 $((RATE / 2))
-  wait "$first_load"
+  if [ "$spread" = cart ]; then
+    # One generator; each cart is a reservation in each group.
+    load "$WORK/$name-0.json" "$HTTP_BASE" cart $((RATE / 2))
+    cp "$WORK/$name-0.json" "$WORK/$name-1.json"
+  else
+    load "$WORK/$name-0.json" "$HTTP_BASE" hot-1 $((RATE / 2)) &
+    local first_load=$!
+    load "$WORK/$name-1.json" "$second" hot-2 $((RATE / 2))
+    wait "$first_load"
+  fi
   local after=() nats_after=0
   for pid in "${PIDS[@]}"; do after+=("$(cpu "$pid")"); done
   for pid in $(nats_pids); do nats_after=$((nats_after + $(cpu "$pid"))); done
@@ -218,6 +232,9 @@ followers = [us(ticks[2], ok[0]), us(ticks[3], ok[1])]
 p50 = max(x["latencyPercentiles"]["p50"] for x in d) * 1000
 p99 = max(x["latencyPercentiles"]["p99"] for x in d) * 1000
 rps = sum(x["summary"]["requestsPerSec"] for x in d)
+if spread == "cart":
+    # One generator, counted once: carts, each a part in each group (CPU per cart).
+    rps, total = rps / 2, ok[0]
 cluster = (sum(ticks) + int(nats)) / int(hz) * 1e6 / total
 print(f"{name} {p50:.3f} {p99:.3f} {rps:.0f} {total} {sum(owners)/2:.1f} {sum(followers)/2:.1f} "
       f"0.0 {us(int(nats), total):.1f} {cluster:.1f} {batch}")
@@ -235,7 +252,8 @@ for round in $(seq "$ROUNDS"); do
       forwarded) run forwarded 3 yes 2 ;;
       groups-2) run_groups groups-2 yes ;;
       groups-2-fwd) run_groups groups-2-fwd no ;;
-      *) die "unknown setup $setup (single, cluster-1, cluster-2, cluster-3, forwarded, groups-2, groups-2-fwd)" ;;
+      groups-2-cart) run_groups groups-2-cart cart ;;
+      *) die "unknown setup $setup (single, cluster-1, cluster-2, cluster-3, forwarded, groups-2, groups-2-fwd, groups-2-cart)" ;;
     esac
   done
 done

@@ -53,6 +53,28 @@ pub const GROUP_HEADER: &str = "x-stockwire-group";
 /// cart's ship may then name none of the part's lines).
 const PART_HEADER: &str = "x-stockwire-part";
 
+/// Holds a cart's part on a lease of this many seconds (`cart_lease_seconds`
+/// of the process that sent it) instead of the cart's TTL, until confirmed.
+const LEASE_HEADER: &str = "x-stockwire-lease";
+
+/// The lease a cart's part is held on (a group's part only; a client's
+/// header is not looked at).
+pub fn part_lease(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
+    if !is_group_part(request) {
+        return Ok(None);
+    }
+    let Some(value) = request.headers().get(LEASE_HEADER) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|lease| (1..=3600).contains(lease))
+        .map(Some)
+        .ok_or_else(|| ApiError::BadRequest(format!("{LEASE_HEADER}: seconds in 1..=3600")))
+}
+
 /// Whether `request` is a group's part of a request split by [`route`].
 pub fn is_group_part(request: &HttpRequest) -> bool {
     let grouped = request
@@ -382,12 +404,15 @@ enum PartBody {
 struct Manner {
     client_key: bool,
     timeout: Option<std::time::Duration>,
+    /// A cart's part: held on this lease (seconds) until confirmed.
+    lease: Option<u64>,
 }
 
 impl Manner {
     const CLIENT: Manner = Manner {
         client_key: true,
         timeout: None,
+        lease: None,
     };
 }
 
@@ -528,6 +553,26 @@ impl Answer {
         serde_json::from_slice(&self.body).ok()
     }
 
+    /// An earlier request's answer, replayed for its `Idempotency-Key`.
+    fn replayed(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(name, _)| name.as_str() == super::idempotency::REPLAYED_HEADER)
+    }
+
+    /// A refusal of the request's content (400, 404, 422, a shortage), which
+    /// its retry gets again; not one that says "not now" (5xx, 429, or 409
+    /// `invalid_state`: the same key in progress, an unfinished change).
+    fn refused_for_good(&self) -> bool {
+        let code = || {
+            self.json()
+                .and_then(|v| v["code"].as_str().map(str::to_owned))
+        };
+        self.status.is_client_error()
+            && self.status != StatusCode::TOO_MANY_REQUESTS
+            && !(self.status == StatusCode::CONFLICT && code().as_deref() == Some("invalid_state"))
+    }
+
     /// The part's answer as this request's.
     fn relay(&self) -> HttpResponse {
         let mut response = HttpResponse::build(self.status);
@@ -588,7 +633,7 @@ impl Parts<'_> {
     async fn send_step(&self, group: u32, method: &Method, path: &str, body: web::Bytes) -> Answer {
         let manner = Manner {
             client_key: false,
-            timeout: None,
+            ..Manner::CLIENT
         };
         self.send_part(group, method, path, PartBody::Whole(body), manner)
             .await
@@ -623,6 +668,9 @@ impl Parts<'_> {
         }
         if let Some(timeout) = manner.timeout {
             outgoing = outgoing.timeout(timeout);
+        }
+        if let Some(lease) = manner.lease {
+            outgoing = outgoing.insert_header((LEASE_HEADER, lease.to_string()));
         }
         outgoing = outgoing.insert_header((PART_HEADER, group.to_string()));
         let unanswered = || {
@@ -903,11 +951,11 @@ impl Parts<'_> {
     /// under the cart's id, all at once, on a short lease
     /// (`cart_lease_seconds`); once every part is held, each is confirmed for
     /// the cart's TTL, and only then is the cart answered. If any part is
-    /// refused, the parts held are released and the refusals are the answer
-    /// (their shortages together). A part never confirmed (this process died,
-    /// or a group did not answer and the client never retried) lets go of its
-    /// stock when its lease runs out: the lease, journaled with the part, is
-    /// the cart's durable intent.
+    /// refused for good, the parts this request held are released and the
+    /// refusals are the answer (their shortages together). A part never
+    /// confirmed (this process died, or a group did not answer and the client
+    /// never retried) lets go of its stock when its lease runs out: the lease,
+    /// journaled with the part, is the cart's durable intent.
     async fn cart(
         &self,
         body: &web::Bytes,
@@ -935,9 +983,10 @@ impl Parts<'_> {
             .as_str()
             .map(str::to_owned)
             .ok_or_else(|| ApiError::BadRequest("reservation_id must be a string".into()))?;
-        // The parts hold on the lease, the confirmation gives the TTL asked
-        // for. A TTL no longer than the lease, or one the parts refuse (400),
-        // goes as sent: nothing to confirm.
+        // The parts hold on the lease (a header: the body, and so the part's
+        // content, is the client's), the confirmation gives the TTL asked for.
+        // A TTL no longer than the lease, or one the parts refuse (400):
+        // nothing to confirm.
         let lease = self.node.config.cart_lease_seconds;
         let ttl = match value.get("ttl_seconds").filter(|ttl| !ttl.is_null()) {
             None => Some(self.config.default_ttl_seconds),
@@ -945,14 +994,12 @@ impl Parts<'_> {
         };
         let confirm_ttl =
             ttl.filter(|ttl| *ttl > lease && *ttl <= super::reservations::TTL_SECONDS_MAX);
-        if confirm_ttl.is_some() {
-            value["ttl_seconds"] = json!(lease);
-        }
         // A part answers within a third of its lease, or is taken as not
         // answering: the confirmation then comes well before the lease ends.
         let manner = Manner {
             client_key: true,
             timeout: Some(std::time::Duration::from_secs(lease) / 3),
+            lease: confirm_ttl.map(|_| lease),
         };
         let lines = value
             .get_mut("lines")
@@ -981,6 +1028,14 @@ impl Parts<'_> {
             groups.push(group);
         }
         let mut answers = futures_util::future::join_all(sends).await;
+        // The parts this request held (a 201 that is not an earlier request's
+        // answer replayed for its Idempotency-Key): the only ones it undoes.
+        let fresh: Vec<u32> = groups
+            .iter()
+            .zip(&answers)
+            .filter(|(_, a)| a.status == StatusCode::CREATED && !a.replayed())
+            .map(|(group, _)| *group)
+            .collect();
         let all_held = answers.iter().all(|a| a.status.is_success());
         let statuses: Vec<Option<Value>> = answers
             .iter()
@@ -1002,27 +1057,8 @@ impl Parts<'_> {
             let parts: Vec<&Answer> = answers.iter().collect();
             return Ok(merge_reservations(&parts, self.id, Some(&order)));
         }
-        // A group that did not answer, and no part refused for good: nothing is
-        // undone, and the answer is that 503. The client's retry with the same
-        // id within the lease finds the parts held so far (200) and holds the
-        // rest; a cart never retried has its parts let go at the lease's end.
-        let refused_for_good = answers.iter().any(|a| a.status.is_client_error());
-        if !mixed && !refused_for_good {
-            if let Some(unanswered) = answers.iter().find(|a| a.status.is_server_error()) {
-                return Ok(unanswered.relay());
-            }
-        }
-        // Undo what this request held: the parts it created (201), and those
-        // that did not answer (they may have been held; a release of what does
-        // not exist is 404). A part that already stood (200) is left as it is.
-        let undo: Vec<u32> = groups
-            .iter()
-            .zip(&answers)
-            .filter(|(_, a)| a.status == StatusCode::CREATED || a.status.is_server_error())
-            .map(|(group, _)| *group)
-            .collect();
-        self.release_parts(&id, &undo).await;
         if mixed {
+            self.release_parts(&id, &fresh).await;
             return Err(ApiError::Engine(crate::engine::EngineError::InvalidState(
                 format!(
                     "reservation {id} exists with parts in other states (a cart refused, \
@@ -1030,16 +1066,50 @@ impl Parts<'_> {
                 ),
             )));
         }
-        let refused: Vec<&Answer> = answers.iter().filter(|a| !a.status.is_success()).collect();
-        Ok(merge_refusals(&refused, &order))
+        // A part refused for its content (short, unknown SKU, a bad line): the
+        // cart cannot be held. What this request held is released at once:
+        // the parts it created, and those that did not answer (they may have
+        // been held; a release of what does not exist is 404). A part that
+        // already stood (200, a replayed 201) is left as it is.
+        let for_good: Vec<&Answer> = answers.iter().filter(|a| a.refused_for_good()).collect();
+        if !for_good.is_empty() {
+            let mut undo = fresh;
+            undo.extend(
+                groups
+                    .iter()
+                    .zip(&answers)
+                    .filter(|(_, a)| a.status.is_server_error())
+                    .map(|(group, _)| *group),
+            );
+            self.release_parts(&id, &undo).await;
+            return Ok(merge_refusals(&for_good, &order));
+        }
+        // Only refusals that say "not now" (a group that did not answer, a rate
+        // limit, the same key in progress): nothing is undone, and the answer
+        // is that refusal, one that did not answer first. The client's retry
+        // with the same id within the lease finds the parts held so far (200)
+        // and holds the rest; a cart never retried has its parts let go at the
+        // lease's end.
+        let not_now = answers
+            .iter()
+            .filter(|a| !a.status.is_success())
+            .min_by_key(|a| !a.status.is_server_error());
+        match not_now {
+            Some(refusal) => Ok(refusal.relay()),
+            None => Err(ApiError::Unavailable(
+                "dispatch: a cart's parts".to_string(),
+            )),
+        }
     }
 
     /// Confirms every part of a cart held on its lease for `ttl_seconds`; the
     /// answers' bodies become the confirmed parts'. `Err`: the cart's answer.
-    /// A part not answering: 503, nothing undone (the client's retry confirms
-    /// again; else the leases end). A part refused (its lease ran out first):
-    /// the cart cannot be whole, so every part is released and the refusal is
-    /// the answer.
+    /// A part that does not answer is asked again (each confirmation is
+    /// idempotent) for up to a third of the lease, then the answer is its
+    /// refusal with nothing undone: the client's retry confirms again, else
+    /// the unconfirmed parts let go at the lease's end. A part let go already
+    /// (`409 invalid_state`: its lease ran out first) means the cart cannot be
+    /// whole: every part is released and that is the answer.
     async fn confirm(
         &self,
         id: &str,
@@ -1052,29 +1122,47 @@ impl Parts<'_> {
         let body = web::Bytes::from(json!({ "ttl_seconds": ttl_seconds }).to_string());
         let manner = Manner {
             client_key: false,
+            lease: None,
             ..manner
         };
-        let confirms = groups.iter().map(|group| {
-            self.send_part(
-                *group,
-                &Method::POST,
-                &path,
-                PartBody::Whole(body.clone()),
-                manner,
-            )
-        });
-        let confirmed = futures_util::future::join_all(confirms).await;
-        if let Some(unanswered) = confirmed.iter().find(|a| a.status.is_server_error()) {
-            return Err(unanswered.relay());
+        let until = std::time::Instant::now() + manner.timeout.unwrap_or_default();
+        let mut pending: Vec<usize> = (0..groups.len()).collect();
+        let mut delay = std::time::Duration::from_millis(100);
+        loop {
+            let confirms = pending.iter().map(|&at| {
+                self.send_part(
+                    groups[at],
+                    &Method::POST,
+                    &path,
+                    PartBody::Whole(body.clone()),
+                    manner,
+                )
+            });
+            let confirmed = futures_util::future::join_all(confirms).await;
+            let mut again = Vec::new();
+            let mut last_refusal = None;
+            for (at, confirmed) in pending.into_iter().zip(confirmed) {
+                if confirmed.status.is_success() {
+                    answers[at].body = confirmed.body;
+                } else if confirmed.status == StatusCode::CONFLICT {
+                    self.release_parts(id, groups).await;
+                    return Err(confirmed.relay());
+                } else {
+                    again.push(at);
+                    last_refusal = Some(confirmed);
+                }
+            }
+            match last_refusal {
+                None => return Ok(()),
+                Some(refusal) if std::time::Instant::now() + delay >= until => {
+                    return Err(refusal.relay())
+                }
+                Some(_) => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(1));
+            pending = again;
         }
-        if let Some(refused) = confirmed.iter().find(|a| !a.status.is_success()) {
-            self.release_parts(id, groups).await;
-            return Err(refused.relay());
-        }
-        for (answer, confirmed) in answers.iter_mut().zip(confirmed) {
-            answer.body = confirmed.body;
-        }
-        Ok(())
     }
 
     /// Releases the cart `id`'s parts in `groups` (a part not there is 404).
@@ -1090,7 +1178,7 @@ impl Parts<'_> {
             .find(|a| !a.status.is_success() && a.status != StatusCode::NOT_FOUND)
         {
             tracing::warn!(reservation = %id, status = %failed.status,
-                "a cart part could not be released after another part was refused; its lease or TTL lets it go");
+                "a cart part could not be released after another part was refused; its lease lets it go");
         }
     }
 }

@@ -16,6 +16,10 @@ use crate::storage::records::IdempotencyRecord;
 
 const KEY_LEN_MAX: usize = 255;
 
+/// Marks an answer replayed for its `Idempotency-Key` (`true`): an earlier
+/// request's answer, not this one's doing.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
 /// A JSON answer: status and body (one of the response structs in
 /// `schema.rs`, serialized without building a `serde_json::Value` tree).
 pub type Reply<B> = (StatusCode, B);
@@ -154,7 +158,12 @@ fn stored_response(
         return Err(ApiError::IdempotencyKeyReused);
     }
     let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    Ok(Some(respond(status, stored.body)))
+    let mut response = respond(status, stored.body);
+    response.headers_mut().insert(
+        actix_web::http::header::HeaderName::from_static(REPLAYED_HEADER),
+        actix_web::http::header::HeaderValue::from_static("true"),
+    );
+    Ok(Some(response))
 }
 
 /// Marks a key in progress; cleared on drop, even if the request is cancelled.

@@ -168,6 +168,7 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
         correlation_id: std::sync::Arc::from(""),
         idempotency_key: None,
         remember: None,
+        lease_seconds: None,
     })
 }
 
@@ -190,6 +191,7 @@ pub async fn create(
         let mut reservation = decode_create(body, state.config.reservation_lines_max)?;
         caller.may_act_for(&reservation.channel)?;
         reservation.correlation_id = correlation_id(request);
+        reservation.lease_seconds = super::dispatch::part_lease(request)?;
         if let Some(keyed) = key {
             reservation.idempotency_key = Some(keyed.key.clone());
             reservation.remember = Some(RememberAnswer {
@@ -372,6 +374,11 @@ pub async fn confirm(
                 "ttl_seconds must be an integer in 1..={TTL_SECONDS_MAX}"
             ))
         })?;
-    let view = engine.confirm_reservation(id, ttl_seconds).await?;
+    let lease = state
+        .config
+        .cluster
+        .as_ref()
+        .map_or(0, |cluster| cluster.cart_lease_seconds);
+    let view = engine.confirm_reservation(id, ttl_seconds, lease).await?;
     Ok(HttpResponse::Ok().json(answer(&view)))
 }

@@ -51,6 +51,10 @@ pub struct NewReservation {
     /// The key's answer, stored in the hold's own append when the
     /// reservation is one line.
     pub remember: Option<RememberAnswer>,
+    /// A cart's part in a partition group (api::dispatch): held for at most
+    /// this long until [`Engine::confirm_reservation`] gives it its TTL. Not
+    /// part of the request's content (a retry may come with or without it).
+    pub lease_seconds: Option<u64>,
 }
 
 /// An `Idempotency-Key`'s answer to a created reservation, written by the
@@ -372,6 +376,7 @@ impl Engine {
         let ttl_ms = request
             .ttl_seconds
             .unwrap_or(self.config.default_ttl_seconds)
+            .min(request.lease_seconds.unwrap_or(u64::MAX))
             .saturating_mul(1000) as i64;
         let record = ReservationRecord {
             id: id.to_string(),
@@ -871,13 +876,17 @@ impl Engine {
 
     /// Gives a held cart part (api::dispatch, "Carts over several groups") its
     /// full TTL, `ttl_seconds` from its creation, once every part of the cart
-    /// is held: until then it is held on a short lease. The deadline only
-    /// moves out; allocated or shipped: unchanged (a retried confirmation);
-    /// released or expired (the lease ran out first): `409 invalid_state`.
+    /// is held: until then it is held on a lease of `lease_seconds`. The
+    /// deadline only moves out, and only from the lease (a hold on another
+    /// deadline is no cart part on its lease: `409 invalid_state`); a deadline
+    /// already there, or allocated or shipped: unchanged (a retried
+    /// confirmation); released or expired (the lease ran out first): `409
+    /// invalid_state`.
     pub async fn confirm_reservation(
         &self,
         id: &str,
         ttl_seconds: u64,
+        lease_seconds: u64,
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let mut record = cell.lock().await;
@@ -891,10 +900,18 @@ impl Engine {
                         "reservation {id} has an unfinished {unfinished:?}; repeat that request first"
                     )));
                 }
-                let deadline = record
-                    .created_at_ms
-                    .saturating_add(ttl_seconds.saturating_mul(1000) as i64);
+                let from_creation = |seconds: u64| {
+                    record
+                        .created_at_ms
+                        .saturating_add(seconds.saturating_mul(1000) as i64)
+                };
+                let deadline = from_creation(ttl_seconds);
                 if record.expires_at_ms.is_some_and(|at| at < deadline) {
+                    if record.expires_at_ms != Some(from_creation(lease_seconds)) {
+                        return Err(EngineError::InvalidState(format!(
+                            "reservation {id} is not a cart's part held on its lease"
+                        )));
+                    }
                     let mut confirmed = record.clone();
                     confirmed.expires_at_ms = Some(deadline);
                     confirmed.updated_at_ms = self.now_ms();
@@ -940,7 +957,9 @@ impl Engine {
             && record.expires_at_ms.is_some_and(|at| at > self.now_ms())
         {
             // Its deadline moved out (a cart part confirmed) after the expiry
-            // loop took the old one: the new one is scheduled; leave it.
+            // loop took the old one, or the clock stepped back: look again
+            // at the deadline it has.
+            self.schedule_expiry(&record);
             let current = record.clone();
             drop(record);
             return Ok(self.view(current).await);

@@ -294,6 +294,7 @@ impl Sim {
             correlation_id: Arc::from("sim"),
             idempotency_key: None,
             remember: None,
+            lease_seconds: None,
         }
     }
 

@@ -68,6 +68,7 @@ fn hold(id: &str, sku: &str, qty: u64) -> NewReservation {
         correlation_id: Arc::from("test"),
         idempotency_key: None,
         remember: None,
+        lease_seconds: None,
     }
 }
 
@@ -168,7 +169,8 @@ async fn a_confirmed_cart_part_keeps_its_ttl_and_an_expired_one_is_refused() {
         .apply_events(vec![receipt("sku", 10)], Arc::from("t"))
         .await;
     let leased = |id: &str, qty| NewReservation {
-        ttl_seconds: Some(30),
+        ttl_seconds: Some(900),
+        lease_seconds: Some(30),
         ..hold(id, "sku", qty)
     };
     engine
@@ -181,19 +183,22 @@ async fn a_confirmed_cart_part_keeps_its_ttl_and_an_expired_one_is_refused() {
         .expect("held");
     engine.clock().advance(10_000);
     let view = engine
-        .confirm_reservation("cart", 900)
+        .confirm_reservation("cart", 900, 30)
         .await
         .expect("confirmed");
     assert_eq!(view.record.expires_at_ms, Some(T0 + 900_000));
     let again = engine
-        .confirm_reservation("cart", 900)
+        .confirm_reservation("cart", 900, 30)
         .await
         .expect("again");
     assert_eq!(
         again.record, view.record,
         "a repeated confirmation changes nothing"
     );
-    let shorter = engine.confirm_reservation("cart", 60).await.expect("kept");
+    let shorter = engine
+        .confirm_reservation("cart", 60, 30)
+        .await
+        .expect("kept");
     assert_eq!(
         shorter.record.expires_at_ms,
         Some(T0 + 900_000),
@@ -208,7 +213,21 @@ async fn a_confirmed_cart_part_keeps_its_ttl_and_an_expired_one_is_refused() {
     let late = engine.get_reservation("late").await.expect("read");
     assert_eq!(late.record.status, ReservationStatus::Expired);
     assert_eq!(counters(&engine, "sku").await.reserved, 3);
-    let refused = engine.confirm_reservation("late", 900).await;
+    // A hold on no lease is no cart part to confirm.
+    engine
+        .create_reservation(hold("plain", "sku", 1))
+        .await
+        .expect("held");
+    let plain = engine.confirm_reservation("plain", 2_000, 30).await;
+    assert!(
+        matches!(plain, Err(EngineError::InvalidState(_))),
+        "{plain:?}"
+    );
+    engine
+        .release_reservation("plain", "t")
+        .await
+        .expect("released");
+    let refused = engine.confirm_reservation("late", 900, 30).await;
     assert!(
         matches!(refused, Err(EngineError::InvalidState(_))),
         "{refused:?}"

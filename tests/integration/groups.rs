@@ -237,8 +237,42 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         );
     }
     // Retried: the same answer, nothing held twice.
-    let (status, body) = send(&b0, "POST", "/v1/reservations", Some(cart));
+    let (status, body) = send(&b0, "POST", "/v1/reservations", Some(cart.clone()));
     assert_eq!(status, 200, "{body}");
+    assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (2, 3));
+    // With another TTL it is another cart under the same id, as on one node.
+    let mut other = cart;
+    other["ttl_seconds"] = json!(600);
+    let (status, body) = send(&b1, "POST", "/v1/reservations", Some(other));
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("invalid_state")),
+        "{body}"
+    );
+    // A keyed cart and its keyed retry: the parts' first answers replayed
+    // (marked so), nothing released or held twice.
+    let keyed_cart = json!({"reservation_id": "cart-kr", "channel": "web", "lines": [
+        {"sku": s0, "location": "wh-east", "qty": 1},
+        {"sku": s1, "location": "wh-east", "qty": 1}]});
+    for (server, expected) in [(&a1, 201), (&b0, 201)] {
+        let keyed = server
+            .request("POST", "/v1/reservations")
+            .set("Idempotency-Key", "cart-kr-key");
+        let (status, body) = try_call(keyed, Some(keyed_cart.clone())).expect("answer");
+        assert_eq!(
+            (status, &body["status"]),
+            (expected, &json!("held")),
+            "{body}"
+        );
+        assert_eq!(ttl_of(&body), 900, "{body}");
+    }
+    assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (3, 4));
+    let (status, body) = send(&a0, "POST", "/v1/reservations/cart-kr/release", None);
+    assert_eq!(
+        (status, &body["status"]),
+        (200, &json!("released")),
+        "{body}"
+    );
     assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (2, 3));
     for server in [&a0, &b1, &b0, &a1] {
         let (status, body) = send(server, "GET", "/v1/reservations/cart-1", None);
@@ -255,6 +289,19 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
                     "lines": [{"sku": s1, "location": "wh-east", "qty": 1}]})),
     );
     assert_eq!(status, 201, "{body}");
+
+    // A node's confirmation sent by a client with the nodes' headers moves
+    // no deadline but a cart part's on its lease.
+    let forged = b1
+        .request("POST", "/v1/reservations/one-1/confirm")
+        .set("X-Stockwire-Forwarded-By", "test")
+        .set("X-Stockwire-Part", "1");
+    let (status, body) = try_call(forged, Some(json!({"ttl_seconds": 2_000_000}))).expect("answer");
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("invalid_state")),
+        "{body}"
+    );
 
     // A cart short in one group: refused, and the other group's part released.
     let (status, body) = send(
