@@ -1286,7 +1286,15 @@ fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> 
     } else {
         parts[0].status
     };
-    json(status, &merged, id)
+    let mut response = json(status, &merged, id);
+    if parts.iter().all(|p| p.replayed()) {
+        // Every part an earlier request's answer: the whole is a replay too.
+        response.headers_mut().insert(
+            header::HeaderName::from_static(super::idempotency::REPLAYED_HEADER),
+            header::HeaderValue::from_static("true"),
+        );
+    }
+    response
 }
 
 /// Sorts items with a `sku` by the SKU's place in `order` (stable).
