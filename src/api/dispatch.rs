@@ -205,7 +205,11 @@ pub async fn route(
             // A request refused whole (its shape, its size, an event outside the
             // key's scope) goes whole to one group, whose handler refuses it
             // before anything is applied, as a single node does.
-            let whole_refusal = items.is_none_or(|items| items.is_empty() || items.len() > max)
+            // An Idempotency-Key a single node refuses (too long, not visible
+            // ASCII) is refused whole too, not made into parts' keys.
+            let bad_key = super::idempotency::key_of(request.request()).is_err();
+            let whole_refusal = bad_key
+                || items.is_none_or(|items| items.is_empty() || items.len() > max)
                 || (plan == Plan::Events
                     && caller.as_ref().zip(items).is_some_and(|(caller, items)| {
                         super::events::check_scope(caller, items).is_err()
@@ -782,7 +786,11 @@ impl Parts<'_> {
         }
         let mut object = serde_json::Map::new();
         object.insert(answer_field.to_string(), Value::Array(merged));
-        Ok(json(StatusCode::OK, &Value::Object(object), self.id))
+        let mut response = json(StatusCode::OK, &Value::Object(object), self.id);
+        if answers.iter().all(Answer::replayed) {
+            mark_replayed(&mut response);
+        }
+        Ok(response)
     }
 
     /// A reservation or transfer by id: asked of every group. The groups that
@@ -1288,13 +1296,18 @@ fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> 
     };
     let mut response = json(status, &merged, id);
     if parts.iter().all(|p| p.replayed()) {
-        // Every part an earlier request's answer: the whole is a replay too.
-        response.headers_mut().insert(
-            header::HeaderName::from_static(super::idempotency::REPLAYED_HEADER),
-            header::HeaderValue::from_static("true"),
-        );
+        mark_replayed(&mut response);
     }
     response
+}
+
+/// Every part was an earlier request's answer replayed for its
+/// `Idempotency-Key`: so is the whole.
+fn mark_replayed(response: &mut HttpResponse) {
+    response.headers_mut().insert(
+        header::HeaderName::from_static(super::idempotency::REPLAYED_HEADER),
+        header::HeaderValue::from_static("true"),
+    );
 }
 
 /// Sorts items with a `sku` by the SKU's place in `order` (stable).

@@ -924,7 +924,7 @@ impl Engine {
             ReservationStatus::Allocated | ReservationStatus::Shipped => {}
             status => {
                 return Err(EngineError::InvalidState(format!(
-                    "reservation {id} is {}: it was let go before every part of the cart was held",
+                    "reservation {id} is {}: there is nothing held to confirm",
                     status.as_str()
                 )))
             }

@@ -267,6 +267,39 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         assert_eq!(ttl_of(&body), 900, "{body}");
     }
     assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (3, 4));
+    // A key a single node refuses (over 255 characters) is refused whole, as
+    // there: nothing held, no events applied.
+    let long_key = "k".repeat(256);
+    let (status, body) = try_call(
+        b0.request("POST", "/v1/reservations")
+            .set("Idempotency-Key", &long_key),
+        Some(
+            json!({"reservation_id": "cart-long", "channel": "web", "lines": [
+            {"sku": s0, "location": "wh-east", "qty": 1},
+            {"sku": s1, "location": "wh-east", "qty": 1}]}),
+        ),
+    )
+    .expect("answer");
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("bad_request")),
+        "{body}"
+    );
+    let events = json!({"events": [
+        {"event_id": "long-0", "type": "receipt", "source": "wms", "sku": s0, "location": "wh-west", "qty": 1},
+        {"event_id": "long-1", "type": "receipt", "source": "wms", "sku": s1, "location": "wh-west", "qty": 1}]});
+    let (status, body) = try_call(
+        a1.request("POST", "/v1/events")
+            .set("Idempotency-Key", &long_key),
+        Some(events),
+    )
+    .expect("answer");
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &json!("bad_request")),
+        "{body}"
+    );
+    assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (3, 4));
     let (status, body) = send(&a0, "POST", "/v1/reservations/cart-kr/release", None);
     assert_eq!(
         (status, &body["status"]),
@@ -726,6 +759,21 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     assert_eq!((status, &body["status"]), (200, &json!("held")), "{body}");
     assert_eq!(view(&a1).unwrap()["role"], "follower");
     assert_eq!(reserved(&a1, &s1), 2);
+
+    // A split batch posted again with its key: every part replayed, so the
+    // merged answer says so.
+    let keyed_events = json!({"events": [
+        {"event_id": "kev-0", "type": "receipt", "source": "wms", "sku": s0, "location": "wh-east", "qty": 1},
+        {"event_id": "kev-1", "type": "receipt", "source": "wms", "sku": s1, "location": "wh-east", "qty": 1}]});
+    for replayed in [None, Some("true")] {
+        let answer = a1
+            .request("POST", "/v1/events")
+            .set("Idempotency-Key", "kev-key")
+            .timeout(Duration::from_secs(10))
+            .send_json(keyed_events.clone())
+            .expect("200");
+        assert_eq!(answer.header("idempotent-replayed"), replayed);
+    }
 
     // A cart whose coordinator dies after one part is held and before the
     // other answered: group 1's owner (b) is stopped, a cart goes through a's
