@@ -180,7 +180,14 @@ pub async fn route(
     let config = &state.config;
     let group_of = |sku: &str| group_of(sku, config);
     let parsed = serde_json::from_slice::<Value>(&body).ok();
+    // A change with an Idempotency-Key a single node refuses (too long, not
+    // visible ASCII) goes whole to one group, whose handler refuses it, rather
+    // than into parts' keys. (A query takes no key.)
+    let bad_key = plan != Plan::Query
+        && request.method() == Method::POST
+        && super::idempotency::key_of(request.request()).is_err();
     let single = match plan {
+        _ if bad_key => Some(own),
         Plan::Transfer => Some(
             parsed
                 .as_ref()
@@ -205,11 +212,7 @@ pub async fn route(
             // A request refused whole (its shape, its size, an event outside the
             // key's scope) goes whole to one group, whose handler refuses it
             // before anything is applied, as a single node does.
-            // An Idempotency-Key a single node refuses (too long, not visible
-            // ASCII) is refused whole too, not made into parts' keys.
-            let bad_key = super::idempotency::key_of(request.request()).is_err();
-            let whole_refusal = bad_key
-                || items.is_none_or(|items| items.is_empty() || items.len() > max)
+            let whole_refusal = items.is_none_or(|items| items.is_empty() || items.len() > max)
                 || (plan == Plan::Events
                     && caller.as_ref().zip(items).is_some_and(|(caller, items)| {
                         super::events::check_scope(caller, items).is_err()
@@ -673,8 +676,11 @@ impl Parts<'_> {
         if let Some(timeout) = manner.timeout {
             outgoing = outgoing.timeout(timeout);
         }
-        if let Some(lease) = manner.lease {
-            outgoing = outgoing.insert_header((LEASE_HEADER, lease.to_string()));
+        match manner.lease {
+            Some(lease) => outgoing = outgoing.insert_header((LEASE_HEADER, lease.to_string())),
+            None => {
+                outgoing.headers_mut().remove(LEASE_HEADER);
+            }
         }
         outgoing = outgoing.insert_header((PART_HEADER, group.to_string()));
         let unanswered = || {
@@ -1002,11 +1008,12 @@ impl Parts<'_> {
         };
         let confirm_ttl =
             ttl.filter(|ttl| *ttl > lease && *ttl <= super::reservations::TTL_SECONDS_MAX);
-        // A part answers within a third of its lease, or is taken as not
-        // answering: the confirmation then comes well before the lease ends.
+        // A part answers within a third of its lease (10 s at most), or is
+        // taken as not answering: the confirmation then comes well before the
+        // lease ends.
         let manner = Manner {
             client_key: true,
-            timeout: Some(std::time::Duration::from_secs(lease) / 3),
+            timeout: Some(step_timeout(lease)),
             lease: confirm_ttl.map(|_| lease),
         };
         let lines = value
@@ -1058,7 +1065,7 @@ impl Parts<'_> {
         if all_held && !mixed {
             let held = statuses[0].as_ref().and_then(Value::as_str) == Some("held");
             if let Some(ttl) = confirm_ttl.filter(|_| held) {
-                if let Err(refused) = self.confirm(&id, &groups, ttl, manner, &mut answers).await {
+                if let Err(refused) = self.confirm(&id, &groups, ttl, &mut answers).await {
                     return Ok(refused);
                 }
             }
@@ -1112,31 +1119,26 @@ impl Parts<'_> {
 
     /// Confirms every part of a cart held on its lease for `ttl_seconds`; the
     /// answers' bodies become the confirmed parts'. `Err`: the cart's answer.
-    /// A part that does not answer is asked again (each confirmation is
-    /// idempotent) for up to a third of the lease, then the answer is its
-    /// refusal with nothing undone: the client's retry confirms again, else
-    /// the unconfirmed parts let go at the lease's end. A part let go already
-    /// (`409 invalid_state`: its lease ran out first) means the cart cannot be
-    /// whole: every part is released and that is the answer.
+    /// A part that does not answer (or answers 429) is asked again (each
+    /// confirmation is idempotent) until [`step_timeout`] has passed, then the
+    /// answer is its refusal with nothing undone: the client's retry confirms
+    /// again, else the unconfirmed parts let go at the lease's end. A part let
+    /// go already (`409 invalid_state`: its lease ran out first) means the cart
+    /// cannot be whole: every part is released and that is the answer. Any
+    /// other refusal is the answer at once, nothing undone.
     async fn confirm(
         &self,
         id: &str,
         groups: &[u32],
         ttl_seconds: u64,
-        manner: Manner,
         answers: &mut [Answer],
     ) -> Result<(), HttpResponse> {
         let path = format!("/v1/reservations/{}/confirm", urlencode(id));
         let body = web::Bytes::from(json!({ "ttl_seconds": ttl_seconds }).to_string());
-        let manner = Manner {
-            client_key: false,
-            lease: None,
-            ..manner
-        };
-        let until = std::time::Instant::now() + manner.timeout.unwrap_or_default();
         let mut pending: Vec<usize> = (0..groups.len()).collect();
-        let mut delay = std::time::Duration::from_millis(100);
-        loop {
+        let mut last_refusal = None;
+        let mut steps = self.steps();
+        while let Some(manner) = steps.next().await {
             let confirms = pending.iter().map(|&at| {
                 self.send_part(
                     groups[at],
@@ -1148,47 +1150,117 @@ impl Parts<'_> {
             });
             let confirmed = futures_util::future::join_all(confirms).await;
             let mut again = Vec::new();
-            let mut last_refusal = None;
             for (at, confirmed) in pending.into_iter().zip(confirmed) {
                 if confirmed.status.is_success() {
                     answers[at].body = confirmed.body;
                 } else if confirmed.status == StatusCode::CONFLICT {
                     self.release_parts(id, groups).await;
                     return Err(confirmed.relay());
+                } else if confirmed.refused_for_good() {
+                    return Err(confirmed.relay());
                 } else {
                     again.push(at);
                     last_refusal = Some(confirmed);
                 }
             }
-            match last_refusal {
-                None => return Ok(()),
-                Some(refusal) if std::time::Instant::now() + delay >= until => {
-                    return Err(refusal.relay())
-                }
-                Some(_) => {}
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(std::time::Duration::from_secs(1));
             pending = again;
+            if pending.is_empty() {
+                return Ok(());
+            }
+        }
+        Err(last_refusal.map_or_else(
+            || {
+                refusal(
+                    &ApiError::Unavailable("a cart part's confirmation".into()),
+                    self.id,
+                )
+            },
+            |refusal| refusal.relay(),
+        ))
+    }
+
+    /// Releases the cart `id`'s parts in `groups` (a part not there is 404),
+    /// asking again those that do not answer until [`step_timeout`] has
+    /// passed. One still held then lets go at its deadline: its lease's end,
+    /// or its TTL's if it was confirmed.
+    async fn release_parts(&self, id: &str, groups: &[u32]) {
+        let release = format!("/v1/reservations/{}/release", urlencode(id));
+        let mut pending = groups.to_vec();
+        let mut failed = None;
+        let mut steps = self.steps();
+        while let Some(manner) = steps.next().await {
+            let undo = pending.iter().map(|group| {
+                let body = PartBody::Whole(web::Bytes::new());
+                self.send_part(*group, &Method::POST, &release, body, manner)
+            });
+            let undone = futures_util::future::join_all(undo).await;
+            let mut again = Vec::new();
+            for (group, answer) in pending.into_iter().zip(undone) {
+                if !answer.status.is_success() && answer.status != StatusCode::NOT_FOUND {
+                    failed = Some(answer.status);
+                    if !answer.refused_for_good() {
+                        again.push(group);
+                    }
+                }
+            }
+            pending = again;
+            if pending.is_empty() {
+                break;
+            }
+        }
+        if let Some(status) = failed {
+            tracing::warn!(reservation = %id, %status,
+                "a cart part could not be released after the cart was refused; it lets go at its deadline");
         }
     }
 
-    /// Releases the cart `id`'s parts in `groups` (a part not there is 404).
-    /// One that cannot be released now lets go at its lease's end.
-    async fn release_parts(&self, id: &str, groups: &[u32]) {
-        let release = format!("/v1/reservations/{}/release", urlencode(id));
-        let undo = groups
-            .iter()
-            .map(|group| self.send_step(*group, &Method::POST, &release, web::Bytes::new()));
-        let undone = futures_util::future::join_all(undo).await;
-        if let Some(failed) = undone
-            .iter()
-            .find(|a| !a.status.is_success() && a.status != StatusCode::NOT_FOUND)
-        {
-            tracing::warn!(reservation = %id, status = %failed.status,
-                "a cart part could not be released after another part was refused; its lease lets it go");
+    /// The rounds of a node's own step (a confirmation, an undo).
+    fn steps(&self) -> Steps {
+        let now = std::time::Instant::now();
+        Steps {
+            until: now + step_timeout(self.node.config.cart_lease_seconds),
+            delay: None,
         }
     }
+}
+
+/// The rounds of a node's own step: the first at once, each later one after
+/// a pause (100 ms, doubling to 1 s), each sent without the client's key and
+/// waiting only for what is left of [`step_timeout`] from the first.
+struct Steps {
+    until: std::time::Instant,
+    /// `None` before the first round.
+    delay: Option<std::time::Duration>,
+}
+
+impl Steps {
+    async fn next(&mut self) -> Option<Manner> {
+        if let Some(delay) = self.delay {
+            if std::time::Instant::now() + delay >= self.until {
+                return None;
+            }
+            tokio::time::sleep(delay).await;
+        }
+        let next = self
+            .delay
+            .map_or(std::time::Duration::from_millis(100), |d| d * 2);
+        self.delay = Some(next.min(std::time::Duration::from_secs(1)));
+        Some(Manner {
+            client_key: false,
+            timeout: Some(
+                self.until
+                    .saturating_duration_since(std::time::Instant::now()),
+            ),
+            lease: None,
+        })
+    }
+}
+
+/// How long a cart's part, or a node's own step for it, may take: a third of
+/// the lease, at most 10 s (so the confirmation lands well inside the lease,
+/// and a request never waits long on one group).
+fn step_timeout(lease_seconds: u64) -> std::time::Duration {
+    (std::time::Duration::from_secs(lease_seconds) / 3).min(std::time::Duration::from_secs(10))
 }
 
 /// One channel as every group reports it: the worst state (down, degraded,

@@ -299,6 +299,21 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         (400, &json!("bad_request")),
         "{body}"
     );
+    // A query takes no key: one sent anyway changes nothing, as on one node.
+    let (status, body) = try_call(
+        b0.request("POST", "/v1/availability/query")
+            .set("Idempotency-Key", &long_key),
+        Some(json!({"skus": [s0, s1]})),
+    )
+    .expect("answer");
+    assert_eq!(status, 200, "{body}");
+    let on_hand: Vec<&Value> = body["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|item| &item["total"]["on_hand"])
+        .collect();
+    assert_eq!(on_hand, [&json!(20), &json!(15)], "{body}");
     assert_eq!((reserved(&a0, &s0), reserved(&a0, &s1)), (3, 4));
     let (status, body) = send(&a0, "POST", "/v1/reservations/cart-kr/release", None);
     assert_eq!(
