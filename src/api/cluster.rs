@@ -37,11 +37,7 @@ pub async fn get(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let config = &node.config;
     let group_owners = (0..config.groups)
         .map(|group| {
-            let owner = if group == config.group && node.is_owner() {
-                Some((config.node.clone(), config.advertise.clone()))
-            } else {
-                node.group_owner_address(group)
-            };
+            let owner = node.group_owner_address(group);
             GroupOwner {
                 group,
                 partitions: crate::cluster::group_partitions(partitions, config.groups, group),

@@ -43,7 +43,7 @@ use super::forward::{forward, outgoing, refusal};
 use super::AppState;
 use crate::actors::group_of;
 use crate::cluster::Node;
-use crate::config::Config;
+use crate::config::{Config, CLUSTER_CART_LEASE_SECONDS_RANGE};
 
 /// Names the group a request of no SKU is for (the event log, exceptions,
 /// channel state, reconciliations); without it, this process's own group.
@@ -70,22 +70,27 @@ pub fn part_lease(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
         .to_str()
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .filter(|lease| (1..=3600).contains(lease))
+        .filter(|lease| CLUSTER_CART_LEASE_SECONDS_RANGE.contains(lease))
         .map(Some)
-        .ok_or_else(|| ApiError::BadRequest(format!("{LEASE_HEADER}: seconds in 1..=3600")))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{LEASE_HEADER}: seconds in {CLUSTER_CART_LEASE_SECONDS_RANGE:?}"
+            ))
+        })
 }
 
 /// Whether `request` is a group's part of a request split by [`route`].
 pub fn is_group_part(request: &HttpRequest) -> bool {
-    let grouped = request
-        .app_data::<web::Data<AppState>>()
-        .and_then(|state| state.config.cluster.as_ref())
-        .is_some_and(|cluster| cluster.groups > 1);
-    grouped
-        && request.headers().contains_key(PART_HEADER)
+    // The headers first: a client's request (every one on a single node) has
+    // neither, and is answered without looking further.
+    request.headers().contains_key(PART_HEADER)
         && request
             .headers()
             .contains_key(super::forward::FORWARDED_HEADER)
+        && request
+            .app_data::<web::Data<AppState>>()
+            .and_then(|state| state.config.cluster.as_ref())
+            .is_some_and(|cluster| cluster.groups > 1)
 }
 
 /// A part's `Idempotency-Key`: `<key>:g<group>`, or for a key too long for
@@ -102,9 +107,14 @@ fn part_key(key: &str, group: u32) -> String {
     )
 }
 
-/// The most a part's answer may hold (a merged answer is the parts' sum): an
-/// events batch of 1,000 results or a query of 1,000 SKUs is far below it.
+/// What one request's parts' answers may hold together (a merged answer is
+/// their sum), shared among the groups: an events batch of 1,000 results or a
+/// query of 1,000 SKUs is far below it.
 const PART_ANSWER_BYTES_MAX: usize = 32 * 1024 * 1024;
+
+/// The least a part's answer may hold however many groups share the budget
+/// above (so one request holds at most 64 of these: 256 MiB).
+const PART_ANSWER_BYTES_MIN: usize = 4 * 1024 * 1024;
 
 /// How a request is sent on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,7 +189,8 @@ pub async fn route(
     let own = node.config.group;
     let config = &state.config;
     let group_of = |sku: &str| group_of(sku, config);
-    let parsed = serde_json::from_slice::<Value>(&body).ok();
+    // Only the plans that look at the body's SKUs parse it.
+    let parsed = || serde_json::from_slice::<Value>(&body).ok();
     // A change with an Idempotency-Key a single node refuses (too long, not
     // visible ASCII) goes whole to one group, whose handler refuses it, rather
     // than into parts' keys. (A query takes no key.)
@@ -189,7 +200,7 @@ pub async fn route(
     let single = match plan {
         _ if bad_key => Some(own),
         Plan::Transfer => Some(
-            parsed
+            parsed()
                 .as_ref()
                 .and_then(|v| v.get("sku"))
                 .and_then(Value::as_str)
@@ -205,6 +216,7 @@ pub async fn route(
                     item.get("sku").and_then(Value::as_str)
                 }),
             };
+            let parsed = parsed();
             let items = parsed
                 .as_ref()
                 .and_then(|v| v.get(field))
@@ -217,8 +229,7 @@ pub async fn route(
                     && caller.as_ref().zip(items).is_some_and(|(caller, items)| {
                         super::events::check_scope(caller, items).is_err()
                     }));
-            match items {
-                _ if whole_refusal => Some(own),
+            match items.filter(|_| !whole_refusal) {
                 None => Some(own),
                 Some(items) => {
                     let mut groups = items.iter().map(|item| sku_of(item).map_or(own, group_of));
@@ -233,12 +244,6 @@ pub async fn route(
     if let Some(group) = single {
         return to_group(request, next, &node, &id, group, Some(body)).await;
     }
-    // `GET /v1/exceptions`' page, as each group clamps it.
-    let limit = web::Query::<BTreeMap<String, String>>::from_query(request.query_string())
-        .ok()
-        .and_then(|q| q.get("limit").and_then(|l| l.parse::<usize>().ok()))
-        .unwrap_or(100)
-        .clamp(1, config.events_page_max);
     let (http_request, _) = request.into_parts();
     let parts = Parts {
         request: &http_request,
@@ -262,7 +267,16 @@ pub async fn route(
         Plan::Reservation => parts.cart(&body, group_of, caller.as_deref()).await,
         Plan::Find => Ok(parts.find(&body).await),
         Plan::Every | Plan::Channels => Ok(parts.channels(&body).await),
-        Plan::Exceptions => Ok(parts.exceptions(&body, limit).await),
+        Plan::Exceptions => {
+            // The page, as each group clamps it.
+            let limit =
+                web::Query::<BTreeMap<String, String>>::from_query(http_request.query_string())
+                    .ok()
+                    .and_then(|q| q.get("limit").and_then(|l| l.parse::<usize>().ok()))
+                    .unwrap_or(100)
+                    .clamp(1, config.events_page_max);
+            Ok(parts.exceptions(&body, limit).await)
+        }
         // Sent to one group, or streamed, above.
         Plan::Group(_) | Plan::Transfer | Plan::Reconcile => Err(ApiError::Unavailable(
             "dispatch: this route was not planned".to_string(),
@@ -618,10 +632,6 @@ impl Parts<'_> {
     /// Where group `group` is served: this process, if it owns it (over its own
     /// listener, as any part), else the group's owner.
     fn target(&self, group: u32) -> Result<(String, String), ApiError> {
-        let config = &self.node.config;
-        if group == config.group && self.node.is_owner() {
-            return Ok((config.node.clone(), config.advertise.clone()));
-        }
         self.node
             .group_owner_address(group)
             .ok_or_else(|| no_owner(group))
@@ -699,7 +709,11 @@ impl Parts<'_> {
                 return Answer::of(&unanswered(), self.id);
             }
         };
-        let Ok(bytes) = answer.body().limit(PART_ANSWER_BYTES_MAX).await else {
+        // The parts' answers are held together: each gets its share of the
+        // whole, and never less than a query of 1,000 SKUs needs.
+        let limit = (PART_ANSWER_BYTES_MAX / self.node.config.groups.max(1) as usize)
+            .max(PART_ANSWER_BYTES_MIN);
+        let Ok(bytes) = answer.body().limit(limit).await else {
             return Answer::of(&unanswered(), self.id);
         };
         Answer {
@@ -987,11 +1001,11 @@ impl Parts<'_> {
                 .headers()
                 .get("idempotency-key")
                 .and_then(|v| v.to_str().ok())
-                .map(|key| match caller.filter(|c| c.is_configured()) {
-                    Some(caller) => format!("{}/{key}", caller.name),
-                    None => key.to_string(),
-                });
-            value["reservation_id"] = Value::String(cart_id(key.as_deref()));
+                .map(|key| super::idempotency::scoped_key(caller, key));
+            value["reservation_id"] = Value::String(crate::engine::new_reservation_id(
+                key.as_deref(),
+                chrono::Utc::now().timestamp_millis(),
+            ));
         }
         let id = value["reservation_id"]
             .as_str()
@@ -1442,16 +1456,6 @@ fn json(status: StatusCode, value: &Value, id: &str) -> HttpResponse {
     response
         .content_type("application/json")
         .body(serde_json::to_vec(value).unwrap_or_default())
-}
-
-/// A cart's id, made as the engine makes one: from the `Idempotency-Key`, so a
-/// retry gets the same, else new.
-fn cart_id(key: Option<&str>) -> String {
-    use sha2::{Digest, Sha256};
-    match key {
-        Some(key) => format!("res_{}", hex::encode(&Sha256::digest(key.as_bytes())[..12])),
-        None => format!("res_{}", hex::encode(rand::random::<[u8; 12]>())),
-    }
 }
 
 /// `id` as one path segment.

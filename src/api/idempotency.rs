@@ -44,16 +44,20 @@ pub fn key_of(request: &HttpRequest) -> Result<Option<String>, ApiError> {
                 "Idempotency-Key must be 1-{KEY_LEN_MAX} visible ASCII characters"
             ))
         })?;
-    // Keys are per caller: one API key can neither replay nor block another's.
     let caller = request
         .extensions()
         .get::<std::sync::Arc<Caller>>()
-        .filter(|caller| caller.is_configured())
-        .map(|caller| caller.name.clone());
-    Ok(Some(match caller {
-        Some(name) => format!("{name}/{key}"),
+        .cloned();
+    Ok(Some(scoped_key(caller.as_deref(), key)))
+}
+
+/// A key as stored: per caller, so one API key can neither replay nor block
+/// another's (`<key name>/<key>` for a configured key).
+pub fn scoped_key(caller: Option<&Caller>, key: &str) -> String {
+    match caller.filter(|caller| caller.is_configured()) {
+        Some(caller) => format!("{}/{key}", caller.name),
         None => key.to_string(),
-    }))
+    }
 }
 
 fn respond(status: StatusCode, body: Vec<u8>) -> HttpResponse {

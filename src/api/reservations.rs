@@ -17,6 +17,18 @@ use crate::engine::{LineRequest, NewReservation, RememberAnswer, ReservationView
 
 /// Longest `ttl_seconds` a hold may ask for (30 days).
 pub(super) const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
+
+/// A `ttl_seconds` as given: an integer in 1..=[`TTL_SECONDS_MAX`].
+fn ttl_seconds(number: &serde_json::Number) -> Result<u64, ApiError> {
+    number
+        .as_u64()
+        .filter(|t| (1..=TTL_SECONDS_MAX).contains(t))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "ttl_seconds must be an integer in 1..={TTL_SECONDS_MAX}"
+            ))
+        })
+}
 const ORDER_REF_LEN_MAX: usize = 128;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -133,19 +145,7 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
             )));
         }
     }
-    let ttl_seconds = match &body.ttl_seconds {
-        None => None,
-        Some(number) => Some(
-            number
-                .as_u64()
-                .filter(|t| (1..=TTL_SECONDS_MAX).contains(t))
-                .ok_or_else(|| {
-                    ApiError::BadRequest(format!(
-                        "ttl_seconds must be an integer in 1..={TTL_SECONDS_MAX}"
-                    ))
-                })?,
-        ),
-    };
+    let ttl_seconds = body.ttl_seconds.as_ref().map(ttl_seconds).transpose()?;
     let mut lines = Vec::with_capacity(body.lines.len());
     for line in body.lines {
         check_id("sku", &line.sku)?;
@@ -254,8 +254,7 @@ async fn transition(
     }
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let correlation = correlation_id(&request);
-    let (id_ref, body_ref, correlation) = (&id, &body, &*correlation);
-    let group_part = super::dispatch::is_group_part(&request);
+    let (id_ref, body_ref, correlation, request_ref) = (&id, &body, &*correlation, &request);
     idempotency::run(engine, &request, &body, |_| async move {
         let (id, body) = (id_ref, body_ref);
         let view = match action {
@@ -272,7 +271,9 @@ async fn transition(
                     None => None,
                     // Only a partition group's part of a cart's ship names none
                     // of its lines (api::dispatch): they ship 0 and are released.
-                    Some(lines) if lines.is_empty() && !group_part => {
+                    Some(lines)
+                        if lines.is_empty() && !super::dispatch::is_group_part(request_ref) =>
+                    {
                         return Err(ApiError::BadRequest(
                             "lines, when given, names at least one line; release ships nothing"
                                 .to_string(),
@@ -365,15 +366,7 @@ pub async fn confirm(
     }
     let body = read_body(payload, state.config.max_body_bytes).await?;
     let body: ConfirmBody = parse_json(&body)?;
-    let ttl_seconds = body
-        .ttl_seconds
-        .as_u64()
-        .filter(|t| (1..=TTL_SECONDS_MAX).contains(t))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "ttl_seconds must be an integer in 1..={TTL_SECONDS_MAX}"
-            ))
-        })?;
+    let ttl_seconds = ttl_seconds(&body.ttl_seconds)?;
     let lease = state
         .config
         .cluster

@@ -343,11 +343,14 @@ impl Node {
             .then(|| (owner.node.clone(), peer.beat.advertise.clone()))
     }
 
-    /// Where partition group `group`'s owner listens, if it was heard within
-    /// the takeover window; `None` for this node's own group when this node
-    /// owns it.
+    /// Where partition group `group`'s owner listens (its node id and
+    /// `advertise`): this node for its own group when it owns it, else an
+    /// owner heard within the takeover window.
     pub fn group_owner_address(&self, group: u32) -> Option<(String, String)> {
         if group == self.config.group {
+            if self.is_owner() {
+                return Some((self.config.node.clone(), self.config.advertise.clone()));
+            }
             return self.owner_address();
         }
         let window = Duration::from_millis(self.config.takeover_after_ms);
@@ -361,10 +364,7 @@ impl Node {
     /// their SKUs are refused (503) wherever they are asked for.
     pub fn unowned_groups(&self) -> u32 {
         (0..self.config.groups.max(1))
-            .filter(|group| {
-                let owned_here = *group == self.config.group && self.is_owner();
-                !owned_here && self.group_owner_address(*group).is_none()
-            })
+            .filter(|group| self.group_owner_address(*group).is_none())
             .count() as u32
     }
 

@@ -28,7 +28,8 @@ pub use reconcile::{
 };
 pub use recovery::{recover, Recovered};
 pub use reservations::{
-    LineRequest, NewReservation, RememberAnswer, ReservationView, ShipLine, Shortage,
+    new_reservation_id, LineRequest, NewReservation, RememberAnswer, ReservationView, ShipLine,
+    Shortage,
 };
 pub use transfers::{NewTransfer, TransferView};
 

@@ -240,7 +240,10 @@ fn request_hash(request: &NewReservation) -> Vec<u8> {
     hasher.finalize().to_vec()
 }
 
-fn new_reservation_id(idempotency_key: Option<&str>, now_ms: i64) -> String {
+/// A reservation's id when the request names none: from its (caller-scoped)
+/// `Idempotency-Key`, so a retry makes the same; else new. Also the id of a
+/// cart over partition groups (api::dispatch), made before its parts.
+pub fn new_reservation_id(idempotency_key: Option<&str>, now_ms: i64) -> String {
     match idempotency_key {
         Some(key) => {
             let digest = Sha256::digest(key.as_bytes());
