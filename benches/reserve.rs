@@ -312,6 +312,7 @@ fn json(c: &mut Criterion) {
             correlation_id: "c0ffee".into(),
             request_hash: vec![0; 32],
             pending: None,
+            cart: None,
         },
         backordered: vec![0],
     };

@@ -57,26 +57,52 @@ const PART_HEADER: &str = "x-stockwire-part";
 /// of the process that sent it) instead of the cart's TTL, until confirmed.
 const LEASE_HEADER: &str = "x-stockwire-lease";
 
-/// The lease a cart's part is held on (a group's part only; a client's
-/// header is not looked at).
-pub fn part_lease(request: &HttpRequest) -> Result<Option<u64>, ApiError> {
+/// With [`LEASE_HEADER`]: the cart's other groups, each holding a part under
+/// the same id, which the part asks at its lease's end.
+const SIBLINGS_HEADER: &str = "x-stockwire-siblings";
+
+/// The lease a cart's part is held on, and its sibling groups (a group's
+/// part only; a client's headers are not looked at).
+pub fn part_lease(request: &HttpRequest) -> Result<Option<(u64, Vec<u32>)>, ApiError> {
     if !is_group_part(request) {
         return Ok(None);
     }
     let Some(value) = request.headers().get(LEASE_HEADER) else {
         return Ok(None);
     };
-    value
+    let lease = value
         .to_str()
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .filter(|lease| CLUSTER_CART_LEASE_SECONDS_RANGE.contains(lease))
-        .map(Some)
         .ok_or_else(|| {
             ApiError::BadRequest(format!(
                 "{LEASE_HEADER}: seconds in {CLUSTER_CART_LEASE_SECONDS_RANGE:?}"
             ))
-        })
+        })?;
+    let groups = request
+        .app_data::<web::Data<AppState>>()
+        .and_then(|state| state.config.cluster.as_ref())
+        .map_or(1, |cluster| cluster.groups);
+    let siblings = match request.headers().get(SIBLINGS_HEADER) {
+        None => Vec::new(),
+        Some(value) => value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                if v.trim().is_empty() {
+                    return Some(Vec::new());
+                }
+                v.split(',')
+                    .map(|g| g.trim().parse::<u32>().ok().filter(|g| *g < groups))
+                    .collect::<Option<Vec<u32>>>()
+            })
+            .filter(|siblings| siblings.len() < groups as usize)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!("{SIBLINGS_HEADER}: groups below {groups}"))
+            })?,
+    };
+    Ok(Some((lease, siblings)))
 }
 
 /// Whether `request` is a group's part of a request split by [`route`].
@@ -425,8 +451,27 @@ enum PartBody {
 struct Manner {
     client_key: bool,
     timeout: Option<std::time::Duration>,
-    /// A cart's part: held on this lease (seconds) until confirmed.
-    lease: Option<u64>,
+    /// A cart's part: held on this lease until every part is held.
+    lease: Option<Lease>,
+}
+
+/// A cart's parts' lease: its length and the cart's groups (a bit each; at
+/// most 64 groups), each part told the others.
+#[derive(Clone, Copy)]
+struct Lease {
+    seconds: u64,
+    groups: u64,
+}
+
+impl Lease {
+    /// The cart's groups but `group`, as [`SIBLINGS_HEADER`] says them.
+    fn siblings_of(&self, group: u32) -> String {
+        (0..64u32)
+            .filter(|g| *g != group && self.groups & (1u64 << g) != 0)
+            .map(|g| g.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl Manner {
@@ -687,9 +732,14 @@ impl Parts<'_> {
             outgoing = outgoing.timeout(timeout);
         }
         match manner.lease {
-            Some(lease) => outgoing = outgoing.insert_header((LEASE_HEADER, lease.to_string())),
+            Some(lease) => {
+                outgoing = outgoing
+                    .insert_header((LEASE_HEADER, lease.seconds.to_string()))
+                    .insert_header((SIBLINGS_HEADER, lease.siblings_of(group)));
+            }
             None => {
                 outgoing.headers_mut().remove(LEASE_HEADER);
+                outgoing.headers_mut().remove(SIBLINGS_HEADER);
             }
         }
         outgoing = outgoing.insert_header((PART_HEADER, group.to_string()));
@@ -1025,10 +1075,10 @@ impl Parts<'_> {
         // A part answers within a third of its lease (10 s at most), or is
         // taken as not answering: the confirmation then comes well before the
         // lease ends.
-        let manner = Manner {
+        let mut manner = Manner {
             client_key: true,
             timeout: Some(step_timeout(lease)),
-            lease: confirm_ttl.map(|_| lease),
+            lease: None,
         };
         let lines = value
             .get_mut("lines")
@@ -1045,6 +1095,12 @@ impl Parts<'_> {
             }
             let group = sku.map_or(self.node.config.group, &group_of);
             by_group.entry(group).or_default().push(line);
+        }
+        if confirm_ttl.is_some() {
+            manner.lease = Some(Lease {
+                seconds: lease,
+                groups: by_group.keys().fold(0, |mask, g| mask | 1u64 << g),
+            });
         }
         let path = self.path();
         let method = self.request.method().clone();
@@ -1077,9 +1133,16 @@ impl Parts<'_> {
         // would hold only some lines.
         let mixed = all_held && statuses.iter().any(|s| s != &statuses[0]);
         if all_held && !mixed {
+            // Parts this request created are whole: each, at its lease's end,
+            // finds its siblings held and keeps its stock. A part that stood
+            // already (200, a replayed 201) may have let go since its answer
+            // was made: those are confirmed before the cart is answered.
             let held = statuses[0].as_ref().and_then(Value::as_str) == Some("held");
-            if let Some(ttl) = confirm_ttl.filter(|_| held) {
-                if let Err(refused) = self.confirm(&id, &groups, ttl, &mut answers).await {
+            let stood: Vec<usize> = (0..groups.len())
+                .filter(|at| !fresh.contains(&groups[*at]))
+                .collect();
+            if let Some(ttl) = confirm_ttl.filter(|_| held && !stood.is_empty()) {
+                if let Err(refused) = self.confirm(&id, &groups, &stood, ttl, &mut answers).await {
                     return Ok(refused);
                 }
             }
@@ -1144,12 +1207,13 @@ impl Parts<'_> {
         &self,
         id: &str,
         groups: &[u32],
+        stood: &[usize],
         ttl_seconds: u64,
         answers: &mut [Answer],
     ) -> Result<(), HttpResponse> {
         let path = format!("/v1/reservations/{}/confirm", urlencode(id));
         let body = web::Bytes::from(json!({ "ttl_seconds": ttl_seconds }).to_string());
-        let mut pending: Vec<usize> = (0..groups.len()).collect();
+        let mut pending: Vec<usize> = stood.to_vec();
         let mut last_refusal = None;
         let mut steps = self.steps();
         while let Some(manner) = steps.next().await {
@@ -1362,6 +1426,10 @@ fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> 
         sort_by_sku(&mut lines, order);
     }
     merged["lines"] = Value::Array(lines);
+    // The parts' lease is theirs: the cart's deadline is `expires_at`.
+    if let Some(fields) = merged.as_object_mut() {
+        fields.remove("lease_expires_at");
+    }
     // Parts move together; one that has not (a ship stopped part-way in one
     // group, a part released after a refused attempt) is shown: every part's
     // status, in group order, and as `status` the first that still holds

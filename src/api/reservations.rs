@@ -90,7 +90,15 @@ pub fn answer(view: &ReservationView) -> Reservation<'_> {
         status: record.status.as_str(),
         created_at: rfc3339(record.created_at_ms),
         updated_at: rfc3339(record.updated_at_ms),
-        expires_at: record.expires_at_ms.map(rfc3339),
+        // A cart's part on its lease: the cart's deadline, and the lease's end
+        // apart (docs/CLUSTER.md, "Carts over several groups").
+        expires_at: record
+            .cart
+            .as_ref()
+            .map(|cart| cart.expires_at_ms)
+            .or(record.expires_at_ms)
+            .map(rfc3339),
+        lease_expires_at: record.cart.as_ref().and(record.expires_at_ms).map(rfc3339),
         correlation_id: &record.correlation_id,
         lines: record
             .lines
@@ -169,6 +177,7 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
         idempotency_key: None,
         remember: None,
         lease_seconds: None,
+        siblings: Vec::new(),
     })
 }
 
@@ -191,7 +200,10 @@ pub async fn create(
         let mut reservation = decode_create(body, state.config.reservation_lines_max)?;
         caller.may_act_for(&reservation.channel)?;
         reservation.correlation_id = correlation_id(request);
-        reservation.lease_seconds = super::dispatch::part_lease(request)?;
+        if let Some((lease, siblings)) = super::dispatch::part_lease(request)? {
+            reservation.lease_seconds = Some(lease);
+            reservation.siblings = siblings;
+        }
         if let Some(keyed) = key {
             reservation.idempotency_key = Some(keyed.key.clone());
             reservation.remember = Some(RememberAnswer {

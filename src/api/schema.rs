@@ -275,6 +275,13 @@ pub struct Reservation<'a> {
     pub updated_at: String,
     #[schema(required = true)]
     pub expires_at: Option<String>,
+    /// Only on a cart's part in one partition group, read from that group
+    /// while it is on its lease: when it lets go unless every other group
+    /// holds its part of the cart (docs/CLUSTER.md). A cart's own answer
+    /// never has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
+    pub lease_expires_at: Option<String>,
     pub correlation_id: &'a str,
     pub lines: Vec<ReservationLine<'a>>,
 }

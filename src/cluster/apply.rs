@@ -23,7 +23,10 @@ use super::link::Link;
 use crate::codes::Code;
 use crate::config::{ClusterConfig, EVENT_TYPES};
 use crate::domain::{AdjustReason, Command, Qty, QuarantineAction};
-use crate::engine::{Engine, EventCommand, EventOutcome, EventStatus, RemoteApply, WarehouseEvent};
+use crate::engine::{
+    Engine, EventCommand, EventOutcome, EventStatus, PartState, RemoteApply, WarehouseEvent,
+    PART_STATES_PER_REQUEST,
+};
 
 /// How long a group's owner has to answer one request.
 const ANSWER_WAIT: Duration = Duration::from_secs(30);
@@ -266,10 +269,64 @@ fn outcome_from_wire(wire: WireOutcome) -> EventOutcome {
     }
 }
 
-/// Serves `stockwire.<own stream>.apply` for as long as this process owns its
-/// group (it exits when it stops owning), a few requests at a time.
+/// The subject group `stream`'s owner says on whether it holds its parts of
+/// carts ([`Engine::cart_part_state`]).
+pub fn parts_subject(stream: &str) -> String {
+    format!("stockwire.{stream}.parts")
+}
+
+/// Cart ids on the wire: whether this group holds its part of each.
+#[derive(Debug, Serialize, Deserialize)]
+struct PartsRequest {
+    ids: Vec<String>,
+}
+
+/// One state per id asked, in order (`None`: not yet known, ask again).
+#[derive(Debug, Serialize, Deserialize)]
+struct PartsAnswer {
+    states: Vec<Option<PartState>>,
+}
+
+/// What a request on one of this group's subjects is answered with.
+type Answerer = fn(Arc<Engine>, async_nats::Message) -> BoxFuture<'static, Vec<u8>>;
+
+/// Serves `stockwire.<own stream>.apply` (events) and `.parts` (cart parts)
+/// for as long as this process owns its group (it exits when it stops
+/// owning), a few requests at a time.
 pub fn serve(link: Arc<Link>, config: &ClusterConfig, engine: Arc<Engine>) {
-    let subject = apply_subject(&config.own_stream());
+    let events: Answerer = |engine, message| {
+        Box::pin(async move {
+            let answer = answer(&engine, &message.payload).await;
+            serde_json::to_vec(&answer).unwrap_or_default()
+        })
+    };
+    let parts: Answerer = |engine, message| {
+        Box::pin(async move {
+            let states = match serde_json::from_slice::<PartsRequest>(&message.payload) {
+                Ok(request) => {
+                    let ids = request.ids.into_iter().take(PART_STATES_PER_REQUEST);
+                    let asked = ids.map(|id| {
+                        let engine = engine.clone();
+                        async move { engine.cart_part_state(&id).await.ok() }
+                    });
+                    futures_util::future::join_all(asked).await
+                }
+                Err(_) => Vec::new(),
+            };
+            serde_json::to_vec(&PartsAnswer { states }).unwrap_or_default()
+        })
+    };
+    serve_subject(
+        link.clone(),
+        apply_subject(&config.own_stream()),
+        engine.clone(),
+        events,
+    );
+    serve_subject(link, parts_subject(&config.own_stream()), engine, parts);
+}
+
+/// Answers requests on `subject` with `answerer`, a few at a time.
+fn serve_subject(link: Arc<Link>, subject: String, engine: Arc<Engine>, answerer: Answerer) {
     let for_task = link.clone();
     link.runtime().spawn(async move {
         let link = for_task;
@@ -284,14 +341,15 @@ pub fn serve(link: Arc<Link>, config: &ClusterConfig, engine: Arc<Engine>) {
                 }
             };
             while let Some(message) = requests.next().await {
-                let Some(reply) = message.reply else { continue };
+                let Some(reply) = message.reply.clone() else {
+                    continue;
+                };
                 let Ok(permit) = permits.clone().acquire_owned().await else {
                     return;
                 };
                 let (engine, link) = (engine.clone(), link.clone());
                 tokio::spawn(async move {
-                    let answer = answer(&engine, &message.payload).await;
-                    let body = serde_json::to_vec(&answer).unwrap_or_default();
+                    let body = answerer(engine, message).await;
                     let _ = link.client.publish(reply, body.into()).await;
                     drop(permit);
                 });
@@ -402,6 +460,43 @@ impl RemoteApply for Remote {
                     .collect(),
             }
         })
+    }
+
+    fn part_states(
+        &self,
+        group: u32,
+        ids: Vec<Arc<str>>,
+    ) -> BoxFuture<'static, Option<Vec<Option<PartState>>>> {
+        let link = self.link.clone();
+        let subject = parts_subject(&self.config.group_stream(group));
+        let runtime = self.link.runtime().clone();
+        Box::pin(async move {
+            let asked = runtime.spawn(async move { Remote::ask_parts(&link, subject, ids).await });
+            asked.await.ok().flatten()
+        })
+    }
+}
+
+/// How long a group's owner has to say whether it holds cart parts: the
+/// parts asking wait in the expiry loop, and ask again a second later.
+const PARTS_WAIT: Duration = Duration::from_secs(2);
+
+impl Remote {
+    async fn ask_parts(
+        link: &Link,
+        subject: String,
+        ids: Vec<Arc<str>>,
+    ) -> Option<Vec<Option<PartState>>> {
+        let request = PartsRequest {
+            ids: ids.iter().map(|id| id.to_string()).collect(),
+        };
+        let body = serde_json::to_vec(&request).ok()?;
+        let message = tokio::time::timeout(PARTS_WAIT, link.client.request(subject, body.into()))
+            .await
+            .ok()?
+            .ok()?;
+        let answer: PartsAnswer = serde_json::from_slice(&message.payload).ok()?;
+        (answer.states.len() == ids.len()).then_some(answer.states)
     }
 }
 

@@ -20,16 +20,26 @@ use crate::storage::records::{
 };
 use crate::storage::{codec, seq_key, Space, WriteBatch};
 
-/// Applies events of another partition group's SKUs at that group's owner
-/// (`cluster::apply`), as [`Engine::apply_local_events_in_order`] would there:
-/// one outcome per event, `None` for one not tried after its position stopped.
+/// Another partition group's owner (`cluster::apply`), asked by this one.
 pub trait RemoteApply: Send + Sync {
+    /// Applies events of that group's SKUs, as
+    /// [`Engine::apply_local_events_in_order`] would there: one outcome per
+    /// event, `None` for one not tried after its position stopped.
     fn apply(
         &self,
         group: u32,
         events: Vec<WarehouseEvent>,
         correlation_id: Arc<str>,
     ) -> futures_util::future::BoxFuture<'static, Vec<Option<EventOutcome>>>;
+
+    /// Whether that group holds its part of each cart in `ids`
+    /// ([`Engine::cart_part_state`] there; `None` for one it could not say
+    /// yet); `None` when the group's owner did not answer.
+    fn part_states(
+        &self,
+        group: u32,
+        ids: Vec<Arc<str>>,
+    ) -> futures_util::future::BoxFuture<'static, Option<Vec<Option<super::PartState>>>>;
 }
 
 /// A validated event, ready for its position.

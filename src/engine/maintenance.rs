@@ -84,6 +84,17 @@ impl Engine {
     /// Expires every held reservation whose deadline has passed.
     pub async fn expire_due(&self) {
         let due = self.expiry.take_due(self.now_ms(), EXPIRIES_PER_TICK_MAX);
+        // Cart parts at their lease's end ask their siblings first
+        // (engine::carts); every other deadline expires its hold.
+        let mut parts = Vec::new();
+        let mut plain = Vec::with_capacity(due.len());
+        for id in due {
+            match self.cart_part_due(&id).await {
+                Some(siblings) => parts.push((id, siblings)),
+                None => plain.push(id),
+            }
+        }
+        let due = plain;
         // Concurrently (bounded): each expiry waits a journal round trip, and
         // group commit makes many at once cost little more than one.
         let failed: Vec<Arc<str>> = futures_util::stream::iter(due)
@@ -106,6 +117,9 @@ impl Engine {
             for id in failed {
                 self.expiry.schedule(retry_at, id);
             }
+        }
+        if !parts.is_empty() {
+            self.settle_cart_parts(parts).await;
         }
     }
 

@@ -7,6 +7,7 @@
 //! It never touches a position's state itself: every change is a message to
 //! the position's actor through its shard.
 
+mod carts;
 mod events;
 mod inbox;
 mod maintenance;
@@ -18,6 +19,7 @@ mod reservations;
 mod timers;
 mod transfers;
 
+pub use carts::{PartState, PART_STATES_PER_REQUEST};
 pub use events::{
     error_code, EventCommand, EventOutcome, EventStatus, ExceptionClaim, ExceptionFilter,
     Rejection, RemoteApply, WarehouseEvent,

@@ -129,7 +129,7 @@ pub fn recover(store: &dyn Store) -> Result<Recovered, StorageError> {
     store.scan(
         Space::Reservations,
         &[],
-        &mut |_, value| match codec::decode::<ReservationRecord>(value) {
+        &mut |_, value| match ReservationRecord::decode(value) {
             Ok(record) => {
                 reservations.push(record);
                 true

@@ -20,7 +20,7 @@ use crate::actors::{Exec, ExecError, Finish, HoldFirstFit, Meta};
 use crate::domain::reservation::{allocatable, plan, LineChange, Plan, Refusal, Transition};
 use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{
-    IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord, ReservationStatus,
+    CartPart, IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord, ReservationStatus,
 };
 use crate::storage::{codec, Space, StorageError, WriteBatch};
 
@@ -52,9 +52,13 @@ pub struct NewReservation {
     /// reservation is one line.
     pub remember: Option<RememberAnswer>,
     /// A cart's part in a partition group (api::dispatch): held for at most
-    /// this long until [`Engine::confirm_reservation`] gives it its TTL. Not
-    /// part of the request's content (a retry may come with or without it).
+    /// this long, then kept to its TTL only if every sibling group holds its
+    /// part (asked at the lease's end), or sooner if
+    /// [`Engine::confirm_reservation`] gives it its TTL. Not part of the
+    /// request's content (a retry may come with or without it).
     pub lease_seconds: Option<u64>,
+    /// The cart's other partition groups, asked at the lease's end.
+    pub siblings: Vec<u32>,
 }
 
 /// An `Idempotency-Key`'s answer to a created reservation, written by the
@@ -264,7 +268,7 @@ pub fn new_reservation_id(idempotency_key: Option<&str>, now_ms: i64) -> String 
     }
 }
 
-fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, StorageError> {
+pub(super) fn record_batch(record: &ReservationRecord) -> Result<WriteBatch, StorageError> {
     let mut batch = WriteBatch::default();
     batch.put(
         Space::Reservations,
@@ -318,7 +322,7 @@ impl Engine {
         }
     }
 
-    fn schedule_expiry(&self, record: &ReservationRecord) {
+    pub(super) fn schedule_expiry(&self, record: &ReservationRecord) {
         if let (ReservationStatus::Held, Some(deadline)) = (record.status, record.expires_at_ms) {
             self.expiry
                 .schedule(deadline, Arc::from(record.id.as_str()));
@@ -376,11 +380,17 @@ impl Engine {
                 .unwrap_or_else(|| new_reservation_id(request.idempotency_key.as_deref(), now))
                 .as_str(),
         );
-        let ttl_ms = request
+        let ttl_seconds = request
             .ttl_seconds
-            .unwrap_or(self.config.default_ttl_seconds)
-            .min(request.lease_seconds.unwrap_or(u64::MAX))
-            .saturating_mul(1000) as i64;
+            .unwrap_or(self.config.default_ttl_seconds);
+        let lease_seconds = request.lease_seconds.unwrap_or(u64::MAX);
+        let deadline = |seconds: u64| now.saturating_add(seconds.saturating_mul(1000) as i64);
+        // A part on a lease shorter than its TTL, with siblings to ask at its end.
+        let cart =
+            (lease_seconds < ttl_seconds && !request.siblings.is_empty()).then(|| CartPart {
+                siblings: request.siblings.clone(),
+                expires_at_ms: deadline(ttl_seconds),
+            });
         let record = ReservationRecord {
             id: id.to_string(),
             channel: channel.id.to_string(),
@@ -399,10 +409,11 @@ impl Engine {
                 .collect(),
             created_at_ms: now,
             updated_at_ms: now,
-            expires_at_ms: Some(now.saturating_add(ttl_ms)),
+            expires_at_ms: Some(deadline(ttl_seconds.min(lease_seconds))),
             correlation_id: request.correlation_id.to_string(),
             request_hash: hash,
             pending: Some(PendingOp::Create),
+            cart,
         };
         // Claim the id; a concurrent or earlier request with it waits for us.
         // The record is worked on in its cell, under the lock.
@@ -820,7 +831,10 @@ impl Engine {
         Ok(record)
     }
 
-    fn cell(&self, id: &str) -> Result<Arc<tokio::sync::Mutex<ReservationRecord>>, EngineError> {
+    pub(super) fn cell(
+        &self,
+        id: &str,
+    ) -> Result<Arc<tokio::sync::Mutex<ReservationRecord>>, EngineError> {
         self.reservations
             .get(id)
             .ok_or_else(|| EngineError::NotFound(format!("reservation {id} not found")))
@@ -917,6 +931,7 @@ impl Engine {
                     }
                     let mut confirmed = record.clone();
                     confirmed.expires_at_ms = Some(deadline);
+                    confirmed.cart = None;
                     confirmed.updated_at_ms = self.now_ms();
                     self.write(record_batch(&confirmed)?).await?;
                     self.unschedule_expiry(&record);
@@ -1005,6 +1020,7 @@ impl Engine {
         finished.status = target;
         finished.pending = None;
         finished.expires_at_ms = None;
+        finished.cart = None;
         finished.updated_at_ms = self.now_ms();
         self.run_on_lines(&mut record, op, finished, correlation_id, false, command)
             .await?;

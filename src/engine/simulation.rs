@@ -295,6 +295,7 @@ impl Sim {
             idempotency_key: None,
             remember: None,
             lease_seconds: None,
+            siblings: Vec::new(),
         }
     }
 

@@ -69,6 +69,7 @@ fn hold(id: &str, sku: &str, qty: u64) -> NewReservation {
         idempotency_key: None,
         remember: None,
         lease_seconds: None,
+        siblings: Vec::new(),
     }
 }
 
@@ -248,6 +249,223 @@ async fn a_confirmed_cart_part_keeps_its_ttl_and_an_expired_one_is_refused() {
     let cart = again.get_reservation("cart").await.expect("read");
     assert_eq!(cart.record.status, ReservationStatus::Expired, "at its TTL");
     assert_eq!(counters(&again, "sku").await.reserved, 0);
+    again.stop(false).await;
+}
+
+/// The other group of a two-group cart in these tests: asks that group's
+/// engine, as `cluster::apply` asks its owner, or does not answer.
+struct Sibling {
+    engine: std::sync::OnceLock<Arc<Engine>>,
+    answers: std::sync::atomic::AtomicBool,
+}
+
+impl RemoteApply for Sibling {
+    fn apply(
+        &self,
+        _: u32,
+        _: Vec<WarehouseEvent>,
+        _: Arc<str>,
+    ) -> futures_util::future::BoxFuture<'static, Vec<Option<EventOutcome>>> {
+        Box::pin(async { Vec::new() })
+    }
+
+    fn part_states(
+        &self,
+        _: u32,
+        ids: Vec<Arc<str>>,
+    ) -> futures_util::future::BoxFuture<'static, Option<Vec<Option<PartState>>>> {
+        let engine = self.engine.get().cloned();
+        let answers = self.answers.load(std::sync::atomic::Ordering::Acquire);
+        Box::pin(async move {
+            let engine = engine.filter(|_| answers)?;
+            let mut states = Vec::new();
+            for id in ids {
+                states.push(engine.cart_part_state(&id).await.ok());
+            }
+            Some(states)
+        })
+    }
+}
+
+/// Two groups' engines, each asking the other about its cart parts.
+async fn two_groups() -> (Arc<Engine>, Arc<Engine>, Arc<Sibling>, Arc<Sibling>) {
+    let (a, b) = (
+        engine_on(Arc::new(MemoryStore::new())).await,
+        engine_on(Arc::new(MemoryStore::new())).await,
+    );
+    let link = |to: &Arc<Engine>| {
+        let sibling = Arc::new(Sibling {
+            engine: std::sync::OnceLock::new(),
+            answers: std::sync::atomic::AtomicBool::new(true),
+        });
+        let _ = sibling.engine.set(to.clone());
+        sibling
+    };
+    let (to_b, to_a) = (link(&b), link(&a));
+    a.set_remote(to_b.clone());
+    b.set_remote(to_a.clone());
+    for engine in [&a, &b] {
+        engine
+            .apply_events(vec![receipt("sku", 10)], Arc::from("t"))
+            .await;
+    }
+    (a, b, to_b, to_a)
+}
+
+fn part(id: &str, qty: u64, sibling: u32) -> NewReservation {
+    NewReservation {
+        ttl_seconds: Some(900),
+        lease_seconds: Some(30),
+        siblings: vec![sibling],
+        ..hold(id, "sku", qty)
+    }
+}
+
+/// A cart over two groups: at the lease's end each part asks the other group.
+/// Both held: both keep their stock to the cart's TTL (journaled). One never
+/// made: the other lets go, and the id is taken where it is missing, so a
+/// part that comes late is refused. A sibling that does not answer: asked
+/// again, held meanwhile, let go at the cart's own deadline.
+#[actix::test]
+async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
+    let (a, b, to_b, _) = two_groups().await;
+    for (engine, sibling) in [(&a, 1), (&b, 0)] {
+        let (view, created) = engine
+            .create_reservation(part("whole", 2, sibling))
+            .await
+            .expect("held");
+        assert!(created);
+        assert_eq!(view.record.expires_at_ms, Some(T0 + 30_000), "on its lease");
+    }
+    a.create_reservation(part("half", 3, 1))
+        .await
+        .expect("held");
+    a.create_reservation(part("unanswered", 1, 1))
+        .await
+        .expect("held");
+    b.create_reservation(part("unanswered", 1, 0))
+        .await
+        .expect("held");
+    b.release_reservation("unanswered", "t")
+        .await
+        .expect("released");
+
+    // The lease's end; b's owner does not answer for "unanswered" yet.
+    to_b.answers
+        .store(false, std::sync::atomic::Ordering::Release);
+    for engine in [&a, &b] {
+        engine.clock().advance(30_000);
+    }
+    a.expire_due().await;
+    b.expire_due().await;
+    // b asked a and kept its part; a's question went unanswered.
+    for (engine, deadline) in [(&a, T0 + 30_000), (&b, T0 + 900_000)] {
+        let whole = engine.get_reservation("whole").await.expect("read");
+        assert_eq!(whole.record.status, ReservationStatus::Held);
+        assert_eq!(whole.record.expires_at_ms, Some(deadline));
+    }
+    assert_eq!(
+        a.get_reservation("half").await.expect("read").record.status,
+        ReservationStatus::Held,
+        "not let go without an answer"
+    );
+
+    // b answers again: a's parts settle a second later.
+    to_b.answers
+        .store(true, std::sync::atomic::Ordering::Release);
+    a.clock().advance(1_000);
+    a.expire_due().await;
+    let whole = a.get_reservation("whole").await.expect("read");
+    assert_eq!(whole.record.expires_at_ms, Some(T0 + 900_000), "kept");
+    assert_eq!(whole.record.cart, None);
+    for (id, why) in [("half", "never made in b"), ("unanswered", "released in b")] {
+        let view = a.get_reservation(id).await.expect("read");
+        assert_eq!(view.record.status, ReservationStatus::Expired, "{why}");
+    }
+    assert_eq!(counters(&a, "sku").await.reserved, 2);
+    // "half" is taken in b: its part, coming late, is refused.
+    let late = b.create_reservation(part("half", 3, 0)).await;
+    assert!(
+        matches!(late, Err(EngineError::InvalidState(_))),
+        "{late:?}"
+    );
+    assert_eq!(counters(&b, "sku").await.reserved, 2);
+    assert_eq!(
+        b.cart_part_state("half").await.expect("known"),
+        PartState::Gone
+    );
+    assert_eq!(
+        b.cart_part_state("whole").await.expect("known"),
+        PartState::Holding
+    );
+
+    // A sibling that never answers: held until the cart's own deadline.
+    a.create_reservation(part("lonely", 1, 1))
+        .await
+        .expect("held");
+    to_b.answers
+        .store(false, std::sync::atomic::Ordering::Release);
+    a.clock().advance(31_000);
+    a.expire_due().await;
+    assert_eq!(
+        a.get_reservation("lonely")
+            .await
+            .expect("read")
+            .record
+            .status,
+        ReservationStatus::Held
+    );
+    a.clock().advance(900_000);
+    a.expire_due().await;
+    for id in ["lonely", "whole"] {
+        let view = a.get_reservation(id).await.expect("read");
+        assert_eq!(view.record.status, ReservationStatus::Expired, "{id}");
+    }
+    assert_eq!(counters(&a, "sku").await.reserved, 0);
+    a.stop(false).await;
+    b.stop(false).await;
+}
+
+/// A settled part, and the id taken where a part was missing, are journaled:
+/// a restart keeps both, and a part still on its lease settles after it.
+#[actix::test]
+async fn cart_parts_and_taken_ids_survive_a_restart() {
+    let store = Arc::new(MemoryStore::new());
+    let a = engine_on(store.clone()).await;
+    a.apply_events(vec![receipt("sku", 10)], Arc::from("t"))
+        .await;
+    a.create_reservation(part("open", 2, 1))
+        .await
+        .expect("held");
+    assert_eq!(
+        a.cart_part_state("missing").await.expect("taken"),
+        PartState::Gone
+    );
+    a.stop(false).await;
+
+    let again = engine_on(store).await;
+    let open = again.get_reservation("open").await.expect("read");
+    assert_eq!(
+        open.record.cart.as_ref().map(|cart| cart.siblings.clone()),
+        Some(vec![1])
+    );
+    let late = again.create_reservation(part("missing", 1, 1)).await;
+    assert!(
+        matches!(late, Err(EngineError::InvalidState(_))),
+        "{late:?}"
+    );
+    // No sibling reachable (no remote yet): not let go at the lease's end.
+    again.clock().advance(30_000);
+    again.expire_due().await;
+    assert_eq!(
+        again
+            .get_reservation("open")
+            .await
+            .expect("read")
+            .record
+            .status,
+        ReservationStatus::Held
+    );
     again.stop(false).await;
 }
 

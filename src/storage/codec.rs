@@ -8,11 +8,13 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use super::StorageError;
 
-/// Version 2: bincode 2.0.1, standard config (varint integers, little endian).
-/// Version 1 is the same encoding; only `JournalRecord` changed shape (it
-/// gained `commitments`), and `JournalRecord::decode` reads both.
-pub const FORMAT_VERSION: u8 = 2;
-const FORMAT_VERSIONS_READ: [u8; 2] = [1, 2];
+/// Version 3: bincode 2.0.1, standard config (varint integers, little endian).
+/// Versions 1 and 2 are the same encoding; only two records changed shape:
+/// `JournalRecord` gained `commitments` in 2 (`JournalRecord::decode` reads
+/// both), and `ReservationRecord` gained `cart` in 3
+/// (`ReservationRecord::decode` reads all three).
+pub const FORMAT_VERSION: u8 = 3;
+const FORMAT_VERSIONS_READ: [u8; 3] = [1, 2, 3];
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()

@@ -161,6 +161,60 @@ pub struct ReservationRecord {
     /// Hash of the creating request, to answer a repeated id (SPEC §2).
     pub request_hash: Vec<u8>,
     pub pending: Option<PendingOp>,
+    /// A cart's part in a partition group held on its lease (docs/CLUSTER.md,
+    /// "Carts over several groups"): at the lease's end it asks its sibling
+    /// groups, and keeps its stock to the cart's deadline only if each holds
+    /// its own part. `None` for every other reservation, and once settled.
+    pub cart: Option<CartPart>,
+}
+
+/// What a cart's part held on its lease needs at the lease's end.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CartPart {
+    /// The cart's other partition groups, each holding a part under the same id.
+    pub siblings: Vec<u32>,
+    /// The cart's own deadline (creation plus its TTL), the part's once kept.
+    pub expires_at_ms: i64,
+}
+
+/// [`ReservationRecord`] as formats 1 and 2 wrote it (no `cart`).
+#[derive(Deserialize)]
+struct ReservationRecordV2 {
+    id: String,
+    channel: String,
+    order_ref: Option<String>,
+    status: ReservationStatus,
+    lines: Vec<ReservationLine>,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    expires_at_ms: Option<i64>,
+    correlation_id: String,
+    request_hash: Vec<u8>,
+    pending: Option<PendingOp>,
+}
+
+impl ReservationRecord {
+    /// Decodes a reservation of any format version this build knows.
+    pub fn decode(bytes: &[u8]) -> Result<ReservationRecord, StorageError> {
+        if !matches!(bytes.first(), Some(1 | 2)) {
+            return codec::decode(bytes);
+        }
+        let v2: ReservationRecordV2 = codec::decode(bytes)?;
+        Ok(ReservationRecord {
+            id: v2.id,
+            channel: v2.channel,
+            order_ref: v2.order_ref,
+            status: v2.status,
+            lines: v2.lines,
+            created_at_ms: v2.created_at_ms,
+            updated_at_ms: v2.updated_at_ms,
+            expires_at_ms: v2.expires_at_ms,
+            correlation_id: v2.correlation_id,
+            request_hash: v2.request_hash,
+            pending: v2.pending,
+            cart: None,
+        })
+    }
 }
 
 /// Where a transfer is (SPEC §2): held at the source, shipped (in transit
@@ -486,6 +540,70 @@ mod tests {
         let key = position_key("sku-1", "wh-east");
         assert_eq!(split_position_key(&key), Some(("sku-1", "wh-east")));
         assert_eq!(split_position_key(b"no-separator"), None);
+    }
+
+    #[test]
+    fn format_2_reservations_still_decode() {
+        use serde::Serialize;
+
+        /// A reservation as formats 1 and 2 wrote it: no `cart`.
+        #[derive(Serialize)]
+        struct V2<'a> {
+            id: &'a str,
+            channel: &'a str,
+            order_ref: Option<&'a str>,
+            status: ReservationStatus,
+            lines: Vec<ReservationLine>,
+            created_at_ms: i64,
+            updated_at_ms: i64,
+            expires_at_ms: Option<i64>,
+            correlation_id: &'a str,
+            request_hash: Vec<u8>,
+            pending: Option<PendingOp>,
+        }
+        let line = ReservationLine {
+            sku: "sku-1".to_string(),
+            location: "wh-east".to_string(),
+            qty: 2,
+        };
+        let v2 = V2 {
+            id: "res-1",
+            channel: "web",
+            order_ref: Some("42"),
+            status: ReservationStatus::Held,
+            lines: vec![line.clone()],
+            created_at_ms: 7,
+            updated_at_ms: 8,
+            expires_at_ms: Some(9),
+            correlation_id: "c",
+            request_hash: vec![1, 2],
+            pending: Some(PendingOp::Release),
+        };
+        for version in [1, 2] {
+            let mut bytes = codec::encode(&v2).unwrap();
+            bytes[0] = version;
+            let record = ReservationRecord::decode(&bytes).unwrap();
+            assert_eq!(record.id, "res-1");
+            assert_eq!(record.lines, vec![line.clone()]);
+            assert_eq!(record.expires_at_ms, Some(9));
+            assert_eq!(record.pending, Some(PendingOp::Release));
+            assert_eq!(record.cart, None);
+        }
+        let current = ReservationRecord {
+            cart: Some(CartPart {
+                siblings: vec![1, 3],
+                expires_at_ms: 900,
+            }),
+            ..ReservationRecord::decode(&{
+                let mut bytes = codec::encode(&v2).unwrap();
+                bytes[0] = 2;
+                bytes
+            })
+            .unwrap()
+        };
+        let bytes = codec::encode(&current).unwrap();
+        assert_eq!(bytes[0], codec::FORMAT_VERSION);
+        assert_eq!(ReservationRecord::decode(&bytes).unwrap(), current);
     }
 
     #[test]

@@ -91,6 +91,18 @@ fn ttl_of(reservation: &Value) -> i64 {
     (at("expires_at") - at("created_at")).num_seconds()
 }
 
+/// A cart part's `lease_expires_at - created_at`, in seconds (0 without one).
+fn lease_of(part: &Value) -> i64 {
+    let Some(lease) = part["lease_expires_at"].as_str() else {
+        return 0;
+    };
+    let at = |text: &str| chrono::DateTime::parse_from_rfc3339(text).expect("RFC 3339");
+    let created = part["created_at"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{part}"));
+    (at(lease) - at(created)).num_seconds()
+}
+
 /// Group 0's part of reservation `id`, read from its owner `a0` directly (as
 /// a node's part is), whatever the other group's state.
 fn part_of_group_0(a0: &Server, id: &str) -> (u16, Value) {
@@ -793,18 +805,16 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     // A cart whose coordinator dies after one part is held and before the
     // other answered: group 1's owner (b) is stopped, a cart goes through a's
     // group-1 process, which is killed once group 0's part is held (so no one
-    // can take group 1 over meanwhile); b resumes. Nobody confirms the parts:
-    // each lets go when its lease runs out, whether b held its part or not.
+    // can take group 1 over meanwhile); b is killed too, the part it was sent
+    // never read. Group 0's part, at its lease's end, asks group 1, which has
+    // no owner: it keeps asking, and holds meanwhile.
     let before = (reserved(&a0, &s0), reserved(&a0, &s1));
     let pid = b1.child.as_ref().expect("b1 runs").id().to_string();
-    let signal = |name: &str| {
-        assert!(std::process::Command::new("kill")
-            .args([name, &pid])
-            .status()
-            .expect("kill")
-            .success());
-    };
-    signal("-STOP");
+    assert!(std::process::Command::new("kill")
+        .args(["-STOP", &pid])
+        .status()
+        .expect("kill")
+        .success());
     let cart = json!({"reservation_id": "cart-cd", "channel": "web", "lines": [
         {"sku": s0, "location": "wh-east", "qty": 1},
         {"sku": s1, "location": "wh-east", "qty": 1}]});
@@ -814,6 +824,7 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         (reserved(&a0, &s0) == before.0 + 1).then_some(())
     });
     a1.kill();
+    b1.kill();
     // No answer from the killed coordinator (or, had it waited out its third
     // of the lease for b first, a 503): never a 201.
     let answered = coordinator.join().expect("the client thread");
@@ -821,19 +832,18 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         matches!(answered, Err(_) | Ok((503, _))),
         "a cart not whole is never acknowledged: {answered:?}"
     );
-    signal("-CONT");
     let (status, part) = part_of_group_0(&a0, "cart-cd");
     assert_eq!((status, &part["status"]), (200, &json!("held")), "{part}");
+    assert_eq!(ttl_of(&part), 900, "the cart's deadline: {part}");
     assert_eq!(
-        ttl_of(&part),
+        lease_of(&part),
         CART_LEASE_SECONDS,
         "held on its lease: {part}"
     );
 
     // A cart answered 503 and never retried, its coordinator then gone too:
-    // with group 1 down (its owner killed as well), a cart through b0 holds
-    // group 0's part on its lease and is answered 503; b0 is killed.
-    b1.kill();
+    // with group 1 down, a cart through b0 holds group 0's part on its lease
+    // and is answered 503; b0 is killed.
     let cart = json!({"reservation_id": "cart-nr", "channel": "web", "lines": [
         {"sku": s0, "location": "wh-east", "qty": 1},
         {"sku": s1, "location": "wh-east", "qty": 1}]});
@@ -842,16 +852,22 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     b0.kill();
     let (status, part) = part_of_group_0(&a0, "cart-nr");
     assert_eq!((status, &part["status"]), (200, &json!("held")), "{part}");
-    assert_eq!(ttl_of(&part), CART_LEASE_SECONDS, "{part}");
+    assert_eq!(lease_of(&part), CART_LEASE_SECONDS, "{part}");
     assert_eq!(reserved(&a0, &s0), before.0 + 2);
 
-    // Group 0's owner lets both parts go at their leases' end; group 1's part
-    // of the first cart, if b held it, is let go by b's process when it is
-    // back (its lease is journaled in group 1's stream).
+    // Past both leases, with group 1 still down: not let go on a guess.
+    std::thread::sleep(Duration::from_secs(CART_LEASE_SECONDS as u64 + 2));
+    for id in ["cart-cd", "cart-nr"] {
+        let (_, part) = part_of_group_0(&a0, id);
+        assert_eq!(part["status"], "held", "{part}");
+    }
+    // Group 1 served again (b restarted): it has neither part, takes both
+    // ids, and group 0's parts let go.
+    b1.spawn();
     for id in ["cart-cd", "cart-nr"] {
         let (_, part) = wait_for(
-            "an unconfirmed part let go",
-            Duration::from_secs(CART_LEASE_SECONDS as u64 + 20),
+            "a part whose sibling never held let go",
+            Duration::from_secs(30),
             || {
                 let (status, part) = part_of_group_0(&a0, id);
                 (part["status"] == "expired").then_some((status, part))
@@ -864,16 +880,62 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         before.0,
         "group 0's stock is free again"
     );
-    b1.spawn();
-    let (_, reserved_s1) = wait_for(
-        "group 1 served again, its part let go",
-        Duration::from_secs(CART_LEASE_SECONDS as u64 + 30),
+    assert_eq!(reserved(&a0, &s1), before.1, "group 1 held nothing");
+    // The cart's part for group 1, coming late, is refused: the id is taken.
+    let late = b1
+        .request("POST", "/v1/reservations")
+        .set("X-Stockwire-Forwarded-By", "test")
+        .set("X-Stockwire-Part", "1")
+        .set("X-Stockwire-Lease", &CART_LEASE_SECONDS.to_string())
+        .set("X-Stockwire-Siblings", "0");
+    let late_part = json!({"reservation_id": "cart-cd", "channel": "web", "lines": [
+        {"sku": s1, "location": "wh-east", "qty": 1}]});
+    let (status, body) = try_call(late, Some(late_part)).expect("answer");
+    assert_eq!(
+        (status, &body["code"]),
+        (409, &json!("invalid_state")),
+        "{body}"
+    );
+    assert_eq!(reserved(&a0, &s1), before.1);
+
+    // Both parts held, the answer lost: sent as a coordinator sends them, to
+    // each group's owner, and never answered to anyone. At the lease's end
+    // each finds the other held, and both keep their stock to the cart's TTL.
+    for (server, sku, group, sibling) in [(&a0, &s0, "0", "1"), (&b1, &s1, "1", "0")] {
+        let part = server
+            .request("POST", "/v1/reservations")
+            .set("X-Stockwire-Forwarded-By", "test")
+            .set("X-Stockwire-Part", group)
+            .set("X-Stockwire-Lease", &CART_LEASE_SECONDS.to_string())
+            .set("X-Stockwire-Siblings", sibling);
+        let body = json!({"reservation_id": "cart-lost", "channel": "web",
+                          "ttl_seconds": 600,
+                          "lines": [{"sku": sku, "location": "wh-east", "qty": 1}]});
+        let (status, body) = try_call(part, Some(body)).expect("answer");
+        assert_eq!(status, 201, "{body}");
+        assert_eq!(lease_of(&body), CART_LEASE_SECONDS, "{body}");
+    }
+    let (_, whole) = wait_for(
+        "both parts kept",
+        Duration::from_secs(CART_LEASE_SECONDS as u64 + 20),
         || {
-            let (status, body) =
-                try_call(a0.request("GET", &format!("/v1/availability/{s1}")), None).ok()?;
-            let reserved = body["total"]["reserved"].as_u64()?;
-            (status == 200 && reserved == before.1).then_some((status, reserved))
+            let (status, body) = send(&a0, "GET", "/v1/reservations/cart-lost", None);
+            let kept = status == 200
+                && body["status"] == "held"
+                && body["lines"].as_array().map(Vec::len) == Some(2)
+                && [&a0, &b1].iter().all(|server| {
+                    let read = server
+                        .request("GET", "/v1/reservations/cart-lost")
+                        .set("X-Stockwire-Forwarded-By", "test");
+                    try_call(read, None)
+                        .is_ok_and(|(_, part)| part.get("lease_expires_at").is_none())
+                });
+            kept.then_some((status, body))
         },
     );
-    assert_eq!(reserved_s1, before.1, "group 1's stock is free again");
+    assert_eq!(ttl_of(&whole), 600, "{whole}");
+    assert_eq!(
+        (reserved(&a0, &s0), reserved(&a0, &s1)),
+        (before.0 + 1, before.1 + 1)
+    );
 }

@@ -1,0 +1,216 @@
+//! A cart's parts over partition groups (docs/CLUSTER.md, "Carts over several
+//! groups"). Each part is held on a lease shorter than the cart's TTL and
+//! knows its sibling groups ([`CartPart`]). At the lease's end the part asks
+//! each sibling's owner whether it holds its part of the cart (same id):
+//!
+//! - every sibling holds it (held, allocated or shipped): the part keeps its
+//!   stock to the cart's deadline (journaled);
+//! - a sibling let go of its part, or never had it: the part lets go too;
+//! - a sibling did not answer: asked again a second later, until the cart's
+//!   own deadline, when the part expires as any hold does.
+//!
+//! A sibling that does not have the part answers for good: it takes the id
+//! with a closed record of no lines, journaled, before it answers. A part
+//! that arrives after that is refused (`409`, the id's other content), so the
+//! cart it belongs to is never answered held. That is what makes the answer
+//! safe without clocks: "not here" can never turn into "here" later.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Engine, EngineError};
+use crate::storage::records::{PendingOp, ReservationRecord, ReservationStatus};
+
+/// Ids asked of one sibling group in one request.
+pub const PART_STATES_PER_REQUEST: usize = 500;
+
+/// How soon a part whose siblings did not all answer asks again.
+const ASK_AGAIN_MS: i64 = 1000;
+
+/// A sibling group's answer for its part of a cart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartState {
+    /// Held, allocated or shipped.
+    Holding,
+    /// Released or expired, or never here (and now never will be).
+    Gone,
+}
+
+/// What a part does at its lease's end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    LetGo,
+    AskAgain,
+}
+
+/// The correlation id of the records and journal entries this module makes.
+const SETTLE: &str = "cart-settle";
+
+impl Engine {
+    /// The sibling groups of `id` if it is a cart's part whose lease has run
+    /// out and whose siblings must be asked; `None` for any other reservation.
+    pub(super) async fn cart_part_due(&self, id: &str) -> Option<Vec<u32>> {
+        let cell = self.reservations.get(id)?;
+        let record = cell.lock().await;
+        let due = record.status == ReservationStatus::Held
+            && record.pending.is_none()
+            && record.expires_at_ms.is_some_and(|at| at <= self.now_ms());
+        match &record.cart {
+            Some(cart) if due => Some(cart.siblings.clone()),
+            _ => None,
+        }
+    }
+
+    /// Settles cart parts whose leases ran out: their siblings asked, one
+    /// request per sibling group, and each part kept, let go or asked again.
+    pub(super) async fn settle_cart_parts(&self, parts: Vec<(Arc<str>, Vec<u32>)>) {
+        let mut asked: BTreeMap<u32, Vec<Arc<str>>> = BTreeMap::new();
+        for (id, siblings) in &parts {
+            for group in siblings {
+                asked.entry(*group).or_default().push(id.clone());
+            }
+        }
+        let mut answers: BTreeMap<(u32, Arc<str>), PartState> = BTreeMap::new();
+        if let Some(remote) = self.remote.get() {
+            let requests = asked.iter().flat_map(|(group, ids)| {
+                ids.chunks(PART_STATES_PER_REQUEST).map(|chunk| {
+                    let (group, chunk) = (*group, chunk.to_vec());
+                    let asking = remote.part_states(group, chunk.clone());
+                    async move { (group, chunk, asking.await) }
+                })
+            });
+            for (group, ids, states) in futures_util::future::join_all(requests).await {
+                let Some(states) = states.filter(|states| states.len() == ids.len()) else {
+                    continue;
+                };
+                for (id, state) in ids.into_iter().zip(states) {
+                    if let Some(state) = state {
+                        answers.insert((group, id), state);
+                    }
+                }
+            }
+        }
+        for (id, siblings) in parts {
+            let states: Vec<Option<PartState>> = siblings
+                .iter()
+                .map(|group| answers.get(&(*group, id.clone())).copied())
+                .collect();
+            let verdict = if states.contains(&Some(PartState::Gone)) {
+                Verdict::LetGo
+            } else if states.iter().all(|s| *s == Some(PartState::Holding)) {
+                Verdict::Keep
+            } else {
+                Verdict::AskAgain
+            };
+            if let Err(error) = self.settle_cart_part(&id, verdict).await {
+                tracing::warn!(reservation = %id, %error, "a cart part was not settled; asking again");
+                self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
+            }
+        }
+    }
+
+    async fn settle_cart_part(&self, id: &Arc<str>, verdict: Verdict) -> Result<(), EngineError> {
+        let cell = self.cell(id)?;
+        let mut record = cell.lock().await;
+        let Some(cart) = record.cart.clone() else {
+            // Settled meanwhile (confirmed, released, allocated).
+            return Ok(());
+        };
+        if record.status != ReservationStatus::Held || record.pending.is_some() {
+            return Ok(());
+        }
+        let now = self.now_ms();
+        let verdict = match verdict {
+            // Its cart's own deadline passed while siblings did not answer.
+            Verdict::AskAgain if now >= cart.expires_at_ms => Verdict::LetGo,
+            verdict => verdict,
+        };
+        match verdict {
+            Verdict::Keep => {
+                let mut kept = record.clone();
+                kept.cart = None;
+                kept.expires_at_ms = Some(cart.expires_at_ms);
+                kept.updated_at_ms = now;
+                self.write(super::reservations::record_batch(&kept)?)
+                    .await?;
+                self.schedule_expiry(&kept);
+                tracing::debug!(reservation = %id, "cart part kept: every sibling holds its part");
+                *record = kept;
+                Ok(())
+            }
+            Verdict::AskAgain => {
+                self.expiry.schedule(now + ASK_AGAIN_MS, id.clone());
+                Ok(())
+            }
+            Verdict::LetGo => {
+                // Expired as any hold whose deadline passed: `cart` goes with
+                // the expiry's own record.
+                drop(record);
+                tracing::info!(reservation = %id, "cart part let go: a sibling group does not hold its part");
+                self.expire_reservation(id).await
+            }
+        }
+    }
+
+    /// A sibling's question at its lease's end: does this group hold its part
+    /// of cart `id`? Held, allocated or shipped: [`PartState::Holding`];
+    /// released or expired: [`PartState::Gone`]. Not here: the id is taken by
+    /// a closed record of no lines, journaled before the answer, so a part
+    /// that comes later is refused; [`PartState::Gone`]. A creation under way:
+    /// `unavailable` (asked again).
+    pub async fn cart_part_state(&self, id: &str) -> Result<PartState, EngineError> {
+        let now = self.now_ms();
+        let closed = ReservationRecord {
+            id: id.to_string(),
+            channel: String::new(),
+            order_ref: None,
+            status: ReservationStatus::Expired,
+            lines: Vec::new(),
+            created_at_ms: now,
+            updated_at_ms: now,
+            expires_at_ms: None,
+            correlation_id: SETTLE.to_string(),
+            // No request's hash: a part created later is another content.
+            request_hash: Vec::new(),
+            pending: None,
+            cart: None,
+        };
+        let key: Arc<str> = Arc::from(id);
+        let cell = Arc::new(tokio::sync::Mutex::new(closed.clone()));
+        let mut guard = cell.clone().lock_owned().await;
+        match self.reservations.claim(&key, &cell) {
+            Ok(()) => {
+                let written = match super::reservations::record_batch(&closed) {
+                    Ok(batch) => self.write(batch).await,
+                    Err(error) => Err(error.into()),
+                };
+                if let Err(error) = written {
+                    // Not taken after all: a creation waiting on the id tries again.
+                    guard.pending = Some(PendingOp::Create);
+                    self.reservations.remove(id);
+                    return Err(error);
+                }
+                Ok(PartState::Gone)
+            }
+            Err(existing) => {
+                drop(guard);
+                let record = existing.lock().await;
+                if record.pending == Some(PendingOp::Create) {
+                    return Err(EngineError::Unavailable(format!(
+                        "reservation {id} is being created"
+                    )));
+                }
+                Ok(match record.status {
+                    ReservationStatus::Held
+                    | ReservationStatus::Allocated
+                    | ReservationStatus::Shipped => PartState::Holding,
+                    ReservationStatus::Released | ReservationStatus::Expired => PartState::Gone,
+                })
+            }
+        }
+    }
+}
