@@ -30,6 +30,8 @@
 # reservation of each process kind: its utime+stime over the run (/proc) divided by
 # the reservations answered 201.
 #
+# CLUSTER_CART_LEASE_SECONDS sets the groups' cart_lease_seconds (30 by default),
+# so a cart's parts settle at their lease's end inside a short run.
 # Settings: CLUSTER_RATE (default 2000), CLUSTER_SECONDS (15), CLUSTER_ROUNDS (1),
 # CLUSTER_SETUPS (default "single cluster-1 cluster-2 cluster-3 forwarded"),
 # STOCKWIRE_BIN (default: build the release server), OHA (as bench-open-loop.sh).
@@ -102,6 +104,9 @@ start_node() {
       printf '\n[cluster]\nnode = "%s"\nurl = "%s"\nstream = "%s"\nadvertise = "http://127.0.0.1:%s"\n' \
         "$machine" "$NATS_URLS" "$stream" "$port"
       if [ -n "$group" ]; then printf 'groups = 2\ngroup = %s\n' "$group"; fi
+      if [ -n "$group" ] && [ -n "${CLUSTER_CART_LEASE_SECONDS:-}" ]; then
+        printf 'cart_lease_seconds = %s\n' "$CLUSTER_CART_LEASE_SECONDS"
+      fi
     fi
   } >"$config"
   env -u STOCKWIRE_BIN "$SW_BIN" serve --config "$config" >"$WORK/n$i.log" 2>&1 &

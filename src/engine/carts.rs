@@ -18,16 +18,24 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError};
 use crate::storage::records::{PendingOp, ReservationRecord, ReservationStatus};
+use crate::storage::{codec, Space};
 
 /// Ids asked of one sibling group in one request.
 pub const PART_STATES_PER_REQUEST: usize = 500;
 
 /// How soon a part whose siblings did not all answer asks again.
 const ASK_AGAIN_MS: i64 = 1000;
+
+/// Parts kept in one journal write (each a reservation record).
+const KEPT_PER_WRITE: usize = 500;
+
+/// Parts let go at once (each an expiry on its positions).
+const LET_GO_IN_FLIGHT_MAX: usize = 64;
 
 /// A sibling group's answer for its part of a cart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,14 +45,6 @@ pub enum PartState {
     Holding,
     /// Released or expired, or never here (and now never will be).
     Gone,
-}
-
-/// What a part does at its lease's end.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Verdict {
-    Keep,
-    LetGo,
-    AskAgain,
 }
 
 /// The correlation id of the records and journal entries this module makes.
@@ -94,64 +94,104 @@ impl Engine {
                 }
             }
         }
+        let mut keep = Vec::new();
+        let mut let_go = Vec::new();
         for (id, siblings) in parts {
             let states: Vec<Option<PartState>> = siblings
                 .iter()
                 .map(|group| answers.get(&(*group, id.clone())).copied())
                 .collect();
-            let verdict = if states.contains(&Some(PartState::Gone)) {
-                Verdict::LetGo
+            if states.contains(&Some(PartState::Gone)) {
+                let_go.push(id);
             } else if states.iter().all(|s| *s == Some(PartState::Holding)) {
-                Verdict::Keep
+                keep.push(id);
             } else {
-                Verdict::AskAgain
-            };
-            if let Err(error) = self.settle_cart_part(&id, verdict).await {
-                tracing::warn!(reservation = %id, %error, "a cart part was not settled; asking again");
-                self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
+                self.ask_again(id).await;
             }
         }
+        for chunk in keep.chunks(KEPT_PER_WRITE) {
+            self.keep_cart_parts(chunk).await;
+        }
+        futures_util::stream::iter(let_go)
+            .for_each_concurrent(LET_GO_IN_FLIGHT_MAX, |id| async move {
+                tracing::info!(reservation = %id,
+                    "cart part let go: a sibling group does not hold its part");
+                if let Err(error) = self.expire_reservation(&id).await {
+                    tracing::warn!(reservation = %id, %error, "a cart part was not let go; asking again");
+                    self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
+                }
+            })
+            .await;
     }
 
-    async fn settle_cart_part(&self, id: &Arc<str>, verdict: Verdict) -> Result<(), EngineError> {
-        let cell = self.cell(id)?;
-        let mut record = cell.lock().await;
-        let Some(cart) = record.cart.clone() else {
-            // Settled meanwhile (confirmed, released, allocated).
-            return Ok(());
+    /// A part whose siblings did not all answer: asked again a second later,
+    /// or, past the cart's own deadline, let go as any hold is at its deadline.
+    async fn ask_again(&self, id: Arc<str>) {
+        let past = match self.reservations.get(&id) {
+            Some(cell) => cell
+                .lock()
+                .await
+                .cart
+                .as_ref()
+                .is_some_and(|cart| self.now_ms() >= cart.expires_at_ms),
+            None => return,
         };
-        if record.status != ReservationStatus::Held || record.pending.is_some() {
-            return Ok(());
+        if past && self.expire_reservation(&id).await.is_ok() {
+            return;
         }
+        self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
+    }
+
+    /// Keeps `ids` (every sibling holds its part) to their carts' deadlines,
+    /// in one journal write. A part busy with another change is asked about
+    /// again on the next tick.
+    async fn keep_cart_parts(&self, ids: &[Arc<str>]) {
         let now = self.now_ms();
-        let verdict = match verdict {
-            // Its cart's own deadline passed while siblings did not answer.
-            Verdict::AskAgain if now >= cart.expires_at_ms => Verdict::LetGo,
-            verdict => verdict,
-        };
-        match verdict {
-            Verdict::Keep => {
-                let mut kept = record.clone();
-                kept.cart = None;
-                kept.expires_at_ms = Some(cart.expires_at_ms);
-                kept.updated_at_ms = now;
-                self.write(super::reservations::record_batch(&kept)?)
-                    .await?;
-                self.schedule_expiry(&kept);
-                tracing::debug!(reservation = %id, "cart part kept: every sibling holds its part");
-                *record = kept;
-                Ok(())
+        let mut batch = crate::storage::WriteBatch::default();
+        let mut kept = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(cell) = self.reservations.get(id) else {
+                continue;
+            };
+            let Ok(record) = cell.try_lock_owned() else {
+                self.expiry.schedule(now, id.clone());
+                continue;
+            };
+            let Some(cart) = record.cart.clone() else {
+                continue;
+            };
+            if record.status != ReservationStatus::Held || record.pending.is_some() {
+                continue;
             }
-            Verdict::AskAgain => {
-                self.expiry.schedule(now + ASK_AGAIN_MS, id.clone());
-                Ok(())
+            let mut settled = record.clone();
+            settled.cart = None;
+            settled.expires_at_ms = Some(cart.expires_at_ms);
+            settled.updated_at_ms = now;
+            match codec::encode(&settled) {
+                Ok(bytes) => batch.put(Space::Reservations, id.as_bytes(), bytes),
+                Err(error) => {
+                    tracing::warn!(reservation = %id, %error, "a cart part could not be encoded");
+                    continue;
+                }
             }
-            Verdict::LetGo => {
-                // Expired as any hold whose deadline passed: `cart` goes with
-                // the expiry's own record.
-                drop(record);
-                tracing::info!(reservation = %id, "cart part let go: a sibling group does not hold its part");
-                self.expire_reservation(id).await
+            kept.push((record, settled));
+        }
+        if kept.is_empty() {
+            return;
+        }
+        match self.write(batch).await {
+            Ok(()) => {
+                for (mut record, settled) in kept {
+                    self.schedule_expiry(&settled);
+                    *record = settled;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cart parts were not kept; asking again");
+                for (record, _) in kept {
+                    self.expiry
+                        .schedule(now + ASK_AGAIN_MS, Arc::from(record.id.as_str()));
+                }
             }
         }
     }
