@@ -12,9 +12,11 @@
 #                SKU of group 1) to group 1's, by two load generators at RATE/2
 #   groups-2-fwd the same 4 processes; all the load goes to group 0's owner, half of
 #                it (group 1's SKU) forwarded by it to group 1's owner
+#   single-cart  one node without [cluster]; the carts of groups-2-cart, at RATE/2
 #   groups-2-cart the same 4 processes; carts of two lines, one in each group, at
 #                RATE/2 to group 0's owner, which holds its part and has group 1's
-#                owner hold the other, each on its lease, then confirms both
+#                owner hold the other, each on its lease (each part settles with
+#                the other at the lease's end)
 #
 # In the groups setups "owner" is the mean over the two owners of the CPU each used
 # per reservation it decided (its group's 201s), and p50/p99 the worse of the two
@@ -46,6 +48,7 @@ ROUNDS=${CLUSTER_ROUNDS:-1}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 TOKEN=dev-admin-secret
 BODY='{"channel":"web","lines":[{"sku":"hot-1","location":"wh-east","qty":1}],"ttl_seconds":3600}'
+CART_BODY='{"channel":"web","lines":[{"sku":"hot-1","location":"wh-east","qty":1},{"sku":"hot-2","location":"wh-east","qty":1}],"ttl_seconds":3600}'
 NATS_BASE=${CLUSTER_NATS_BASE:-27222}
 HTTP_BASE=${CLUSTER_HTTP_BASE:-19181}
 
@@ -125,7 +128,8 @@ run() {
   local port=$((HTTP_BASE + target - 1))
   curl -sSf "http://127.0.0.1:$HTTP_BASE/v1/events" -H "Authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' \
-    -d '{"events":[{"event_id":"cluster-seed","type":"receipt","source":"bench","sku":"hot-1","location":"wh-east","qty":100000000}]}' \
+    -d '{"events":[{"event_id":"cluster-seed","type":"receipt","source":"bench","sku":"hot-1","location":"wh-east","qty":100000000},
+                   {"event_id":"cluster-seed-2","type":"receipt","source":"bench","sku":"hot-2","location":"wh-east","qty":100000000}]}' \
     >/dev/null || die "seeding failed"
   sleep 1
   local before=() nats_before=0 pid
@@ -133,7 +137,7 @@ run() {
   for pid in $(nats_pids); do nats_before=$((nats_before + $(cpu "$pid"))); done
   out=$WORK/$name.json
   "$OHA_BIN" --no-tui --latency-correction --worker-threads 1 -z "${SECONDS_EACH}s" \
-    -c 8 -q "$RATE" -m POST -H "Authorization: Bearer $TOKEN" \
+    -c 8 -q "${RUN_RATE:-$RATE}" -m POST -H "Authorization: Bearer $TOKEN" \
     -H 'content-type: application/json' -d "$BODY" --output-format json \
     "http://127.0.0.1:$port/v1/reservations" >"$out"
   local after=() nats_after=0
@@ -253,12 +257,13 @@ for round in $(seq "$ROUNDS"); do
   for setup in $SETUPS; do
     case $setup in
       single) run single 1 no 1 ;;
+      single-cart) BODY=$CART_BODY RUN_RATE=$((RATE / 2)) run single-cart 1 no 1 ;;
       cluster-[123]) run "$setup" "${setup#cluster-}" yes 1 ;;
       forwarded) run forwarded 3 yes 2 ;;
       groups-2) run_groups groups-2 yes ;;
       groups-2-fwd) run_groups groups-2-fwd no ;;
       groups-2-cart) run_groups groups-2-cart cart ;;
-      *) die "unknown setup $setup (single, cluster-1, cluster-2, cluster-3, forwarded, groups-2, groups-2-fwd, groups-2-cart)" ;;
+      *) die "unknown setup $setup (single, single-cart, cluster-1, cluster-2, cluster-3, forwarded, groups-2, groups-2-fwd, groups-2-cart)" ;;
     esac
   done
 done
