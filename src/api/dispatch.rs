@@ -54,7 +54,8 @@ pub const GROUP_HEADER: &str = "x-stockwire-group";
 const PART_HEADER: &str = "x-stockwire-part";
 
 /// Holds a cart's part on a lease of this many seconds (`cart_lease_seconds`
-/// of the process that sent it) instead of the cart's TTL, until confirmed.
+/// of the process that sent it) instead of the cart's TTL, until it settles
+/// with its siblings (engine::carts) or is confirmed.
 const LEASE_HEADER: &str = "x-stockwire-lease";
 
 /// With [`LEASE_HEADER`]: the cart's other groups, each holding a part under
@@ -80,11 +81,11 @@ pub fn part_lease(request: &HttpRequest) -> Result<Option<(u64, Vec<u32>)>, ApiE
                 "{LEASE_HEADER}: seconds in {CLUSTER_CART_LEASE_SECONDS_RANGE:?}"
             ))
         })?;
-    let groups = request
+    let (groups, own) = request
         .app_data::<web::Data<AppState>>()
         .and_then(|state| state.config.cluster.as_ref())
-        .map_or(1, |cluster| cluster.groups);
-    let siblings = match request.headers().get(SIBLINGS_HEADER) {
+        .map_or((1, 0), |cluster| (cluster.groups, cluster.group));
+    let mut siblings = match request.headers().get(SIBLINGS_HEADER) {
         None => Vec::new(),
         Some(value) => value
             .to_str()
@@ -97,11 +98,13 @@ pub fn part_lease(request: &HttpRequest) -> Result<Option<(u64, Vec<u32>)>, ApiE
                     .map(|g| g.trim().parse::<u32>().ok().filter(|g| *g < groups))
                     .collect::<Option<Vec<u32>>>()
             })
-            .filter(|siblings| siblings.len() < groups as usize)
             .ok_or_else(|| {
                 ApiError::BadRequest(format!("{SIBLINGS_HEADER}: groups below {groups}"))
             })?,
     };
+    siblings.retain(|g| *g != own);
+    siblings.sort_unstable();
+    siblings.dedup();
     Ok(Some((lease, siblings)))
 }
 
@@ -451,9 +454,14 @@ enum PartBody {
 struct Manner {
     client_key: bool,
     timeout: Option<std::time::Duration>,
-    /// A cart's part: held on this lease until every part is held.
+    /// A cart's part: held on this lease, then settled with its siblings.
     lease: Option<Lease>,
 }
+
+const _: () = assert!(
+    *crate::config::CLUSTER_GROUPS_RANGE.end() <= 64,
+    "a cart's groups are a 64-bit mask"
+);
 
 /// A cart's parts' lease: its length and the cart's groups (a bit each; at
 /// most 64 groups), each part told the others.
@@ -1027,13 +1035,14 @@ impl Parts<'_> {
 
     /// A cart whose lines are in several groups: each group holds its lines
     /// under the cart's id, all at once, on a short lease
-    /// (`cart_lease_seconds`); once every part is held, each is confirmed for
-    /// the cart's TTL, and only then is the cart answered. If any part is
-    /// refused for good, the parts this request held are released and the
-    /// refusals are the answer (their shortages together). A part never
-    /// confirmed (this process died, or a group did not answer and the client
-    /// never retried) lets go of its stock when its lease runs out: the lease,
-    /// journaled with the part, is the cart's durable intent.
+    /// (`cart_lease_seconds`), told the cart's other groups; once every part
+    /// is held the cart is answered. At its lease's end each part asks the
+    /// others and keeps the cart's TTL only if they hold theirs
+    /// (engine::carts), so a cart never whole (this process died, or a group
+    /// did not answer and the client never retried) lets go of its stock. If
+    /// any part is refused for good, the parts this request held are released
+    /// and the refusals are the answer (their shortages together). Parts a
+    /// retry found standing are confirmed first ([`Parts::confirm`]).
     async fn cart(
         &self,
         body: &web::Bytes,
@@ -1062,9 +1071,9 @@ impl Parts<'_> {
             .map(str::to_owned)
             .ok_or_else(|| ApiError::BadRequest("reservation_id must be a string".into()))?;
         // The parts hold on the lease (a header: the body, and so the part's
-        // content, is the client's), the confirmation gives the TTL asked for.
-        // A TTL no longer than the lease, or one the parts refuse (400):
-        // nothing to confirm.
+        // content, is the client's), and keep the TTL asked for once settled.
+        // A TTL no longer than the lease, or one the parts refuse (400): no
+        // lease.
         let lease = self.node.config.cart_lease_seconds;
         let ttl = match value.get("ttl_seconds").filter(|ttl| !ttl.is_null()) {
             None => Some(self.config.default_ttl_seconds),
@@ -1073,7 +1082,7 @@ impl Parts<'_> {
         let confirm_ttl =
             ttl.filter(|ttl| *ttl > lease && *ttl <= super::reservations::TTL_SECONDS_MAX);
         // A part answers within a third of its lease (10 s at most), or is
-        // taken as not answering: the confirmation then comes well before the
+        // taken as not answering: a confirmation then comes well before the
         // lease ends.
         let mut manner = Manner {
             client_key: true,
@@ -1137,9 +1146,16 @@ impl Parts<'_> {
             // finds its siblings held and keeps its stock. A part that stood
             // already (200, a replayed 201) may have let go since its answer
             // was made: those are confirmed before the cart is answered.
+            // So is a fresh part held without a lease: its owner took no
+            // X-Stockwire-Siblings (an earlier version), and would let it go.
             let held = statuses[0].as_ref().and_then(Value::as_str) == Some("held");
             let stood: Vec<usize> = (0..groups.len())
-                .filter(|at| !fresh.contains(&groups[*at]))
+                .filter(|at| {
+                    !fresh.contains(&groups[*at])
+                        || answers[*at]
+                            .json()
+                            .is_some_and(|part| part.get("lease_expires_at").is_none())
+                })
                 .collect();
             if let Some(ttl) = confirm_ttl.filter(|_| held && !stood.is_empty()) {
                 if let Err(refused) = self.confirm(&id, &groups, &stood, ttl, &mut answers).await {
@@ -1194,14 +1210,15 @@ impl Parts<'_> {
         }
     }
 
-    /// Confirms every part of a cart held on its lease for `ttl_seconds`; the
+    /// Confirms the parts at `stood` (indices into `groups`: parts a retry
+    /// found standing, which may have let go since) for `ttl_seconds`; the
     /// answers' bodies become the confirmed parts'. `Err`: the cart's answer.
     /// A part that does not answer (or answers 429) is asked again (each
     /// confirmation is idempotent) until [`step_timeout`] has passed, then the
     /// answer is its refusal with nothing undone: the client's retry confirms
-    /// again, else the unconfirmed parts let go at the lease's end. A part let
-    /// go already (`409 invalid_state`: its lease ran out first) means the cart
-    /// cannot be whole: every part is released and that is the answer. Any
+    /// again, else each part settles with the others at its lease's end. A
+    /// part let go already (`409 invalid_state`) means the cart cannot be
+    /// whole: every part is released and that is the answer. Any
     /// other refusal is the answer at once, nothing undone.
     async fn confirm(
         &self,
@@ -1259,8 +1276,8 @@ impl Parts<'_> {
 
     /// Releases the cart `id`'s parts in `groups` (a part not there is 404),
     /// asking again those that do not answer until [`step_timeout`] has
-    /// passed. One still held then lets go at its deadline: its lease's end,
-    /// or its TTL's if it was confirmed.
+    /// passed. One still held then settles at its lease's end, finding a
+    /// sibling let go (or at its TTL's, if it was confirmed).
     async fn release_parts(&self, id: &str, groups: &[u32]) {
         let release = format!("/v1/reservations/{}/release", urlencode(id));
         let mut pending = groups.to_vec();

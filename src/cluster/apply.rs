@@ -290,9 +290,9 @@ struct PartsAnswer {
 /// What a request on one of this group's subjects is answered with.
 type Answerer = fn(Arc<Engine>, async_nats::Message) -> BoxFuture<'static, Vec<u8>>;
 
-/// Serves `stockwire.<own stream>.apply` (events) and `.parts` (cart parts)
-/// for as long as this process owns its group (it exits when it stops
-/// owning), a few requests at a time.
+/// Serves `stockwire.<own stream>.apply` (events) and `.parts` (cart parts),
+/// a few requests at a time. Started once this process owns its group and
+/// its engine recovered; a process that stops owning exits (cluster::step_down).
 pub fn serve(link: Arc<Link>, config: &ClusterConfig, engine: Arc<Engine>) {
     let events: Answerer = |engine, message| {
         Box::pin(async move {
@@ -478,8 +478,9 @@ impl RemoteApply for Remote {
 }
 
 /// How long a group's owner has to say whether it holds cart parts: the
-/// parts asking wait in the expiry loop, and ask again a second later.
-const PARTS_WAIT: Duration = Duration::from_secs(2);
+/// parts asking wait in the expiry loop (a hung owner slows its ticks to
+/// this), and ask again a second later.
+const PARTS_WAIT: Duration = Duration::from_millis(500);
 
 impl Remote {
     async fn ask_parts(

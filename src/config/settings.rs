@@ -290,9 +290,9 @@ section_limits! {
     fn default_cluster_groups() -> u32 = 1,
         const CLUSTER_GROUPS_DEFAULT, CLUSTER_GROUPS_RANGE = 1..=64;
     /// `cluster.cart_lease_seconds`: a cart over several partition groups holds each
-    /// part on this lease until every part is held, then gives each its full TTL; a
-    /// cart whose coordinating process died, or that was answered 503 and never
-    /// retried, lets go of its parts when the lease runs out.
+    /// part on this lease; at its end each part keeps the cart's TTL if every other
+    /// group holds its part, and lets go otherwise (a cart whose coordinating process
+    /// died before every part was held, or that was answered 503 and never retried).
     fn default_cluster_cart_lease_seconds() -> u64 = 30,
         const CLUSTER_CART_LEASE_SECONDS_DEFAULT, CLUSTER_CART_LEASE_SECONDS_RANGE = 3..=3600;
 }

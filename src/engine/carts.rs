@@ -31,6 +31,9 @@ pub const PART_STATES_PER_REQUEST: usize = 500;
 /// How soon a part whose siblings did not all answer asks again.
 const ASK_AGAIN_MS: i64 = 1000;
 
+/// How soon a part whose record was busy is looked at again (a tick).
+const TICK_AGAIN_MS: i64 = 100;
+
 /// Parts kept in one journal write (each a reservation record).
 const KEPT_PER_WRITE: usize = 500;
 
@@ -50,19 +53,34 @@ pub enum PartState {
 /// The correlation id of the records and journal entries this module makes.
 const SETTLE: &str = "cart-settle";
 
+/// Whether `record` only takes its id: made by [`Engine::cart_part_state`]
+/// where a cart's part was never held (no lines, no request). To clients,
+/// not found; to a part created with its id, refused.
+pub(super) fn is_taken_id(record: &ReservationRecord) -> bool {
+    record.lines.is_empty() && record.request_hash.is_empty()
+}
+
 impl Engine {
     /// The sibling groups of `id` if it is a cart's part whose lease has run
     /// out and whose siblings must be asked; `None` for any other reservation.
-    pub(super) async fn cart_part_due(&self, id: &str) -> Option<Vec<u32>> {
-        let cell = self.reservations.get(id)?;
-        let record = cell.lock().await;
+    /// `Err` when its record is busy with another change: looked at again on
+    /// the next tick (the expiry loop does not wait on one record).
+    pub(super) fn cart_part_due(&self, id: &Arc<str>) -> Result<Option<Vec<u32>>, ()> {
+        let Some(cell) = self.reservations.get(id) else {
+            return Ok(None);
+        };
+        let Ok(record) = cell.try_lock() else {
+            self.expiry
+                .schedule(self.now_ms() + TICK_AGAIN_MS, id.clone());
+            return Err(());
+        };
         let due = record.status == ReservationStatus::Held
             && record.pending.is_none()
             && record.expires_at_ms.is_some_and(|at| at <= self.now_ms());
-        match &record.cart {
+        Ok(match &record.cart {
             Some(cart) if due => Some(cart.siblings.clone()),
             _ => None,
-        }
+        })
     }
 
     /// Settles cart parts whose leases ran out: their siblings asked, one
@@ -114,14 +132,27 @@ impl Engine {
         }
         futures_util::stream::iter(let_go)
             .for_each_concurrent(LET_GO_IN_FLIGHT_MAX, |id| async move {
-                tracing::info!(reservation = %id,
-                    "cart part let go: a sibling group does not hold its part");
-                if let Err(error) = self.expire_reservation(&id).await {
-                    tracing::warn!(reservation = %id, %error, "a cart part was not let go; asking again");
-                    self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
-                }
+                self.let_go_cart_part(id).await
             })
             .await;
+    }
+
+    /// Lets `id` go as any hold is at its deadline: no longer a part waiting
+    /// to settle, then expired.
+    async fn let_go_cart_part(&self, id: Arc<str>) {
+        if let Some(cell) = self.reservations.get(&id) {
+            cell.lock().await.cart = None;
+        }
+        match self.expire_reservation(&id).await {
+            Ok(()) => tracing::info!(reservation = %id,
+                "cart part let go: not every sibling group holds its part"),
+            Err(error) => {
+                // Its deadline has passed and it waits to settle no more: the
+                // expiry loop tries again as for any hold.
+                tracing::warn!(reservation = %id, %error, "a cart part was not let go; trying again");
+                self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
+            }
+        }
     }
 
     /// A part whose siblings did not all answer: asked again a second later,
@@ -136,10 +167,11 @@ impl Engine {
                 .is_some_and(|cart| self.now_ms() >= cart.expires_at_ms),
             None => return,
         };
-        if past && self.expire_reservation(&id).await.is_ok() {
-            return;
+        if past {
+            self.let_go_cart_part(id).await;
+        } else {
+            self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
         }
-        self.expiry.schedule(self.now_ms() + ASK_AGAIN_MS, id);
     }
 
     /// Keeps `ids` (every sibling holds its part) to their carts' deadlines,
@@ -160,7 +192,12 @@ impl Engine {
             let Some(cart) = record.cart.clone() else {
                 continue;
             };
-            if record.status != ReservationStatus::Held || record.pending.is_some() {
+            if record.status != ReservationStatus::Held {
+                continue;
+            }
+            if record.pending.is_some() {
+                // An unfinished change, finished by its retry or recovery.
+                self.expiry.schedule(now + ASK_AGAIN_MS, id.clone());
                 continue;
             }
             let mut settled = record.clone();
@@ -171,6 +208,7 @@ impl Engine {
                 Ok(bytes) => batch.put(Space::Reservations, id.as_bytes(), bytes),
                 Err(error) => {
                     tracing::warn!(reservation = %id, %error, "a cart part could not be encoded");
+                    self.expiry.schedule(now + ASK_AGAIN_MS, id.clone());
                     continue;
                 }
             }
@@ -239,17 +277,22 @@ impl Engine {
             Err(existing) => {
                 drop(guard);
                 let record = existing.lock().await;
-                if record.pending == Some(PendingOp::Create) {
-                    return Err(EngineError::Unavailable(format!(
+                match (&record.pending, record.status) {
+                    (Some(PendingOp::Create), _) => Err(EngineError::Unavailable(format!(
                         "reservation {id} is being created"
-                    )));
+                    ))),
+                    // Letting go already (finished by its retry or recovery).
+                    (Some(PendingOp::Release | PendingOp::Expire), _) => Ok(PartState::Gone),
+                    (
+                        _,
+                        ReservationStatus::Held
+                        | ReservationStatus::Allocated
+                        | ReservationStatus::Shipped,
+                    ) => Ok(PartState::Holding),
+                    (_, ReservationStatus::Released | ReservationStatus::Expired) => {
+                        Ok(PartState::Gone)
+                    }
                 }
-                Ok(match record.status {
-                    ReservationStatus::Held
-                    | ReservationStatus::Allocated
-                    | ReservationStatus::Shipped => PartState::Holding,
-                    ReservationStatus::Released | ReservationStatus::Expired => PartState::Gone,
-                })
             }
         }
     }

@@ -81,7 +81,9 @@ pub(super) fn spawn_loops(engine: Arc<Engine>) {
 }
 
 impl Engine {
-    /// Expires every held reservation whose deadline has passed.
+    /// Expires every held reservation whose deadline has passed; a cart's
+    /// part on its lease settles with its siblings instead (engine::carts),
+    /// alongside.
     pub async fn expire_due(&self) {
         let due = self.expiry.take_due(self.now_ms(), EXPIRIES_PER_TICK_MAX);
         // Cart parts at their lease's end ask their siblings first
@@ -89,15 +91,21 @@ impl Engine {
         let mut parts = Vec::new();
         let mut plain = Vec::with_capacity(due.len());
         for id in due {
-            match self.cart_part_due(&id).await {
-                Some(siblings) => parts.push((id, siblings)),
-                None => plain.push(id),
+            match self.cart_part_due(&id) {
+                Ok(Some(siblings)) => parts.push((id, siblings)),
+                Ok(None) => plain.push(id),
+                Err(()) => {}
             }
         }
         let due = plain;
+        let settle = async {
+            if !parts.is_empty() {
+                self.settle_cart_parts(parts).await;
+            }
+        };
         // Concurrently (bounded): each expiry waits a journal round trip, and
         // group commit makes many at once cost little more than one.
-        let failed: Vec<Arc<str>> = futures_util::stream::iter(due)
+        let expire = futures_util::stream::iter(due)
             .map(|id| async move {
                 match self.expire_reservation(&id).await {
                     Ok(()) => None,
@@ -109,17 +117,14 @@ impl Engine {
             })
             .buffer_unordered(EXPIRIES_IN_FLIGHT_MAX)
             .filter_map(|failed| async move { failed })
-            .collect()
-            .await;
+            .collect::<Vec<Arc<str>>>();
+        let (failed, ()) = futures_util::future::join(expire, settle).await;
         if !failed.is_empty() {
             // Put them back so they are retried on a later tick.
             let retry_at = self.now_ms() + 1000;
             for id in failed {
                 self.expiry.schedule(retry_at, id);
             }
-        }
-        if !parts.is_empty() {
-            self.settle_cart_parts(parts).await;
         }
     }
 

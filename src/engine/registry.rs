@@ -24,6 +24,11 @@ pub trait Claimable: Clone {
     fn creating(&self) -> bool;
     /// The hash of the request that created it.
     fn request_hash(&self) -> &[u8];
+    /// Why a new record may not have this id, when the record there is not
+    /// one a request made (`None`: "exists with different content").
+    fn taken_because(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// The answer of [`Registry::claim_new`].
@@ -100,6 +105,9 @@ impl<R> Registry<R> {
                 drop(current);
                 tokio::task::yield_now().await;
                 continue;
+            }
+            if let Some(why) = current.taken_because() {
+                return Err(EngineError::InvalidState(format!("{} {id} {why}", R::KIND)));
             }
             if current.request_hash() != request_hash {
                 return Err(EngineError::InvalidState(format!(

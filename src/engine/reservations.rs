@@ -51,10 +51,10 @@ pub struct NewReservation {
     /// The key's answer, stored in the hold's own append when the
     /// reservation is one line.
     pub remember: Option<RememberAnswer>,
-    /// A cart's part in a partition group (api::dispatch): held for at most
-    /// this long, then kept to its TTL only if every sibling group holds its
-    /// part (asked at the lease's end), or sooner if
-    /// [`Engine::confirm_reservation`] gives it its TTL. Not part of the
+    /// A cart's part in a partition group (api::dispatch): held on a lease of
+    /// this long, at whose end it asks its `siblings` (engine::carts) and
+    /// keeps its TTL only if each holds its part (or sooner, if
+    /// [`Engine::confirm_reservation`] gives it its TTL). Not part of the
     /// request's content (a retry may come with or without it).
     pub lease_seconds: Option<u64>,
     /// The cart's other partition groups, asked at the lease's end.
@@ -303,6 +303,12 @@ impl Claimable for ReservationRecord {
 
     fn creating(&self) -> bool {
         self.pending == Some(PendingOp::Create)
+    }
+
+    fn taken_because(&self) -> Option<&'static str> {
+        super::carts::is_taken_id(self).then_some(
+            "was let go: its cart's parts were not all held within their lease; use a new id",
+        )
     }
 
     fn request_hash(&self) -> &[u8] {
@@ -825,7 +831,7 @@ impl Engine {
     pub async fn reservation_record(&self, id: &str) -> Result<ReservationRecord, EngineError> {
         let cell = self.cell(id)?;
         let record = cell.lock().await.clone();
-        if record.pending == Some(PendingOp::Create) {
+        if record.pending == Some(PendingOp::Create) || super::carts::is_taken_id(&record) {
             return Err(EngineError::NotFound(format!("reservation {id} not found")));
         }
         Ok(record)
@@ -892,8 +898,9 @@ impl Engine {
     }
 
     /// Gives a held cart part (api::dispatch, "Carts over several groups") its
-    /// full TTL, `ttl_seconds` from its creation, once every part of the cart
-    /// is held: until then it is held on a lease of `lease_seconds`. The
+    /// full TTL, `ttl_seconds` from its creation, when a retried cart found it
+    /// standing and every part is held: until then it is held on a lease of
+    /// `lease_seconds`. The
     /// deadline only moves out, and only from the lease (a hold on another
     /// deadline is no cart part on its lease: `409 invalid_state`); a deadline
     /// already there, or allocated or shipped: unchanged (a retried
@@ -907,7 +914,7 @@ impl Engine {
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let mut record = cell.lock().await;
-        if record.pending == Some(PendingOp::Create) {
+        if record.pending == Some(PendingOp::Create) || super::carts::is_taken_id(&record) {
             return Err(EngineError::NotFound(format!("reservation {id} not found")));
         }
         match record.status {
@@ -969,6 +976,21 @@ impl Engine {
                 self.undo_creation(&failed).await?;
             }
             return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        if super::carts::is_taken_id(&record) {
+            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
+        if transition == Transition::Expire
+            && record.status == ReservationStatus::Held
+            && record.pending.is_none()
+            && record.cart.is_some()
+        {
+            // A cart's part on its lease settles with its siblings
+            // (engine::carts) before it expires, at its deadline.
+            self.schedule_expiry(&record);
+            let current = record.clone();
+            drop(record);
+            return Ok(self.view(current).await);
         }
         if transition == Transition::Expire
             && record.pending.is_none()
@@ -1039,6 +1061,9 @@ impl Engine {
     ) -> Result<ReservationView, EngineError> {
         let cell = self.cell(id)?;
         let record = cell.lock().await;
+        if super::carts::is_taken_id(&record) {
+            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        }
         let quantities: Vec<Option<u64>> = match &lines {
             None => vec![None; record.lines.len()],
             // No line named (a cart's part in a partition group whose lines the

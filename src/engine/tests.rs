@@ -383,12 +383,20 @@ async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
         assert_eq!(view.record.status, ReservationStatus::Expired, "{why}");
     }
     assert_eq!(counters(&a, "sku").await.reserved, 2);
-    // "half" is taken in b: its part, coming late, is refused.
+    // "half" is taken in b: its part, coming late, is refused, and to
+    // clients the id is not there.
     let late = b.create_reservation(part("half", 3, 0)).await;
     assert!(
         matches!(late, Err(EngineError::InvalidState(_))),
         "{late:?}"
     );
+    for read in [
+        b.get_reservation("half").await.map(|_| ()),
+        b.release_reservation("half", "t").await.map(|_| ()),
+        b.confirm_reservation("half", 900, 30).await.map(|_| ()),
+    ] {
+        assert!(matches!(read, Err(EngineError::NotFound(_))), "{read:?}");
+    }
     assert_eq!(counters(&b, "sku").await.reserved, 2);
     assert_eq!(
         b.cart_part_state("half").await.expect("known"),
@@ -399,7 +407,8 @@ async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
         PartState::Holding
     );
 
-    // A sibling that never answers: held until the cart's own deadline.
+    // A sibling that never answers: held until the cart's own deadline,
+    // whatever asks it to expire.
     a.create_reservation(part("lonely", 1, 1))
         .await
         .expect("held");
@@ -407,6 +416,9 @@ async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
         .store(false, std::sync::atomic::Ordering::Release);
     a.clock().advance(31_000);
     a.expire_due().await;
+    a.expire_reservation("lonely")
+        .await
+        .expect("left to settle");
     assert_eq!(
         a.get_reservation("lonely")
             .await
