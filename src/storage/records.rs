@@ -87,11 +87,7 @@ struct JournalRecordV1 {
 impl JournalRecord {
     /// Decodes a journal entry of any format version this build knows.
     pub fn decode(bytes: &[u8]) -> Result<JournalRecord, StorageError> {
-        if bytes.first() != Some(&1) {
-            return codec::decode(bytes);
-        }
-        let v1: JournalRecordV1 = codec::decode(bytes)?;
-        Ok(JournalRecord {
+        decode_or_older(bytes, &[1], |v1: JournalRecordV1| JournalRecord {
             sku: v1.sku,
             location: v1.location,
             event: v1.event,
@@ -104,6 +100,19 @@ impl JournalRecord {
             recorded_at_ms: v1.recorded_at_ms,
             commitments: Vec::new(),
         })
+    }
+}
+
+/// `bytes` decoded as `T`, or, when a format version in `older` wrote them, as
+/// `Old` (the record's shape then) made into `T` by `from`.
+fn decode_or_older<T: serde::de::DeserializeOwned, Old: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    older: &[u8],
+    from: impl FnOnce(Old) -> T,
+) -> Result<T, StorageError> {
+    match bytes.first() {
+        Some(version) if older.contains(version) => Ok(from(codec::decode(bytes)?)),
+        _ => codec::decode(bytes),
     }
 }
 
@@ -196,23 +205,21 @@ struct ReservationRecordV2 {
 impl ReservationRecord {
     /// Decodes a reservation of any format version this build knows.
     pub fn decode(bytes: &[u8]) -> Result<ReservationRecord, StorageError> {
-        if !matches!(bytes.first(), Some(1 | 2)) {
-            return codec::decode(bytes);
-        }
-        let v2: ReservationRecordV2 = codec::decode(bytes)?;
-        Ok(ReservationRecord {
-            id: v2.id,
-            channel: v2.channel,
-            order_ref: v2.order_ref,
-            status: v2.status,
-            lines: v2.lines,
-            created_at_ms: v2.created_at_ms,
-            updated_at_ms: v2.updated_at_ms,
-            expires_at_ms: v2.expires_at_ms,
-            correlation_id: v2.correlation_id,
-            request_hash: v2.request_hash,
-            pending: v2.pending,
-            cart: None,
+        decode_or_older(bytes, &[1, 2], |v2: ReservationRecordV2| {
+            ReservationRecord {
+                id: v2.id,
+                channel: v2.channel,
+                order_ref: v2.order_ref,
+                status: v2.status,
+                lines: v2.lines,
+                created_at_ms: v2.created_at_ms,
+                updated_at_ms: v2.updated_at_ms,
+                expires_at_ms: v2.expires_at_ms,
+                correlation_id: v2.correlation_id,
+                request_hash: v2.request_hash,
+                pending: v2.pending,
+                cart: None,
+            }
         })
     }
 }
