@@ -62,9 +62,18 @@ const LEASE_HEADER: &str = "x-stockwire-lease";
 /// the same id, which the part asks at its lease's end.
 const SIBLINGS_HEADER: &str = "x-stockwire-siblings";
 
-/// The lease a cart's part is held on, and its sibling groups (a group's
-/// part only; a client's headers are not looked at).
-pub fn part_lease(request: &HttpRequest) -> Result<Option<(u64, Vec<u32>)>, ApiError> {
+/// With [`LEASE_HEADER`]: the cart request's own number (32 hex digits), the
+/// same in each of its parts, so a part asks its siblings about its own
+/// cart's parts and not another request's under the same id.
+const CART_HEADER: &str = "x-stockwire-cart";
+
+/// What a cart's part is held on: its lease (seconds), the cart's other
+/// groups, and the cart request's number.
+pub type PartLease = (u64, Vec<u32>, u128);
+
+/// The lease a cart's part is held on, its sibling groups and its cart's
+/// number (a group's part only; a client's headers are not looked at).
+pub fn part_lease(request: &HttpRequest) -> Result<Option<PartLease>, ApiError> {
     if !is_group_part(request) {
         return Ok(None);
     }
@@ -105,7 +114,16 @@ pub fn part_lease(request: &HttpRequest) -> Result<Option<(u64, Vec<u32>)>, ApiE
     siblings.retain(|g| *g != own);
     siblings.sort_unstable();
     siblings.dedup();
-    Ok(Some((lease, siblings)))
+    let nonce = match request.headers().get(CART_HEADER) {
+        None => 0,
+        Some(value) => value
+            .to_str()
+            .ok()
+            .filter(|v| v.len() == 32)
+            .and_then(|v| u128::from_str_radix(v, 16).ok())
+            .ok_or_else(|| ApiError::BadRequest(format!("{CART_HEADER}: 32 hex digits")))?,
+    };
+    Ok(Some((lease, siblings, nonce)))
 }
 
 /// Whether `request` is a group's part of a request split by [`route`].
@@ -469,6 +487,8 @@ const _: () = assert!(
 struct Lease {
     seconds: u64,
     groups: u64,
+    /// This cart request's number ([`CART_HEADER`]).
+    nonce: u128,
 }
 
 impl Lease {
@@ -743,11 +763,13 @@ impl Parts<'_> {
             Some(lease) => {
                 outgoing = outgoing
                     .insert_header((LEASE_HEADER, lease.seconds.to_string()))
-                    .insert_header((SIBLINGS_HEADER, lease.siblings_of(group)));
+                    .insert_header((SIBLINGS_HEADER, lease.siblings_of(group)))
+                    .insert_header((CART_HEADER, format!("{:032x}", lease.nonce)));
             }
             None => {
                 outgoing.headers_mut().remove(LEASE_HEADER);
                 outgoing.headers_mut().remove(SIBLINGS_HEADER);
+                outgoing.headers_mut().remove(CART_HEADER);
             }
         }
         outgoing = outgoing.insert_header((PART_HEADER, group.to_string()));
@@ -1041,8 +1063,8 @@ impl Parts<'_> {
     /// (engine::carts), so a cart never whole (this process died, or a group
     /// did not answer and the client never retried) lets go of its stock. If
     /// any part is refused for good, the parts this request held are released
-    /// and the refusals are the answer (their shortages together). Parts a
-    /// retry found standing are confirmed first ([`Parts::confirm`]).
+    /// and the refusals are the answer (their shortages together). A retry
+    /// that found a part standing confirms every part first ([`Parts::confirm`]).
     async fn cart(
         &self,
         body: &web::Bytes,
@@ -1109,6 +1131,7 @@ impl Parts<'_> {
             manner.lease = Some(Lease {
                 seconds: lease,
                 groups: by_group.keys().fold(0, |mask, g| mask | 1u64 << g),
+                nonce: rand::random(),
             });
         }
         let path = self.path();
@@ -1142,23 +1165,22 @@ impl Parts<'_> {
         // would hold only some lines.
         let mixed = all_held && statuses.iter().any(|s| s != &statuses[0]);
         if all_held && !mixed {
-            // Parts this request created are whole: each, at its lease's end,
-            // finds its siblings held and keeps its stock. A part that stood
-            // already (200, a replayed 201) may have let go since its answer
-            // was made: those are confirmed before the cart is answered.
-            // So is a fresh part held without a lease: its owner took no
-            // X-Stockwire-Siblings (an earlier version), and would let it go.
+            // Parts this request created, all of them, settle with each other
+            // at their leases' end: each finds the others held (the same
+            // request's). A cart with a part that stood already (200, a
+            // replayed 201: an earlier attempt's, which may have let go since)
+            // has every part confirmed before it is answered, and so does one
+            // with a part held without a lease (its owner, of an earlier
+            // version, took no siblings and would let it go).
             let held = statuses[0].as_ref().and_then(Value::as_str) == Some("held");
-            let stood: Vec<usize> = (0..groups.len())
-                .filter(|at| {
-                    !fresh.contains(&groups[*at])
-                        || answers[*at]
-                            .json()
-                            .is_some_and(|part| part.get("lease_expires_at").is_none())
-                })
-                .collect();
-            if let Some(ttl) = confirm_ttl.filter(|_| held && !stood.is_empty()) {
-                if let Err(refused) = self.confirm(&id, &groups, &stood, ttl, &mut answers).await {
+            let settles = groups.iter().zip(&answers).all(|(group, answer)| {
+                fresh.contains(group)
+                    && answer
+                        .json()
+                        .is_some_and(|part| part.get("lease_expires_at").is_some())
+            });
+            if let Some(ttl) = confirm_ttl.filter(|_| held && !settles) {
+                if let Err(refused) = self.confirm(&id, &groups, ttl, &mut answers).await {
                     return Ok(refused);
                 }
             }
@@ -1210,9 +1232,9 @@ impl Parts<'_> {
         }
     }
 
-    /// Confirms the parts at `stood` (indices into `groups`: parts a retry
-    /// found standing, which may have let go since) for `ttl_seconds`; the
-    /// answers' bodies become the confirmed parts'. `Err`: the cart's answer.
+    /// Confirms every part of a cart that will not settle by itself (a retry
+    /// found a part standing, or an owner took no lease) for `ttl_seconds`;
+    /// the answers' bodies become the confirmed parts'. `Err`: the cart's answer.
     /// A part that does not answer (or answers 429) is asked again (each
     /// confirmation is idempotent) until [`step_timeout`] has passed, then the
     /// answer is its refusal with nothing undone: the client's retry confirms
@@ -1224,13 +1246,12 @@ impl Parts<'_> {
         &self,
         id: &str,
         groups: &[u32],
-        stood: &[usize],
         ttl_seconds: u64,
         answers: &mut [Answer],
     ) -> Result<(), HttpResponse> {
         let path = format!("/v1/reservations/{}/confirm", urlencode(id));
         let body = web::Bytes::from(json!({ "ttl_seconds": ttl_seconds }).to_string());
-        let mut pending: Vec<usize> = stood.to_vec();
+        let mut pending: Vec<usize> = (0..groups.len()).collect();
         let mut last_refusal = None;
         let mut steps = self.steps();
         while let Some(manner) = steps.next().await {
@@ -1426,10 +1447,36 @@ fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> 
     };
     let mut lines = Vec::new();
     let mut statuses = Vec::new();
+    // The cart was created with its first part, changed with its last, and
+    // holds whole until its first part's deadline (each counts from its own
+    // creation; a retry's new part from the retry). The timestamps are all
+    // of one width (RFC 3339, milliseconds, UTC): as text, in time order.
+    let mut created_at: Option<String> = None;
+    let mut updated_at: Option<String> = None;
+    let mut expires_at: Option<String> = None;
+    let mut every_deadline = true;
     for part in parts {
         let Some(mut value) = part.json() else {
             return part.relay();
         };
+        let at = |field: &str| value.get(field).and_then(Value::as_str).map(str::to_owned);
+        let earliest = |kept: &mut Option<String>, at: Option<String>| {
+            if let Some(at) = at {
+                if kept.as_ref().is_none_or(|first| at < *first) {
+                    *kept = Some(at);
+                }
+            }
+        };
+        earliest(&mut created_at, at("created_at"));
+        if let Some(updated) = at("updated_at") {
+            if updated_at.as_ref().is_none_or(|last| updated > *last) {
+                updated_at = Some(updated);
+            }
+        }
+        match at("expires_at") {
+            Some(deadline) => earliest(&mut expires_at, Some(deadline)),
+            None => every_deadline = false,
+        }
         if let Some(Value::Array(part_lines)) = value.get_mut("lines").map(Value::take) {
             lines.extend(part_lines);
         }
@@ -1443,6 +1490,15 @@ fn merge_reservations(parts: &[&Answer], id: &str, order: Option<&[String]>) -> 
         sort_by_sku(&mut lines, order);
     }
     merged["lines"] = Value::Array(lines);
+    for (field, at) in [
+        ("created_at", created_at),
+        ("updated_at", updated_at),
+        ("expires_at", expires_at.filter(|_| every_deadline)),
+    ] {
+        if let Some(at) = at {
+            merged[field] = Value::String(at);
+        }
+    }
     // The parts' lease is theirs: the cart's deadline is `expires_at`.
     if let Some(fields) = merged.as_object_mut() {
         fields.remove("lease_expires_at");

@@ -83,6 +83,10 @@ pub(super) struct ShipBody {
 /// The answer of every reservation route, as OpenAPI describes it.
 pub fn answer(view: &ReservationView) -> Reservation<'_> {
     let record = &view.record;
+    let on_lease = record.cart.as_ref().filter(|cart| {
+        cart.stage == crate::storage::records::CartStage::Lease
+            && record.status == crate::domain::reservation::ReservationStatus::Held
+    });
     Reservation {
         reservation_id: &record.id,
         channel: &record.channel,
@@ -92,13 +96,11 @@ pub fn answer(view: &ReservationView) -> Reservation<'_> {
         updated_at: rfc3339(record.updated_at_ms),
         // A cart's part on its lease: the cart's deadline, and the lease's end
         // apart (docs/CLUSTER.md, "Carts over several groups").
-        expires_at: record
-            .cart
-            .as_ref()
+        expires_at: on_lease
             .map(|cart| cart.expires_at_ms)
             .or(record.expires_at_ms)
             .map(rfc3339),
-        lease_expires_at: record.cart.as_ref().and(record.expires_at_ms).map(rfc3339),
+        lease_expires_at: on_lease.and(record.expires_at_ms).map(rfc3339),
         correlation_id: &record.correlation_id,
         lines: record
             .lines
@@ -178,6 +180,7 @@ fn validate(body: CreateBody, max_lines: usize) -> Result<NewReservation, ApiErr
         remember: None,
         lease_seconds: None,
         siblings: Vec::new(),
+        cart_nonce: 0,
     })
 }
 
@@ -200,9 +203,10 @@ pub async fn create(
         let mut reservation = decode_create(body, state.config.reservation_lines_max)?;
         caller.may_act_for(&reservation.channel)?;
         reservation.correlation_id = correlation_id(request);
-        if let Some((lease, siblings)) = super::dispatch::part_lease(request)? {
+        if let Some((lease, siblings, nonce)) = super::dispatch::part_lease(request)? {
             reservation.lease_seconds = Some(lease);
             reservation.siblings = siblings;
+            reservation.cart_nonce = nonce;
         }
         if let Some(keyed) = key {
             reservation.idempotency_key = Some(keyed.key.clone());

@@ -275,10 +275,11 @@ pub fn parts_subject(stream: &str) -> String {
     format!("stockwire.{stream}.parts")
 }
 
-/// Cart ids on the wire: whether this group holds its part of each.
+/// Cart parts on the wire (id, and the cart request's nonce as 32 hex
+/// digits): whether this group holds its part of each.
 #[derive(Debug, Serialize, Deserialize)]
 struct PartsRequest {
-    ids: Vec<String>,
+    parts: Vec<(String, String)>,
 }
 
 /// One state per id asked, in order (`None`: not yet known, ask again).
@@ -304,10 +305,13 @@ pub fn serve(link: Arc<Link>, config: &ClusterConfig, engine: Arc<Engine>) {
         Box::pin(async move {
             let states = match serde_json::from_slice::<PartsRequest>(&message.payload) {
                 Ok(request) => {
-                    let ids = request.ids.into_iter().take(PART_STATES_PER_REQUEST);
-                    let asked = ids.map(|id| {
+                    let parts = request.parts.into_iter().take(PART_STATES_PER_REQUEST);
+                    let asked = parts.map(|(id, nonce)| {
                         let engine = engine.clone();
-                        async move { engine.cart_part_state(&id).await.ok() }
+                        async move {
+                            let nonce = u128::from_str_radix(&nonce, 16).ok()?;
+                            engine.cart_part_state(&id, nonce).await.ok()
+                        }
                     });
                     futures_util::future::join_all(asked).await
                 }
@@ -465,13 +469,14 @@ impl RemoteApply for Remote {
     fn part_states(
         &self,
         group: u32,
-        ids: Vec<Arc<str>>,
+        parts: Vec<(Arc<str>, u128)>,
     ) -> BoxFuture<'static, Option<Vec<Option<PartState>>>> {
         let link = self.link.clone();
         let subject = parts_subject(&self.config.group_stream(group));
         let runtime = self.link.runtime().clone();
         Box::pin(async move {
-            let asked = runtime.spawn(async move { Remote::ask_parts(&link, subject, ids).await });
+            let asked =
+                runtime.spawn(async move { Remote::ask_parts(&link, subject, parts).await });
             asked.await.ok().flatten()
         })
     }
@@ -486,10 +491,13 @@ impl Remote {
     async fn ask_parts(
         link: &Link,
         subject: String,
-        ids: Vec<Arc<str>>,
+        parts: Vec<(Arc<str>, u128)>,
     ) -> Option<Vec<Option<PartState>>> {
         let request = PartsRequest {
-            ids: ids.iter().map(|id| id.to_string()).collect(),
+            parts: parts
+                .iter()
+                .map(|(id, nonce)| (id.to_string(), format!("{nonce:032x}")))
+                .collect(),
         };
         let body = serde_json::to_vec(&request).ok()?;
         let message = tokio::time::timeout(PARTS_WAIT, link.client.request(subject, body.into()))
@@ -497,7 +505,7 @@ impl Remote {
             .ok()?
             .ok()?;
         let answer: PartsAnswer = serde_json::from_slice(&message.payload).ok()?;
-        (answer.states.len() == ids.len()).then_some(answer.states)
+        (answer.states.len() == parts.len()).then_some(answer.states)
     }
 }
 

@@ -22,7 +22,9 @@ use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{Engine, EngineError};
-use crate::storage::records::{PendingOp, ReservationRecord, ReservationStatus};
+use crate::storage::records::{
+    CartPart, CartStage, PendingOp, ReservationRecord, ReservationStatus,
+};
 use crate::storage::{codec, Space};
 
 /// Ids asked of one sibling group in one request.
@@ -61,11 +63,12 @@ pub(super) fn is_taken_id(record: &ReservationRecord) -> bool {
 }
 
 impl Engine {
-    /// The sibling groups of `id` if it is a cart's part whose lease has run
-    /// out and whose siblings must be asked; `None` for any other reservation.
+    /// The sibling groups of `id` (and its cart's nonce) if it is a cart's
+    /// part whose lease has run out and whose siblings must be asked; `None`
+    /// for any other reservation.
     /// `Err` when its record is busy with another change: looked at again on
     /// the next tick (the expiry loop does not wait on one record).
-    pub(super) fn cart_part_due(&self, id: &Arc<str>) -> Result<Option<Vec<u32>>, ()> {
+    pub(super) fn cart_part_due(&self, id: &Arc<str>) -> Result<Option<(Vec<u32>, u128)>, ()> {
         let Some(cell) = self.reservations.get(id) else {
             return Ok(None);
         };
@@ -78,18 +81,20 @@ impl Engine {
             && record.pending.is_none()
             && record.expires_at_ms.is_some_and(|at| at <= self.now_ms());
         Ok(match &record.cart {
-            Some(cart) if due => Some(cart.siblings.clone()),
+            Some(cart) if due && cart.stage == CartStage::Lease => {
+                Some((cart.siblings.clone(), cart.nonce))
+            }
             _ => None,
         })
     }
 
     /// Settles cart parts whose leases ran out: their siblings asked, one
     /// request per sibling group, and each part kept, let go or asked again.
-    pub(super) async fn settle_cart_parts(&self, parts: Vec<(Arc<str>, Vec<u32>)>) {
-        let mut asked: BTreeMap<u32, Vec<Arc<str>>> = BTreeMap::new();
-        for (id, siblings) in &parts {
+    pub(super) async fn settle_cart_parts(&self, parts: Vec<(Arc<str>, Vec<u32>, u128)>) {
+        let mut asked: BTreeMap<u32, Vec<(Arc<str>, u128)>> = BTreeMap::new();
+        for (id, siblings, nonce) in &parts {
             for group in siblings {
-                asked.entry(*group).or_default().push(id.clone());
+                asked.entry(*group).or_default().push((id.clone(), *nonce));
             }
         }
         let mut answers: BTreeMap<(u32, Arc<str>), PartState> = BTreeMap::new();
@@ -105,7 +110,7 @@ impl Engine {
                 let Some(states) = states.filter(|states| states.len() == ids.len()) else {
                     continue;
                 };
-                for (id, state) in ids.into_iter().zip(states) {
+                for ((id, _), state) in ids.into_iter().zip(states) {
                     if let Some(state) = state {
                         answers.insert((group, id), state);
                     }
@@ -114,7 +119,7 @@ impl Engine {
         }
         let mut keep = Vec::new();
         let mut let_go = Vec::new();
-        for (id, siblings) in parts {
+        for (id, siblings, _) in parts {
             let states: Vec<Option<PartState>> = siblings
                 .iter()
                 .map(|group| answers.get(&(*group, id.clone())).copied())
@@ -141,7 +146,9 @@ impl Engine {
     /// to settle, then expired.
     async fn let_go_cart_part(&self, id: Arc<str>) {
         if let Some(cell) = self.reservations.get(&id) {
-            cell.lock().await.cart = None;
+            if let Some(cart) = &mut cell.lock().await.cart {
+                cart.stage = CartStage::LettingGo;
+            }
         }
         match self.expire_reservation(&id).await {
             Ok(()) => tracing::info!(reservation = %id,
@@ -192,7 +199,7 @@ impl Engine {
             let Some(cart) = record.cart.clone() else {
                 continue;
             };
-            if record.status != ReservationStatus::Held {
+            if record.status != ReservationStatus::Held || cart.stage != CartStage::Lease {
                 continue;
             }
             if record.pending.is_some() {
@@ -201,7 +208,10 @@ impl Engine {
                 continue;
             }
             let mut settled = record.clone();
-            settled.cart = None;
+            settled.cart = Some(CartPart {
+                stage: CartStage::Kept,
+                ..cart.clone()
+            });
             settled.expires_at_ms = Some(cart.expires_at_ms);
             settled.updated_at_ms = now;
             match codec::encode(&settled) {
@@ -235,12 +245,16 @@ impl Engine {
     }
 
     /// A sibling's question at its lease's end: does this group hold its part
-    /// of cart `id`? Held, allocated or shipped: [`PartState::Holding`];
-    /// released or expired: [`PartState::Gone`]. Not here: the id is taken by
-    /// a closed record of no lines, journaled before the answer, so a part
-    /// that comes later is refused; [`PartState::Gone`]. A creation under way:
+    /// of cart `id`, the one request `nonce` made? [`PartState::Holding`] for a
+    /// part of that request, or one kept (its siblings held, or its cart's
+    /// coordinator confirmed it), held, allocated or shipped.
+    /// [`PartState::Gone`] for one released, expired or letting go, and for a
+    /// record under the id that is not that cart's part (another request's,
+    /// a reservation of one group). Not here: the id is taken by a closed
+    /// record of no lines, journaled before the answer, so a part that comes
+    /// later is refused; [`PartState::Gone`]. A creation under way:
     /// `unavailable` (asked again).
-    pub async fn cart_part_state(&self, id: &str) -> Result<PartState, EngineError> {
+    pub async fn cart_part_state(&self, id: &str, nonce: u128) -> Result<PartState, EngineError> {
         let now = self.now_ms();
         let closed = ReservationRecord {
             id: id.to_string(),
@@ -277,22 +291,27 @@ impl Engine {
             Err(existing) => {
                 drop(guard);
                 let record = existing.lock().await;
-                match (&record.pending, record.status) {
-                    (Some(PendingOp::Create), _) => Err(EngineError::Unavailable(format!(
+                if record.pending == Some(PendingOp::Create) {
+                    return Err(EngineError::Unavailable(format!(
                         "reservation {id} is being created"
-                    ))),
-                    // Letting go already (finished by its retry or recovery).
-                    (Some(PendingOp::Release | PendingOp::Expire), _) => Ok(PartState::Gone),
-                    (
-                        _,
-                        ReservationStatus::Held
-                        | ReservationStatus::Allocated
-                        | ReservationStatus::Shipped,
-                    ) => Ok(PartState::Holding),
-                    (_, ReservationStatus::Released | ReservationStatus::Expired) => {
-                        Ok(PartState::Gone)
-                    }
+                    )));
                 }
+                let letting_go =
+                    matches!(record.pending, Some(PendingOp::Release | PendingOp::Expire))
+                        || matches!(
+                            record.status,
+                            ReservationStatus::Released | ReservationStatus::Expired
+                        );
+                let this_cart = record.cart.as_ref().is_some_and(|cart| match cart.stage {
+                    CartStage::Kept => true,
+                    CartStage::Lease => cart.nonce == nonce,
+                    CartStage::LettingGo => false,
+                });
+                Ok(if this_cart && !letting_go {
+                    PartState::Holding
+                } else {
+                    PartState::Gone
+                })
             }
         }
     }

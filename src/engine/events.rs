@@ -32,13 +32,13 @@ pub trait RemoteApply: Send + Sync {
         correlation_id: Arc<str>,
     ) -> futures_util::future::BoxFuture<'static, Vec<Option<EventOutcome>>>;
 
-    /// Whether that group holds its part of each cart in `ids`
-    /// ([`Engine::cart_part_state`] there; `None` for one it could not say
-    /// yet); `None` when the group's owner did not answer.
+    /// Whether that group holds its part of each cart in `parts` (id and
+    /// the cart request's nonce; [`Engine::cart_part_state`] there; `None` for
+    /// one it could not say yet); `None` when the group's owner did not answer.
     fn part_states(
         &self,
         group: u32,
-        ids: Vec<Arc<str>>,
+        parts: Vec<(Arc<str>, u128)>,
     ) -> futures_util::future::BoxFuture<'static, Option<Vec<Option<super::PartState>>>>;
 }
 

@@ -92,7 +92,7 @@ impl Engine {
         let mut plain = Vec::with_capacity(due.len());
         for id in due {
             match self.cart_part_due(&id) {
-                Ok(Some(siblings)) => parts.push((id, siblings)),
+                Ok(Some((siblings, nonce))) => parts.push((id, siblings, nonce)),
                 Ok(None) => plain.push(id),
                 Err(()) => {}
             }

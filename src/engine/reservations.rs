@@ -20,7 +20,8 @@ use crate::actors::{Exec, ExecError, Finish, HoldFirstFit, Meta};
 use crate::domain::reservation::{allocatable, plan, LineChange, Plan, Refusal, Transition};
 use crate::domain::{Command, HoldMode, Qty, Reject};
 use crate::storage::records::{
-    CartPart, IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord, ReservationStatus,
+    CartPart, CartStage, IdempotencyRecord, PendingOp, ReservationLine, ReservationRecord,
+    ReservationStatus,
 };
 use crate::storage::{codec, Space, StorageError, WriteBatch};
 
@@ -59,6 +60,8 @@ pub struct NewReservation {
     pub lease_seconds: Option<u64>,
     /// The cart's other partition groups, asked at the lease's end.
     pub siblings: Vec<u32>,
+    /// The cart request's own number, the same in each of its parts.
+    pub cart_nonce: u128,
 }
 
 /// An `Idempotency-Key`'s answer to a created reservation, written by the
@@ -396,6 +399,8 @@ impl Engine {
             (lease_seconds < ttl_seconds && !request.siblings.is_empty()).then(|| CartPart {
                 siblings: request.siblings.clone(),
                 expires_at_ms: deadline(ttl_seconds),
+                nonce: request.cart_nonce,
+                stage: CartStage::Lease,
             });
         let record = ReservationRecord {
             id: id.to_string(),
@@ -919,6 +924,15 @@ impl Engine {
         }
         match record.status {
             ReservationStatus::Held => {
+                if record
+                    .cart
+                    .as_ref()
+                    .is_some_and(|cart| cart.stage == CartStage::LettingGo)
+                {
+                    return Err(EngineError::InvalidState(format!(
+                        "reservation {id} is letting go: a part of its cart is not held"
+                    )));
+                }
                 if let Some(unfinished) = &record.pending {
                     return Err(EngineError::InvalidState(format!(
                         "reservation {id} has an unfinished {unfinished:?}; repeat that request first"
@@ -938,7 +952,9 @@ impl Engine {
                     }
                     let mut confirmed = record.clone();
                     confirmed.expires_at_ms = Some(deadline);
-                    confirmed.cart = None;
+                    if let Some(cart) = &mut confirmed.cart {
+                        cart.stage = CartStage::Kept;
+                    }
                     confirmed.updated_at_ms = self.now_ms();
                     self.write(record_batch(&confirmed)?).await?;
                     self.unschedule_expiry(&record);
@@ -983,7 +999,10 @@ impl Engine {
         if transition == Transition::Expire
             && record.status == ReservationStatus::Held
             && record.pending.is_none()
-            && record.cart.is_some()
+            && record
+                .cart
+                .as_ref()
+                .is_some_and(|cart| cart.stage == CartStage::Lease)
         {
             // A cart's part on its lease settles with its siblings
             // (engine::carts) before it expires, at its deadline.
@@ -1042,7 +1061,6 @@ impl Engine {
         finished.status = target;
         finished.pending = None;
         finished.expires_at_ms = None;
-        finished.cart = None;
         finished.updated_at_ms = self.now_ms();
         self.run_on_lines(&mut record, op, finished, correlation_id, false, command)
             .await?;

@@ -296,6 +296,7 @@ impl Sim {
             remember: None,
             lease_seconds: None,
             siblings: Vec::new(),
+            cart_nonce: 0,
         }
     }
 

@@ -70,6 +70,7 @@ fn hold(id: &str, sku: &str, qty: u64) -> NewReservation {
         remember: None,
         lease_seconds: None,
         siblings: Vec::new(),
+        cart_nonce: 0,
     }
 }
 
@@ -272,15 +273,15 @@ impl RemoteApply for Sibling {
     fn part_states(
         &self,
         _: u32,
-        ids: Vec<Arc<str>>,
+        parts: Vec<(Arc<str>, u128)>,
     ) -> futures_util::future::BoxFuture<'static, Option<Vec<Option<PartState>>>> {
         let engine = self.engine.get().cloned();
         let answers = self.answers.load(std::sync::atomic::Ordering::Acquire);
         Box::pin(async move {
             let engine = engine.filter(|_| answers)?;
             let mut states = Vec::new();
-            for id in ids {
-                states.push(engine.cart_part_state(&id).await.ok());
+            for (id, nonce) in parts {
+                states.push(engine.cart_part_state(&id, nonce).await.ok());
             }
             Some(states)
         })
@@ -312,11 +313,13 @@ async fn two_groups() -> (Arc<Engine>, Arc<Engine>, Arc<Sibling>, Arc<Sibling>) 
     (a, b, to_b, to_a)
 }
 
+/// A part of cart `id` (the cart request's nonce: the id's length).
 fn part(id: &str, qty: u64, sibling: u32) -> NewReservation {
     NewReservation {
         ttl_seconds: Some(900),
         lease_seconds: Some(30),
         siblings: vec![sibling],
+        cart_nonce: id.len() as u128,
         ..hold(id, "sku", qty)
     }
 }
@@ -377,7 +380,10 @@ async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
     a.expire_due().await;
     let whole = a.get_reservation("whole").await.expect("read");
     assert_eq!(whole.record.expires_at_ms, Some(T0 + 900_000), "kept");
-    assert_eq!(whole.record.cart, None);
+    assert_eq!(
+        whole.record.cart.map(|cart| cart.stage),
+        Some(crate::storage::records::CartStage::Kept)
+    );
     for (id, why) in [("half", "never made in b"), ("unanswered", "released in b")] {
         let view = a.get_reservation(id).await.expect("read");
         assert_eq!(view.record.status, ReservationStatus::Expired, "{why}");
@@ -399,11 +405,11 @@ async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
     }
     assert_eq!(counters(&b, "sku").await.reserved, 2);
     assert_eq!(
-        b.cart_part_state("half").await.expect("known"),
+        b.cart_part_state("half", 4).await.expect("known"),
         PartState::Gone
     );
     assert_eq!(
-        b.cart_part_state("whole").await.expect("known"),
+        b.cart_part_state("whole", 0).await.expect("known"),
         PartState::Holding
     );
 
@@ -438,6 +444,49 @@ async fn cart_parts_settle_with_their_siblings_at_the_leases_end() {
     b.stop(false).await;
 }
 
+/// Under a cart's id a sibling group may hold something that is not that
+/// cart's part: another request's part (two clients racing with one id, each
+/// refused by the other's group) or a reservation of that group alone. The
+/// parts let go at their lease's end all the same.
+#[actix::test]
+async fn a_part_does_not_settle_with_another_requests_part_under_its_id() {
+    let (a, b, _, _) = two_groups().await;
+    // Two carts "race": a holds the first's part, b the second's.
+    a.create_reservation(part("race", 1, 1))
+        .await
+        .expect("held");
+    b.create_reservation(NewReservation {
+        cart_nonce: 99,
+        ..part("race", 2, 0)
+    })
+    .await
+    .expect("held");
+    // A reservation of b's group alone, and a cart part reusing its id in a.
+    b.create_reservation(hold("reused", "sku", 3))
+        .await
+        .expect("held");
+    a.create_reservation(part("reused", 4, 1))
+        .await
+        .expect("held");
+    for engine in [&a, &b] {
+        engine.clock().advance(30_000);
+        engine.expire_due().await;
+    }
+    for (engine, id, status) in [
+        (&a, "race", ReservationStatus::Expired),
+        (&b, "race", ReservationStatus::Expired),
+        (&a, "reused", ReservationStatus::Expired),
+        (&b, "reused", ReservationStatus::Held),
+    ] {
+        let view = engine.get_reservation(id).await.expect("read");
+        assert_eq!(view.record.status, status, "{id}");
+    }
+    assert_eq!(counters(&a, "sku").await.reserved, 0);
+    assert_eq!(counters(&b, "sku").await.reserved, 3);
+    a.stop(false).await;
+    b.stop(false).await;
+}
+
 /// A settled part, and the id taken where a part was missing, are journaled:
 /// a restart keeps both, and a part still on its lease settles after it.
 #[actix::test]
@@ -450,7 +499,7 @@ async fn cart_parts_and_taken_ids_survive_a_restart() {
         .await
         .expect("held");
     assert_eq!(
-        a.cart_part_state("missing").await.expect("taken"),
+        a.cart_part_state("missing", 7).await.expect("taken"),
         PartState::Gone
     );
     a.stop(false).await;

@@ -170,20 +170,38 @@ pub struct ReservationRecord {
     /// Hash of the creating request, to answer a repeated id (SPEC §2).
     pub request_hash: Vec<u8>,
     pub pending: Option<PendingOp>,
-    /// A cart's part in a partition group held on its lease (docs/CLUSTER.md,
-    /// "Carts over several groups"): at the lease's end it asks its sibling
+    /// A cart's part in a partition group (docs/CLUSTER.md, "Carts over
+    /// several groups"): held on a lease, at whose end it asks its sibling
     /// groups, and keeps its stock to the cart's deadline only if each holds
-    /// its own part. `None` for every other reservation, and once settled.
+    /// its own part of the same cart. `None` for every other reservation.
     pub cart: Option<CartPart>,
 }
 
-/// What a cart's part held on its lease needs at the lease's end.
+/// A cart's part in one partition group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CartPart {
     /// The cart's other partition groups, each holding a part under the same id.
     pub siblings: Vec<u32>,
     /// The cart's own deadline (creation plus its TTL), the part's once kept.
     pub expires_at_ms: i64,
+    /// Made once per cart request: every part that request created has it,
+    /// so a sibling holding another request's part under the same id (a
+    /// client reusing the id, two clients racing) is not taken for this one.
+    pub nonce: u128,
+    pub stage: CartStage,
+}
+
+/// Where a cart's part is (bincode: the variant's index, so its order is part
+/// of the stored format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CartStage {
+    /// Held on its lease (the record's deadline), to settle at its end.
+    Lease,
+    /// Kept to the cart's deadline: every sibling held its part, or the cart's
+    /// coordinator confirmed it.
+    Kept,
+    /// A sibling does not hold its part: expiring.
+    LettingGo,
 }
 
 /// [`ReservationRecord`] as formats 1 and 2 wrote it (no `cart`).
@@ -600,6 +618,8 @@ mod tests {
             cart: Some(CartPart {
                 siblings: vec![1, 3],
                 expires_at_ms: 900,
+                nonce: u128::MAX - 7,
+                stage: CartStage::Kept,
             }),
             ..ReservationRecord::decode(&{
                 let mut bytes = codec::encode(&v2).unwrap();

@@ -898,6 +898,28 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
     );
     assert_eq!(reserved(&a0, &s1), before.1);
 
+    // A cart under the id of a reservation of group 1 alone: group 1 refuses
+    // its part (409), and group 0's part, at its lease's end, finds in group 1
+    // no part of this cart and lets go.
+    let (status, body) = send(
+        &a0,
+        "POST",
+        "/v1/reservations",
+        Some(json!({"reservation_id": "reused", "channel": "web",
+                    "lines": [{"sku": s1, "location": "wh-east", "qty": 1}]})),
+    );
+    assert_eq!(status, 201, "{body}");
+    let cart = json!({"reservation_id": "reused", "channel": "web", "lines": [
+        {"sku": s0, "location": "wh-east", "qty": 1},
+        {"sku": s1, "location": "wh-east", "qty": 2}]});
+    let (status, body) = send(&b1, "POST", "/v1/reservations", Some(cart));
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        (reserved(&a0, &s0), reserved(&a0, &s1)),
+        (before.0 + 1, before.1 + 1),
+        "group 0's part held on its lease, group 1's own reservation"
+    );
+
     // Both parts held, the answer lost: sent as a coordinator sends them, to
     // each group's owner, and never answered to anyone. At the lease's end
     // each finds the other held, and both keep their stock to the cart's TTL.
@@ -907,7 +929,8 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
             .set("X-Stockwire-Forwarded-By", "test")
             .set("X-Stockwire-Part", group)
             .set("X-Stockwire-Lease", &CART_LEASE_SECONDS.to_string())
-            .set("X-Stockwire-Siblings", sibling);
+            .set("X-Stockwire-Siblings", sibling)
+            .set("X-Stockwire-Cart", "0123456789abcdef0123456789abcdef");
         let body = json!({"reservation_id": "cart-lost", "channel": "web",
                           "ttl_seconds": 600,
                           "lines": [{"sku": sku, "location": "wh-east", "qty": 1}]});
@@ -934,8 +957,21 @@ fn partition_groups_spread_over_nodes_and_every_route_works_on_every_node() {
         },
     );
     assert_eq!(ttl_of(&whole), 600, "{whole}");
+    let (_, reused) = wait_for(
+        "the refused cart's part let go",
+        Duration::from_secs(10),
+        || {
+            let (status, part) = part_of_group_0(&a0, "reused");
+            (part["status"] == "expired").then_some((status, part))
+        },
+    );
+    assert_eq!(reused["lines"][0]["sku"], s0.as_str(), "{reused}");
+    let (status, own) = send(&b1, "GET", "/v1/reservations/reused", None);
+    assert_eq!(status, 200, "{own}");
+    assert_eq!(own["status"], "held", "group 1's own reservation: {own}");
     assert_eq!(
         (reserved(&a0, &s0), reserved(&a0, &s1)),
-        (before.0 + 1, before.1 + 1)
+        (before.0 + 1, before.1 + 2),
+        "the lost answer's cart, and group 1's own reservation"
     );
 }
