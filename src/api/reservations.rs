@@ -17,6 +17,7 @@ use crate::engine::{LineRequest, NewReservation, RememberAnswer, ReservationView
 
 /// Longest `ttl_seconds` a hold may ask for (30 days).
 pub(super) const TTL_SECONDS_MAX: u64 = 30 * 24 * 3600;
+const ORDER_REF_LEN_MAX: usize = 128;
 
 /// A `ttl_seconds` as given: an integer in 1..=[`TTL_SECONDS_MAX`].
 fn ttl_seconds(number: &serde_json::Number) -> Result<u64, ApiError> {
@@ -29,7 +30,6 @@ fn ttl_seconds(number: &serde_json::Number) -> Result<u64, ApiError> {
             ))
         })
 }
-const ORDER_REF_LEN_MAX: usize = 128;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

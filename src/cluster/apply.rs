@@ -504,8 +504,9 @@ impl Remote {
             .await
             .ok()?
             .ok()?;
+        // One state per part, in order: the engine checks the count.
         let answer: PartsAnswer = serde_json::from_slice(&message.payload).ok()?;
-        (answer.states.len() == parts.len()).then_some(answer.states)
+        Some(answer.states)
     }
 }
 

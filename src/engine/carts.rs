@@ -1,19 +1,21 @@
 //! A cart's parts over partition groups (docs/CLUSTER.md, "Carts over several
 //! groups"). Each part is held on a lease shorter than the cart's TTL and
-//! knows its sibling groups ([`CartPart`]). At the lease's end the part asks
-//! each sibling's owner whether it holds its part of the cart (same id):
+//! knows its sibling groups and its cart request's number ([`CartPart`]). At
+//! the lease's end the part asks each sibling's owner whether it holds its
+//! part of the cart (same id, same number, or one kept already):
 //!
 //! - every sibling holds it (held, allocated or shipped): the part keeps its
 //!   stock to the cart's deadline (journaled);
-//! - a sibling let go of its part, or never had it: the part lets go too;
+//! - a sibling let go of its part, never had it, or has something else under
+//!   the id: the part lets go too;
 //! - a sibling did not answer: asked again a second later, until the cart's
 //!   own deadline, when the part expires as any hold does.
 //!
 //! A sibling that does not have the part answers for good: it takes the id
 //! with a closed record of no lines, journaled, before it answers. A part
-//! that arrives after that is refused (`409`, the id's other content), so the
-//! cart it belongs to is never answered held. That is what makes the answer
-//! safe without clocks: "not here" can never turn into "here" later.
+//! that arrives after that is refused (`409`, "was let go"), so the cart it
+//! belongs to is never answered held. That is what makes the answer safe
+//! without clocks: "not here" can never turn into "here" later.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -25,16 +27,12 @@ use super::{Engine, EngineError};
 use crate::storage::records::{
     CartPart, CartStage, PendingOp, ReservationRecord, ReservationStatus,
 };
-use crate::storage::{codec, Space};
 
 /// Ids asked of one sibling group in one request.
 pub const PART_STATES_PER_REQUEST: usize = 500;
 
 /// How soon a part whose siblings did not all answer asks again.
 const ASK_AGAIN_MS: i64 = 1000;
-
-/// How soon a part whose record was busy is looked at again (a tick).
-const TICK_AGAIN_MS: i64 = 100;
 
 /// Parts kept in one journal write (each a reservation record).
 const KEPT_PER_WRITE: usize = 500;
@@ -73,8 +71,8 @@ impl Engine {
             return Ok(None);
         };
         let Ok(record) = cell.try_lock() else {
-            self.expiry
-                .schedule(self.now_ms() + TICK_AGAIN_MS, id.clone());
+            let next_tick = super::maintenance::EXPIRY_TICK_MS as i64;
+            self.expiry.schedule(self.now_ms() + next_tick, id.clone());
             return Err(());
         };
         let due = record.status == ReservationStatus::Held
@@ -214,8 +212,8 @@ impl Engine {
             });
             settled.expires_at_ms = Some(cart.expires_at_ms);
             settled.updated_at_ms = now;
-            match codec::encode(&settled) {
-                Ok(bytes) => batch.put(Space::Reservations, id.as_bytes(), bytes),
+            match super::reservations::record_batch(&settled) {
+                Ok(record) => batch.append(record),
                 Err(error) => {
                     tracing::warn!(reservation = %id, %error, "a cart part could not be encoded");
                     self.expiry.schedule(now + ASK_AGAIN_MS, id.clone());

@@ -19,7 +19,7 @@ use crate::storage::records::{
 use crate::storage::{codec, Space, WriteBatch};
 
 /// Expiry checks per second: deadlines fire within `1000 / rate` ms.
-const EXPIRY_TICK_MS: u64 = 100;
+pub(super) const EXPIRY_TICK_MS: u64 = 100;
 /// Expirations handled per tick; the rest wait for the next tick.
 const EXPIRIES_PER_TICK_MAX: usize = 10_000;
 /// Expirations running at once.

@@ -224,6 +224,10 @@ fn remember_answer(remember: RememberAnswer, finished: ReservationRecord, now_ms
     }))
 }
 
+fn not_found(id: &str) -> EngineError {
+    EngineError::NotFound(format!("reservation {id} not found"))
+}
+
 /// A lifecycle refusal, as answered (`invalid_state`).
 fn refused(id: &str, refusal: Refusal) -> EngineError {
     EngineError::InvalidState(format!("reservation {id} {refusal}"))
@@ -834,21 +838,26 @@ impl Engine {
     /// The stored record only (who owns it, which lines), without asking the
     /// positions for their backorders as a view does.
     pub async fn reservation_record(&self, id: &str) -> Result<ReservationRecord, EngineError> {
-        let cell = self.cell(id)?;
-        let record = cell.lock().await.clone();
-        if record.pending == Some(PendingOp::Create) || super::carts::is_taken_id(&record) {
-            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        let record = self.lock_record(id).await?.clone();
+        if record.pending == Some(PendingOp::Create) {
+            return Err(not_found(id));
         }
         Ok(record)
     }
 
-    pub(super) fn cell(
+    /// `id`'s record, locked: the one way in for reads and changes by id.
+    /// An id only taken (engine::carts, a cart's part never held here) is
+    /// not found, as is an id never made.
+    async fn lock_record(
         &self,
         id: &str,
-    ) -> Result<Arc<tokio::sync::Mutex<ReservationRecord>>, EngineError> {
-        self.reservations
-            .get(id)
-            .ok_or_else(|| EngineError::NotFound(format!("reservation {id} not found")))
+    ) -> Result<tokio::sync::OwnedMutexGuard<ReservationRecord>, EngineError> {
+        let cell = self.reservations.get(id).ok_or_else(|| not_found(id))?;
+        let record = cell.lock_owned().await;
+        if super::carts::is_taken_id(&record) {
+            return Err(not_found(id));
+        }
+        Ok(record)
     }
 
     async fn view(&self, record: ReservationRecord) -> ReservationView {
@@ -917,10 +926,9 @@ impl Engine {
         ttl_seconds: u64,
         lease_seconds: u64,
     ) -> Result<ReservationView, EngineError> {
-        let cell = self.cell(id)?;
-        let mut record = cell.lock().await;
-        if record.pending == Some(PendingOp::Create) || super::carts::is_taken_id(&record) {
-            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+        let mut record = self.lock_record(id).await?;
+        if record.pending == Some(PendingOp::Create) {
+            return Err(not_found(id));
         }
         match record.status {
             ReservationStatus::Held => {
@@ -981,8 +989,7 @@ impl Engine {
         transition: Transition,
         correlation_id: &str,
     ) -> Result<ReservationView, EngineError> {
-        let cell = self.cell(id)?;
-        let mut record = cell.lock().await;
+        let mut record = self.lock_record(id).await?;
         if record.pending == Some(PendingOp::Create) {
             // A creation that failed and could not be undone at once: the
             // expiry loop finishes undoing it; to callers it does not exist.
@@ -991,10 +998,7 @@ impl Engine {
                 drop(record);
                 self.undo_creation(&failed).await?;
             }
-            return Err(EngineError::NotFound(format!("reservation {id} not found")));
-        }
-        if super::carts::is_taken_id(&record) {
-            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+            return Err(not_found(id));
         }
         if transition == Transition::Expire
             && record.status == ReservationStatus::Held
@@ -1077,11 +1081,7 @@ impl Engine {
         lines: Option<Vec<ShipLine>>,
         correlation_id: &str,
     ) -> Result<ReservationView, EngineError> {
-        let cell = self.cell(id)?;
-        let record = cell.lock().await;
-        if super::carts::is_taken_id(&record) {
-            return Err(EngineError::NotFound(format!("reservation {id} not found")));
-        }
+        let record = self.lock_record(id).await?;
         let quantities: Vec<Option<u64>> = match &lines {
             None => vec![None; record.lines.len()],
             // No line named (a cart's part in a partition group whose lines the
@@ -1142,10 +1142,9 @@ impl Engine {
         correlation_id: &str,
         resuming: bool,
     ) -> Result<ReservationView, EngineError> {
-        let cell = self.cell(id)?;
-        let mut record = cell.lock().await;
+        let mut record = self.lock_record(id).await?;
         if record.pending == Some(PendingOp::Create) {
-            return Err(EngineError::NotFound(format!("reservation {id} not found")));
+            return Err(not_found(id));
         }
         // Shipping is allowed (to `Shipped`) or refused; never a no-op.
         if let Err(refusal) = plan(record.status, Transition::Ship) {
